@@ -1,0 +1,127 @@
+"""`python -m runner` / `runner`: thin commands over the library.
+
+Importing this module must not import torch: `validate` and `plan` are instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from runner.errors import RunnerError
+from runner.stages import STAGE_NAMES
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.command(args) or 0)
+    except RunnerError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: finished stages are kept; run the same command again to go on", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="runner", description="Declarative QLoRA fine-tuning runner.")
+    parser.add_argument("--debug", action="store_true", help="print tracebacks")
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    def command(name: str, func, help: str, spec: bool = True) -> argparse.ArgumentParser:  # type: ignore[no-untyped-def]
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(command=func)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="print tracebacks")
+        if spec:
+            p.add_argument("spec", type=Path, help="the spec YAML file")
+        return p
+
+    command("validate", cmd_validate, "check a spec against the schema and the cross-field rules")
+    for name, func, text in (("plan", cmd_plan, "show each stage's key and whether it is cached or must run, and why"),
+                             ("run", cmd_run, "run every stage that is not cached")):
+        p = command(name, func, text)
+        p.add_argument("--store", type=Path, default=Path(os.environ.get("RUNNER_STORE", "artifacts")),
+                       help="artifact store folder (default: ./artifacts, or $RUNNER_STORE)")
+        p.add_argument("--force", action="append", default=[], choices=STAGE_NAMES, metavar="STAGE",
+                       help="rebuild STAGE even if cached (repeatable)")
+        if name == "run":
+            p.add_argument("--only", choices=STAGE_NAMES, metavar="STAGE",
+                           help="run only STAGE; the stages before it must already be cached")
+    command("profile", cmd_profile, "show this machine and the profile a spec would get", spec=False).add_argument(
+        "spec", type=Path, nargs="?", help="spec to resolve the profile for (default: specs/smoke.yaml settings)")
+    return parser
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from runner.spec import load_spec
+
+    spec = load_spec(args.spec)
+    print(f"{args.spec}: valid ({spec.name}: {spec.model.source} model, {spec.data.format} data, "
+          f"{len(spec.eval.benchmarks)} benchmark(s))")
+    return 0
+
+
+def _setup(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from runner.profile import probe_machine, resolve_profile
+    from runner.spec import load_spec
+    from runner.store import Store
+
+    spec = load_spec(args.spec)
+    profile = resolve_profile(spec, probe_machine())
+    return spec, profile, Store(args.store)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from runner.plan import plan
+    from runner.records import latest_record
+    from runner.stages import all_stages
+
+    spec, profile, store = _setup(args)
+    print(f"profile: {profile.device} {profile.dtype}, quantization {profile.quantization}, "
+          f"micro-batch {profile.micro_batch_size} x {profile.gradient_accumulation}")
+    for reason in profile.reasons:
+        print(f"  - {reason}")
+    steps = plan(all_stages(), spec, profile, store, latest_record(store.root, args.spec), frozenset(args.force))
+    for step in steps:
+        print(step.line())
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from runner.execute import run_spec
+    from runner.summary import print_summary
+
+    spec, profile, store = _setup(args)
+    started = time.time()
+    log = lambda message: print(f"[runner] {message}", flush=True)  # noqa: E731
+    log(f"profile: {profile.device} {profile.dtype}, quantization {profile.quantization}")
+    outcomes, record_path = run_spec(spec, args.spec, profile, store, log, args.only, frozenset(args.force))
+    print_summary(outcomes, record_path, time.time() - started)
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from runner.profile import probe_machine, resolve_profile
+    from runner.spec import load_spec
+
+    probe = probe_machine()
+    for gpu in probe.gpus:
+        print(f"gpu: {gpu.name}, sm_{gpu.capability[0]}{gpu.capability[1]}, {gpu.total_mib} MiB ({gpu.free_mib} free)")
+    print(f"cpu: {probe.cpu_count} cores, {probe.ram_mib} MiB RAM; mps: {'yes' if probe.mps else 'no'}")
+    print(f"torch {probe.torch or 'not installed'}, bitsandbytes {probe.bitsandbytes or 'not installed'}")
+    spec_path = args.spec or Path(__file__).resolve().parent.parent / "specs" / "smoke.yaml"
+    if args.spec is None and not spec_path.is_file():
+        return 0
+    profile = resolve_profile(load_spec(spec_path), probe)
+    print(f"profile for {spec_path}: {profile.device} {profile.dtype}, quantization {profile.quantization}, "
+          f"optimizer {profile.optimizer}, micro-batch {profile.micro_batch_size} x {profile.gradient_accumulation}")
+    for reason in profile.reasons:
+        print(f"  - {reason}")
+    return 0

@@ -1,0 +1,46 @@
+"""Errors the runner raises on purpose. Each carries a one-line message that says what to change.
+
+The CLI maps each class to an exit code and prints a traceback only with --debug.
+"""
+
+from __future__ import annotations
+
+
+class RunnerError(Exception):
+    """Base of every error the runner raises on purpose."""
+
+    exit_code = 1
+
+
+class SpecError(RunnerError):
+    """The spec is wrong. Holds every problem found, each as `path: message (file:line:col)`."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class ProfileError(RunnerError):
+    """The machine cannot do what the spec asks and the spec says `on_unsupported: error`."""
+
+    exit_code = 3
+
+
+class DataError(RunnerError):
+    """Data cannot be read at all (a missing file, no usable rows). Broken rows are dropped, not raised."""
+
+    exit_code = 4
+
+
+class StageError(RunnerError):
+    """A stage failed; nothing it had half-written is used."""
+
+    exit_code = 5
+
+
+class StoreError(RunnerError):
+    """The artifact store cannot be used (not writable, full, corrupted beyond repair)."""
+
+    exit_code = 6

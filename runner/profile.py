@@ -1,0 +1,221 @@
+"""Hardware profiles: a probe of the machine (data) and a pure `resolve_profile(spec, probe)`.
+
+The probe here never imports torch: `plan` must stay light, and the facts it needs (GPUs, installed
+library builds) are readable without it. Tests hand `resolve_profile` a fake Probe for a T4, an A100,
+an M1 or a CPU box.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Literal
+
+from runner.errors import ProfileError
+from runner.spec import Spec
+
+Device = Literal["cuda", "mps", "cpu"]
+Dtype = Literal["bf16", "fp16", "fp32"]
+
+
+@dataclass(frozen=True)
+class Gpu:
+    name: str
+    capability: tuple[int, int]
+    total_mib: int
+    free_mib: int
+
+
+@dataclass(frozen=True)
+class Probe:
+    gpus: tuple[Gpu, ...] = ()
+    mps: bool = False
+    cpu_count: int = 1
+    ram_mib: int = 0
+    torch: str | None = None  # installed version, e.g. "2.13.0+cpu"
+    bitsandbytes: str | None = None
+
+    @property
+    def torch_has_cuda(self) -> bool:
+        return self.torch is not None and "+cpu" not in self.torch and platform.system() != "Darwin"
+
+
+@dataclass(frozen=True)
+class Profile:
+    device: Device
+    dtype: Dtype
+    quantization: Literal["nf4", "fp4", "none"]
+    optimizer: str
+    micro_batch_size: int
+    gradient_accumulation: int
+    gradient_checkpointing: bool
+    attn_implementation: str
+    reasons: tuple[str, ...] = field(default=())
+
+    def key_fields(self) -> dict[str, str]:
+        """What changes a trained model's numbers. Micro-batch split, checkpointing and attention
+        kernel change speed and memory, not the result, so they stay out of keys."""
+        return {"device": self.device, "dtype": self.dtype, "quantization": self.quantization,
+                "optimizer": self.optimizer}
+
+
+def probe_machine() -> Probe:
+    return Probe(gpus=_nvidia_gpus(), mps=platform.system() == "Darwin" and platform.machine() == "arm64",
+                 cpu_count=os.cpu_count() or 1, ram_mib=_ram_mib(),
+                 torch=_version("torch"), bitsandbytes=_version("bitsandbytes"))
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _ram_mib() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def _nvidia_gpus() -> tuple[Gpu, ...]:
+    if shutil.which("nvidia-smi") is None:
+        return ()
+    query = "--query-gpu=name,compute_cap,memory.total,memory.free"
+    try:
+        out = subprocess.run(["nvidia-smi", query, "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    gpus = []
+    for line in out.strip().splitlines():
+        name, cap, total, free = (part.strip() for part in line.split(","))
+        major, minor = cap.split(".")
+        gpus.append(Gpu(name, (int(major), int(minor)), int(total), int(free)))
+    return tuple(gpus)
+
+
+class _Decisions:
+    """Collects the reason for each decision and applies the spec's policy on what cannot be done."""
+
+    def __init__(self, policy: str) -> None:
+        self.policy = policy
+        self.reasons: list[str] = []
+
+    def note(self, reason: str) -> None:
+        self.reasons.append(reason)
+
+    def cannot(self, problem: str, fix: str, fallback: str) -> None:
+        if self.policy == "error":
+            raise ProfileError(f"{problem}: {fix}, or set hardware.on_unsupported: fallback")
+        self.reasons.append(f"{problem}: falling back to {fallback}")
+
+
+def resolve_profile(spec: Spec, probe: Probe) -> Profile:
+    d = _Decisions(spec.hardware.on_unsupported)
+    device = _device(spec, probe, d)
+    dtype = _dtype(spec, probe, device, d)
+    quant = _quantization(spec, probe, device, d)
+    optimizer = _optimizer(spec, probe, device, d)
+    micro, accum = _batch(spec, device, d)
+    checkpointing = spec.train.gradient_checkpointing
+    if checkpointing == "auto":
+        checkpointing = device == "cuda"
+        d.note(f"gradient checkpointing {'on' if checkpointing else 'off'}: "
+               + ("trade compute for memory on the GPU" if checkpointing else "memory is not the limit off-GPU"))
+    return Profile(device=device, dtype=dtype, quantization=quant, optimizer=optimizer,
+                   micro_batch_size=micro, gradient_accumulation=accum,
+                   gradient_checkpointing=bool(checkpointing), attn_implementation="sdpa",
+                   reasons=tuple(d.reasons))
+
+
+def _device(spec: Spec, probe: Probe, d: _Decisions) -> Device:
+    cuda_ok = bool(probe.gpus) and probe.torch_has_cuda
+    wanted = spec.hardware.device
+    if wanted == "auto":
+        device: Device = "cuda" if cuda_ok else "mps" if probe.mps else "cpu"
+        d.note(f"device {device}: " + (f"{probe.gpus[0].name}" if device == "cuda" else
+                                      "Apple GPU" if device == "mps" else "no CUDA GPU or Apple GPU found"))
+        return device
+    if wanted == "cuda" and not cuda_ok:
+        why = "torch build is CPU-only" if probe.gpus else "no CUDA GPU found"
+        d.cannot(f"hardware.device cuda: {why}", "use the CUDA image or a GPU machine", "cpu")
+        return "cpu"
+    if wanted == "mps" and not probe.mps:
+        d.cannot("hardware.device mps: no Apple GPU", "set hardware.device: auto", "cpu")
+        return "cpu"
+    d.note(f"device {wanted}: asked for by the spec")
+    return wanted
+
+
+def _dtype(spec: Spec, probe: Probe, device: Device, d: _Decisions) -> Dtype:
+    wanted = spec.hardware.dtype
+    cap = probe.gpus[0].capability if device == "cuda" else (0, 0)
+    bf16_ok = device == "cpu" or (device == "cuda" and cap >= (8, 0))
+    if wanted == "auto":
+        if device == "cuda":
+            dtype: Dtype = "bf16" if bf16_ok else "fp16"
+            d.note(f"{dtype} compute: sm_{cap[0]}{cap[1]} " + ("has bf16" if bf16_ok else "has no bf16"))
+        else:
+            dtype = "fp16" if device == "mps" else "fp32"
+            d.note(f"{dtype} compute on {device}")
+        return dtype
+    if wanted == "bf16" and not bf16_ok:
+        d.cannot(f"hardware.dtype bf16: not supported on {device} sm_{cap[0]}{cap[1]}",
+                 "set hardware.dtype: fp16", "fp16")
+        return "fp16"
+    d.note(f"{wanted} compute: asked for by the spec")
+    return wanted
+
+
+def _bnb_at_least(probe: Probe, version: tuple[int, int]) -> bool:
+    if probe.bitsandbytes is None:
+        return False
+    parts = probe.bitsandbytes.split(".")
+    return (int(parts[0]), int(parts[1])) >= version
+
+
+def _quantization(spec: Spec, probe: Probe, device: Device, d: _Decisions) -> Literal["nf4", "fp4", "none"]:
+    wanted = spec.model.quantization
+    if wanted == "none":
+        d.note("no quantization: model.quantization is none (plain LoRA)")
+        return "none"
+    # bitsandbytes runs 4-bit on CUDA; from 0.48 also on CPU. It has no MPS 4-bit kernels.
+    can = probe.bitsandbytes is not None and (device == "cuda" or (device == "cpu" and _bnb_at_least(probe, (0, 48))))
+    if not can:
+        why = "bitsandbytes is not installed" if probe.bitsandbytes is None else f"bitsandbytes {probe.bitsandbytes} has no 4-bit on {device}"
+        d.cannot(f"model.quantization {wanted}: {why}", "set model.quantization: none or use the CUDA image",
+                 "LoRA without quantization")
+        return "none"
+    d.note(f"{wanted} 4-bit base weights with bitsandbytes {probe.bitsandbytes} on {device}")
+    return wanted
+
+
+def _optimizer(spec: Spec, probe: Probe, device: Device, d: _Decisions) -> str:
+    wanted = spec.train.optimizer
+    eight_bit_ok = device == "cuda" and probe.bitsandbytes is not None
+    if wanted == "auto":
+        choice = "paged_adamw_8bit" if eight_bit_ok else "adamw_torch"
+        d.note(f"optimizer {choice}: " + ("8-bit states, paged to survive spikes" if eight_bit_ok else "8-bit optimizers need CUDA"))
+        return choice
+    if wanted != "adamw_torch" and not eight_bit_ok:
+        d.cannot(f"train.optimizer {wanted}: needs bitsandbytes on CUDA", "set train.optimizer: adamw_torch", "adamw_torch")
+        return "adamw_torch"
+    return wanted
+
+
+def _batch(spec: Spec, device: Device, d: _Decisions) -> tuple[int, int]:
+    total = spec.train.batch_size
+    if spec.train.micro_batch_size != "auto":
+        micro = spec.train.micro_batch_size
+        d.note(f"micro-batch {micro} x {total // micro} accumulation: asked for by the spec")
+        return micro, total // micro
+    cap = 4 if device == "cuda" else 8
+    micro = max(m for m in range(1, min(cap, total) + 1) if total % m == 0)
+    d.note(f"micro-batch {micro} x {total // micro} accumulation = batch {total}")
+    return micro, total // micro

@@ -1,0 +1,95 @@
+"""The spec's JSON Schema: loading it, validating against it with positions, and filling defaults.
+
+One schema file is the single source of validation, defaults and field documentation. It lives in
+the package (so `pip install` finds it); `schemas/spec.schema.json` at the repository root links to it.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+import jsonschema
+
+from runner.yamlpos import Positions, format_path
+
+
+@lru_cache(maxsize=1)
+def load_schema() -> dict[str, Any]:
+    text = resources.files("runner").joinpath("schemas/spec.schema.json").read_text("utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+def schema_errors(doc: Any, positions: Positions, source: str) -> list[str]:
+    """Every schema violation in `doc`, each as one line `path: message (source:line:col)`."""
+    validator = jsonschema.Draft202012Validator(load_schema())
+    problems: list[tuple[tuple[Any, ...], str]] = []
+    for error in validator.iter_errors(doc):
+        problems.extend(_describe(error))
+    lines = []
+    for path, message in sorted(problems, key=lambda p: (positions.locate(p[0]), p[1])):
+        lines.append(f"{format_path(path)}: {message} ({source}:{positions.where(path)})")
+    return lines
+
+
+def _describe(error: jsonschema.ValidationError) -> list[tuple[tuple[Any, ...], str]]:
+    path = tuple(error.absolute_path)
+    if error.validator == "additionalProperties":
+        known = list(error.schema.get("properties", {}))
+        extra = [key for key in error.instance if key not in known]
+        return [(path + (key,), _unknown_key(key, known)) for key in extra]
+    if error.validator == "required":
+        missing = error.message.split("'")[1]
+        return [(path + (missing,), "required, but missing")]
+    if error.validator == "type":
+        return [(path, f"must be {_type_words(error.validator_value)}, got {_show(error.instance)}")]
+    if error.validator == "enum":
+        choices = ", ".join(json.dumps(v) for v in error.validator_value)
+        return [(path, f"must be one of {choices}, got {_show(error.instance)}")]
+    if error.validator in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+        sign = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}
+        return [(path, f"must be {sign[str(error.validator)]} {error.validator_value}, got {_show(error.instance)}")]
+    if error.validator == "oneOf":
+        return [(path, f"{_show(error.instance)} is not valid here: {error.schema.get('description', '')}")]
+    return [(path, error.message)]
+
+
+def _unknown_key(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]}?" if close else f"known keys: {', '.join(known)}"
+    return f"unknown key; {hint}"
+
+
+def _type_words(types: str | list[str]) -> str:
+    names = {"number": "a number", "integer": "an integer", "string": "a string", "boolean": "true or false",
+             "object": "a mapping", "array": "a list", "null": "null"}
+    listed = [types] if isinstance(types, str) else types
+    return " or ".join(names.get(t, t) for t in listed)
+
+
+def _show(value: Any) -> str:
+    kind = {str: "string", bool: "boolean", int: "integer", float: "number", list: "list", dict: "mapping"}
+    text = json.dumps(value) if not isinstance(value, (dict, list)) else kind[type(value)]
+    return f"{kind.get(type(value), type(value).__name__)} {text}" if not isinstance(value, (dict, list)) else text
+
+
+def with_defaults(doc: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of a valid `doc` with every schema default filled in, recursively."""
+    return _fill(copy.deepcopy(doc), load_schema())
+
+
+def _fill(value: Any, schema: dict[str, Any]) -> Any:
+    if isinstance(value, dict) and "properties" in schema:
+        for key, sub in schema["properties"].items():
+            if key not in value and "default" in sub:
+                value[key] = copy.deepcopy(sub["default"])
+            if key in value:
+                value[key] = _fill(value[key], sub)
+    elif isinstance(value, list) and "items" in schema:
+        return [_fill(item, schema["items"]) for item in value]
+    return value

@@ -1,0 +1,262 @@
+"""The spec: YAML -> JSON Schema -> cross-field rules -> frozen dataclasses.
+
+Stage code only ever sees these dataclasses. Defaults live in the schema; the dataclass defaults
+repeat them so the types read on their own, and a unit test keeps the two equal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from runner.errors import SpecError
+from runner.schema import schema_errors, with_defaults
+from runner.yamlpos import Positions, format_path, read_yaml
+
+
+@dataclass(frozen=True)
+class Hardware:
+    device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    on_unsupported: Literal["error", "fallback"] = "fallback"
+
+
+@dataclass(frozen=True)
+class ModelInit:
+    vocab_size: int = 2048
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    max_position_embeddings: int = 1024
+    initializer_range: float = 0.1
+
+
+@dataclass(frozen=True)
+class Model:
+    source: Literal["hub", "local", "init"]
+    id: str | None = None
+    revision: str = "main"
+    path: str | None = None
+    init: ModelInit = field(default_factory=ModelInit)
+    quantization: Literal["nf4", "fp4", "none"] = "nf4"
+    double_quant: bool = True
+    trust_remote_code: bool = False
+    chat_template: str | None = None
+
+
+@dataclass(frozen=True)
+class Source:
+    path: str | None = None
+    hub: str | None = None
+    config: str | None = None
+    split: str = "train"
+    revision: str | None = None
+
+
+@dataclass(frozen=True)
+class Fields:
+    question: str = "question"
+    options: str | tuple[str, ...] = "options"
+    answer_key: str = "answer_idx"
+    answer_key_type: Literal["letter", "index0", "index1"] = "letter"
+    context: str | None = None
+    answer: str = "answer"
+    instruction: str = "instruction"
+    input: str = "input"
+    output: str = "output"
+    messages: str = "messages"
+
+
+@dataclass(frozen=True)
+class Data:
+    train: Source
+    validation: Source | None = None
+    validation_fraction: float = 0.1
+    format: Literal["multiple_choice", "qa", "alpaca", "chat"] = "multiple_choice"
+    fields: Fields = field(default_factory=Fields)
+    template: Literal["chat", "plain"] = "chat"
+    system_prompt: str | None = None
+    max_length: int = 1024
+    max_rows: int | None = None
+
+
+@dataclass(frozen=True)
+class Lora:
+    r: int = 16
+    alpha: float = 32
+    dropout: float = 0.05
+    target_modules: str | tuple[str, ...] = "all-linear"
+
+
+@dataclass(frozen=True)
+class Train:
+    epochs: float = 3
+    max_steps: int | None = None
+    learning_rate: float = 2e-4
+    batch_size: int = 16
+    micro_batch_size: int | Literal["auto"] = "auto"
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
+    warmup: float = 0.03
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    optimizer: Literal["auto", "adamw_torch", "adamw_8bit", "paged_adamw_8bit"] = "auto"
+    gradient_checkpointing: bool | Literal["auto"] = "auto"
+    save_steps: int = 50
+    logging_steps: int = 1
+
+
+@dataclass(frozen=True)
+class Export:
+    merged: bool = False
+    merged_dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str
+    path: str | None = None
+    hub: str | None = None
+    config: str | None = None
+    split: str = "test"
+    revision: str | None = None
+    fields: Fields = field(default_factory=Fields)
+    limit: int | None = None
+
+
+@dataclass(frozen=True)
+class Eval:
+    benchmarks: tuple[Benchmark, ...] = ()
+    compare_base: bool = True
+    batch_size: int = 8
+    chat_template: bool = False
+
+
+@dataclass(frozen=True)
+class Spec:
+    model: Model
+    data: Data
+    name: str = "run"
+    description: str = ""
+    seed: int = 42
+    hardware: Hardware = field(default_factory=Hardware)
+    lora: Lora = field(default_factory=Lora)
+    train: Train = field(default_factory=Train)
+    export: Export = field(default_factory=Export)
+    eval: Eval = field(default_factory=Eval)
+    # Not from the YAML: where the spec file is, so relative paths resolve against it.
+    base_dir: str = field(default=".", metadata={"schema": False})
+
+    def resolve(self, path: str) -> Path:
+        """A path from the spec, relative to the spec file's directory."""
+        return (Path(self.base_dir) / path).resolve()
+
+    def as_dict(self) -> dict[str, Any]:
+        """The resolved spec as plain data (for run records and keys), without `base_dir`."""
+        data = dataclasses.asdict(self)
+        data.pop("base_dir")
+        return data
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read, validate and type a spec file. Raises SpecError listing every problem at once."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError([f"{path}: no such spec file"])
+    text = path.read_text("utf-8")
+    return parse_spec(text, source=str(path), base_dir=path.resolve().parent)
+
+
+def parse_spec(text: str, source: str = "<spec>", base_dir: Path | str = ".") -> Spec:
+    import yaml  # only for its error class; yamlpos already imported it
+
+    try:
+        doc, positions = read_yaml(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{mark.line + 1}:{mark.column + 1}" if mark else "?"
+        raise SpecError([f"{source}:{where}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
+    if not isinstance(doc, dict):
+        raise SpecError([f"{source}: a spec is a YAML mapping with at least `model` and `data`"])
+    problems = [f"{format_path(p)}: duplicate key, the later one would win ({source}:{ln}:{col})"
+                for p, ln, col in positions.duplicates]
+    problems += schema_errors(doc, positions, source)
+    if problems:
+        raise SpecError(problems)
+    full = with_defaults(doc)
+    found = sorted(cross_field_problems(full, Path(base_dir)), key=lambda p: (positions.locate(p[0]), p[1]))
+    problems = [f"{format_path(p)}: {msg} ({source}:{positions.where(p)})" for p, msg in found]
+    if problems:
+        raise SpecError(problems)
+    return typed(Spec, {**full, "base_dir": str(base_dir)})
+
+
+def cross_field_problems(doc: dict[str, Any], base_dir: Path) -> list[tuple[tuple[Any, ...], str]]:
+    """Rules one schema property cannot express. Returns (path, message) pairs."""
+    found: list[tuple[tuple[Any, ...], str]] = []
+    model = doc["model"]
+    if model["source"] == "hub" and not model["id"]:
+        found.append((("model", "id"), "required when source is hub, e.g. meta-llama/Llama-3.2-3B-Instruct"))
+    if model["source"] == "local":
+        found += _local_path(model["path"], ("model", "path"), base_dir, want_dir=True)
+    sources = [(("data", "train"), doc["data"]["train"])]
+    if doc["data"]["validation"] is not None:
+        sources.append((("data", "validation"), doc["data"]["validation"]))
+    sources += [(("eval", "benchmarks", i), b) for i, b in enumerate(doc["eval"]["benchmarks"])]
+    for where, src in sources:
+        if (src["path"] is None) == (src["hub"] is None):
+            found.append((where, "give exactly one of `path` (a local file) or `hub` (a dataset id)"))
+        elif src["path"] is not None:
+            found += _local_path(src["path"], where + ("path",), base_dir, want_dir=False)
+    names = [b["name"] for b in doc["eval"]["benchmarks"]]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            found.append((("eval", "benchmarks", i, "name"), f"duplicate benchmark name {name!r}"))
+    train = doc["train"]
+    micro = train["micro_batch_size"]
+    if micro != "auto" and train["batch_size"] % micro:
+        found.append((("train", "micro_batch_size"),
+                      f"must divide train.batch_size ({train['batch_size']}), got {micro}"))
+    init = model["init"]
+    if model["source"] == "init" and init["num_heads"] % init["num_kv_heads"]:
+        found.append((("model", "init", "num_kv_heads"), "must divide model.init.num_heads"))
+    if model["source"] == "init" and init["hidden_size"] % init["num_heads"]:
+        found.append((("model", "init", "num_heads"), "must divide model.init.hidden_size"))
+    return found
+
+
+def _local_path(path: str, where: tuple[Any, ...], base_dir: Path, want_dir: bool) -> list[tuple[tuple[Any, ...], str]]:
+    full = (base_dir / path).resolve()
+    ok = full.is_dir() if want_dir else full.is_file()
+    if ok:
+        return []
+    kind = "folder" if want_dir else "file"
+    return [(where, f"no such {kind} {path!r} (resolved to {full}; paths are relative to the spec file)")]
+
+
+def typed(cls: Any, value: Any) -> Any:
+    """Build dataclass `cls` from plain data already checked by the schema (lists become tuples)."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in value:
+            kwargs[f.name] = _convert(hints[f.name], value[f.name])
+    return cls(**kwargs)
+
+
+def _convert(hint: Any, value: Any) -> Any:
+    if value is None:
+        return None
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else (hint,)
+    for option in options:
+        if dataclasses.is_dataclass(option) and isinstance(value, dict):
+            return typed(option, value)
+        if typing.get_origin(option) is tuple and isinstance(value, list):
+            item = typing.get_args(option)[0]
+            return tuple(_convert(item, v) for v in value)
+    return value

@@ -1,0 +1,118 @@
+"""The artifact store: `<root>/<stage>/<key>/` holding the files and `manifest.json`.
+
+A stage builds in `<root>/<stage>/.work/<key>/out/`, the manifest is written last, then the folder
+is renamed into place. A folder without a manifest is garbage, never a result. The work area keeps
+checkpoints between attempts, so a killed stage can resume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from fnmatch import fnmatch
+from pathlib import Path
+from typing import Any
+
+from runner.errors import StoreError
+from runner.keys import file_digest, tree_digest
+
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    stage: str
+    key: str
+    digest: str  # content digest of the non-volatile files: what downstream keys see
+    parts: dict[str, str]  # digest per top-level entry ("tokenizer", "adapter", ...)
+    files: dict[str, dict[str, Any]]  # relative path -> {size, sha256}
+    inputs: dict[str, Any]
+    info: dict[str, Any]  # timings, library versions: recorded, never keyed
+    path: Path
+
+    def part(self, name: str | None) -> str:
+        if name is None:
+            return self.digest
+        if name not in self.parts:
+            raise StoreError(f"{self.stage} artifact {self.key[:12]} has no part {name!r}")
+        return self.parts[name]
+
+
+class Store:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def artifact_dir(self, stage: str, key: str) -> Path:
+        return self.root / stage / key
+
+    def work_dir(self, stage: str, key: str) -> Path:
+        return self.root / stage / ".work" / key
+
+    def lookup(self, stage: str, key: str) -> Manifest | None:
+        """The committed artifact for (stage, key), or None. Files whose size changed disqualify it."""
+        folder = self.artifact_dir(stage, key)
+        manifest = read_manifest(folder)
+        if manifest is None:
+            return None
+        for rel, meta in manifest.files.items():
+            file = folder / rel
+            if not file.is_file() or file.stat().st_size != meta["size"]:
+                return None
+        return manifest
+
+    @contextmanager
+    def build(self, stage: str, key: str, inputs: dict[str, Any], volatile: tuple[str, ...]) -> Iterator[Path]:
+        """Yield an empty build folder; on success write the manifest and move it into place."""
+        work = self.work_dir(stage, key)
+        out = work / "out"
+        if out.exists():
+            shutil.rmtree(out)  # half-written by an earlier attempt: never trusted
+        out.mkdir(parents=True)
+        started = time.time()
+        yield out
+        info = {"started": started, "seconds": round(time.time() - started, 3)}
+        write_manifest(out, stage, key, inputs, volatile, info)
+        final = self.artifact_dir(stage, key)
+        if final.exists():
+            shutil.rmtree(final)  # only reached with --force or after a failed size check
+        os.replace(out, final)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def write_manifest(folder: Path, stage: str, key: str, inputs: dict[str, Any],
+                   volatile: tuple[str, ...], info: dict[str, Any]) -> None:
+    files: dict[str, dict[str, Any]] = {}
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = file.relative_to(folder).as_posix()
+        files[rel] = {"size": file.stat().st_size, "sha256": file_digest(file)}
+    stable = {rel: meta["sha256"] for rel, meta in files.items()
+              if not any(fnmatch(rel, pattern) for pattern in volatile)}
+    parts: dict[str, list[tuple[str, str]]] = {}
+    for rel, sha in stable.items():
+        parts.setdefault(rel.split("/")[0], []).append((rel, sha))
+    manifest = {
+        "stage": stage, "key": key,
+        "digest": tree_digest(list(stable.items())),
+        "parts": {name: tree_digest(entries) for name, entries in sorted(parts.items())},
+        "files": files, "inputs": inputs, "info": info,
+    }
+    tmp = folder / (MANIFEST + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(manifest, handle, indent=1, sort_keys=True)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, folder / MANIFEST)
+
+
+def read_manifest(folder: Path) -> Manifest | None:
+    try:
+        data = json.loads((folder / MANIFEST).read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    return Manifest(stage=data["stage"], key=data["key"], digest=data["digest"], parts=data["parts"],
+                    files=data["files"], inputs=data["inputs"], info=data["info"], path=folder)

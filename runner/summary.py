@@ -1,0 +1,42 @@
+"""The few lines printed at the end of `runner run`: what ran, what was reused, loss, accuracy, where."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from runner.execute import Outcome
+
+
+def _read(path: Path | None, name: str) -> dict[str, Any] | None:
+    if path is None or not (path / name).is_file():
+        return None
+    data: dict[str, Any] = json.loads((path / name).read_text("utf-8"))
+    return data
+
+
+def summary_lines(outcomes: Sequence[Outcome], record_path: Path, seconds: float) -> list[str]:
+    ran = [o.stage for o in outcomes if o.action == "ran"]
+    reused = [o.stage for o in outcomes if o.action == "reused"]
+    lines = [f"summary ({seconds:.1f} s): ran {', '.join(ran) or 'nothing'}; reused {', '.join(reused) or 'nothing'}"]
+    by_stage = {o.stage: o for o in outcomes}
+    train = _read(by_stage["train"].path if "train" in by_stage else None, "summary.json")
+    if train:
+        lines.append(f"  loss: train {train['train_loss_first']:.3f} -> {train['train_loss_last']:.3f}"
+                     + (f", validation {train['eval_loss_before']:.3f} -> {train['eval_loss_after']:.3f}"
+                        if train.get("eval_loss_after") is not None else ""))
+    metrics = _read(by_stage["eval"].path if "eval" in by_stage else None, "metrics.json")
+    for bench, r in (metrics or {}).get("benchmarks", {}).items():
+        base = f"base {100 * r['base']['acc']:.1f}% -> " if "base" in r else ""
+        lines.append(f"  {bench}: {base}fine-tuned {100 * r['tuned']['acc']:.1f}% (n={r['tuned']['n']})")
+    for o in outcomes:
+        if o.path is not None:
+            lines.append(f"  {o.stage:<7} {o.path}")
+    lines.append(f"  record  {record_path}")
+    return lines
+
+
+def print_summary(outcomes: Sequence[Outcome], record_path: Path, seconds: float) -> None:
+    print("\n".join(summary_lines(outcomes, record_path, seconds)), flush=True)
