@@ -26,7 +26,7 @@ class Step:
 
     def line(self) -> str:
         key = self.key[:12] if self.key else "?" * 12
-        why = f": {'; '.join(self.reasons)}" if self.reasons else ""
+        why = f", {'; '.join(self.reasons)}" if self.reasons else ""
         words = {"cached": "cached", "new": "will run", "stale": "stale", "missing": "will run",
                  "forced": "will run", "pending": "will run"}
         return f"{self.stage:<7} {key}  {words[self.status]}{why}"

@@ -31,6 +31,14 @@ def weights_path(model_dir: Path) -> str:
     return str(snapshot_download(info["id"], revision=info["commit"]))
 
 
+def quiet_bitsandbytes() -> None:
+    """bitsandbytes warns at import, on AVX512-BF16 CPUs, that it could not fetch an optional kernel
+    from the Hub. The fallback kernel is the one we want (see `disable_cpu_inference_repack`)."""
+    import logging
+
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
+
 def load_tokenizer(model_dir: Path) -> Any:
     from transformers import AutoTokenizer
 
@@ -42,6 +50,7 @@ def load_tokenizer(model_dir: Path) -> Any:
 
 def load_base(model_dir: Path, spec: Spec, profile: Profile, quantized: bool = True) -> Any:
     """The base model on the profile's device, 4-bit when the profile says so (and `quantized`)."""
+    quiet_bitsandbytes()
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 

@@ -1,0 +1,74 @@
+"""Profiles from fake probes: what a T4, an RTX 3090, an A100, an H100, an M1 and a CPU box get.
+The probes are fakes because these machines cannot exist here; resolve_profile is the real code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runner.errors import ProfileError
+from runner.profile import Gpu, Probe, resolve_profile
+from runner.spec import parse_spec
+
+CUDA_TORCH, BNB = "2.13.0", "0.50.2"
+T4 = Probe(gpus=(Gpu("Tesla T4", (7, 5), 15360, 15000),), cpu_count=2, ram_mib=12000, torch=CUDA_TORCH, bitsandbytes=BNB)
+RTX3090 = Probe(gpus=(Gpu("NVIDIA GeForce RTX 3090", (8, 6), 24576, 24000),), torch=CUDA_TORCH, bitsandbytes=BNB)
+A100 = Probe(gpus=(Gpu("NVIDIA A100-SXM4-80GB", (8, 0), 81920, 81000),), torch=CUDA_TORCH, bitsandbytes=BNB)
+H100 = Probe(gpus=(Gpu("NVIDIA H100 80GB HBM3", (9, 0), 81559, 80000),), torch=CUDA_TORCH, bitsandbytes=BNB)
+M1 = Probe(mps=True, cpu_count=8, ram_mib=32768, torch="2.13.0", bitsandbytes=None)
+CPU = Probe(cpu_count=2, ram_mib=24000, torch="2.13.0+cpu", bitsandbytes=BNB)
+CPU_OLD_BNB = Probe(cpu_count=2, ram_mib=24000, torch="2.13.0+cpu", bitsandbytes="0.43.1")
+
+
+def spec(tmp_path: Path, extra: str = ""):  # type: ignore[no-untyped-def]
+    (tmp_path / "t.jsonl").write_text("{}\n")
+    return parse_spec("model: {source: init}\ndata: {train: {path: t.jsonl}}\n" + extra, base_dir=tmp_path)
+
+
+@pytest.mark.parametrize("probe, device, dtype, quant, optim", [
+    (T4, "cuda", "fp16", "nf4", "paged_adamw_8bit"),
+    (RTX3090, "cuda", "bf16", "nf4", "paged_adamw_8bit"),
+    (A100, "cuda", "bf16", "nf4", "paged_adamw_8bit"),
+    (H100, "cuda", "bf16", "nf4", "paged_adamw_8bit"),
+    (M1, "mps", "fp16", "none", "adamw_torch"),
+    (CPU, "cpu", "fp32", "nf4", "adamw_torch"),
+    (CPU_OLD_BNB, "cpu", "fp32", "none", "adamw_torch"),
+])
+def test_default_profiles(tmp_path: Path, probe: Probe, device: str, dtype: str, quant: str, optim: str) -> None:
+    p = resolve_profile(spec(tmp_path), probe)
+    assert (p.device, p.dtype, p.quantization, p.optimizer) == (device, dtype, quant, optim)
+    assert p.micro_batch_size * p.gradient_accumulation == 16
+    assert p.reasons and all(isinstance(r, str) and r for r in p.reasons)
+
+
+def test_t4_says_why_it_uses_fp16(tmp_path: Path) -> None:
+    p = resolve_profile(spec(tmp_path), T4)
+    assert "fp16 compute: sm_75 has no bf16" in p.reasons
+
+
+def test_bf16_on_t4_follows_the_spec_policy(tmp_path: Path) -> None:
+    p = resolve_profile(spec(tmp_path, "hardware: {dtype: bf16}\n"), T4)
+    assert p.dtype == "fp16" and any("falling back to fp16" in r for r in p.reasons)
+    with pytest.raises(ProfileError, match="set hardware.dtype: fp16"):
+        resolve_profile(spec(tmp_path, "hardware: {dtype: bf16, on_unsupported: error}\n"), T4)
+
+
+def test_4bit_on_mps_falls_back_or_stops(tmp_path: Path) -> None:
+    p = resolve_profile(spec(tmp_path), M1)
+    assert p.quantization == "none" and any("LoRA without quantization" in r for r in p.reasons)
+    with pytest.raises(ProfileError, match="model.quantization: none"):
+        resolve_profile(spec(tmp_path, "hardware: {on_unsupported: error}\n"), M1)
+
+
+def test_cuda_asked_on_a_cpu_box(tmp_path: Path) -> None:
+    with pytest.raises(ProfileError, match="no CUDA GPU found"):
+        resolve_profile(spec(tmp_path, "hardware: {device: cuda, on_unsupported: error}\n"), CPU)
+    gpu_but_cpu_torch = Probe(gpus=T4.gpus, torch="2.13.0+cpu", bitsandbytes=BNB)
+    assert resolve_profile(spec(tmp_path), gpu_but_cpu_torch).device == "cpu"
+
+
+def test_key_fields_leave_out_what_only_changes_speed(tmp_path: Path) -> None:
+    a = resolve_profile(spec(tmp_path, "train: {micro_batch_size: 2}\n"), CPU)
+    b = resolve_profile(spec(tmp_path, "train: {micro_batch_size: 8}\n"), CPU)
+    assert a.micro_batch_size != b.micro_batch_size and a.key_fields() == b.key_fields()
