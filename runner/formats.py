@@ -81,7 +81,8 @@ def _text(row: dict[str, Any], column: str, what: str) -> str:
         value = "\n".join(str(v) for v in value)
     if not isinstance(value, (str, int, float)) or not str(value).strip():
         raise Dropped(f"empty {what} ({column})")
-    return str(value).strip()
+    # Verbatim, trailing spaces included: the harness builds its prompts from the raw text.
+    return str(value)
 
 
 def _options(row: dict[str, Any], fields: Fields) -> list[str]:

@@ -1,0 +1,63 @@
+"""A tiny spec of the tests' own (fast), run once per session into a shared store."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "data" / "demo"
+
+TINY = f"""
+name: tiny-test
+seed: 7
+model:
+  source: init
+  init: {{hidden_size: 32, intermediate_size: 64, num_layers: 2, num_heads: 4, num_kv_heads: 2, vocab_size: 1024}}
+  quantization: nf4
+data:
+  train: {{path: {DEMO / "medmc_train.jsonl"}}}
+  template: plain
+  max_rows: 96
+  max_length: 256
+lora: {{r: 8, alpha: 16, dropout: 0.0}}
+train: {{epochs: 2, learning_rate: 3e-3, batch_size: 8, save_steps: 10}}
+export: {{merged: true}}
+eval:
+  benchmarks: [{{name: demo, path: {DEMO / "medmc_test.jsonl"}, limit: 24}}]
+"""
+
+
+def runner(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    """`python -m runner ARGS` as a user runs it: a real process."""
+    return subprocess.run([sys.executable, "-m", "runner", *args], cwd=cwd, capture_output=True, text=True,
+                          env=env, timeout=900)
+
+
+@dataclass(frozen=True)
+class Tiny:
+    spec: Path
+    store: Path
+    folder: Path
+    output: str  # stdout and stderr of the first run
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
+    folder = tmp_path_factory.mktemp("tiny")
+    spec = folder / "tiny.yaml"
+    spec.write_text(TINY)
+    store = folder / "store"
+    done = runner("run", str(spec), "--store", str(store))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return Tiny(spec, store, folder, done.stdout + done.stderr)
+
+
+def only_artifact(store: Path, stage: str) -> Path:
+    found = [p for p in (store / stage).iterdir() if (p / "manifest.json").is_file()]
+    assert len(found) == 1, found
+    return found[0]

@@ -1,0 +1,80 @@
+"""Where models and data come from: broken rows counted, a local model folder, the Hub code path
+run against a local Hugging Face cache (the Hub itself cannot be reached here, so the cache stands
+in for it; snapshot_download and its commit resolution are the real library code)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from tests.integration.conftest import Tiny, only_artifact, runner
+
+GOOD = {"question": "Which vitamin deficiency causes scurvy?", "options": {"A": "Vitamin C", "B": "Vitamin D",
+        "C": "Vitamin K", "D": "Vitamin A"}, "answer_idx": "A"}
+
+
+def test_broken_rows_are_dropped_and_counted(tiny: Tiny, tmp_path: Path) -> None:
+    rows = [json.dumps(GOOD)] * 20 + ["{broken json", json.dumps({**GOOD, "answer_idx": "F"}),
+                                      json.dumps({**GOOD, "question": ""}), json.dumps({**GOOD, "options": None})]
+    (tmp_path / "rows.jsonl").write_text("\n".join(rows) + "\n")
+    spec = tmp_path / "broken.yaml"
+    text = tiny.spec.read_text()
+    start = text.index("  train: {path:")
+    spec.write_text(text[:start] + f"  train: {{path: {tmp_path / 'rows.jsonl'}}}\n" + text[text.index("\n", start) + 1:])
+    done = runner("run", str(spec), "--store", str(tiny.store), "--only", "data")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "[runner] model: cached" in done.stdout  # the model is shared with the tiny spec's run
+    data = sorted((tiny.store / "data").glob("*/stats.json"), key=lambda p: p.stat().st_mtime)[-1]
+    stats = json.loads(data.read_text())
+    assert stats["rows"] == {"train": 18, "validation": 2}
+    assert stats["dropped"] == {"answer out of range (answer_idx)": 1, "empty question (question)": 1,
+                                "missing options (options)": 1, "not valid JSON": 1}
+
+
+def _model_folder(tiny: Tiny, folder: Path) -> Path:
+    model = only_artifact(tiny.store, "model")
+    shutil.copytree(model / "weights", folder)
+    for file in (model / "tokenizer").iterdir():
+        shutil.copy(file, folder / file.name)
+    return folder
+
+
+def _spec_with_model(tiny: Tiny, path: Path, model_yaml: str) -> Path:
+    text = tiny.spec.read_text()
+    start, end = text.index("model:"), text.index("data:")
+    path.write_text(text[:start] + model_yaml + text[end:])
+    return path
+
+
+def test_local_model_folder_is_keyed_by_its_files(tiny: Tiny, tmp_path: Path) -> None:
+    folder = _model_folder(tiny, tmp_path / "my-model")
+    spec = _spec_with_model(tiny, tmp_path / "local.yaml", f"model:\n  source: local\n  path: {folder}\n")
+    store = tmp_path / "store"
+    done = runner("run", str(spec), "--store", str(store), "--only", "model")
+    assert done.returncode == 0, done.stderr[-2000:]
+    info = json.loads((only_artifact(store, "model") / "model.json").read_text())
+    assert info == {"source": "local", "path": str(folder)}
+    key = only_artifact(store, "model").name
+    plan = runner("plan", str(spec), "--store", str(store))
+    assert f"model   {key[:12]}  cached" in plan.stdout
+    (folder / "config.json").write_text((folder / "config.json").read_text() + "\n")  # one byte more
+    plan = runner("plan", str(spec), "--store", str(store))
+    assert "model   " in plan.stdout and "stale, files.model/config.json" in plan.stdout, plan.stdout
+
+
+def test_hub_model_resolves_to_a_recorded_commit_from_the_cache(tiny: Tiny, tmp_path: Path) -> None:
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--medlab--tiny-llama"
+    _model_folder(tiny, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    spec = _spec_with_model(tiny, tmp_path / "hub.yaml", "model:\n  source: hub\n  id: medlab/tiny-llama\n  revision: main\n")
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    store = tmp_path / "store"
+    done = runner("run", str(spec), "--store", str(store), "--only", "model", env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    info = json.loads((only_artifact(store, "model") / "model.json").read_text())
+    assert info == {"source": "hub", "id": "medlab/tiny-llama", "revision": "main", "commit": commit}
+    assert (only_artifact(store, "model") / "tokenizer" / "tokenizer.json").is_file()
