@@ -51,9 +51,15 @@ def _parser() -> argparse.ArgumentParser:
                        help="artifact store folder (default: ./artifacts, or $RUNNER_STORE)")
         p.add_argument("--force", action="append", default=[], choices=STAGE_NAMES, metavar="STAGE",
                        help="rebuild STAGE even if cached (repeatable)")
+        p.add_argument("--verify", action="store_true",
+                       help="rehash every file of cached artifacts; a damaged one is rebuilt")
         if name == "run":
             p.add_argument("--only", choices=STAGE_NAMES, metavar="STAGE",
                            help="run only STAGE; the stages before it must already be cached")
+    gc = command("gc", cmd_gc, "remove artifacts that no run record refers to", spec=False)
+    gc.add_argument("--store", type=Path, default=Path(os.environ.get("RUNNER_STORE", "artifacts")),
+                    help="artifact store folder (default: ./artifacts, or $RUNNER_STORE)")
+    gc.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
     command("profile", cmd_profile, "show this machine and the profile a spec would get", spec=False).add_argument(
         "spec", type=Path, nargs="?", help="spec to resolve the profile for (default: specs/smoke.yaml settings)")
     return parser
@@ -88,22 +94,37 @@ def cmd_plan(args: argparse.Namespace) -> int:
           f"micro-batch {profile.micro_batch_size} x {profile.gradient_accumulation}")
     for reason in profile.reasons:
         print(f"  - {reason}")
-    steps = plan(all_stages(), spec, profile, store, latest_record(store.root, args.spec), frozenset(args.force))
+    steps = plan(all_stages(), spec, profile, store, latest_record(store.root, args.spec), frozenset(args.force),
+                 args.verify)
     for step in steps:
         print(step.line())
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from runner.execute import run_spec
+    from runner import signals
+    from runner.execute import Options, run_spec
     from runner.summary import print_summary
 
+    signals.install()
     spec, profile, store = _setup(args)
     started = time.time()
     log = lambda message: print(f"[runner] {message}", flush=True)  # noqa: E731
     log(f"profile: {profile.device} {profile.dtype}, quantization {profile.quantization}")
-    outcomes, record_path = run_spec(spec, args.spec, profile, store, log, args.only, frozenset(args.force))
+    options = Options(only=args.only, force=frozenset(args.force), verify=args.verify)
+    outcomes, record_path = run_spec(spec, args.spec, profile, store, log, options)
     print_summary(outcomes, record_path, time.time() - started)
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from runner.gc import collect
+
+    removed, freed = collect(args.store, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for path in removed:
+        print(f"{verb} {path}")
+    print(f"{verb} {len(removed)} folder(s), {freed / 2**20:.1f} MiB")
     return 0
 
 

@@ -1,19 +1,25 @@
-"""Running a plan: each stage either reused from the store or built, in order, with a run record."""
+"""Running a plan: each stage either reused from the store or built, in order, with a run record.
+
+Safe to kill at any moment: a stage is built under a lock in its work folder and appears only when
+its manifest is written and the folder renamed; the run record is rewritten after every stage.
+"""
 
 from __future__ import annotations
 
+import errno
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from runner.errors import RunnerError, StageError
+from runner import locks
+from runner.errors import RunnerError, StageError, StoreError
 from runner.plan import Step, plan_stage
 from runner.profile import Profile
 from runner.records import RunRecord, latest_record, new_record, save_record
 from runner.spec import Spec
-from runner.stages import StageContext, all_stages
+from runner.stages import Stage, StageContext, all_stages
 from runner.store import Manifest, Store
 
 
@@ -27,36 +33,47 @@ class Outcome:
     reasons: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class Options:
+    only: str | None = None
+    force: frozenset[str] = frozenset()
+    verify: bool = False  # rehash every file of a cached artifact before trusting it
+
+
 def run_spec(spec: Spec, spec_path: Path, profile: Profile, store: Store, log: Callable[[str], None],
-             only: str | None = None, force: frozenset[str] = frozenset()) -> tuple[list[Outcome], Path]:
+             options: Options = Options()) -> tuple[list[Outcome], Path]:
     """Run every stage not already in the store. Returns what happened per stage and the record path."""
     previous = latest_record(store.root, spec_path)
     record, record_path = new_record(store.root, spec_path, spec.as_dict(), asdict(profile))
     save_record(record, record_path)
     done: dict[str, Manifest] = {}
     outcomes: list[Outcome] = []
+    current: dict[str, str | None] = {}
     try:
         for stage in all_stages():
-            step = plan_stage(stage, spec, profile, store, done, previous, stage.name in force)
+            current = {"stage": stage.name, "key": None}
+            step = plan_stage(stage, spec, profile, store, done, previous, stage.name in options.force, options.verify)
+            current["key"] = step.key
             if step.status == "pending":
                 # Only reachable with --only: an upstream stage was not built in this run.
-                raise StageError(f"{stage.name} needs {', '.join(r.removeprefix('after ') for r in step.reasons)}"
-                                 f" first: run without --only, or with --only on that stage")
-            if only is not None and stage.name != only and step.status != "cached":
-                outcomes.append(Outcome(stage.name, "skipped", step.key, 0.0, None, step.reasons))
-                record.stages.append({"stage": stage.name, "key": step.key, "action": "skipped", "inputs": step.inputs})
-                continue
-            outcome, manifest = _reuse_or_build(stage, step, spec, profile, store, done, log)
-            done[stage.name] = manifest
+                raise StageError(f"{stage.name} needs {step.reasons[0].removeprefix('after ')} first: "
+                                 f"run without --only, or with --only on that stage")
+            if options.only is not None and stage.name != options.only and step.status != "cached":
+                outcome = Outcome(stage.name, "skipped", step.key, 0.0, None, step.reasons)
+            else:
+                outcome, done[stage.name] = _reuse_or_build(stage, step, spec, profile, store, log, done)
             outcomes.append(outcome)
             record.stages.append({"stage": stage.name, "key": step.key, "action": outcome.action,
-                                  "seconds": outcome.seconds, "reasons": list(step.reasons), "inputs": step.inputs})
+                                  "seconds": round(outcome.seconds, 3), "reasons": list(step.reasons),
+                                  "inputs": step.inputs})
             save_record(record, record_path)
-            if stage.name == only:
+            if stage.name == options.only:
                 break  # later stages would need this run's outputs, which --only leaves alone
     except BaseException as exc:
-        record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
-        record.finished = time.time()
+        record.status, record.error, record.finished = "failed", f"{type(exc).__name__}: {exc}", time.time()
+        if current and not any(s["stage"] == current["stage"] for s in record.stages):
+            # The key stays on record so `gc` keeps the stage's checkpoints for the next attempt.
+            record.stages.append({**current, "action": "failed", "error": str(exc)})
         save_record(record, record_path)
         raise
     record.status, record.finished = "completed", time.time()
@@ -64,14 +81,32 @@ def run_spec(spec: Spec, spec_path: Path, profile: Profile, store: Store, log: C
     return outcomes, record_path
 
 
-def _reuse_or_build(stage, step: Step, spec: Spec, profile: Profile, store: Store,  # type: ignore[no-untyped-def]
-                    done: dict[str, Manifest], log: Callable[[str], None]) -> tuple[Outcome, Manifest]:
+def _reuse_or_build(stage: Stage, step: Step, spec: Spec, profile: Profile, store: Store,
+                    log: Callable[[str], None], done: dict[str, Manifest]) -> tuple[Outcome, Manifest]:
     assert step.key is not None and step.inputs is not None  # not pending: checked by the caller
     if step.status == "cached" and step.manifest is not None:
         log(f"{stage.name}: cached {step.key[:12]}, nothing to do")
         return Outcome(stage.name, "reused", step.key, 0.0, step.manifest.path, ()), step.manifest
-    log(f"{stage.name}: running {step.key[:12]} ({'; '.join(step.reasons)})")
-    started = time.time()
+    with locks.hold(store.lock_path(stage.name, step.key), f"{stage.name} {step.key[:12]}", log):
+        if step.status != "forced":
+            manifest = store.lookup(stage.name, step.key)
+            if manifest is not None:  # another process built it while we waited for the lock
+                log(f"{stage.name}: built meanwhile by another run, reusing {step.key[:12]}")
+                return Outcome(stage.name, "reused", step.key, 0.0, manifest.path, ()), manifest
+        log(f"{stage.name}: running {step.key[:12]} ({'; '.join(step.reasons)})")
+        started = time.time()
+        _build(stage, step, spec, profile, store, log, done)
+    manifest = store.lookup(stage.name, step.key)
+    if manifest is None:
+        raise StageError(f"{stage.name}: the artifact vanished right after it was written to {store.root}")
+    seconds = time.time() - started
+    log(f"{stage.name}: done in {seconds:.1f} s")
+    return Outcome(stage.name, "ran", step.key, seconds, manifest.path, step.reasons), manifest
+
+
+def _build(stage: Stage, step: Step, spec: Spec, profile: Profile, store: Store,
+           log: Callable[[str], None], done: dict[str, Manifest]) -> None:
+    assert step.key is not None and step.inputs is not None
     upstream = {ref.partition(":")[0]: done[ref.partition(":")[0]].path for ref in stage.upstream}
     try:
         with store.build(stage.name, step.key, step.inputs, stage.volatile) as out:
@@ -81,11 +116,13 @@ def _reuse_or_build(stage, step: Step, spec: Spec, profile: Profile, store: Stor
     except (RunnerError, KeyboardInterrupt):
         raise
     except Exception as exc:
-        detail = traceback.format_exception_only(type(exc), exc)[-1].strip()
-        raise StageError(f"{stage.name} failed: {detail} (nothing of it was kept; --debug shows the traceback)") from exc
-    manifest = store.lookup(stage.name, step.key)
-    if manifest is None:
-        raise StageError(f"{stage.name}: the artifact vanished right after it was written to {store.root}")
-    seconds = time.time() - started
-    log(f"{stage.name}: done in {seconds:.1f} s")
-    return Outcome(stage.name, "ran", step.key, seconds, manifest.path, step.reasons), manifest
+        # Libraries wrap a full disk in their own errors (safetensors, torch.save): look at the text too.
+        if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(exc):
+            raise StoreError(f"{stage.name}: disk full while writing to {store.root} ({exc.strerror}); free some "
+                             f"space (`runner gc` removes unused artifacts) and run again: finished stages are kept") from exc
+        raise _stage_error(stage.name, exc) from exc
+
+
+def _stage_error(name: str, exc: BaseException) -> StageError:
+    detail = traceback.format_exception_only(type(exc), exc)[-1].strip()
+    return StageError(f"{name} failed: {detail} (nothing of it was kept; --debug shows the traceback)")

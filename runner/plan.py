@@ -41,7 +41,7 @@ def stage_inputs(stage: Stage, spec: Spec, profile: Profile, upstream: dict[str,
 
 
 def plan_stage(stage: Stage, spec: Spec, profile: Profile, store: Store,
-               done: dict[str, Manifest], previous: RunRecord | None, force: bool) -> Step:
+               done: dict[str, Manifest], previous: RunRecord | None, force: bool, verify: bool = False) -> Step:
     """Decide one stage given the committed manifests of the stages before it (`done`)."""
     upstream: dict[str, str] = {}
     waiting = []
@@ -55,11 +55,13 @@ def plan_stage(stage: Stage, spec: Spec, profile: Profile, store: Store,
         return Step(stage.name, "pending", None, (f"after {', '.join(dict.fromkeys(waiting))}",))
     inputs = stage_inputs(stage, spec, profile, upstream)
     key = stage_key(inputs)
-    manifest = store.lookup(stage.name, key)
+    manifest, problem = store.check(stage.name, key, verify)
     if manifest is not None and not force:
         return Step(stage.name, "cached", key, (), inputs, manifest)
     if force:
         return Step(stage.name, "forced", key, ("--force",), inputs)
+    if problem is not None:
+        return Step(stage.name, "missing", key, (problem,), inputs)
     before = previous.stage(stage.name) if previous else None
     if before is None or before.get("inputs") is None:
         return Step(stage.name, "new", key, ("no earlier run of this spec",), inputs)
@@ -71,12 +73,12 @@ def plan_stage(stage: Stage, spec: Spec, profile: Profile, store: Store,
 
 
 def plan(stages: tuple[Stage, ...], spec: Spec, profile: Profile, store: Store,
-         previous: RunRecord | None, force: frozenset[str] = frozenset()) -> list[Step]:
+         previous: RunRecord | None, force: frozenset[str] = frozenset(), verify: bool = False) -> list[Step]:
     """The whole plan without running anything: stages after one that will run stay `pending`."""
     done: dict[str, Manifest] = {}
     steps = []
     for stage in stages:
-        step = plan_stage(stage, spec, profile, store, done, previous, stage.name in force)
+        step = plan_stage(stage, spec, profile, store, done, previous, stage.name in force, verify)
         if step.manifest is not None:
             done[stage.name] = step.manifest
         steps.append(step)

@@ -53,17 +53,30 @@ class Store:
     def work_dir(self, stage: str, key: str) -> Path:
         return self.root / stage / ".work" / key
 
-    def lookup(self, stage: str, key: str) -> Manifest | None:
-        """The committed artifact for (stage, key), or None. Files whose size changed disqualify it."""
+    def lock_path(self, stage: str, key: str) -> Path:
+        return self.root / stage / ".locks" / f"{key}.lock"
+
+    def lookup(self, stage: str, key: str, verify: bool = False) -> Manifest | None:
+        return self.check(stage, key, verify)[0]
+
+    def check(self, stage: str, key: str, verify: bool = False) -> tuple[Manifest | None, str | None]:
+        """The committed artifact for (stage, key), or None and why it cannot be trusted.
+
+        Sizes are always checked (cheap, and catch truncation and deletion); `verify` rehashes every
+        file against the manifest."""
         folder = self.artifact_dir(stage, key)
         manifest = read_manifest(folder)
         if manifest is None:
-            return None
+            return None, ("artifact has no manifest (an interrupted write)" if folder.exists() else None)
         for rel, meta in manifest.files.items():
             file = folder / rel
-            if not file.is_file() or file.stat().st_size != meta["size"]:
-                return None
-        return manifest
+            if not file.is_file():
+                return None, f"artifact damaged: {rel} is missing"
+            if file.stat().st_size != meta["size"]:
+                return None, f"artifact damaged: {rel} has {file.stat().st_size} bytes, the manifest says {meta['size']}"
+            if verify and file_digest(file) != meta["sha256"]:
+                return None, f"artifact damaged: {rel} does not match its sha256"
+        return manifest, None
 
     @contextmanager
     def build(self, stage: str, key: str, inputs: dict[str, Any], volatile: tuple[str, ...]) -> Iterator[Path]:
@@ -79,7 +92,10 @@ class Store:
         write_manifest(out, stage, key, inputs, volatile, info)
         final = self.artifact_dir(stage, key)
         if final.exists():
-            shutil.rmtree(final)  # only reached with --force or after a failed size check
+            # Reached with --force or for a damaged artifact: move it aside first, so no reader ever
+            # sees a folder that is half old and half new.
+            trash = work / "replaced"
+            os.replace(final, trash)
         os.replace(out, final)
         shutil.rmtree(work, ignore_errors=True)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from runner.spec import Spec
 from runner.stages import StageContext
 
 name = "train"
-version = 1
+version = 2
 upstream = ("model", "data")
 volatile = ("metrics.jsonl", "summary.json", "loss.png")
 uses_profile = True
@@ -36,11 +37,12 @@ def local_files(spec: Spec) -> dict[str, Path]:
 def run(ctx: StageContext) -> None:
     from datasets import Dataset
     from transformers import Trainer, set_seed
-
-    from runner.stages.loading import load_base, load_tokenizer
     from transformers.trainer_callback import ProgressCallback
 
-    from runner.stages.training import MetricsLog, PadCollator, QuietProgress, plot_curves, read_metrics
+    from runner import signals
+    from runner.stages.loading import load_base, load_tokenizer
+    from runner.stages.training import (MetricsLog, PadCollator, QuietProgress, StopOnSignal, keep_metrics_until,
+                                        plot_curves, read_metrics)
 
     spec, profile = ctx.spec, ctx.profile
     set_seed(spec.seed)  # before the model: LoRA's A matrices are drawn from this
@@ -50,17 +52,29 @@ def run(ctx: StageContext) -> None:
     model = _lora_model(load_base(ctx.upstream["model"], spec, profile), spec, profile.gradient_checkpointing)
     trainable, total = model.get_nb_trainable_parameters()
     ctx.log(f"train: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
-    metrics = ctx.out / "metrics.jsonl"
+    # The log lives in the work folder, which outlives a killed attempt, and is copied out at the end.
+    metrics = ctx.work / "metrics.jsonl"
+    checkpoint = _last_checkpoint(ctx.work / "checkpoints")
+    if checkpoint is None:
+        metrics.unlink(missing_ok=True)
+    else:
+        step = int(Path(checkpoint).name.split("-")[1])
+        keep_metrics_until(metrics, step)
+        ctx.log(f"train: resuming from {Path(checkpoint).name} of an earlier attempt (step {step})")
     trainer = Trainer(model=model, args=training_args(spec, profile, ctx.work / "checkpoints"),
                       train_dataset=train_rows, eval_dataset=val_rows if len(val_rows) else None,
-                      data_collator=PadCollator(tok.pad_token_id), callbacks=[MetricsLog(metrics, profile.device)])
+                      data_collator=PadCollator(tok.pad_token_id),
+                      callbacks=[MetricsLog(metrics, profile.device), StopOnSignal()])
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(QuietProgress())
     before = trainer.evaluate()["eval_loss"] if len(val_rows) else None
-    result = trainer.train(resume_from_checkpoint=_last_checkpoint(ctx.work / "checkpoints"))
+    with signals.graceful():  # Ctrl-C / SIGTERM: checkpoint at the end of the step, then stop
+        result = trainer.train(resume_from_checkpoint=checkpoint)
     after = trainer.evaluate()["eval_loss"] if len(val_rows) else None
+    if metrics.is_file():
+        shutil.copyfile(metrics, ctx.out / "metrics.jsonl")
     _save_adapter(model, ctx.out / "adapter", spec)
-    rows = read_metrics(metrics)
+    rows = read_metrics(ctx.out / "metrics.jsonl")
     if rows:
         plot_curves(rows, ctx.out / "loss.png", f"{spec.name}: training loss")
     summary = {"trainable_parameters": trainable, "total_parameters": total, "steps": result.global_step,
@@ -115,8 +129,13 @@ def _last_checkpoint(folder: Path) -> str | None:
 
 
 def _save_adapter(model: Any, folder: Path, spec: Spec) -> None:
-    # Record what the adapter is for, not this machine's path to it: the bytes stay portable.
-    # None for non-Hub bases: a placeholder name would send peft looking for it on the Hub.
-    base = spec.model.id if spec.model.source == "hub" else None
-    model.peft_config["default"].base_model_name_or_path = base
+    """Save the adapter with bytes that depend on the training only, so equal training gives equal
+    digests: peft writes this machine's path to the base and a set of module names in hash order."""
     model.save_pretrained(str(folder), safe_serialization=True)
+    config_path = folder / "adapter_config.json"
+    config = json.loads(config_path.read_text("utf-8"))
+    config["base_model_name_or_path"] = spec.model.id if spec.model.source == "hub" else None
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", "utf-8")
+    (folder / "README.md").unlink(missing_ok=True)  # the export stage writes the model card

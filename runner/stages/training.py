@@ -76,6 +76,23 @@ class QuietProgress(ProgressCallback):  # type: ignore[misc]
             self.training_bar.set_postfix(loss=f"{logs['loss']:.4f}", refresh=False)
 
 
+class StopOnSignal(TrainerCallback):  # type: ignore[misc]
+    """On Ctrl-C or SIGTERM (see runner.signals.graceful), finish the step, checkpoint, and stop."""
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        from runner import signals
+
+        if signals.requested() is not None:
+            control.should_save = True
+            control.should_training_stop = True
+
+
+def keep_metrics_until(path: Path, step: int) -> None:
+    """A resumed run redoes the steps after its checkpoint: drop their rows so none appear twice."""
+    rows = [r for r in read_metrics(path) if r["step"] <= step]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), "utf-8")
+
+
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []

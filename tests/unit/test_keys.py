@@ -20,7 +20,7 @@ UP = "0" * 64  # a stand-in upstream digest, so each stage's key is pinned on it
 PINNED = {
     "model": "d2b49d4d6d2c9c77a13b153e7190fa96187452d9a0a7c57027d81c3a240c4d4c",
     "data": "227ebc5e89f7bc046a6d71127c923b33fd0774189f19a8d7f32f3ea8ca21e055",
-    "train": "19848835acd02c1d22a240e2d682029d31fe324f460ff1bb0eebc7db12ef8d4c",
+    "train": "e927793a00015a50f67061037bc4cb21313ff4cceb4af6484e486b3cc3d042b9",
     "export": "6d61927dee75d48db5a3cbbb8a4dac2d6fdfc4ddb54b541fdf442c5221e107d1",
     "eval": "410d6c4660c3e118042266ff1b1f8a0a38b39bceacd2520da3c936fd79d738ed",
 }

@@ -1,0 +1,58 @@
+"""Ctrl-C and SIGTERM: stop cleanly, and where a stage can save its progress first, let it.
+
+Outside a graceful region a signal raises `Interrupted` at once (a stage's half-built folder is never
+used, so nothing is lost). Inside one (the training loop), the signal only sets a flag; the loop
+saves a checkpoint at the end of the current step, stops, and then raises.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+from runner.errors import RunnerError
+
+
+class Interrupted(RunnerError):
+    def __init__(self, signum: int, detail: str = "") -> None:
+        self.signum = signum
+        self.exit_code = 128 + signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+        name = signal.Signals(signum).name
+        super().__init__(f"interrupted by {name}{detail}; finished stages are kept: run the same command to go on")
+
+
+class _State:
+    graceful = False
+    pending: int | None = None
+
+
+def _handler(signum: int, frame: FrameType | None) -> None:
+    if _State.graceful:
+        _State.pending = signum  # picked up at the end of the current training step
+        return
+    raise Interrupted(signum)
+
+
+def install() -> None:
+    """Route SIGINT and SIGTERM through `_handler` (called by the CLI's `run`, never on import)."""
+    signal.signal(signal.SIGINT, _handler)
+    signal.signal(signal.SIGTERM, _handler)
+
+
+def requested() -> int | None:
+    return _State.pending
+
+
+@contextmanager
+def graceful() -> Iterator[None]:
+    """Within this block a signal waits for the code to call `requested()` and stop by itself."""
+    _State.graceful, _State.pending = True, None
+    try:
+        yield
+    finally:
+        _State.graceful = False
+    if _State.pending is not None:
+        signum, _State.pending = _State.pending, None
+        raise Interrupted(signum, " (progress saved in a checkpoint)")
