@@ -7,6 +7,7 @@ repeat them so the types read on their own, and a unit test keeps the two equal.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -120,6 +121,7 @@ class Export:
 @dataclass(frozen=True)
 class Benchmark:
     name: str
+    format: Literal["medqa", "medmcqa", "pubmedqa", "multiple_choice"] = "multiple_choice"
     path: str | None = None
     hub: str | None = None
     config: str | None = None
@@ -130,11 +132,34 @@ class Benchmark:
 
 
 @dataclass(frozen=True)
+class Generation:
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+
+
+@dataclass(frozen=True)
+class SafetyRule:
+    name: str
+    pattern: str
+    unless: str | None = None
+
+
+@dataclass(frozen=True)
+class Safety:
+    builtin: bool = True
+    rules: tuple[SafetyRule, ...] = ()
+
+
+@dataclass(frozen=True)
 class Eval:
     benchmarks: tuple[Benchmark, ...] = ()
     compare_base: bool = True
     batch_size: int = 8
     chat_template: bool = False
+    queries: tuple[str, ...] = ()
+    generation: Generation = field(default_factory=Generation)
+    safety: Safety = field(default_factory=Safety)
 
 
 @dataclass(frozen=True)
@@ -217,6 +242,9 @@ def cross_field_problems(doc: dict[str, Any], base_dir: Path) -> list[tuple[tupl
     for i, name in enumerate(names):
         if name in names[:i]:
             found.append((("eval", "benchmarks", i, "name"), f"duplicate benchmark name {name!r}"))
+    for i, rule in enumerate(doc["eval"]["safety"]["rules"]):
+        for part in ("pattern", "unless"):
+            found += _regex(rule[part], ("eval", "safety", "rules", i, part))
     train = doc["train"]
     micro = train["micro_batch_size"]
     if micro != "auto" and train["batch_size"] % micro:
@@ -228,6 +256,16 @@ def cross_field_problems(doc: dict[str, Any], base_dir: Path) -> list[tuple[tupl
     if model["source"] == "init" and init["hidden_size"] % init["num_heads"]:
         found.append((("model", "init", "num_heads"), "must divide model.init.hidden_size"))
     return found
+
+
+def _regex(pattern: str | None, where: tuple[Any, ...]) -> list[tuple[tuple[Any, ...], str]]:
+    if pattern is None:
+        return []
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        return [(where, f"not a valid regular expression: {exc}")]
+    return []
 
 
 def _local_path(path: str, where: tuple[Any, ...], base_dir: Path, want_dir: bool) -> list[tuple[tuple[Any, ...], str]]:

@@ -1,18 +1,13 @@
 """Numerical promises on the tiny model, in-process: 4-bit gradients stay right after an eval pass,
-the merged model computes what base + adapter computed, scoring equals a plain reference."""
+the merged model computes what base + adapter computed. (Scoring vs a plain reference: test_eval_scoring.py.)"""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
 import torch
 
-from runner.formats import LETTERS, read_local, to_question
 from runner.profile import probe_machine, resolve_profile
-from runner.spec import Fields, load_spec
-from runner.stages.loading import load_base, load_tokenizer
-from runner.stages.scoring import predictions, requests_for, score
+from runner.spec import load_spec
+from runner.stages.loading import load_base
 from tests.integration.conftest import Tiny, only_artifact
 
 
@@ -66,29 +61,3 @@ def test_merged_model_computes_what_base_plus_adapter_computed(tiny: Tiny) -> No
     err_naive = (wrong - want).abs().max().item()
     assert err_merged < 1e-3, err_merged
     assert err_naive > 10 * err_merged  # merging into the full-precision weights is measurably off
-
-
-def test_scoring_equals_a_plain_reference_on_real_medqa(tiny: Tiny, shared_data: Path) -> None:
-    """Batched, shared-prefix scoring vs the rule done the slow obvious way: one forward per
-    (question, choice) on context + continuation, summing the continuation's log-probabilities."""
-    _, _, model_dir = _setup(tiny)
-    tok = load_tokenizer(model_dir)
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir / "weights")).eval()
-    rows = list(read_local(shared_data / "medqa" / "test.jsonl"))[:12]
-    questions = [to_question(r, Fields()) for r in rows]  # type: ignore[arg-type]
-    requests = requests_for(questions, tok, lambda p: p)
-    fast = score(model, requests, batch_size=5, pad_id=tok.pad_token_id)
-    reference = []
-    for q in questions:
-        context = tok(q.prompt, add_special_tokens=False).input_ids
-        for letter in LETTERS[: len(q.choices)]:
-            whole = tok(q.prompt + " " + letter, add_special_tokens=False).input_ids
-            cont = whole[len(context):]
-            with torch.inference_mode():
-                logits = model(input_ids=torch.tensor([whole[:-1]])).logits[0]
-            logprobs = torch.log_softmax(logits.float(), dim=-1)
-            reference.append(sum(logprobs[len(context) - 1 + i, t].item() for i, t in enumerate(cont)))
-    assert fast == pytest.approx(reference, abs=2e-4)
-    assert predictions(questions, requests, fast) == predictions(questions, requests, reference)

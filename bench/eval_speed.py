@@ -1,0 +1,234 @@
+#!/usr/bin/env python
+"""Questions/s of the runner's scoring vs lm-evaluation-harness on the same questions and model, and
+whether the per-question predictions are identical.
+
+    .venv/bin/pip install -e ".[bench]"        # lm-eval, offline once installed
+    .venv/bin/python bench/eval_speed.py [--limit 300] [--batch-size 16] [--model DIR --tokenizer DIR]
+
+Without --model it scores the tiny model of specs/smoke.yaml (building it with `runner run --only
+model` into --store when absent). The harness side is `simple_evaluate` on an `HFLM` pointed at the
+same model folder, with tasks built from the harness's own `doc_to_text` functions over the local
+files (MedQA, PubMedQA in ../shared/data; MedMCQA rows made from MedQA questions, since no MedMCQA
+file is available offline). Both sides are timed from the rows on disk to predictions, with the model
+already loaded; `ll-only` is the harness's `loglikelihood` call alone (no task setup). Each side runs
+--repeats times, alternating, and its fastest run counts (the CPU may be shared). Library output goes to
+bench/out/eval_speed.log, figures to bench/out/eval_speed.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a plain file: make `runner` importable without an install
+OUT = ROOT / "bench" / "out"
+LOG = OUT / "eval_speed.log"
+DATA = ROOT.parent / "shared" / "data"
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}  # never wait on the Hub
+
+from runner.benchmarks import load_items  # noqa: E402  (needs sys.path)
+from runner.spec import Benchmark, Fields  # noqa: E402
+
+TARGET_RATIO = 3.0
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Progress bars and warnings of both libraries go to the log, not the table."""
+    LOG.parent.mkdir(parents=True, exist_ok=True)
+    with open(LOG, "a", encoding="utf-8") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        yield
+
+
+def tiny_model(store: Path) -> tuple[Path, Path]:
+    found = sorted(store.glob("model/*/weights/config.json"))
+    if not found:
+        done = subprocess.run([sys.executable, "-m", "runner", "run", "specs/smoke.yaml", "--store", str(store),
+                               "--only", "model"], cwd=ROOT, capture_output=True, text=True)
+        if done.returncode:
+            sys.exit(done.stdout + done.stderr)
+        found = sorted(store.glob("model/*/weights/config.json"))
+    folder = found[0].parent.parent
+    return folder / "weights", folder / "tokenizer"
+
+
+def medmcqa_file(folder: Path) -> Path:
+    """MedMCQA-shaped rows (Hub layout, 0-based cop) made from the real MedQA questions."""
+    path = folder / "medmcqa_from_medqa.jsonl"
+    with open(DATA / "medqa" / "test.jsonl", encoding="utf-8") as src, open(path, "w", encoding="utf-8") as out:
+        for i, line in enumerate(src):
+            row = json.loads(line)
+            opts = row["options"]
+            out.write(json.dumps({"id": str(i), "question": row["question"], "opa": opts["A"], "opb": opts["B"],
+                                  "opc": opts["C"], "opd": opts["D"], "cop": "ABCD".index(row["answer_idx"]),
+                                  "subject_name": row["meta_info"]}) + "\n")
+    return path
+
+
+def harness_task(fmt: str, path: Path) -> Any:
+    """A harness task over a local file, with the harness's own prompt function for the format."""
+    from lm_eval.api.task import ConfigurableTask
+
+    config: dict[str, Any] = {"task": f"local_{fmt}", "dataset_path": "json", "output_type": "multiple_choice",
+                              "dataset_kwargs": {"data_files": {"test": str(path)}}, "test_split": "test",
+                              "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}]}
+    if fmt == "medqa":
+        from lm_eval.tasks.medqa import preprocess_medqa as medqa
+
+        def to_hf(docs: Any) -> Any:  # our rows -> the fields of GBaker/MedQA-USMLE-4-options-hf
+            return docs.map(lambda d: {"sent1": d["question"], "label": "ABCD".index(d["answer_idx"]),
+                                       **{f"ending{i}": d["options"][k] for i, k in enumerate("ABCD")}})
+
+        config |= {"process_docs": to_hf, "doc_to_text": medqa.doc_to_text, "doc_to_target": medqa.doc_to_target,
+                   "doc_to_choice": ["A", "B", "C", "D"]}
+    elif fmt == "medmcqa":
+        from lm_eval.tasks.medmcqa import utils_medmcqa
+
+        config |= {"doc_to_text": utils_medmcqa.doc_to_text, "doc_to_target": "cop", "doc_to_choice": ["A", "B", "C", "D"]}
+    else:
+        from lm_eval.tasks.pubmedqa import preprocess_pubmedqa
+
+        config |= {"doc_to_text": preprocess_pubmedqa.doc_to_text, "doc_to_target": "final_decision",
+                   "doc_to_choice": ["yes", "no", "maybe"]}
+    return ConfigurableTask(config=config)
+
+
+def run_harness(lm: Any, fmt: str, path: Path, limit: int) -> dict[str, Any]:
+    import numpy as np
+    from lm_eval import simple_evaluate
+
+    inner = lm.loglikelihood
+    spent = [0.0]
+
+    def timed(requests: Any, *args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return inner(requests, *args, **kwargs)
+        finally:
+            spent[0] += time.perf_counter() - start
+
+    lm.loglikelihood = timed
+    start = time.perf_counter()
+    with quiet():
+        out = simple_evaluate(model=lm, tasks=[harness_task(fmt, path)], limit=limit, log_samples=True,
+                              bootstrap_iters=0)
+    seconds = time.perf_counter() - start
+    lm.loglikelihood = inner
+    samples = sorted(out["samples"][f"local_{fmt}"], key=lambda s: s["doc_id"])
+    lls = [[ll for ll, _ in s["filtered_resps"]] for s in samples]
+    return {"seconds": seconds, "ll_seconds": spent[0], "lls": lls, "preds": [int(np.argmax(x)) for x in lls]}
+
+
+def run_runner(model: Any, tok: Any, fmt: str, path: Path, limit: int, batch_size: int) -> dict[str, Any]:
+    from runner.stages.scoring import max_length_of, predictions, requests_for, score
+
+    fields = Fields(answer_key_type="index0")
+    start = time.perf_counter()
+    items, _ = load_items(Benchmark(name=fmt, format=fmt, path=str(path), fields=fields, limit=limit), path)  # type: ignore[arg-type]
+    requests = requests_for(items, tok, lambda p: p)
+    logliks = score(model, requests, batch_size, tok.pad_token_id, max_length_of(model, tok))
+    preds = predictions(len(items), requests, logliks)
+    seconds = time.perf_counter() - start
+    lls: list[list[float]] = [[] for _ in items]
+    for r, ll in zip(requests, logliks):
+        lls[r.item].append(ll)
+    return {"seconds": seconds, "lls": lls, "preds": preds, "n": len(items)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, help="a model folder (config + weights); default: the smoke spec's tiny model")
+    parser.add_argument("--tokenizer", type=Path, help="its tokenizer folder (default: --model)")
+    parser.add_argument("--store", type=Path, default=Path("/tmp/evalbench"), help="where to build the tiny model")
+    parser.add_argument("--limit", type=int, default=300, help="questions per benchmark")
+    parser.add_argument("--batch-size", type=int, default=16, help="sequences per forward, both sides")
+    parser.add_argument("--benchmarks", default="medqa,medmcqa,pubmedqa")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per side, alternating; the fastest counts")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    args = parser.parse_args()
+    for var, value in OFFLINE.items():  # before the imports below: datasets reads them at import
+        os.environ.setdefault(var, value)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+    import torch
+    from lm_eval.models.huggingface import HFLM
+    from transformers import AutoModelForCausalLM
+
+    from runner.stages.loading import load_tokenizer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    weights, tokenizer = (args.model, args.tokenizer or args.model) if args.model else tiny_model(args.store)
+    tok = load_tokenizer(tokenizer.parent) if tokenizer.name == "tokenizer" else _tokenizer(tokenizer)
+    with quiet():
+        model = AutoModelForCausalLM.from_pretrained(str(weights), dtype=torch.float32).eval()
+        lm = HFLM(pretrained=str(weights), tokenizer=str(tokenizer), device="cpu", batch_size=args.batch_size,
+                  dtype="float32")
+    tmp = Path(tempfile.mkdtemp(prefix="eval_speed_"))
+    files = {"medqa": DATA / "medqa" / "test.jsonl", "pubmedqa": DATA / "pubmedqa" / "test.jsonl",
+             "medmcqa": medmcqa_file(tmp)}
+    rows = []
+    print(f"model {weights} | {args.limit} questions per benchmark | batch {args.batch_size} | "
+          f"{torch.get_num_threads()} threads | lm-eval {_version('lm_eval')}")
+    print(f"{'benchmark':<10}{'n':>5}{'runner q/s':>12}{'harness q/s':>13}{'ll-only q/s':>13}{'ratio':>8}"
+          f"{'ratio ll':>10}{'same preds':>12}{'max |dll|':>11}")
+    for fmt in args.benchmarks.split(","):
+        # Alternating repeats share the machine's noise (other work on a shared CPU); the fastest of
+        # each side is the figure, as timeit takes it.
+        harness = ours = None
+        for _ in range(args.repeats):
+            h = run_harness(lm, fmt, files[fmt], args.limit)
+            o = run_runner(model, tok, fmt, files[fmt], args.limit, args.batch_size)
+            assert harness is None or (h["preds"] == harness["preds"] and o["preds"] == ours["preds"])
+            harness = h if harness is None else {**h, "seconds": min(h["seconds"], harness["seconds"]),
+                                                 "ll_seconds": min(h["ll_seconds"], harness["ll_seconds"])}
+            ours = o if ours is None else {**o, "seconds": min(o["seconds"], ours["seconds"])}
+        assert harness is not None and ours is not None
+        n = ours["n"]
+        same = sum(a == b for a, b in zip(ours["preds"], harness["preds"]))
+        dll = max(abs(a - b) for x, y in zip(ours["lls"], harness["lls"]) for a, b in zip(x, y))
+        row = {"benchmark": fmt, "n": n, "runner_qps": n / ours["seconds"], "harness_qps": n / harness["seconds"],
+               "harness_ll_only_qps": n / harness["ll_seconds"], "ratio": harness["seconds"] / ours["seconds"],
+               "ratio_vs_ll_only": harness["ll_seconds"] / ours["seconds"], "identical_predictions": same == n,
+               "same": same, "max_abs_loglik_diff": dll, "runner_s": ours["seconds"], "harness_s": harness["seconds"]}
+        rows.append(row)
+        print(f"{fmt:<10}{n:>5}{row['runner_qps']:>12.1f}{row['harness_qps']:>13.1f}{row['harness_ll_only_qps']:>13.1f}"
+              f"{row['ratio']:>7.1f}x{row['ratio_vs_ll_only']:>9.1f}x{f'{same}/{n}':>12}{dll:>11.2e}", flush=True)
+    ok = all(r["identical_predictions"] and r["ratio"] >= TARGET_RATIO for r in rows)
+    print(f"target: >= {TARGET_RATIO}x the harness with identical predictions: {'met' if ok else 'NOT met'}")
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "eval_speed.json").write_text(json.dumps({"model": str(weights), "limit": args.limit,
+                                                     "batch_size": args.batch_size, "threads": torch.get_num_threads(),
+                                                     "lm_eval": _version("lm_eval"), "repeats": args.repeats, "rows": rows}, indent=1) + "\n")
+
+
+def _tokenizer(folder: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _version(package: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(package.replace("_", "-"))
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+if __name__ == "__main__":
+    main()

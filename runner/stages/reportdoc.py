@@ -1,0 +1,189 @@
+"""What the report says, as a small document (sections of paragraphs, tables, pictures) that
+`report.py` writes out as Markdown and as HTML. Pure Python."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+Block = tuple[Any, ...]  # ("p", text) ("note", text) ("h3", text) ("pre", text) ("img", file, alt) ("table", header, rows)
+
+
+@dataclass
+class Section:
+    title: str
+    blocks: list[Block] = field(default_factory=list)
+
+
+@dataclass
+class Doc:
+    title: str
+    sections: list[Section]
+
+
+def pct(x: float | None) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
+
+
+def with_ci(r: dict[str, Any] | None) -> str:
+    if r is None or r.get("acc") is None:
+        return "-"
+    lo, hi = r["ci95"]
+    return f"{pct(r['acc'])} [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
+def change(p: dict[str, Any] | None) -> str:
+    if p is None or p.get("delta") is None:
+        return "-"
+    lo, hi = p["ci95"]
+    return f"{100 * p['delta']:+.1f} pt [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+
+
+def p_value(p: dict[str, Any] | None) -> str:
+    if p is None:
+        return "-"
+    value = p["mcnemar_p"]
+    return "< 0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def document(inputs: Any) -> Doc:
+    spec = inputs.spec
+    sections = [results(inputs), groups(inputs), training(inputs), generations(inputs),
+                spec_summary(inputs), profile(inputs), artifacts(inputs)]
+    return Doc(f"{spec.name}: evaluation report", [s for s in sections if s.blocks])
+
+
+def results(inputs: Any) -> Section:
+    metrics, spec = inputs.metrics, inputs.spec
+    s = Section("Results")
+    if spec.description:
+        s.blocks.append(("p", spec.description))
+    if inputs.model_info.get("random_init"):
+        s.blocks.append(("note", "The base model is a **random-initialised demo model**: it knows no medicine. "
+                                 "These numbers show the machinery working, not clinical ability."))
+    if not metrics["benchmarks"]:
+        s.blocks.append(("p", "No benchmarks in the spec (`eval.benchmarks`)."))
+        return s
+    rows = []
+    for name, r in metrics["benchmarks"].items():
+        p = r.get("paired")
+        task = f"`{r['harness_task']}`" if r.get("harness_task") else r["format"]
+        discordant = f"{p['only_base_right']} / {p['only_tuned_right']}" if p else "-"
+        rows.append([name, task, str(r["tuned"]["n"]), with_ci(r.get("base")), with_ci(r["tuned"]),
+                     change(p), p_value(p), discordant, pct(r.get("chance"))])
+    s.blocks.append(("table", ["benchmark", "task", "n", "base [95% CI]", "fine-tuned [95% CI]",
+                               "change [95% CI]", "McNemar p", "only base / only tuned right", "chance"], rows))
+    template = "the model's chat template around each prompt" if metrics["chat_template"] else "no chat template"
+    s.blocks.append(("p", f"Zero-shot, scored by the log-likelihood of each choice after the prompt, exactly as "
+                          f"lm-evaluation-harness scores the named task ({template}). Intervals: Wilson 95%. Change: "
+                          f"fine-tuned minus base on the same questions, with Newcombe's 95% interval for paired "
+                          f"data; p: exact McNemar test on the questions only one of the two got right."))
+    if "accuracy" in inputs.pictures:
+        s.blocks.append(("img", inputs.pictures["accuracy"], "accuracy, base vs fine-tuned"))
+    dropped = {name: r["dropped"] for name, r in metrics["benchmarks"].items() if r["dropped"]}
+    for name, reasons in dropped.items():
+        listed = ", ".join(f"{reason}: {count}" for reason, count in reasons.items())
+        s.blocks.append(("p", f"{name}: rows left out ({listed})."))
+    return s
+
+
+def groups(inputs: Any) -> Section:
+    s = Section("By group")
+    for name, r in inputs.metrics["benchmarks"].items():
+        if not r.get("groups"):
+            continue
+        rows = [[group, str(g["tuned"]["n"]), with_ci(g.get("base")), with_ci(g["tuned"]), change(g.get("paired")),
+                 p_value(g.get("paired"))] for group, g in r["groups"].items()]
+        s.blocks.append(("h3", name))
+        s.blocks.append(("table", ["group", "n", "base [95% CI]", "fine-tuned [95% CI]", "change [95% CI]",
+                                   "McNemar p"], rows))
+    return s
+
+
+def training(inputs: Any) -> Section:
+    s = Section("Training")
+    t = inputs.train_summary
+    if "loss" in inputs.pictures:
+        s.blocks.append(("img", inputs.pictures["loss"], "training loss and learning rate per step"))
+    if t:
+        rows = [["optimizer steps", str(t["steps"])],
+                ["training loss, first -> last logged step", f"{_num(t['train_loss_first'])} -> {_num(t['train_loss_last'])}"]]
+        if t.get("eval_loss_after") is not None:
+            before, after = t["eval_loss_before"], t["eval_loss_after"]
+            rows.append(["validation loss, before -> after", f"{_num(before)} -> {_num(after)}"])
+            rows.append(["validation perplexity, before -> after", f"{_num(math.exp(before), 1)} -> {_num(math.exp(after), 1)}"])
+        rows += [["rows: train / validation", f"{t['train_rows']} / {t['validation_rows']}"],
+                 ["trainable parameters", f"{t['trainable_parameters']:,} of {t['total_parameters']:,} "
+                                          f"({100 * t['trainable_parameters'] / t['total_parameters']:.2f}%)"],
+                 ["training time", f"{t['seconds']:.0f} s"]]
+        s.blocks.append(("table", ["", "value"], rows))
+    return s
+
+
+def generations(inputs: Any) -> Section:
+    s = Section("Answers to the spec's queries")
+    if not inputs.answers:
+        return s
+    g = inputs.answers[0]["generation"]
+    decoding = "greedy" if g["decoding"] == "greedy" else f"sampled, temperature {g['temperature']}, top-p {g['top_p']}"
+    s.blocks.append(("p", f"Generation: {decoding}, at most {g['max_new_tokens']} new tokens; prompts rendered "
+                          f"as in training (`data.template: {inputs.spec.data.template}`)."))
+    labels = list(inputs.answers[0]["answers"])
+    header = ["query"] + ["base" if label == "base" else "fine-tuned" for label in labels]
+    rows = [[a["query"]] + [a["answers"][label] or "(empty)" for label in labels] for a in inputs.answers]
+    s.blocks.append(("table", header, rows))
+    flagged = [[str(i + 1), "base" if label == "base" else "fine-tuned", f["rule"], f"`{f['match']}`"]
+               for i, a in enumerate(inputs.answers) for label, fs in a["flags"].items() for f in fs]
+    s.blocks.append(("h3", "Safety flags"))
+    if flagged:
+        s.blocks.append(("table", ["query", "model", "rule", "matched"], flagged))
+    else:
+        s.blocks.append(("p", "No answer raised a flag."))
+    return s
+
+
+def spec_summary(inputs: Any) -> Section:
+    spec = inputs.spec
+    m, d, lora, t = spec.model, spec.data, spec.lora, spec.train
+    info = inputs.model_info
+    where = {"hub": f"`{m.id}` at `{info.get('commit', m.revision)}`", "local": f"`{m.path}`",
+             "init": f"random-initialised ({info.get('parameters', '?'):,} parameters)"
+             if isinstance(info.get("parameters"), int) else "random-initialised"}[m.source]
+    source = d.train.path or f"{d.train.hub} ({d.train.split})"
+    steps = f"{t.max_steps} steps" if t.max_steps else f"{t.epochs:g} epochs"
+    rows = [["model", f"{where}, quantization {m.quantization}" + (" (double)" if m.double_quant and m.quantization != "none" else "")],
+            ["data", f"`{source}`, format {d.format}, template {d.template}, max length {d.max_length}"],
+            ["LoRA", f"r {lora.r}, alpha {lora.alpha:g}, dropout {lora.dropout:g}, targets {_targets(lora.target_modules)}"],
+            ["training", f"{steps}, learning rate {t.learning_rate:g} ({t.scheduler}, warmup {t.warmup:g}), "
+                         f"batch {t.batch_size}, weight decay {t.weight_decay:g}"],
+            ["seed", str(spec.seed)],
+            ["benchmarks", ", ".join(f"{b.name} ({b.format}{', first ' + str(b.limit) if b.limit else ''})"
+                                     for b in spec.eval.benchmarks) or "-"]]
+    return Section("Spec", [("table", ["", "value"], rows)])
+
+
+def _targets(targets: Any) -> str:
+    return targets if isinstance(targets, str) else ", ".join(targets)
+
+
+def profile(inputs: Any) -> Section:
+    p = inputs.profile
+    rows = [["device", p.device], ["compute dtype", p.dtype], ["base weights", p.quantization],
+            ["optimizer", p.optimizer], ["micro-batch x accumulation", f"{p.micro_batch_size} x {p.gradient_accumulation}"],
+            ["gradient checkpointing", "on" if p.gradient_checkpointing else "off"], ["attention", p.attn_implementation]]
+    s = Section("Hardware profile", [("table", ["", "value"], rows)])
+    if p.reasons:
+        s.blocks.append(("p", "Why: " + "; ".join(p.reasons) + "."))
+    return s
+
+
+def artifacts(inputs: Any) -> Section:
+    rows = [[stage, f"`{path}`"] for stage, path in inputs.artifacts.items()]
+    rows.append(["eval", "this report's folder: `metrics.json`, `predictions.jsonl` (one row per question and model), "
+                         "`generations.jsonl`, `report.md`, `report.html`"])
+    return Section("Where everything is", [("table", ["stage", "folder"], rows)])
+
+
+def _num(x: float | None, digits: int = 3) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
