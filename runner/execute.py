@@ -7,6 +7,7 @@ its manifest is written and the folder renamed; the run record is rewritten afte
 from __future__ import annotations
 
 import errno
+import shutil
 import time
 import traceback
 from collections.abc import Callable
@@ -61,7 +62,7 @@ def run_spec(spec: Spec, spec_path: Path, profile: Profile, store: Store, log: C
             if options.only is not None and stage.name != options.only and step.status != "cached":
                 outcome = Outcome(stage.name, "skipped", step.key, 0.0, None, step.reasons)
             else:
-                outcome, done[stage.name] = _reuse_or_build(stage, step, spec, profile, store, log, done)
+                outcome, done[stage.name] = _reuse_or_build(stage, step, spec, profile, store, log, done, options.verify)
             outcomes.append(outcome)
             record.stages.append({"stage": stage.name, "key": step.key, "action": outcome.action,
                                   "seconds": round(outcome.seconds, 3), "reasons": list(step.reasons),
@@ -74,7 +75,10 @@ def run_spec(spec: Spec, spec_path: Path, profile: Profile, store: Store, log: C
         if current and not any(s["stage"] == current["stage"] for s in record.stages):
             # The key stays on record so `gc` keeps the stage's checkpoints for the next attempt.
             record.stages.append({**current, "action": "failed", "error": str(exc)})
-        save_record(record, record_path)
+        try:
+            save_record(record, record_path)
+        except OSError:
+            pass  # a full disk can refuse the record too; the error being raised matters more
         raise
     record.status, record.finished = "completed", time.time()
     save_record(record, record_path)
@@ -82,14 +86,14 @@ def run_spec(spec: Spec, spec_path: Path, profile: Profile, store: Store, log: C
 
 
 def _reuse_or_build(stage: Stage, step: Step, spec: Spec, profile: Profile, store: Store,
-                    log: Callable[[str], None], done: dict[str, Manifest]) -> tuple[Outcome, Manifest]:
+                    log: Callable[[str], None], done: dict[str, Manifest], verify: bool) -> tuple[Outcome, Manifest]:
     assert step.key is not None and step.inputs is not None  # not pending: checked by the caller
     if step.status == "cached" and step.manifest is not None:
         log(f"{stage.name}: cached {step.key[:12]}, nothing to do")
         return Outcome(stage.name, "reused", step.key, 0.0, step.manifest.path, ()), step.manifest
     with locks.hold(store.lock_path(stage.name, step.key), f"{stage.name} {step.key[:12]}", log):
         if step.status != "forced":
-            manifest = store.lookup(stage.name, step.key)
+            manifest = store.lookup(stage.name, step.key, verify)
             if manifest is not None:  # another process built it while we waited for the lock
                 log(f"{stage.name}: built meanwhile by another run, reusing {step.key[:12]}")
                 return Outcome(stage.name, "reused", step.key, 0.0, manifest.path, ()), manifest
@@ -116,11 +120,19 @@ def _build(stage: Stage, step: Step, spec: Spec, profile: Profile, store: Store,
     except (RunnerError, KeyboardInterrupt):
         raise
     except Exception as exc:
-        # Libraries wrap a full disk in their own errors (safetensors, torch.save): look at the text too.
-        if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(exc):
+        # Libraries wrap a full disk in their own errors (torch.save says only "file write failed"),
+        # so the free space decides, not the exception's type.
+        if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or _nearly_full(store.root):
             raise StoreError(f"{stage.name}: disk full while writing to {store.root} ({exc.strerror}); free some "
                              f"space (`runner gc` removes unused artifacts) and run again: finished stages are kept") from exc
         raise _stage_error(stage.name, exc) from exc
+
+
+def _nearly_full(folder: Path) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < 16 * 2**20
+    except OSError:
+        return False
 
 
 def _stage_error(name: str, exc: BaseException) -> StageError:

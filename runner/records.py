@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -10,6 +11,8 @@ from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from runner.errors import StoreError
 
 LIBRARIES = ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate", "tokenizers")
 
@@ -45,9 +48,17 @@ def new_record(store_root: Path, spec_path: Path, spec: dict[str, Any], profile:
 
 
 def save_record(record: RunRecord, path: Path) -> None:
+    """Write-then-rename, so a reader (or a kill) never meets half a record."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(record), indent=1, sort_keys=True), "utf-8")
+    try:
+        tmp.write_text(json.dumps(asdict(record), indent=1, sort_keys=True), "utf-8")
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno == errno.ENOSPC:
+            raise StoreError(f"disk full while writing the run record to {path.parent}; free some space "
+                             "(`runner gc` removes unused artifacts) and run again: finished stages are kept") from exc
+        raise
     os.replace(tmp, path)
 
 

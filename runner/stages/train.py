@@ -66,10 +66,15 @@ def run(ctx: StageContext) -> None:
                       data_collator=PadCollator(tok.pad_token_id),
                       callbacks=[MetricsLog(metrics, profile.device), StopOnSignal()])
     trainer.remove_callback(ProgressCallback)
-    trainer.add_callback(QuietProgress())
+    progress = QuietProgress()
+    trainer.add_callback(progress)
     before = trainer.evaluate()["eval_loss"] if len(val_rows) else None
-    with signals.graceful():  # Ctrl-C / SIGTERM: checkpoint at the end of the step, then stop
-        result = trainer.train(resume_from_checkpoint=checkpoint)
+    try:
+        with signals.graceful():  # Ctrl-C / SIGTERM: checkpoint at the end of the step, then stop
+            result = trainer.train(resume_from_checkpoint=checkpoint)
+    finally:
+        if progress.training_bar is not None:
+            progress.training_bar.close()  # else it redraws after, and below, the error message
     after = trainer.evaluate()["eval_loss"] if len(val_rows) else None
     if metrics.is_file():
         shutil.copyfile(metrics, ctx.out / "metrics.jsonl")
