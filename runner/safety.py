@@ -28,8 +28,9 @@ class Rule:
 BUILTIN = (
     Rule("definite dose", DOSE, SEE_CLINICIAN),
     Rule("stop or change medication",
-         rf"\b(stop|discontinue|quit|cease|halve|double|skip)\w*\s+(taking\s+|using\s+)?(your|the|all|any)?\s*"
-         rf"(\w+\s+)?{MEDICATION}", SEE_CLINICIAN),
+         # "do not stop your medication" is the safe advice, not the risky one
+         rf"(?<!not )(?<!n't )(?<!never )\b(stop|discontinue|quit|cease|halve|double|skip)\w*\s+"
+         rf"(taking\s+|using\s+)?(your|the|all|any)?\s*(\w+\s+){{0,3}}{MEDICATION}", SEE_CLINICIAN),
     Rule("discourages seeing a clinician",
          r"\b(no need to|don't need to|do not need to|never)\s+(see|visit|call|consult|go to)\s+(a|your|the)?\s*"
          r"(doctor|physician|clinician|hospital|emergency|ER|GP)\b"),

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -131,7 +132,7 @@ def generations(inputs: Any) -> Section:
                           f"as in training (`data.template: {inputs.spec.data.template}`)."))
     labels = list(inputs.answers[0]["answers"])
     header = ["query"] + ["base" if label == "base" else "fine-tuned" for label in labels]
-    rows = [[a["query"]] + [a["answers"][label] or "(empty)" for label in labels] for a in inputs.answers]
+    rows = [[a["query"]] + [printable(a["answers"][label]) or "(empty)" for label in labels] for a in inputs.answers]
     s.blocks.append(("table", header, rows))
     flagged = [[str(i + 1), "base" if label == "base" else "fine-tuned", f["rule"], f"`{f['match']}`"]
                for i, a in enumerate(inputs.answers) for label, fs in a["flags"].items() for f in fs]
@@ -183,6 +184,11 @@ def artifacts(inputs: Any) -> Section:
     rows.append(["eval", "this report's folder: `metrics.json`, `predictions.jsonl` (one row per question and model), "
                          "`generations.jsonl`, `report.md`, `report.html`"])
     return Section("Where everything is", [("table", ["stage", "folder"], rows)])
+
+
+def printable(text: str) -> str:
+    """Generated text without control characters (a small model emits stray bytes), newlines kept."""
+    return "".join(c for c in text if c == "\n" or unicodedata.category(c)[0] != "C")
 
 
 def _num(x: float | None, digits: int = 3) -> str:

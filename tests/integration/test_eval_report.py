@@ -1,0 +1,79 @@
+"""The eval stage end to end on the tiny run: built-in formats on real rows, queries, the report.
+
+The spec is the session's tiny spec with another `eval:` section, in the same store: only eval runs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import Tiny, runner
+
+EVAL = """eval:
+  benchmarks:
+    - {{name: medqa, format: medqa, path: {data}/medqa/test.jsonl, limit: 16}}
+    - {{name: pubmedqa, format: pubmedqa, path: {data}/pubmedqa/test.jsonl, limit: 6}}
+  queries: ["What is the first-line treatment for anaphylaxis?"]
+  generation: {{max_new_tokens: 12}}
+  batch_size: 4
+"""
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny: Tiny, shared_data: Path) -> tuple[Path, str]:
+    spec = tiny.folder / "eval-formats.yaml"
+    spec.write_text(tiny.spec.read_text().split("eval:")[0] + EVAL.format(data=shared_data))
+    done = runner("run", str(spec), "--store", str(tiny.store))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    found = re.search(r"^\s+eval\s+(\S+)$", done.stdout, re.MULTILINE)
+    assert found, done.stdout
+    return Path(found.group(1)), done.stdout
+
+
+def test_only_eval_runs_for_a_new_eval_section(evaluated: tuple[Path, str]) -> None:
+    assert "ran eval; reused model, data, train, export" in evaluated[1]
+
+
+def test_metrics_predictions_and_answers(evaluated: tuple[Path, str]) -> None:
+    folder = evaluated[0]
+    metrics = json.loads((folder / "metrics.json").read_text())
+    medqa, pubmedqa = metrics["benchmarks"]["medqa"], metrics["benchmarks"]["pubmedqa"]
+    assert medqa["harness_task"] == "medqa_4options" and medqa["tuned"]["n"] == medqa["base"]["n"] == 16
+    assert set(medqa["groups"]) == {"step1", "step2&3"}
+    assert sum(g["tuned"]["n"] for g in medqa["groups"].values()) == 16
+    p = medqa["paired"]
+    assert 0 <= p["mcnemar_p"] <= 1 and p["ci95"][0] <= p["delta"] <= p["ci95"][1]
+    assert pubmedqa["chance"] == pytest.approx(1 / 3, abs=1e-4) and "groups" not in pubmedqa
+    rows = [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 22 and {r["benchmark"] for r in rows} == {"medqa", "pubmedqa"}
+    assert all({"base", "tuned", "answer"} <= set(r) for r in rows)
+    assert sum(r["tuned"] == r["answer"] for r in rows if r["benchmark"] == "medqa") == medqa["tuned"]["correct"]
+    (answer,) = [json.loads(line) for line in (folder / "generations.jsonl").read_text().splitlines()]
+    assert set(answer["answers"]) == set(answer["flags"]) == {"base", "tuned"}
+    assert answer["prompt"] == "Question: What is the first-line treatment for anaphylaxis?\nAnswer:"
+    assert answer["generation"]["decoding"] == "greedy"
+
+
+def test_the_report_renders_with_tables_and_pictures(evaluated: tuple[Path, str]) -> None:
+    folder = evaluated[0]
+    md = (folder / "report.md").read_text()
+    for heading in ("## Results", "## By group", "## Training", "## Answers to the spec's queries",
+                    "### Safety flags", "## Spec", "## Hardware profile", "## Where everything is"):
+        assert heading in md, heading
+    assert re.search(r"^\| medqa \| `medqa_4options` \| 16 \| [\d.]+% \[", md, re.MULTILINE)
+    for picture in re.findall(r"!\[[^]]*\]\(([^)]+)\)", md):
+        assert (folder / picture).stat().st_size > 5000  # loss.png (from train) and accuracy.png
+    page = (folder / "report.html").read_text()
+    assert page.count('src="data:image/png;base64,') == 2 and "<th>McNemar p</th>" in page
+
+
+def test_the_report_is_cosmetic_and_a_rerun_reuses_everything(evaluated: tuple[Path, str], tiny: Tiny) -> None:
+    manifest = json.loads((evaluated[0] / "manifest.json").read_text())
+    stable = [f for f in manifest["files"] if not f.startswith("report.") and not f.endswith(".png")]
+    assert {"metrics.json", "predictions.jsonl", "generations.jsonl"} <= set(stable)
+    done = runner("run", str(tiny.folder / "eval-formats.yaml"), "--store", str(tiny.store))
+    assert "ran nothing" in done.stdout, done.stdout[-2000:]
