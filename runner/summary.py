@@ -29,11 +29,20 @@ def summary_lines(outcomes: Sequence[Outcome], record_path: Path, seconds: float
                         if train.get("eval_loss_after") is not None else ""))
     metrics = _read(by_stage["eval"].path if "eval" in by_stage else None, "metrics.json")
     for bench, r in (metrics or {}).get("benchmarks", {}).items():
+        if not r["tuned"]["n"]:
+            lines.append(f"  {bench}: no usable questions (dropped: {r.get('dropped')})")
+            continue
         base = f"base {100 * r['base']['acc']:.1f}% -> " if "base" in r else ""
-        lines.append(f"  {bench}: {base}fine-tuned {100 * r['tuned']['acc']:.1f}% (n={r['tuned']['n']})")
+        p = r.get("paired")
+        change = (f", change {100 * p['delta']:+.1f} pt [{100 * p['ci95'][0]:+.1f}, {100 * p['ci95'][1]:+.1f}],"
+                  f" McNemar p={p['mcnemar_p']:.3g}") if p and p.get("delta") is not None else ""
+        lines.append(f"  {bench}: {base}fine-tuned {100 * r['tuned']['acc']:.1f}% (n={r['tuned']['n']}{change})")
     for o in outcomes:
         if o.path is not None:
             lines.append(f"  {o.stage:<7} {o.path}")
+    report = by_stage["eval"].path / "report.html" if "eval" in by_stage and by_stage["eval"].path else None
+    if report is not None and report.is_file():
+        lines.append(f"  report  {report}")
     lines.append(f"  record  {record_path}")
     return lines
 
