@@ -9,7 +9,7 @@ difference. Two independent intervals that overlap say little about a paired dif
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 Z95 = 1.959963984540054  # the 97.5% point of the standard normal
@@ -71,7 +71,7 @@ def paired(base: Sequence[bool], tuned: Sequence[bool]) -> dict[str, Any]:
             "only_tuned_right": c, "mcnemar_p": _round(mcnemar_exact(b, c), 6)}
 
 
-def summarize(answers: Sequence[int], groups: Sequence[str | None], scored: dict[str, Sequence[int]],
+def summarize(answers: Sequence[int], groups: Sequence[str | None], scored: Mapping[str, Sequence[int]],
               dropped: dict[str, int]) -> dict[str, Any]:
     """Accuracy per model, the paired test when there is a base, and the same per group."""
     out = _scores(answers, scored)
@@ -86,7 +86,7 @@ def summarize(answers: Sequence[int], groups: Sequence[str | None], scored: dict
     return out
 
 
-def _scores(answers: Sequence[int], scored: dict[str, Sequence[int]]) -> dict[str, Any]:
+def _scores(answers: Sequence[int], scored: Mapping[str, Sequence[int]]) -> dict[str, Any]:
     correct = {label: [p == a for p, a in zip(preds, answers)] for label, preds in scored.items()}
     out: dict[str, Any] = {label: accuracy(c) for label, c in correct.items()}
     if "base" in correct and "tuned" in correct:

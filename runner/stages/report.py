@@ -65,7 +65,9 @@ def plot_accuracy(benchmarks: dict[str, Any], path: Path) -> None:
     names = list(benchmarks)
     fig, ax = plt.subplots(figsize=(7.5, 0.9 + 0.75 * len(names)))
     for label, colour, offset in (("base", "#9a9a9a", 0.18), ("tuned", "#1f77b4", -0.18)):
-        ys, accs, errs = [], [], [[], []]
+        ys: list[float] = []
+        accs: list[float] = []
+        errs: list[list[float]] = [[], []]
         for i, name in enumerate(names):
             r = benchmarks[name].get(label)
             if r is None or r["acc"] is None:

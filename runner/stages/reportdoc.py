@@ -113,7 +113,7 @@ def training(inputs: Any) -> Section:
         if t.get("eval_loss_after") is not None:
             before, after = t["eval_loss_before"], t["eval_loss_after"]
             rows.append(["validation loss, before -> after", f"{_num(before)} -> {_num(after)}"])
-            rows.append(["validation perplexity, before -> after", f"{_num(math.exp(before), 1)} -> {_num(math.exp(after), 1)}"])
+            rows.append(["validation perplexity (answer tokens), before -> after", f"{_num(math.exp(before), 1)} -> {_num(math.exp(after), 1)}"])
         rows += [["rows: train / validation", f"{t['train_rows']} / {t['validation_rows']}"],
                  ["trainable parameters", f"{t['trainable_parameters']:,} of {t['total_parameters']:,} "
                                           f"({100 * t['trainable_parameters'] / t['total_parameters']:.2f}%)"],

@@ -46,11 +46,11 @@ class Row:
 def encoder(tok: Any) -> Callable[[list[str]], list[list[int]]]:
     """The harness's `tok_encode` for a batch of strings."""
     prefix_id = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
-    bos_text = tok.decode([prefix_id]) if prefix_id is not None else None
+    bos_text: str | None = tok.decode([prefix_id]) if prefix_id is not None else None
 
     def encode(texts: list[str]) -> list[list[int]]:
         out: list[list[int]] = [[] for _ in texts]
-        templated = [bool(bos_text) and t.startswith(bos_text) for t in texts]  # BOS already in the text
+        templated = [bool(bos_text) and t.startswith(bos_text or "") for t in texts]  # BOS already in the text
         for flag, kwargs in ((False, {}), (True, {"add_special_tokens": False})):
             indices = [i for i, t in enumerate(templated) if t == flag]
             if indices:

@@ -64,7 +64,7 @@ def test_markdown_has_the_tables_and_links_the_pictures(tmp_path: Path) -> None:
     assert "random-initialised demo model" in md and "bad row: 1" in md
     assert "| What is the dose of aspirin? | Take 900 mg now. | Ask your doctor. |" in md  # control byte gone
     assert "| 1 | base | definite dose | `900 mg` |" in md
-    assert "validation perplexity, before -> after | 2440.6 -> 20.1" in md
+    assert "validation perplexity (answer tokens), before -> after | 2440.6 -> 20.1" in md
     assert "`/store/model/abc`" in md
 
 
