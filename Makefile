@@ -35,3 +35,19 @@ bench: $(VENV)/.installed
 
 clean:
 	rm -rf artifacts
+
+# make image-cpu | image-cuda    build the container image (images/build.sh; options in IMAGE_ARGS, e.g.
+#                                IMAGE_ARGS="--base localhost/qlora-base:bookworm --ca-bundle /etc/ssl/certs/ca-certificates.crt")
+# make test-container            the image test: CPU image from a local Debian base, native vs container
+IMAGE_ARGS ?=
+
+.PHONY: image-cpu image-cuda test-container
+
+image-cpu:
+	images/build.sh cpu $(IMAGE_ARGS)
+
+image-cuda:
+	images/build.sh cuda $(IMAGE_ARGS)
+
+test-container: $(VENV)/.installed
+	RUNNER_CONTAINER_TESTS=1 $(PY) -m pytest -q tests/container

@@ -56,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
         if name == "run":
             p.add_argument("--only", choices=STAGE_NAMES, metavar="STAGE",
                            help="run only STAGE; the stages before it must already be cached")
+            p.add_argument("--image", choices=("cpu", "cuda", "auto"),
+                           help="run inside the CPU or CUDA container image (built when missing; "
+                                "auto: cuda when an NVIDIA GPU is present)")
     gc = command("gc", cmd_gc, "remove artifacts that no run record refers to", spec=False)
     gc.add_argument("--store", type=Path, default=Path(os.environ.get("RUNNER_STORE", "artifacts")),
                     help="artifact store folder (default: ./artifacts, or $RUNNER_STORE)")
@@ -102,6 +105,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.image:  # the same command inside a container; this process never imports torch
+        from runner.docker import run_in_image
+
+        return run_in_image(args)
     from runner import signals
     from runner.execute import Options, run_spec
     from runner.summary import print_summary

@@ -1,0 +1,223 @@
+"""The CPU image for real, on Podman: built from a Debian base made here (no registry needed), it
+runs specs/smoke.yaml with no network and must produce the stage keys and metrics of a native run
+on this machine: the same program. Then `runner run --image cpu` drives the same engine through
+the Docker SDK (Podman's Docker-compatible socket).
+
+Minutes of work (a base image, an image build, two smoke runs), so it runs in CI (`CI` set) or with
+RUNNER_CONTAINER_TESTS=1 (`make test-container`); elsewhere it skips and says why.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from runner.docker import LABEL, source_digest
+
+ROOT = Path(__file__).resolve().parents[2]
+SPEC = ROOT / "specs" / "smoke.yaml"
+BASE = "localhost/qlora-base:bookworm"
+TAG = "qlora-runner:cpu"
+SECRET = "hf_container_test_secret_7c1d"
+# Timing keys differ between any two runs; everything else in these files must be equal.
+TIMINGS = {"seconds"}
+
+pytestmark = pytest.mark.slow
+
+if not (os.environ.get("CI") or os.environ.get("RUNNER_CONTAINER_TESTS")):
+    pytest.skip("builds a container image (minutes): set RUNNER_CONTAINER_TESTS=1 or run `make test-container`",
+                allow_module_level=True)
+if shutil.which("podman") is None:
+    pytest.skip("podman is not installed (apt-get install podman runc debootstrap)", allow_module_level=True)
+
+
+def podman_env() -> dict[str, str]:
+    env = dict(os.environ)
+    if "CONTAINERS_CONF" not in env and shutil.which("runc"):
+        env["CONTAINERS_CONF"] = str(ROOT / "images" / "podman.conf")  # runc and ulimits for this host kind
+    return env
+
+
+def podman(*args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["podman", *args], capture_output=True, text=True, env=podman_env(), check=check,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The CPU image, with this interpreter's torch wheel and library versions (a native run's)."""
+    if podman("image", "exists", BASE, check=False).returncode != 0:
+        if os.geteuid() != 0 or shutil.which("debootstrap") is None:
+            pytest.skip(f"no base image {BASE}, and making one needs root and debootstrap")
+        made = subprocess.run(["bash", str(ROOT / "images" / "local-base.sh"), BASE], capture_output=True, text=True,
+                              env=podman_env(), timeout=1200)
+        assert made.returncode == 0, made.stderr[-3000:]
+    folder = tmp_path_factory.mktemp("build")
+    wheel = torch_wheel(folder)
+    constraints = folder / "native-constraints.txt"
+    constraints.write_text("".join(f"{d.metadata['Name']}=={d.version}\n" for d in metadata.distributions()
+                                   if d.metadata["Name"] not in ("torch", "qlora-runner")))
+    started = time.time()
+    built = subprocess.run(["bash", str(ROOT / "images" / "build.sh"), "cpu", "--base", BASE, "--torch-wheel",
+                            str(wheel), "--constraints", str(constraints)], capture_output=True, text=True,
+                           env=podman_env() | {"ENGINE": "podman"}, timeout=1800)
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    size = podman("image", "inspect", TAG, "--format", "{{.Size}}").stdout.strip()
+    print(f"\nimage {TAG}: built in {time.time() - started:.0f} s, {int(size) / 1e9:.2f} GB")
+    return TAG
+
+
+def torch_wheel(folder: Path) -> Path:
+    """The wheel of the torch this interpreter runs, from pip's usual sources (here: /opt/wheels)."""
+    if os.environ.get("RUNNER_TORCH_WHEEL"):
+        return Path(os.environ["RUNNER_TORCH_WHEEL"])
+    version = metadata.version("torch")
+    extra = ["--extra-index-url", "https://download.pytorch.org/whl/cpu"] if "+cpu" in version else []
+    done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--dest", str(folder),
+                           f"torch=={version}", *extra], capture_output=True, text=True, timeout=1200)
+    wheels = list(folder.glob("torch-*.whl"))
+    if done.returncode != 0 or not wheels:
+        pytest.skip(f"cannot get the wheel of torch {version} for the image: {done.stderr[-500:]}")
+    return wheels[0]
+
+
+@pytest.fixture(scope="module")
+def native(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    store = tmp_path_factory.mktemp("native") / "store"
+    done = subprocess.run([sys.executable, "-m", "runner", "run", str(SPEC), "--store", str(store)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return store
+
+
+@pytest.fixture(scope="module")
+def contained(image: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """`podman run` as the README shows it: the image's own user, no network, same-path mounts."""
+    store = tmp_path_factory.mktemp("contained") / "store"
+    store.mkdir()
+    store.chmod(0o777)  # the image's user (uid 1000) writes here
+    mounts = [f"{ROOT / 'specs'}:{ROOT / 'specs'}:ro", f"{ROOT / 'data'}:{ROOT / 'data'}:ro", f"{store}:{store}"]
+    done = podman("run", "--rm", "--network", "none", *[a for m in mounts for a in ("-v", m)],
+                  image, "run", str(SPEC), "--store", str(store), check=False, timeout=1800)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return store, done.stdout + done.stderr
+
+
+def stage_keys(store: Path) -> dict[str, list[str]]:
+    """The stage keys of a store: the folder names under each stage."""
+    return {stage: sorted(p.name for p in (store / stage).iterdir() if not p.name.startswith("."))
+            for stage in ("model", "data", "train", "export", "eval")}
+
+
+def results(store: Path) -> dict[str, object]:
+    (train,), (evaluation,) = stage_keys(store)["train"], stage_keys(store)["eval"]
+    summary = json.loads((store / "train" / train / "summary.json").read_text())
+    return {"train": {k: v for k, v in summary.items() if k not in TIMINGS},
+            "eval": json.loads((store / "eval" / evaluation / "metrics.json").read_text())}
+
+
+def test_image_runs_as_a_non_root_user_with_the_runner_as_entry_point(image: str) -> None:
+    config = json.loads(podman("image", "inspect", image).stdout)[0]["Config"]
+    version = metadata.version("qlora-runner")
+    assert config["User"] == "1000:1000" and config["Entrypoint"] == ["python", "-m", "runner"]
+    assert config["Labels"]["org.opencontainers.image.version"] == version
+    assert config["Labels"][f"{LABEL}.source-digest"] == source_digest(ROOT)
+    libs = podman("run", "--rm", "--network", "none", "--entrypoint", "sh", image, "-c",
+                  "id -u; ls /opt/venv/lib/python3*/site-packages/bitsandbytes/ | grep '^libbitsandbytes'").stdout
+    assert libs.split() == ["1000", "libbitsandbytes_cpu.so"]  # the CPU image keeps the CPU backend only
+
+
+def test_smoke_in_the_image_has_the_keys_and_metrics_of_a_native_run(native: Path,
+                                                                    contained: tuple[Path, str]) -> None:
+    store, _ = contained
+    assert stage_keys(store) == stage_keys(native)
+    assert results(store) == results(native)
+    (record,) = (store / "runs").glob("*.json")
+    (native_record,) = (native / "runs").glob("*.json")
+    assert json.loads(record.read_text())["versions"] == json.loads(native_record.read_text())["versions"]
+
+
+@pytest.fixture(scope="module")
+def docker_host(image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Podman's Docker-compatible API on a socket of the test's own, stopped afterwards."""
+    socket = tmp_path_factory.mktemp("podman") / "podman.sock"
+    service = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{socket}"], env=podman_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 30
+    while not socket.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    try:
+        yield f"unix://{socket}"
+    finally:
+        service.terminate()
+        service.wait(timeout=30)
+
+
+def sdk_runner(docker_host: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = os.environ | {"DOCKER_HOST": docker_host, "HF_TOKEN": SECRET}
+    return subprocess.run([sys.executable, "-m", "runner", *args], cwd=ROOT, capture_output=True, text=True, env=env,
+                          timeout=1800)
+
+
+def test_sdk_run_reuses_what_the_image_made_and_never_shows_the_token(docker_host: str,
+                                                                      contained: tuple[Path, str]) -> None:
+    store, _ = contained
+    done = sdk_runner(docker_host, "run", str(SPEC), "--store", str(store), "--image", "cpu")
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    assert "ran nothing; reused model, data, train, export, eval" in output
+    assert "not found: building" not in output and "rebuilding" not in output  # the image is current
+    assert SECRET not in output
+    assert not [p for p in store.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
+    assert leftover_containers() == []
+
+
+def test_sdk_run_returns_the_exit_code_of_the_run_inside(docker_host: str, native: Path,
+                                                         tmp_path: Path) -> None:
+    # `--only eval` on an empty store fails the same way natively and in the image.
+    inside = sdk_runner(docker_host, "run", str(SPEC), "--store", str(tmp_path / "a"), "--only", "eval",
+                        "--image", "cpu")
+    outside = subprocess.run([sys.executable, "-m", "runner", "run", str(SPEC), "--store", str(tmp_path / "b"),
+                              "--only", "eval"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert outside.returncode not in (0, 1) and inside.returncode == outside.returncode, inside.stderr[-2000:]
+    assert leftover_containers() == []
+
+
+def test_ctrl_c_stops_and_removes_the_container(docker_host: str, tmp_path: Path) -> None:
+    process = subprocess.Popen([sys.executable, "-m", "runner", "run", str(SPEC), "--store", str(tmp_path),
+                                "--image", "cpu"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               env=os.environ | {"DOCKER_HOST": docker_host})
+    lines: list[bytes] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(process.stdout.readline, b"")))  # type: ignore[union-attr]
+    reader.start()
+    deadline = time.time() + 600
+    while not any(b"train: running" in line for line in lines) and time.time() < deadline:
+        time.sleep(0.5)
+    assert process.poll() is None, b"".join(lines)[-3000:]
+    process.send_signal(signal.SIGINT)
+    code = process.wait(timeout=120)
+    reader.join(timeout=10)
+    assert code == 130, b"".join(lines)[-3000:]
+    assert leftover_containers() == []
+    assert stage_keys_so_far(tmp_path) == {"model": 1, "data": 1}  # finished stages are kept, as natively
+
+
+def stage_keys_so_far(store: Path) -> dict[str, int]:
+    return {stage: len([p for p in (store / stage).iterdir() if not p.name.startswith(".")])
+            for stage in ("model", "data", "train") if (store / stage).is_dir()
+            and any(not p.name.startswith(".") for p in (store / stage).iterdir())}
+
+
+def leftover_containers() -> list[str]:
+    return podman("ps", "--all", "--quiet", "--filter", f"label={LABEL}").stdout.split()
