@@ -1,5 +1,5 @@
 """Numerical promises on the tiny model, in-process: 4-bit gradients stay right after an eval pass,
-the merged model computes what base + adapter computed. (Scoring vs a plain reference: test_eval_scoring.py.)"""
+the merged model computes what base + adapter computed. (Scoring vs a plain reference: test_eval_vs_reference.py.)"""
 
 from __future__ import annotations
 
