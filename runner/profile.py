@@ -54,6 +54,7 @@ class Profile:
     gradient_accumulation: int
     gradient_checkpointing: bool
     attn_implementation: str
+    memory_mib: int = 0  # what the device has: the GPU's total, or the machine's RAM
     reasons: tuple[str, ...] = field(default=())
 
     def key_fields(self) -> dict[str, str]:
@@ -131,6 +132,7 @@ def resolve_profile(spec: Spec, probe: Probe) -> Profile:
     return Profile(device=device, dtype=dtype, quantization=quant, optimizer=optimizer,
                    micro_batch_size=micro, gradient_accumulation=accum,
                    gradient_checkpointing=bool(checkpointing), attn_implementation="sdpa",
+                   memory_mib=probe.gpus[0].total_mib if device == "cuda" else probe.ram_mib,
                    reasons=tuple(d.reasons))
 
 

@@ -10,9 +10,13 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from runner.errors import ProfileError, StageError
+from runner.profile import Profile
 from runner.spec import Spec
 from runner.stages import StageContext
 
@@ -36,19 +40,20 @@ def local_files(spec: Spec) -> dict[str, Path]:
 
 def run(ctx: StageContext) -> None:
     from datasets import Dataset
-    from transformers import Trainer, set_seed
-    from transformers.trainer_callback import ProgressCallback
+    from transformers import set_seed
 
-    from runner import signals
-    from runner.stages.loading import load_base, load_tokenizer
-    from runner.stages.training import (MetricsLog, PadCollator, QuietProgress, StopOnSignal, keep_metrics_until,
-                                        plot_curves, read_metrics)
+    from runner.stages.loading import load_base, load_tokenizer, weights_path
+    from runner.stages.training import keep_metrics_until, plot_curves, read_metrics
 
-    spec, profile = ctx.spec, ctx.profile
+    spec = ctx.spec
     set_seed(spec.seed)  # before the model: LoRA's A matrices are drawn from this
     tok = load_tokenizer(ctx.upstream["model"])
     train_rows = Dataset.from_file(str(ctx.upstream["data"] / "train.arrow"))
     val_rows = Dataset.from_file(str(ctx.upstream["data"] / "validation.arrow"))
+    # Fit memory before loading anything: if nothing fits, stop with the numbers, not an OOM later.
+    config = json.loads((Path(weights_path(ctx.upstream["model"])) / "config.json").read_text("utf-8"))
+    stats = json.loads((ctx.upstream["data"] / "stats.json").read_text("utf-8"))
+    profile = fit_memory(ctx, config, stats["train_tokens"]["max"])
     model = _lora_model(load_base(ctx.upstream["model"], spec, profile), spec, profile.gradient_checkpointing)
     trainable, total = model.get_nb_trainable_parameters()
     ctx.log(f"train: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
@@ -61,21 +66,13 @@ def run(ctx: StageContext) -> None:
         step = int(Path(checkpoint).name.split("-")[1])
         keep_metrics_until(metrics, step)
         ctx.log(f"train: resuming from {Path(checkpoint).name} of an earlier attempt (step {step})")
-    trainer = Trainer(model=model, args=training_args(spec, profile, ctx.work / "checkpoints"),
-                      train_dataset=train_rows, eval_dataset=val_rows if len(val_rows) else None,
-                      data_collator=PadCollator(tok.pad_token_id),
-                      callbacks=[MetricsLog(metrics, profile.device), StopOnSignal()])
-    trainer.remove_callback(ProgressCallback)
-    progress = QuietProgress()
-    trainer.add_callback(progress)
-    before = trainer.evaluate()["eval_loss"] if len(val_rows) else None
-    try:
-        with signals.graceful():  # Ctrl-C / SIGTERM: checkpoint at the end of the step, then stop
-            result = trainer.train(resume_from_checkpoint=checkpoint)
-    finally:
-        if progress.training_bar is not None:
-            progress.training_bar.close()  # else it redraws after, and below, the error message
-    after = trainer.evaluate()["eval_loss"] if len(val_rows) else None
+
+    def make_trainer(micro: int, accumulation: int) -> Any:
+        return _trainer(model, spec, replace(profile, micro_batch_size=micro, gradient_accumulation=accumulation),
+                        ctx.work, train_rows, val_rows, tok.pad_token_id, metrics)
+
+    result, before, after = train_with_retries(make_trainer, profile.micro_batch_size, spec.train.batch_size,
+                                               ctx.work / "checkpoints", ctx.log)
     if metrics.is_file():
         shutil.copyfile(metrics, ctx.out / "metrics.jsonl")
     _save_adapter(model, ctx.out / "adapter", spec)
@@ -88,6 +85,87 @@ def run(ctx: StageContext) -> None:
                "seconds": round(result.metrics.get("train_runtime", math.nan), 2),
                "train_rows": len(train_rows), "validation_rows": len(val_rows)}
     (ctx.out / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True), "utf-8")
+
+
+def fit_memory(ctx: StageContext, config: dict[str, Any], seq_len: int) -> Profile:
+    """The profile with micro-batch and checkpointing fitted to the device; logs what was changed."""
+    from runner.memory import GIB, fit_profile
+
+    profile = ctx.profile
+    fitted = fit_profile(ctx.spec, profile, config, seq_len)
+    budget = profile.memory_mib * 2**20 * 0.8 / GIB
+    ctx.log(f"train: memory estimate {fitted.estimate.describe()}, budget {budget:.1f} GiB (80% of {profile.device})")
+    for note in fitted.notes:
+        ctx.log(f"train: to fit memory, {note}")
+    if not fitted.fits:
+        raise ProfileError(f"train: needs about {fitted.estimate.total / GIB:.1f} GiB even at micro-batch "
+                           f"{fitted.micro_batch} with checkpointing {'on' if fitted.checkpointing else 'off'}, "
+                           f"but {profile.device} has {budget:.1f} GiB to give: lower data.max_length, use "
+                           "model.quantization nf4, a smaller model, or a bigger device")
+    return replace(profile, micro_batch_size=fitted.micro_batch, gradient_accumulation=fitted.accumulation,
+                   gradient_checkpointing=fitted.checkpointing)
+
+
+def train_with_retries(make_trainer: Callable[[int, int], Any], micro: int, batch_size: int, checkpoints: Path,
+                       log: Callable[[str], None]) -> tuple[Any, float | None, float | None]:
+    """Train; on a CUDA out-of-memory error halve the micro-batch, double accumulation (the effective
+    batch stays), and resume from the last checkpoint. Gives up once the micro-batch is 1."""
+    import gc
+
+    import torch
+
+    from runner import signals
+    from runner.memory import halve
+
+    before = None
+    while True:
+        trainer = make_trainer(micro, batch_size // micro)
+        if before is None and trainer.eval_dataset is not None:
+            before = trainer.evaluate()["eval_loss"]
+        try:
+            with signals.graceful():  # Ctrl-C / SIGTERM: checkpoint at the end of the step, then stop
+                result = trainer.train(resume_from_checkpoint=_last_checkpoint(checkpoints))
+            after = trainer.evaluate()["eval_loss"] if trainer.eval_dataset is not None else None
+            return result, before, after
+        except torch.OutOfMemoryError:
+            if micro == 1:
+                raise StageError("train: out of memory even at micro-batch 1: lower data.max_length, turn on "
+                                 "train.gradient_checkpointing, or use a bigger device") from None
+            smaller = halve(micro, batch_size)
+            resume = _last_checkpoint(checkpoints)
+            log(f"train: out of memory at micro-batch {micro}: retrying with {smaller} x {batch_size // smaller} "
+                f"accumulation from {Path(resume).name if resume else 'the start'}")
+            micro = smaller
+        finally:
+            _close_progress(trainer)
+        del trainer
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _trainer(model: Any, spec: Spec, profile: Profile, work: Path, train_rows: Any, val_rows: Any,
+             pad_id: int, metrics: Path) -> Any:
+    from transformers import Trainer
+    from transformers.trainer_callback import ProgressCallback
+
+    from runner.stages.training import MetricsLog, PadCollator, QuietProgress, StopOnSignal
+
+    trainer = Trainer(model=model, args=training_args(spec, profile, work / "checkpoints"),
+                      train_dataset=train_rows, eval_dataset=val_rows if len(val_rows) else None,
+                      data_collator=PadCollator(pad_id), callbacks=[MetricsLog(metrics, profile.device), StopOnSignal()])
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(QuietProgress())
+    return trainer
+
+
+def _close_progress(trainer: Any) -> None:
+    """Close the bar, else it redraws after (and below) an error message."""
+    from runner.stages.training import QuietProgress
+
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, QuietProgress) and callback.training_bar is not None:
+            callback.training_bar.close()
 
 
 def _lora_model(model: Any, spec: Spec, checkpointing: bool) -> Any:
@@ -106,7 +184,7 @@ def _lora_model(model: Any, spec: Spec, checkpointing: bool) -> Any:
     return get_peft_model(model, config)
 
 
-def training_args(spec: Spec, profile: Any, output_dir: Path) -> Any:
+def training_args(spec: Spec, profile: Profile, output_dir: Path) -> Any:
     from transformers import TrainingArguments
 
     t = spec.train

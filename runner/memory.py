@@ -1,0 +1,181 @@
+"""Peak training memory, estimated from the model's shape before anything is loaded.
+
+Pure arithmetic (no torch), so `plan` can show it. Counts what our train stage really holds:
+- base weights: 4-bit linears (NF4/FP4 at 0.5 byte, plus quantization constants); everything else
+  (embeddings, head, norms) in fp32, because peft's prepare_model_for_kbit_training upcasts it;
+  without quantization, every weight in the compute dtype;
+- LoRA: A and B in fp32, their gradients, and two Adam moments (1 byte each when 8-bit);
+- activations kept for backward per token and layer (all of them, or one layer's worth plus each
+  layer's input when gradient checkpointing recomputes them), plus the transient dequantized weight;
+- logits: the (B, T, V) scores, their fp32 copy for the loss and its gradient: for a 128k
+  vocabulary this is often the largest single item.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class Shape:
+    vocab: int
+    hidden: int
+    layers: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    tied: bool
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Shape:
+        """From a Llama/Qwen/Mistral-style config.json."""
+        hidden, heads = config["hidden_size"], config["num_attention_heads"]
+        return cls(vocab=config["vocab_size"], hidden=hidden, layers=config["num_hidden_layers"],
+                   intermediate=config["intermediate_size"], heads=heads,
+                   kv_heads=config.get("num_key_value_heads") or heads,
+                   head_dim=config.get("head_dim") or hidden // heads,
+                   tied=bool(config.get("tie_word_embeddings", False)))
+
+    def linears(self) -> dict[str, tuple[int, int]]:
+        """(in, out) of each linear layer of one decoder block."""
+        h, kv = self.hidden, self.kv_heads * self.head_dim
+        q = self.heads * self.head_dim
+        return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
+                "gate_proj": (h, self.intermediate), "up_proj": (h, self.intermediate),
+                "down_proj": (self.intermediate, h)}
+
+    def linear_params(self) -> int:
+        return self.layers * sum(i * o for i, o in self.linears().values())
+
+    def other_params(self) -> int:
+        embeddings = self.vocab * self.hidden * (1 if self.tied else 2)
+        return embeddings + self.hidden * (2 * self.layers + 1)  # + the norms
+
+    def parameters(self) -> int:
+        return self.linear_params() + self.other_params()
+
+
+@dataclass(frozen=True)
+class Setup:
+    quantization: str  # nf4 | fp4 | none
+    double_quant: bool
+    compute_bytes: int  # 2 for bf16/fp16, 4 for fp32
+    lora_r: int
+    lora_dropout: float
+    targets: str | tuple[str, ...]
+    eight_bit_optimizer: bool
+    micro_batch: int
+    seq_len: int
+    checkpointing: bool
+    fused_attention: bool  # flash / memory-efficient SDPA on CUDA; CPU and MPS run the math path
+
+
+@dataclass(frozen=True)
+class Estimate:
+    weights: int
+    lora: int
+    activations: int
+    logits: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.lora + self.activations + self.logits
+
+    def describe(self) -> str:
+        parts = ", ".join(f"{name} {getattr(self, name) / GIB:.2f}" for name in ("weights", "lora", "activations", "logits"))
+        return f"{self.total / GIB:.2f} GiB ({parts})"
+
+
+def estimate(shape: Shape, s: Setup) -> Estimate:
+    quantized = s.quantization != "none"
+    if quantized:
+        constants = 1 / 64 + 4 / (64 * 256) if s.double_quant else 4 / 64  # per parameter, blocks of 64
+        weights = shape.linear_params() * (0.5 + constants) + shape.other_params() * 4
+    else:
+        weights = shape.parameters() * s.compute_bytes
+    targeted = {n: d for n, d in shape.linears().items() if s.targets == "all-linear" or n in s.targets}
+    lora_params = shape.layers * sum(s.lora_r * (i + o) for i, o in targeted.values())
+    optimizer_bytes = 2 if s.eight_bit_optimizer else 8
+    lora = lora_params * (4 + 4 + optimizer_bytes)  # weights, grads, two moments
+    tokens = s.micro_batch * s.seq_len
+    act = s.compute_bytes
+    h, inter = shape.hidden, shape.intermediate
+    q = shape.heads * shape.head_dim
+    kv = 2 * shape.kv_heads * shape.head_dim
+    # Saved for backward in one block, per token (elements): RMSNorm inputs and outputs in fp32 (4h),
+    # q/k/v and their rotary copies (2(q + kv)), k/v repeated to every head (2q), attention output
+    # and o_proj input (2q), the MLP's gate, up, activation and product (4i).
+    elements = 4 * h + 2 * (q + kv) + 2 * q + 2 * q + 4 * inter
+    if s.lora_dropout > 0:  # each adapted linear gets its own dropped-out copy of its input, and a mask
+        inputs = sum(inp for name, (inp, _) in shape.linears().items() if s.targets == "all-linear" or name in s.targets)
+        elements += inputs * (1 + 1 / act)
+    per_layer = tokens * act * elements
+    if not s.fused_attention:  # the math path keeps (B, heads, T, T) scores, probabilities and their product
+        per_layer += 3 * s.micro_batch * shape.heads * s.seq_len * s.seq_len * act
+    if s.checkpointing:
+        activations = tokens * act * h * shape.layers + per_layer
+    else:
+        activations = per_layer * shape.layers
+    if quantized:  # one dequantized weight at a time, in the compute dtype, forward and backward
+        activations += 2 * max(i * o for i, o in shape.linears().values()) * act
+    logits = tokens * shape.vocab * (act + 4 + 4)  # scores, fp32 copy for the loss, its gradient
+    return Estimate(weights=int(weights), lora=int(lora), activations=int(activations), logits=int(logits))
+
+
+@dataclass(frozen=True)
+class Fit:
+    micro_batch: int
+    accumulation: int
+    checkpointing: bool
+    estimate: Estimate
+    notes: tuple[str, ...]
+    fits: bool
+
+
+def fit(shape: Shape, setup: Setup, batch_size: int, budget: int, may_checkpoint: bool = True,
+        may_shrink: bool = True) -> Fit:
+    """Turn on checkpointing, then halve the micro-batch (raising accumulation, so the effective
+    batch stays `batch_size`) until the estimate is within `budget`; say what each step saved.
+    What the spec fixed (`may_*` False) is left alone."""
+    current = estimate(shape, setup)
+    notes: list[str] = []
+    if current.total > budget and not setup.checkpointing and may_checkpoint:
+        setup = replace(setup, checkpointing=True)
+        smaller = estimate(shape, setup)
+        notes.append(f"gradient checkpointing on: saves {(current.total - smaller.total) / GIB:.2f} GiB")
+        current = smaller
+    while current.total > budget and setup.micro_batch > 1 and may_shrink:
+        micro = halve(setup.micro_batch, batch_size)
+        setup = replace(setup, micro_batch=micro)
+        smaller = estimate(shape, setup)
+        notes.append(f"micro-batch {micro} x {batch_size // micro} accumulation: saves {(current.total - smaller.total) / GIB:.2f} GiB")
+        current = smaller
+    return Fit(setup.micro_batch, batch_size // setup.micro_batch, setup.checkpointing, current, tuple(notes),
+               current.total <= budget)
+
+
+def halve(micro: int, batch_size: int) -> int:
+    """The largest divisor of `batch_size` at most half of `micro` (1 at the least)."""
+    return max(m for m in range(1, micro // 2 + 1) if batch_size % m == 0)
+
+
+def setup_for(spec: Any, profile: Any, seq_len: int) -> Setup:
+    """The estimate's inputs from a spec and a resolved profile."""
+    return Setup(quantization=profile.quantization, double_quant=spec.model.double_quant,
+                 compute_bytes=4 if profile.dtype == "fp32" else 2, lora_r=spec.lora.r,
+                 lora_dropout=spec.lora.dropout, targets=spec.lora.target_modules,
+                 eight_bit_optimizer="8bit" in profile.optimizer, micro_batch=profile.micro_batch_size,
+                 seq_len=seq_len, checkpointing=profile.gradient_checkpointing,
+                 fused_attention=profile.device == "cuda")
+
+
+def fit_profile(spec: Any, profile: Any, config: dict[str, Any], seq_len: int) -> Fit:
+    """Fit micro-batch and checkpointing to 80% of the device's memory, as far as the spec allows."""
+    budget = int(profile.memory_mib * 2**20 * 0.8)
+    return fit(Shape.from_config(config), setup_for(spec, profile, seq_len), spec.train.batch_size, budget,
+               may_checkpoint=spec.train.gradient_checkpointing == "auto",
+               may_shrink=spec.train.micro_batch_size == "auto")

@@ -1,0 +1,54 @@
+"""The memory estimate and the fitting that keeps the effective batch size (pure arithmetic)."""
+
+from __future__ import annotations
+
+from runner.memory import GIB, Setup, Shape, estimate, fit
+
+LLAMA_32_3B = Shape.from_config({"vocab_size": 128256, "hidden_size": 3072, "num_hidden_layers": 28,
+                                 "intermediate_size": 8192, "num_attention_heads": 24, "num_key_value_heads": 8,
+                                 "head_dim": 128, "tie_word_embeddings": True})
+LLAMA_31_8B = Shape.from_config({"vocab_size": 128256, "hidden_size": 4096, "num_hidden_layers": 32,
+                                 "intermediate_size": 14336, "num_attention_heads": 32, "num_key_value_heads": 8})
+QLORA = Setup(quantization="nf4", double_quant=True, compute_bytes=2, lora_r=16, lora_dropout=0.05,
+              targets="all-linear", eight_bit_optimizer=True, micro_batch=4, seq_len=1024, checkpointing=False,
+              fused_attention=True)
+
+
+def test_parameter_counts_match_the_published_sizes() -> None:
+    assert round(LLAMA_32_3B.parameters() / 1e9, 2) == 3.21
+    assert round(LLAMA_31_8B.parameters() / 1e9, 2) == 8.03
+
+
+def test_4bit_weights_are_a_quarter_of_bf16_for_the_linears_but_not_for_the_rest() -> None:
+    four = estimate(LLAMA_31_8B, QLORA).weights
+    plain = estimate(LLAMA_31_8B, Setup(**{**QLORA.__dict__, "quantization": "none"})).weights
+    linears = LLAMA_31_8B.linear_params()
+    assert round((four - LLAMA_31_8B.other_params() * 4) / linears, 3) == 0.516  # NF4 + double-quant constants
+    assert 0.45 < four / plain < 0.5  # peft upcasts the 1B embedding and head parameters to fp32
+
+
+def test_t4_gets_checkpointing_and_keeps_the_effective_batch() -> None:
+    t4_budget = int(15 * GIB * 0.8)
+    fitted = fit(LLAMA_32_3B, QLORA, batch_size=16, budget=t4_budget)
+    assert fitted.fits and fitted.checkpointing
+    assert fitted.micro_batch * fitted.accumulation == 16
+    assert fitted.notes[0].startswith("gradient checkpointing on: saves ")
+
+
+def test_h100_changes_nothing() -> None:
+    fitted = fit(LLAMA_32_3B, QLORA, batch_size=16, budget=int(80 * GIB * 0.8))
+    assert fitted.fits and not fitted.notes and fitted.micro_batch == 4 and not fitted.checkpointing
+
+
+def test_shrinks_the_micro_batch_step_by_step_then_gives_up_with_numbers() -> None:
+    long = Setup(**{**QLORA.__dict__, "seq_len": 4096, "micro_batch": 8})
+    fitted = fit(LLAMA_31_8B, long, batch_size=16, budget=int(15 * GIB * 0.8))
+    assert [n.split(":")[0] for n in fitted.notes][:2] == ["gradient checkpointing on", "micro-batch 4 x 4 accumulation"]
+    assert fitted.micro_batch * fitted.accumulation == 16
+    hopeless = fit(LLAMA_31_8B, long, batch_size=16, budget=2 * GIB)
+    assert not hopeless.fits and hopeless.micro_batch == 1 and hopeless.estimate.total > 2 * GIB
+
+
+def test_what_the_spec_fixed_is_not_changed() -> None:
+    fitted = fit(LLAMA_32_3B, QLORA, batch_size=16, budget=int(6 * GIB), may_checkpoint=False, may_shrink=False)
+    assert not fitted.fits and not fitted.notes and fitted.micro_batch == 4
