@@ -88,7 +88,7 @@ def _setup(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from runner.plan import plan
+    from runner.plan import memory_lines, plan
     from runner.records import latest_record
     from runner.stages import all_stages
 
@@ -101,6 +101,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
                  args.verify)
     for step in steps:
         print(step.line())
+    for line in memory_lines(steps, spec, profile):
+        print(line)
     return 0
 
 

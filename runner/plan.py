@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from runner.keys import diff_inputs, file_digest, stage_key
@@ -84,3 +85,36 @@ def plan(stages: tuple[Stage, ...], spec: Spec, profile: Profile, store: Store,
         steps.append(step)
     return steps
 
+
+
+def memory_lines(steps: list[Step], spec: Spec, profile: Profile) -> list[str]:
+    """The training memory estimate for `plan`: from the model's config.json once the model stage
+    has run (or the spec's init shape), and the longest tokenized example once data has run."""
+    import json
+
+    from runner.memory import GIB, fit_profile
+
+    by_stage = {s.stage: s for s in steps}
+    model, data = by_stage["model"].manifest, by_stage["data"].manifest
+    config = None
+    if model is not None and (model.path / "weights" / "config.json").is_file():
+        config = json.loads((model.path / "weights" / "config.json").read_text("utf-8"))
+    elif model is not None and json.loads((model.path / "model.json").read_text("utf-8")).get("path"):
+        local = Path(json.loads((model.path / "model.json").read_text("utf-8"))["path"]) / "config.json"
+        config = json.loads(local.read_text("utf-8")) if local.is_file() else None
+    elif spec.model.source == "init":
+        i = spec.model.init
+        config = {"vocab_size": i.vocab_size, "hidden_size": i.hidden_size, "num_hidden_layers": i.num_layers,
+                  "intermediate_size": i.intermediate_size, "num_attention_heads": i.num_heads,
+                  "num_key_value_heads": i.num_kv_heads}
+    if config is None:
+        return ["memory: estimated once the model stage has run (it needs the model's config.json)"]
+    seq_len = spec.data.max_length
+    if data is not None:
+        seq_len = json.loads((data.path / "stats.json").read_text("utf-8"))["train_tokens"]["max"]
+    fitted = fit_profile(spec, profile, config, seq_len)
+    budget = profile.memory_mib * 2**20 * 0.8 / GIB
+    lines = [f"memory: {fitted.estimate.describe()} at micro-batch {fitted.micro_batch}, {seq_len} tokens; "
+             f"budget {budget:.1f} GiB" + ("" if fitted.fits else ": DOES NOT FIT, training would stop")]
+    lines += [f"  - {note}" for note in fitted.notes]
+    return lines
