@@ -176,6 +176,7 @@ def setup_for(spec: Any, profile: Any, seq_len: int) -> Setup:
 def fit_profile(spec: Any, profile: Any, config: dict[str, Any], seq_len: int) -> Fit:
     """Fit micro-batch and checkpointing to 80% of the device's memory, as far as the spec allows."""
     budget = int(profile.memory_mib * 2**20 * 0.8)
-    return fit(Shape.from_config(config), setup_for(spec, profile, seq_len), spec.train.batch_size, budget,
+    per_process = spec.train.batch_size // profile.processes  # each process holds its own micro-batch
+    return fit(Shape.from_config(config), setup_for(spec, profile, seq_len), per_process, budget,
                may_checkpoint=spec.train.gradient_checkpointing == "auto",
                may_shrink=spec.train.micro_batch_size == "auto")

@@ -51,17 +51,18 @@ class Profile:
     quantization: Literal["nf4", "fp4", "none"]
     optimizer: str
     micro_batch_size: int
-    gradient_accumulation: int
+    gradient_accumulation: int  # micro-batch x accumulation x processes = the spec's batch_size
     gradient_checkpointing: bool
     attn_implementation: str
     memory_mib: int = 0  # what the device has: the GPU's total, or the machine's RAM
+    processes: int = 1  # data-parallel training processes (accelerate launch when above 1)
     reasons: tuple[str, ...] = field(default=())
 
     def key_fields(self) -> dict[str, str]:
         """What changes a trained model's numbers. Micro-batch split, checkpointing and attention
         kernel change speed and memory, not the result, so they stay out of keys."""
         return {"device": self.device, "dtype": self.dtype, "quantization": self.quantization,
-                "optimizer": self.optimizer}
+                "optimizer": self.optimizer, "processes": self.processes}
 
 
 def probe_machine() -> Probe:
@@ -123,7 +124,8 @@ def resolve_profile(spec: Spec, probe: Probe) -> Profile:
     dtype = _dtype(spec, probe, device, d)
     quant = _quantization(spec, probe, device, d)
     optimizer = _optimizer(spec, probe, device, d)
-    micro, accum = _batch(spec, device, d)
+    processes = _processes(spec, probe, device, d)
+    micro, accum = _batch(spec, device, processes, d)
     checkpointing = spec.train.gradient_checkpointing
     if checkpointing == "auto":
         checkpointing = device == "cuda"
@@ -132,7 +134,7 @@ def resolve_profile(spec: Spec, probe: Probe) -> Profile:
     return Profile(device=device, dtype=dtype, quantization=quant, optimizer=optimizer,
                    micro_batch_size=micro, gradient_accumulation=accum,
                    gradient_checkpointing=bool(checkpointing), attn_implementation="sdpa",
-                   memory_mib=probe.gpus[0].total_mib if device == "cuda" else probe.ram_mib,
+                   memory_mib=probe.gpus[0].total_mib if device == "cuda" else probe.ram_mib, processes=processes,
                    reasons=tuple(d.reasons))
 
 
@@ -211,13 +213,36 @@ def _optimizer(spec: Spec, probe: Probe, device: Device, d: _Decisions) -> str:
     return wanted
 
 
-def _batch(spec: Spec, device: Device, d: _Decisions) -> tuple[int, int]:
+def _processes(spec: Spec, probe: Probe, device: Device, d: _Decisions) -> int:
+    wanted = spec.hardware.processes
+    if wanted == "auto":
+        n = len(probe.gpus) if device == "cuda" else 1
+        if n > 1:
+            d.note(f"{n} processes: one per GPU, launched with accelerate (DDP)")
+    else:
+        n = wanted
+        if device == "cuda" and n > len(probe.gpus):
+            d.cannot(f"hardware.processes {n}: only {len(probe.gpus)} GPU(s)", f"set hardware.processes: {len(probe.gpus)}",
+                     f"{len(probe.gpus)} processes")
+            n = len(probe.gpus)
+        elif n > 1:
+            d.note(f"{n} processes on {device}: asked for by the spec, launched with accelerate")
+    if spec.train.batch_size % n:
+        raise ProfileError(f"train.batch_size {spec.train.batch_size} must be a multiple of the {n} processes")
+    return n
+
+
+def _batch(spec: Spec, device: Device, processes: int, d: _Decisions) -> tuple[int, int]:
     total = spec.train.batch_size
+    per_process = total // processes
     if spec.train.micro_batch_size != "auto":
         micro = spec.train.micro_batch_size
-        d.note(f"micro-batch {micro} x {total // micro} accumulation: asked for by the spec")
-        return micro, total // micro
+        if per_process % micro:
+            raise ProfileError(f"train.micro_batch_size {micro} must divide the {per_process} examples per process")
+        d.note(f"micro-batch {micro} x {per_process // micro} accumulation: asked for by the spec")
+        return micro, per_process // micro
     cap = 4 if device == "cuda" else 8
-    micro = max(m for m in range(1, min(cap, total) + 1) if total % m == 0)
-    d.note(f"micro-batch {micro} x {total // micro} accumulation = batch {total}")
-    return micro, total // micro
+    micro = max(m for m in range(1, min(cap, per_process) + 1) if per_process % m == 0)
+    shape = f"{micro} x {per_process // micro} accumulation" + (f" x {processes} processes" if processes > 1 else "")
+    d.note(f"micro-batch {shape} = batch {total}")
+    return micro, per_process // micro

@@ -24,6 +24,7 @@ class Hardware:
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     on_unsupported: Literal["error", "fallback"] = "fallback"
+    processes: int | Literal["auto"] = "auto"
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import replace
@@ -39,6 +40,16 @@ def local_files(spec: Spec) -> dict[str, Path]:
 
 
 def run(ctx: StageContext) -> None:
+    if ctx.profile.processes > 1:
+        from runner.stages.launch import launch
+
+        launch(ctx)  # every process runs train_here; rank 0 writes the artifact
+    else:
+        train_here(ctx)
+
+
+def train_here(ctx: StageContext) -> None:
+    """Train in this process (one of several when launched by accelerate)."""
     from datasets import Dataset
     from transformers import set_seed
 
@@ -71,8 +82,15 @@ def run(ctx: StageContext) -> None:
         return _trainer(model, spec, replace(profile, micro_batch_size=micro, gradient_accumulation=accumulation),
                         ctx.work, train_rows, val_rows, tok.pad_token_id, metrics)
 
-    result, before, after = train_with_retries(make_trainer, profile.micro_batch_size, spec.train.batch_size,
+    per_process = spec.train.batch_size // profile.processes
+    result, before, after = train_with_retries(make_trainer, profile.micro_batch_size, per_process,
                                                ctx.work / "checkpoints", ctx.log)
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        ctx.log(f"train: trained in {dist.get_world_size()} processes ({dist.get_backend()})")
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # rank 0 writes the artifact; the weights are the same in every process
     if metrics.is_file():
         shutil.copyfile(metrics, ctx.out / "metrics.jsonl")
     _save_adapter(model, ctx.out / "adapter", spec)

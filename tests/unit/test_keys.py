@@ -20,9 +20,9 @@ UP = "0" * 64  # a stand-in upstream digest, so each stage's key is pinned on it
 PINNED = {
     "model": "d2b49d4d6d2c9c77a13b153e7190fa96187452d9a0a7c57027d81c3a240c4d4c",
     "data": "227ebc5e89f7bc046a6d71127c923b33fd0774189f19a8d7f32f3ea8ca21e055",
-    "train": "e927793a00015a50f67061037bc4cb21313ff4cceb4af6484e486b3cc3d042b9",
-    "export": "6d61927dee75d48db5a3cbbb8a4dac2d6fdfc4ddb54b541fdf442c5221e107d1",
-    "eval": "9df989b82f74e1e7135a0100330271df350494b08c08a1ea7831ab14e7f119ec",
+    "train": "88bbecbb1c1e974dd040ad0b7a6846d04a4c27326576d0102c428e3de0930472",
+    "export": "b393cdf01f916494c2222fd6dbc7b78aa85c6810bd6c4f06d7d5bfdf54e8fdd7",
+    "eval": "9ce2b7405b48cfcfcd05f4259e3d25f22d1de3aa1abca69b28bb49c93cee6af7",
 }
 
 

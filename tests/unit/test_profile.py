@@ -72,3 +72,18 @@ def test_key_fields_leave_out_what_only_changes_speed(tmp_path: Path) -> None:
     a = resolve_profile(spec(tmp_path, "train: {micro_batch_size: 2}\n"), CPU)
     b = resolve_profile(spec(tmp_path, "train: {micro_batch_size: 8}\n"), CPU)
     assert a.micro_batch_size != b.micro_batch_size and a.key_fields() == b.key_fields()
+
+
+def test_one_process_per_gpu_keeps_the_effective_batch(tmp_path: Path) -> None:
+    two = Probe(gpus=A100.gpus * 2, torch=CUDA_TORCH, bitsandbytes=BNB)
+    p = resolve_profile(spec(tmp_path), two)
+    assert p.processes == 2 and p.micro_batch_size * p.gradient_accumulation * 2 == 16
+    assert p.key_fields()["processes"] == 2
+
+
+def test_processes_asked_for_on_cpu_and_too_many_on_gpu(tmp_path: Path) -> None:
+    assert resolve_profile(spec(tmp_path, "hardware: {processes: 2}\n"), CPU).processes == 2
+    p = resolve_profile(spec(tmp_path, "hardware: {processes: 4}\n"), A100)
+    assert p.processes == 1 and any("falling back to 1 processes" in r for r in p.reasons)
+    with pytest.raises(ProfileError, match="multiple of the 3 processes"):
+        resolve_profile(spec(tmp_path, "hardware: {processes: 3}\n"), CPU)

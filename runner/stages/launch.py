@@ -1,0 +1,64 @@
+"""Training in several processes with Hugging Face Accelerate (DDP), the engine multi-GPU users
+already run, rather than a launcher of our own.
+
+The train stage hands its context to `accelerate launch -m runner.stages.worker`; every process
+runs the same Trainer code (Accelerate sets up the process group: NCCL on GPUs, gloo on CPU), and
+rank 0 writes the artifact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from runner.errors import StageError
+from runner.profile import Profile
+from runner.spec import Spec, typed
+from runner.stages import StageContext
+
+
+def launch(ctx: StageContext) -> None:
+    n = ctx.profile.processes
+    payload = {"spec": ctx.spec.as_dict(), "base_dir": ctx.spec.base_dir, "profile": asdict(ctx.profile),
+               "out": str(ctx.out), "work": str(ctx.work),
+               "upstream": {k: str(v) for k, v in ctx.upstream.items()}, "files": {k: str(v) for k, v in ctx.files.items()}}
+    ctx.work.mkdir(parents=True, exist_ok=True)
+    path = ctx.work / "launch.json"
+    path.write_text(json.dumps(payload), "utf-8")
+    # --multi_gpu with use_cpu set in the Trainer gives real gloo processes on CPU; `--cpu` alone
+    # silently runs a single one.
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n),
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(_free_port()), "-m", "runner.stages.worker", str(path)]
+    env = dict(os.environ)
+    if ctx.profile.device == "cpu":  # share the cores instead of oversubscribing them
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // n))
+    ctx.log(f"train: launching {n} processes with accelerate ({'gloo on CPU' if ctx.profile.device == 'cpu' else 'DDP'})")
+    done = subprocess.run(command, env=env)
+    if done.returncode != 0:
+        raise StageError(f"train: the {n} accelerate processes failed (exit {done.returncode}); the output above says why")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def context_from(path: Path) -> StageContext:
+    """The StageContext a launched worker process rebuilds from launch.json."""
+    payload: dict[str, Any] = json.loads(path.read_text("utf-8"))
+    spec = typed(Spec, {**payload["spec"], "base_dir": payload["base_dir"]})
+    profile = Profile(**{**payload["profile"], "reasons": tuple(payload["profile"]["reasons"])})
+    rank = int(os.environ.get("RANK", "0"))
+    return StageContext(spec=spec, profile=profile, out=Path(payload["out"]), work=Path(payload["work"]),
+                        upstream={k: Path(v) for k, v in payload["upstream"].items()},
+                        files={k: Path(v) for k, v in payload["files"].items()},
+                        log=(lambda message: print(f"[runner] {message}", flush=True)) if rank == 0 else (lambda m: None))

@@ -1,0 +1,12 @@
+"""One of the processes `accelerate launch` starts for the train stage (see runner.stages.launch)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from runner.stages import train
+from runner.stages.launch import context_from
+
+if __name__ == "__main__":
+    train.train_here(context_from(Path(sys.argv[1])))
