@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 import traceback
 from pathlib import Path
 
@@ -77,32 +76,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _setup(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from runner.profile import probe_machine, resolve_profile
-    from runner.spec import load_spec
-    from runner.store import Store
-
-    spec = load_spec(args.spec)
-    profile = resolve_profile(spec, probe_machine())
-    return spec, profile, Store(args.store)
-
-
 def cmd_plan(args: argparse.Namespace) -> int:
-    from runner.plan import memory_lines, plan
-    from runner.records import latest_record
-    from runner.stages import all_stages
+    from runner import api
 
-    spec, profile, store = _setup(args)
+    planned = api.plan(args.spec, args.store, args.force, args.verify)
+    profile = planned.profile
     print(f"profile: {profile.device} {profile.dtype}, quantization {profile.quantization}, "
           f"micro-batch {profile.micro_batch_size} x {profile.gradient_accumulation}")
     for reason in profile.reasons:
         print(f"  - {reason}")
-    steps = plan(all_stages(), spec, profile, store, latest_record(store.root, args.spec), frozenset(args.force),
-                 args.verify)
-    for step in steps:
-        print(step.line())
-    for line in memory_lines(steps, spec, profile):
-        print(line)
+    print("\n".join(planned.lines))
     return 0
 
 
@@ -111,18 +94,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         from runner.docker import run_in_image
 
         return run_in_image(args)
-    from runner import signals
-    from runner.execute import Options, run_spec
+    from runner import api, signals
     from runner.summary import print_summary
 
     signals.install()
-    spec, profile, store = _setup(args)
-    started = time.time()
-    log = lambda message: print(f"[runner] {message}", flush=True)  # noqa: E731
-    log(f"profile: {profile.device} {profile.dtype}, quantization {profile.quantization}")
-    options = Options(only=args.only, force=frozenset(args.force), verify=args.verify)
-    outcomes, record_path = run_spec(spec, args.spec, profile, store, log, options)
-    print_summary(outcomes, record_path, time.time() - started)
+    result = api.run(args.spec, args.store, args.only, args.force, args.verify)
+    print_summary(result.outcomes, result.record, result.seconds)
     return 0
 
 
