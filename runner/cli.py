@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="rehash every file of cached artifacts; a damaged one is rebuilt")
         if name == "run":
             p.add_argument("--only", choices=STAGE_NAMES, metavar="STAGE",
-                           help="run only STAGE; the stages before it must already be cached")
+                           help="stop after STAGE (the stages it needs run too, nothing after it)")
             p.add_argument("--image", choices=("cpu", "cuda", "auto"),
                            help="run inside the CPU or CUDA container image (built when missing; "
                                 "auto: cuda when an NVIDIA GPU is present)")

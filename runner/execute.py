@@ -27,7 +27,7 @@ from runner.store import Manifest, Store
 @dataclass(frozen=True)
 class Outcome:
     stage: str
-    action: str  # reused | ran | skipped
+    action: str  # reused | ran
     key: str | None
     seconds: float
     path: Path | None
@@ -55,21 +55,16 @@ def run_spec(spec: Spec, spec_path: Path, profile: Profile, store: Store, log: C
             current = {"stage": stage.name, "key": None}
             step = plan_stage(stage, spec, profile, store, done, previous, stage.name in options.force, options.verify)
             current["key"] = step.key
-            if step.status == "pending":
-                # Only reachable with --only: an upstream stage was not built in this run.
-                raise StageError(f"{stage.name} needs {step.reasons[0].removeprefix('after ')} first: "
-                                 f"run without --only, or with --only on that stage")
-            if options.only is not None and stage.name != options.only and step.status != "cached":
-                outcome = Outcome(stage.name, "skipped", step.key, 0.0, None, step.reasons)
-            else:
-                outcome, done[stage.name] = _reuse_or_build(stage, step, spec, profile, store, log, done, options.verify)
+            if step.status == "pending":  # cannot happen: stages run in order; kept as a guard
+                raise StageError(f"{stage.name} needs {step.reasons[0].removeprefix('after ')} first")
+            outcome, done[stage.name] = _reuse_or_build(stage, step, spec, profile, store, log, done, options.verify)
             outcomes.append(outcome)
             record.stages.append({"stage": stage.name, "key": step.key, "action": outcome.action,
                                   "seconds": round(outcome.seconds, 3), "reasons": list(step.reasons),
                                   "inputs": step.inputs})
             save_record(record, record_path)
             if stage.name == options.only:
-                break  # later stages would need this run's outputs, which --only leaves alone
+                break  # like `dvc repro STAGE`: the stage and what it needs, nothing after it
     except BaseException as exc:
         record.status, record.error, record.finished = "failed", f"{type(exc).__name__}: {exc}", time.time()
         if current and not any(s["stage"] == current["stage"] for s in record.stages):
