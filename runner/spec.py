@@ -153,6 +153,12 @@ class Safety:
 
 
 @dataclass(frozen=True)
+class Contamination:
+    check: bool = True
+    similarity: float = 0.6
+
+
+@dataclass(frozen=True)
 class Eval:
     benchmarks: tuple[Benchmark, ...] = ()
     compare_base: bool = True
@@ -161,6 +167,7 @@ class Eval:
     queries: tuple[str, ...] = ()
     generation: Generation = field(default_factory=Generation)
     safety: Safety = field(default_factory=Safety)
+    contamination: Contamination = field(default_factory=Contamination)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from runner.stages import StageContext
 from runner.stats import summarize
 
 name = "eval"
-version = 2  # 2: harness-exact tokenization and truncation, built-in formats, paired test, groups, queries
+version = 2  # 2: harness-exact scoring, built-in formats, paired test, groups, queries, contamination
 upstream = ("model", "train:adapter", "export:adapter")
 volatile = ("report.md", "report.html", "*.png")  # pictures and prose: cosmetic, out of the digest
 uses_profile = True
@@ -33,6 +33,11 @@ def spec_slice(spec: Spec) -> dict[str, Any]:
     out: dict[str, Any] = {
         "eval": {"benchmarks": benchmarks, "compare_base": ev.compare_base, "chat_template": ev.chat_template},
         "model": {"quantization": spec.model.quantization, "double_quant": spec.model.double_quant}}
+    if ev.contamination.check:  # what the check reads of the training data
+        d = spec.data
+        out["eval"]["contamination"] = {"similarity": ev.contamination.similarity, "format": d.format,
+                                        "fields": vars(d.fields), "max_rows": d.max_rows,
+                                        "train": {k: v for k, v in vars(d.train).items() if k != "path"}}
     if ev.queries:  # answers depend on these only when there is something to answer
         out["eval"] |= {"queries": list(ev.queries), "generation": vars(ev.generation), "safety": _safety_slice(spec)}
         out["data"] = {"template": spec.data.template, "system_prompt": spec.data.system_prompt}
@@ -46,7 +51,10 @@ def _safety_slice(spec: Spec) -> dict[str, Any]:
 
 
 def local_files(spec: Spec) -> dict[str, Path]:
-    return {f"benchmark/{b.name}": spec.resolve(b.path) for b in spec.eval.benchmarks if b.path is not None}
+    files = {f"benchmark/{b.name}": spec.resolve(b.path) for b in spec.eval.benchmarks if b.path is not None}
+    if spec.eval.contamination.check and spec.data.train.path is not None:
+        files["train"] = spec.resolve(spec.data.train.path)
+    return files
 
 
 def run(ctx: StageContext) -> None:
@@ -63,9 +71,10 @@ def run(ctx: StageContext) -> None:
     model.eval()
     labels = ("base", "tuned") if spec.eval.compare_base else ("tuned",)
     results: dict[str, Any] = {}
+    train_texts = training_prompts(ctx) if spec.eval.contamination.check and spec.eval.benchmarks else []
     with open(ctx.out / "predictions.jsonl", "w", encoding="utf-8") as preds_file:
         for bench in spec.eval.benchmarks:
-            results[bench.name] = score_benchmark(ctx, model, tok, bench, labels, preds_file)
+            results[bench.name] = score_benchmark(ctx, model, tok, bench, labels, preds_file, train_texts)
     answers = answer_queries(model, tok, spec, labels, adapter_off) if spec.eval.queries else []
     with open(ctx.out / "generations.jsonl", "w", encoding="utf-8") as handle:
         for row in answers:
@@ -78,7 +87,7 @@ def run(ctx: StageContext) -> None:
 
 
 def score_benchmark(ctx: StageContext, model: Any, tok: Any, bench: Benchmark, labels: tuple[str, ...],
-                    preds_file: TextIO) -> dict[str, Any]:
+                    preds_file: TextIO, train_texts: list[str]) -> dict[str, Any]:
     """Score one benchmark with each model; write its predictions; return its summary."""
     from runner.stages.scoring import max_length_of, predictions, requests_for, score
 
@@ -101,7 +110,41 @@ def score_benchmark(ctx: StageContext, model: Any, tok: Any, bench: Benchmark, l
     summary["format"] = bench.format
     summary["harness_task"] = HARNESS_TASKS.get(bench.format)
     summary["chance"] = round(sum(1 / len(it.choices) for it in items) / len(items), 4) if items else None
+    if spec.eval.contamination.check:
+        summary["contamination"] = contamination(items, scored, train_texts, spec.eval.contamination.similarity)
     return summary
+
+
+def training_prompts(ctx: StageContext) -> list[str]:
+    """The prompts of the training source, as the data stage reads them (validation rows included)."""
+    from runner.formats import Dropped, to_example
+    from runner.stages.data import read_rows
+
+    spec = ctx.spec
+    texts = []
+    for row in read_rows(spec.data.train, ctx.files.get("train"), spec.data.max_rows):
+        try:
+            if isinstance(row, Dropped):
+                continue
+            example = to_example(row, spec.data.format, spec.data.fields)
+        except Dropped:
+            continue
+        texts.append("\n".join(content for role, content in example.messages if role != "assistant"))
+    return texts
+
+
+def contamination(items: list[Any], scored: dict[str, list[int]], train_texts: list[str],
+                  similarity: float) -> dict[str, Any]:
+    """Benchmark questions found in the training data, and the accuracy on the others."""
+    from runner.contamination import overlaps
+    from runner.stats import accuracy
+
+    found = overlaps(train_texts, [it.prompt for it in items], similarity)
+    seen = {o.item for o in found}
+    clean = [i for i in range(len(items)) if i not in seen]
+    return {"exact": sum(o.similarity == 1.0 for o in found), "near": sum(o.similarity < 1.0 for o in found),
+            "similarity": similarity, "pairs": [vars(o) for o in found[:50]],
+            "clean": {label: accuracy([preds[i] == items[i].answer for i in clean]) for label, preds in scored.items()}}
 
 
 @contextlib.contextmanager

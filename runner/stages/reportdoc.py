@@ -50,7 +50,7 @@ def p_value(p: dict[str, Any] | None) -> str:
 
 def document(inputs: Any) -> Doc:
     spec = inputs.spec
-    sections = [results(inputs), groups(inputs), training(inputs), generations(inputs),
+    sections = [results(inputs), groups(inputs), contamination(inputs), training(inputs), generations(inputs),
                 spec_summary(inputs), profile(inputs), artifacts(inputs)]
     return Doc(f"{spec.name}: evaluation report", [s for s in sections if s.blocks])
 
@@ -99,6 +99,28 @@ def groups(inputs: Any) -> Section:
         s.blocks.append(("h3", name))
         s.blocks.append(("table", ["group", "n", "base [95% CI]", "fine-tuned [95% CI]", "change [95% CI]",
                                    "McNemar p"], rows))
+    return s
+
+
+def contamination(inputs: Any) -> Section:
+    s = Section("Benchmark questions in the training data")
+    checked = {name: r["contamination"] for name, r in inputs.metrics["benchmarks"].items() if "contamination" in r}
+    if not checked:
+        return s
+    similarity = next(iter(checked.values()))["similarity"]
+    rows = []
+    for name, c in checked.items():
+        n = inputs.metrics["benchmarks"][name]["tuned"]["n"]
+        clean = c["clean"]
+        rows.append([name, str(n), str(c["exact"]), str(c["near"]), pct((c["exact"] + c["near"]) / n if n else None),
+                     with_ci(clean.get("base")), with_ci(clean["tuned"])])
+    s.blocks.append(("table", ["benchmark", "n", "exact copies", f"near duplicates (>= {similarity:g})", "share",
+                               "base on the rest", "fine-tuned on the rest"], rows))
+    if any(c["exact"] + c["near"] for c in checked.values()):
+        s.blocks.append(("note", "Some benchmark questions are in the training data (`data.train`): accuracy on them "
+                                 "measures memory, not skill. The columns on the right leave them out."))
+    else:
+        s.blocks.append(("p", "No benchmark question was found in the training data."))
     return s
 
 

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Tiny, runner
+from tests.integration.conftest import DEMO, Tiny, runner
 
 EVAL = """eval:
   benchmarks:
     - {{name: medqa, format: medqa, path: {data}/medqa/test.jsonl, limit: 16}}
     - {{name: pubmedqa, format: pubmedqa, path: {data}/pubmedqa/test.jsonl, limit: 6}}
+    - {{name: seen, path: {demo}/medmc_train.jsonl, limit: 8}}
   queries: ["What is the first-line treatment for anaphylaxis?"]
   generation: {{max_new_tokens: 12}}
   batch_size: 4
@@ -26,7 +27,7 @@ EVAL = """eval:
 @pytest.fixture(scope="module")
 def evaluated(tiny: Tiny, shared_data: Path) -> tuple[Path, str]:
     spec = tiny.folder / "eval-formats.yaml"
-    spec.write_text(tiny.spec.read_text().split("eval:")[0] + EVAL.format(data=shared_data))
+    spec.write_text(tiny.spec.read_text().split("eval:")[0] + EVAL.format(data=shared_data, demo=DEMO))
     done = runner("run", str(spec), "--store", str(tiny.store))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     found = re.search(r"^\s+eval\s+(\S+)$", done.stdout, re.MULTILINE)
@@ -48,8 +49,13 @@ def test_metrics_predictions_and_answers(evaluated: tuple[Path, str]) -> None:
     p = medqa["paired"]
     assert 0 <= p["mcnemar_p"] <= 1 and p["ci95"][0] <= p["delta"] <= p["ci95"][1]
     assert pubmedqa["chance"] == pytest.approx(1 / 3, abs=1e-4) and "groups" not in pubmedqa
+    # The demo training questions are not MedQA's: nothing found, and "the rest" is everything.
+    assert medqa["contamination"]["exact"] == medqa["contamination"]["near"] == 0
+    assert medqa["contamination"]["clean"]["tuned"] == medqa["tuned"]
+    seen = metrics["benchmarks"]["seen"]["contamination"]  # questions of the training file itself
+    assert seen["exact"] == 8 and seen["clean"]["tuned"]["n"] == 0
     rows = [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines()]
-    assert len(rows) == 22 and {r["benchmark"] for r in rows} == {"medqa", "pubmedqa"}
+    assert len(rows) == 30 and {r["benchmark"] for r in rows} == {"medqa", "pubmedqa", "seen"}
     assert all({"base", "tuned", "answer"} <= set(r) for r in rows)
     assert sum(r["tuned"] == r["answer"] for r in rows if r["benchmark"] == "medqa") == medqa["tuned"]["correct"]
     (answer,) = [json.loads(line) for line in (folder / "generations.jsonl").read_text().splitlines()]
@@ -61,7 +67,7 @@ def test_metrics_predictions_and_answers(evaluated: tuple[Path, str]) -> None:
 def test_the_report_renders_with_tables_and_pictures(evaluated: tuple[Path, str]) -> None:
     folder = evaluated[0]
     md = (folder / "report.md").read_text()
-    for heading in ("## Results", "## By group", "## Training", "## Answers to the spec's queries",
+    for heading in ("## Results", "## By group", "## Benchmark questions in the training data", "## Training", "## Answers to the spec's queries",
                     "### Safety flags", "## Spec", "## Hardware profile", "## Where everything is"):
         assert heading in md, heading
     assert re.search(r"^\| medqa \| `medqa_4options` \| 16 \| [\d.]+% \[", md, re.MULTILINE)

@@ -22,7 +22,7 @@ PINNED = {
     "data": "227ebc5e89f7bc046a6d71127c923b33fd0774189f19a8d7f32f3ea8ca21e055",
     "train": "88bbecbb1c1e974dd040ad0b7a6846d04a4c27326576d0102c428e3de0930472",
     "export": "b393cdf01f916494c2222fd6dbc7b78aa85c6810bd6c4f06d7d5bfdf54e8fdd7",
-    "eval": "9ce2b7405b48cfcfcd05f4259e3d25f22d1de3aa1abca69b28bb49c93cee6af7",
+    "eval": "46263b666a27d0d47fa1f478d2d03ecc2260e328a046d2a2a116923446d5f90f",
 }
 
 
