@@ -100,14 +100,15 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 
 def plot_curves(rows: list[dict[str, Any]], path: Path, title: str) -> None:
-    """Loss and learning rate per step, as a PNG for people who would rather look than read."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Loss and learning rate per step, as a PNG for people who would rather look than read.
+    Drawn on a bare Figure: importing pyplot costs about half a second in every run."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     steps = [r["step"] for r in rows]
-    fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig = Figure(figsize=(9, 3.2))
+    FigureCanvasAgg(fig)
+    ax_loss, ax_lr = fig.subplots(1, 2)
     ax_loss.plot(steps, [r["loss"] for r in rows], color="#1f77b4")
     ax_loss.set(xlabel="step", ylabel="training loss", title=title)
     ax_lr.plot(steps, [r["learning_rate"] or math.nan for r in rows], color="#d62728")
@@ -116,4 +117,3 @@ def plot_curves(rows: list[dict[str, Any]], path: Path, title: str) -> None:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
