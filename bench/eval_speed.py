@@ -225,8 +225,10 @@ def main() -> None:
         print(f"{fmt:<10}{n:>5}{row['runner_qps']:>12.1f}{row['harness_qps']:>13.1f}{row['ratio_wall']:>6.1f}x"
               f"{row['ratio_cpu']:>10.1f}x{row['ratio_cpu_vs_harness_ll_only']:>12.1f}x{f'{same}/{n}':>12}{dll:>11.2e}",
               flush=True)
-    ok = all(r["identical_predictions"] and r["ratio_cpu"] >= TARGET_RATIO for r in rows)
-    print(f"target: >= {TARGET_RATIO}x the harness (CPU time) with identical predictions: {'met' if ok else 'NOT met'}")
+    same_all = all(r["identical_predictions"] for r in rows)
+    wall, cpu = min(r["ratio_wall"] for r in rows), min(r["ratio_cpu"] for r in rows)
+    print(f"predictions identical on every benchmark: {same_all}; lowest ratio: wall {wall:.1f}x, cpu {cpu:.1f}x "
+          f"(target >= {TARGET_RATIO:g}x: {'met' if same_all and min(wall, cpu) >= TARGET_RATIO else 'NOT met'})")
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "eval_speed.json").write_text(json.dumps({"model": str(weights), "limit": args.limit,
                                                      "batch_size": args.batch_size, "threads": torch.get_num_threads(),

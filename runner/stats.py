@@ -68,7 +68,7 @@ def paired(base: Sequence[bool], tuned: Sequence[bool]) -> dict[str, Any]:
     d = len(base) - a - b - c
     diff, lo, hi = paired_difference(a, b, c, d)
     return {"delta": _round(diff), "ci95": [_round(lo), _round(hi)], "only_base_right": b,
-            "only_tuned_right": c, "mcnemar_p": _round(mcnemar_exact(b, c), 6)}
+            "only_tuned_right": c, "mcnemar_p": float(f"{mcnemar_exact(b, c):.4g}")}
 
 
 def summarize(answers: Sequence[int], groups: Sequence[str | None], scored: Mapping[str, Sequence[int]],

@@ -34,8 +34,11 @@ def summary_lines(outcomes: Sequence[Outcome], record_path: Path, seconds: float
             continue
         base = f"base {100 * r['base']['acc']:.1f}% -> " if "base" in r else ""
         p = r.get("paired")
-        change = (f", change {100 * p['delta']:+.1f} pt [{100 * p['ci95'][0]:+.1f}, {100 * p['ci95'][1]:+.1f}],"
-                  f" McNemar p={p['mcnemar_p']:.3g}") if p and p.get("delta") is not None else ""
+        change = ""
+        if p and p.get("delta") is not None:
+            pv = "p<0.001" if p["mcnemar_p"] < 0.001 else f"p={p['mcnemar_p']:.3f}"
+            change = (f", change {100 * p['delta']:+.1f} pt [{100 * p['ci95'][0]:+.1f}, {100 * p['ci95'][1]:+.1f}],"
+                      f" McNemar {pv}")
         lines.append(f"  {bench}: {base}fine-tuned {100 * r['tuned']['acc']:.1f}% (n={r['tuned']['n']}{change})")
     for o in outcomes:
         if o.path is not None:

@@ -86,9 +86,9 @@ def plot_accuracy(benchmarks: dict[str, Any], path: Path) -> None:
     ax.set(yticks=range(len(names)), yticklabels=names, xlim=(0, 100), xlabel="accuracy (%), 95% interval")
     ax.invert_yaxis()
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8, framealpha=0.9)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, fontsize=8, frameon=False)  # clear of the bars
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -156,17 +156,18 @@ def to_html(doc: Doc, folder: Path) -> str:
                 out.append(f'<img alt="{html.escape(rest[1])}" src="data:image/png;base64,{data}">')
             elif kind == "table":
                 header, rows = rest
+                figures = header[0] != ""  # a key/value table (first header empty) reads better left-aligned
                 out.append("<table><tr>" + "".join(f"<th>{_inline(h)}</th>" for h in header) + "</tr>")
                 for row in rows:
-                    out.append("<tr>" + "".join(_td(c) for c in row) + "</tr>")
+                    out.append("<tr>" + "".join(_td(c, figures) for c in row) + "</tr>")
                 out.append("</table>")
     out.append("</body></html>")
     return "\n".join(out)
 
 
-def _td(cell: str) -> str:
+def _td(cell: str, figures: bool) -> str:
     text = str(cell)
-    numeric = bool(text) and (text[0].isdigit() or text[0] in "+-−") and len(text) < 40
+    numeric = figures and bool(text) and (text[0].isdigit() or text[0] in "+-−") and len(text) < 40
     return f'<td class="num">{_inline(text)}</td>' if numeric else f"<td>{_inline(text)}</td>"
 
 
