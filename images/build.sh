@@ -7,8 +7,8 @@
 #
 # Each option has an environment variable, also read by `runner run --image` when it builds a
 # missing image: RUNNER_BASE_IMAGE, RUNNER_TORCH_INDEX, RUNNER_TORCH_WHEEL, RUNNER_CA_BUNDLE
-# (default: $PIP_CERT, the bundle pip already trusts on this machine). Files named by options are
-# copied into images/local/, the git-ignored part of the build context.
+# (default: $PIP_CERT, the bundle pip already trusts on this machine), RUNNER_CONSTRAINTS. Files
+# named by options are copied into images/local/, the git-ignored part of the build context.
 # ENGINE=docker|podman (default: docker when its daemon answers, else podman).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -35,7 +35,7 @@ flavor=${1:-}
 shift
 
 base=${RUNNER_BASE_IMAGE:-} index=${RUNNER_TORCH_INDEX:-} wheel=${RUNNER_TORCH_WHEEL:-}
-ca=${RUNNER_CA_BUNDLE:-${PIP_CERT:-}} constraints="" tag=""
+ca=${RUNNER_CA_BUNDLE:-${PIP_CERT:-}} constraints=${RUNNER_CONSTRAINTS:-} tag=""
 while [ $# -gt 0 ]; do
     case "$1" in
     --base) base=$2; shift 2 ;;

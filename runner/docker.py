@@ -27,7 +27,7 @@ from typing import Any, BinaryIO
 from runner.errors import RunnerError
 from runner.keys import file_digest
 
-IMAGE = "qlora-runner"
+IMAGE = "qlora-runner"  # the repository name; $RUNNER_IMAGE names another (a registry's, a test's)
 LABEL = "io.qlora-runner"
 # A checkout: images/ beside the package is what a missing or outdated image is built from.
 CHECKOUT = Path(__file__).resolve().parent.parent
@@ -140,7 +140,8 @@ def ensure_image(client: Any, flavor: str, log: Log) -> str:
     """The image's tag, building it first when it is missing or was built from other sources."""
     import docker
 
-    tag = f"{IMAGE}:{flavor}"
+    repository = os.environ.get("RUNNER_IMAGE") or IMAGE
+    tag = f"{repository}:{flavor}"
     buildable = (CHECKOUT / "images" / "Dockerfile").is_file()
     try:
         have = client.images.get(tag).labels.get(f"{LABEL}.source-digest")
@@ -153,15 +154,16 @@ def ensure_image(client: Any, flavor: str, log: Log) -> str:
         if not buildable or have == source_digest(CHECKOUT):
             return tag
         log(f"image {tag} was built from other sources than {CHECKOUT}: rebuilding what changed")
-    build_image(client, flavor, tag, log)
+    build_image(client, flavor, repository, log)
     return tag
 
 
-def build_image(client: Any, flavor: str, tag: str, log: Log) -> None:
-    """`images/build.sh FLAVOR` through the SDK, with the same build arguments."""
+def build_image(client: Any, flavor: str, repository: str, log: Log) -> None:
+    """`images/build.sh FLAVOR` through the SDK, with the same build arguments and tags."""
     import docker
 
     args = build_args(flavor, os.environ)
+    tag = f"{repository}:{flavor}"
     try:
         for chunk in client.api.build(path=str(CHECKOUT), dockerfile="images/Dockerfile", tag=tag, buildargs=args,
                                       rm=True, forcerm=True, decode=True):
@@ -171,7 +173,7 @@ def build_image(client: Any, flavor: str, tag: str, log: Log) -> None:
                 log(chunk["stream"].rstrip())
     except docker.errors.APIError as exc:
         raise ContainerError(f"building {tag} failed: {exc.explanation or exc}") from None
-    client.images.get(tag).tag(IMAGE, f"{args['VERSION']}-{flavor}")
+    client.images.get(tag).tag(repository, f"{args['VERSION']}-{flavor}")
 
 
 def build_args(flavor: str, env: Mapping[str, str]) -> dict[str, str]:
@@ -187,6 +189,8 @@ def build_args(flavor: str, env: Mapping[str, str]) -> dict[str, str]:
             args[arg] = env[name]
     if env.get("RUNNER_TORCH_WHEEL"):
         args["TORCH_WHEEL"] = stage(Path(env["RUNNER_TORCH_WHEEL"]))
+    if env.get("RUNNER_CONSTRAINTS"):
+        args["CONSTRAINTS"] = "images/local/" + stage(Path(env["RUNNER_CONSTRAINTS"]))
     ca_bundle = env.get("RUNNER_CA_BUNDLE") or env.get("PIP_CERT")
     if ca_bundle:
         args["CA_BUNDLE"] = stage(Path(ca_bundle), "ca-bundle.crt")  # the name the Dockerfile copies

@@ -55,8 +55,9 @@ def podman(*args: str, check: bool = True, timeout: float = 900) -> subprocess.C
 
 
 @pytest.fixture(scope="module")
-def image(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The CPU image, with this interpreter's torch wheel and library versions (a native run's)."""
+def build_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The build's inputs, as RUNNER_* variables: a local base, this interpreter's torch wheel and
+    library versions (those of the native run the image is compared with)."""
     if podman("image", "exists", BASE, check=False).returncode != 0:
         if os.geteuid() != 0 or shutil.which("debootstrap") is None:
             pytest.skip(f"no base image {BASE}, and making one needs root and debootstrap")
@@ -64,14 +65,22 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> str:
                               env=podman_env(), timeout=1200)
         assert made.returncode == 0, made.stderr[-3000:]
     folder = tmp_path_factory.mktemp("build")
-    wheel = torch_wheel(folder)
     constraints = folder / "native-constraints.txt"
-    constraints.write_text("".join(f"{d.metadata['Name']}=={d.version}\n" for d in metadata.distributions()
-                                   if d.metadata["Name"] not in ("torch", "qlora-runner")))
+    pins = {d.metadata["Name"]: d.version for d in metadata.distributions()}
+    constraints.write_text("".join(f"{name}=={version}\n" for name, version in sorted(pins.items())
+                                   if name not in ("torch", "qlora-runner")))
+    return {"RUNNER_BASE_IMAGE": BASE, "RUNNER_TORCH_WHEEL": str(torch_wheel(folder)),
+            "RUNNER_CONSTRAINTS": str(constraints)}
+
+
+@pytest.fixture(scope="module")
+def image(build_inputs: dict[str, str]) -> str:
+    """The CPU image as `make image-cpu` builds it, with build.sh's options."""
     started = time.time()
-    built = subprocess.run(["bash", str(ROOT / "images" / "build.sh"), "cpu", "--base", BASE, "--torch-wheel",
-                            str(wheel), "--constraints", str(constraints)], capture_output=True, text=True,
-                           env=podman_env() | {"ENGINE": "podman"}, timeout=1800)
+    options = ["--base", build_inputs["RUNNER_BASE_IMAGE"], "--torch-wheel", build_inputs["RUNNER_TORCH_WHEEL"],
+               "--constraints", build_inputs["RUNNER_CONSTRAINTS"]]
+    built = subprocess.run(["bash", str(ROOT / "images" / "build.sh"), "cpu", *options], capture_output=True,
+                           text=True, env=podman_env() | {"ENGINE": "podman"}, timeout=1800)
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     size = podman("image", "inspect", TAG, "--format", "{{.Size}}").stdout.strip()
     print(f"\nimage {TAG}: built in {time.time() - started:.0f} s, {int(size) / 1e9:.2f} GB")
@@ -192,6 +201,31 @@ def test_sdk_run_returns_the_exit_code_of_the_run_inside(docker_host: str, nativ
                               "--only", "eval"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert outside.returncode not in (0, 1) and inside.returncode == outside.returncode, inside.stderr[-2000:]
     assert leftover_containers() == []
+
+
+def test_sdk_builds_a_missing_image_the_way_build_sh_does(docker_host: str, image: str, build_inputs: dict[str, str],
+                                                          tmp_path: Path) -> None:
+    # Under another name, so the image exists nowhere yet: the SDK builds it (a full build, minutes),
+    # from the same build arguments, given as RUNNER_* variables instead of build.sh's options.
+    name = "qlora-runner-sdktest"
+    podman("image", "rm", "--force", f"{name}:cpu", f"{name}:{metadata.version('qlora-runner')}-cpu", check=False)
+    env = os.environ | build_inputs | {"DOCKER_HOST": docker_host, "RUNNER_IMAGE": name}
+    try:
+        done = subprocess.run([sys.executable, "-m", "runner", "run", str(SPEC), "--store", str(tmp_path), "--only",
+                               "model", "--image", "cpu"], cwd=ROOT, capture_output=True, text=True, env=env,
+                              timeout=1800)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert f"image {name}:cpu not found: building it" in done.stderr
+        labels = [json.loads(podman("image", "inspect", tag).stdout)[0]["Config"]["Labels"] for tag in (image, name)]
+        assert labels[0] == labels[1]
+        assert installed(f"{name}:cpu") == installed(image)  # the same packages at the same versions
+    finally:
+        podman("image", "rm", "--force", f"{name}:cpu", f"{name}:{metadata.version('qlora-runner')}-cpu",
+               check=False)
+
+
+def installed(image: str) -> str:
+    return podman("run", "--rm", "--network", "none", "--entrypoint", "pip", image, "freeze").stdout
 
 
 def test_ctrl_c_stops_and_removes_the_container(docker_host: str, tmp_path: Path) -> None:
