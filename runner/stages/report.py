@@ -167,7 +167,7 @@ def to_html(doc: Doc, folder: Path) -> str:
 
 def _td(cell: str, figures: bool) -> str:
     text = str(cell)
-    numeric = figures and bool(text) and (text[0].isdigit() or text[0] in "+-−") and len(text) < 40
+    numeric = figures and bool(text) and (text[0].isdigit() or text[0] in "+-−<") and len(text) < 40
     return f'<td class="num">{_inline(text)}</td>' if numeric else f"<td>{_inline(text)}</td>"
 
 
