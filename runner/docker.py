@@ -127,7 +127,9 @@ def engine() -> Any:
     import docker
 
     try:
-        client = docker.from_env(timeout=600)
+        # No read timeout: a silent stretch of a run (a long merge, a big download) must not end the
+        # output stream, and a first build downloads for minutes.
+        client = docker.from_env(timeout=None)
         client.ping()
     except docker.errors.DockerException as exc:
         where = os.environ.get("DOCKER_HOST", "the default socket")
