@@ -22,7 +22,7 @@ from runner.spec import Spec
 from runner.stages import StageContext
 
 name = "train"
-version = 3
+version = 4
 upstream = ("model", "data")
 volatile = ("metrics.jsonl", "summary.json", "loss.png")
 uses_profile = True
@@ -217,9 +217,9 @@ def training_args(spec: Spec, profile: Profile, output_dir: Path) -> Any:
         fp16=profile.dtype == "fp16" and profile.device == "cuda",
         use_cpu=profile.device == "cpu", gradient_checkpointing=False,  # enabled on the model above
         logging_steps=t.logging_steps, save_steps=t.save_steps, save_total_limit=2, save_only_model=False,
+        # Not train_sampling_strategy="group_by_length": its order is not seeded per epoch, so a run
+        # resumed mid-epoch would see other batches than an uninterrupted one (the crash tests caught it).
         report_to="none", remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=False,
-        # Micro-batches of similar lengths waste less compute on padding (order still fixed by the seed).
-        train_sampling_strategy="group_by_length",
     )
 
 

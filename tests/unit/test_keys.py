@@ -20,7 +20,7 @@ UP = "0" * 64  # a stand-in upstream digest, so each stage's key is pinned on it
 PINNED = {
     "model": "d2b49d4d6d2c9c77a13b153e7190fa96187452d9a0a7c57027d81c3a240c4d4c",
     "data": "227ebc5e89f7bc046a6d71127c923b33fd0774189f19a8d7f32f3ea8ca21e055",
-    "train": "abcd485c56c6a50472ffb7881680ede43c35b7cf5cc9f89e32affa7e893f2e6b",
+    "train": "79cc79115e8ea3219e213a5d87d2aeff80f7b95e6e57f9ba8d78c16c14acbe98",
     "export": "b393cdf01f916494c2222fd6dbc7b78aa85c6810bd6c4f06d7d5bfdf54e8fdd7",
     "eval": "94910dc1745fda783726a8d7040c274da47383d4a6da8673362f630df7da4cb3",
 }
