@@ -57,15 +57,21 @@ def child(size: str, checkpointing: bool, quantization: str) -> dict[str, float]
         model = _lora_model(load_base(folder, spec, profile), spec, checkpointing)
         model.train()
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-        ids = torch.randint(10, vocab, (micro, seq))
-        rss_before = _status("VmRSS")
-        Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
+        cuda = profile.device == "cuda"
+        ids = torch.randint(10, vocab, (micro, seq), device="cuda" if cuda else "cpu")
+        if cuda:  # what the CUDA allocator holds for tensors (the context is not counted)
+            torch.cuda.synchronize()
+            rss_before = 0
+            torch.cuda.reset_peak_memory_stats()
+        else:  # resident memory, torch's own libraries included
+            rss_before = _status("VmRSS")
+            Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
         for _ in range(2):
             loss = model(input_ids=ids, labels=ids).loss
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        peak = _status("VmHWM")
+        peak = torch.cuda.max_memory_allocated() if cuda else _status("VmHWM")
         config = json.loads((folder / "weights" / "config.json").read_text())
     shape = Shape.from_config(config)
     setup = Setup(quantization=profile.quantization, double_quant=True, compute_bytes=4 if profile.dtype == "fp32" else 2,
@@ -76,7 +82,8 @@ def child(size: str, checkpointing: bool, quantization: str) -> dict[str, float]
     return {"size": size, "parameters": shape.parameters(), "checkpointing": checkpointing, "quantization": quantization,
             "rss_before_gib": rss_before / 2**30, "predicted_gib": (rss_before + est.total) / 2**30,
             "measured_gib": peak / 2**30, "predicted_training_gib": est.total / 2**30,
-            "measured_training_gib": (peak - rss_before) / 2**30, "estimate": est.describe(), "threads": os.cpu_count()}
+            "measured_training_gib": (peak - rss_before) / 2**30, "estimate": est.describe(), "threads": os.cpu_count(),
+            "device": profile.device}
 
 
 def _status(field: str) -> int:

@@ -1,0 +1,39 @@
+"""Real 4-bit QLoRA on a CUDA GPU with the profile chosen automatically. CI has no GPU: these skip
+there; run them on a GPU machine with `pytest -m gpu`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.integration.conftest import ROOT, TINY, only_artifact, runner
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+def test_qlora_on_the_gpu_with_the_automatic_profile(tmp_path: Path) -> None:
+    spec = tmp_path / "gpu.yaml"
+    spec.write_text(TINY)
+    store = tmp_path / "store"
+    plan = runner("plan", str(spec), "--store", str(store))
+    assert "profile: cuda" in plan.stdout and "quantization nf4" in plan.stdout, plan.stdout
+    done = runner("run", str(spec), "--store", str(store))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads((only_artifact(store, "train") / "summary.json").read_text())
+    assert summary["train_loss_last"] < summary["train_loss_first"]
+
+
+def test_memory_estimate_against_cuda_peak_allocation(tmp_path: Path) -> None:
+    out = tmp_path / "memory.json"
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "memory.py"), "--sizes", "medium,large",
+                           "--json", str(out)], capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stderr[-3000:]
+    print(done.stdout)
+    for row in json.loads(out.read_text()):
+        assert row["device"] == "cuda"
+        assert 0.85 <= row["predicted_gib"] / row["measured_gib"] <= 1.15, row
