@@ -2,7 +2,7 @@
 # The builder stage's install steps (images/Dockerfile), one per layer:
 #   torch   a virtual environment in /opt/venv and torch alone, from TORCH_WHEEL or TORCH_INDEX
 #   deps    the runner's dependencies from pyproject.toml, pinned by the constraints file
-#   runner  the runner itself, then `pip check`
+#   wheel   the runner itself as a wheel, which the final stage installs (and checks)
 # Build args arrive as environment variables.
 set -eu
 pip=/opt/venv/bin/pip
@@ -48,10 +48,8 @@ for lib in folder.glob("libbitsandbytes_*.so"):
 print("bitsandbytes backends:", ", ".join(sorted(keep)))
 PY
     ;;
-runner)
-    "$pip" install --no-deps /tmp/src
-    "$pip" check
-    /opt/venv/bin/python -m runner --help > /dev/null
+wheel)
+    "$pip" wheel --no-deps --wheel-dir /tmp/wheel /tmp/src
     ;;
 *)
     echo "install.sh: unknown step $1" >&2

@@ -226,7 +226,7 @@ def start(client: Any, tag: str, argv: list[str], volumes: dict[str, dict[str, s
 
     try:
         container = client.containers.create(
-            tag, argv, volumes=volumes, environment=environment, labels={LABEL: "run"},
+            tag, argv, volumes=volumes, environment=environment, labels={LABEL: tag},
             # The caller's uid: the artifacts in the store stay theirs (the image's HOME allows any uid).
             user=f"{os.getuid()}:{os.getgid()}" if hasattr(os, "getuid") else None,
             device_requests=[docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])] if gpus else None,

@@ -28,7 +28,10 @@ from runner.docker import LABEL, source_digest
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = ROOT / "specs" / "smoke.yaml"
 BASE = "localhost/qlora-base:bookworm"
-TAG = "qlora-runner:cpu"
+# A name of this session's own: another session (a CI run beside a developer's) can neither
+# replace the image under the test nor leave containers that look like this test's leftovers.
+NAME = f"qlora-runner-test{os.getpid()}"
+TAG = f"{NAME}:cpu"
 SECRET = "hf_container_test_secret_7c1d"
 # Timing keys differ between any two runs; everything else in these files must be equal.
 TIMINGS = {"seconds"}
@@ -74,17 +77,22 @@ def build_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def image(build_inputs: dict[str, str]) -> str:
+def image(build_inputs: dict[str, str]) -> Iterator[str]:
     """The CPU image as `make image-cpu` builds it, with build.sh's options."""
     started = time.time()
     options = ["--base", build_inputs["RUNNER_BASE_IMAGE"], "--torch-wheel", build_inputs["RUNNER_TORCH_WHEEL"],
-               "--constraints", build_inputs["RUNNER_CONSTRAINTS"]]
+               "--constraints", build_inputs["RUNNER_CONSTRAINTS"], "--tag", TAG]
     built = subprocess.run(["bash", str(ROOT / "images" / "build.sh"), "cpu", *options], capture_output=True,
                            text=True, env=podman_env() | {"ENGINE": "podman"}, timeout=1800)
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     size = podman("image", "inspect", TAG, "--format", "{{.Size}}").stdout.strip()
     print(f"\nimage {TAG}: built in {time.time() - started:.0f} s, {int(size) / 1e9:.2f} GB")
-    return TAG
+    yield TAG
+    remove_image(NAME)  # the layers stay in the build cache for the next run
+
+
+def remove_image(name: str) -> None:
+    podman("image", "rm", "--force", f"{name}:cpu", f"{name}:{metadata.version('qlora-runner')}-cpu", check=False)
 
 
 def torch_wheel(folder: Path) -> Path:
@@ -174,7 +182,7 @@ def docker_host(image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 def sdk_runner(docker_host: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = os.environ | {"DOCKER_HOST": docker_host, "HF_TOKEN": SECRET}
+    env = os.environ | {"DOCKER_HOST": docker_host, "RUNNER_IMAGE": NAME, "HF_TOKEN": SECRET}
     return subprocess.run([sys.executable, "-m", "runner", *args], cwd=ROOT, capture_output=True, text=True, env=env,
                           timeout=1800)
 
@@ -207,8 +215,8 @@ def test_sdk_builds_a_missing_image_the_way_build_sh_does(docker_host: str, imag
                                                           tmp_path: Path) -> None:
     # Under another name, so the image exists nowhere yet: the SDK builds it (a full build, minutes),
     # from the same build arguments, given as RUNNER_* variables instead of build.sh's options.
-    name = "qlora-runner-sdktest"
-    podman("image", "rm", "--force", f"{name}:cpu", f"{name}:{metadata.version('qlora-runner')}-cpu", check=False)
+    name = f"{NAME}-sdk"
+    remove_image(name)
     env = os.environ | build_inputs | {"DOCKER_HOST": docker_host, "RUNNER_IMAGE": name}
     try:
         done = subprocess.run([sys.executable, "-m", "runner", "run", str(SPEC), "--store", str(tmp_path), "--only",
@@ -216,12 +224,13 @@ def test_sdk_builds_a_missing_image_the_way_build_sh_does(docker_host: str, imag
                               timeout=1800)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         assert f"image {name}:cpu not found: building it" in done.stderr
-        labels = [json.loads(podman("image", "inspect", tag).stdout)[0]["Config"]["Labels"] for tag in (image, name)]
+        labels = [json.loads(podman("image", "inspect", tag).stdout)[0]["Config"]["Labels"]
+                  for tag in (image, f"{name}:cpu")]
         assert labels[0] == labels[1]
         assert installed(f"{name}:cpu") == installed(image)  # the same packages at the same versions
+        assert leftover_containers(f"{name}:cpu") == []
     finally:
-        podman("image", "rm", "--force", f"{name}:cpu", f"{name}:{metadata.version('qlora-runner')}-cpu",
-               check=False)
+        remove_image(name)
 
 
 def installed(image: str) -> str:
@@ -231,7 +240,7 @@ def installed(image: str) -> str:
 def test_ctrl_c_stops_and_removes_the_container(docker_host: str, tmp_path: Path) -> None:
     process = subprocess.Popen([sys.executable, "-m", "runner", "run", str(SPEC), "--store", str(tmp_path),
                                 "--image", "cpu"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               env=os.environ | {"DOCKER_HOST": docker_host})
+                               env=os.environ | {"DOCKER_HOST": docker_host, "RUNNER_IMAGE": NAME})
     lines: list[bytes] = []
     reader = threading.Thread(target=lambda: lines.extend(iter(process.stdout.readline, b"")))  # type: ignore[union-attr]
     reader.start()
@@ -253,5 +262,5 @@ def stage_keys_so_far(store: Path) -> dict[str, int]:
             and any(not p.name.startswith(".") for p in (store / stage).iterdir())}
 
 
-def leftover_containers() -> list[str]:
-    return podman("ps", "--all", "--quiet", "--filter", f"label={LABEL}").stdout.split()
+def leftover_containers(image: str = TAG) -> list[str]:
+    return podman("ps", "--all", "--quiet", "--filter", f"label={LABEL}={image}").stdout.split()
