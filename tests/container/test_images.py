@@ -200,14 +200,18 @@ def test_sdk_run_reuses_what_the_image_made_and_never_shows_the_token(docker_hos
     assert leftover_containers() == []
 
 
-def test_sdk_run_returns_the_exit_code_of_the_run_inside(docker_host: str, native: Path,
-                                                         tmp_path: Path) -> None:
-    # `--only eval` on an empty store fails the same way natively and in the image.
-    inside = sdk_runner(docker_host, "run", str(SPEC), "--store", str(tmp_path / "a"), "--only", "eval",
-                        "--image", "cpu")
-    outside = subprocess.run([sys.executable, "-m", "runner", "run", str(SPEC), "--store", str(tmp_path / "b"),
-                              "--only", "eval"], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert outside.returncode not in (0, 1) and inside.returncode == outside.returncode, inside.stderr[-2000:]
+def test_sdk_run_returns_the_exit_code_of_the_run_inside(docker_host: str, tmp_path: Path) -> None:
+    # A spec that insists on CUDA passes the host's checks and fails inside, on the profile (exit 3),
+    # exactly as it fails natively on this machine.
+    spec = tmp_path / "specs" / "cuda.yaml"
+    spec.parent.mkdir()
+    spec.write_text(SPEC.read_text().replace("../data/demo/", f"{ROOT / 'data' / 'demo'}/")
+                    + "hardware: {device: cuda, on_unsupported: error}\n")
+    inside = sdk_runner(docker_host, "run", str(spec), "--store", str(tmp_path / "a"), "--image", "cpu")
+    outside = subprocess.run([sys.executable, "-m", "runner", "run", str(spec), "--store", str(tmp_path / "b")],
+                             cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert outside.returncode == 3 and inside.returncode == 3, inside.stdout[-2000:] + inside.stderr[-2000:]
+    assert "no CUDA GPU found" in inside.stderr
     assert leftover_containers() == []
 
 
