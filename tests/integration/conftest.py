@@ -57,6 +57,13 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
     return Tiny(spec, store, folder, done.stdout + done.stderr)
 
 
+def statuses(plan_output: str) -> dict[str, str]:
+    """{stage: status word} from `runner plan` output (lines: stage, key, status, reasons)."""
+    stages = ("model", "data", "train", "export", "eval")
+    return {line.split()[0]: line.split()[2].rstrip(",") for line in plan_output.splitlines()
+            if line.split() and line.split()[0] in stages}
+
+
 def only_artifact(store: Path, stage: str) -> Path:
     found = [p for p in (store / stage).iterdir() if (p / "manifest.json").is_file()]
     assert len(found) == 1, found

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import ROOT, Tiny, runner
+from tests.integration.conftest import ROOT, Tiny, runner, statuses
 
 STAGES = ("model", "data", "train", "export", "eval")
 
@@ -198,7 +198,8 @@ def test_full_disk_fails_the_stage_clearly_and_keeps_earlier_artifacts(tiny: Tin
     # way one clear line that says what to do.
     assert "disk full while writing" in last and "runner gc" in last, last
     verify = runner("plan", str(tiny.spec), "--store", str(store), "--verify")
-    assert "model   " in verify.stdout and [line.split()[2] for line in verify.stdout.splitlines()[-5:][:2]] == ["cached"] * 2
+    found = statuses(verify.stdout)
+    assert (found["model"], found["data"]) == ("cached", "cached"), verify.stdout
     filler.unlink()
     assert runner("run", str(tiny.spec), "--store", str(store)).returncode == 0
     assert digests(store) == digests(tiny.store)

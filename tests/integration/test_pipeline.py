@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.integration.conftest import Tiny, only_artifact, runner
+from tests.integration.conftest import Tiny, only_artifact, runner, statuses
 
 
 def test_first_run_writes_every_stage_output(tiny: Tiny) -> None:
@@ -44,7 +44,7 @@ def test_second_run_executes_no_stage_and_loads_no_model(tiny: Tiny) -> None:
     assert "ran nothing; reused model, data, train, export, eval" in done.stdout
     assert "Loading weights" not in done.stdout + done.stderr
     plan = runner("plan", str(tiny.spec), "--store", str(tiny.store))
-    assert [line.split()[2] for line in plan.stdout.splitlines()[-5:]] == ["cached"] * 5
+    assert list(statuses(plan.stdout).values()) == ["cached"] * 5
 
 
 def test_cosmetic_change_reruns_nothing(tiny: Tiny) -> None:
@@ -53,7 +53,7 @@ def test_cosmetic_change_reruns_nothing(tiny: Tiny) -> None:
                      .replace("save_steps: 10", "save_steps: 5, logging_steps: 2"))
     plan = runner("plan", str(other), "--store", str(tiny.store))
     assert plan.returncode == 0, plan.stderr
-    assert [line.split()[2] for line in plan.stdout.splitlines()[-5:]] == ["cached"] * 5
+    assert list(statuses(plan.stdout).values()) == ["cached"] * 5
 
 
 def test_learning_rate_change_reruns_train_export_eval_only(tiny: Tiny) -> None:
@@ -69,4 +69,4 @@ def test_learning_rate_change_reruns_train_export_eval_only(tiny: Tiny) -> None:
     finally:
         tiny.spec.write_text(original)
     again = runner("plan", str(tiny.spec), "--store", str(tiny.store))
-    assert [line.split()[2] for line in again.stdout.splitlines()[-5:]] == ["cached"] * 5
+    assert list(statuses(again.stdout).values()) == ["cached"] * 5
