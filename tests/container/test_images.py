@@ -160,6 +160,7 @@ def test_smoke_in_the_image_has_the_keys_and_metrics_of_a_native_run(native: Pat
     store, _ = contained
     assert stage_keys(store) == stage_keys(native)
     assert results(store) == results(native)
+    print("\nnative == image:", ", ".join(f"{stage} {keys[0][:12]}" for stage, keys in stage_keys(store).items()))
     (record,) = (store / "runs").glob("*.json")
     (native_record,) = (native / "runs").glob("*.json")
     assert json.loads(record.read_text())["versions"] == json.loads(native_record.read_text())["versions"]
