@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -44,6 +46,15 @@ class Tiny:
     store: Path
     folder: Path
     output: str  # stdout and stderr of the first run
+    artifacts: dict[str, Path]  # the first run's artifact of each stage (other tests add more to the store)
+
+    def digests(self) -> dict[str, tuple[str, str]]:
+        """(key, content digest) of each stage of the first run."""
+        out = {}
+        for stage, folder in self.artifacts.items():
+            manifest = json.loads((folder / "manifest.json").read_text())
+            out[stage] = (manifest["key"], manifest["digest"])
+        return out
 
 
 @pytest.fixture(scope="session")
@@ -54,7 +65,10 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
     store = folder / "store"
     done = runner("run", str(spec), "--store", str(store))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return Tiny(spec, store, folder, done.stdout + done.stderr)
+    # The summary's last lines name each stage's artifact: "  train   /path/to/store/train/<key>".
+    found = dict(re.findall(r"^  (model|data|train|export|eval)\s+(/\S+)$", done.stdout, re.MULTILINE))
+    assert len(found) == 5, done.stdout[-2000:]
+    return Tiny(spec, store, folder, done.stdout + done.stderr, {k: Path(v) for k, v in found.items()})
 
 
 def statuses(plan_output: str) -> dict[str, str]:

@@ -14,7 +14,7 @@ def test_two_processes_train_one_adapter_and_the_loss_falls(tiny: Tiny, tmp_path
     store = tmp_path / "store"
     for stage in ("model", "data"):  # shared with the single-process run: same keys
         (store / stage).mkdir(parents=True)
-        only = only_artifact(tiny.store, stage)
+        only = tiny.artifacts[stage]
         (store / stage / only.name).symlink_to(only)
     done = runner("run", str(spec), "--store", str(store), "--only", "train")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -24,4 +24,4 @@ def test_two_processes_train_one_adapter_and_the_loss_falls(tiny: Tiny, tmp_path
     assert len(list(train.glob("adapter/*.safetensors"))) == 1
     summary = json.loads((train / "summary.json").read_text())
     assert summary["train_loss_last"] < summary["train_loss_first"] and summary["eval_loss_after"] < summary["eval_loss_before"]
-    assert train.name != only_artifact(tiny.store, "train").name  # two processes is another computation
+    assert train.name != tiny.artifacts["train"].name  # two processes is another computation

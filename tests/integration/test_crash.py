@@ -86,8 +86,8 @@ def test_sigkill_at_many_points_then_identical_results(tiny: Tiny, tmp_path: Pat
         survived += 1
     final = runner("run", str(tiny.spec), "--store", str(store))
     assert final.returncode == 0, final.stdout[-3000:]
-    print(f"kills survived {survived}/{len(points)}; identical results: {digests(store) == digests(tiny.store)}")
-    assert digests(store) == digests(tiny.store), "\n".join(log)
+    print(f"kills survived {survived}/{len(points)}; identical results: {digests(store) == tiny.digests()}")
+    assert digests(store) == tiny.digests(), "\n".join(log)
     assert "ran nothing" in runner("run", str(tiny.spec), "--store", str(store)).stdout
 
 
@@ -104,12 +104,14 @@ def test_sigterm_saves_a_checkpoint_and_the_resumed_adapter_is_identical(tiny: T
     done = runner("run", str(tiny.spec), "--store", str(store))
     assert done.returncode == 0, done.stdout[-2000:]
     assert f"resuming from {checkpoints[-1].name}" in done.stdout
-    assert digests(store) == digests(tiny.store)
+    assert digests(store) == tiny.digests()
 
 
 def copy_store(tiny: Tiny, tmp_path: Path) -> Path:
+    """A store holding just the first run's artifacts (other tests add theirs to the shared one)."""
     store = tmp_path / "store"
-    shutil.copytree(tiny.store, store, ignore=shutil.ignore_patterns("runs"))
+    for stage, folder in tiny.artifacts.items():
+        shutil.copytree(folder, store / stage / folder.name)
     return store
 
 
@@ -122,7 +124,7 @@ def test_damaged_artifacts_are_rebuilt_never_used(tiny: Tiny, tmp_path: Path) ->
     assert done.returncode == 0, done.stdout[-2000:]
     assert "train: running" in done.stdout and "has 0 bytes" not in done.stdout
     assert f"artifact damaged: adapter/adapter_model.safetensors has {len(good) // 2} bytes" in done.stdout
-    assert adapter.read_bytes() == good and digests(store) == digests(tiny.store)
+    assert adapter.read_bytes() == good and digests(store) == tiny.digests()
 
     flipped = bytearray(good)
     flipped[len(good) // 2] ^= 0xFF  # same size, different bytes: only a rehash can tell
@@ -136,7 +138,7 @@ def test_damaged_artifacts_are_rebuilt_never_used(tiny: Tiny, tmp_path: Path) ->
     done = runner("run", str(tiny.spec), "--store", str(store))
     assert "artifact damaged: train.arrow is missing" in done.stdout and "data: running" in done.stdout
     assert "train: cached" in done.stdout  # the rebuilt data has the same digest: nothing after it reruns
-    assert digests(store) == digests(tiny.store)
+    assert digests(store) == tiny.digests()
 
 
 def test_a_second_writer_waits_for_the_lock_holder(tiny: Tiny, tmp_path: Path) -> None:
@@ -156,7 +158,7 @@ def test_a_second_writer_waits_for_the_lock_holder(tiny: Tiny, tmp_path: Path) -
     holder.wait()
     assert done.returncode == 0, done.stdout[-2000:]
     assert f"eval {key[:12]}: being built by pid {holder.pid} on elsewhere" in done.stdout
-    assert digests(store) == digests(tiny.store)
+    assert digests(store) == tiny.digests()
     # A holder killed with SIGKILL leaves its file behind, but the kernel has released the lock.
     killed = subprocess.Popen([sys.executable, "-c", f"import fcntl; f = open({str(lock)!r}, 'a+'); fcntl.flock(f, fcntl.LOCK_EX); import time; time.sleep(60)"])
     time.sleep(1)
@@ -180,7 +182,7 @@ def small_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
 def test_full_disk_fails_the_stage_clearly_and_keeps_earlier_artifacts(tiny: Tiny, small_disk: Path) -> None:
     store = small_disk / "store"
     for stage in ("model", "data"):
-        shutil.copytree(tiny.store / stage, store / stage)
+        shutil.copytree(tiny.artifacts[stage], store / stage / tiny.artifacts[stage].name)
     filler = small_disk / "filler"
     with open(filler, "wb") as handle:  # fill the real file system until it refuses, then give back 64 KiB
         try:
@@ -202,7 +204,7 @@ def test_full_disk_fails_the_stage_clearly_and_keeps_earlier_artifacts(tiny: Tin
     assert (found["model"], found["data"]) == ("cached", "cached"), verify.stdout
     filler.unlink()
     assert runner("run", str(tiny.spec), "--store", str(store)).returncode == 0
-    assert digests(store) == digests(tiny.store)
+    assert digests(store) == tiny.digests()
 
 
 def test_gc_removes_only_what_no_run_record_refers_to(tiny: Tiny, tmp_path: Path) -> None:
@@ -214,7 +216,7 @@ def test_gc_removes_only_what_no_run_record_refers_to(tiny: Tiny, tmp_path: Path
     dry = runner("gc", "--store", str(store), "--dry-run")
     assert f"would remove {orphan}" in dry.stdout and orphan.exists()
     runner("gc", "--store", str(store))
-    assert not orphan.exists() and digests(store) == digests(tiny.store)
+    assert not orphan.exists() and digests(store) == tiny.digests()
 
 
 def test_a_spec_name_cannot_write_outside_the_store(tiny: Tiny, tmp_path: Path) -> None:

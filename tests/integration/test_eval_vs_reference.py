@@ -16,7 +16,7 @@ from runner.profile import probe_machine, resolve_profile
 from runner.spec import Fields, load_spec
 from runner.stages.loading import load_base, load_tokenizer
 from runner.stages.scoring import max_length_of, predictions, requests_for, score
-from tests.integration.conftest import Tiny, only_artifact
+from tests.integration.conftest import Tiny
 
 
 def reference(model: Any, tok: Any, items: list[Item]) -> list[float]:
@@ -53,7 +53,7 @@ def slices(shared_data: Path) -> dict[str, list[Item]]:
 def plain_model(tiny: Tiny) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM
 
-    model_dir = only_artifact(tiny.store, "model")
+    model_dir = tiny.artifacts["model"]
     return AutoModelForCausalLM.from_pretrained(str(model_dir / "weights")).eval(), load_tokenizer(model_dir)
 
 
@@ -78,10 +78,10 @@ def test_scoring_the_4bit_model_with_its_adapter_on_and_off(tiny: Tiny, shared_d
     from runner.stages.eval import adapter_off
 
     spec = load_spec(tiny.spec)
-    model_dir = only_artifact(tiny.store, "model")
+    model_dir = tiny.artifacts["model"]
     tok = load_tokenizer(model_dir)
     model = PeftModel.from_pretrained(load_base(model_dir, spec, resolve_profile(spec, probe_machine())),
-                                      str(only_artifact(tiny.store, "export") / "adapter")).eval()
+                                      str(tiny.artifacts["export"] / "adapter")).eval()
     items = slices(shared_data)["medqa"][:6]
     requests = requests_for(items, tok, lambda p: p)
     got = {}
@@ -106,7 +106,7 @@ def test_predictions_equal_lm_evaluation_harness(plain_model: tuple[Any, Any], t
     monkeypatch.setattr(bench, "LOG", tmp_path / "harness.log")
 
     model, tok = plain_model
-    model_dir = only_artifact(tiny.store, "model")
+    model_dir = tiny.artifacts["model"]
     lm = HFLM(pretrained=str(model_dir / "weights"), tokenizer=str(model_dir / "tokenizer"), device="cpu",
               batch_size=4, dtype="float32")
     rows = [json.loads(line) for line in (shared_data / "pubmedqa" / "test.jsonl").read_text().splitlines()[:8]]

@@ -15,7 +15,7 @@ from runner.profile import probe_machine, resolve_profile
 from runner.spec import load_spec
 from runner.stages.loading import load_base, load_tokenizer
 from runner.stages.train import _lora_model, _trainer, train_with_retries
-from tests.integration.conftest import ROOT, Tiny, only_artifact
+from tests.integration.conftest import ROOT, Tiny
 
 
 def test_estimate_is_within_15_percent_of_measured_peak_rss(tmp_path: Path) -> None:
@@ -47,7 +47,7 @@ def test_out_of_memory_halves_the_micro_batch_and_resumes_from_the_checkpoint(ti
 
     spec = load_spec(tiny.spec)
     profile = resolve_profile(spec, probe_machine())
-    model_dir, data_dir = only_artifact(tiny.store, "model"), only_artifact(tiny.store, "data")
+    model_dir, data_dir = tiny.artifacts["model"], tiny.artifacts["data"]
     model = _lora_model(load_base(model_dir, spec, profile), spec, False)
     rows = Dataset.from_file(str(data_dir / "train.arrow"))
     val = Dataset.from_file(str(data_dir / "validation.arrow"))

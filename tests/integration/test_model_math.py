@@ -8,12 +8,12 @@ import torch
 from runner.profile import probe_machine, resolve_profile
 from runner.spec import load_spec
 from runner.stages.loading import load_base
-from tests.integration.conftest import Tiny, only_artifact
+from tests.integration.conftest import Tiny
 
 
 def _setup(tiny: Tiny):  # type: ignore[no-untyped-def]
     spec = load_spec(tiny.spec)
-    return spec, resolve_profile(spec, probe_machine()), only_artifact(tiny.store, "model")
+    return spec, resolve_profile(spec, probe_machine()), tiny.artifacts["model"]
 
 
 def _lora_grads(model, batch) -> dict[str, torch.Tensor]:  # type: ignore[no-untyped-def]
@@ -49,7 +49,7 @@ def test_merged_model_computes_what_base_plus_adapter_computed(tiny: Tiny) -> No
     from transformers import AutoModelForCausalLM
 
     spec, profile, model_dir = _setup(tiny)
-    export = only_artifact(tiny.store, "export")
+    export = tiny.artifacts["export"]
     adapted = PeftModel.from_pretrained(load_base(model_dir, spec, profile), str(export / "adapter")).eval()
     merged = AutoModelForCausalLM.from_pretrained(str(export / "merged")).eval()
     naive = PeftModel.from_pretrained(load_base(model_dir, spec, profile, quantized=False),

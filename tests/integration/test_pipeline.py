@@ -6,30 +6,30 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.integration.conftest import Tiny, only_artifact, runner, statuses
+from tests.integration.conftest import Tiny, runner, statuses
 
 
 def test_first_run_writes_every_stage_output(tiny: Tiny) -> None:
     assert "ran model, data, train, export, eval" in tiny.output
     assert "RANDOM-INITIALISED" in tiny.output  # the demo model says plainly what it is
-    model = only_artifact(tiny.store, "model")
+    model = tiny.artifacts["model"]
     assert (model / "tokenizer" / "tokenizer.json").is_file() and (model / "weights" / "model.safetensors").is_file()
-    data = only_artifact(tiny.store, "data")
+    data = tiny.artifacts["data"]
     stats = json.loads((data / "stats.json").read_text())
     assert stats["rows"]["train"] + stats["rows"]["validation"] == 96 and stats["rows"]["validation"] > 0
-    train = only_artifact(tiny.store, "train")
+    train = tiny.artifacts["train"]
     assert (train / "adapter" / "adapter_model.safetensors").is_file()
     assert (train / "loss.png").stat().st_size > 1000
     rows = [json.loads(line) for line in (train / "metrics.jsonl").read_text().splitlines()]
     summary = json.loads((train / "summary.json").read_text())
     assert summary["steps"] == 2 * -(-stats["rows"]["train"] // 8)  # 2 epochs of ceil(rows / batch 8)
     assert len(rows) == summary["steps"] and {"step", "loss", "learning_rate", "memory_mib"} <= set(rows[0])
-    export = only_artifact(tiny.store, "export")
+    export = tiny.artifacts["export"]
     meta = json.loads((export / "adapter" / "metadata.json").read_text())
     assert meta["stage_keys"]["train"] == train.name and meta["base_model"]["random_init"] is True
     assert (export / "adapter" / "README.md").read_text().startswith("---\nlibrary_name: peft")
     assert (export / "merged" / "model.safetensors").is_file() and (export / "merged" / "tokenizer.json").is_file()
-    metrics = json.loads((only_artifact(tiny.store, "eval") / "metrics.json").read_text())
+    metrics = json.loads((tiny.artifacts["eval"] / "metrics.json").read_text())
     demo = metrics["benchmarks"]["demo"]
     assert demo["base"]["n"] == demo["tuned"]["n"] == 24 and 0 <= demo["tuned"]["acc"] <= 1
     records = list((tiny.store / "runs").glob("*.json"))

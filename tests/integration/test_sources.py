@@ -34,7 +34,7 @@ def test_broken_rows_are_dropped_and_counted(tiny: Tiny, tmp_path: Path) -> None
 
 
 def _model_folder(tiny: Tiny, folder: Path) -> Path:
-    model = only_artifact(tiny.store, "model")
+    model = tiny.artifacts["model"]
     shutil.copytree(model / "weights", folder)
     for file in (model / "tokenizer").iterdir():
         shutil.copy(file, folder / file.name)
