@@ -18,7 +18,7 @@ from runner import locks
 from runner.errors import RunnerError, StageError, StoreError
 from runner.plan import Step, plan_stage
 from runner.profile import Profile
-from runner.records import RunRecord, latest_record, new_record, save_record
+from runner.records import latest_record, new_record, save_record
 from runner.spec import Spec
 from runner.stages import Stage, StageContext, all_stages
 from runner.store import Manifest, Store

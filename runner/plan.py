@@ -96,17 +96,7 @@ def memory_lines(steps: list[Step], spec: Spec, profile: Profile) -> list[str]:
 
     by_stage = {s.stage: s for s in steps}
     model, data = by_stage["model"].manifest, by_stage["data"].manifest
-    config = None
-    if model is not None and (model.path / "weights" / "config.json").is_file():
-        config = json.loads((model.path / "weights" / "config.json").read_text("utf-8"))
-    elif model is not None and json.loads((model.path / "model.json").read_text("utf-8")).get("path"):
-        local = Path(json.loads((model.path / "model.json").read_text("utf-8"))["path"]) / "config.json"
-        config = json.loads(local.read_text("utf-8")) if local.is_file() else None
-    elif spec.model.source == "init":
-        i = spec.model.init
-        config = {"vocab_size": i.vocab_size, "hidden_size": i.hidden_size, "num_hidden_layers": i.num_layers,
-                  "intermediate_size": i.intermediate_size, "num_attention_heads": i.num_heads,
-                  "num_key_value_heads": i.num_kv_heads}
+    config = _model_config(model.path if model is not None else None, spec)
     if config is None:
         return ["memory: estimated once the model stage has run (it needs the model's config.json)"]
     seq_len = spec.data.max_length
@@ -118,3 +108,22 @@ def memory_lines(steps: list[Step], spec: Spec, profile: Profile) -> list[str]:
              f"budget {budget:.1f} GiB" + ("" if fitted.fits else ": DOES NOT FIT, training would stop")]
     lines += [f"  - {note}" for note in fitted.notes]
     return lines
+
+
+def _model_config(model_dir: Path | None, spec: Spec) -> dict[str, Any] | None:
+    """config.json of the built model (init weights or a local folder), else the spec's init shape.
+    A Hub model's config is in its snapshot, which plan does not download."""
+    import json
+
+    if model_dir is not None:
+        info = json.loads((model_dir / "model.json").read_text("utf-8"))
+        folder = model_dir / "weights" if info["source"] == "init" else Path(info["path"]) if "path" in info else None
+        if folder is not None and (folder / "config.json").is_file():
+            config: dict[str, Any] = json.loads((folder / "config.json").read_text("utf-8"))
+            return config
+    if spec.model.source == "init":
+        i = spec.model.init
+        return {"vocab_size": i.vocab_size, "hidden_size": i.hidden_size, "num_hidden_layers": i.num_layers,
+                "intermediate_size": i.intermediate_size, "num_attention_heads": i.num_heads,
+                "num_key_value_heads": i.num_kv_heads}
+    return None

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from runner.errors import SpecError
 from runner.schema import schema_errors, with_defaults
-from runner.yamlpos import Positions, format_path, read_yaml
+from runner.yamlpos import format_path, read_yaml
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,17 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
     return Tiny(spec, store, folder, done.stdout + done.stderr, {k: Path(v) for k, v in found.items()})
 
 
+def memory_bench(sizes: str, tmp_path: Path) -> list[dict[str, object]]:
+    """Rows of bench/memory.py (predicted vs measured peak) for the given model sizes."""
+    out = tmp_path / "memory.json"
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "memory.py"), "--sizes", sizes, "--json", str(out)],
+                          capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stderr[-3000:]
+    print(done.stdout)
+    rows: list[dict[str, object]] = json.loads(out.read_text())
+    return rows
+
+
 def statuses(plan_output: str) -> dict[str, str]:
     """{stage: status word} from `runner plan` output (lines: stage, key, status, reasons)."""
     stages = ("model", "data", "train", "export", "eval")

@@ -4,14 +4,12 @@ there; run them on a GPU machine with `pytest -m gpu`."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.integration.conftest import ROOT, TINY, only_artifact, runner
+from tests.integration.conftest import TINY, memory_bench, only_artifact, runner
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -29,11 +27,6 @@ def test_qlora_on_the_gpu_with_the_automatic_profile(tmp_path: Path) -> None:
 
 
 def test_memory_estimate_against_cuda_peak_allocation(tmp_path: Path) -> None:
-    out = tmp_path / "memory.json"
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "memory.py"), "--sizes", "medium,large",
-                           "--json", str(out)], capture_output=True, text=True, timeout=1800)
-    assert done.returncode == 0, done.stderr[-3000:]
-    print(done.stdout)
-    for row in json.loads(out.read_text()):
+    for row in memory_bench("medium,large", tmp_path):
         assert row["device"] == "cuda"
         assert 0.85 <= row["predicted_gib"] / row["measured_gib"] <= 1.15, row

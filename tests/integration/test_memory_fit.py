@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
@@ -15,16 +12,11 @@ from runner.profile import probe_machine, resolve_profile
 from runner.spec import load_spec
 from runner.stages.loading import load_base, load_tokenizer
 from runner.stages.train import _lora_model, _trainer, train_with_retries
-from tests.integration.conftest import ROOT, Tiny
+from tests.integration.conftest import Tiny, memory_bench
 
 
 def test_estimate_is_within_15_percent_of_measured_peak_rss(tmp_path: Path) -> None:
-    out = tmp_path / "memory.json"
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "memory.py"), "--sizes", "tiny,medium",
-                           "--json", str(out)], capture_output=True, text=True, timeout=1200)
-    assert done.returncode == 0, done.stderr[-3000:]
-    print(done.stdout)
-    rows = json.loads(out.read_text())
+    rows = memory_bench("tiny,medium", tmp_path)
     assert {r["size"] for r in rows} == {"tiny", "medium"} and len(rows) == 4
     for r in rows:
         assert 0.85 <= r["predicted_gib"] / r["measured_gib"] <= 1.15, r
@@ -32,7 +24,7 @@ def test_estimate_is_within_15_percent_of_measured_peak_rss(tmp_path: Path) -> N
 
 class OutOfMemoryAt(TrainerCallback):  # type: ignore[misc]
     """A CUDA out-of-memory error cannot happen on this CPU-only machine, so this raises torch's own
-    OutOfMemoryError at one step while the micro-batch is above `limit`; everything else is real."""
+    OutOfMemoryError at one step (the test adds it while the micro-batch is above 2); all else is real."""
 
     def __init__(self, step: int) -> None:
         self.step = step

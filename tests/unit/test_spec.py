@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from runner import spec as spec_mod
 from runner.errors import SpecError
 from runner.schema import load_schema
 from runner.spec import Spec, load_spec, parse_spec
