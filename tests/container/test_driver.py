@@ -72,12 +72,15 @@ def test_mounts_the_spec_folder_its_local_files_and_the_store(tmp_path: Path, mo
 
 
 def test_hub_specs_share_the_host_hugging_face_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in driver.PASS_ENV:  # CI exports the offline switches; start from none of them
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_TOKEN", SECRET)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     spec = _spec(tmp_path, "model: {source: hub, id: org/model}")
     volumes, environment = driver.container_inputs(spec, tmp_path / "store")
     assert volumes[str(tmp_path / "hf")] == {"bind": str(tmp_path / "hf"), "mode": "rw"}
-    assert environment == {"HF_HOME": str(tmp_path / "hf"), "HF_TOKEN": SECRET}
+    assert environment == {"HF_HOME": str(tmp_path / "hf"), "HF_TOKEN": SECRET, "HF_HUB_OFFLINE": "1"}
 
 
 def _spec(tmp_path: Path, model: str) -> Path:
