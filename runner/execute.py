@@ -57,6 +57,12 @@ def run_spec(spec: Spec, spec_path: Path, profile: Profile, store: Store, log: C
             current["key"] = step.key
             if step.status == "pending":  # cannot happen: stages run in order; kept as a guard
                 raise StageError(f"{stage.name} needs {step.reasons[0].removeprefix('after ')} first")
+            if stage.name == "train" and step.status != "cached":
+                # Before the expensive part: a contaminated set can stop the run here (spec's choice).
+                from runner.contamination import before_training, stop_if_found
+
+                record.contamination = before_training(spec, log)
+                stop_if_found(spec, record.contamination)
             outcome, done[stage.name] = _reuse_or_build(stage, step, spec, profile, store, log, done, options.verify)
             outcomes.append(outcome)
             record.stages.append({"stage": stage.name, "key": step.key, "action": outcome.action,

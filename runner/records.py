@@ -29,6 +29,7 @@ class RunRecord:
     stages: list[dict[str, Any]] = field(default_factory=list)
     versions: dict[str, str | None] = field(default_factory=dict)
     git_commit: str | None = None
+    contamination: dict[str, Any] = field(default_factory=dict)  # benchmark -> overlaps found before training
 
     def stage(self, name: str) -> dict[str, Any] | None:
         return next((s for s in self.stages if s["stage"] == name), None)

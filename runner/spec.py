@@ -156,6 +156,7 @@ class Safety:
 class Contamination:
     check: bool = True
     similarity: float = 0.6
+    action: Literal["report", "stop"] = "report"  # what overlaps found before training do
 
 
 @dataclass(frozen=True)

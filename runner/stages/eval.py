@@ -61,6 +61,7 @@ def local_files(spec: Spec) -> dict[str, Path]:
 def run(ctx: StageContext) -> None:
     from peft import PeftModel
 
+    from runner.contamination import training_texts
     from runner.stages.generation import answer_queries
     from runner.stages.loading import load_base, load_tokenizer
     from runner.stages.report import write_report
@@ -72,7 +73,8 @@ def run(ctx: StageContext) -> None:
     model.eval()
     labels = ("base", "tuned") if spec.eval.compare_base else ("tuned",)
     results: dict[str, Any] = {}
-    train_texts = training_prompts(ctx) if spec.eval.contamination.check and spec.eval.benchmarks else []
+    train_texts = (training_texts(spec, ctx.files.get("train"))
+                   if spec.eval.contamination.check and spec.eval.benchmarks else [])
     with open(ctx.out / "predictions.jsonl", "w", encoding="utf-8") as preds_file:
         for bench in spec.eval.benchmarks:
             results[bench.name] = score_benchmark(ctx, model, tok, bench, labels, preds_file, train_texts)
@@ -114,24 +116,6 @@ def score_benchmark(ctx: StageContext, model: Any, tok: Any, bench: Benchmark, l
     if spec.eval.contamination.check:
         summary["contamination"] = contamination(items, scored, train_texts, spec.eval.contamination.similarity)
     return summary
-
-
-def training_prompts(ctx: StageContext) -> list[str]:
-    """The prompts of the training source, as the data stage reads them (validation rows included)."""
-    from runner.formats import Dropped, to_example
-    from runner.stages.data import read_rows
-
-    spec = ctx.spec
-    texts = []
-    for row in read_rows(spec.data.train, ctx.files.get("train"), spec.data.max_rows):
-        try:
-            if isinstance(row, Dropped):
-                continue
-            example = to_example(row, spec.data.format, spec.data.fields)
-        except Dropped:
-            continue
-        texts.append("\n".join(content for role, content in example.messages if role != "assistant"))
-    return texts
 
 
 def contamination(items: list[Any], scored: dict[str, list[int]], train_texts: list[str],

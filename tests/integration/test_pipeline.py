@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from tests.integration.conftest import Tiny, runner, statuses
+from tests.integration.conftest import DEMO, Tiny, runner, statuses
 
 
 def test_first_run_writes_every_stage_output(tiny: Tiny) -> None:
@@ -69,3 +69,26 @@ def test_learning_rate_change_reruns_train_export_eval_only(tiny: Tiny) -> None:
         tiny.spec.write_text(original)
     again = runner("plan", str(tiny.spec), "--store", str(tiny.store))
     assert list(statuses(again.stdout).values()) == ["cached"] * 5
+
+
+def test_contamination_is_reported_before_training_and_can_stop_the_run(tiny: Tiny) -> None:
+    # The fixture's run checked its benchmark against its training rows before training.
+    assert "contamination: demo: 0 of 24 questions are in the training data" in tiny.output
+    assert tiny.output.index("contamination: demo:") < tiny.output.index("train: running")
+    # A benchmark made of training rows, with the spec saying stop, and a train field changed so
+    # training would run: the run ends before training, the finished stages stay.
+    seen = tiny.folder / "seen.yaml"
+    seen.write_text(tiny.spec.read_text().replace("epochs: 2", "epochs: 3").replace(
+        "limit: 24}]", f"limit: 24}}, {{name: seen, path: {DEMO / 'medmc_train.jsonl'}, limit: 12}}]\n"
+                      "  contamination: {action: stop}"))
+    trains = set((tiny.store / "train").iterdir())
+    done = runner("run", str(seen), "--store", str(tiny.store))
+    assert done.returncode == 4, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "[runner] model: cached" in done.stdout and "[runner] data: cached" in done.stdout
+    assert "contamination: seen: 12 of 12 questions are in the training data (12 exact" in done.stdout
+    assert done.stderr.strip().splitlines()[-1].startswith("error: benchmark questions are in the training data "
+                                                           "(seen 12/12); remove them from")
+    assert "train: running" not in done.stdout and set((tiny.store / "train").iterdir()) == trains
+    record = max((tiny.store / "runs").glob("*.json"), key=lambda p: p.stat().st_mtime)
+    saved = json.loads(record.read_text())
+    assert saved["status"] == "failed" and saved["contamination"]["seen"]["exact"] == 12

@@ -3,12 +3,18 @@ word 8-gram Jaccard similarity, and no false alarms between distinct real MedQA 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pytest
+
 from runner.benchmarks import to_items
-from runner.contamination import normalise, overlaps
+from runner.contamination import before_training, normalise, overlaps, stop_if_found
+from runner.errors import DataError
 from runner.formats import read_local
-from runner.spec import Fields
+from runner.spec import Fields, Spec, parse_spec
+
+DEMO = Path(__file__).resolve().parents[2] / "data" / "demo"
 
 Q = ("A 45-year-old man presents with crushing chest pain radiating to the left arm for two hours. "
      "His ECG shows ST elevation in leads II, III and aVF. Which artery is most likely occluded?")
@@ -35,3 +41,49 @@ def test_real_medqa_test_questions_are_not_flagged_against_each_other(shared_dat
     found = overlaps(prompts[:500], prompts[500:1000], threshold=0.6)
     assert found == []
     assert len(overlaps(prompts[:500], prompts[:100], threshold=0.6)) == 100  # each one finds itself
+
+
+def _spec(tmp_path: Path, action: str, seen: int, check: bool = True) -> Spec:
+    """Trains on 40 demo rows; the benchmark holds `seen` of them (one re-worded) among held-out ones."""
+    train = [json.loads(line) for line in (DEMO / "medmc_train.jsonl").read_text().splitlines()[:40]]
+    held_out = [json.loads(line) for line in (DEMO / "medmc_test.jsonl").read_text().splitlines()[:20]]
+    copied = [dict(row) for row in train[:seen]]
+    if copied:
+        copied[0]["question"] = copied[0]["question"].upper() + "  "  # still an exact copy once normalised
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train))
+    (tmp_path / "bench.jsonl").write_text("".join(json.dumps(r) + "\n" for r in held_out + copied))
+    return parse_spec(f"""
+model: {{source: init}}
+data: {{train: {{path: train.jsonl}}, template: plain}}
+eval:
+  benchmarks: [{{name: mixed, path: bench.jsonl}}]
+  contamination: {{action: {action}, check: {str(check).lower()}}}
+""", base_dir=tmp_path)
+
+
+def test_before_training_counts_copies_and_stop_names_the_way_out(tmp_path: Path) -> None:
+    lines: list[str] = []
+    found = before_training(_spec(tmp_path, "stop", 3), lines.append)
+    assert found["mixed"]["n"] == 23 and (found["mixed"]["exact"], found["mixed"]["near"]) == (3, 0)
+    assert [(p["item"], p["row"]) for p in found["mixed"]["pairs"]] == [(20, 0), (21, 1), (22, 2)]
+    assert lines == ["contamination: mixed: 3 of 23 questions are in the training data (3 exact, 0 near, "
+                     "similarity >= 0.6); e.g. question 20 ~ training row 0 (exact copy)"]
+    with pytest.raises(DataError, match=r"\(mixed 3/23\); remove them from train.jsonl or set "
+                                        r"eval.contamination.action: report"):
+        stop_if_found(_spec(tmp_path, "stop", 3), found)
+
+
+def test_report_goes_on_and_a_clean_set_never_stops(tmp_path: Path) -> None:
+    spec = _spec(tmp_path, "report", 3)
+    stop_if_found(spec, before_training(spec, lambda line: None))  # found, but the spec says go on
+    clean = _spec(tmp_path, "stop", 0)
+    found = before_training(clean, lambda line: None)
+    assert found["mixed"]["exact"] + found["mixed"]["near"] == 0
+    stop_if_found(clean, found)
+
+
+def test_check_off_reads_nothing_and_says_nothing(tmp_path: Path) -> None:
+    off = _spec(tmp_path, "stop", 3, check=False)
+    lines: list[str] = []
+    assert before_training(off, lines.append) == {} and lines == []
+    stop_if_found(off, {})
