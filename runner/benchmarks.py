@@ -7,6 +7,7 @@ character; the scorer adds the target delimiter (" ") before each choice, as the
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,3 +147,25 @@ def load_items(bench: Benchmark, path: Path | None) -> tuple[list[Item], dict[st
 
         rows = datasets.load_dataset(bench.hub, bench.config, split=bench.split, revision=bench.revision)
     return to_items(rows, bench.format, bench.fields, bench.limit)
+
+
+def extract_choice(text: str, choices: tuple[str, ...]) -> int | None:
+    """The choice a generated answer names, or None when none can be read off it.
+
+    Letters: an explicit "answer is (B)" / "Answer: B" first, then a letter opening the text ("B",
+    "(B)", "B. Imatinib"), then the only choice letter standing alone anywhere in it. Words (yes, no,
+    maybe): the first of them in the text. Case is ignored for words, kept for letters (the article
+    "a" is not choice A).
+    """
+    if all(len(c) == 1 and c.isupper() for c in choices):
+        letters = "".join(choices)
+        for pattern in (rf"answer(?:\s+is)?\s*[:\-]?\s*\(?([{letters}])(?![A-Za-z])",
+                        rf"^\W*\(?([{letters}])(?![A-Za-z])"):
+            match = re.search(pattern, text, flags=re.IGNORECASE if pattern.startswith("answer") else 0)
+            if match and match.group(1).upper() in choices:
+                return choices.index(match.group(1).upper())
+        alone = set(re.findall(rf"(?<![A-Za-z])([{letters}])(?![A-Za-z])", text))
+        return choices.index(alone.pop()) if len(alone) == 1 else None
+    words = "|".join(re.escape(c) for c in choices)
+    match = re.search(rf"(?<![A-Za-z])({words})(?![A-Za-z])", text, flags=re.IGNORECASE)
+    return [c.lower() for c in choices].index(match.group(1).lower()) if match else None

@@ -160,6 +160,12 @@ class Contamination:
 
 
 @dataclass(frozen=True)
+class Generative:
+    enabled: bool = False
+    max_new_tokens: int = 8
+
+
+@dataclass(frozen=True)
 class Eval:
     benchmarks: tuple[Benchmark, ...] = ()
     compare_base: bool = True
@@ -169,6 +175,7 @@ class Eval:
     generation: Generation = field(default_factory=Generation)
     safety: Safety = field(default_factory=Safety)
     contamination: Contamination = field(default_factory=Contamination)
+    generative: Generative = field(default_factory=Generative)
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,11 @@ def summary_lines(outcomes: Sequence[Outcome], record_path: Path, seconds: float
             change = (f", change {100 * p['delta']:+.1f} pt [{100 * p['ci95'][0]:+.1f}, {100 * p['ci95'][1]:+.1f}],"
                       f" McNemar {pv}")
         lines.append(f"  {bench}: {base}fine-tuned {100 * r['tuned']['acc']:.1f}% (n={r['tuned']['n']}{change})")
+        if "generative" in r:
+            g = r["generative"]
+            gbase = f"base {100 * g['base']['acc']:.1f}% -> " if "base" in g else ""
+            lines.append(f"  {bench} (generated answers): {gbase}fine-tuned {100 * g['tuned']['acc']:.1f}% "
+                         f"({g['tuned']['unreadable']} of {g['tuned']['n']} unreadable)")
     for o in outcomes:
         if o.path is not None:
             lines.append(f"  {o.stage:<7} {o.path}")

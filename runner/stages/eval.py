@@ -34,6 +34,8 @@ def spec_slice(spec: Spec) -> dict[str, Any]:
     out: dict[str, Any] = {
         "eval": {"benchmarks": benchmarks, "compare_base": ev.compare_base, "chat_template": ev.chat_template},
         "model": {"quantization": spec.model.quantization, "double_quant": spec.model.double_quant}}
+    if ev.generative.enabled:  # left out when off: keys of specs without it stay as they were
+        out["eval"]["generative"] = vars(ev.generative)
     if ev.contamination.check:  # what the check reads of the training data
         d = spec.data
         out["eval"]["contamination"] = {"similarity": ev.contamination.similarity, "format": d.format,
@@ -105,17 +107,67 @@ def score_benchmark(ctx: StageContext, model: Any, tok: Any, bench: Benchmark, l
         with adapter_off(model, label == "base"):
             logliks = score(model, requests, spec.eval.batch_size, tok.pad_token_id, max_length_of(model, tok))
         scored[label] = predictions(len(items), requests, logliks)
+    written: dict[str, list[str]] = {}
+    if spec.eval.generative.enabled:
+        written = generate_answers(ctx, model, tok, items, requests, labels)
     for i, item in enumerate(items):
         row = {"benchmark": bench.name, "index": i, "id": item.id, "group": item.group, "answer": item.answer,
                **{label: preds[i] for label, preds in scored.items()}}
+        for label, texts in written.items():
+            row[f"{label}_generated"] = texts[i]
         preds_file.write(json.dumps(row, ensure_ascii=False) + "\n")
     summary = summarize([it.answer for it in items], [it.group for it in items], scored, dropped)
+    if written:
+        summary["generative"] = generative_summary(items, written, spec.eval.generative.max_new_tokens)
     summary["format"] = bench.format
     summary["harness_task"] = HARNESS_TASKS.get(bench.format)
     summary["chance"] = round(sum(1 / len(it.choices) for it in items) / len(items), 4) if items else None
     if spec.eval.contamination.check:
         summary["contamination"] = contamination(items, scored, train_texts, spec.eval.contamination.similarity)
     return summary
+
+
+def generate_answers(ctx: StageContext, model: Any, tok: Any, items: list[Any], requests: list[Any],
+                     labels: tuple[str, ...]) -> dict[str, list[str]]:
+    """Each model's greedy answer to each question, after the very prompt tokens the scoring used."""
+    from runner.stages.generation import generate_batch
+    from runner.stages.scoring import max_length_of
+
+    gen = ctx.spec.eval.generative
+    room = max(1, max_length_of(model, tok) - gen.max_new_tokens)  # left-truncated, as scoring does
+    prompts, seen = [], set()
+    for r in requests:  # one context per item, tokenized as scored
+        if r.item not in seen:
+            seen.add(r.item)
+            prompts.append(list(r.context[-room:]))
+    written = {}
+    for label in labels:
+        ctx.log(f"eval: generating answers, {label} model, {len(items)} questions, {gen.max_new_tokens} tokens each")
+        with adapter_off(model, label == "base"):
+            written[label] = generate_batch(model, tok, prompts, gen.max_new_tokens, ctx.spec.eval.batch_size)
+    return written
+
+
+def generative_summary(items: list[Any], written: dict[str, list[str]], max_new_tokens: int) -> dict[str, Any]:
+    """Accuracy of the answers read off the generated text; an unreadable answer counts as wrong."""
+    from runner.benchmarks import extract_choice
+    from runner.stats import accuracy, paired
+
+    out: dict[str, Any] = {"max_new_tokens": max_new_tokens, "decoding": "greedy"}
+    correct = {}
+    for label, texts in written.items():
+        picked = [extract_choice(_first_line(t), it.choices) for t, it in zip(texts, items)]
+        correct[label] = [p == it.answer for p, it in zip(picked, items)]
+        out[label] = accuracy(correct[label]) | {"unreadable": sum(p is None for p in picked)}
+    if "base" in correct:
+        out["paired"] = paired(correct["base"], correct["tuned"])
+    return out
+
+
+def _first_line(text: str) -> str:
+    """The answer, not what the model rambles on to (the next "Question:" of a plain prompt)."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else ""
 
 
 def contamination(items: list[Any], scored: dict[str, list[int]], train_texts: list[str],

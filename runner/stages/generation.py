@@ -53,3 +53,28 @@ def answer_queries(model: Any, tok: Any, spec: Spec, labels: tuple[str, ...],
                                     "top_p": gen.top_p if sample else None,
                                     "decoding": "sampled" if sample else "greedy"}})
     return rows
+
+
+def generate_batch(model: Any, tok: Any, prompts: list[list[int]], max_new_tokens: int, batch_size: int) -> list[str]:
+    """Greedy continuations of already-tokenized prompts, batched with left padding (longest first, so
+    a batch pads little), decoded without special tokens."""
+    import torch
+
+    device = next(model.parameters()).device
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    out: list[str] = [""] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        width = max(len(prompts[i]) for i in chunk)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)  # (B, T), left-padded
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for b, i in enumerate(chunk):
+            ids[b, width - len(prompts[i]):] = torch.tensor(prompts[i])
+            mask[b, width - len(prompts[i]):] = 1
+        with torch.inference_mode():
+            new = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
+                                 max_new_tokens=max_new_tokens, pad_token_id=pad)[:, width:]
+        for b, i in enumerate(chunk):
+            out[i] = tok.decode(new[b], skip_special_tokens=True)
+    return out

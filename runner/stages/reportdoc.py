@@ -82,6 +82,18 @@ def results(inputs: Any) -> Section:
                           f"data; p: exact McNemar test on the questions only one of the two got right."))
     if "accuracy" in inputs.pictures:
         s.blocks.append(("img", inputs.pictures["accuracy"], "accuracy, base vs fine-tuned"))
+    generative = {name: r["generative"] for name, r in metrics["benchmarks"].items() if "generative" in r}
+    if generative:
+        rows = [[name, str(g["tuned"]["n"]), with_ci(g.get("base")), with_ci(g["tuned"]), change(g.get("paired")),
+                 p_value(g.get("paired")), " / ".join(str(g[k]["unreadable"]) for k in ("base", "tuned") if k in g)]
+                for name, g in generative.items()]
+        s.blocks.append(("h3", "Generative accuracy"))
+        s.blocks.append(("table", ["benchmark", "n", "base [95% CI]", "fine-tuned [95% CI]", "change [95% CI]",
+                                   "McNemar p", "unreadable (base / tuned)"], rows))
+        tokens = next(iter(generative.values()))["max_new_tokens"]
+        s.blocks.append(("p", f"The same prompts answered by greedy decoding ({tokens} new tokens), the choice read off "
+                              f"the first line of the text (\"B\", \"(B)\", \"The answer is B\"; yes/no/maybe). An "
+                              f"answer no choice could be read from counts as wrong. Every text is in predictions.jsonl."))
     dropped = {name: r["dropped"] for name, r in metrics["benchmarks"].items() if r["dropped"]}
     for name, reasons in dropped.items():
         listed = ", ".join(f"{reason}: {count}" for reason, count in reasons.items())

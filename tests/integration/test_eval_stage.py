@@ -20,6 +20,7 @@ EVAL = """eval:
     - {{name: seen, path: {demo}/medmc_train.jsonl, limit: 8}}
   queries: ["What is the first-line treatment for anaphylaxis?"]
   generation: {{max_new_tokens: 12}}
+  generative: {{enabled: true, max_new_tokens: 6}}
   batch_size: 4
 """
 
@@ -58,6 +59,11 @@ def test_metrics_predictions_and_answers(evaluated: tuple[Path, str]) -> None:
     assert len(rows) == 30 and {r["benchmark"] for r in rows} == {"medqa", "pubmedqa", "seen"}
     assert all({"base", "tuned", "answer"} <= set(r) for r in rows)
     assert sum(r["tuned"] == r["answer"] for r in rows if r["benchmark"] == "medqa") == medqa["tuned"]["correct"]
+    for name, bench in metrics["benchmarks"].items():  # answers read off generated text too
+        g = bench["generative"]
+        assert g["max_new_tokens"] == 6 and g["tuned"]["n"] == g["base"]["n"] == bench["tuned"]["n"], name
+        assert 0 <= g["tuned"]["unreadable"] <= g["tuned"]["n"] and "delta" in g["paired"]
+    assert all(isinstance(r["tuned_generated"], str) and isinstance(r["base_generated"], str) for r in rows)
     (answer,) = [json.loads(line) for line in (folder / "generations.jsonl").read_text().splitlines()]
     assert set(answer["answers"]) == set(answer["flags"]) == {"base", "tuned"}
     assert answer["prompt"] == "Question: What is the first-line treatment for anaphylaxis?\nAnswer:"
@@ -67,7 +73,7 @@ def test_metrics_predictions_and_answers(evaluated: tuple[Path, str]) -> None:
 def test_the_report_renders_with_tables_and_pictures(evaluated: tuple[Path, str]) -> None:
     folder = evaluated[0]
     md = (folder / "report.md").read_text()
-    for heading in ("## Results", "## By group", "## Benchmark questions in the training data", "## Training", "## Answers to the spec's queries",
+    for heading in ("## Results", "### Generative accuracy", "## By group", "## Benchmark questions in the training data", "## Training", "## Answers to the spec's queries",
                     "### Safety flags", "## Spec", "## Hardware profile", "## Where everything is"):
         assert heading in md, heading
     assert re.search(r"^\| medqa \| `medqa_4options` \| 16 \| [\d.]+% \[", md, re.MULTILINE)
@@ -83,3 +89,26 @@ def test_the_report_is_cosmetic_and_a_rerun_reuses_everything(evaluated: tuple[P
     assert {"metrics.json", "predictions.jsonl", "generations.jsonl"} <= set(stable)
     done = runner("run", str(tiny.folder / "eval-formats.yaml"), "--store", str(tiny.store))
     assert "ran nothing" in done.stdout, done.stdout[-2000:]
+
+
+def test_batched_generation_writes_what_one_question_at_a_time_writes(tiny: Tiny, shared_data: Path) -> None:
+    from peft import PeftModel
+
+    from runner.benchmarks import load_items
+    from runner.profile import probe_machine, resolve_profile
+    from runner.spec import Benchmark, load_spec
+    from runner.stages.generation import generate_batch
+    from runner.stages.loading import load_base, load_tokenizer
+    from runner.stages.scoring import encoder
+
+    spec = load_spec(tiny.spec)
+    model_dir = tiny.artifacts["model"]
+    model = PeftModel.from_pretrained(load_base(model_dir, spec, resolve_profile(spec, probe_machine())),
+                                      str(tiny.artifacts["export"] / "adapter")).eval()
+    tok = load_tokenizer(model_dir)
+    items, _ = load_items(Benchmark(name="m", format="medqa", limit=6), shared_data / "medqa" / "test.jsonl")
+    prompts = encoder(tok)([it.prompt for it in items])
+    assert len({len(p) for p in prompts}) > 1  # different lengths: the batch really pads
+    batched = generate_batch(model, tok, prompts, 6, batch_size=6)
+    alone = [generate_batch(model, tok, [p], 6, batch_size=1)[0] for p in prompts]
+    assert batched == alone and all(batched)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from runner.benchmarks import FORMATS, Item, load_items, to_items
+from runner.benchmarks import FORMATS, Item, extract_choice, load_items, to_items
 from runner.formats import read_local
 from runner.spec import Benchmark, Fields
 
@@ -117,3 +117,18 @@ def test_limit_keeps_the_first_n_and_every_format_is_listed(shared_data: Path, t
     assert len(items) == 7 and items[0] == to_items(read_local(path), "medqa", Fields(), 1)[0][0]
     assert isinstance(items[0], Item)
     assert set(FORMATS) == {"medqa", "medmcqa", "pubmedqa", "multiple_choice"}
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    (" B", 1), (" (C) Imatinib", 2), ("The answer is D.", 3), ("Answer: b", 1), (" B. Imatinib, not C", 1),
+    ("Imatinib (B)", 1), (" a drug that", None), ("Either A or B", None), ("", None), (" Imatinib", None),
+])
+def test_a_generated_answer_names_its_letter(text: str, expected: int | None) -> None:
+    assert extract_choice(text, tuple("ABCD")) == expected
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    (" Yes, because", 0), (" It is not clear; maybe", 2), (" no.", 1), (" Nothing known", None),
+])
+def test_a_generated_answer_names_its_word(text: str, expected: int | None) -> None:
+    assert extract_choice(text, ("yes", "no", "maybe")) == expected

@@ -87,6 +87,10 @@ def test_a_field_reaches_only_the_stages_that_read_it(tmp_path: Path) -> None:
     assert changed(dataclasses.replace(base, export=dataclasses.replace(base.export, merged=False))) == {"export"}
     assert changed(dataclasses.replace(base, seed=1)) == {"model", "data", "train"}
     assert changed(dataclasses.replace(base, model=dataclasses.replace(base.model, quantization="none"))) == {"train", "export", "eval"}
+    generative = dataclasses.replace(base.eval.generative, enabled=True)
+    assert changed(dataclasses.replace(base, eval=dataclasses.replace(base.eval, generative=generative))) == {"eval"}
+    stop = dataclasses.replace(base.eval.contamination, action="stop")  # a gate before training, not an output
+    assert changed(dataclasses.replace(base, eval=dataclasses.replace(base.eval, contamination=stop))) == set()
 
 
 def test_diff_names_the_field_and_both_values() -> None:
