@@ -120,9 +120,10 @@ def _group(row: dict[str, Any], column: str) -> str | None:
     return str(value) if value not in (None, "") else None
 
 
-def to_items(rows: Iterable[dict[str, Any] | Dropped], fmt: str, fields: Fields,
-             limit: int | None) -> tuple[list[Item], dict[str, int]]:
-    """Items of a benchmark and the dropped rows counted by reason. `limit` keeps the first N items."""
+def to_items(rows: Iterable[dict[str, Any] | Dropped], fmt: str, fields: Fields, limit: int | None,
+             keep: set[str] | None = None) -> tuple[list[Item], dict[str, int]]:
+    """Items of a benchmark and the dropped rows counted by reason. `keep`: only rows with these ids;
+    `limit` then keeps the first N items."""
     convert = FORMATS[fmt]
     items: list[Item] = []
     dropped: list[str] = []
@@ -132,21 +133,30 @@ def to_items(rows: Iterable[dict[str, Any] | Dropped], fmt: str, fields: Fields,
         try:
             if isinstance(row, Dropped):
                 raise row
-            items.append(convert(row, fields))
+            item = convert(row, fields)
+            if keep is not None and item.id not in keep:
+                raise Dropped("id not in the ids file")
+            items.append(item)
         except Dropped as reason:
             dropped.append(str(reason))
     return items, count_reasons(dropped)
 
 
-def load_items(bench: Benchmark, path: Path | None) -> tuple[list[Item], dict[str, int]]:
-    """A benchmark's items from its local file, or from the Hub."""
+def read_ids(path: Path) -> set[str]:
+    """Ids one a line; blank lines and # comments skipped."""
+    lines = (line.split("#", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines())
+    return {line for line in lines if line}
+
+
+def load_items(bench: Benchmark, path: Path | None, ids: Path | None = None) -> tuple[list[Item], dict[str, int]]:
+    """A benchmark's items from its local file, or from the Hub; only the rows listed in `ids` if given."""
     if path is not None:
         rows: Any = read_local(path)
     else:
         import datasets
 
         rows = datasets.load_dataset(bench.hub, bench.config, split=bench.split, revision=bench.revision)
-    return to_items(rows, bench.format, bench.fields, bench.limit)
+    return to_items(rows, bench.format, bench.fields, bench.limit, read_ids(ids) if ids is not None else None)
 
 
 def extract_choice(text: str, choices: tuple[str, ...]) -> int | None:

@@ -101,7 +101,8 @@ def before_training(spec: Spec, log: Callable[[str], None]) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for bench in spec.eval.benchmarks:
         try:
-            items, _ = load_items(bench, spec.resolve(bench.path) if bench.path is not None else None)
+            items, _ = load_items(bench, spec.resolve(bench.path) if bench.path is not None else None,
+                                  spec.resolve(bench.ids) if bench.ids is not None else None)
         except DataError:
             raise
         except Exception as exc:  # the Hub unreachable, a dataset renamed: say which and how to go on

@@ -130,6 +130,7 @@ class Benchmark:
     revision: str | None = None
     fields: Fields = field(default_factory=Fields)
     limit: int | None = None
+    ids: str | None = None  # a file of ids, one a line: score only those rows (an official test fold)
 
 
 @dataclass(frozen=True)
@@ -254,6 +255,8 @@ def cross_field_problems(doc: dict[str, Any], base_dir: Path) -> list[tuple[tupl
             found.append((where, "give exactly one of `path` (a local file) or `hub` (a dataset id)"))
         elif src["path"] is not None:
             found += _local_path(src["path"], where + ("path",), base_dir, want_dir=False)
+        if src.get("ids") is not None:
+            found += _local_path(src["ids"], where + ("ids",), base_dir, want_dir=False)
     names = [b["name"] for b in doc["eval"]["benchmarks"]]
     for i, name in enumerate(names):
         if name in names[:i]:

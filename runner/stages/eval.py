@@ -28,8 +28,9 @@ uses_profile = True
 
 
 def spec_slice(spec: Spec) -> dict[str, Any]:
-    benchmarks = [{k: (vars(v) if k == "fields" else v) for k, v in vars(b).items() if k != "path"}
-                  for b in spec.eval.benchmarks]
+    # Local files (a benchmark's rows, its ids) enter the key through their digests, not their paths.
+    benchmarks = [{k: (vars(v) if k == "fields" else v) for k, v in vars(b).items() if k not in ("path", "ids")}
+                  | ({"ids": "local"} if b.ids is not None else {}) for b in spec.eval.benchmarks]
     ev = spec.eval
     out: dict[str, Any] = {
         "eval": {"benchmarks": benchmarks, "compare_base": ev.compare_base, "chat_template": ev.chat_template},
@@ -55,6 +56,7 @@ def _safety_slice(spec: Spec) -> dict[str, Any]:
 
 def local_files(spec: Spec) -> dict[str, Path]:
     files = {f"benchmark/{b.name}": spec.resolve(b.path) for b in spec.eval.benchmarks if b.path is not None}
+    files |= {f"benchmark/{b.name}/ids": spec.resolve(b.ids) for b in spec.eval.benchmarks if b.ids is not None}
     if spec.eval.contamination.check and spec.data.train.path is not None:
         files["train"] = spec.resolve(spec.data.train.path)
     return files
@@ -97,7 +99,7 @@ def score_benchmark(ctx: StageContext, model: Any, tok: Any, bench: Benchmark, l
     from runner.stages.scoring import max_length_of, predictions, requests_for, score
 
     spec = ctx.spec
-    items, dropped = load_items(bench, ctx.files.get(f"benchmark/{bench.name}"))
+    items, dropped = load_items(bench, ctx.files.get(f"benchmark/{bench.name}"), ctx.files.get(f"benchmark/{bench.name}/ids"))
     chat = spec.eval.chat_template
     # With a chat template the harness scores "A", not " A": the template ends the prompt.
     requests = requests_for(items, tok, _renderer(tok) if chat else (lambda prompt: prompt), "" if chat else " ")

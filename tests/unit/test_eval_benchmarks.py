@@ -3,13 +3,14 @@ lm-evaluation-harness's medqa_4options, medmcqa and pubmedqa tasks, character fo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from runner.benchmarks import FORMATS, Item, extract_choice, load_items, to_items
+from runner.benchmarks import FORMATS, Item, extract_choice, load_items, read_ids, to_items
 from runner.formats import read_local
 from runner.spec import Benchmark, Fields
 
@@ -132,3 +133,23 @@ def test_a_generated_answer_names_its_letter(text: str, expected: int | None) ->
 ])
 def test_a_generated_answer_names_its_word(text: str, expected: int | None) -> None:
     assert extract_choice(text, ("yes", "no", "maybe")) == expected
+
+
+def test_an_ids_file_keeps_the_official_fold_and_counts_the_rest(shared_data: Path, tmp_path: Path) -> None:
+    rows = [json.loads(line) for line in (shared_data / "pubmedqa" / "test.jsonl").read_text().splitlines()]
+    # qiaojin/PubMedQA's layout (pubid, question, context.contexts), as the Hub serves all 1000 rows.
+    hub = [{"pubid": int(r["pubid"]), "question": r["QUESTION"], "context": {"contexts": r["CONTEXTS"]},
+            "final_decision": r["final_decision"]} for r in rows[:40]]
+    (tmp_path / "all.jsonl").write_text("".join(json.dumps(r) + "\n" for r in hub))
+    (tmp_path / "ids.txt").write_text("# a fold\n" + "".join(f"{r['pubid']}\n" for r in rows[5:15]) + "\n")
+    bench = Benchmark(name="p", format="pubmedqa", ids="ids.txt")
+    items, dropped = load_items(bench, tmp_path / "all.jsonl", tmp_path / "ids.txt")
+    assert [it.id for it in items] == [r["pubid"] for r in rows[5:15]] and dropped == {"id not in the ids file": 30}
+    limited, _ = load_items(dataclasses.replace(bench, limit=3), tmp_path / "all.jsonl", tmp_path / "ids.txt")
+    assert [it.id for it in limited] == [r["pubid"] for r in rows[5:8]]
+
+
+def test_the_shipped_pubmedqa_test_ids_are_the_official_500(shared_data: Path) -> None:
+    shipped = read_ids(Path(__file__).resolve().parents[2] / "specs" / "pubmedqa_test_ids.txt")
+    official = {json.loads(line)["pubid"] for line in (shared_data / "pubmedqa" / "test.jsonl").read_text().splitlines()}
+    assert shipped == official and len(shipped) == 500

@@ -70,13 +70,14 @@ def test_missing_required_section_and_bad_yaml(folder: Path) -> None:
 def test_cross_field_rules(folder: Path) -> None:
     text = ("model: {source: hub}\ndata:\n  train: {path: nope.jsonl}\n"
             "train: {batch_size: 16, micro_batch_size: 3}\n"
-            "eval: {benchmarks: [{name: a, path: train.jsonl, hub: x/y}, {name: a, path: train.jsonl}]}\n")
+            "eval: {benchmarks: [{name: a, path: train.jsonl, hub: x/y}, {name: a, path: train.jsonl, ids: no.txt}]}\n")
     found = problems(text, folder)
     assert any(p.startswith("model.id: required when source is hub") for p in found)
     assert any(p.startswith("data.train.path: no such file 'nope.jsonl'") for p in found)
     assert any(p.startswith("train.micro_batch_size: must divide train.batch_size (16), got 3") for p in found)
     assert any(p.startswith("eval.benchmarks[0]: give exactly one of `path`") for p in found)
     assert any(p.startswith("eval.benchmarks[1].name: duplicate benchmark name 'a'") for p in found)
+    assert any(p.startswith("eval.benchmarks[1].ids: no such file 'no.txt'") for p in found)
 
 
 def test_defaults_come_from_the_schema_and_match_the_dataclasses(folder: Path) -> None:
