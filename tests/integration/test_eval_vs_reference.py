@@ -15,7 +15,7 @@ from runner.formats import read_local
 from runner.profile import probe_machine, resolve_profile
 from runner.spec import Fields, load_spec
 from runner.stages.loading import load_base, load_tokenizer
-from runner.stages.scoring import max_length_of, predictions, requests_for, score
+from runner.stages.scoring import _shared_prompts, max_length_of, plan_rows, predictions, requests_for, score
 from tests.integration.conftest import Tiny
 
 
@@ -65,6 +65,9 @@ def test_scoring_equals_a_plain_reference_on_real_rows(plain_model: tuple[Any, A
     if fmt == "pubmedqa":
         assert max(len(r.context) for r in requests) > 1024  # the truncation path is exercised
         assert max(len(r.continuation) for r in requests) > 1  # and multi-token choices
+        # The four short ones run their prompt once with the choices as branches; the long two, rows.
+        limit = max_length_of(model, tok)
+        assert sorted(_shared_prompts(requests, plan_rows(requests, limit), limit)) == [0, 1, 2, 3]
     fast = score(model, requests, batch_size=3, pad_id=tok.pad_token_id, max_length=max_length_of(model, tok))
     slow = reference(model, tok, items)
     assert fast == pytest.approx(slow, abs=2e-4)
