@@ -20,8 +20,8 @@ from runner.stages import StageContext
 from runner.stats import summarize
 
 name = "eval"
-version = 3  # 2: harness-exact scoring, built-in formats, paired test, groups, queries, contamination;
-# 3: McNemar p to 4 significant digits
+version = 4  # 2: harness-exact scoring, built-in formats, paired test, groups, queries, contamination;
+# 3: McNemar p to 4 significant digits; 4: choices as branches off the prompt's cache (rounding may differ)
 upstream = ("model", "train:adapter", "export:adapter")
 volatile = ("report.md", "report.html", "*.png")  # pictures and prose: cosmetic, out of the digest
 uses_profile = True
