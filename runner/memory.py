@@ -72,6 +72,7 @@ class Setup:
     seq_len: int
     checkpointing: bool
     fused_attention: bool  # flash / memory-efficient SDPA on CUDA; CPU and MPS run the math path
+    shards: int = 1  # FSDP processes: weights, LoRA parameters, gradients and optimizer states split over them
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,11 @@ def estimate(shape: Shape, s: Setup) -> Estimate:
     lora_params = shape.layers * sum(s.lora_r * (i + o) for i, o in targeted.values())
     optimizer_bytes = 2 if s.eight_bit_optimizer else 8
     lora = lora_params * (4 + 4 + optimizer_bytes)  # weights, grads, two moments
+    if s.shards > 1:
+        # FULL_SHARD keeps 1/n of everything per GPU, and gathers one decoder layer at a time (plus
+        # the next one, prefetched) in full for its forward and backward.
+        weights = weights / s.shards + 2 * weights / shape.layers
+        lora = lora / s.shards
     tokens = s.micro_batch * s.seq_len
     act = s.compute_bytes
     h, inter = shape.hidden, shape.intermediate
@@ -177,6 +183,24 @@ def fit_profile(spec: Any, profile: Any, config: dict[str, Any], seq_len: int) -
     """Fit micro-batch and checkpointing to 80% of the device's memory, as far as the spec allows."""
     budget = int(profile.memory_mib * 2**20 * 0.8)
     per_process = spec.train.batch_size // profile.processes  # each process holds its own micro-batch
-    return fit(Shape.from_config(config), setup_for(spec, profile, seq_len), per_process, budget,
+    setup = setup_for(spec, profile, seq_len)
+    if profile.distributed == "fsdp":
+        setup = replace(setup, shards=profile.processes)
+    return fit(Shape.from_config(config), setup, per_process, budget,
                may_checkpoint=spec.train.gradient_checkpointing == "auto",
                may_shrink=spec.train.micro_batch_size == "auto")
+
+
+def choose_distributed(spec: Any, profile: Any, config: dict[str, Any], seq_len: int) -> tuple[str, str | None]:
+    """With `hardware.distributed: auto` on several GPUs: DDP when the model fits each GPU, FSDP when
+    only its shards do. Returns the choice and, when it is FSDP, why."""
+    if profile.distributed != "auto":
+        return profile.distributed, None
+    whole = fit_profile(spec, replace(profile, distributed="ddp"), config, seq_len)
+    if whole.fits:
+        return "ddp", None
+    sharded = fit_profile(spec, replace(profile, distributed="fsdp"), config, seq_len)
+    if not sharded.fits:
+        return "ddp", None  # neither fits: the fit's own error says so, with DDP's numbers
+    return "fsdp", (f"FSDP over the {profile.processes} GPUs: DDP needs {whole.estimate.total / GIB:.1f} GiB on each, "
+                    f"more than 80% of {profile.memory_mib / 1024:.0f} GiB; sharded, {sharded.estimate.total / GIB:.1f} GiB")

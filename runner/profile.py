@@ -56,13 +56,17 @@ class Profile:
     attn_implementation: str
     memory_mib: int = 0  # what the device has: the GPU's total, or the machine's RAM
     processes: int = 1  # data-parallel training processes (accelerate launch when above 1)
+    distributed: Literal["none", "ddp", "fsdp", "auto"] = "none"  # how processes share training; auto: by memory at train time
     reasons: tuple[str, ...] = field(default=())
 
     def key_fields(self) -> dict[str, str]:
         """What changes a trained model's numbers. Micro-batch split, checkpointing and attention
         kernel change speed and memory, not the result, so they stay out of keys."""
-        return {"device": self.device, "dtype": self.dtype, "quantization": self.quantization,
-                "optimizer": self.optimizer, "processes": self.processes}
+        fields = {"device": self.device, "dtype": self.dtype, "quantization": self.quantization,
+                  "optimizer": self.optimizer, "processes": self.processes}
+        if self.processes > 1:  # sharded and replicated training sum gradients in other orders
+            fields["distributed"] = self.distributed
+        return fields
 
 
 def probe_machine() -> Probe:
@@ -125,6 +129,7 @@ def resolve_profile(spec: Spec, probe: Probe) -> Profile:
     quant = _quantization(spec, probe, device, d)
     optimizer = _optimizer(spec, probe, device, d)
     processes = _processes(spec, probe, device, d)
+    distributed = _distributed(spec, device, processes, d)
     micro, accum = _batch(spec, device, processes, d)
     checkpointing = spec.train.gradient_checkpointing
     if checkpointing == "auto":
@@ -135,7 +140,7 @@ def resolve_profile(spec: Spec, probe: Probe) -> Profile:
                    micro_batch_size=micro, gradient_accumulation=accum,
                    gradient_checkpointing=bool(checkpointing), attn_implementation="sdpa",
                    memory_mib=probe.gpus[0].total_mib if device == "cuda" else probe.ram_mib, processes=processes,
-                   reasons=tuple(d.reasons))
+                   distributed=distributed, reasons=tuple(d.reasons))
 
 
 def _device(spec: Spec, probe: Probe, d: _Decisions) -> Device:
@@ -230,6 +235,28 @@ def _processes(spec: Spec, probe: Probe, device: Device, d: _Decisions) -> int:
     if spec.train.batch_size % n:
         raise ProfileError(f"train.batch_size {spec.train.batch_size} must be a multiple of the {n} processes")
     return n
+
+
+def _distributed(spec: Spec, device: Device, processes: int,
+                 d: _Decisions) -> Literal["none", "ddp", "fsdp", "auto"]:
+    wanted = spec.hardware.distributed
+    if processes == 1:
+        if wanted == "fsdp":
+            d.note("hardware.distributed fsdp: one process, nothing to shard")
+        return "none"
+    if wanted == "fsdp" and device != "cuda":
+        d.cannot(f"hardware.distributed fsdp: Accelerate's FSDP needs GPUs, not {device}",
+                 "set hardware.distributed: ddp", "DDP")
+        return "ddp"
+    if wanted == "auto" and device == "cuda":
+        d.note(f"DDP over the {processes} GPUs, or FSDP if the model does not fit one (by the memory estimate, "
+               "at train time, once the model's size is known)")
+        return "auto"
+    if wanted == "auto":
+        d.note(f"DDP over the {processes} processes")
+        return "ddp"
+    d.note(f"{wanted.upper()} over the {processes} processes: asked for by the spec")
+    return wanted
 
 
 def _batch(spec: Spec, device: Device, processes: int, d: _Decisions) -> tuple[int, int]:

@@ -25,6 +25,7 @@ class Hardware:
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     on_unsupported: Literal["error", "fallback"] = "fallback"
     processes: int | Literal["auto"] = "auto"
+    distributed: Literal["auto", "ddp", "fsdp"] = "auto"
 
 
 @dataclass(frozen=True)

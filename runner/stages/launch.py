@@ -1,5 +1,5 @@
-"""Training in several processes with Hugging Face Accelerate (DDP), the engine multi-GPU users
-already run, rather than a launcher of our own.
+"""Training in several processes with Hugging Face Accelerate (DDP, or FSDP for models one GPU cannot
+hold), the engine multi-GPU users already run, rather than a launcher of our own.
 
 The train stage hands its context to `accelerate launch -m runner.stages.worker`; every process
 runs the same Trainer code (Accelerate sets up the process group: NCCL on GPUs, gloo on CPU), and
@@ -31,18 +31,34 @@ def launch(ctx: StageContext) -> None:
     ctx.work.mkdir(parents=True, exist_ok=True)
     path = ctx.work / "launch.json"
     path.write_text(json.dumps(payload), "utf-8")
-    # --multi_gpu with use_cpu set in the Trainer gives real gloo processes on CPU; `--cpu` alone
-    # silently runs a single one.
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n),
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+    command = [sys.executable, "-m", "accelerate.commands.launch", *sharing_arguments(ctx.profile.distributed),
+               "--num_processes", str(n), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", str(_free_port()), "-m", "runner.stages.worker", str(path)]
     env = dict(os.environ)
     if ctx.profile.device == "cpu":  # share the cores instead of oversubscribing them
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // n))
-    ctx.log(f"train: launching {n} processes with accelerate ({'gloo on CPU' if ctx.profile.device == 'cpu' else 'DDP'})")
+    how = "FSDP" if ctx.profile.distributed == "fsdp" else "gloo on CPU" if ctx.profile.device == "cpu" else "DDP"
+    ctx.log(f"train: launching {n} processes with accelerate ({how})")
     done = subprocess.run(command, env=env)
     if done.returncode != 0:
         raise StageError(f"train: the {n} accelerate processes failed (exit {done.returncode}); the output above says why")
+
+
+def sharing_arguments(distributed: str) -> list[str]:
+    """`accelerate launch` options for how the processes share training."""
+    if distributed != "fsdp":
+        # --multi_gpu with use_cpu set in the Trainer gives real gloo processes on CPU; `--cpu` alone
+        # silently runs a single one.
+        return ["--multi_gpu"]
+    # FSDP-QLoRA as PEFT and bitsandbytes document it: every decoder layer (the model's own
+    # _no_split_modules) its own unit, fully sharded; flat parameters (use_orig_params false: the
+    # Trainer wraps the LoRA layers apart, so each unit is all-trainable or all-frozen); rank 0 loads
+    # the weights and sends them (no process holds a second copy); the full adapter gathered to save.
+    return ["--use_fsdp", "--fsdp_version", "1", "--fsdp_sharding_strategy", "FULL_SHARD",
+            "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP", "--fsdp_backward_prefetch", "BACKWARD_PRE",
+            "--fsdp_state_dict_type", "FULL_STATE_DICT", "--fsdp_use_orig_params", "false",
+            "--fsdp_cpu_ram_efficient_loading", "true", "--fsdp_sync_module_states", "true",
+            "--fsdp_offload_params", "false"]
 
 
 def _free_port() -> int:

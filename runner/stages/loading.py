@@ -63,7 +63,8 @@ def load_base(model_dir: Path, spec: Spec, profile: Profile, quantized: bool = T
             load_in_4bit=True, bnb_4bit_quant_type=profile.quantization,
             bnb_4bit_use_double_quant=spec.model.double_quant, bnb_4bit_compute_dtype=dtype,
             bnb_4bit_quant_storage=dtype)
-    if profile.device == "cuda":
+    if profile.device == "cuda" and profile.distributed != "fsdp":
+        # Under FSDP, Accelerate places the shards (rank 0 loads, the others receive: cpu_ram_efficient_loading).
         kwargs["device_map"] = {"": torch.cuda.current_device()}
     model = AutoModelForCausalLM.from_pretrained(weights_path(model_dir), **kwargs)
     if profile.device == "mps":

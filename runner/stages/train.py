@@ -43,9 +43,22 @@ def run(ctx: StageContext) -> None:
     if ctx.profile.processes > 1:
         from runner.stages.launch import launch
 
-        launch(ctx)  # every process runs train_here; rank 0 writes the artifact
+        launch(_with_distributed(ctx))  # every process runs train_here; rank 0 writes the artifact
     else:
         train_here(ctx)
+
+
+def _with_distributed(ctx: StageContext) -> StageContext:
+    """The context with `auto` settled to DDP or FSDP by the memory estimate, now the model is known."""
+    from runner.memory import choose_distributed
+    from runner.stages.loading import weights_path
+
+    config = json.loads((Path(weights_path(ctx.upstream["model"])) / "config.json").read_text("utf-8"))
+    stats = json.loads((ctx.upstream["data"] / "stats.json").read_text("utf-8"))
+    choice, why = choose_distributed(ctx.spec, ctx.profile, config, stats["train_tokens"]["max"])
+    if why:
+        ctx.log(f"train: {why}")
+    return replace(ctx, profile=replace(ctx.profile, distributed=choice))
 
 
 def train_here(ctx: StageContext) -> None:
@@ -65,7 +78,8 @@ def train_here(ctx: StageContext) -> None:
     config = json.loads((Path(weights_path(ctx.upstream["model"])) / "config.json").read_text("utf-8"))
     stats = json.loads((ctx.upstream["data"] / "stats.json").read_text("utf-8"))
     profile = fit_memory(ctx, config, stats["train_tokens"]["max"])
-    model = _lora_model(load_base(ctx.upstream["model"], spec, profile), spec, profile.gradient_checkpointing)
+    model = _lora_model(load_base(ctx.upstream["model"], spec, profile), spec, profile.gradient_checkpointing,
+                        sharded=profile.distributed == "fsdp")
     trainable, total = model.get_nb_trainable_parameters()
     ctx.log(f"train: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
     # The log lives in the work folder, which outlives a killed attempt, and is copied out at the end.
@@ -78,9 +92,12 @@ def train_here(ctx: StageContext) -> None:
         keep_metrics_until(metrics, step)
         ctx.log(f"train: resuming from {Path(checkpoint).name} of an earlier attempt (step {step})")
 
+    made: list[Any] = []
+
     def make_trainer(micro: int, accumulation: int) -> Any:
-        return _trainer(model, spec, replace(profile, micro_batch_size=micro, gradient_accumulation=accumulation),
-                        ctx.work, train_rows, val_rows, tok.pad_token_id, metrics)
+        made.append(_trainer(model, spec, replace(profile, micro_batch_size=micro, gradient_accumulation=accumulation),
+                             ctx.work, train_rows, val_rows, tok.pad_token_id, metrics))
+        return made[-1]
 
     per_process = spec.train.batch_size // profile.processes
     result, before, after = train_with_retries(make_trainer, profile.micro_batch_size, per_process,
@@ -89,11 +106,19 @@ def train_here(ctx: StageContext) -> None:
 
     if dist.is_available() and dist.is_initialized():
         ctx.log(f"train: trained in {dist.get_world_size()} processes ({dist.get_backend()})")
+    if profile.distributed == "fsdp":
+        # Every process takes part: the adapter's full weights are gathered from the shards and the
+        # Trainer has rank 0 write them.
+        made[-1].save_model(str(ctx.out / "adapter"))
     if int(os.environ.get("RANK", "0")) != 0:
         return  # rank 0 writes the artifact; the weights are the same in every process
     if metrics.is_file():
         shutil.copyfile(metrics, ctx.out / "metrics.jsonl")
-    _save_adapter(model, ctx.out / "adapter", spec)
+    if profile.distributed == "fsdp":
+        (ctx.out / "adapter" / "training_args.bin").unlink(missing_ok=True)  # the Trainer's, not the adapter's
+        _normalise_adapter(ctx.out / "adapter", spec)
+    else:
+        _save_adapter(model, ctx.out / "adapter", spec)
     rows = read_metrics(ctx.out / "metrics.jsonl")
     if rows:
         plot_curves(rows, ctx.out / "loss.png", f"{spec.name}: training loss")
@@ -186,10 +211,12 @@ def _close_progress(trainer: Any) -> None:
             callback.training_bar.close()
 
 
-def _lora_model(model: Any, spec: Spec, checkpointing: bool) -> Any:
+def _lora_model(model: Any, spec: Spec, checkpointing: bool, sharded: bool = False) -> Any:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    if getattr(model, "is_loaded_in_4bit", False):
+    # FSDP flattens each wrapped layer's parameters into one tensor of one dtype: the norms stay in
+    # the compute dtype (prepare_model_for_kbit_training would make them fp32).
+    if getattr(model, "is_loaded_in_4bit", False) and not sharded:
         # Casts norms to fp32 and makes inputs require grad, so checkpointing works over frozen 4-bit weights.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
     elif checkpointing:
@@ -235,6 +262,10 @@ def _save_adapter(model: Any, folder: Path, spec: Spec) -> None:
     """Save the adapter with bytes that depend on the training only, so equal training gives equal
     digests: peft writes this machine's path to the base and a set of module names in hash order."""
     model.save_pretrained(str(folder), safe_serialization=True)
+    _normalise_adapter(folder, spec)
+
+
+def _normalise_adapter(folder: Path, spec: Spec) -> None:
     config_path = folder / "adapter_config.json"
     config = json.loads(config_path.read_text("utf-8"))
     config["base_model_name_or_path"] = spec.model.id if spec.model.source == "hub" else None

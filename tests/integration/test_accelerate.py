@@ -25,3 +25,36 @@ def test_two_processes_train_one_adapter_and_the_loss_falls(tiny: Tiny, tmp_path
     summary = json.loads((train / "summary.json").read_text())
     assert summary["train_loss_last"] < summary["train_loss_first"] and summary["eval_loss_after"] < summary["eval_loss_before"]
     assert train.name != tiny.artifacts["train"].name  # two processes is another computation
+
+
+def test_fsdp_launch_options_are_what_accelerate_turns_into_fsdp_qlora_settings() -> None:
+    # FSDP itself needs GPUs (Accelerate refuses CPU); this checks the options with Accelerate's own
+    # parser and environment builder, as `accelerate launch` hands them to each process.
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_multi_gpu_env
+
+    from runner.stages.launch import sharing_arguments
+
+    args = launch_command_parser().parse_args([*sharing_arguments("fsdp"), "--num_processes", "2", "--num_machines",
+                                               "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                                               "-m", "runner.stages.worker", "launch.json"])
+    env = prepare_multi_gpu_env(_validate_launch_command(args)[0])
+    assert {k: env[k] for k in ("ACCELERATE_USE_FSDP", "FSDP_SHARDING_STRATEGY", "FSDP_AUTO_WRAP_POLICY",
+                                "FSDP_USE_ORIG_PARAMS", "FSDP_CPU_RAM_EFFICIENT_LOADING", "FSDP_STATE_DICT_TYPE")} == {
+        "ACCELERATE_USE_FSDP": "true", "FSDP_SHARDING_STRATEGY": "FULL_SHARD",
+        "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP", "FSDP_USE_ORIG_PARAMS": "false",
+        "FSDP_CPU_RAM_EFFICIENT_LOADING": "true", "FSDP_STATE_DICT_TYPE": "FULL_STATE_DICT"}
+    assert "FSDP_TRANSFORMER_CLS_TO_WRAP" not in env  # the model's own _no_split_modules decide the units
+    assert sharing_arguments("ddp") == ["--multi_gpu"]
+
+
+def test_fsdp_asked_on_cpu_trains_with_ddp_and_says_why(tiny: Tiny, tmp_path: Path) -> None:
+    spec = tmp_path / "fsdp.yaml"
+    spec.write_text(tiny.spec.read_text().replace("seed: 7", "seed: 7\nhardware: {processes: 2, distributed: fsdp}"))
+    plan = runner("plan", str(spec), "--store", str(tmp_path / "store"))
+    assert plan.returncode == 0, plan.stderr
+    assert "hardware.distributed fsdp: Accelerate's FSDP needs GPUs, not cpu: falling back to DDP" in plan.stdout
+    strict = tmp_path / "strict.yaml"
+    strict.write_text(spec.read_text().replace("distributed: fsdp}", "distributed: fsdp, on_unsupported: error}"))
+    refused = runner("plan", str(strict), "--store", str(tmp_path / "store"))
+    assert refused.returncode == 3 and "set hardware.distributed: ddp" in refused.stderr

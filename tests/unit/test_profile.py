@@ -87,3 +87,21 @@ def test_processes_asked_for_on_cpu_and_too_many_on_gpu(tmp_path: Path) -> None:
     assert p.processes == 1 and any("falling back to 1 processes" in r for r in p.reasons)
     with pytest.raises(ProfileError, match="multiple of the 3 processes"):
         resolve_profile(spec(tmp_path, "hardware: {processes: 3}\n"), CPU)
+
+
+def test_how_several_processes_share_training(tmp_path: Path) -> None:
+    two = Probe(gpus=RTX3090.gpus * 2, torch=CUDA_TORCH, bitsandbytes=BNB)
+    auto = resolve_profile(spec(tmp_path), two)
+    assert auto.distributed == "auto" and any("or FSDP if the model does not fit one" in r for r in auto.reasons)
+    assert resolve_profile(spec(tmp_path, "hardware: {distributed: fsdp}\n"), two).distributed == "fsdp"
+    assert resolve_profile(spec(tmp_path, "hardware: {distributed: ddp}\n"), two).distributed == "ddp"
+    # One process has nothing to share, and the key stays what it was before the field existed.
+    one = resolve_profile(spec(tmp_path, "hardware: {distributed: fsdp}\n"), A100)
+    assert one.distributed == "none" and "distributed" not in one.key_fields()
+    assert auto.key_fields()["distributed"] == "auto"
+    # Accelerate's FSDP has no CPU backend: the spec's policy decides.
+    cpu = resolve_profile(spec(tmp_path, "hardware: {processes: 2, distributed: fsdp}\n"), CPU)
+    assert cpu.distributed == "ddp" and any("FSDP needs GPUs, not cpu: falling back to DDP" in r for r in cpu.reasons)
+    with pytest.raises(ProfileError, match="set hardware.distributed: ddp, or set hardware.on_unsupported: fallback"):
+        resolve_profile(spec(tmp_path, "hardware: {processes: 2, distributed: fsdp, on_unsupported: error}\n"), CPU)
+    assert resolve_profile(spec(tmp_path, "hardware: {processes: 2}\n"), CPU).distributed == "ddp"
