@@ -10,6 +10,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
+from typing import Any
 
 from runner.errors import RunnerError
 from runner.stages import STAGE_NAMES
@@ -82,7 +83,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     planned = api.plan(args.spec, args.store, args.force, args.verify)
     profile = planned.profile
     print(f"profile: {profile.device} {profile.dtype}, quantization {profile.quantization}, "
-          f"micro-batch {profile.micro_batch_size} x {profile.gradient_accumulation}")
+          f"micro-batch {profile.micro_batch_size} x {profile.gradient_accumulation}{_sharing(profile)}")
     for reason in profile.reasons:
         print(f"  - {reason}")
     print("\n".join(planned.lines))
@@ -128,7 +129,15 @@ def cmd_profile(args: argparse.Namespace) -> int:
         return 0
     profile = resolve_profile(load_spec(spec_path), probe)
     print(f"profile for {spec_path}: {profile.device} {profile.dtype}, quantization {profile.quantization}, "
-          f"optimizer {profile.optimizer}, micro-batch {profile.micro_batch_size} x {profile.gradient_accumulation}")
+          f"optimizer {profile.optimizer}, micro-batch {profile.micro_batch_size} x {profile.gradient_accumulation}"
+          f"{_sharing(profile)}")
     for reason in profile.reasons:
         print(f"  - {reason}")
     return 0
+
+
+def _sharing(profile: Any) -> str:
+    if profile.processes == 1:
+        return ""
+    how = "DDP or FSDP by memory" if profile.distributed == "auto" else profile.distributed.upper()
+    return f" x {profile.processes} processes ({how})"
