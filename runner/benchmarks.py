@@ -169,10 +169,11 @@ def extract_choice(text: str, choices: tuple[str, ...]) -> int | None:
     """
     if all(len(c) == 1 and c.isupper() for c in choices):
         letters = "".join(choices)
-        for pattern in (rf"answer(?:\s+is)?\s*[:\-]?\s*\(?([{letters}])(?![A-Za-z])",
+        # "answer" in any case; the letter itself as written (after "Answer:", "b" is B; in prose "a" is a word).
+        for pattern in (rf"(?i:answer)(?:\s+(?i:is))?\s*[:\-]?\s*\(?([{letters}{letters.lower()}])(?![A-Za-z])",
                         rf"^\W*\(?([{letters}])(?![A-Za-z])"):
-            match = re.search(pattern, text, flags=re.IGNORECASE if pattern.startswith("answer") else 0)
-            if match and match.group(1).upper() in choices:
+            match = re.search(pattern, text)
+            if match and (match.group(1).isupper() or ":" in match.group(0)):
                 return choices.index(match.group(1).upper())
         alone = set(re.findall(rf"(?<![A-Za-z])([{letters}])(?![A-Za-z])", text))
         return choices.index(alone.pop()) if len(alone) == 1 else None

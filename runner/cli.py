@@ -139,5 +139,4 @@ def cmd_profile(args: argparse.Namespace) -> int:
 def _sharing(profile: Any) -> str:
     if profile.processes == 1:
         return ""
-    how = "DDP or FSDP by memory" if profile.distributed == "auto" else profile.distributed.upper()
-    return f" x {profile.processes} processes ({how})"
+    return f" x {profile.processes} processes ({profile.distributed.upper()})"

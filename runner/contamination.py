@@ -97,7 +97,11 @@ def before_training(spec: Spec, log: Callable[[str], None]) -> dict[str, Any]:
     if not check.check or not spec.eval.benchmarks:
         return {}
     train_path = spec.resolve(spec.data.train.path) if spec.data.train.path is not None else None
-    train = training_texts(spec, train_path)
+    try:
+        train = training_texts(spec, train_path)
+    except Exception as exc:  # the Hub unreachable for a Hub training source
+        raise DataError(f"contamination check: cannot read the training data ({type(exc).__name__}: {exc}); "
+                        f"fix data.train or set eval.contamination.check: false") from exc
     found: dict[str, Any] = {}
     for bench in spec.eval.benchmarks:
         try:

@@ -81,6 +81,7 @@ class Estimate:
     lora: int
     activations: int
     logits: int
+    load: int = 0  # FSDP: the whole model, which each process holds while loading, before sharding
 
     @property
     def total(self) -> int:
@@ -102,9 +103,12 @@ def estimate(shape: Shape, s: Setup) -> Estimate:
     lora_params = shape.layers * sum(s.lora_r * (i + o) for i, o in targeted.values())
     optimizer_bytes = 2 if s.eight_bit_optimizer else 8
     lora = lora_params * (4 + 4 + optimizer_bytes)  # weights, grads, two moments
+    load = 0
     if s.shards > 1:
         # FULL_SHARD keeps 1/n of everything per GPU, and gathers one decoder layer at a time (plus
-        # the next one, prefetched) in full for its forward and backward.
+        # the next one, prefetched) in full for its forward and backward. transformers 5 loads a
+        # 4-bit model whole in every process first: that is a peak of its own.
+        load = int(weights)
         weights = weights / s.shards + 2 * weights / shape.layers
         lora = lora / s.shards
     tokens = s.micro_batch * s.seq_len
@@ -129,7 +133,7 @@ def estimate(shape: Shape, s: Setup) -> Estimate:
     if quantized:  # one dequantized weight at a time, in the compute dtype, forward and backward
         activations += 2 * max(i * o for i, o in shape.linears().values()) * act
     logits = tokens * shape.vocab * (act + 4 + 4)  # scores, fp32 copy for the loss, its gradient
-    return Estimate(weights=int(weights), lora=int(lora), activations=int(activations), logits=int(logits))
+    return Estimate(weights=int(weights), lora=int(lora), activations=int(activations), logits=int(logits), load=load)
 
 
 @dataclass(frozen=True)
@@ -161,7 +165,7 @@ def fit(shape: Shape, setup: Setup, batch_size: int, budget: int, may_checkpoint
         notes.append(f"micro-batch {micro} x {batch_size // micro} accumulation: saves {(current.total - smaller.total) / GIB:.2f} GiB")
         current = smaller
     return Fit(setup.micro_batch, batch_size // setup.micro_batch, setup.checkpointing, current, tuple(notes),
-               current.total <= budget)
+               current.total <= budget and current.load <= budget)
 
 
 def halve(micro: int, batch_size: int) -> int:
@@ -190,17 +194,3 @@ def fit_profile(spec: Any, profile: Any, config: dict[str, Any], seq_len: int) -
                may_checkpoint=spec.train.gradient_checkpointing == "auto",
                may_shrink=spec.train.micro_batch_size == "auto")
 
-
-def choose_distributed(spec: Any, profile: Any, config: dict[str, Any], seq_len: int) -> tuple[str, str | None]:
-    """With `hardware.distributed: auto` on several GPUs: DDP when the model fits each GPU, FSDP when
-    only its shards do. Returns the choice and, when it is FSDP, why."""
-    if profile.distributed != "auto":
-        return profile.distributed, None
-    whole = fit_profile(spec, replace(profile, distributed="ddp"), config, seq_len)
-    if whole.fits:
-        return "ddp", None
-    sharded = fit_profile(spec, replace(profile, distributed="fsdp"), config, seq_len)
-    if not sharded.fits:
-        return "ddp", None  # neither fits: the fit's own error says so, with DDP's numbers
-    return "fsdp", (f"FSDP over the {profile.processes} GPUs: DDP needs {whole.estimate.total / GIB:.1f} GiB on each, "
-                    f"more than 80% of {profile.memory_mib / 1024:.0f} GiB; sharded, {sharded.estimate.total / GIB:.1f} GiB")

@@ -56,7 +56,7 @@ class Profile:
     attn_implementation: str
     memory_mib: int = 0  # what the device has: the GPU's total, or the machine's RAM
     processes: int = 1  # data-parallel training processes (accelerate launch when above 1)
-    distributed: Literal["none", "ddp", "fsdp", "auto"] = "none"  # how processes share training; auto: by memory at train time
+    distributed: Literal["none", "ddp", "fsdp"] = "none"  # how the processes share training
     reasons: tuple[str, ...] = field(default=())
 
     def key_fields(self) -> dict[str, str]:
@@ -237,8 +237,7 @@ def _processes(spec: Spec, probe: Probe, device: Device, d: _Decisions) -> int:
     return n
 
 
-def _distributed(spec: Spec, device: Device, processes: int,
-                 d: _Decisions) -> Literal["none", "ddp", "fsdp", "auto"]:
+def _distributed(spec: Spec, device: Device, processes: int, d: _Decisions) -> Literal["none", "ddp", "fsdp"]:
     wanted = spec.hardware.distributed
     if processes == 1:
         if wanted == "fsdp":
@@ -248,12 +247,9 @@ def _distributed(spec: Spec, device: Device, processes: int,
         d.cannot(f"hardware.distributed fsdp: Accelerate's FSDP needs GPUs, not {device}",
                  "set hardware.distributed: ddp", "DDP")
         return "ddp"
-    if wanted == "auto" and device == "cuda":
-        d.note(f"DDP over the {processes} GPUs, or FSDP if the model does not fit one (by the memory estimate, "
-               "at train time, once the model's size is known)")
-        return "auto"
     if wanted == "auto":
-        d.note(f"DDP over the {processes} processes")
+        d.note(f"DDP over the {processes} processes" + (" (hardware.distributed: fsdp shards the model instead)"
+                                                        if device == "cuda" else ""))
         return "ddp"
     d.note(f"{wanted.upper()} over the {processes} processes: asked for by the spec")
     return wanted

@@ -36,7 +36,8 @@ def spec_slice(spec: Spec) -> dict[str, Any]:
         "eval": {"benchmarks": benchmarks, "compare_base": ev.compare_base, "chat_template": ev.chat_template},
         "model": {"quantization": spec.model.quantization, "double_quant": spec.model.double_quant}}
     if ev.generative.enabled:  # left out when off: keys of specs without it stay as they were
-        out["eval"]["generative"] = vars(ev.generative)
+        # Batched greedy decoding pads each batch its own way: a rounding-level change can change a text.
+        out["eval"]["generative"] = vars(ev.generative) | {"batch_size": ev.batch_size}
     if ev.contamination.check:  # what the check reads of the training data
         d = spec.data
         out["eval"]["contamination"] = {"similarity": ev.contamination.similarity, "format": d.format,

@@ -52,8 +52,9 @@ def sharing_arguments(distributed: str) -> list[str]:
         return ["--multi_gpu"]
     # FSDP-QLoRA as PEFT and bitsandbytes document it: every decoder layer (the model's own
     # _no_split_modules) its own unit, fully sharded; flat parameters (use_orig_params false: the
-    # Trainer wraps the LoRA layers apart, so each unit is all-trainable or all-frozen); rank 0 loads
-    # the weights and sends them (no process holds a second copy); the full adapter gathered to save.
+    # Trainer wraps the LoRA layers apart, so each unit is all-trainable or all-frozen); module
+    # states synchronised from rank 0; the full adapter gathered to save. (transformers 5 still loads
+    # a 4-bit model whole in every process before FSDP shards it: the memory estimate counts that.)
     return ["--use_fsdp", "--fsdp_version", "1", "--fsdp_sharding_strategy", "FULL_SHARD",
             "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP", "--fsdp_backward_prefetch", "BACKWARD_PRE",
             "--fsdp_state_dict_type", "FULL_STATE_DICT", "--fsdp_use_orig_params", "false",

@@ -48,8 +48,9 @@ def load_tokenizer(model_dir: Path) -> Any:
     return tok
 
 
-def load_base(model_dir: Path, spec: Spec, profile: Profile, quantized: bool = True) -> Any:
-    """The base model on the profile's device, 4-bit when the profile says so (and `quantized`)."""
+def load_base(model_dir: Path, spec: Spec, profile: Profile, quantized: bool = True, sharded: bool = False) -> Any:
+    """The base model on the profile's device, 4-bit when the profile says so (and `quantized`).
+    `sharded`: for an FSDP training process, which places (and shards) the weights itself."""
     quiet_bitsandbytes()
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
@@ -63,9 +64,8 @@ def load_base(model_dir: Path, spec: Spec, profile: Profile, quantized: bool = T
             load_in_4bit=True, bnb_4bit_quant_type=profile.quantization,
             bnb_4bit_use_double_quant=spec.model.double_quant, bnb_4bit_compute_dtype=dtype,
             bnb_4bit_quant_storage=dtype)
-    if profile.device == "cuda" and profile.distributed != "fsdp":
-        # Under FSDP, Accelerate places the shards (rank 0 loads, the others receive: cpu_ram_efficient_loading).
-        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    if profile.device == "cuda" and not sharded:
+        kwargs["device_map"] = {"": torch.cuda.current_device()}  # a launched process: its own GPU (worker.py)
     model = AutoModelForCausalLM.from_pretrained(weights_path(model_dir), **kwargs)
     if profile.device == "mps":
         model.to("mps")

@@ -152,7 +152,7 @@ def score(model: Any, requests: Sequence[Request], batch_size: int, pad_id: int,
     # A question whose choices need rows of their own (they differ from their first token on) runs its
     # prompt once and the choices as branches off its key/value cache: the same numbers to float
     # rounding, a fraction of the work. Not when the harness would left-truncate (its windows differ).
-    shared = _shared_prompts(requests, rows, max_length) if _accepts(model, "past_key_values") else {}
+    shared = _shared_prompts(requests, rows, max_length) if _can_branch(model) else {}
     results = [0.0] * len(requests)
     with torch.inference_mode():
         plain = [row for row in rows if requests[row.wanted[0][0]].item not in shared]
@@ -266,6 +266,22 @@ def _score_branches(model: Any, requests: Sequence[Request], groups: list[list[i
     for k, (i, _, _) in enumerate(spans):
         parts = [first[k : k + 1]] + ([later[i]] if i in later else [])
         results[i] = float(torch.cat(parts).sum().cpu())  # summed in the logits' dtype, as the harness
+
+
+def _can_branch(model: Any) -> bool:
+    """Branches need a cache, explicit positions and full attention everywhere: a sliding window
+    (Mistral v0.1, Phi-3, Gemma 3) would see more of the prompt through a custom mask than the full
+    pass does, and its cache keeps only the window."""
+    if not (_accepts(model, "past_key_values") and _accepts(model, "position_ids")):
+        return False
+    config = getattr(model, "config", None)
+    config = getattr(config, "text_config", None) or config
+    if getattr(config, "attention_chunk_size", None):
+        return False
+    kinds = getattr(config, "layer_types", None)
+    if kinds:  # transformers 5 names each layer's attention (Qwen2 has a sliding_window it does not use)
+        return all(kind == "full_attention" for kind in kinds)
+    return not getattr(config, "sliding_window", None)
 
 
 def _accepts(model: Any, argument: str) -> bool:

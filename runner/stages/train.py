@@ -43,22 +43,9 @@ def run(ctx: StageContext) -> None:
     if ctx.profile.processes > 1:
         from runner.stages.launch import launch
 
-        launch(_with_distributed(ctx))  # every process runs train_here; rank 0 writes the artifact
+        launch(ctx)  # every process runs train_here; rank 0 writes the artifact
     else:
         train_here(ctx)
-
-
-def _with_distributed(ctx: StageContext) -> StageContext:
-    """The context with `auto` settled to DDP or FSDP by the memory estimate, now the model is known."""
-    from runner.memory import choose_distributed
-    from runner.stages.loading import weights_path
-
-    config = json.loads((Path(weights_path(ctx.upstream["model"])) / "config.json").read_text("utf-8"))
-    stats = json.loads((ctx.upstream["data"] / "stats.json").read_text("utf-8"))
-    choice, why = choose_distributed(ctx.spec, ctx.profile, config, stats["train_tokens"]["max"])
-    if why:
-        ctx.log(f"train: {why}")
-    return replace(ctx, profile=replace(ctx.profile, distributed=choice))
 
 
 def train_here(ctx: StageContext) -> None:
@@ -78,8 +65,9 @@ def train_here(ctx: StageContext) -> None:
     config = json.loads((Path(weights_path(ctx.upstream["model"])) / "config.json").read_text("utf-8"))
     stats = json.loads((ctx.upstream["data"] / "stats.json").read_text("utf-8"))
     profile = fit_memory(ctx, config, stats["train_tokens"]["max"])
-    model = _lora_model(load_base(ctx.upstream["model"], spec, profile), spec, profile.gradient_checkpointing,
-                        sharded=profile.distributed == "fsdp")
+    sharded = profile.distributed == "fsdp"
+    model = _lora_model(load_base(ctx.upstream["model"], spec, profile, sharded=sharded), spec,
+                        profile.gradient_checkpointing, sharded=sharded)
     trainable, total = model.get_nb_trainable_parameters()
     ctx.log(f"train: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
     # The log lives in the work folder, which outlives a killed attempt, and is copied out at the end.
@@ -101,7 +89,7 @@ def train_here(ctx: StageContext) -> None:
 
     per_process = spec.train.batch_size // profile.processes
     result, before, after = train_with_retries(make_trainer, profile.micro_batch_size, per_process,
-                                               ctx.work / "checkpoints", ctx.log)
+                                               ctx.work / "checkpoints", ctx.log, sharded=profile.distributed == "fsdp")
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
@@ -140,6 +128,10 @@ def fit_memory(ctx: StageContext, config: dict[str, Any], seq_len: int) -> Profi
     ctx.log(f"train: memory estimate {fitted.estimate.describe()}, budget {budget:.1f} GiB (80% of {profile.device})")
     for note in fitted.notes:
         ctx.log(f"train: to fit memory, {note}")
+    if fitted.estimate.load > profile.memory_mib * 2**20 * 0.8:
+        raise ProfileError(f"train: FSDP shards the model only after each process has loaded all of it "
+                           f"({fitted.estimate.load / GIB:.1f} GiB), more than {budget:.1f} GiB of one GPU: use GPUs "
+                           "with more memory or a smaller model")
     if not fitted.fits:
         raise ProfileError(f"train: needs about {fitted.estimate.total / GIB:.1f} GiB even at micro-batch "
                            f"{fitted.micro_batch} with checkpointing {'on' if fitted.checkpointing else 'off'}, "
@@ -150,9 +142,13 @@ def fit_memory(ctx: StageContext, config: dict[str, Any], seq_len: int) -> Profi
 
 
 def train_with_retries(make_trainer: Callable[[int, int], Any], micro: int, batch_size: int, checkpoints: Path,
-                       log: Callable[[str], None]) -> tuple[Any, float | None, float | None]:
+                       log: Callable[[str], None], sharded: bool = False) -> tuple[Any, float | None, float | None]:
     """Train; on a CUDA out-of-memory error halve the micro-batch, double accumulation (the effective
-    batch stays), and resume from the last checkpoint. Gives up once the micro-batch is 1."""
+    batch stays), and resume from the last checkpoint. Gives up once the micro-batch is 1.
+
+    `sharded` (FSDP): the Trainer must wrap the model before anything runs it, so the loss before
+    training comes from its own first evaluation (eval_on_start), and an out-of-memory error ends
+    the run (the model's layers are wrapped in place; a second Trainer cannot wrap them again)."""
     import gc
 
     import torch
@@ -163,14 +159,19 @@ def train_with_retries(make_trainer: Callable[[int, int], Any], micro: int, batc
     before = None
     while True:
         trainer = make_trainer(micro, batch_size // micro)
-        if before is None and trainer.eval_dataset is not None:
+        if before is None and trainer.eval_dataset is not None and not sharded:
             before = trainer.evaluate()["eval_loss"]
         try:
             with signals.graceful():  # Ctrl-C / SIGTERM: checkpoint at the end of the step, then stop
                 result = trainer.train(resume_from_checkpoint=_last_checkpoint(checkpoints))
             after = trainer.evaluate()["eval_loss"] if trainer.eval_dataset is not None else None
+            if sharded:
+                before = next((h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h), None)
             return result, before, after
         except torch.OutOfMemoryError:
+            if sharded:
+                raise StageError("train: out of memory under FSDP: lower train.micro_batch_size or data.max_length, "
+                                 "or turn on train.gradient_checkpointing") from None
             if micro == 1:
                 raise StageError("train: out of memory even at micro-batch 1: lower data.max_length, turn on "
                                  "train.gradient_checkpointing, or use a bigger device") from None
@@ -194,7 +195,8 @@ def _trainer(model: Any, spec: Spec, profile: Profile, work: Path, train_rows: A
 
     from runner.stages.training import MetricsLog, PadCollator, QuietProgress, StopOnSignal
 
-    trainer = Trainer(model=model, args=training_args(spec, profile, work / "checkpoints"),
+    sharded_eval = profile.distributed == "fsdp" and len(val_rows) > 0  # see train_with_retries
+    trainer = Trainer(model=model, args=training_args(spec, profile, work / "checkpoints", eval_on_start=sharded_eval),
                       train_dataset=train_rows, eval_dataset=val_rows if len(val_rows) else None,
                       data_collator=PadCollator(pad_id), callbacks=[MetricsLog(metrics, profile.device), StopOnSignal()])
     trainer.remove_callback(ProgressCallback)
@@ -229,7 +231,7 @@ def _lora_model(model: Any, spec: Spec, checkpointing: bool, sharded: bool = Fal
     return get_peft_model(model, config)
 
 
-def training_args(spec: Spec, profile: Profile, output_dir: Path) -> Any:
+def training_args(spec: Spec, profile: Profile, output_dir: Path, eval_on_start: bool = False) -> Any:
     from transformers import TrainingArguments
 
     t = spec.train
@@ -247,6 +249,7 @@ def training_args(spec: Spec, profile: Profile, output_dir: Path) -> Any:
         # Not train_sampling_strategy="group_by_length": its order is not seeded per epoch, so a run
         # resumed mid-epoch would see other batches than an uninterrupted one (the crash tests caught it).
         report_to="none", remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=False,
+        eval_on_start=eval_on_start,
     )
 
 

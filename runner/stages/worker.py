@@ -9,4 +9,10 @@ from runner.stages import train
 from runner.stages.launch import context_from
 
 if __name__ == "__main__":
+    import os
+
+    import torch
+
+    if torch.cuda.is_available():  # before any model loads: each process on its own GPU, not all on GPU 0
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     train.train_here(context_from(Path(sys.argv[1])))

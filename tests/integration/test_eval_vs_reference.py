@@ -120,3 +120,18 @@ def test_predictions_equal_lm_evaluation_harness(plain_model: tuple[Any, Any], t
         ours = bench.run_runner(model, tok, fmt, path, limit=8, batch_size=4)
         assert ours["preds"] == harness["preds"], fmt
         assert [x for q in ours["lls"] for x in q] == pytest.approx([x for q in harness["lls"] for x in q], abs=1e-4)
+
+
+def test_branches_only_where_every_layer_attends_to_the_whole_prompt() -> None:
+    from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM, MistralConfig,
+                              MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM)
+
+    from runner.stages.scoring import _can_branch
+
+    small = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+             "num_key_value_heads": 1, "vocab_size": 64}
+    assert _can_branch(LlamaForCausalLM(LlamaConfig(**small)))
+    assert _can_branch(Qwen2ForCausalLM(Qwen2Config(**small)))  # a sliding_window field, all layers full
+    assert _can_branch(MistralForCausalLM(MistralConfig(**small, sliding_window=None)))
+    assert not _can_branch(MistralForCausalLM(MistralConfig(**small, sliding_window=8)))
+    assert not _can_branch(Gemma3ForCausalLM(Gemma3TextConfig(**small, head_dim=8)))  # sliding layers

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
-from typing import Any
 
-from runner.memory import GIB, Setup, Shape, choose_distributed, estimate, fit, fit_profile
-from runner.profile import Gpu, Probe, resolve_profile
-from runner.spec import parse_spec
+from runner.memory import GIB, Setup, Shape, estimate, fit
 
 LLAMA_32_3B = Shape.from_config({"vocab_size": 128256, "hidden_size": 3072, "num_hidden_layers": 28,
                                  "intermediate_size": 8192, "num_attention_heads": 24, "num_key_value_heads": 8,
@@ -64,29 +60,17 @@ LLAMA_31_70B = {"vocab_size": 128256, "hidden_size": 8192, "num_hidden_layers": 
                 "num_attention_heads": 64, "num_key_value_heads": 8}
 
 
-def _two_gpus(tmp_path: Path, mib: int, extra: str = "") -> tuple[Any, Any]:
-    (tmp_path / "t.jsonl").write_text("{}\n")
-    spec = parse_spec("model: {source: init}\ndata: {train: {path: t.jsonl}}\n" + extra, base_dir=tmp_path)
-    gpus = (Gpu("GPU", (8, 6), mib, mib),) * 2
-    return spec, resolve_profile(spec, Probe(gpus=gpus, torch="2.13.0", bitsandbytes="0.50.2"))
-
-
 def test_fsdp_shards_weights_and_lora_state_but_not_activations() -> None:
     whole, halves = estimate(LLAMA_31_8B, QLORA), estimate(LLAMA_31_8B, replace(QLORA, shards=2))
     layer = whole.weights / LLAMA_31_8B.layers
     assert halves.weights == int(whole.weights / 2 + 2 * layer)  # plus the gathered layer and the next
     assert halves.lora == int(whole.lora / 2) and halves.activations == whole.activations
+    assert halves.load == whole.weights and whole.load == 0  # each process loads it whole first
 
 
-def test_auto_takes_fsdp_only_when_one_gpu_cannot_hold_the_model(tmp_path: Path) -> None:
-    spec, profile = _two_gpus(tmp_path, 40960)  # two A100 40GB
-    assert choose_distributed(spec, profile, {"vocab_size": 128256, "hidden_size": 3072, "num_hidden_layers": 28,
-                                              "intermediate_size": 8192, "num_attention_heads": 24,
-                                              "num_key_value_heads": 8}, 512) == ("ddp", None)
-    choice, why = choose_distributed(spec, profile, LLAMA_31_70B, 512)  # ~37 GiB of 4-bit weights
-    assert choice == "fsdp" and why is not None and why.startswith("FSDP over the 2 GPUs: DDP needs ")
-    assert fit_profile(spec, replace(profile, distributed="fsdp"), LLAMA_31_70B, 512).fits
-    assert not fit_profile(spec, replace(profile, distributed="ddp"), LLAMA_31_70B, 512).fits
-    # What the spec names is kept, fitting or not.
-    spec, profile = _two_gpus(tmp_path, 40960, "hardware: {distributed: ddp}\n")
-    assert choose_distributed(spec, profile, LLAMA_31_70B, 512) == ("ddp", None)
+def test_fsdp_fits_only_when_one_gpu_can_load_the_whole_model() -> None:
+    shape = Shape.from_config(LLAMA_31_70B)  # about 37 GiB of 4-bit weights
+    sharded = replace(QLORA, shards=2, micro_batch=1, seq_len=512, checkpointing=True)
+    assert fit(shape, sharded, 1, int(0.8 * 80 * GIB)).fits  # two 80 GB GPUs
+    tight = fit(shape, sharded, 1, int(0.8 * 40 * GIB))  # two 40 GB GPUs: shards fit, loading does not
+    assert tight.estimate.total <= 0.8 * 40 * GIB < tight.estimate.load and not tight.fits

@@ -92,13 +92,13 @@ def test_processes_asked_for_on_cpu_and_too_many_on_gpu(tmp_path: Path) -> None:
 def test_how_several_processes_share_training(tmp_path: Path) -> None:
     two = Probe(gpus=RTX3090.gpus * 2, torch=CUDA_TORCH, bitsandbytes=BNB)
     auto = resolve_profile(spec(tmp_path), two)
-    assert auto.distributed == "auto" and any("or FSDP if the model does not fit one" in r for r in auto.reasons)
+    assert auto.distributed == "ddp" and any("hardware.distributed: fsdp shards the model instead" in r for r in auto.reasons)
     assert resolve_profile(spec(tmp_path, "hardware: {distributed: fsdp}\n"), two).distributed == "fsdp"
     assert resolve_profile(spec(tmp_path, "hardware: {distributed: ddp}\n"), two).distributed == "ddp"
     # One process has nothing to share, and the key stays what it was before the field existed.
     one = resolve_profile(spec(tmp_path, "hardware: {distributed: fsdp}\n"), A100)
     assert one.distributed == "none" and "distributed" not in one.key_fields()
-    assert auto.key_fields()["distributed"] == "auto"
+    assert auto.key_fields()["distributed"] == "ddp"
     # Accelerate's FSDP has no CPU backend: the spec's policy decides.
     cpu = resolve_profile(spec(tmp_path, "hardware: {processes: 2, distributed: fsdp}\n"), CPU)
     assert cpu.distributed == "ddp" and any("FSDP needs GPUs, not cpu: falling back to DDP" in r for r in cpu.reasons)
