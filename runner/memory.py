@@ -89,7 +89,8 @@ class Estimate:
 
     def describe(self) -> str:
         parts = ", ".join(f"{name} {getattr(self, name) / GIB:.2f}" for name in ("weights", "lora", "activations", "logits"))
-        return f"{self.total / GIB:.2f} GiB ({parts})"
+        load = f"; {self.load / GIB:.2f} GiB while loading, before FSDP shards it" if self.load else ""
+        return f"{self.total / GIB:.2f} GiB ({parts}){load}"
 
 
 def estimate(shape: Shape, s: Setup) -> Estimate:
@@ -193,4 +194,3 @@ def fit_profile(spec: Any, profile: Any, config: dict[str, Any], seq_len: int) -
     return fit(Shape.from_config(config), setup, per_process, budget,
                may_checkpoint=spec.train.gradient_checkpointing == "auto",
                may_shrink=spec.train.micro_batch_size == "auto")
-

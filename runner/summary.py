@@ -43,9 +43,10 @@ def summary_lines(outcomes: Sequence[Outcome], record_path: Path, seconds: float
         if "generative" in r:
             g = r["generative"]
             gbase = f"base {100 * g['base']['acc']:.1f}% -> " if "base" in g else ""
-            unreadable = ", ".join(f"{label} {g[label]['unreadable']}" for label in ("base", "tuned") if label in g)
+            unreadable = ", ".join(f"{shown} {g[label]['unreadable']}"
+                                   for label, shown in (("base", "base"), ("tuned", "fine-tuned")) if label in g)
             lines.append(f"  {bench} (generated answers): {gbase}fine-tuned {100 * g['tuned']['acc']:.1f}% "
-                         f"(no answer letter: {unreadable.replace('tuned', 'fine-tuned')} of {g['tuned']['n']})")
+                         f"(no answer letter: {unreadable} of {g['tuned']['n']})")
     for o in outcomes:
         if o.path is not None:
             lines.append(f"  {o.stage:<7} {o.path}")

@@ -154,17 +154,19 @@ def score(model: Any, requests: Sequence[Request], batch_size: int, pad_id: int,
     # rounding, a fraction of the work. Not when the harness would left-truncate (its windows differ).
     shared = _shared_prompts(requests, rows, max_length) if _can_branch(model) else {}
     results = [0.0] * len(requests)
+    keep = _accepts(model, "logits_to_keep")  # most causal LMs in transformers 5 can
     with torch.inference_mode():
         plain = [row for row in rows if requests[row.wanted[0][0]].item not in shared]
         for start in range(0, len(plain), batch_size):
-            _score_rows(model, requests, plain[start : start + batch_size], pad_id, results)
+            _score_rows(model, requests, plain[start : start + batch_size], pad_id, keep, results)
         groups = sorted(shared.values(), key=lambda g: (-len(requests[g[0]].context), g[0]))
         for start in range(0, len(groups), batch_size):
-            _score_branches(model, requests, groups[start : start + batch_size], pad_id, results)
+            _score_branches(model, requests, groups[start : start + batch_size], pad_id, keep, results)
     return results
 
 
-def _score_rows(model: Any, requests: Sequence[Request], batch: list[Row], pad_id: int, results: list[float]) -> None:
+def _score_rows(model: Any, requests: Sequence[Request], batch: list[Row], pad_id: int, keep: bool,
+                results: list[float]) -> None:
     import torch
 
     device = next(model.parameters()).device
@@ -175,7 +177,7 @@ def _score_rows(model: Any, requests: Sequence[Request], batch: list[Row], pad_i
     # (row, position, token) of every scored token, request by request.
     picks = [(b, first + k, t) for b, row in enumerate(batch) for index, first in row.wanted
              for k, t in enumerate(requests[index].continuation)]
-    kwargs, picks = _keep_only([pos for _, pos, _ in picks], picks, model, device)
+    kwargs, picks = _keep_only([pos for _, pos, _ in picks], picks, keep, device)
     # No attention mask, as the harness: right padding sits after every scored position.
     logits = model(input_ids=ids.to(device), **kwargs).logits  # (B, K, V), K: kept positions
     logprobs = torch.log_softmax(logits, dim=-1)  # in the logits' dtype, as the harness
@@ -189,12 +191,12 @@ def _score_rows(model: Any, requests: Sequence[Request], batch: list[Row], pad_i
             at += n
 
 
-def _keep_only(positions: list[int], picks: list[tuple[int, int, int]], model: Any,
+def _keep_only(positions: list[int], picks: list[tuple[int, int, int]], keep: bool,
                device: Any) -> tuple[dict[str, Any], list[tuple[int, int, int]]]:
     """The output head at the scored positions only (the same ones for every row), when the model can."""
     import torch
 
-    if not _accepts(model, "logits_to_keep"):  # most causal LMs in transformers 5 can
+    if not keep:
         return {}, picks
     needed = sorted(set(positions))
     column = {pos: k for k, pos in enumerate(needed)}
@@ -214,7 +216,7 @@ def _shared_prompts(requests: Sequence[Request], rows: Sequence[Row], max_length
             and all(len(requests[i].context) + len(requests[i].continuation) - 1 <= max_length for i in indices)}
 
 
-def _score_branches(model: Any, requests: Sequence[Request], groups: list[list[int]], pad_id: int,
+def _score_branches(model: Any, requests: Sequence[Request], groups: list[list[int]], pad_id: int, keep: bool,
                     results: list[float]) -> None:
     """Each group's prompt in one pass (its cache kept), then every choice's later tokens in a second
     pass over that cache: position ids continue from the prompt's end, and a mask lets each branch
@@ -229,7 +231,7 @@ def _score_branches(model: Any, requests: Sequence[Request], groups: list[list[i
         ids[b, : lengths[b]] = torch.tensor(requests[g[0]].context)
     # The first token of every choice is scored at the prompt's last position.
     firsts = [(b, lengths[b] - 1, requests[i].continuation[0]) for b, g in enumerate(groups) for i in g]
-    kwargs, picks = _keep_only([pos for _, pos, _ in firsts], firsts, model, device)
+    kwargs, picks = _keep_only([pos for _, pos, _ in firsts], firsts, keep, device)
     out = model(input_ids=ids.to(device), use_cache=True, **kwargs)
     logprobs = torch.log_softmax(out.logits, dim=-1)  # (B, K, V)
     index = torch.tensor(picks, device=device).T

@@ -89,12 +89,12 @@ def train_here(ctx: StageContext) -> None:
 
     per_process = spec.train.batch_size // profile.processes
     result, before, after = train_with_retries(make_trainer, profile.micro_batch_size, per_process,
-                                               ctx.work / "checkpoints", ctx.log, sharded=profile.distributed == "fsdp")
+                                               ctx.work / "checkpoints", ctx.log, sharded=sharded)
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         ctx.log(f"train: trained in {dist.get_world_size()} processes ({dist.get_backend()})")
-    if profile.distributed == "fsdp":
+    if sharded:
         # Every process takes part: the adapter's full weights are gathered from the shards and the
         # Trainer has rank 0 write them.
         made[-1].save_model(str(ctx.out / "adapter"))
@@ -102,7 +102,7 @@ def train_here(ctx: StageContext) -> None:
         return  # rank 0 writes the artifact; the weights are the same in every process
     if metrics.is_file():
         shutil.copyfile(metrics, ctx.out / "metrics.jsonl")
-    if profile.distributed == "fsdp":
+    if sharded:
         (ctx.out / "adapter" / "training_args.bin").unlink(missing_ok=True)  # the Trainer's, not the adapter's
         _normalise_adapter(ctx.out / "adapter", spec)
     else:
@@ -128,7 +128,7 @@ def fit_memory(ctx: StageContext, config: dict[str, Any], seq_len: int) -> Profi
     ctx.log(f"train: memory estimate {fitted.estimate.describe()}, budget {budget:.1f} GiB (80% of {profile.device})")
     for note in fitted.notes:
         ctx.log(f"train: to fit memory, {note}")
-    if fitted.estimate.load > profile.memory_mib * 2**20 * 0.8:
+    if fitted.estimate.load / GIB > budget:
         raise ProfileError(f"train: FSDP shards the model only after each process has loaded all of it "
                            f"({fitted.estimate.load / GIB:.1f} GiB), more than {budget:.1f} GiB of one GPU: use GPUs "
                            "with more memory or a smaller model")
