@@ -1,18 +1,26 @@
 #!/usr/bin/env python
 """Predicted vs measured peak memory of a training step, on random-initialised Llamas.
 
-    .venv/bin/python bench/memory.py [--sizes tiny,medium] [--json OUT]
+    .venv/bin/python bench/memory.py [--sizes tiny,medium] [--json OUT] [--allocator live|default]
 
-Each size runs in its own process: build the model, load it the way the train stage does (4-bit
-on CPU here; CUDA when present), wrap it in LoRA, reset the peak-RSS counter, train a few steps,
-and compare the peak with runner.memory's estimate. On CPU the estimate is added to the process's
-resident memory just before training (torch and its libraries), since that is what RSS counts.
+Each size runs in its own process: build the model, note the resident memory (torch and its
+libraries), load the model the way the train stage does (4-bit on CPU here; CUDA when present),
+wrap it in LoRA, train a few steps, and compare the peak above that baseline with runner.memory's
+estimate of weights, LoRA state, activations and logits.
+
+On CUDA the peak is torch.cuda.max_memory_allocated (live tensors; the allocator's cache is not
+counted). On CPU it is the peak RSS, and by default (`--allocator live`) the children run with a
+fixed glibc mmap threshold, so every freed tensor goes back to the system and RSS follows live
+memory the way max_memory_allocated does. With glibc's own dynamic threshold (`--allocator
+default`) freed activations stay in the heap for reuse, and the RSS peak of the first step is
+higher than what is live: that column shows how much.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -29,16 +37,21 @@ SIZES = {
 }
 
 
-def child(size: str, checkpointing: bool, quantization: str) -> dict[str, float]:
+# glibc: allocations above this size are mmapped and given back on free (a fixed value turns off the
+# dynamic threshold, which otherwise rises to the largest freed block and keeps such blocks in the heap)
+LIVE = {"MALLOC_MMAP_THRESHOLD_": "131072"}
+
+
+def child(size: str, checkpointing: bool, quantization: str) -> dict[str, object]:
     import dataclasses
-    import os
+    import gc
 
     import torch
 
     from runner.memory import Setup, Shape, estimate
     from runner.profile import probe_machine, resolve_profile
     from runner.spec import ModelInit, parse_spec
-    from runner.stages.loading import load_base
+    from runner.stages.loading import load_base, torch_dtype
     from runner.stages.tiny import build_model
     from runner.stages.train import _lora_model
 
@@ -49,41 +62,72 @@ def child(size: str, checkpointing: bool, quantization: str) -> dict[str, float]
         init = ModelInit(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_layers=layers,
                          num_heads=heads, num_kv_heads=kv, max_position_embeddings=2048)
         build_model(init, vocab, 0, folder / "weights")
+        gc.collect()
         (folder / "model.json").write_text(json.dumps({"source": "init"}))
         (folder / "t.jsonl").write_text("{}\n")
         spec = parse_spec(f"model: {{source: init, quantization: {quantization}}}\ndata: {{train: {{path: t.jsonl}}}}\n",
                           base_dir=folder)
         profile = dataclasses.replace(resolve_profile(spec, probe_machine()), gradient_checkpointing=checkpointing)
+        cuda = profile.device == "cuda"
         model = _lora_model(load_base(folder, spec, profile), spec, checkpointing)
         model.train()
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-        cuda = profile.device == "cuda"
-        ids = torch.randint(10, vocab, (micro, seq), device="cuda" if cuda else "cpu")
+        device = "cuda" if cuda else "cpu"
+        # A padded batch, as the train stage's collator makes: the last row a quarter shorter
+        ids = torch.randint(10, vocab, (micro, seq), device=device)
+        mask = torch.ones_like(ids)
+        mask[-1, seq - seq // 4:] = 0
+        labels = ids.masked_fill(mask == 0, -100)
+        # Mixed precision as the Trainer runs it (bf16 / fp16 autocast on CUDA)
+        autocast = torch.autocast("cuda", dtype=torch_dtype(profile.dtype), enabled=cuda and profile.dtype != "fp32")
+        with torch.no_grad():  # page in the mmapped checkpoint: its first touch is not training's memory
+            for t in model.parameters():
+                t.view(-1)[:: 1024].sum()
+        # What the loaded model holds: every parameter and buffer, counted from the tensors themselves
+        # (on CPU part of it is the mmapped checkpoint, which RSS counts as file pages).
+        held = sum(_nbytes(t) for t in (*model.parameters(), *model.buffers()))
+        gc.collect()
         if cuda:  # what the CUDA allocator holds for tensors (the context is not counted)
             torch.cuda.synchronize()
-            rss_before = 0
             torch.cuda.reset_peak_memory_stats()
-        else:  # resident memory, torch's own libraries included
-            rss_before = _status("VmRSS")
-            Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
+            before = torch.cuda.memory_allocated()
+        else:  # reset the peak (VmHWM) to the current RSS: what training adds is the peak above it
+            Path("/proc/self/clear_refs").write_text("5")
+            before = _status("VmRSS")
         for _ in range(2):
-            loss = model(input_ids=ids, labels=ids).loss
+            with autocast:
+                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        peak = torch.cuda.max_memory_allocated() if cuda else _status("VmHWM")
+        added = (torch.cuda.max_memory_allocated() if cuda else _status("VmHWM")) - before
         config = json.loads((folder / "weights" / "config.json").read_text())
     shape = Shape.from_config(config)
     setup = Setup(quantization=profile.quantization, double_quant=True, compute_bytes=4 if profile.dtype == "fp32" else 2,
                   lora_r=spec.lora.r, lora_dropout=spec.lora.dropout, targets="all-linear",
-                  fused_attention=profile.device == "cuda", eight_bit_optimizer=False, micro_batch=micro,
+                  fused_attention=profile.device != "mps", eight_bit_optimizer=False, micro_batch=micro,
                   seq_len=seq, checkpointing=checkpointing)
     est = estimate(shape, setup)
+    held_predicted = est.weights + est.lora // 4  # LoRA: weights, not their gradients and Adam moments (fp32 each)
     return {"size": size, "parameters": shape.parameters(), "checkpointing": checkpointing, "quantization": quantization,
-            "rss_before_gib": rss_before / 2**30, "predicted_gib": (rss_before + est.total) / 2**30,
-            "measured_gib": peak / 2**30, "predicted_training_gib": est.total / 2**30,
-            "measured_training_gib": (peak - rss_before) / 2**30, "estimate": est.describe(), "threads": os.cpu_count(),
-            "device": profile.device}
+            "predicted_gib": est.total / 2**30, "measured_gib": (held + added) / 2**30,
+            "predicted_held_gib": held_predicted / 2**30, "measured_held_gib": held / 2**30,
+            "predicted_added_gib": (est.total - held_predicted) / 2**30, "measured_added_gib": added / 2**30,
+            "estimate": est.describe(), "threads": os.cpu_count(), "device": profile.device,
+            "allocator": "live" if os.environ.get("MALLOC_MMAP_THRESHOLD_") else "default"}
+
+
+def _nbytes(tensor: object) -> int:
+    """A tensor's bytes, and those of its 4-bit quantization constants (absmax, nested absmax, codes)."""
+    import torch
+
+    total = tensor.numel() * tensor.element_size()  # type: ignore[attr-defined]
+    state = getattr(tensor, "quant_state", None)
+    while state is not None:
+        total += sum(t.numel() * t.element_size() for t in (state.absmax, state.code, getattr(state, "offset", None))
+                     if isinstance(t, torch.Tensor))
+        state = getattr(state, "state2", None)
+    return int(total)
 
 
 def _status(field: str) -> int:
@@ -97,22 +141,27 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="tiny,medium")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--allocator", choices=("live", "default"), default="live",
+                        help="CPU: live (RSS follows live tensors) or glibc's default (freed blocks kept)")
     parser.add_argument("--child", nargs=3, metavar=("SIZE", "CHECKPOINTING", "QUANT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args.child[0], args.child[1] == "1", args.child[2])))
         return
+    env = {**os.environ, **LIVE} if args.allocator == "live" else {k: v for k, v in os.environ.items() if k not in LIVE}
     rows = []
-    print(f"{'size':<7} {'params':>8} {'ckpt':>5} {'quant':>5} {'predicted':>10} {'measured':>9} {'ratio':>6}   training part: predicted / measured")
+    print(f"{'size':<7} {'params':>8} {'ckpt':>5} {'quant':>5} {'predicted':>10} {'measured':>9} {'ratio':>6}"
+          f"   model held / training added, predicted : measured (GiB)   [{args.allocator} allocator]")
     for size in args.sizes.split(","):
         for checkpointing in (False, True):
             out = subprocess.run([sys.executable, __file__, "--child", size, "1" if checkpointing else "0", "nf4"],
-                                 capture_output=True, text=True, check=True).stdout
+                                 capture_output=True, text=True, check=True, env=env).stdout
             row = json.loads(out.strip().splitlines()[-1])
             rows.append(row)
             print(f"{size:<7} {row['parameters'] / 1e6:>7.0f}M {str(checkpointing):>5} {row['quantization']:>5} "
                   f"{row['predicted_gib']:>8.3f} G {row['measured_gib']:>7.3f} G {row['predicted_gib'] / row['measured_gib']:>6.3f}"
-                  f"   {row['predicted_training_gib']:.3f} / {row['measured_training_gib']:.3f} GiB", flush=True)
+                  f"   {row['predicted_held_gib']:.3f} : {row['measured_held_gib']:.3f} / "
+                  f"{row['predicted_added_gib']:.3f} : {row['measured_added_gib']:.3f}", flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(rows, indent=1))

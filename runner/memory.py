@@ -7,7 +7,7 @@ Pure arithmetic (no torch), so `plan` can show it. Counts what our train stage r
 - LoRA: A and B in fp32, their gradients, and two Adam moments (1 byte each when 8-bit);
 - activations kept for backward per token and layer (all of them, or one layer's worth plus each
   layer's input when gradient checkpointing recomputes them), plus the transient dequantized weight;
-- logits: the (B, T, V) scores, their fp32 copy for the loss and its gradient: for a 128k
+- logits: the (B, T, V) scores, the loss's fp32 log-softmax and the two gradients: for a 128k
   vocabulary this is often the largest single item.
 """
 
@@ -71,7 +71,7 @@ class Setup:
     micro_batch: int
     seq_len: int
     checkpointing: bool
-    fused_attention: bool  # flash / memory-efficient SDPA on CUDA; CPU and MPS run the math path
+    fused_attention: bool  # SDPA's flash / memory-efficient kernels (CUDA, and CPU's flash kernel); MPS: the math path
     shards: int = 1  # FSDP processes: weights, LoRA parameters, gradients and optimizer states split over them
 
 
@@ -81,14 +81,18 @@ class Estimate:
     lora: int
     activations: int
     logits: int
+    recompute: int = 0  # checkpointing: one layer's activations again, after the logits are freed
     load: int = 0  # FSDP: the whole model, which each process holds while loading, before sharding
 
     @property
     def total(self) -> int:
-        return self.weights + self.lora + self.activations + self.logits
+        # The logits peak at the loss; a checkpointed layer is recomputed later in the backward, once
+        # they are gone: the two never coexist.
+        return self.weights + self.lora + self.activations + max(self.logits, self.recompute)
 
     def describe(self) -> str:
-        parts = ", ".join(f"{name} {getattr(self, name) / GIB:.2f}" for name in ("weights", "lora", "activations", "logits"))
+        names = ("weights", "lora", "activations", "logits") + (("recompute",) if self.recompute else ())
+        parts = ", ".join(f"{name} {getattr(self, name) / GIB:.2f}" for name in names)
         load = f"; {self.load / GIB:.2f} GiB while loading, before FSDP shards it" if self.load else ""
         return f"{self.total / GIB:.2f} GiB ({parts}){load}"
 
@@ -116,25 +120,31 @@ def estimate(shape: Shape, s: Setup) -> Estimate:
     act = s.compute_bytes
     h, inter = shape.hidden, shape.intermediate
     q = shape.heads * shape.head_dim
-    kv = 2 * shape.kv_heads * shape.head_dim
-    # Saved for backward in one block, per token (elements): RMSNorm inputs and outputs in fp32 (4h),
-    # q/k/v and their rotary copies (2(q + kv)), k/v repeated to every head (2q), attention output
-    # and o_proj input (2q), the MLP's gate, up, activation and product (4i).
-    elements = 4 * h + 2 * (q + kv) + 2 * q + 2 * q + 4 * inter
+    # Saved for backward in one block, per token (elements), as measured with autograd's saved-tensor
+    # hooks: the two RMSNorms' inputs and normalised outputs (4h); the rotated queries, the keys and
+    # values as attention gets them (repeated to every query head once a padding mask is present) and
+    # its output (4q); the MLP's gate, up, activation and product (4i); each adapter's r-wide middle.
+    elements = 4 * h + 4 * q + 4 * inter + s.lora_r * len(targeted)
     if s.lora_dropout > 0:  # each adapted linear gets its own dropped-out copy of its input, and a mask
-        inputs = sum(inp for name, (inp, _) in shape.linears().items() if s.targets == "all-linear" or name in s.targets)
+        inputs = sum(inp for inp, _ in targeted.values())
         elements += inputs * (1 + 1 / act)
     per_layer = tokens * act * elements
     if not s.fused_attention:  # the math path keeps (B, heads, T, T) scores, probabilities and their product
         per_layer += 3 * s.micro_batch * shape.heads * s.seq_len * s.seq_len * act
-    if s.checkpointing:
-        activations = tokens * act * h * shape.layers + per_layer
+    # one dequantized weight at a time, in the compute dtype, forward and backward
+    dequantized = 2 * max(i * o for i, o in shape.linears().values()) * act if quantized else 0
+    recompute = 0
+    if s.checkpointing:  # each layer's input is kept; a layer's activations exist again only in its backward
+        activations = tokens * act * h * shape.layers
+        recompute = per_layer + dequantized
     else:
-        activations = per_layer * shape.layers
-    if quantized:  # one dequantized weight at a time, in the compute dtype, forward and backward
-        activations += 2 * max(i * o for i, o in shape.linears().values()) * act
-    logits = tokens * shape.vocab * (act + 4 + 4)  # scores, fp32 copy for the loss, its gradient
-    return Estimate(weights=int(weights), lora=int(lora), activations=int(activations), logits=int(logits), load=load)
+        activations = per_layer * shape.layers + dequantized
+    # The scores in the compute dtype, then at the start of the backward three fp32 tensors of their
+    # shape: the loss's log-softmax, its gradient and the scores' gradient (measured: 16 bytes a score
+    # in fp32, 14 in bf16).
+    logits = tokens * shape.vocab * (act + 12)
+    return Estimate(weights=int(weights), lora=int(lora), activations=int(activations), logits=int(logits),
+                    recompute=int(recompute), load=load)
 
 
 @dataclass(frozen=True)
@@ -181,7 +191,7 @@ def setup_for(spec: Any, profile: Any, seq_len: int) -> Setup:
                  lora_dropout=spec.lora.dropout, targets=spec.lora.target_modules,
                  eight_bit_optimizer="8bit" in profile.optimizer, micro_batch=profile.micro_batch_size,
                  seq_len=seq_len, checkpointing=profile.gradient_checkpointing,
-                 fused_attention=profile.device == "cuda")
+                 fused_attention=profile.device != "mps" and profile.attn_implementation != "eager")
 
 
 def fit_profile(spec: Any, profile: Any, config: dict[str, Any], seq_len: int) -> Fit:

@@ -51,6 +51,17 @@ def test_shrinks_the_micro_batch_step_by_step_then_gives_up_with_numbers() -> No
     assert not hopeless.fits and hopeless.micro_batch == 1 and hopeless.estimate.total > 2 * GIB
 
 
+def test_checkpointing_recomputes_a_layer_after_the_logits_are_gone() -> None:
+    # The logits peak at the loss; a checkpointed layer's activations exist again only later in the
+    # backward: the peak is the larger of the two, not their sum (measured by bench/memory.py).
+    kept = estimate(LLAMA_32_3B, replace(QLORA, checkpointing=True))
+    assert kept.recompute > 0 and kept.logits > 0
+    assert kept.total == kept.weights + kept.lora + kept.activations + max(kept.logits, kept.recompute)
+    assert "recompute" in kept.describe() and "recompute" not in estimate(LLAMA_32_3B, QLORA).describe()
+    plain = estimate(LLAMA_32_3B, QLORA)
+    assert plain.recompute == 0 and plain.total == plain.weights + plain.lora + plain.activations + plain.logits
+
+
 def test_what_the_spec_fixed_is_not_changed() -> None:
     fitted = fit(LLAMA_32_3B, QLORA, batch_size=16, budget=int(6 * GIB), may_checkpoint=False, may_shrink=False)
     assert not fitted.fits and not fitted.notes and fitted.micro_batch == 4
