@@ -118,24 +118,38 @@ def estimate(shape: Shape, s: Setup) -> Estimate:
         lora = lora / s.shards
     tokens = s.micro_batch * s.seq_len
     act = s.compute_bytes
+    # peft's prepare_model_for_kbit_training upcasts the norms to fp32, and a 4-bit linear returns its
+    # input's dtype: with 4-bit weights the residual stream and the MLP stay fp32 even under bf16/fp16
+    # autocast, and only what autocast casts (attention, each adapter's input) is in the compute dtype.
+    store = 4 if quantized else act
     h, inter = shape.hidden, shape.intermediate
     q = shape.heads * shape.head_dim
-    # Saved for backward in one block, per token (elements), as measured with autograd's saved-tensor
-    # hooks: the two RMSNorms' inputs and normalised outputs (4h); the rotated queries, the keys and
-    # values as attention gets them (repeated to every query head once a padding mask is present) and
-    # its output (4q); the MLP's gate, up, activation and product (4i); each adapter's r-wide middle.
-    elements = 4 * h + 4 * q + 4 * inter + s.lora_r * len(targeted)
+    inputs = sum(inp for inp, _ in targeted.values())
+    # Saved for backward in one block, per token, in bytes, as measured with autograd's saved-tensor
+    # hooks (fp32, and bf16 autocast): the two RMSNorms' inputs (2h) and the MLP's gate, up and
+    # activation (3i); the rotated queries, the keys and values as attention gets them (repeated to
+    # every query head once a padding mask is present), its output (4q) and the mask (T); each
+    # adapter's r-wide middle; and the adapters' inputs: under autocast each adapter keeps its own
+    # cast copy, without it they share the normalised input and the MLP product.
+    per_token = store * (2 * h + 3 * inter) + act * (4 * q + s.seq_len + s.lora_r * len(targeted))
+    if store > act:
+        per_token += act * inputs
+    else:
+        # (o_proj's input is attention's output, counted above)
+        groups = {"q_proj": "attention", "k_proj": "attention", "v_proj": "attention", "gate_proj": "mlp",
+                  "up_proj": "mlp", "down_proj": "product"}
+        width = {"attention": h, "mlp": h, "product": inter}
+        per_token += store * sum(width[g] for g in {groups[n] for n in targeted if n in groups})
     if s.lora_dropout > 0:  # each adapted linear gets its own dropped-out copy of its input, and a mask
-        inputs = sum(inp for inp, _ in targeted.values())
-        elements += inputs * (1 + 1 / act)
-    per_layer = tokens * act * elements
+        per_token += inputs * (store + 1)
+    per_layer = tokens * per_token
     if not s.fused_attention:  # the math path keeps (B, heads, T, T) scores, probabilities and their product
         per_layer += 3 * s.micro_batch * shape.heads * s.seq_len * s.seq_len * act
     # one dequantized weight at a time, in the compute dtype, forward and backward
     dequantized = 2 * max(i * o for i, o in shape.linears().values()) * act if quantized else 0
     recompute = 0
     if s.checkpointing:  # each layer's input is kept; a layer's activations exist again only in its backward
-        activations = tokens * act * h * shape.layers
+        activations = tokens * store * h * shape.layers
         recompute = per_layer + dequantized
     else:
         activations = per_layer * shape.layers + dequantized

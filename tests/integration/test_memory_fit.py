@@ -62,3 +62,58 @@ def test_out_of_memory_halves_the_micro_batch_and_resumes_from_the_checkpoint(ti
     assert logs == ["train: out of memory at micro-batch 8: retrying with 4 x 2 accumulation from checkpoint-10",
                     "train: out of memory at micro-batch 4: retrying with 2 x 4 accumulation from checkpoint-10"]
     assert result.global_step == 22 and after is not None and before is not None and after < before
+
+
+def _saved_bytes_per_token(layers: int, dropout: float, autocast: bool, tmp_path: Path) -> float:
+    """Bytes autograd keeps for backward per token (parameters aside), for a 4-bit LoRA Llama loaded
+    as the train stage loads it, on a padded batch; under bf16 autocast as the Trainer runs mixed
+    precision (here on CPU, which casts the same operations)."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import BitsAndBytesConfig, LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path / f"l{layers}"
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=1000, hidden_size=512, intermediate_size=1408, num_hidden_layers=layers,
+                                 num_attention_heads=8, num_key_value_heads=2, head_dim=80)).save_pretrained(folder)
+    dtype = torch.bfloat16 if autocast else torch.float32
+    model = LlamaForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa", quantization_config=
+                                             BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                                bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_storage=dtype))
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    model.config.use_cache = False
+    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=dropout, target_modules="all-linear",
+                                             task_type="CAUSAL_LM"))
+    model.train()
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    ids = torch.randint(0, 1000, (2, 128))
+    mask = torch.ones_like(ids)
+    mask[-1, 96:] = 0
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+            torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100))
+    return sum(saved.values()) / ids.numel()
+
+
+def test_estimated_activations_per_layer_match_what_autograd_saves(tmp_path: Path) -> None:
+    from runner.memory import Setup, Shape, estimate
+
+    shape = Shape(vocab=1000, hidden=512, layers=1, intermediate=1408, heads=8, kv_heads=2, head_dim=80, tied=False)
+    for dropout in (0.0, 0.05):
+        for autocast in (False, True):
+            # one decoder layer: the difference between a two-layer and a one-layer model
+            measured = (_saved_bytes_per_token(2, dropout, autocast, tmp_path)
+                        - _saved_bytes_per_token(1, dropout, autocast, tmp_path))
+            act = 2 if autocast else 4
+            est = estimate(shape, Setup(quantization="nf4", double_quant=True, compute_bytes=act, lora_r=16,
+                                        lora_dropout=dropout, targets="all-linear", eight_bit_optimizer=False,
+                                        micro_batch=2, seq_len=128, checkpointing=False, fused_attention=True))
+            predicted = (est.activations - 2 * 512 * 1408 * act) / 256  # less the transient dequantized weight
+            assert 0.9 <= predicted / measured <= 1.1, (dropout, autocast, predicted, measured)
