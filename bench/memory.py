@@ -3,9 +3,9 @@
 
     .venv/bin/python bench/memory.py [--sizes tiny,medium] [--json OUT] [--allocator live|default]
 
-Each size runs in its own process: build the model, note the resident memory (torch and its
-libraries), load the model the way the train stage does (4-bit on CPU here; CUDA when present),
-wrap it in LoRA, train a few steps, and compare the peak above that baseline with runner.memory's
+Each size runs in its own process: build the model, load it the way the train stage does (4-bit on
+CPU here; CUDA when present), wrap it in LoRA, count what the loaded model holds from its tensors,
+train a few steps on a padded batch, and compare held + the peak the steps add with runner.memory's
 estimate of weights, LoRA state, activations and logits.
 
 On CUDA the peak is torch.cuda.max_memory_allocated (live tensors; the allocator's cache is not
@@ -106,7 +106,8 @@ def child(size: str, checkpointing: bool, quantization: str) -> dict[str, object
     setup = Setup(quantization=profile.quantization, double_quant=True, compute_bytes=4 if profile.dtype == "fp32" else 2,
                   lora_r=spec.lora.r, lora_dropout=spec.lora.dropout, targets="all-linear",
                   fused_attention=profile.device != "mps", eight_bit_optimizer=False, micro_batch=micro,
-                  seq_len=seq, checkpointing=checkpointing)
+                  seq_len=seq, checkpointing=checkpointing, autocast=cuda and profile.dtype != "fp32",
+                  device=profile.device)
     est = estimate(shape, setup)
     held_predicted = est.weights + est.lora // 4  # LoRA: weights, not their gradients and Adam moments (fp32 each)
     return {"size": size, "parameters": shape.parameters(), "checkpointing": checkpointing, "quantization": quantization,

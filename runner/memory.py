@@ -73,6 +73,8 @@ class Setup:
     checkpointing: bool
     fused_attention: bool  # SDPA's flash / memory-efficient kernels (CUDA, and CPU's flash kernel); MPS: the math path
     shards: int = 1  # FSDP processes: weights, LoRA parameters, gradients and optimizer states split over them
+    autocast: bool = False  # mixed precision (the Trainer's bf16 / fp16 on CUDA): autocast casts per operation
+    device: str = "cuda"  # dropout on CPU keeps an input-dtype noise tensor for backward; CUDA and MPS a 1-byte mask
 
 
 @dataclass(frozen=True)
@@ -99,9 +101,12 @@ class Estimate:
 
 def estimate(shape: Shape, s: Setup) -> Estimate:
     quantized = s.quantization != "none"
+    # peft's prepare_model_for_kbit_training upcasts embeddings, norms and head to fp32 (not under
+    # FSDP, which flattens one dtype: the train stage skips it there)
+    upcast = quantized and s.shards == 1
     if quantized:
         constants = 1 / 64 + 4 / (64 * 256) if s.double_quant else 4 / 64  # per parameter, blocks of 64
-        weights = shape.linear_params() * (0.5 + constants) + shape.other_params() * 4
+        weights = shape.linear_params() * (0.5 + constants) + shape.other_params() * (4 if upcast else s.compute_bytes)
     else:
         weights = shape.parameters() * s.compute_bytes
     targeted = {n: d for n, d in shape.linears().items() if s.targets == "all-linear" or n in s.targets}
@@ -118,10 +123,12 @@ def estimate(shape: Shape, s: Setup) -> Estimate:
         lora = lora / s.shards
     tokens = s.micro_batch * s.seq_len
     act = s.compute_bytes
-    # peft's prepare_model_for_kbit_training upcasts the norms to fp32, and a 4-bit linear returns its
-    # input's dtype: with 4-bit weights the residual stream and the MLP stay fp32 even under bf16/fp16
-    # autocast, and only what autocast casts (attention, each adapter's input) is in the compute dtype.
-    store = 4 if quantized else act
+    # With fp32 norms, and a 4-bit linear returning its input's dtype, the residual stream and the MLP
+    # stay fp32 even under bf16/fp16 autocast; autocast casts attention and each adapter's input to
+    # the compute dtype. Without autocast, attention runs in the stream's dtype and peft casts each
+    # adapter's input to the adapter's fp32.
+    store = 4 if upcast else act
+    work = act if s.autocast else store
     h, inter = shape.hidden, shape.intermediate
     q = shape.heads * shape.head_dim
     inputs = sum(inp for inp, _ in targeted.values())
@@ -129,22 +136,23 @@ def estimate(shape: Shape, s: Setup) -> Estimate:
     # hooks (fp32, and bf16 autocast): the two RMSNorms' inputs (2h) and the MLP's gate, up and
     # activation (3i); the rotated queries, the keys and values as attention gets them (repeated to
     # every query head once a padding mask is present), its output (4q) and the mask (T); each
-    # adapter's r-wide middle; and the adapters' inputs: under autocast each adapter keeps its own
-    # cast copy, without it they share the normalised input and the MLP product.
-    per_token = store * (2 * h + 3 * inter) + act * (4 * q + s.seq_len + s.lora_r * len(targeted))
-    if store > act:
+    # adapter's r-wide middle; and the adapters' inputs.
+    middles = (act if s.autocast else 4) * s.lora_r * len(targeted)
+    per_token = store * (2 * h + 3 * inter) + work * (4 * q + s.seq_len) + middles
+    if s.autocast:  # each adapter keeps its own compute-dtype copy
         per_token += act * inputs
-    else:
-        # (o_proj's input is attention's output, counted above)
+    elif s.lora_dropout > 0 or store != 4:  # each adapter keeps its own fp32 copy (dropped out, or cast)
+        per_token += 4 * inputs
+    else:  # the adapters share the normalised inputs and the MLP product (o_proj's is attention's output)
         groups = {"q_proj": "attention", "k_proj": "attention", "v_proj": "attention", "gate_proj": "mlp",
                   "up_proj": "mlp", "down_proj": "product"}
         width = {"attention": h, "mlp": h, "product": inter}
-        per_token += store * sum(width[g] for g in {groups[n] for n in targeted if n in groups})
-    if s.lora_dropout > 0:  # each adapted linear gets its own dropped-out copy of its input, and a mask
-        per_token += inputs * (store + 1)
+        per_token += 4 * sum(width[g] for g in {groups[n] for n in targeted if n in groups})
+    if s.lora_dropout > 0:  # and the dropout's mask for each adapter
+        per_token += inputs * (4 if s.device == "cpu" else 1)
     per_layer = tokens * per_token
     if not s.fused_attention:  # the math path keeps (B, heads, T, T) scores, probabilities and their product
-        per_layer += 3 * s.micro_batch * shape.heads * s.seq_len * s.seq_len * act
+        per_layer += 3 * s.micro_batch * shape.heads * s.seq_len * s.seq_len * work
     # one dequantized weight at a time, in the compute dtype, forward and backward
     dequantized = 2 * max(i * o for i, o in shape.linears().values()) * act if quantized else 0
     recompute = 0
@@ -153,10 +161,10 @@ def estimate(shape: Shape, s: Setup) -> Estimate:
         recompute = per_layer + dequantized
     else:
         activations = per_layer * shape.layers + dequantized
-    # The scores in the compute dtype, then at the start of the backward three fp32 tensors of their
-    # shape: the loss's log-softmax, its gradient and the scores' gradient (measured: 16 bytes a score
-    # in fp32, 14 in bf16).
-    logits = tokens * shape.vocab * (act + 12)
+    # The scores (in the compute dtype under autocast), then at the start of the backward three fp32
+    # tensors of their shape: the loss's log-softmax, its gradient and the scores' gradient
+    # (measured: 16 bytes a score in fp32, 14 in bf16).
+    logits = tokens * shape.vocab * (work + 12)
     return Estimate(weights=int(weights), lora=int(lora), activations=int(activations), logits=int(logits),
                     recompute=int(recompute), load=load)
 
@@ -205,7 +213,8 @@ def setup_for(spec: Any, profile: Any, seq_len: int) -> Setup:
                  lora_dropout=spec.lora.dropout, targets=spec.lora.target_modules,
                  eight_bit_optimizer="8bit" in profile.optimizer, micro_batch=profile.micro_batch_size,
                  seq_len=seq_len, checkpointing=profile.gradient_checkpointing,
-                 fused_attention=profile.device != "mps" and profile.attn_implementation != "eager")
+                 fused_attention=profile.device != "mps" and profile.attn_implementation != "eager",
+                 autocast=profile.device == "cuda" and profile.dtype != "fp32", device=profile.device)
 
 
 def fit_profile(spec: Any, profile: Any, config: dict[str, Any], seq_len: int) -> Fit:

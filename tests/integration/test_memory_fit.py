@@ -114,6 +114,7 @@ def test_estimated_activations_per_layer_match_what_autograd_saves(tmp_path: Pat
             act = 2 if autocast else 4
             est = estimate(shape, Setup(quantization="nf4", double_quant=True, compute_bytes=act, lora_r=16,
                                         lora_dropout=dropout, targets="all-linear", eight_bit_optimizer=False,
-                                        micro_batch=2, seq_len=128, checkpointing=False, fused_attention=True))
+                                        micro_batch=2, seq_len=128, checkpointing=False, fused_attention=True,
+                                        autocast=autocast, device="cpu"))
             predicted = (est.activations - 2 * 512 * 1408 * act) / 256  # less the transient dequantized weight
             assert 0.9 <= predicted / measured <= 1.1, (dropout, autocast, predicted, measured)
