@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Predicted vs measured peak memory of a training step, on random-initialised Llamas.
 
-    .venv/bin/python bench/memory.py [--sizes tiny,medium] [--json OUT] [--allocator live|default]
+    .venv/bin/python bench/memory.py [--sizes tiny,medium] [--json OUT] [--png OUT] [--allocator live|default]
 
 Each size runs in its own process: build the model, load it the way the train stage does (4-bit on
 CPU here; CUDA when present), wrap it in LoRA, count what the loaded model holds from its tensors,
@@ -48,7 +48,7 @@ def child(size: str, checkpointing: bool, quantization: str) -> dict[str, object
 
     import torch
 
-    from runner.memory import Setup, Shape, estimate
+    from runner.memory import Shape, estimate, setup_for
     from runner.profile import probe_machine, resolve_profile
     from runner.spec import ModelInit, parse_spec
     from runner.stages.loading import load_base, torch_dtype
@@ -103,12 +103,8 @@ def child(size: str, checkpointing: bool, quantization: str) -> dict[str, object
         added = (torch.cuda.max_memory_allocated() if cuda else _status("VmHWM")) - before
         config = json.loads((folder / "weights" / "config.json").read_text())
     shape = Shape.from_config(config)
-    setup = Setup(quantization=profile.quantization, double_quant=True, compute_bytes=4 if profile.dtype == "fp32" else 2,
-                  lora_r=spec.lora.r, lora_dropout=spec.lora.dropout, targets="all-linear",
-                  fused_attention=profile.device != "mps", eight_bit_optimizer=False, micro_batch=micro,
-                  seq_len=seq, checkpointing=checkpointing, autocast=cuda and profile.dtype != "fp32",
-                  device=profile.device)
-    est = estimate(shape, setup)
+    # the train stage's own setup, with this step's batch and torch's fp32 AdamW
+    est = estimate(shape, dataclasses.replace(setup_for(spec, profile, seq), micro_batch=micro, eight_bit_optimizer=False))
     held_predicted = est.weights + est.lora // 4  # LoRA: weights, not their gradients and Adam moments (fp32 each)
     return {"size": size, "parameters": shape.parameters(), "checkpointing": checkpointing, "quantization": quantization,
             "predicted_gib": est.total / 2**30, "measured_gib": (held + added) / 2**30,
@@ -142,6 +138,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="tiny,medium")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--png", type=Path, default=ROOT / "bench" / "out" / "memory.png",
+                        help="the comparison as a picture (default bench/out/memory.png)")
     parser.add_argument("--allocator", choices=("live", "default"), default="live",
                         help="CPU: live (RSS follows live tensors) or glibc's default (freed blocks kept)")
     parser.add_argument("--child", nargs=3, metavar=("SIZE", "CHECKPOINTING", "QUANT"), help=argparse.SUPPRESS)
@@ -166,6 +164,39 @@ def main() -> None:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(rows, indent=1))
+    if args.png:
+        plot(rows, args.png, args.allocator)
+        print(f"picture: {args.png}")
+
+
+def plot(rows: list[dict[str, object]], path: Path, allocator: str) -> None:
+    """Predicted and measured side by side for each model and checkpointing setting, each bar split
+    into what the loaded model holds and what training adds."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(1.6 + 1.3 * len(rows), 4))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for i, row in enumerate(rows):
+        for offset, kind, shade in ((-0.2, "predicted", "#9ecae1"), (0.2, "measured", "#3182bd")):
+            held, added = float(row[f"{kind}_held_gib"]), float(row[f"{kind}_added_gib"])  # type: ignore[arg-type]
+            ax.bar(i + offset, held, 0.38, color="#bdbdbd", edgecolor="white")
+            ax.bar(i + offset, added, 0.38, bottom=held, color=shade, edgecolor="white",
+                   label=f"{kind}: training adds" if i == 0 else None)
+        ratio = float(row["predicted_gib"]) / float(row["measured_gib"])  # type: ignore[arg-type]
+        ax.text(i, max(float(row["predicted_gib"]), float(row["measured_gib"])), f"{ratio:.2f}x",  # type: ignore[arg-type]
+                ha="center", va="bottom", fontsize=9)
+    ax.bar(0, 0, color="#bdbdbd", label="the loaded model holds")
+    ax.set_xticks(range(len(rows)), [f"{r['size']}\n{'checkpointing' if r['checkpointing'] else 'no checkpointing'}"
+                                     for r in rows], fontsize=8)
+    ax.set(ylabel="GiB", title=f"training peak: estimate (left) vs measured (right)\n"
+                               f"{rows[0]['device']}, {allocator} allocator; labels: estimate / measured")
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":

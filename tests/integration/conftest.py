@@ -74,7 +74,8 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
 def memory_bench(sizes: str, tmp_path: Path) -> list[dict[str, object]]:
     """Rows of bench/memory.py (predicted vs measured peak) for the given model sizes."""
     out = tmp_path / "memory.json"
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "memory.py"), "--sizes", sizes, "--json", str(out)],
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "memory.py"), "--sizes", sizes, "--json", str(out),
+                           "--png", str(tmp_path / "memory.png")],
                           capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
     print(done.stdout)

@@ -68,8 +68,9 @@ def _saved_bytes_per_token(layers: int, dropout: float, autocast: bool, tmp_path
     """Bytes autograd keeps for backward per token (parameters aside), for a 4-bit LoRA Llama loaded
     as the train stage loads it, on a padded batch; under bf16 autocast as the Trainer runs mixed
     precision (here on CPU, which casts the same operations)."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import BitsAndBytesConfig, LlamaConfig, LlamaForCausalLM
+
+    from runner.spec import parse_spec
 
     folder = tmp_path / f"l{layers}"
     torch.manual_seed(0)
@@ -79,10 +80,10 @@ def _saved_bytes_per_token(layers: int, dropout: float, autocast: bool, tmp_path
     model = LlamaForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa", quantization_config=
                                              BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                                                 bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_storage=dtype))
-    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    model.config.use_cache = False
-    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=dropout, target_modules="all-linear",
-                                             task_type="CAUSAL_LM"))
+    (tmp_path / "t.jsonl").write_text("{}\n")
+    spec = parse_spec(f"model: {{source: init}}\ndata: {{train: {{path: t.jsonl}}}}\nlora: {{r: 16, dropout: {dropout}}}\n",
+                      base_dir=tmp_path)
+    model = _lora_model(model, spec, False)  # as the train stage wraps it
     model.train()
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     saved: dict[int, int] = {}
