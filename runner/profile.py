@@ -127,9 +127,9 @@ def resolve_profile(spec: Spec, probe: Probe) -> Profile:
     device = _device(spec, probe, d)
     dtype = _dtype(spec, probe, device, d)
     quant = _quantization(spec, probe, device, d)
-    optimizer = _optimizer(spec, probe, device, d)
     processes = _processes(spec, probe, device, d)
     distributed = _distributed(spec, device, processes, d)
+    optimizer = _optimizer(spec, probe, device, distributed, d)
     micro, accum = _batch(spec, device, processes, d)
     checkpointing = spec.train.gradient_checkpointing
     if checkpointing == "auto":
@@ -205,9 +205,18 @@ def _quantization(spec: Spec, probe: Probe, device: Device, d: _Decisions) -> Li
     return wanted
 
 
-def _optimizer(spec: Spec, probe: Probe, device: Device, d: _Decisions) -> str:
+def _optimizer(spec: Spec, probe: Probe, device: Device, distributed: str, d: _Decisions) -> str:
     wanted = spec.train.optimizer
     eight_bit_ok = device == "cuda" and probe.bitsandbytes is not None
+    # FSDP's optimizer state dict cannot take bitsandbytes' 8-bit state (nested dicts): a run could
+    # not resume from its checkpoints. The LoRA states are small and FSDP shards them anyway.
+    fsdp = "FSDP cannot reshard bitsandbytes' 8-bit optimizer state to resume from a checkpoint"
+    if distributed == "fsdp" and wanted == "auto":
+        d.note(f"optimizer adamw_torch: {fsdp}")
+        return "adamw_torch"
+    if distributed == "fsdp" and wanted != "adamw_torch":
+        d.cannot(f"train.optimizer {wanted}: {fsdp}", "set train.optimizer: adamw_torch", "adamw_torch")
+        return "adamw_torch"
     if wanted == "auto":
         choice = "paged_adamw_8bit" if eight_bit_ok else "adamw_torch"
         d.note(f"optimizer {choice}: " + ("8-bit states, paged to survive spikes" if eight_bit_ok else "8-bit optimizers need CUDA"))

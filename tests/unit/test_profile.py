@@ -93,8 +93,13 @@ def test_how_several_processes_share_training(tmp_path: Path) -> None:
     two = Probe(gpus=RTX3090.gpus * 2, torch=CUDA_TORCH, bitsandbytes=BNB)
     auto = resolve_profile(spec(tmp_path), two)
     assert auto.distributed == "ddp" and any("hardware.distributed: fsdp shards the model instead" in r for r in auto.reasons)
-    assert resolve_profile(spec(tmp_path, "hardware: {distributed: fsdp}\n"), two).distributed == "fsdp"
-    assert resolve_profile(spec(tmp_path, "hardware: {distributed: ddp}\n"), two).distributed == "ddp"
+    fsdp = resolve_profile(spec(tmp_path, "hardware: {distributed: fsdp}\n"), two)
+    assert fsdp.distributed == "fsdp" and resolve_profile(spec(tmp_path, "hardware: {distributed: ddp}\n"), two).distributed == "ddp"
+    # FSDP cannot reload bitsandbytes' 8-bit optimizer state from a checkpoint: plain AdamW, and why
+    assert auto.optimizer == "paged_adamw_8bit" and fsdp.optimizer == "adamw_torch"
+    assert any(r.startswith("optimizer adamw_torch: FSDP cannot reshard") for r in fsdp.reasons)
+    with pytest.raises(ProfileError, match="set train.optimizer: adamw_torch"):
+        resolve_profile(spec(tmp_path, "hardware: {distributed: fsdp, on_unsupported: error}\ntrain: {optimizer: paged_adamw_8bit}\n"), two)
     # One process has nothing to share, and the key stays what it was before the field existed.
     one = resolve_profile(spec(tmp_path, "hardware: {distributed: fsdp}\n"), A100)
     assert one.distributed == "none" and "distributed" not in one.key_fields()
