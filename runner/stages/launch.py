@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -34,14 +35,32 @@ def launch(ctx: StageContext) -> None:
     command = [sys.executable, "-m", "accelerate.commands.launch", *sharing_arguments(ctx.profile.distributed),
                "--num_processes", str(n), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", str(_free_port()), "-m", "runner.stages.worker", str(path)]
-    env = dict(os.environ)
+    env = {**os.environ, **sharing_environment(ctx.profile.distributed)}
     if ctx.profile.device == "cpu":  # share the cores instead of oversubscribing them
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // n))
     how = "FSDP" if ctx.profile.distributed == "fsdp" else "gloo on CPU" if ctx.profile.device == "cpu" else "DDP"
     ctx.log(f"train: launching {n} processes with accelerate ({how})")
-    done = subprocess.run(command, env=env)
-    if done.returncode != 0:
-        raise StageError(f"train: the {n} accelerate processes failed (exit {done.returncode}); the output above says why")
+    process = subprocess.Popen(command, env=env)
+    try:
+        code = process.wait()
+    except BaseException:  # Ctrl-C, SIGTERM (runner.signals), or anything else while they train
+        _stop(process)
+        raise
+    if code != 0:
+        raise StageError(f"train: the {n} accelerate processes failed (exit {code}); the output above says why")
+
+
+def _stop(launcher: subprocess.Popen[bytes], patience: float = 60) -> None:
+    """Stop the launcher the way a scheduler would, with SIGTERM: it passes the signal on to its
+    workers (each in a session of its own, out of reach of our process group) and waits for them.
+    Killing it outright would orphan the workers, and they would go on training, and writing, after
+    the runner has gone. SIGKILL only if it has not finished within `patience` seconds."""
+    launcher.send_signal(signal.SIGTERM)
+    try:
+        launcher.wait(timeout=patience)
+    except subprocess.TimeoutExpired:
+        launcher.kill()
+        launcher.wait()
 
 
 def sharing_arguments(distributed: str) -> list[str]:
@@ -60,6 +79,14 @@ def sharing_arguments(distributed: str) -> list[str]:
             "--fsdp_state_dict_type", "FULL_STATE_DICT", "--fsdp_use_orig_params", "false",
             "--fsdp_cpu_ram_efficient_loading", "true", "--fsdp_sync_module_states", "true",
             "--fsdp_offload_params", "false"]
+
+
+def sharing_environment(distributed: str) -> dict[str, str]:
+    """Settings Accelerate reads from the environment only. Under FSDP: leave the rotary embedding
+    out of FSDP's units, whose mixed precision would round its fp32 frequencies to bf16 at the first
+    forward (the angles then drift with the position, and training would not see the positions
+    export and eval see)."""
+    return {"FSDP_IGNORED_MODULES": r".*\.rotary_emb"} if distributed == "fsdp" else {}
 
 
 def _free_port() -> int:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
+from runner.stages.launch import sharing_environment
 from tests.integration.conftest import Tiny, only_artifact, runner
 
 
@@ -45,7 +48,31 @@ def test_fsdp_launch_options_are_what_accelerate_turns_into_fsdp_qlora_settings(
         "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP", "FSDP_USE_ORIG_PARAMS": "false",
         "FSDP_CPU_RAM_EFFICIENT_LOADING": "true", "FSDP_STATE_DICT_TYPE": "FULL_STATE_DICT"}
     assert "FSDP_TRANSFORMER_CLS_TO_WRAP" not in env  # the model's own _no_split_modules decide the units
-    assert sharing_arguments("ddp") == ["--multi_gpu"]
+    assert sharing_arguments("ddp") == ["--multi_gpu"] and sharing_environment("ddp") == {}
+
+
+def test_fsdp_leaves_the_rotary_frequencies_out_of_its_mixed_precision(tiny: Tiny, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # Accelerate's plugin reads the ignored modules from the environment; the pattern names exactly
+    # the rotary embedding of the LoRA-wrapped model the worker trains.
+    import re
+
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    from runner.profile import probe_machine, resolve_profile
+    from runner.spec import load_spec
+    from runner.stages.loading import load_base
+    from runner.stages.train import _lora_model
+
+    for name, value in sharing_environment("fsdp").items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("FSDP_SYNC_MODULE_STATES", "false")  # its device lookup needs a GPU; not what is checked
+    pattern = FullyShardedDataParallelPlugin().ignored_modules
+    spec = load_spec(tiny.spec)
+    model = _lora_model(load_base(tiny.artifacts["model"], spec, resolve_profile(spec, probe_machine())), spec, False,
+                        sharded=True)
+    matched = [n for n, _ in model.named_modules() if re.fullmatch(pattern, n)]
+    assert matched == ["base_model.model.model.rotary_emb"]
+    assert dict(model.named_modules())[matched[0]].inv_freq.dtype == torch.float32
 
 
 def test_fsdp_asked_on_cpu_trains_with_ddp_and_says_why(tiny: Tiny, tmp_path: Path) -> None:
@@ -58,3 +85,48 @@ def test_fsdp_asked_on_cpu_trains_with_ddp_and_says_why(tiny: Tiny, tmp_path: Pa
     strict.write_text(spec.read_text().replace("distributed: fsdp}", "distributed: fsdp, on_unsupported: error}"))
     refused = runner("plan", str(strict), "--store", str(tmp_path / "store"))
     assert refused.returncode == 3 and "set hardware.distributed: ddp" in refused.stderr
+
+
+def test_a_stopped_run_stops_every_process_and_the_next_run_resumes(tiny: Tiny, tmp_path: Path) -> None:
+    # SIGTERM (docker stop, a scheduler) reaches the runner only: it must stop the launcher and both
+    # workers with it, or they would go on training, and writing, after the runner has gone.
+    import os
+    import signal
+    import time
+
+    from tests.integration.test_crash import rows_in, start, wait_for
+
+    spec = tmp_path / "two.yaml"
+    spec.write_text(tiny.spec.read_text().replace("seed: 7", "seed: 7\nhardware: {processes: 2}")
+                    .replace("epochs: 2", "epochs: 30"))
+    store = tmp_path / "store"
+    for stage in ("model", "data"):
+        (store / stage).mkdir(parents=True)
+        (store / stage / tiny.artifacts[stage].name).symlink_to(tiny.artifacts[stage])
+    proc = start(spec, store)
+    assert wait_for(proc, rows_in(store, 12, checkpoint=True)), proc.communicate()[0][-3000:]
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)  # not communicate(): it would wait for every holder of the output pipe
+
+    def survivors() -> list[str]:
+        return [text for text in map(_text, Path("/proc").glob("[0-9]*/cmdline")) if str(store) in text]
+
+    deadline = time.time() + 3  # the kernel's reaping; an orphaned worker would still be training
+    while survivors() and time.time() < deadline:
+        time.sleep(0.1)
+    left = survivors()
+    for pid in [int(p.parent.name) for p in Path("/proc").glob("[0-9]*/cmdline") if str(store) in _text(p)]:
+        os.kill(pid, signal.SIGKILL)  # do not leave them to the next test
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 143 and left == [], out[-3000:]
+    again = runner("run", str(spec), "--store", str(store), "--only", "train")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "train: resuming from checkpoint-" in again.stdout
+    assert len(list(only_artifact(store, "train").glob("adapter/*.safetensors"))) == 1
+
+
+def _text(cmdline: Path) -> str:
+    try:
+        return cmdline.read_bytes().replace(b"\0", b" ").decode()
+    except OSError:  # the process has gone
+        return ""
