@@ -73,11 +73,13 @@ def train_here(ctx: StageContext) -> None:
     # The log lives in the work folder, which outlives a killed attempt, and is copied out at the end.
     metrics = ctx.work / "metrics.jsonl"
     checkpoint = _last_checkpoint(ctx.work / "checkpoints")
-    if checkpoint is None:
+    writer = int(os.environ.get("RANK", "0")) == 0  # of several processes, rank 0 alone writes the log
+    if checkpoint is None and writer:
         metrics.unlink(missing_ok=True)
-    else:
+    elif checkpoint is not None:
         step = int(Path(checkpoint).name.split("-")[1])
-        keep_metrics_until(metrics, step)
+        if writer:
+            keep_metrics_until(metrics, step)
         ctx.log(f"train: resuming from {Path(checkpoint).name} of an earlier attempt (step {step})")
 
     made: list[Any] = []
