@@ -253,6 +253,8 @@ def training_args(spec: Spec, profile: Profile, output_dir: Path, eval_on_start:
         # resumed mid-epoch would see other batches than an uninterrupted one (the crash tests caught it).
         report_to="none", remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=False,
         eval_on_start=eval_on_start,
+        # every adapter takes part in every forward: DDP need not walk the graph for unused ones
+        ddp_find_unused_parameters=False,
     )
 
 
