@@ -210,12 +210,12 @@ def _optimizer(spec: Spec, probe: Probe, device: Device, distributed: str, d: _D
     eight_bit_ok = device == "cuda" and probe.bitsandbytes is not None
     # FSDP's optimizer state dict cannot take bitsandbytes' 8-bit state (nested dicts): a run could
     # not resume from its checkpoints. The LoRA states are small and FSDP shards them anyway.
-    fsdp = "FSDP cannot reshard bitsandbytes' 8-bit optimizer state to resume from a checkpoint"
+    why = "FSDP cannot reshard bitsandbytes' 8-bit optimizer state to resume from a checkpoint"
     if distributed == "fsdp" and wanted == "auto":
-        d.note(f"optimizer adamw_torch: {fsdp}")
+        d.note(f"optimizer adamw_torch: {why}")
         return "adamw_torch"
     if distributed == "fsdp" and wanted != "adamw_torch":
-        d.cannot(f"train.optimizer {wanted}: {fsdp}", "set train.optimizer: adamw_torch", "adamw_torch")
+        d.cannot(f"train.optimizer {wanted}: {why}", "set train.optimizer: adamw_torch", "adamw_torch")
         return "adamw_torch"
     if wanted == "auto":
         choice = "paged_adamw_8bit" if eight_bit_ok else "adamw_torch"

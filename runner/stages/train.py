@@ -226,7 +226,7 @@ def _lora_model(model: Any, spec: Spec, checkpointing: bool, sharded: bool = Fal
     elif checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
-    model.config.use_cache = False  # training never reuses keys and values: keeping them costs 2 x kv per token and layer
+    model.config.use_cache = False  # training never reads the keys and values a cache would keep
     targets = spec.lora.target_modules
     config = LoraConfig(r=spec.lora.r, lora_alpha=spec.lora.alpha, lora_dropout=spec.lora.dropout,
                         target_modules=targets if isinstance(targets, str) else list(targets),
