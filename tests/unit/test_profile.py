@@ -110,3 +110,19 @@ def test_how_several_processes_share_training(tmp_path: Path) -> None:
     with pytest.raises(ProfileError, match="set hardware.distributed: ddp, or set hardware.on_unsupported: fallback"):
         resolve_profile(spec(tmp_path, "hardware: {processes: 2, distributed: fsdp, on_unsupported: error}\n"), CPU)
     assert resolve_profile(spec(tmp_path, "hardware: {processes: 2}\n"), CPU).distributed == "ddp"
+
+
+@pytest.mark.parametrize("probe, autocast, fused", [
+    (T4, True, True),  # the Trainer's fp16 autocast
+    (A100, True, True),  # bf16 autocast
+    (M1, False, False),  # plain fp16 LoRA without autocast; SDPA's math path on MPS
+    (CPU, False, True),  # fp32; CPU's SDPA is a flash kernel
+])
+def test_the_memory_estimate_sees_what_the_profile_runs(tmp_path: Path, probe: Probe, autocast: bool, fused: bool) -> None:
+    from runner.memory import setup_for
+
+    p = resolve_profile(spec(tmp_path), probe)
+    s = setup_for(spec(tmp_path), p, 512)
+    assert (s.autocast, s.fused_attention, s.device, s.quantization) == (autocast, fused, p.device, p.quantization)
+    assert s.compute_bytes == (4 if p.dtype == "fp32" else 2)
+    assert s.eight_bit_optimizer == (p.optimizer == "paged_adamw_8bit")
