@@ -90,6 +90,7 @@ def test_fsdp_asked_on_cpu_trains_with_ddp_and_says_why(tiny: Tiny, tmp_path: Pa
 def test_a_stopped_run_stops_every_process_and_the_next_run_resumes(tiny: Tiny, tmp_path: Path) -> None:
     # SIGTERM (docker stop, a scheduler) reaches the runner only: it must stop the launcher and both
     # workers with it, or they would go on training, and writing, after the runner has gone.
+    import contextlib
     import os
     import signal
     import time
@@ -108,17 +109,20 @@ def test_a_stopped_run_stops_every_process_and_the_next_run_resumes(tiny: Tiny, 
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=120)  # not communicate(): it would wait for every holder of the output pipe
 
-    def survivors() -> list[str]:
-        return [text for text in map(_text, Path("/proc").glob("[0-9]*/cmdline")) if str(store) in text]
+    def survivors() -> dict[int, str]:
+        """pid: command line of every process still working in this store."""
+        lines = {int(p.parent.name): _text(p) for p in Path("/proc").glob("[0-9]*/cmdline")}
+        return {pid: text for pid, text in lines.items() if str(store) in text}
 
     deadline = time.time() + 3  # the kernel's reaping; an orphaned worker would still be training
     while survivors() and time.time() < deadline:
         time.sleep(0.1)
     left = survivors()
-    for pid in [int(p.parent.name) for p in Path("/proc").glob("[0-9]*/cmdline") if str(store) in _text(p)]:
-        os.kill(pid, signal.SIGKILL)  # do not leave them to the next test
+    for pid in left:  # do not leave them to the next test
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     out = proc.communicate(timeout=60)[0]
-    assert proc.returncode == 143 and left == [], out[-3000:]
+    assert proc.returncode == 143 and left == {}, out[-3000:]
     again = runner("run", str(spec), "--store", str(store), "--only", "train")
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "train: resuming from checkpoint-" in again.stdout
