@@ -59,10 +59,10 @@ class Profile:
     distributed: Literal["none", "ddp", "fsdp"] = "none"  # how the processes share training
     reasons: tuple[str, ...] = field(default=())
 
-    def key_fields(self) -> dict[str, str]:
+    def key_fields(self) -> dict[str, str | int]:
         """What changes a trained model's numbers. Micro-batch split, checkpointing and attention
         kernel change speed and memory, not the result, so they stay out of keys."""
-        fields = {"device": self.device, "dtype": self.dtype, "quantization": self.quantization,
+        fields: dict[str, str | int] = {"device": self.device, "dtype": self.dtype, "quantization": self.quantization,
                   "optimizer": self.optimizer, "processes": self.processes}
         if self.processes > 1:  # sharded and replicated training sum gradients in other orders
             fields["distributed"] = self.distributed
