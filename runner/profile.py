@@ -13,6 +13,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 from importlib import metadata
+from pathlib import Path
 from typing import Literal
 
 from runner.errors import ProfileError
@@ -35,6 +36,8 @@ class Probe:
     gpus: tuple[Gpu, ...] = ()
     mps: bool = False
     cpu_count: int = 1
+    cores: int = 1  # physical cores this process may run on: torch's default thread count follows them
+    omp_num_threads: str | None = None  # the environment's OMP_NUM_THREADS, as written
     ram_mib: int = 0
     torch: str | None = None  # installed version, e.g. "2.13.0+cpu"
     bitsandbytes: str | None = None
@@ -57,6 +60,7 @@ class Profile:
     memory_mib: int = 0  # what the device has: the GPU's total, or the machine's RAM
     processes: int = 1  # data-parallel training processes (accelerate launch when above 1)
     distributed: Literal["none", "ddp", "fsdp"] = "none"  # how the processes share training
+    threads: int = 1  # CPU intra-op threads per process; the train stage sets torch to exactly this
     reasons: tuple[str, ...] = field(default=())
 
     def key_fields(self) -> dict[str, str | int]:
@@ -66,12 +70,15 @@ class Profile:
                   "optimizer": self.optimizer, "processes": self.processes}
         if self.processes > 1:  # sharded and replicated training sum gradients in other orders
             fields["distributed"] = self.distributed
+        if self.device == "cpu":  # each thread sums its own slice of a matmul: the count moves the last bits
+            fields["threads"] = self.threads
         return fields
 
 
 def probe_machine() -> Probe:
     return Probe(gpus=_nvidia_gpus(), mps=platform.system() == "Darwin" and platform.machine() == "arm64",
-                 cpu_count=os.cpu_count() or 1, ram_mib=_ram_mib(),
+                 cpu_count=os.cpu_count() or 1, cores=_physical_cores(), omp_num_threads=os.environ.get("OMP_NUM_THREADS"),
+                 ram_mib=_ram_mib(),
                  torch=_version("torch"), bitsandbytes=_version("bitsandbytes"))
 
 
@@ -79,6 +86,35 @@ def _version(package: str) -> str | None:
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
+        return None
+
+
+def _physical_cores() -> int:
+    """Physical cores among the CPUs this process may run on. torch's default (one thread per
+    physical core) counts every core of the machine; a process pinned to fewer (taskset, a
+    container's cpuset) would then run more threads than it has cores, so only those count here."""
+    if platform.system() == "Darwin":
+        return _sysctl_int("hw.perflevel0.physicalcpu") or _sysctl_int("hw.physicalcpu") or os.cpu_count() or 1
+    try:
+        cpus = os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+    cores = set()
+    for cpu in cpus:
+        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add(((topology / "physical_package_id").read_text().strip(), (topology / "core_id").read_text().strip()))
+        except OSError:  # no sysfs topology (some containers): count the CPU as a core
+            cores.add((f"cpu{cpu}", ""))
+    return len(cores) or 1
+
+
+def _sysctl_int(name: str) -> int | None:
+    """macOS: torch runs on the performance cores (perflevel0) of Apple silicon."""
+    try:
+        out = subprocess.run(["sysctl", "-n", name], capture_output=True, text=True, timeout=5, check=True).stdout
+        return int(out.strip())
+    except (OSError, subprocess.SubprocessError, ValueError):
         return None
 
 
@@ -131,6 +167,7 @@ def resolve_profile(spec: Spec, probe: Probe) -> Profile:
     distributed = _distributed(spec, device, processes, d)
     optimizer = _optimizer(spec, probe, device, distributed, d)
     micro, accum = _batch(spec, device, processes, d)
+    threads = _threads(probe, device, processes, d)
     checkpointing = spec.train.gradient_checkpointing
     if checkpointing == "auto":
         checkpointing = device == "cuda"
@@ -140,7 +177,7 @@ def resolve_profile(spec: Spec, probe: Probe) -> Profile:
                    micro_batch_size=micro, gradient_accumulation=accum,
                    gradient_checkpointing=bool(checkpointing), attn_implementation="sdpa",
                    memory_mib=probe.gpus[0].total_mib if device == "cuda" else probe.ram_mib, processes=processes,
-                   distributed=distributed, reasons=tuple(d.reasons))
+                   distributed=distributed, threads=threads, reasons=tuple(d.reasons))
 
 
 def _device(spec: Spec, probe: Probe, d: _Decisions) -> Device:
@@ -278,3 +315,20 @@ def _batch(spec: Spec, device: Device, processes: int, d: _Decisions) -> tuple[i
     shape = f"{micro} x {per_process // micro} accumulation" + (f" x {processes} processes" if processes > 1 else "")
     d.note(f"micro-batch {shape} = batch {total}")
     return micro, per_process // micro
+
+
+def _threads(probe: Probe, device: Device, processes: int, d: _Decisions) -> int:
+    """CPU threads per training process: OMP_NUM_THREADS when set (per process, as launchers read
+    it), else the physical cores shared out among the processes: torch's own default."""
+    env = (probe.omp_num_threads or "").strip()
+    if env.isdigit() and int(env) > 0:
+        n, why = int(env), f"OMP_NUM_THREADS={env}"
+    else:
+        if env:  # set but empty reads as unset, as OpenMP reads it
+            d.note(f"OMP_NUM_THREADS {probe.omp_num_threads!r} is not a positive whole number: ignored")
+        n = max(1, probe.cores // processes)
+        why = f"{probe.cores} physical core{'s' if probe.cores != 1 else ''}" + (
+            f" shared by {processes} processes" if processes > 1 else "")
+    keyed = "in the keys: CPU float sums follow the count" if device == "cpu" else f"not in the keys on {device}"
+    d.note(f"{n} CPU thread{'s' if n != 1 else ''}{' per process' if processes > 1 else ''}: {why} ({keyed})")
+    return n

@@ -12,7 +12,7 @@ from runner.profile import Probe, resolve_profile
 from runner.spec import Spec, load_spec
 from runner.stages import all_stages
 
-CPU = Probe(cpu_count=2, ram_mib=24000, torch="2.13.0+cpu", bitsandbytes="0.50.2")
+CPU = Probe(cpu_count=2, cores=2, ram_mib=24000, torch="2.13.0+cpu", bitsandbytes="0.50.2")
 UP = "0" * 64  # a stand-in upstream digest, so each stage's key is pinned on its own
 
 # Pinned: if one of these changes, either the key rule changed (bump every stage's version and
@@ -20,14 +20,14 @@ UP = "0" * 64  # a stand-in upstream digest, so each stage's key is pinned on it
 PINNED = {
     "model": "d2b49d4d6d2c9c77a13b153e7190fa96187452d9a0a7c57027d81c3a240c4d4c",
     "data": "227ebc5e89f7bc046a6d71127c923b33fd0774189f19a8d7f32f3ea8ca21e055",
-    "train": "79cc79115e8ea3219e213a5d87d2aeff80f7b95e6e57f9ba8d78c16c14acbe98",
-    "export": "b393cdf01f916494c2222fd6dbc7b78aa85c6810bd6c4f06d7d5bfdf54e8fdd7",
-    "eval": "038d6f9dcd28cca2d8288c99cfc3e9ee6144000c310acfb06da0579964845ee8",
+    "train": "1d210b9de9a5f6990d93c4c3787f60bb323d9ad77e0a2c4eee179718c1aa9a18",
+    "export": "ae14b29eeb1afd9e134cbac7e78f58401de018543c267109e7305979d6264d81",
+    "eval": "c15b48a34a68ac14894ff362b30eb053a4141d0dc1f1ef515f607a5ff4a492d7",
 }
 
 
-def keys(spec: Spec) -> dict[str, str]:
-    profile = resolve_profile(spec, CPU)
+def keys(spec: Spec, probe: Probe = CPU) -> dict[str, str]:
+    profile = resolve_profile(spec, probe)
     out = {}
     for stage in all_stages():
         upstream = {ref: UP for ref in stage.upstream}
@@ -91,6 +91,14 @@ def test_a_field_reaches_only_the_stages_that_read_it(tmp_path: Path) -> None:
     assert changed(dataclasses.replace(base, eval=dataclasses.replace(base.eval, generative=generative))) == {"eval"}
     stop = dataclasses.replace(base.eval.contamination, action="stop")  # a gate before training, not an output
     assert changed(dataclasses.replace(base, eval=dataclasses.replace(base.eval, contamination=stop))) == set()
+
+
+def test_the_cpu_thread_count_reaches_the_stages_that_read_the_profile(tmp_path: Path) -> None:
+    # CPU float sums follow the thread count, so one thread and two are different results.
+    base = smoke(tmp_path)
+    one, two = keys(base, dataclasses.replace(CPU, omp_num_threads="1")), keys(base, dataclasses.replace(CPU, cores=2))
+    assert {name for name in one if one[name] != two[name]} == {"train", "export", "eval"}
+    assert two == keys(base)  # two cores, no OMP_NUM_THREADS: the pinned profile
 
 
 def test_diff_names_the_field_and_both_values() -> None:

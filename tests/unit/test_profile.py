@@ -3,21 +3,23 @@ The probes are fakes because these machines cannot exist here; resolve_profile i
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from runner.errors import ProfileError
-from runner.profile import Gpu, Probe, resolve_profile
+from runner.profile import Gpu, Probe, probe_machine, resolve_profile
 from runner.spec import parse_spec
 
 CUDA_TORCH, BNB = "2.13.0", "0.50.2"
 T4 = Probe(gpus=(Gpu("Tesla T4", (7, 5), 15360, 15000),), cpu_count=2, ram_mib=12000, torch=CUDA_TORCH, bitsandbytes=BNB)
 RTX3090 = Probe(gpus=(Gpu("NVIDIA GeForce RTX 3090", (8, 6), 24576, 24000),), torch=CUDA_TORCH, bitsandbytes=BNB)
-A100 = Probe(gpus=(Gpu("NVIDIA A100-SXM4-80GB", (8, 0), 81920, 81000),), torch=CUDA_TORCH, bitsandbytes=BNB)
+A100 = Probe(gpus=(Gpu("NVIDIA A100-SXM4-80GB", (8, 0), 81920, 81000),), cpu_count=32, cores=16, torch=CUDA_TORCH,
+             bitsandbytes=BNB)
 H100 = Probe(gpus=(Gpu("NVIDIA H100 80GB HBM3", (9, 0), 81559, 80000),), torch=CUDA_TORCH, bitsandbytes=BNB)
 M1 = Probe(mps=True, cpu_count=8, ram_mib=32768, torch="2.13.0", bitsandbytes=None)
-CPU = Probe(cpu_count=2, ram_mib=24000, torch="2.13.0+cpu", bitsandbytes=BNB)
+CPU = Probe(cpu_count=2, cores=2, ram_mib=24000, torch="2.13.0+cpu", bitsandbytes=BNB)
 CPU_OLD_BNB = Probe(cpu_count=2, ram_mib=24000, torch="2.13.0+cpu", bitsandbytes="0.43.1")
 
 
@@ -72,6 +74,34 @@ def test_key_fields_leave_out_what_only_changes_speed(tmp_path: Path) -> None:
     a = resolve_profile(spec(tmp_path, "train: {micro_batch_size: 2}\n"), CPU)
     b = resolve_profile(spec(tmp_path, "train: {micro_batch_size: 8}\n"), CPU)
     assert a.micro_batch_size != b.micro_batch_size and a.key_fields() == b.key_fields()
+
+
+def test_threads_follow_the_cores_or_omp_num_threads(tmp_path: Path) -> None:
+    p = resolve_profile(spec(tmp_path), CPU)
+    assert p.threads == 2 and "2 CPU threads: 2 physical cores (in the keys: CPU float sums follow the count)" in p.reasons
+    one = resolve_profile(spec(tmp_path), replace(CPU, omp_num_threads="1"))
+    assert one.threads == 1 and any(r.startswith("1 CPU thread: OMP_NUM_THREADS=1 ") for r in one.reasons)
+    bad = resolve_profile(spec(tmp_path), replace(CPU, omp_num_threads="many"))
+    assert bad.threads == 2 and "OMP_NUM_THREADS 'many' is not a positive whole number: ignored" in bad.reasons
+    assert resolve_profile(spec(tmp_path), replace(CPU, omp_num_threads="")).threads == 2
+    # Several processes share the cores, unless OMP_NUM_THREADS says how many each one takes.
+    shared = resolve_profile(spec(tmp_path, "hardware: {processes: 2}\n"), CPU)
+    assert shared.threads == 1 and any("2 physical cores shared by 2 processes" in r for r in shared.reasons)
+    assert resolve_profile(spec(tmp_path, "hardware: {processes: 2}\n"), replace(CPU, omp_num_threads="2")).threads == 2
+
+
+def test_the_real_probe_reads_the_cores_and_omp_num_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    probe = probe_machine()
+    assert probe.omp_num_threads == "3" and 1 <= probe.cores <= probe.cpu_count
+
+
+def test_the_thread_count_is_in_the_keys_on_cpu_only(tmp_path: Path) -> None:
+    cpu1, cpu2 = (resolve_profile(spec(tmp_path), replace(CPU, omp_num_threads=n)) for n in ("1", "2"))
+    assert cpu1.key_fields()["threads"] == 1 and cpu1.key_fields() != cpu2.key_fields()
+    gpu1, gpu16 = (resolve_profile(spec(tmp_path), replace(A100, omp_num_threads=n)) for n in ("1", None))
+    assert (gpu1.threads, gpu16.threads) == (1, 16) and gpu1.key_fields() == gpu16.key_fields()
+    assert "threads" not in gpu1.key_fields() and any("not in the keys on cuda" in r for r in gpu16.reasons)
 
 
 def test_one_process_per_gpu_keeps_the_effective_batch(tmp_path: Path) -> None:
