@@ -5,21 +5,40 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 from runner import locks
+from runner.errors import StoreError
 from runner.records import runs_dir
 from runner.stages import STAGE_NAMES
 
 
 def referenced_keys(store_root: Path) -> set[tuple[str, str]]:
+    """(stage, key) of every stage any run record names. A record that cannot be read might name any
+    artifact, so gc stops rather than treat it as naming none (records are written whole, by rename,
+    so an unreadable `.json` is damage, not a record being written)."""
     keys: set[tuple[str, str]] = set()
-    for path in runs_dir(store_root).glob("*.json"):
+    unreadable: list[tuple[Path, str]] = []
+    for path in sorted(runs_dir(store_root).glob("*.json")):
         try:
-            record = json.loads(path.read_text("utf-8"))
-        except (OSError, ValueError):
-            continue
-        keys |= {(s["stage"], s["key"]) for s in record.get("stages", []) if s.get("key")}
+            keys |= _stage_keys(json.loads(path.read_text("utf-8")))
+        except RecursionError:
+            unreadable.append((path, "nested too deeply"))
+        except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            unreadable.append((path, str(exc)))
+    if unreadable:
+        path, why = unreadable[0]
+        more = f" (and {len(unreadable) - 1} more)" if len(unreadable) > 1 else ""
+        raise StoreError(f"{path}{more}: run record cannot be read ({why}); gc removed nothing, since that run "
+                         "may use any artifact: move or delete the record, then run gc again")
     return keys
+
+
+def _stage_keys(record: Any) -> set[tuple[str, str]]:
+    stages = record.get("stages") if isinstance(record, dict) else None
+    if not isinstance(stages, list) or not all(isinstance(s, dict) and isinstance(s.get("stage"), str) for s in stages):
+        raise ValueError("not a run record: no list of stages")
+    return {(s["stage"], str(s["key"])) for s in stages if s.get("key")}
 
 
 def collect(store_root: Path, dry_run: bool = False) -> tuple[list[Path], int]:
