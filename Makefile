@@ -1,19 +1,47 @@
 # make run [SPEC=specs/x.yaml]   run a spec end to end (creates .venv on first use)
 # make test                      install what the tests need and run them
+# make test-latest               the tests on the newest versions pyproject's ranges allow (.venv-latest)
+# make lock                      write requirements.lock from .venv-latest, once its tests pass
 SPEC ?= specs/smoke.yaml
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+# Every install goes through the lock: a fresh machine gets exactly what the tests last passed with.
+LOCK := requirements.lock
+TORCH_VERSION := $(shell sed -n 's/^torch==//p' $(LOCK))
 # CPU wheel of torch: a plain `pip install torch` would pull gigabytes of CUDA packages.
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+# What make installs besides the package: the test tools and the optional features' extras.
+EXTRAS := test,lint
+LATEST := .venv-latest
 
-.PHONY: run test test-unit test-integration validate plan bench clean
+.PHONY: run test test-unit test-integration test-latest lock validate plan bench clean
 
-$(VENV)/.installed: pyproject.toml
+define install_torch
+	$(1)/bin/python -m pip install --quiet "torch==$(TORCH_VERSION)" \
+		|| $(1)/bin/python -m pip install --quiet "torch==$(TORCH_VERSION)" --index-url $(TORCH_INDEX)
+endef
+
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet "torch==2.13.0" || $(PY) -m pip install --quiet "torch==2.13.0" --index-url $(TORCH_INDEX)
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(call install_torch,$(VENV))
+	$(PY) -m pip install --quiet -c $(LOCK) -e ".[$(EXTRAS)]"
+	$(PY) tools/lock.py check $(LOCK)
 	touch $@
+
+# A fresh environment with the newest versions the ranges admit (torch stays the lock's CPU build),
+# what changed against the lock, then every test on it. `make lock` makes that the new lock.
+test-latest:
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(call install_torch,$(LATEST))
+	$(LATEST)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e ".[$(EXTRAS),bench]"
+	$(LATEST)/bin/python tools/lock.py diff $(LOCK)
+	$(LATEST)/bin/python -m pytest -q
+
+lock:
+	@test -x $(LATEST)/bin/python || { echo "make lock: run make test-latest first"; exit 2; }
+	$(LATEST)/bin/python tools/lock.py write $(LOCK)
 
 run: $(VENV)/.installed
 	$(PY) -m runner run $(SPEC)

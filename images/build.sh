@@ -17,7 +17,7 @@ root=$(dirname "$here")
 # sha256 over "<sha256>  <path>" lines of every file the image's code comes from, sorted by path;
 # runner/docker.py computes the same to tell whether an image is older than the checkout.
 source_digest() {
-    (cd "$root" && find pyproject.toml images/Dockerfile images/install.sh runner -type f \
+    (cd "$root" && find pyproject.toml requirements.lock images/Dockerfile images/install.sh runner -type f \
         -not -name '*.pyc' -not -path '*/__pycache__/*' | LC_ALL=C sort | xargs sha256sum \
         | sha256sum | cut -c1-64)
 }
@@ -50,7 +50,9 @@ while [ $# -gt 0 ]; do
 done
 
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$root/pyproject.toml")
-args=(--build-arg "VERSION=$version" --build-arg "SOURCE_DIGEST=$(source_digest)")
+# torch's version comes from the lock, like every other version; the flavor picks only its build.
+torch_version=$(sed -n 's/^torch==//p' "$root/requirements.lock")
+args=(--build-arg "VERSION=$version" --build-arg "SOURCE_DIGEST=$(source_digest)" --build-arg "TORCH_VERSION=$torch_version")
 while IFS= read -r line; do  # the flavor's defaults: KEY=VALUE lines
     case "$line" in ''|'#'*) ;; *) args+=(--build-arg "$line") ;; esac
 done < "$here/$flavor.args"

@@ -61,8 +61,10 @@ def run(spec: str | Path, store: str | Path = "artifacts", only: str | None = No
     """Run every stage that is not cached; artifacts go to `store` (a mounted Drive survives a disconnect)."""
     from runner.execute import Options, run_spec
     from runner.profile import probe_machine, resolve_profile
+    from runner.quiet import quiet_known_warnings
     from runner.store import Store
 
+    quiet_known_warnings()
     started = time.time()
     typed = load_spec(spec)
     profile = resolve_profile(typed, probe_machine())

@@ -186,6 +186,10 @@ def build_args(flavor: str, env: Mapping[str, str]) -> dict[str, str]:
     pyproject = (CHECKOUT / "pyproject.toml").read_text("utf-8")
     match = re.search(r'^version = "(.*)"', pyproject, re.MULTILINE)
     args |= {"VERSION": match.group(1) if match else "unknown", "SOURCE_DIGEST": source_digest(CHECKOUT)}
+    lock = (CHECKOUT / "requirements.lock").read_text("utf-8")
+    torch = re.search(r"^torch==(\S+)", lock, re.MULTILINE)
+    if torch:  # the torch the lock pins, as images/build.sh passes it
+        args["TORCH_VERSION"] = torch.group(1)
     for name, arg in (("RUNNER_BASE_IMAGE", "BASE_IMAGE"), ("RUNNER_TORCH_INDEX", "TORCH_INDEX")):
         if env.get(name):
             args[arg] = env[name]
@@ -211,7 +215,8 @@ def stage(path: Path, name: str | None = None) -> str:
 
 def source_digest(root: Path) -> str:
     """What the image's code is built from, as images/build.sh --source-digest computes it."""
-    files = [root / "pyproject.toml", root / "images" / "Dockerfile", root / "images" / "install.sh"]
+    files = [root / "pyproject.toml", root / "requirements.lock", root / "images" / "Dockerfile",
+             root / "images" / "install.sh"]
     files += [p for p in (root / "runner").rglob("*")
               if p.is_file() and p.suffix != ".pyc" and "__pycache__" not in p.parts]
     names = sorted(p.relative_to(root).as_posix() for p in files)

@@ -257,8 +257,9 @@ def _score_branches(model: Any, requests: Sequence[Request], groups: list[list[i
                 positions[b, at + q] = lengths[b] + q
                 mask[b, 0, at + q, : lengths[b]] = True
                 mask[b, 0, at + q, width + at : width + at + q + 1] = True
+        cache = {_cache_argument(model): _returned_cache(out)}
         logits = model(input_ids=branch.to(device), position_ids=positions.to(device), attention_mask=mask.to(device),
-                       past_key_values=out.past_key_values, use_cache=False).logits  # (B, L, V)
+                       use_cache=False, **cache).logits  # (B, L, V)
         branch_logprobs = torch.log_softmax(logits, dim=-1)
         for i, b, at in spans:
             cont = requests[i].continuation
@@ -274,7 +275,7 @@ def _can_branch(model: Any) -> bool:
     """Branches need a cache, explicit positions and full attention everywhere: a sliding window
     (Mistral v0.1, Phi-3, Gemma 3) would see more of the prompt through a custom mask than the full
     pass does, and its cache keeps only the window."""
-    if not (_accepts(model, "past_key_values") and _accepts(model, "position_ids")):
+    if not (_cache_argument(model) and _accepts(model, "position_ids")):
         return False
     config = getattr(model, "config", None)
     config = getattr(config, "text_config", None) or config
@@ -284,6 +285,18 @@ def _can_branch(model: Any) -> bool:
     if kinds:  # transformers 5 names each layer's attention (Qwen2 has a sliding_window it does not use)
         return all(kind == "full_attention" for kind in kinds)
     return not getattr(config, "sliding_window", None)
+
+
+def _cache_argument(model: Any) -> str | None:
+    """The forward's name for the KV cache: `cache` from transformers 5.24 on, `past_key_values` before
+    (5.24 still takes the old name, with a FutureWarning, until 5.40)."""
+    return next((name for name in ("cache", "past_key_values") if _accepts(model, name)), None)
+
+
+def _returned_cache(out: Any) -> Any:
+    """The cache a forward returned, under either version's name (5.24 renamed the output field too)."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
 
 
 def _accepts(model: Any, argument: str) -> bool:
