@@ -78,7 +78,7 @@ def run_spec(spec: Spec, spec_path: Path, profile: Profile, store: Store, log: C
             record.stages.append({**current, "action": "failed", "error": str(exc)})
         try:
             save_record(record, record_path)
-        except OSError:
+        except (OSError, StoreError):
             pass  # a full disk can refuse the record too; the error being raised matters more
         raise
     record.status, record.finished = "completed", time.time()
@@ -92,6 +92,7 @@ def _reuse_or_build(stage: Stage, step: Step, spec: Spec, profile: Profile, stor
     if step.status == "cached" and step.manifest is not None:
         log(f"{stage.name}: cached {step.key[:12]}, nothing to do")
         return Outcome(stage.name, "reused", step.key, 0.0, step.manifest.path, ()), step.manifest
+    store.make_folder(store.lock_path(stage.name, step.key).parent)  # an unwritable store: its own error
     with locks.hold(store.lock_path(stage.name, step.key), f"{stage.name} {step.key[:12]}", log):
         if step.status != "forced":
             manifest = store.lookup(stage.name, step.key, verify)

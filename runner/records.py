@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import StoreError
+from runner.store import write_error
 
 LIBRARIES = ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate", "tokenizers")
 
@@ -50,17 +51,24 @@ def new_record(store_root: Path, spec_path: Path, spec: dict[str, Any], profile:
 
 def save_record(record: RunRecord, path: Path) -> None:
     """Write-then-rename, so a reader (or a kill) never meets half a record."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(json.dumps(asdict(record), indent=1, sort_keys=True), "utf-8")
+        os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        if exc.errno == errno.ENOSPC:
+        _remove(tmp)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise StoreError(f"disk full while writing the run record to {path.parent}; free some space "
                              "(`runner gc` removes unused artifacts) and run again: finished stages are kept") from exc
-        raise
-    os.replace(tmp, path)
+        raise write_error(path.parent.parent, exc) from exc
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass  # under a file or on a read-only mount there is nothing to remove
 
 
 def latest_record(store_root: Path, spec_path: Path) -> RunRecord | None:

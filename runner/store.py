@@ -7,6 +7,7 @@ checkpoints between attempts, so a killed stage can resume.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -83,21 +84,52 @@ class Store:
         """Yield an empty build folder; on success write the manifest and move it into place."""
         work = self.work_dir(stage, key)
         out = work / "out"
-        if out.exists():
-            shutil.rmtree(out)  # half-written by an earlier attempt: never trusted
-        out.mkdir(parents=True)
+        try:
+            if out.exists():
+                shutil.rmtree(out)  # half-written by an earlier attempt: never trusted
+            out.mkdir(parents=True)
+        except OSError as exc:
+            raise write_error(self.root, exc) from exc
         started = time.time()
-        yield out
+        yield out  # what the stage raises passes through untouched: only the store's own writes are mapped
         info = {"started": started, "seconds": round(time.time() - started, 3)}
+        try:
+            self._commit(stage, key, out, inputs, volatile, info)
+        except OSError as exc:
+            raise write_error(self.root, exc) from exc
+        shutil.rmtree(work, ignore_errors=True)
+
+    def _commit(self, stage: str, key: str, out: Path, inputs: dict[str, Any], volatile: tuple[str, ...],
+                info: dict[str, Any]) -> None:
         write_manifest(out, stage, key, inputs, volatile, info)
         final = self.artifact_dir(stage, key)
         if final.exists():
             # Reached with --force or for a damaged artifact: move it aside first, so no reader ever
             # sees a folder that is half old and half new.
-            trash = work / "replaced"
-            os.replace(final, trash)
+            os.replace(final, self.work_dir(stage, key) / "replaced")
         os.replace(out, final)
-        shutil.rmtree(work, ignore_errors=True)
+
+    def make_folder(self, folder: Path) -> None:
+        """Create a folder of the store, or raise the StoreError saying it cannot be written."""
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise write_error(self.root, exc) from exc
+
+
+def write_error(root: Path, exc: OSError) -> StoreError:
+    """The one-line StoreError for an OSError met while writing into the store at `root`."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StoreError(f"disk full while writing to {root}; free some space (`runner gc` removes unused "
+                          "artifacts) and run again: finished stages are kept")
+    failed = Path(exc.filename) if isinstance(exc.filename, str) else None
+    blocker = next((p for p in (failed, *failed.parents) if p.is_file()), None) if failed else None
+    if blocker is not None:  # "Not a directory" says less than which file is in the way
+        why = f"{blocker} is a file, not a folder"
+    else:
+        why = f"{exc.strerror or exc}" + (f" at {failed}" if failed and failed != root else "")
+    return StoreError(f"store {root} cannot be written ({why}); point --store (or RUNNER_STORE) at a folder "
+                      "you can write to")
 
 
 def write_manifest(folder: Path, stage: str, key: str, inputs: dict[str, Any],

@@ -1,0 +1,65 @@
+"""A store that cannot be written is the store error (exit 6, one line naming the folder), never a
+traceback. Root can write through any permission bits, so the tests make the store a file, a
+folder under a file, or a read-only mount."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import TINY, runner
+
+
+def spec_file(tmp_path: Path) -> Path:
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(TINY)
+    return spec
+
+
+def one_store_error(done: subprocess.CompletedProcess[str], folder: Path) -> str:
+    assert done.returncode == 6, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(folder) in errors[0] and "--store" in errors[0], done.stderr[-2000:]
+    return errors[0]
+
+
+def test_a_store_that_is_a_file(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    store.write_text("not a folder")
+    line = one_store_error(runner("run", str(spec_file(tmp_path)), "--store", str(store)), store)
+    assert "cannot be written" in line
+
+
+def test_a_store_under_a_file(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    store = tmp_path / "file" / "store"
+    one_store_error(runner("run", str(spec_file(tmp_path)), "--store", str(store)), store)
+
+
+def test_a_stage_folder_that_is_a_file(tmp_path: Path) -> None:
+    """The run record can be written, the model stage's folder cannot: the lock meets it first."""
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "model").write_text("not a folder")
+    one_store_error(runner("run", str(spec_file(tmp_path)), "--store", str(store)), store)
+
+
+@pytest.fixture()
+def read_only(tmp_path: Path):  # type: ignore[no-untyped-def]
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here (needs root): {made.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_store_on_a_read_only_file_system(tmp_path: Path, read_only: Path) -> None:
+    line = one_store_error(runner("run", str(spec_file(tmp_path)), "--store", str(read_only)), read_only)
+    assert "Read-only file system" in line
+    store = read_only / "store"
+    one_store_error(runner("run", str(spec_file(tmp_path)), "--store", str(store)), store)
