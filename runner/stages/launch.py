@@ -26,18 +26,13 @@ from runner.stages import StageContext
 
 def launch(ctx: StageContext) -> None:
     n = ctx.profile.processes
-    payload = {"spec": ctx.spec.as_dict(), "base_dir": ctx.spec.base_dir, "profile": asdict(ctx.profile),
-               "out": str(ctx.out), "work": str(ctx.work),
-               "upstream": {k: str(v) for k, v in ctx.upstream.items()}, "files": {k: str(v) for k, v in ctx.files.items()}}
-    ctx.work.mkdir(parents=True, exist_ok=True)
-    path = ctx.work / "launch.json"
-    path.write_text(json.dumps(payload), "utf-8")
+    path = write_context(ctx)
     command = [sys.executable, "-m", "accelerate.commands.launch", *sharing_arguments(ctx.profile.distributed),
                "--num_processes", str(n), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", str(_free_port()), "-m", "runner.stages.worker", str(path)]
-    env = {**os.environ, **sharing_environment(ctx.profile.distributed)}
-    if ctx.profile.device == "cpu":  # share the cores instead of oversubscribing them
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // n))
+    # The profile's threads per process (the cores shared out, so they are not oversubscribed): every
+    # library in the workers reads OMP_NUM_THREADS, and train_here sets torch's count to it as well.
+    env = {**os.environ, **sharing_environment(ctx.profile.distributed), "OMP_NUM_THREADS": str(ctx.profile.threads)}
     how = "FSDP" if ctx.profile.distributed == "fsdp" else "gloo on CPU" if ctx.profile.device == "cpu" else "DDP"
     ctx.log(f"train: launching {n} processes with accelerate ({how})")
     process = subprocess.Popen(command, env=env)
@@ -94,6 +89,17 @@ def _free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def write_context(ctx: StageContext) -> Path:
+    """launch.json in the work folder: what each worker needs to rebuild `ctx` (see context_from)."""
+    payload = {"spec": ctx.spec.as_dict(), "base_dir": ctx.spec.base_dir, "profile": asdict(ctx.profile),
+               "out": str(ctx.out), "work": str(ctx.work),
+               "upstream": {k: str(v) for k, v in ctx.upstream.items()}, "files": {k: str(v) for k, v in ctx.files.items()}}
+    ctx.work.mkdir(parents=True, exist_ok=True)
+    path = ctx.work / "launch.json"
+    path.write_text(json.dumps(payload), "utf-8")
+    return path
 
 
 def context_from(path: Path) -> StageContext:

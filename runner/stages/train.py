@@ -11,7 +11,8 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,26 @@ def run(ctx: StageContext) -> None:
 
 
 def train_here(ctx: StageContext) -> None:
-    """Train in this process (one of several when launched by accelerate)."""
+    """Train in this process (one of several when launched by accelerate), on exactly the profile's
+    CPU threads: the count is in the key on CPU, so it must not be whatever the environment says."""
+    with cpu_threads(ctx.profile.threads):
+        _train(ctx)
+
+
+@contextmanager
+def cpu_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to `n` while the block runs, then put back for what follows."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train(ctx: StageContext) -> None:
     from datasets import Dataset
     from transformers import set_seed
 
