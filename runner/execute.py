@@ -122,12 +122,21 @@ def _build(stage: Stage, step: Step, spec: Spec, profile: Profile, store: Store,
     except (RunnerError, KeyboardInterrupt):
         raise
     except Exception as exc:
-        # Libraries wrap a full disk in their own errors (torch.save says only "file write failed"),
-        # so the free space decides, not the exception's type.
+        # Libraries wrap a full disk in their own errors (torch.save raises a RuntimeError: "unexpected
+        # pos 576 vs 534", with no errno), so the free space decides, not the exception's type.
         if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or _nearly_full(store.root):
-            raise StoreError(f"{stage.name}: disk full while writing to {store.root} ({exc.strerror}); free some "
+            raise StoreError(f"{stage.name}: disk full while writing to {store.root} ({_short(exc)}); free some "
                              f"space (`runner gc` removes unused artifacts) and run again: finished stages are kept") from exc
         raise _stage_error(stage.name, exc) from exc
+
+
+def _short(exc: Exception) -> str:
+    """An OSError's own words ("No space left on device"), else the first line of what was raised."""
+    strerror = getattr(exc, "strerror", None)
+    if isinstance(strerror, str) and strerror:
+        return strerror
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first[:160]}" if first else type(exc).__name__
 
 
 def _nearly_full(folder: Path) -> bool:

@@ -13,6 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from runner.errors import StoreError
+from runner.execute import _build
+from runner.plan import Step
+from runner.stages import StageContext
+from runner.store import Store
 from tests.integration.conftest import ROOT, Tiny, runner, statuses
 
 STAGES = ("model", "data", "train", "export", "eval")
@@ -204,6 +209,34 @@ def test_full_disk_fails_the_stage_clearly_and_keeps_earlier_artifacts(tiny: Tin
     filler.unlink()
     assert runner("run", str(tiny.spec), "--store", str(store)).returncode == 0
     assert digests(store) == tiny.digests()
+
+
+
+class SavesATensor:
+    """A test-only stage: torch.save of 32 MiB into its build folder, more than the small disk holds."""
+
+    name, version, upstream, volatile, uses_profile = "train", 1, (), (), False
+
+    def local_files(self, spec: object) -> dict[str, Path]:
+        return {}
+
+    def run(self, ctx: StageContext) -> None:
+        import torch
+
+        torch.save(torch.zeros(8 * 2**20), ctx.out / "big.pt")
+
+
+def test_torch_save_on_a_full_disk_is_the_disk_full_error(small_disk: Path) -> None:
+    """torch.save reports a full disk as a RuntimeError without errno or strerror
+    ("[enforce fail at inline_container.cc] . unexpected pos ..."): the free space decides."""
+    store = Store(small_disk / "store")
+    step = Step("train", "new", "k" * 64, (), {"stage": "train"})
+    with pytest.raises(StoreError) as caught:
+        _build(SavesATensor(), step, None, None, store, print, {})  # type: ignore[arg-type]
+    assert isinstance(caught.value.__cause__, RuntimeError)  # torch.save itself met the full disk
+    message = str(caught.value)
+    assert message.startswith("train: disk full while writing to") and "runner gc" in message, message
+    assert "\n" not in message and "RuntimeError" in message, message
 
 
 def test_gc_removes_only_what_no_run_record_refers_to(tiny: Tiny, tmp_path: Path) -> None:
