@@ -15,7 +15,19 @@ from typing import Any
 
 import jsonschema
 
-from runner.yamlpos import Positions, format_path
+from runner.yamlpos import Positions, clip, format_path
+
+
+def _is_integer(checker: Any, instance: Any) -> bool:
+    # jsonschema's "integer" takes 42.0 (JSON has one number type); a spec's `seed: 42.0` would then
+    # reach stage code as a float and key differently from `seed: 42`. An integer is written as one.
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+_Validator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_integer),
+)
 
 
 @lru_cache(maxsize=1)
@@ -27,9 +39,15 @@ def load_schema() -> dict[str, Any]:
 
 def schema_errors(doc: Any, positions: Positions, source: str) -> list[str]:
     """Every schema violation in `doc`, each as one line `path: message (source:line:col)`."""
-    validator = jsonschema.Draft202012Validator(load_schema())
+    validator = _Validator(load_schema())
+    errors = list(validator.iter_errors(doc))
+    # A value of the wrong type also fails the path's enum or range: the type error says it all,
+    # and one wrong value must read as one line.
+    typed_wrong = {tuple(e.absolute_path) for e in errors if e.validator == "type"}
     problems: list[tuple[tuple[Any, ...], str]] = []
-    for error in validator.iter_errors(doc):
+    for error in errors:
+        if error.validator != "type" and tuple(error.absolute_path) in typed_wrong:
+            continue
         problems.extend(_describe(error))
     lines = []
     for path, message in sorted(problems, key=lambda p: (positions.locate(p[0]), p[1])):
@@ -56,7 +74,7 @@ def _describe(error: jsonschema.ValidationError) -> list[tuple[tuple[Any, ...], 
         return [(path, f"must be {sign[str(error.validator)]} {error.validator_value}, got {_show(error.instance)}")]
     if error.validator == "oneOf":
         return [(path, f"{_show(error.instance)} is not valid here: {error.schema.get('description', '')}")]
-    return [(path, error.message)]
+    return [(path, clip(" ".join(error.message.split()), 200))]  # jsonschema echoes the whole value
 
 
 def _unknown_key(key: str, known: list[str]) -> str:
@@ -73,9 +91,14 @@ def _type_words(types: str | list[str]) -> str:
 
 
 def _show(value: Any) -> str:
+    """`string "abc"`, `integer 3`, `list`: a long string is cut, and says how long it was."""
     kind = {str: "string", bool: "boolean", int: "integer", float: "number", list: "list", dict: "mapping"}
-    text = json.dumps(value) if not isinstance(value, (dict, list)) else kind[type(value)]
-    return f"{kind.get(type(value), type(value).__name__)} {text}" if not isinstance(value, (dict, list)) else text
+    if isinstance(value, (dict, list)):
+        return kind[type(value)]
+    text = clip(json.dumps(value))
+    if isinstance(value, str) and len(value) > 60:
+        text += f" ({len(value)} characters)"
+    return f"{kind.get(type(value), type(value).__name__)} {text}"
 
 
 def with_defaults(doc: dict[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from runner.errors import SpecError
 from runner.schema import schema_errors, with_defaults
-from runner.yamlpos import format_path, read_yaml
+from runner.yamlpos import clip, decode_spec, format_path, read_spec
 
 
 @dataclass(frozen=True)
@@ -206,37 +206,52 @@ class Spec:
         return data
 
 
+MAX_SPEC_BYTES = 2**20  # PyYAML reads ~1 MiB/s of plain text: a larger spec is data, and slow to refuse
+
+
 def load_spec(path: str | Path) -> Spec:
     """Read, validate and type a spec file. Raises SpecError listing every problem at once."""
     path = Path(path)
     if not path.is_file():
         raise SpecError([f"{path}: no such spec file"])
-    text = path.read_text("utf-8")
-    return parse_spec(text, source=str(path), base_dir=path.resolve().parent)
+    try:
+        size = path.stat().st_size
+        _check_size(size, str(path))
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SpecError([f"{path}: cannot read the spec: {exc.strerror or exc}"]) from None
+    return parse_spec(decode_spec(raw, str(path)), source=str(path), base_dir=path.resolve().parent)
+
+
+def _check_size(size: int, source: str) -> None:
+    if size > MAX_SPEC_BYTES:
+        raise SpecError([f"{source}: the spec is {size / 2**20:.1f} MiB, over the {MAX_SPEC_BYTES // 2**20} MiB "
+                         "limit; a spec holds settings, data goes in files"])
 
 
 def parse_spec(text: str, source: str = "<spec>", base_dir: Path | str = ".") -> Spec:
-    import yaml  # only for its error class; yamlpos already imported it
-
-    try:
-        doc, positions = read_yaml(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{mark.line + 1}:{mark.column + 1}" if mark else "?"
-        raise SpecError([f"{source}:{where}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
-    if not isinstance(doc, dict):
+    _check_size(len(text.encode("utf-8", "surrogatepass")), source)
+    doc, positions = read_spec(text, source)
+    if not isinstance(doc, dict) and not positions.problems:
         raise SpecError([f"{source}: a spec is a YAML mapping with at least `model` and `data`"])
-    problems = [f"{format_path(p)}: duplicate key, the later one would win ({source}:{ln}:{col})"
-                for p, ln, col in positions.duplicates]
-    problems += schema_errors(doc, positions, source)
+    found = [(p, ln, col, "duplicate key, the later one would win") for p, ln, col in positions.duplicates]
+    if positions.problems:  # the data was not built: report what the walk found, nothing more
+        found = sorted(found + positions.problems, key=_order)
+    problems = [f"{format_path(p)}: {msg} ({source}:{ln}:{col})" for p, ln, col, msg in found]
+    if not positions.problems:
+        problems += schema_errors(doc, positions, source)
     if problems:
         raise SpecError(problems)
     full = with_defaults(doc)
-    found = sorted(cross_field_problems(full, Path(base_dir)), key=lambda p: (positions.locate(p[0]), p[1]))
-    problems = [f"{format_path(p)}: {msg} ({source}:{positions.where(p)})" for p, msg in found]
+    found2 = sorted(cross_field_problems(full, Path(base_dir)), key=lambda p: (positions.locate(p[0]), p[1]))
+    problems = [f"{format_path(p)}: {msg} ({source}:{positions.where(p)})" for p, msg in found2]
     if problems:
         raise SpecError(problems)
     return typed(Spec, {**full, "base_dir": str(base_dir)})
+
+
+def _order(problem: tuple[Any, int, int, str]) -> tuple[int, int, str]:
+    return problem[1], problem[2], problem[3]
 
 
 def cross_field_problems(doc: dict[str, Any], base_dir: Path) -> list[tuple[tuple[Any, ...], str]]:
@@ -246,8 +261,8 @@ def cross_field_problems(doc: dict[str, Any], base_dir: Path) -> list[tuple[tupl
     if model["source"] == "hub" and not model["id"]:
         found.append((("model", "id"), "required when source is hub, e.g. meta-llama/Llama-3.2-3B-Instruct"))
     if model["source"] == "local":
-        found += _local_path(model["path"], ("model", "path"), base_dir, want_dir=True)
-    sources = [(("data", "train"), doc["data"]["train"])]
+        found += _model_folder(model["path"], base_dir)
+    sources: list[tuple[tuple[Any, ...], Any]] = [(("data", "train"), doc["data"]["train"])]
     if doc["data"]["validation"] is not None:
         sources.append((("data", "validation"), doc["data"]["validation"]))
     sources += [(("eval", "benchmarks", i), b) for i, b in enumerate(doc["eval"]["benchmarks"])]
@@ -283,18 +298,43 @@ def _regex(pattern: str | None, where: tuple[Any, ...]) -> list[tuple[tuple[Any,
         return []
     try:
         re.compile(pattern)
-    except re.error as exc:
-        return [(where, f"not a valid regular expression: {exc}")]
+    except (re.error, RecursionError, OverflowError) as exc:  # deep groups recurse; huge repeats overflow
+        return [(where, f"not a valid regular expression: {clip(str(exc) or type(exc).__name__, 120)}")]
+    return []
+
+
+WEIGHT_GLOBS = ("*.safetensors", "*.bin")  # what from_pretrained loads
+
+
+def _model_folder(path: str | None, base_dir: Path) -> list[tuple[tuple[Any, ...], str]]:
+    """A local model is a folder with config.json and weights at its top. Checked here, with a few
+    stats, so that `path: /` is refused before the model stage hashes every file under it."""
+    where = ("model", "path")
+    if not path:
+        return [(where, "required when source is local: a folder with config.json, the tokenizer and the weights")]
+    missing = _local_path(path, where, base_dir, want_dir=True)
+    if missing:
+        return missing
+    full = (base_dir / path).resolve()
+    if not (full / "config.json").is_file():
+        return [(where, f"{clip(repr(path))} is not a model folder: no config.json in {clip(str(full))}")]
+    if not any(next(full.glob(pattern), None) for pattern in WEIGHT_GLOBS):
+        return [(where, f"{clip(repr(path))} is not a model folder: no weights (*.safetensors or *.bin) "
+                        f"in {clip(str(full))}")]
     return []
 
 
 def _local_path(path: str, where: tuple[Any, ...], base_dir: Path, want_dir: bool) -> list[tuple[tuple[Any, ...], str]]:
     full = (base_dir / path).resolve()
-    ok = full.is_dir() if want_dir else full.is_file()
+    try:
+        ok = full.is_dir() if want_dir else full.is_file()
+    except OSError as exc:  # a name too long for the file system is not ignored by pathlib
+        return [(where, f"cannot use {clip(repr(path))}: {exc.strerror or exc}")]
     if ok:
         return []
     kind = "folder" if want_dir else "file"
-    return [(where, f"no such {kind} {path!r} (resolved to {full}; paths are relative to the spec file)")]
+    return [(where, f"no such {kind} {clip(repr(path))} (resolved to {clip(str(full))}; "
+                    "paths are relative to the spec file)")]
 
 
 def typed(cls: Any, value: Any) -> Any:
