@@ -34,11 +34,26 @@ def spec_slice(spec: Spec) -> dict[str, Any]:
     return {"model": {**common, "init": vars(m.init)}, "seed": spec.seed}
 
 
+MAX_MODEL_FILES = 10_000  # a model folder holds tens of files; this many means `path` is not one
+
+
 def local_files(spec: Spec) -> dict[str, Path]:
+    """Every file under the local model folder: the key hashes them. The spec has checked that the
+    folder looks like a model (config.json, weights); the count is capped so that a wrong but
+    plausible folder (a home directory with a config.json) is refused instead of hashed for minutes."""
     if spec.model.source != "local" or spec.model.path is None:
         return {}
     folder = spec.resolve(spec.model.path)
-    return {f"model/{p.relative_to(folder).as_posix()}": p for p in sorted(folder.rglob("*")) if p.is_file()}
+    files = {}
+    for p in folder.rglob("*"):
+        if p.is_file():
+            files[f"model/{p.relative_to(folder).as_posix()}"] = p
+            if len(files) > MAX_MODEL_FILES:
+                from runner.errors import SpecError
+
+                raise SpecError([f"model.path: {str(folder)[:80]} holds more than {MAX_MODEL_FILES} files; "
+                                 "point it at the model's own folder (config.json, tokenizer, weights)"])
+    return dict(sorted(files.items()))
 
 
 def run(ctx: StageContext) -> None:
