@@ -259,3 +259,18 @@ def test_the_real_cli_prints_one_line_and_exits_2(root: Path, folder: Path, body
                           cwd=root, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2, done.stderr
     assert len(done.stderr.splitlines()) == 1 and done.stderr.startswith("error: "), done.stderr
+
+
+def test_a_model_folder_with_too_many_files_is_refused_not_hashed(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from runner.errors import SpecError
+    from runner.spec import load_spec
+    from runner.stages import model
+
+    for i in range(4):
+        (folder / "model" / f"extra{i}.txt").write_text("x")
+    (folder / "s.yaml").write_bytes(BASE_TEXT.replace(b"source: init", b"source: local\n  path: model"))
+    spec = load_spec(folder / "s.yaml")
+    assert len(model.local_files(spec)) == 6
+    monkeypatch.setattr(model, "MAX_MODEL_FILES", 3)
+    with pytest.raises(SpecError, match=r"^model.path: .* holds more than 3 files; point it at the model's own folder"):
+        model.local_files(spec)
