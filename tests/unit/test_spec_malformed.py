@@ -208,6 +208,9 @@ def _raw_cases() -> Iterator[tuple[str, bytes]]:
     for old in (b"path: train.jsonl\n  validation", b"ids: ids.txt", b"name: b"):
         new = old.replace(b"train.jsonl", b'"tr\\0ain.jsonl"').replace(b"ids.txt", b'"i\\0ds"').replace(b"b", b'"b\\0"')
         yield "nul", BASE_TEXT.replace(old, new)
+    yield "path too long", BASE_TEXT.replace(b"ids: ids.txt", b"ids: " + b"z" * 5000)
+    yield "regex too deep", BASE_TEXT.replace(b"pattern: x", b"pattern: '" + b"(" * 1000 + b")" * 1000 + b"'")
+    yield "regex repeat too big", BASE_TEXT.replace(b"pattern: x", b"pattern: 'a{99999999999}'")
     yield "too big comment", BASE_TEXT + b"#" * (2**20 + 1) + b"\n"
     yield "too big string", BASE_TEXT + b"name: " + b"a" * 2**21 + b"\n"
     for field in ("seed: ", "hardware: {device: ", "lora: {r: ", "train: {"):
