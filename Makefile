@@ -15,7 +15,7 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 EXTRAS := test,lint
 LATEST := .venv-latest
 
-.PHONY: run test test-unit test-integration test-latest lock validate plan bench clean
+.PHONY: run test test-unit test-integration test-latest lock validate plan bench bench-eval clean
 
 define install_torch
 	$(1)/bin/python -m pip install --quiet "torch==$(TORCH_VERSION)" \
@@ -29,13 +29,16 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PY) tools/lock.py check $(LOCK)
 	touch $@
 
-# A fresh environment with the newest versions the ranges admit (torch stays the lock's CPU build),
-# what changed against the lock, then every test on it. `make lock` makes that the new lock.
+# A fresh environment with the newest versions the ranges admit, what changed against the lock, then
+# every test on it; `make lock` makes that the new lock. torch stays the lock's CPU build: the newest
+# torch on PyPI is the CUDA build (gigabytes); move it on purpose by editing its line in the lock.
 test-latest:
 	rm -rf $(LATEST)
 	$(PYTHON) -m venv $(LATEST)
 	$(call install_torch,$(LATEST))
-	$(LATEST)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e ".[$(EXTRAS),bench]"
+	echo "torch==$(TORCH_VERSION)" > $(LATEST)/torch-pin.txt
+	$(LATEST)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -c $(LATEST)/torch-pin.txt \
+		-e ".[$(EXTRAS),bench]"
 	$(LATEST)/bin/python tools/lock.py diff $(LOCK)
 	$(LATEST)/bin/python -m pytest -q
 
@@ -60,6 +63,11 @@ test-unit: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) bench/train_speed.py
+
+# lm-evaluation-harness beside the runner, at the lock's versions (bench/eval_speed.py's other side).
+bench-eval: $(VENV)/.installed
+	$(PY) -m pip install --quiet -c $(LOCK) -e ".[$(EXTRAS),bench]"
+	$(PY) bench/eval_speed.py
 
 clean:
 	rm -rf artifacts
