@@ -78,3 +78,37 @@ def test_hub_model_resolves_to_a_recorded_commit_from_the_cache(tiny: Tiny, tmp_
     info = json.loads((only_artifact(store, "model") / "model.json").read_text())
     assert info == {"source": "hub", "id": "medlab/tiny-llama", "revision": "main", "commit": commit}
     assert (only_artifact(store, "model") / "tokenizer" / "tokenizer.json").is_file()
+
+
+MEDMCQA = {"question": "Which vitamin deficiency causes scurvy?", "exp": "", "cop": 3, "opa": "Vitamin A",
+           "opb": "Vitamin D", "opc": "Vitamin C", "opd": "Vitamin K", "subject_name": "Biochemistry",
+           "topic_name": None, "id": "x", "choice_type": "single"}
+
+
+def test_medmcqa_json_lines_with_a_deep_and_a_non_utf8_line_trains_and_scores(tiny: Tiny, tmp_path: Path) -> None:
+    """MedMCQA's release is JSON Lines named `.json`; one line nested 100,000 deep and one of bad
+    UTF-8 are dropped and counted, the other rows are kept: as training data and as a benchmark."""
+    # Distinct questions: two equal ones crash the scorer's branch path (scoring._shared_prompts).
+    good = [json.dumps({**MEDMCQA, "id": f"q{i}", "question": f"{MEDMCQA['question']} ({i})"}).encode()
+            for i in range(20)]
+    dev = tmp_path / "dev.json"
+    dev.write_bytes(b"\n".join(good[:10] + [b"[" * 100_000, b'{"question": "caf\xe9"}'] + good[10:]) + b"\n")
+    text = tiny.spec.read_text()
+    start = text.index("  train: {path:")
+    fields = "{options: [opa, opb, opc, opd], answer_key: cop, answer_key_type: index1}"
+    text = text[:start] + f"  train: {{path: {dev}}}\n  fields: {fields}\n" + text[text.index("\n", start) + 1:]
+    start = text.index("  benchmarks:")
+    text = text[:start] + ("  benchmarks: [{name: medmcqa, format: medmcqa, path: " + str(dev) +
+                           ", fields: {answer_key_type: index1}}]\n") + text[text.index("\n", start) + 1:]
+    spec = tmp_path / "medmcqa.yaml"
+    spec.write_text(text)
+    store = tmp_path / "store"
+    for stage in ("model",):
+        shutil.copytree(tiny.artifacts[stage], store / stage / tiny.artifacts[stage].name)
+    done = runner("run", str(spec), "--store", str(store))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    stats = json.loads((only_artifact(store, "data") / "stats.json").read_text())
+    assert sum(stats["rows"].values()) == 20
+    assert stats["dropped"] == {"not UTF-8": 1, "not valid JSON (nested too deeply)": 1}
+    scored = json.loads((only_artifact(store, "eval") / "metrics.json").read_text())["benchmarks"]["medmcqa"]
+    assert scored["dropped"] == {"not UTF-8": 1, "not valid JSON (nested too deeply)": 1}

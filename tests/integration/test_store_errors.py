@@ -63,3 +63,18 @@ def test_a_store_on_a_read_only_file_system(tmp_path: Path, read_only: Path) -> 
     assert "Read-only file system" in line
     store = read_only / "store"
     one_store_error(runner("run", str(spec_file(tmp_path)), "--store", str(store)), store)
+
+
+def test_gc_with_a_truncated_run_record_removes_nothing_and_names_it(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    artifact = store / "train" / ("a" * 64)
+    artifact.mkdir(parents=True)
+    (artifact / "manifest.json").write_text("{}")
+    record = store / "runs" / "20261201T000000-1-tiny.json"
+    record.parent.mkdir()
+    record.write_text('{"stages": [{"stage": "model", "key": "' + "b" * 64 + '"}, {"stage": "tr')
+    for args in (("--dry-run",), ()):
+        done = runner("gc", "--store", str(store), *args)
+        assert done.returncode == 6 and "would remove" not in done.stdout, done.stdout + done.stderr
+        assert done.stderr.startswith(f"error: {record}: run record cannot be read (") and done.stderr.count("\n") == 1
+    assert artifact.is_dir()
