@@ -156,7 +156,8 @@ def score(model: Any, requests: Sequence[Request], batch_size: int, pad_id: int,
     results = [0.0] * len(requests)
     keep = _accepts(model, "logits_to_keep")  # most causal LMs in transformers 5 can
     with torch.inference_mode():
-        plain = [row for row in rows if requests[row.wanted[0][0]].item not in shared]
+        # A row two identical questions share runs plain unless every question on it branches.
+        plain = [row for row in rows if any(requests[i].item not in shared for i, _ in row.wanted)]
         for start in range(0, len(plain), batch_size):
             _score_rows(model, requests, plain[start : start + batch_size], pad_id, keep, results)
         groups = sorted(shared.values(), key=lambda g: (-len(requests[g[0]].context), g[0]))
@@ -206,9 +207,9 @@ def _keep_only(positions: list[int], picks: list[tuple[int, int, int]], keep: bo
 def _shared_prompts(requests: Sequence[Request], rows: Sequence[Row], max_length: int) -> dict[int, list[int]]:
     """item -> its request indices, for the items that need more than one row and are not truncated."""
     rows_of: dict[int, int] = {}
-    for row in rows:
-        item = requests[row.wanted[0][0]].item
-        rows_of[item] = rows_of.get(item, 0) + 1
+    for row in rows:  # identical questions share rows: each row counts for every item on it
+        for item in {requests[i].item for i, _ in row.wanted}:
+            rows_of[item] = rows_of.get(item, 0) + 1
     by_item: dict[int, list[int]] = {}
     for index, r in enumerate(requests):
         by_item.setdefault(r.item, []).append(index)

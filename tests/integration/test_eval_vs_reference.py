@@ -3,6 +3,7 @@ real rows; and, where lm-eval is installed, equals lm-evaluation-harness itself.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,22 @@ def test_scoring_equals_a_plain_reference_on_real_rows(plain_model: tuple[Any, A
     assert predictions(len(items), requests, fast) == predictions(len(items), requests, slow)
 
 
+def test_identical_questions_score_as_each_does_alone(plain_model: tuple[Any, Any], shared_data: Path) -> None:
+    """Real sets hold duplicates: two items with the same prompt share their rows (one KeyError before),
+    and an item with fewer choices than its twin is scored too, not left at 0."""
+    model, tok = plain_model
+    items = slices(shared_data)["pubmedqa"][:2]
+    twin = dataclasses.replace(items[0], choices=items[0].choices[:1], answer=0)
+    doubled = [items[0], items[1], items[0], twin]
+    limit = max_length_of(model, tok)
+    requests = requests_for(doubled, tok, lambda p: p)
+    together = score(model, requests, batch_size=3, pad_id=tok.pad_token_id, max_length=limit)
+    alone = [score(model, requests_for([item], tok, lambda p: p), batch_size=3, pad_id=tok.pad_token_id,
+                   max_length=limit) for item in doubled]
+    assert together == pytest.approx([x for scores in alone for x in scores], abs=2e-4)
+    assert all(x != 0.0 for x in together)
+
+
 def test_scoring_the_4bit_model_with_its_adapter_on_and_off(tiny: Tiny, shared_data: Path) -> None:
     """What the eval stage scores: the adapter over the 4-bit base, and the same model with it off."""
     from peft import PeftModel
@@ -126,8 +143,12 @@ def test_branches_only_where_every_layer_attends_to_the_whole_prompt() -> None:
     from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM, MistralConfig,
                               MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM)
 
-    from runner.stages.scoring import _can_branch
+    from runner.stages.scoring import _can_branch, _cache_argument
 
+    # The branch path follows the forward's cache argument: `cache` from transformers 5.24, before it
+    # `past_key_values`; under whatever is installed, Llama must branch (5.24 silently lost it).
+    assert _cache_argument(LlamaForCausalLM(LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                                        num_attention_heads=2, vocab_size=64))) is not None
     small = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
              "num_key_value_heads": 1, "vocab_size": 64}
     assert _can_branch(LlamaForCausalLM(LlamaConfig(**small)))
