@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished stages are kept; run the same command again to go on", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `runner plan x | head`: the reader left; nothing to say to it
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -122,7 +125,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
     probe = probe_machine()
     for gpu in probe.gpus:
         print(f"gpu: {gpu.name}, sm_{gpu.capability[0]}{gpu.capability[1]}, {gpu.total_mib} MiB ({gpu.free_mib} free)")
-    print(f"cpu: {probe.cpu_count} cores, {probe.ram_mib} MiB RAM; mps: {'yes' if probe.mps else 'no'}")
+    print(f"cpu: {probe.cpu_count} CPUs ({probe.cores} physical cores), {probe.ram_mib} MiB RAM; "
+          f"mps: {'yes' if probe.mps else 'no'}")
     print(f"torch {probe.torch or 'not installed'}, bitsandbytes {probe.bitsandbytes or 'not installed'}")
     spec_path = args.spec or Path(__file__).resolve().parent.parent / "specs" / "smoke.yaml"
     if args.spec is None and not spec_path.is_file():
@@ -137,6 +141,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def _sharing(profile: Any) -> str:
+    """The processes and, on CPU, the threads each trains on (the count is in the keys there)."""
+    threads = f", {profile.threads} CPU thread{'s' if profile.threads != 1 else ''}" if profile.device == "cpu" else ""
     if profile.processes == 1:
-        return ""
-    return f" x {profile.processes} processes ({profile.distributed.upper()})"
+        return threads
+    return f" x {profile.processes} processes ({profile.distributed.upper()}){threads}"

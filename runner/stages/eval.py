@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from runner.benchmarks import HARNESS_TASKS, load_items
+from runner.benchmarks import HARNESS_TASKS, Item, load_items
 from runner.spec import Benchmark, Spec
 from runner.stages import StageContext
 from runner.stats import summarize
@@ -64,6 +64,13 @@ def local_files(spec: Spec) -> dict[str, Path]:
 
 
 def run(ctx: StageContext) -> None:
+    from runner.stages.train import cpu_threads
+
+    with cpu_threads(ctx.profile.threads):  # in the key on CPU: the scores' float sums follow it
+        _evaluate(ctx)
+
+
+def _evaluate(ctx: StageContext) -> None:
     from peft import PeftModel
 
     from runner.contamination import training_texts
@@ -72,6 +79,10 @@ def run(ctx: StageContext) -> None:
     from runner.stages.report import write_report
 
     spec = ctx.spec
+    # Every benchmark is read before the model loads: a broken file stops the stage at once, naming
+    # its line, not after the benchmarks before it were scored.
+    loaded = {b.name: load_items(b, ctx.files.get(f"benchmark/{b.name}"), ctx.files.get(f"benchmark/{b.name}/ids"))
+              for b in spec.eval.benchmarks}
     tok = load_tokenizer(ctx.upstream["model"])
     model = PeftModel.from_pretrained(load_base(ctx.upstream["model"], spec, ctx.profile),
                                       str(ctx.upstream["export"] / "adapter"))
@@ -82,7 +93,8 @@ def run(ctx: StageContext) -> None:
                    if spec.eval.contamination.check and spec.eval.benchmarks else [])
     with open(ctx.out / "predictions.jsonl", "w", encoding="utf-8") as preds_file:
         for bench in spec.eval.benchmarks:
-            results[bench.name] = score_benchmark(ctx, model, tok, bench, labels, preds_file, train_texts)
+            results[bench.name] = score_benchmark(ctx, model, tok, bench, loaded[bench.name], labels, preds_file,
+                                                  train_texts)
     answers = answer_queries(model, tok, spec, labels, adapter_off) if spec.eval.queries else []
     with open(ctx.out / "generations.jsonl", "w", encoding="utf-8") as handle:
         for row in answers:
@@ -94,13 +106,14 @@ def run(ctx: StageContext) -> None:
     write_report(ctx, metrics, answers)
 
 
-def score_benchmark(ctx: StageContext, model: Any, tok: Any, bench: Benchmark, labels: tuple[str, ...],
-                    preds_file: TextIO, train_texts: list[str]) -> dict[str, Any]:
-    """Score one benchmark with each model; write its predictions; return its summary."""
+def score_benchmark(ctx: StageContext, model: Any, tok: Any, bench: Benchmark,
+                    loaded: tuple[list[Item], dict[str, int]], labels: tuple[str, ...], preds_file: TextIO,
+                    train_texts: list[str]) -> dict[str, Any]:
+    """Score one benchmark's items with each model; write its predictions; return its summary."""
     from runner.stages.scoring import max_length_of, predictions, requests_for, score
 
     spec = ctx.spec
-    items, dropped = load_items(bench, ctx.files.get(f"benchmark/{bench.name}"), ctx.files.get(f"benchmark/{bench.name}/ids"))
+    items, dropped = loaded
     chat = spec.eval.chat_template
     # With a chat template the harness scores "A", not " A": the template ends the prompt.
     requests = requests_for(items, tok, _renderer(tok) if chat else (lambda prompt: prompt), "" if chat else " ")

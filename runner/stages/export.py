@@ -31,6 +31,13 @@ def local_files(spec: Spec) -> dict[str, Path]:
 
 
 def run(ctx: StageContext) -> None:
+    from runner.stages.train import cpu_threads
+
+    with cpu_threads(ctx.profile.threads):  # in the key on CPU: the merge's float sums follow it
+        _export(ctx)
+
+
+def _export(ctx: StageContext) -> None:
     spec = ctx.spec
     shutil.copytree(ctx.upstream["train"] / "adapter", ctx.out / "adapter")
     summary = json.loads((ctx.upstream["train"] / "summary.json").read_text("utf-8"))

@@ -267,7 +267,7 @@ def training_args(spec: Spec, profile: Profile, output_dir: Path, eval_on_start:
         max_grad_norm=t.max_grad_norm, optim=profile.optimizer,
         bf16=profile.dtype == "bf16" and profile.device == "cuda",
         fp16=profile.dtype == "fp16" and profile.device == "cuda",
-        use_cpu=profile.device == "cpu", gradient_checkpointing=False,  # enabled on the model above
+        use_cpu=profile.device == "cpu", activation_checkpointing=False,  # enabled on the model above (5.23 renamed gradient_)
         logging_steps=t.logging_steps, save_steps=t.save_steps, save_total_limit=2, save_only_model=False,
         # Not train_sampling_strategy="group_by_length": its order is not seeded per epoch, so a run
         # resumed mid-epoch would see other batches than an uninterrupted one (the crash tests caught it).
