@@ -142,7 +142,7 @@ def run_harness(lm: Any, fmt: str, path: Path, limit: int, task_manager: Any = N
 
 
 def run_runner(model: Any, tok: Any, fmt: str, path: Path, limit: int, batch_size: int) -> dict[str, Any]:
-    from runner.stages.scoring import max_length_of, predictions, requests_for, score
+    from runner.stages.eval.scoring import max_length_of, predictions, requests_for, score
 
     fields = Fields(answer_key_type="index0")
     with Clock() as clock:
@@ -176,7 +176,7 @@ def main() -> None:
     from lm_eval.models.huggingface import HFLM
     from transformers import AutoModelForCausalLM
 
-    from runner.stages.loading import load_tokenizer
+    from runner.stages.model.loading import load_tokenizer
 
     from lm_eval.tasks import TaskManager
 

@@ -51,8 +51,8 @@ def child(size: str, checkpointing: bool, quantization: str) -> dict[str, object
     from runner.memory import Shape, estimate, setup_for
     from runner.profile import probe_machine, resolve_profile
     from runner.spec import ModelInit, parse_spec
-    from runner.stages.loading import load_base, torch_dtype
-    from runner.stages.tiny import build_model
+    from runner.stages.model.loading import load_base, torch_dtype
+    from runner.stages.model.tiny import build_model
     from runner.stages.train import _lora_model
 
     hidden, layers, inter, heads, kv, vocab, micro, seq = SIZES[size]

@@ -144,7 +144,7 @@ def run_runner(spec: Spec, profile: Profile, upstream: dict[str, Path], steps: i
     """(a) The runner's own train stage, unchanged but for the token-counting hook on its model."""
     from runner.stages import StageContext
     from runner.stages import train as stage
-    from runner.stages.training import read_metrics
+    from runner.stages.train.callbacks import read_metrics
     counter, original = TokenCounter(), stage._lora_model
     stage._lora_model = lambda *a, **k: counter.attach(original(*a, **k))
     try:

@@ -45,7 +45,7 @@ def local_files(spec: Spec) -> dict[str, Path]:
 
 
 def run(ctx: StageContext) -> None:
-    from runner.stages.loading import load_tokenizer
+    from runner.stages.model.loading import load_tokenizer
 
     spec = ctx.spec
     tok = load_tokenizer(ctx.upstream["model"])

@@ -58,7 +58,7 @@ def _export(ctx: StageContext) -> None:
 def merge(ctx: StageContext) -> None:
     from peft import PeftModel
 
-    from runner.stages.loading import load_base, load_tokenizer, torch_dtype
+    from runner.stages.model.loading import load_base, load_tokenizer, torch_dtype
 
     spec, profile = ctx.spec, ctx.profile
     dtype_name = profile.dtype if spec.export.merged_dtype == "auto" else spec.export.merged_dtype

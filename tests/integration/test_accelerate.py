@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from runner.stages.launch import sharing_environment
+from runner.stages.train.launch import sharing_environment
 from tests.integration.conftest import Tiny, only_artifact, runner
 
 
@@ -36,11 +36,11 @@ def test_fsdp_launch_options_are_what_accelerate_turns_into_fsdp_qlora_settings(
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
     from accelerate.utils.launch import prepare_multi_gpu_env
 
-    from runner.stages.launch import sharing_arguments
+    from runner.stages.train.launch import sharing_arguments
 
     args = launch_command_parser().parse_args([*sharing_arguments("fsdp"), "--num_processes", "2", "--num_machines",
                                                "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                                               "-m", "runner.stages.worker", "launch.json"])
+                                               "-m", "runner.stages.train.worker", "launch.json"])
     env = prepare_multi_gpu_env(_validate_launch_command(args)[0])
     assert {k: env[k] for k in ("ACCELERATE_USE_FSDP", "FSDP_SHARDING_STRATEGY", "FSDP_AUTO_WRAP_POLICY",
                                 "FSDP_USE_ORIG_PARAMS", "FSDP_CPU_RAM_EFFICIENT_LOADING", "FSDP_STATE_DICT_TYPE")} == {
@@ -60,7 +60,7 @@ def test_fsdp_leaves_the_rotary_frequencies_out_of_its_mixed_precision(tiny: Tin
 
     from runner.profile import probe_machine, resolve_profile
     from runner.spec import load_spec
-    from runner.stages.loading import load_base
+    from runner.stages.model.loading import load_base
     from runner.stages.train import _lora_model
 
     for name, value in sharing_environment("fsdp").items():

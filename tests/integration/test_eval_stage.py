@@ -97,9 +97,9 @@ def test_batched_generation_writes_what_one_question_at_a_time_writes(tiny: Tiny
     from runner.benchmarks import load_items
     from runner.profile import probe_machine, resolve_profile
     from runner.spec import Benchmark, load_spec
-    from runner.stages.generation import generate_batch
-    from runner.stages.loading import load_base, load_tokenizer
-    from runner.stages.scoring import encoder
+    from runner.stages.eval.generation import generate_batch
+    from runner.stages.model.loading import load_base, load_tokenizer
+    from runner.stages.eval.scoring import encoder
 
     spec = load_spec(tiny.spec)
     model_dir = tiny.artifacts["model"]

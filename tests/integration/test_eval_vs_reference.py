@@ -15,8 +15,8 @@ from runner.benchmarks import Item, to_items
 from runner.formats import read_local
 from runner.profile import probe_machine, resolve_profile
 from runner.spec import Fields, load_spec
-from runner.stages.loading import load_base, load_tokenizer
-from runner.stages.scoring import _shared_prompts, max_length_of, plan_rows, predictions, requests_for, score
+from runner.stages.model.loading import load_base, load_tokenizer
+from runner.stages.eval.scoring import _shared_prompts, max_length_of, plan_rows, predictions, requests_for, score
 from tests.integration.conftest import Tiny
 
 
@@ -143,7 +143,7 @@ def test_branches_only_where_every_layer_attends_to_the_whole_prompt() -> None:
     from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM, MistralConfig,
                               MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM)
 
-    from runner.stages.scoring import _can_branch, _cache_argument
+    from runner.stages.eval.scoring import _can_branch, _cache_argument
 
     # The branch path follows the forward's cache argument: `cache` from transformers 5.24, before it
     # `past_key_values`; under whatever is installed, Llama must branch (5.24 silently lost it).

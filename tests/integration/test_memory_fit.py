@@ -10,7 +10,7 @@ from transformers import TrainerCallback
 
 from runner.profile import probe_machine, resolve_profile
 from runner.spec import load_spec
-from runner.stages.loading import load_base, load_tokenizer
+from runner.stages.model.loading import load_base, load_tokenizer
 from runner.stages.train import _lora_model, _trainer, train_with_retries
 from tests.integration.conftest import Tiny, memory_bench
 

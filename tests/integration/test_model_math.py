@@ -7,7 +7,7 @@ import torch
 
 from runner.profile import probe_machine, resolve_profile
 from runner.spec import load_spec
-from runner.stages.loading import load_base
+from runner.stages.model.loading import load_base
 from tests.integration.conftest import Tiny
 
 

@@ -15,7 +15,7 @@ import pytest
 from runner.profile import Profile
 from runner.spec import load_spec
 from runner.stages import StageContext
-from runner.stages.launch import write_context
+from runner.stages.train.launch import write_context
 from tests.integration.conftest import ROOT, Tiny, runner, statuses
 
 ADAPTER = Path("adapter") / "adapter_model.safetensors"
@@ -71,7 +71,7 @@ def test_one_key_gives_one_adapter_whatever_omp_num_threads_says(tiny: Tiny, tmp
                        log=print)
     ctx.out.mkdir()
     env = {**default_env(), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "runner.stages.worker", str(write_context(ctx))], cwd=ROOT, env=env,
+    done = subprocess.run([sys.executable, "-m", "runner.stages.train.worker", str(write_context(ctx))], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert (ctx.out / ADAPTER).read_bytes() == (tiny.artifacts["train"] / ADAPTER).read_bytes()

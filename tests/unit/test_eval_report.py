@@ -8,8 +8,8 @@ from pathlib import Path
 
 from runner.profile import Probe, resolve_profile
 from runner.spec import parse_spec
-from runner.stages.report import Inputs, plot_accuracy, to_html, to_markdown
-from runner.stages.reportdoc import document
+from runner.stages.eval.report import Inputs, plot_accuracy, to_html, to_markdown
+from runner.stages.eval.reportdoc import document
 from runner.stats import summarize
 
 SPEC = """

@@ -7,7 +7,7 @@ import re
 from typing import Any
 
 from runner.benchmarks import Item
-from runner.stages.scoring import Request, encoder, max_length_of, plan_rows, predictions, requests_for
+from runner.stages.eval.scoring import Request, encoder, max_length_of, plan_rows, predictions, requests_for
 
 
 class WordTokenizer:

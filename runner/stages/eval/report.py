@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.stages import StageContext
-from runner.stages.reportdoc import Doc, document
+from runner.stages.eval.reportdoc import Doc, document
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""One of the processes `accelerate launch` starts for the train stage (see runner.stages.launch)."""
+"""One of the processes `accelerate launch` starts for the train stage (see runner.stages.train.launch)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from runner.stages import train
-from runner.stages.launch import context_from
+from runner.stages.train.launch import context_from
 
 if __name__ == "__main__":
     import os

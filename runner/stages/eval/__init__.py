@@ -74,9 +74,9 @@ def _evaluate(ctx: StageContext) -> None:
     from peft import PeftModel
 
     from runner.contamination import training_texts
-    from runner.stages.generation import answer_queries
-    from runner.stages.loading import load_base, load_tokenizer
-    from runner.stages.report import write_report
+    from runner.stages.eval.generation import answer_queries
+    from runner.stages.model.loading import load_base, load_tokenizer
+    from runner.stages.eval.report import write_report
 
     spec = ctx.spec
     # Every benchmark is read before the model loads: a broken file stops the stage at once, naming
@@ -110,7 +110,7 @@ def score_benchmark(ctx: StageContext, model: Any, tok: Any, bench: Benchmark,
                     loaded: tuple[list[Item], dict[str, int]], labels: tuple[str, ...], preds_file: TextIO,
                     train_texts: list[str]) -> dict[str, Any]:
     """Score one benchmark's items with each model; write its predictions; return its summary."""
-    from runner.stages.scoring import max_length_of, predictions, requests_for, score
+    from runner.stages.eval.scoring import max_length_of, predictions, requests_for, score
 
     spec = ctx.spec
     items, dropped = loaded
@@ -146,8 +146,8 @@ def score_benchmark(ctx: StageContext, model: Any, tok: Any, bench: Benchmark,
 def generate_answers(ctx: StageContext, model: Any, tok: Any, items: list[Any], requests: list[Any],
                      labels: tuple[str, ...]) -> dict[str, list[str]]:
     """Each model's greedy answer to each question, after the very prompt tokens the scoring used."""
-    from runner.stages.generation import generate_batch
-    from runner.stages.scoring import max_length_of
+    from runner.stages.eval.generation import generate_batch
+    from runner.stages.eval.scoring import max_length_of
 
     gen = ctx.spec.eval.generative
     room = max(1, max_length_of(model, tok) - gen.max_new_tokens)  # left-truncated, as scoring does

@@ -1,7 +1,7 @@
 """Training in several processes with Hugging Face Accelerate (DDP, or FSDP for models one GPU cannot
 hold), the engine multi-GPU users already run, rather than a launcher of our own.
 
-The train stage hands its context to `accelerate launch -m runner.stages.worker`; every process
+The train stage hands its context to `accelerate launch -m runner.stages.train.worker`; every process
 runs the same Trainer code (Accelerate sets up the process group: NCCL on GPUs, gloo on CPU), and
 rank 0 writes the artifact.
 """
@@ -29,7 +29,7 @@ def launch(ctx: StageContext) -> None:
     path = write_context(ctx)
     command = [sys.executable, "-m", "accelerate.commands.launch", *sharing_arguments(ctx.profile.distributed),
                "--num_processes", str(n), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(_free_port()), "-m", "runner.stages.worker", str(path)]
+               "--main_process_port", str(_free_port()), "-m", "runner.stages.train.worker", str(path)]
     # The profile's threads per process (the cores shared out, so they are not oversubscribed): every
     # library in the workers reads OMP_NUM_THREADS, and train_here sets torch's count to it as well.
     env = {**os.environ, **sharing_environment(ctx.profile.distributed), "OMP_NUM_THREADS": str(ctx.profile.threads)}

@@ -62,7 +62,7 @@ def run(ctx: StageContext) -> None:
     info: dict[str, Any] = {"source": m.source}
     if m.source == "init":
         from runner import demo
-        from runner.stages.tiny import build_model, build_tokenizer
+        from runner.stages.model.tiny import build_model, build_tokenizer
 
         ctx.log("model: building a tiny RANDOM-INITIALISED Llama (demo/test model: it knows nothing until trained)")
         build_tokenizer(m.init.vocab_size, demo.corpus(), tokenizer_dir)

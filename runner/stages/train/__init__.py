@@ -42,7 +42,7 @@ def local_files(spec: Spec) -> dict[str, Path]:
 
 def run(ctx: StageContext) -> None:
     if ctx.profile.processes > 1:
-        from runner.stages.launch import launch
+        from runner.stages.train.launch import launch
 
         launch(ctx)  # every process runs train_here; rank 0 writes the artifact
     else:
@@ -73,8 +73,8 @@ def _train(ctx: StageContext) -> None:
     from datasets import Dataset
     from transformers import set_seed
 
-    from runner.stages.loading import load_base, load_tokenizer, weights_path
-    from runner.stages.training import keep_metrics_until, plot_curves, read_metrics
+    from runner.stages.model.loading import load_base, load_tokenizer, weights_path
+    from runner.stages.train.callbacks import keep_metrics_until, plot_curves, read_metrics
 
     spec = ctx.spec
     set_seed(spec.seed)  # before the model: LoRA's A matrices are drawn from this
@@ -215,7 +215,7 @@ def _trainer(model: Any, spec: Spec, profile: Profile, work: Path, train_rows: A
     from transformers import Trainer
     from transformers.trainer_callback import ProgressCallback
 
-    from runner.stages.training import MetricsLog, PadCollator, QuietProgress, StopOnSignal
+    from runner.stages.train.callbacks import MetricsLog, PadCollator, QuietProgress, StopOnSignal
 
     sharded_eval = profile.distributed == "fsdp" and len(val_rows) > 0  # see train_with_retries
     trainer = Trainer(model=model, args=training_args(spec, profile, work / "checkpoints", eval_on_start=sharded_eval),
@@ -228,7 +228,7 @@ def _trainer(model: Any, spec: Spec, profile: Profile, work: Path, train_rows: A
 
 def _close_progress(trainer: Any) -> None:
     """Close the bar, else it redraws after (and below) an error message."""
-    from runner.stages.training import QuietProgress
+    from runner.stages.train.callbacks import QuietProgress
 
     for callback in trainer.callback_handler.callbacks:
         if isinstance(callback, QuietProgress) and callback.training_bar is not None:
