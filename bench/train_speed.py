@@ -142,7 +142,7 @@ def in_memory_rows(data_dir: Path) -> Any:
 
 def run_runner(spec: Spec, profile: Profile, upstream: dict[str, Path], steps: int, scratch: Path) -> Result:
     """(a) The runner's own train stage, unchanged but for the token-counting hook on its model."""
-    from runner.stages import StageContext
+    from runner.stage import StageContext
     from runner.stages import train as stage
     from runner.stages.train.callbacks import read_metrics
     counter, original = TokenCounter(), stage._lora_model

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import RunnerError
-from runner.stages import STAGE_NAMES
+from runner.stage import STAGE_NAMES
 
 
 def main(argv: list[str] | None = None) -> int:

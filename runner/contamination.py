@@ -131,3 +131,18 @@ def stop_if_found(spec: Spec, found: dict[str, Any]) -> None:
         source = spec.data.train.path or spec.data.train.hub
         raise DataError(f"benchmark questions are in the training data ({worst}); remove them from {source} "
                         f"or set eval.contamination.action: report to train anyway (model and data stages are kept)")
+
+
+@dataclass(frozen=True)
+class BeforeTraining:
+    """The train stage's gate: the contamination check, then the spec's action on what it found."""
+
+    name: str = "contamination"
+
+    def __call__(self, spec: Spec, log: Callable[[str], None]) -> dict[str, Any]:
+        found = before_training(spec, log)
+        stop_if_found(spec, found)
+        return found
+
+
+check_before_training = BeforeTraining()

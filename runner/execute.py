@@ -20,7 +20,8 @@ from runner.plan import Step, plan_stage
 from runner.profile import Profile
 from runner.records import latest_record, new_record, save_record
 from runner.spec import Spec
-from runner.stages import Stage, StageContext, all_stages
+from runner.stage import Stage, StageContext, upstream_stage
+from runner.stages import all_stages  # the one registry: nothing else outside runner.stages imports it
 from runner.store import Manifest, Store
 
 
@@ -57,12 +58,9 @@ def run_spec(spec: Spec, spec_path: Path, profile: Profile, store: Store, log: C
             current["key"] = step.key
             if step.status == "pending":  # cannot happen: stages run in order; kept as a guard
                 raise StageError(f"{stage.name} needs {step.reasons[0].removeprefix('after ')} first")
-            if stage.name == "train" and step.status != "cached":
-                # Before the expensive part: a contaminated set can stop the run here (spec's choice).
-                from runner.contamination import before_training, stop_if_found
-
-                record.contamination = before_training(spec, log)
-                stop_if_found(spec, record.contamination)
+            if stage.gate is not None and step.status != "cached":
+                # Before the expensive part (the contamination check before training): it may stop the run.
+                record.gates[stage.gate.name] = stage.gate(spec, log)
             outcome, done[stage.name] = _reuse_or_build(stage, step, spec, profile, store, log, done, options.verify)
             outcomes.append(outcome)
             record.stages.append({"stage": stage.name, "key": step.key, "action": outcome.action,
@@ -113,7 +111,7 @@ def _reuse_or_build(stage: Stage, step: Step, spec: Spec, profile: Profile, stor
 def _build(stage: Stage, step: Step, spec: Spec, profile: Profile, store: Store,
            log: Callable[[str], None], done: dict[str, Manifest]) -> None:
     assert step.key is not None and step.inputs is not None
-    upstream = {ref.partition(":")[0]: done[ref.partition(":")[0]].path for ref in stage.upstream}
+    upstream = {upstream_stage(ref): done[upstream_stage(ref)].path for ref in stage.upstream}
     try:
         with store.build(stage.name, step.key, step.inputs, stage.volatile) as out:
             ctx = StageContext(spec=spec, profile=profile, out=out, work=store.work_dir(stage.name, step.key),

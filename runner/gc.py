@@ -10,7 +10,7 @@ from typing import Any
 from runner import locks
 from runner.errors import StoreError
 from runner.records import runs_dir
-from runner.stages import STAGE_NAMES
+from runner.stage import STAGE_NAMES
 
 
 def referenced_keys(store_root: Path) -> set[tuple[str, str]]:

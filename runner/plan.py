@@ -10,7 +10,7 @@ from runner.keys import diff_inputs, file_digest, stage_key
 from runner.profile import Profile
 from runner.records import RunRecord
 from runner.spec import Spec
-from runner.stages import Stage
+from runner.stage import Stage, upstream_part, upstream_stage
 from runner.store import Manifest, Store
 
 Status = Literal["cached", "new", "stale", "missing", "forced", "pending"]
@@ -47,9 +47,9 @@ def plan_stage(stage: Stage, spec: Spec, profile: Profile, store: Store,
     upstream: dict[str, str] = {}
     waiting = []
     for ref in stage.upstream:
-        name, _, part = ref.partition(":")
+        name = upstream_stage(ref)
         if name in done:
-            upstream[ref] = done[name].part(part or None)
+            upstream[ref] = done[name].part(upstream_part(ref))
         else:
             waiting.append(name)
     if waiting:

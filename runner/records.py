@@ -30,7 +30,7 @@ class RunRecord:
     stages: list[dict[str, Any]] = field(default_factory=list)
     versions: dict[str, str | None] = field(default_factory=dict)
     git_commit: str | None = None
-    contamination: dict[str, Any] = field(default_factory=dict)  # benchmark -> overlaps found before training
+    gates: dict[str, Any] = field(default_factory=dict)  # what each stage's gate found (contamination: per benchmark)
 
     def stage(self, name: str) -> dict[str, Any] | None:
         return next((s for s in self.stages if s["stage"] == name), None)

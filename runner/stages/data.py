@@ -14,13 +14,14 @@ from typing import Any
 from runner.errors import DataError
 from runner.formats import Dropped, Example, count_reasons, read_local, to_example
 from runner.spec import Source, Spec
-from runner.stages import StageContext
+from runner.stage import StageContext
 
 name = "data"
 version = 1
 upstream = ("model:tokenizer",)  # only the tokenizer shapes the tokens, not the weights
 volatile: tuple[str, ...] = ()
 uses_profile = False
+gate = None  # nothing to check before it builds
 
 
 def spec_slice(spec: Spec) -> dict[str, Any]:

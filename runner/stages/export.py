@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from runner.spec import Spec
-from runner.stages import StageContext
+from runner.stage import StageContext
 
 name = "export"
 version = 1
 upstream = ("model", "train:adapter")
 volatile: tuple[str, ...] = ()
 uses_profile = True
+gate = None  # nothing to check before it builds
 
 
 def spec_slice(spec: Spec) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import pytest
 from runner.errors import StoreError
 from runner.execute import _build
 from runner.plan import Step
-from runner.stages import StageContext
+from runner.stage import StageContext
 from runner.store import Store
 from tests.integration.conftest import ROOT, Tiny, runner, statuses
 
@@ -215,7 +215,7 @@ def test_full_disk_fails_the_stage_clearly_and_keeps_earlier_artifacts(tiny: Tin
 class SavesATensor:
     """A test-only stage: torch.save of 32 MiB into its build folder, more than the small disk holds."""
 
-    name, version, upstream, volatile, uses_profile = "train", 1, (), (), False
+    name, version, upstream, volatile, uses_profile, gate = "train", 1, (), (), False, None
 
     def local_files(self, spec: object) -> dict[str, Path]:
         return {}

@@ -91,4 +91,4 @@ def test_contamination_is_reported_before_training_and_can_stop_the_run(tiny: Ti
     assert "train: running" not in done.stdout and set((tiny.store / "train").iterdir()) == trains
     record = max((tiny.store / "runs").glob("*.json"), key=lambda p: p.stat().st_mtime)
     saved = json.loads(record.read_text())
-    assert saved["status"] == "failed" and saved["contamination"]["seen"]["exact"] == 12
+    assert saved["status"] == "failed" and saved["gates"]["contamination"]["seen"]["exact"] == 12

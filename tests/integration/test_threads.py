@@ -14,7 +14,7 @@ import pytest
 
 from runner.profile import Profile
 from runner.spec import load_spec
-from runner.stages import StageContext
+from runner.stage import StageContext
 from runner.stages.train.launch import write_context
 from tests.integration.conftest import ROOT, Tiny, runner, statuses
 

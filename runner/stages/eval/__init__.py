@@ -16,7 +16,7 @@ from typing import Any, TextIO
 
 from runner.benchmarks import HARNESS_TASKS, Item, load_items
 from runner.spec import Benchmark, Spec
-from runner.stages import StageContext
+from runner.stage import StageContext
 from runner.stats import summarize
 
 name = "eval"
@@ -25,6 +25,7 @@ version = 4  # 2: harness-exact scoring, built-in formats, paired test, groups, 
 upstream = ("model", "train:adapter", "export:adapter")
 volatile = ("report.md", "report.html", "*.png")  # pictures and prose: cosmetic, out of the digest
 uses_profile = True
+gate = None  # nothing to check before it builds
 
 
 def spec_slice(spec: Spec) -> dict[str, Any]:

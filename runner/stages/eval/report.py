@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runner.stages import StageContext
+from runner.stage import StageContext
 from runner.stages.eval.reportdoc import Doc, document
 
 

@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from runner.spec import Spec
-from runner.stages import StageContext
+from runner.stage import StageContext
 
 name = "model"
 version = 1
 upstream: tuple[str, ...] = ()
 volatile: tuple[str, ...] = ()
 uses_profile = False
+gate = None  # nothing to check before it builds
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "chat_template.jinja", "chat_template.json", "vocab.json", "merges.txt")

@@ -17,16 +17,20 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from runner.contamination import check_before_training
 from runner.errors import ProfileError, StageError
 from runner.profile import Profile
 from runner.spec import Spec
-from runner.stages import StageContext
+from runner.stage import StageContext
 
 name = "train"
 version = 4
 upstream = ("model", "data")
 volatile = ("metrics.jsonl", "summary.json", "loss.png")
 uses_profile = True
+# Before training (never when cached): benchmark questions found in the training data are logged
+# and recorded, or stop the run, as eval.contamination.action says.
+gate = check_before_training
 
 
 def spec_slice(spec: Spec) -> dict[str, Any]:

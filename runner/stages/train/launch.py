@@ -21,7 +21,7 @@ from typing import Any
 from runner.errors import StageError
 from runner.profile import Profile
 from runner.spec import Spec, typed
-from runner.stages import StageContext
+from runner.stage import StageContext
 
 
 def launch(ctx: StageContext) -> None:
