@@ -236,16 +236,19 @@ def test_build_context_holds_only_what_the_recipe_reads() -> None:
     sent = set(docker.utils.build.exclude_paths(str(ROOT), ignore, dockerfile="images/Dockerfile"))
     assert {"pyproject.toml", "README.md", "runner/cli.py", "images/Dockerfile", "images/install.sh"} <= sent
     top = {path.split("/")[0] for path in sent}
-    assert top <= {"pyproject.toml", "README.md", "runner", "images", ".dockerignore"}, top
+    assert "requirements.lock" in sent  # the images install the lock's versions
+    assert top <= {"pyproject.toml", "requirements.lock", "README.md", "runner", "images", ".dockerignore"}, top
     assert not [p for p in sent if "__pycache__" in p or p.endswith(".pyc")]
 
 
 def test_the_two_images_differ_only_in_the_torch_build() -> None:
     keys = {flavor: _args_file(flavor) for flavor in ("cpu", "cuda")}
     assert set(keys["cpu"]) == set(keys["cuda"]) == {"FLAVOR", "TORCH_INDEX"}
-    # The images' torch is the one `make` installs natively (pyproject.toml only sets a floor).
-    native = set(re.findall(r'"torch==([^"]+)"', (ROOT / "Makefile").read_text()))
-    assert re.findall(r"^ARG TORCH_VERSION=(.+)$", (ROOT / "images" / "Dockerfile").read_text(), re.M) == [*native]
+    # The images' torch is the lock's, the one `make` installs natively (pyproject.toml only sets a
+    # floor): build.sh and the driver pass it, and the Dockerfile's default agrees.
+    locked = re.findall(r"^torch==(\S+)$", (ROOT / "requirements.lock").read_text(), re.M)
+    assert re.findall(r"^ARG TORCH_VERSION=(.+)$", (ROOT / "images" / "Dockerfile").read_text(), re.M) == locked
+    assert driver.build_args("cpu", {})["TORCH_VERSION"] == locked[0]
 
 
 def _args_file(flavor: str) -> dict[str, str]:
