@@ -39,12 +39,12 @@ def plan(spec: str | Path, store: str | Path = "artifacts", force: Iterable[str]
     from runner.plan import plan as make_plan
     from runner.profile import probe_machine, resolve_profile
     from runner.records import latest_record
-    from runner.stages import all_stages
+    from runner.execute import registered_stages
     from runner.store import Store
 
     typed = load_spec(spec)
     profile = resolve_profile(typed, probe_machine())
-    steps = make_plan(all_stages(), typed, profile, Store(Path(store)), latest_record(Path(store), Path(spec)),
+    steps = make_plan(registered_stages(), typed, profile, Store(Path(store)), latest_record(Path(store), Path(spec)),
                       frozenset(force), verify)
     return Planned(profile, [step.line() for step in steps] + memory_lines(steps, typed, profile))
 

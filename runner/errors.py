@@ -57,3 +57,9 @@ class StoreError(RunnerError):
     """The artifact store cannot be used (not writable, full, corrupted beyond repair)."""
 
     exit_code = 6
+
+
+class ContainerError(RunnerError):
+    """The container engine or the image cannot be used."""
+
+    exit_code = 7

@@ -25,6 +25,11 @@ from runner.stages import all_stages  # the one registry: nothing else outside r
 from runner.store import Manifest, Store
 
 
+def registered_stages() -> tuple[Stage, ...]:
+    """The stages in the order they run, for the planner too (the registry is reached from here only)."""
+    return all_stages()
+
+
 @dataclass(frozen=True)
 class Outcome:
     stage: str
@@ -52,7 +57,7 @@ def run_spec(spec: Spec, spec_path: Path, profile: Profile, store: Store, log: C
     outcomes: list[Outcome] = []
     current: dict[str, str | None] = {}
     try:
-        for stage in all_stages():
+        for stage in registered_stages():
             current = {"stage": stage.name, "key": None}
             step = plan_stage(stage, spec, profile, store, done, previous, stage.name in options.force, options.verify)
             current["key"] = step.key
