@@ -100,73 +100,125 @@ class Estimate:
 
 
 def estimate(shape: Shape, s: Setup) -> Estimate:
-    quantized = s.quantization != "none"
-    # peft's prepare_model_for_kbit_training upcasts embeddings, norms and head to fp32 (not under
-    # FSDP, which flattens one dtype: the train stage skips it there)
-    upcast = quantized and s.shards == 1
-    if quantized:
-        constants = 1 / 64 + 4 / (64 * 256) if s.double_quant else 4 / 64  # per parameter, blocks of 64
-        weights = shape.linear_params() * (0.5 + constants) + shape.other_params() * (4 if upcast else s.compute_bytes)
-    else:
-        weights = shape.parameters() * s.compute_bytes
-    targeted = {n: d for n, d in shape.linears().items() if s.targets == "all-linear" or n in s.targets}
-    lora_params = shape.layers * sum(s.lora_r * (i + o) for i, o in targeted.values())
-    optimizer_bytes = 2 if s.eight_bit_optimizer else 8
-    lora = lora_params * (4 + 4 + optimizer_bytes)  # weights, grads, two moments
+    """Peak bytes of one training step in one process, item by item (see the module's docstring)."""
+    targeted = _targeted(shape, s)
+    weights: float = _weights(shape, s)
+    lora: float = _lora_state(shape, s, targeted)  # weights, gradients, optimizer states
     load = 0
     if s.shards > 1:
-        # FULL_SHARD keeps 1/n of everything per GPU, and gathers one decoder layer at a time (plus
-        # the next one, prefetched) in full for its forward and backward. transformers 5 loads a
-        # 4-bit model whole in every process first: that is a peak of its own.
-        load = int(weights)
-        weights = weights / s.shards + 2 * weights / shape.layers
-        lora = lora / s.shards
-    tokens = s.micro_batch * s.seq_len
-    act = s.compute_bytes
-    # With fp32 norms, and a 4-bit linear returning its input's dtype, the residual stream and the MLP
-    # stay fp32 even under bf16/fp16 autocast; autocast casts attention and each adapter's input to
-    # the compute dtype. Without autocast, attention runs in the stream's dtype and peft casts each
-    # adapter's input to the adapter's fp32.
-    store = 4 if upcast else act
-    work = act if s.autocast else store
-    h, inter = shape.hidden, shape.intermediate
-    q = shape.heads * shape.head_dim
-    inputs = sum(inp for inp, _ in targeted.values())
-    # Saved for backward in one block, per token, in bytes, as measured with autograd's saved-tensor
-    # hooks (fp32, and bf16 autocast): the two RMSNorms' inputs (2h) and the MLP's gate, up and
-    # activation (3i); the rotated queries, the keys and values as attention gets them (repeated to
-    # every query head once a padding mask is present), its output (4q) and the mask (T); each
-    # adapter's r-wide middle; and the adapters' inputs.
-    middles = (act if s.autocast else 4) * s.lora_r * len(targeted)
-    per_token = store * (2 * h + 3 * inter) + work * (4 * q + s.seq_len) + middles
-    if s.autocast:  # each adapter keeps its own compute-dtype copy
-        per_token += act * inputs
-    elif s.lora_dropout > 0 or store != 4:  # each adapter keeps its own fp32 copy (dropped out, or cast)
-        per_token += 4 * inputs
-    else:  # the adapters share the normalised inputs and the MLP product (o_proj's is attention's output)
-        groups = {"q_proj": "attention", "k_proj": "attention", "v_proj": "attention", "gate_proj": "mlp",
-                  "up_proj": "mlp", "down_proj": "product"}
-        width = {"attention": h, "mlp": h, "product": inter}
-        per_token += 4 * sum(width[g] for g in {groups[n] for n in targeted if n in groups})
-    if s.lora_dropout > 0:  # and the dropout's mask for each adapter
-        per_token += inputs * (4 if s.device == "cpu" else 1)
-    per_layer = tokens * per_token
+        weights, lora, load = _sharded(shape, s, weights, lora)
+    activations, recompute = _activations(shape, s, targeted)
+    return Estimate(weights=int(weights), lora=int(lora), activations=int(activations),
+                    logits=int(_logits(shape, s)), recompute=int(recompute), load=load)
+
+
+def _upcast(s: Setup) -> bool:
+    # peft's prepare_model_for_kbit_training upcasts embeddings, norms and head to fp32 (not under
+    # FSDP, which flattens one dtype: the train stage skips it there)
+    return s.quantization != "none" and s.shards == 1
+
+
+def _stream_bytes(s: Setup) -> int:
+    """Bytes per value of the residual stream and the MLP. With fp32 norms, and a 4-bit linear
+    returning its input's dtype, they stay fp32 even under bf16/fp16 autocast."""
+    return 4 if _upcast(s) else s.compute_bytes
+
+
+def _attention_bytes(s: Setup) -> int:
+    """Bytes per value of attention and each adapter's input: autocast casts them to the compute
+    dtype; without it, attention runs in the stream's dtype (and peft casts each adapter's input to
+    the adapter's fp32)."""
+    return s.compute_bytes if s.autocast else _stream_bytes(s)
+
+
+def _targeted(shape: Shape, s: Setup) -> dict[str, tuple[int, int]]:
+    """(in, out) of each linear layer of a block that gets an adapter."""
+    return {n: d for n, d in shape.linears().items() if s.targets == "all-linear" or n in s.targets}
+
+
+def _weights(shape: Shape, s: Setup) -> float:
+    """The base model: 4-bit linears with their quantization constants and the rest in fp32 or the
+    compute dtype; unquantized, everything in the compute dtype."""
+    if s.quantization == "none":
+        return shape.parameters() * s.compute_bytes
+    constants = 1 / 64 + 4 / (64 * 256) if s.double_quant else 4 / 64  # per parameter, blocks of 64
+    return shape.linear_params() * (0.5 + constants) + shape.other_params() * (4 if _upcast(s) else s.compute_bytes)
+
+
+def _lora_state(shape: Shape, s: Setup, targeted: dict[str, tuple[int, int]]) -> int:
+    """A and B in fp32, their gradients, and Adam's two moments (1 byte each when 8-bit)."""
+    lora_params = shape.layers * sum(s.lora_r * (i + o) for i, o in targeted.values())
+    optimizer_bytes = 2 if s.eight_bit_optimizer else 8
+    return lora_params * (4 + 4 + optimizer_bytes)  # weights, grads, two moments
+
+
+def _sharded(shape: Shape, s: Setup, weights: float, lora: float) -> tuple[float, float, int]:
+    """(weights, LoRA state, load) per process under FSDP. FULL_SHARD keeps 1/n of everything per GPU,
+    and gathers one decoder layer at a time (plus the next one, prefetched) in full for its forward
+    and backward. transformers 5 loads a 4-bit model whole in every process first: that is a peak
+    of its own."""
+    return weights / s.shards + 2 * weights / shape.layers, lora / s.shards, int(weights)
+
+
+def _activations(shape: Shape, s: Setup, targeted: dict[str, tuple[int, int]]) -> tuple[int, int]:
+    """(kept through the step, recomputed later): all layers' activations, or under checkpointing
+    each layer's input, with one layer's activations again only in its backward."""
+    per_layer = _activations_per_layer(shape, s, targeted)
+    dequantized = _dequantized(shape, s)
+    if s.checkpointing:
+        return s.micro_batch * s.seq_len * _stream_bytes(s) * shape.hidden * shape.layers, per_layer + dequantized
+    return per_layer * shape.layers + dequantized, 0
+
+
+def _activations_per_layer(shape: Shape, s: Setup, targeted: dict[str, tuple[int, int]]) -> int:
+    """Bytes one decoder block keeps for its backward over the whole micro-batch."""
+    per_layer = s.micro_batch * s.seq_len * _per_token(shape, s, targeted)
     if not s.fused_attention:  # the math path keeps (B, heads, T, T) scores, probabilities and their product
-        per_layer += 3 * s.micro_batch * shape.heads * s.seq_len * s.seq_len * work
-    # one dequantized weight at a time, in the compute dtype, forward and backward
-    dequantized = 2 * max(i * o for i, o in shape.linears().values()) * act if quantized else 0
-    recompute = 0
-    if s.checkpointing:  # each layer's input is kept; a layer's activations exist again only in its backward
-        activations = tokens * store * h * shape.layers
-        recompute = per_layer + dequantized
-    else:
-        activations = per_layer * shape.layers + dequantized
-    # The scores (in the compute dtype under autocast), then at the start of the backward three fp32
-    # tensors of their shape: the loss's log-softmax, its gradient and the scores' gradient
-    # (measured: 16 bytes a score in fp32, 14 in bf16).
-    logits = tokens * shape.vocab * (work + 12)
-    return Estimate(weights=int(weights), lora=int(lora), activations=int(activations), logits=int(logits),
-                    recompute=int(recompute), load=load)
+        per_layer += 3 * s.micro_batch * shape.heads * s.seq_len * s.seq_len * _attention_bytes(s)
+    return per_layer
+
+
+def _per_token(shape: Shape, s: Setup, targeted: dict[str, tuple[int, int]]) -> int:
+    """Saved for backward in one block, per token, in bytes, as measured with autograd's saved-tensor
+    hooks (fp32, and bf16 autocast): the two RMSNorms' inputs (2h) and the MLP's gate, up and
+    activation (3i); the rotated queries, the keys and values as attention gets them (repeated to
+    every query head once a padding mask is present), its output (4q) and the mask (T); each
+    adapter's r-wide middle; and the adapters' inputs."""
+    h, inter, q = shape.hidden, shape.intermediate, shape.heads * shape.head_dim
+    middles = (s.compute_bytes if s.autocast else 4) * s.lora_r * len(targeted)
+    per_token = _stream_bytes(s) * (2 * h + 3 * inter) + _attention_bytes(s) * (4 * q + s.seq_len) + middles
+    per_token += _adapter_inputs(shape, s, targeted)
+    if s.lora_dropout > 0:  # and the dropout's mask for each adapter
+        per_token += sum(inp for inp, _ in targeted.values()) * (4 if s.device == "cpu" else 1)
+    return per_token
+
+
+def _adapter_inputs(shape: Shape, s: Setup, targeted: dict[str, tuple[int, int]]) -> int:
+    """Bytes per token of the inputs the adapters keep for their backward."""
+    inputs = sum(inp for inp, _ in targeted.values())
+    if s.autocast:  # each adapter keeps its own compute-dtype copy
+        return s.compute_bytes * inputs
+    if s.lora_dropout > 0 or _stream_bytes(s) != 4:  # each adapter keeps its own fp32 copy (dropped out, or cast)
+        return 4 * inputs
+    # the adapters share the normalised inputs and the MLP product (o_proj's is attention's output)
+    groups = {"q_proj": "attention", "k_proj": "attention", "v_proj": "attention", "gate_proj": "mlp",
+              "up_proj": "mlp", "down_proj": "product"}
+    width = {"attention": shape.hidden, "mlp": shape.hidden, "product": shape.intermediate}
+    return 4 * sum(width[g] for g in {groups[n] for n in targeted if n in groups})
+
+
+def _dequantized(shape: Shape, s: Setup) -> int:
+    """One dequantized weight at a time, in the compute dtype, forward and backward."""
+    if s.quantization == "none":
+        return 0
+    return 2 * max(i * o for i, o in shape.linears().values()) * s.compute_bytes
+
+
+def _logits(shape: Shape, s: Setup) -> int:
+    """The scores (in the compute dtype under autocast), then at the start of the backward three fp32
+    tensors of their shape: the loss's log-softmax, its gradient and the scores' gradient
+    (measured: 16 bytes a score in fp32, 14 in bf16)."""
+    return s.micro_batch * s.seq_len * shape.vocab * (_attention_bytes(s) + 12)
 
 
 @dataclass(frozen=True)
