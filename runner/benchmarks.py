@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runner.formats import LETTERS, Dropped, count_reasons, read_local, to_question
+from runner.formats import LETTERS, Dropped, convert_rows, count_reasons, to_question
 from runner.spec import Benchmark, Fields
 
 
@@ -125,20 +125,14 @@ def to_items(rows: Iterable[dict[str, Any] | Dropped], fmt: str, fields: Fields,
     """Items of a benchmark and the dropped rows counted by reason. `keep`: only rows with these ids;
     `limit` then keeps the first N items."""
     convert = FORMATS[fmt]
-    items: list[Item] = []
-    dropped: list[str] = []
-    for row in rows:
-        if limit is not None and len(items) >= limit:
-            break
-        try:
-            if isinstance(row, Dropped):
-                raise row
-            item = convert(row, fields)
-            if keep is not None and item.id not in keep:
-                raise Dropped("id not in the ids file")
-            items.append(item)
-        except Dropped as reason:
-            dropped.append(str(reason))
+
+    def item(row: dict[str, Any]) -> Item:
+        found = convert(row, fields)
+        if keep is not None and found.id not in keep:
+            raise Dropped("id not in the ids file")
+        return found
+
+    items, dropped = convert_rows(rows, item, limit)
     return items, count_reasons(dropped)
 
 
@@ -148,14 +142,10 @@ def read_ids(path: Path) -> set[str]:
     return {line for line in lines if line}
 
 
-def load_items(bench: Benchmark, path: Path | None, ids: Path | None = None) -> tuple[list[Item], dict[str, int]]:
-    """A benchmark's items from its local file, or from the Hub; only the rows listed in `ids` if given."""
-    if path is not None:
-        rows: Any = read_local(path)
-    else:
-        import datasets
-
-        rows = datasets.load_dataset(bench.hub, bench.config, split=bench.split, revision=bench.revision)
+def benchmark_items(bench: Benchmark, rows: Iterable[dict[str, Any] | Dropped],
+                    ids: Path | None = None) -> tuple[list[Item], dict[str, int]]:
+    """A benchmark's items from its rows (read by the data stage's `read_rows`, local file or Hub),
+    only the rows listed in the `ids` file if given, at most `bench.limit` of them."""
     return to_items(rows, bench.format, bench.fields, bench.limit, read_ids(ids) if ids is not None else None)
 
 

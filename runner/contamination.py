@@ -3,23 +3,24 @@
 A benchmark question the model trained on measures memory, not skill. Texts are compared after
 normalising case, punctuation and spacing; near duplicates by the Jaccard similarity of their word
 8-gram sets (the shingles of near-duplicate detection), found through an index of those shingles so
-a 10k x 1k comparison stays fast. Pure Python.
+a 10k x 1k comparison stays fast. Pure Python: it takes rows and texts, never reads a source.
 
-`before_training` runs the check between the data and train stages, so a run can stop before it
-spends hours on a contaminated set; eval repeats it per benchmark for the report.
+The train stage's gate (`runner/stages/train/gate.py`, which reads the rows) runs the check between
+the data and train stages, so a run can stop before it spends hours on a contaminated set; eval
+repeats it per benchmark for the report.
 """
 
 from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from runner.errors import DataError
-from runner.spec import Spec
+from runner.formats import Dropped, convert_rows, to_example
+from runner.spec import Data, Spec
 
 SHINGLE = 8  # words: long enough that shared boilerplate ("which of the following is") rarely matches
 
@@ -71,56 +72,23 @@ def overlaps(train: Sequence[str], bench: Sequence[str], threshold: float) -> li
     return found
 
 
-def training_texts(spec: Spec, path: Path | None) -> list[str]:
-    """The prompts of the training source as the data stage reads them (validation rows included):
+def training_texts(rows: Iterable[dict[str, Any] | Dropped], data: Data) -> list[str]:
+    """The prompts of the training rows as the data stage converts them (validation rows included):
     what a benchmark question would be copied into."""
-    from runner.formats import Dropped, to_example
-    from runner.stages.data import read_rows
-
-    texts = []
-    for row in read_rows(spec.data.train, path, spec.data.max_rows):
-        try:
-            if isinstance(row, Dropped):
-                continue
-            example = to_example(row, spec.data.format, spec.data.fields)
-        except Dropped:
-            continue
-        texts.append("\n".join(content for role, content in example.messages if role != "assistant"))
-    return texts
+    examples, _ = convert_rows(rows, lambda row: to_example(row, data.format, data.fields))
+    return ["\n".join(content for role, content in e.messages if role != "assistant") for e in examples]
 
 
-def before_training(spec: Spec, log: Callable[[str], None]) -> dict[str, Any]:
-    """Each benchmark's questions found in the training data, logged. Counts per benchmark."""
-    from runner.benchmarks import load_items
-
-    check = spec.eval.contamination
-    if not check.check or not spec.eval.benchmarks:
-        return {}
-    train_path = spec.resolve(spec.data.train.path) if spec.data.train.path is not None else None
-    try:
-        train = training_texts(spec, train_path)
-    except Exception as exc:  # the Hub unreachable for a Hub training source
-        raise DataError(f"contamination check: cannot read the training data ({type(exc).__name__}: {exc}); "
-                        f"fix data.train or set eval.contamination.check: false") from exc
-    found: dict[str, Any] = {}
-    for bench in spec.eval.benchmarks:
-        try:
-            items, _ = load_items(bench, spec.resolve(bench.path) if bench.path is not None else None,
-                                  spec.resolve(bench.ids) if bench.ids is not None else None)
-        except DataError:
-            raise
-        except Exception as exc:  # the Hub unreachable, a dataset renamed: say which and how to go on
-            raise DataError(f"contamination check: cannot read benchmark {bench.name} ({type(exc).__name__}: {exc}); "
-                            f"fix its source or set eval.contamination.check: false") from exc
-        hits = overlaps(train, [it.prompt for it in items], check.similarity)
-        exact = sum(o.similarity == 1.0 for o in hits)
-        found[bench.name] = {"n": len(items), "exact": exact, "near": len(hits) - exact,
-                             "pairs": [vars(o) for o in hits[:10]]}
-        example = (f"; e.g. question {hits[0].item} ~ training row {hits[0].row} "
-                   f"({'exact copy' if hits[0].similarity == 1.0 else f'similarity {hits[0].similarity:g}'})") if hits else ""
-        log(f"contamination: {bench.name}: {len(hits)} of {len(items)} questions are in the training data "
-            f"({exact} exact, {len(hits) - exact} near, similarity >= {check.similarity:g}){example}")
-    return found
+def found_in_training(name: str, prompts: Sequence[str], train: Sequence[str], similarity: float,
+                      log: Callable[[str], None]) -> dict[str, Any]:
+    """One benchmark's questions found in the training texts, logged; the counts the run record keeps."""
+    hits = overlaps(train, prompts, similarity)
+    exact = sum(o.similarity == 1.0 for o in hits)
+    example = (f"; e.g. question {hits[0].item} ~ training row {hits[0].row} "
+               f"({'exact copy' if hits[0].similarity == 1.0 else f'similarity {hits[0].similarity:g}'})") if hits else ""
+    log(f"contamination: {name}: {len(hits)} of {len(prompts)} questions are in the training data "
+        f"({exact} exact, {len(hits) - exact} near, similarity >= {similarity:g}){example}")
+    return {"n": len(prompts), "exact": exact, "near": len(hits) - exact, "pairs": [vars(o) for o in hits[:10]]}
 
 
 def stop_if_found(spec: Spec, found: dict[str, Any]) -> None:
@@ -131,18 +99,3 @@ def stop_if_found(spec: Spec, found: dict[str, Any]) -> None:
         source = spec.data.train.path or spec.data.train.hub
         raise DataError(f"benchmark questions are in the training data ({worst}); remove them from {source} "
                         f"or set eval.contamination.action: report to train anyway (model and data stages are kept)")
-
-
-@dataclass(frozen=True)
-class BeforeTraining:
-    """The train stage's gate: the contamination check, then the spec's action on what it found."""
-
-    name: str = "contamination"
-
-    def __call__(self, spec: Spec, log: Callable[[str], None]) -> dict[str, Any]:
-        found = before_training(spec, log)
-        stop_if_found(spec, found)
-        return found
-
-
-check_before_training = BeforeTraining()

@@ -9,15 +9,16 @@ from __future__ import annotations
 import json
 import string
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from runner.errors import DataError
 from runner.spec import Fields
 
 LETTERS = string.ascii_uppercase
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -237,6 +238,26 @@ def _chat(row: dict[str, Any], fields: Fields) -> Example:
     if not any(role == "assistant" for role, _ in turns):
         raise Dropped("no assistant message")
     return Example(tuple(turns))
+
+
+def convert_rows(rows: Iterable[dict[str, Any] | Dropped], convert: Callable[[dict[str, Any]], T],
+                 limit: int | None = None) -> tuple[list[T], list[str]]:
+    """Each row converted, and the reason of every row that could not be (the reader's Dropped or the
+    converter's), in row order. `limit`: stop reading once that many are kept, so a file's rows past
+    it are never read (nor can break the run)."""
+    kept: list[T] = []
+    dropped: list[str] = []
+    for row in rows:
+        if limit is not None and len(kept) >= limit:
+            break
+        if isinstance(row, Dropped):
+            dropped.append(str(row))
+            continue
+        try:
+            kept.append(convert(row))
+        except Dropped as reason:
+            dropped.append(str(reason))
+    return kept, dropped
 
 
 def count_reasons(reasons: list[str]) -> dict[str, int]:

@@ -6,15 +6,17 @@ answer (assistant) tokens only: everything else gets label -100.
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from runner.errors import DataError
-from runner.formats import Dropped, Example, count_reasons, read_local, to_example
-from runner.spec import Source, Spec
-from runner.stage import StageContext
+from runner.formats import Dropped, Example, convert_rows, count_reasons, read_local, to_example
+from runner.spec import Benchmark, Fields, Source, Spec
+from runner.stage import TRAIN_ROLE, VALIDATION_ROLE, StageContext
 
 name = "data"
 version = 1
@@ -25,21 +27,36 @@ gate = None  # nothing to check before it builds
 
 
 def spec_slice(spec: Spec) -> dict[str, Any]:
-    data = {k: v for k, v in vars(spec.data).items() if k not in ("train", "validation", "fields")}
-    data["fields"] = vars(spec.data.fields)
-    # Local paths enter the key through their file digests, so moving a file reruns nothing.
-    data["train"] = _source_slice(spec.data.train)
-    data["validation"] = _source_slice(spec.data.validation) if spec.data.validation else None
+    d = spec.data
+    # Field by field, so a new spec field enters the key only when someone writes it here.
+    data = {"validation_fraction": d.validation_fraction, "format": d.format, "template": d.template,
+            "system_prompt": d.system_prompt, "max_length": d.max_length, "max_rows": d.max_rows,
+            "fields": fields_slice(d.fields), "train": _source_slice(d.train),
+            "validation": _source_slice(d.validation) if d.validation else None}
     return {"data": data, "seed": spec.seed}
 
 
 def _source_slice(src: Source) -> dict[str, Any]:
-    return {k: v for k, v in vars(src).items() if k != "path"} | {"local": src.path is not None}
+    # Local paths enter the key through their file digests, so moving a file reruns nothing.
+    return hub_slice(src) | {"local": src.path is not None}
+
+
+def hub_slice(src: Source | Benchmark) -> dict[str, Any]:
+    """Where a source's rows come from when it is not a local file: for every key that reads rows."""
+    return {"hub": src.hub, "config": src.config, "split": src.split, "revision": src.revision}
+
+
+def fields_slice(fields: Fields) -> dict[str, Any]:
+    """The column mapping, for every key that reads rows through it."""
+    return {"question": fields.question, "options": fields.options, "answer_key": fields.answer_key,
+            "answer_key_type": fields.answer_key_type, "context": fields.context, "answer": fields.answer,
+            "instruction": fields.instruction, "input": fields.input, "output": fields.output,
+            "messages": fields.messages}
 
 
 def local_files(spec: Spec) -> dict[str, Path]:
     found = {}
-    for role, src in (("train", spec.data.train), ("validation", spec.data.validation)):
+    for role, src in ((TRAIN_ROLE, spec.data.train), (VALIDATION_ROLE, spec.data.validation)):
         if src is not None and src.path is not None:
             found[role] = spec.resolve(src.path)
     return found
@@ -51,9 +68,9 @@ def run(ctx: StageContext) -> None:
     spec = ctx.spec
     tok = load_tokenizer(ctx.upstream["model"])
     dropped: list[str] = []
-    train = _examples(read_rows(spec.data.train, ctx.files.get("train"), spec.data.max_rows), spec, dropped)
+    train = _examples(read_rows(spec.data.train, ctx.files.get(TRAIN_ROLE), spec.data.max_rows), spec, dropped)
     if spec.data.validation is not None:
-        validation = _examples(read_rows(spec.data.validation, ctx.files.get("validation"), None), spec, dropped)
+        validation = _examples(read_rows(spec.data.validation, ctx.files.get(VALIDATION_ROLE), None), spec, dropped)
     else:
         train, validation = split(train, spec.data.validation_fraction, spec.seed)
     encoded = {}
@@ -70,30 +87,23 @@ def run(ctx: StageContext) -> None:
             f"{sum(stats['dropped'].values())} dropped {stats['dropped'] or ''}")
 
 
-def read_rows(src: Source, path: Path | None, limit: int | None) -> list[dict[str, Any] | Dropped]:
+def read_rows(src: Source | Benchmark, path: Path | None, limit: int | None) -> Iterable[dict[str, Any] | Dropped]:
+    """The rows of a training source or a benchmark (both name a local file or a Hub dataset the same
+    way): from `path`, the file whose digest is in the key, else from the Hub at the source's revision.
+    `limit`: the first rows only, dropped ones counted. Read as they are consumed."""
     if path is not None:
-        rows: list[dict[str, Any] | Dropped] = []
-        for row in read_local(path):
-            rows.append(row)
-            if limit is not None and len(rows) >= limit:
-                break
-        return rows
+        return itertools.islice(read_local(path), limit)
     import datasets
 
-    assert src.hub is not None
+    assert src.hub is not None  # the spec gives a source exactly one of path and hub
     ds = datasets.load_dataset(src.hub, src.config, split=src.split, revision=src.revision)
-    return list(ds.select(range(min(limit, len(ds)))) if limit else ds)
+    rows: Iterable[dict[str, Any]] = ds.select(range(min(limit, len(ds)))) if limit else ds
+    return rows
 
 
-def _examples(rows: list[dict[str, Any] | Dropped], spec: Spec, dropped: list[str]) -> list[Example]:
-    examples = []
-    for row in rows:
-        try:
-            if isinstance(row, Dropped):
-                raise row
-            examples.append(to_example(row, spec.data.format, spec.data.fields))
-        except Dropped as reason:
-            dropped.append(str(reason))
+def _examples(rows: Iterable[dict[str, Any] | Dropped], spec: Spec, dropped: list[str]) -> list[Example]:
+    examples, reasons = convert_rows(rows, lambda row: to_example(row, spec.data.format, spec.data.fields))
+    dropped += reasons
     return examples
 
 

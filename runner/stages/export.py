@@ -13,6 +13,7 @@ from typing import Any
 
 from runner.spec import Spec
 from runner.stage import StageContext
+from runner.stages.model import quantization_slice
 
 name = "export"
 version = 1
@@ -23,8 +24,8 @@ gate = None  # nothing to check before it builds
 
 
 def spec_slice(spec: Spec) -> dict[str, Any]:
-    return {"export": vars(spec.export),
-            "model": {"quantization": spec.model.quantization, "double_quant": spec.model.double_quant}}
+    return {"export": {"merged": spec.export.merged, "merged_dtype": spec.export.merged_dtype},
+            "model": quantization_slice(spec.model)}
 
 
 def local_files(spec: Spec) -> dict[str, Path]:

@@ -94,19 +94,20 @@ def test_the_report_is_cosmetic_and_a_rerun_reuses_everything(evaluated: tuple[P
 def test_batched_generation_writes_what_one_question_at_a_time_writes(tiny: Tiny, shared_data: Path) -> None:
     from peft import PeftModel
 
-    from runner.benchmarks import load_items
+    from runner.benchmarks import benchmark_items
+    from runner.formats import read_local
     from runner.profile import probe_machine, resolve_profile
     from runner.spec import Benchmark, load_spec
     from runner.stages.eval.generation import generate_batch
-    from runner.stages.model.loading import load_base, load_tokenizer
     from runner.stages.eval.scoring import encoder
+    from runner.stages.model.loading import load_base, load_tokenizer
 
     spec = load_spec(tiny.spec)
     model_dir = tiny.artifacts["model"]
     model = PeftModel.from_pretrained(load_base(model_dir, spec, resolve_profile(spec, probe_machine())),
                                       str(tiny.artifacts["export"] / "adapter")).eval()
     tok = load_tokenizer(model_dir)
-    items, _ = load_items(Benchmark(name="m", format="medqa", limit=6), shared_data / "medqa" / "test.jsonl")
+    items, _ = benchmark_items(Benchmark(name="m", format="medqa", limit=6), read_local(shared_data / "medqa" / "test.jsonl"))
     prompts = encoder(tok)([it.prompt for it in items])
     assert len({len(p) for p in prompts}) > 1  # different lengths: the batch really pads
     batched = generate_batch(model, tok, prompts, 6, batch_size=6)

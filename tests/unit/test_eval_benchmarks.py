@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
-from runner.benchmarks import FORMATS, Item, extract_choice, load_items, read_ids, to_items
+from runner.benchmarks import FORMATS, Item, benchmark_items, extract_choice, read_ids, to_items
 from runner.formats import read_local
 from runner.spec import Benchmark, Fields
+from runner.stages.data import read_rows
 
 
 # The harness's own doc_to_text functions (lm_eval/tasks/*/), transcribed: the spec of what we build.
@@ -114,7 +115,8 @@ def test_broken_rows_are_dropped_and_counted(fmt: str, row: dict[str, Any], reas
 
 def test_limit_keeps_the_first_n_and_every_format_is_listed(shared_data: Path, tmp_path: Path) -> None:
     path = shared_data / "medqa" / "test.jsonl"
-    items, _ = load_items(Benchmark(name="m", format="medqa", path=str(path), limit=7), path)
+    bench = Benchmark(name="m", format="medqa", path=str(path), limit=7)
+    items, _ = benchmark_items(bench, read_rows(bench, path, None))
     assert len(items) == 7 and items[0] == to_items(read_local(path), "medqa", Fields(), 1)[0][0]
     assert isinstance(items[0], Item)
     assert set(FORMATS) == {"medqa", "medmcqa", "pubmedqa", "multiple_choice"}
@@ -143,9 +145,10 @@ def test_an_ids_file_keeps_the_official_fold_and_counts_the_rest(shared_data: Pa
     (tmp_path / "all.jsonl").write_text("".join(json.dumps(r) + "\n" for r in hub))
     (tmp_path / "ids.txt").write_text("# a fold\n" + "".join(f"{r['pubid']}\n" for r in rows[5:15]) + "\n")
     bench = Benchmark(name="p", format="pubmedqa", ids="ids.txt")
-    items, dropped = load_items(bench, tmp_path / "all.jsonl", tmp_path / "ids.txt")
+    items, dropped = benchmark_items(bench, read_rows(bench, tmp_path / "all.jsonl", None), tmp_path / "ids.txt")
     assert [it.id for it in items] == [r["pubid"] for r in rows[5:15]] and dropped == {"id not in the ids file": 30}
-    limited, _ = load_items(dataclasses.replace(bench, limit=3), tmp_path / "all.jsonl", tmp_path / "ids.txt")
+    limited, _ = benchmark_items(dataclasses.replace(bench, limit=3), read_local(tmp_path / "all.jsonl"),
+                                 tmp_path / "ids.txt")
     assert [it.id for it in limited] == [r["pubid"] for r in rows[5:8]]
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from runner.formats import Dropped, Example, read_local, to_example, to_question
+from runner.formats import Dropped, Example, convert_rows, read_local, to_example, to_question
 from runner.spec import Fields
 
 MEDQA = Fields()  # the defaults are MedQA's column names
@@ -41,7 +43,7 @@ def test_pubmedqa_as_question_answer_with_context(shared_data: Path) -> None:
     rows = list(read_local(shared_data / "pubmedqa" / "test.jsonl"))
     examples = [to_example(r, "qa", fields) for r in rows]  # type: ignore[arg-type]
     assert len(examples) == 500
-    (role, prompt), (_, answer) = examples[0].messages
+    (role, prompt), _ = examples[0].messages
     assert role == "user" and prompt.startswith("Context: ") and prompt.endswith("\nAnswer:")
     assert {e.messages[1][1] for e in examples} == {"yes", "no", "maybe"}
 
@@ -75,3 +77,22 @@ def test_broken_lines_are_yielded_not_raised(tmp_path: Path) -> None:
     path.write_text('{"question": "q"}\n{not json\n[1, 2]\n\n{"question": "r"}\n')
     rows = list(read_local(path))
     assert [type(r).__name__ for r in rows] == ["dict", "Dropped", "Dropped", "dict"]
+
+
+def test_convert_rows_keeps_the_reader_and_converter_reasons_in_order_and_stops_at_the_limit() -> None:
+    def rows() -> Iterator[dict[str, Any] | Dropped]:
+        yield {"n": 1}
+        yield Dropped("not valid JSON")
+        yield {"n": -1}
+        yield {"n": 2}
+        yield {"n": 3}  # read, to see that the limit is reached, but not converted
+        raise AssertionError("read past the limit")  # a broken tail after the limit is never reached
+
+    def positive(row: dict[str, Any]) -> int:
+        if row["n"] < 0:
+            raise Dropped("negative")
+        return int(row["n"])
+
+    assert convert_rows(rows(), positive, limit=2) == ([1, 2], ["not valid JSON", "negative"])
+    with pytest.raises(AssertionError, match="past the limit"):
+        convert_rows(rows(), positive)

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from runner.benchmarks import load_items
+from runner.benchmarks import benchmark_items
 from runner.errors import DataError, RunnerError
 from runner.formats import Dropped, read_local, to_example
 from runner.spec import Benchmark, Fields
+from runner.stages.data import read_rows
 
 # The shape of MedMCQA's original release (`dev.json`): one object a line, `cop` 1-based.
 MEDMCQA = {"question": "Which vitamin deficiency causes scurvy?", "exp": "", "cop": 3, "opa": "Vitamin A",
@@ -29,7 +30,7 @@ def medmcqa_file(tmp_path: Path, rows: int = 5) -> Path:
 def test_json_lines_under_a_json_name_is_a_benchmark(tmp_path: Path) -> None:
     path = medmcqa_file(tmp_path)
     bench = Benchmark(name="medmcqa", format="medmcqa", path=str(path), fields=Fields(answer_key_type="index1"))
-    items, dropped = load_items(bench, path)
+    items, dropped = benchmark_items(bench, read_rows(bench, path, None))
     assert dropped == {} and [item.id for item in items] == [f"q{i}" for i in range(5)]
     assert items[0].answer == 2 and items[0].group == "Biochemistry"
 

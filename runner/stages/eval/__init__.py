@@ -14,9 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from runner.benchmarks import HARNESS_TASKS, Item, load_items
+from runner.benchmarks import HARNESS_TASKS, Item, benchmark_items
 from runner.spec import Benchmark, Spec
-from runner.stage import StageContext
+from runner.stage import TRAIN_ROLE, StageContext, benchmark_ids_role, benchmark_role
+from runner.stages.data import fields_slice, hub_slice, read_rows
+from runner.stages.model import quantization_slice
 from runner.stats import summarize
 
 name = "eval"
@@ -29,38 +31,47 @@ gate = None  # nothing to check before it builds
 
 
 def spec_slice(spec: Spec) -> dict[str, Any]:
-    # Local files (a benchmark's rows, its ids) enter the key through their digests, not their paths.
-    benchmarks = [{k: (vars(v) if k == "fields" else v) for k, v in vars(b).items() if k not in ("path", "ids")}
-                  | ({"ids": "local"} if b.ids is not None else {}) for b in spec.eval.benchmarks]
     ev = spec.eval
     out: dict[str, Any] = {
-        "eval": {"benchmarks": benchmarks, "compare_base": ev.compare_base, "chat_template": ev.chat_template},
-        "model": {"quantization": spec.model.quantization, "double_quant": spec.model.double_quant}}
+        "eval": {"benchmarks": [_benchmark_slice(b) for b in ev.benchmarks], "compare_base": ev.compare_base,
+                 "chat_template": ev.chat_template},
+        "model": quantization_slice(spec.model)}
     if ev.generative.enabled:  # left out when off: keys of specs without it stay as they were
         # Batched greedy decoding pads each batch its own way: a rounding-level change can change a text.
-        out["eval"]["generative"] = vars(ev.generative) | {"batch_size": ev.batch_size}
+        out["eval"]["generative"] = {"enabled": ev.generative.enabled, "max_new_tokens": ev.generative.max_new_tokens,
+                                     "batch_size": ev.batch_size}
     if ev.contamination.check:  # what the check reads of the training data
         d = spec.data
         out["eval"]["contamination"] = {"similarity": ev.contamination.similarity, "format": d.format,
-                                        "fields": vars(d.fields), "max_rows": d.max_rows,
-                                        "train": {k: v for k, v in vars(d.train).items() if k != "path"}}
+                                        "fields": fields_slice(d.fields), "max_rows": d.max_rows,
+                                        "train": hub_slice(d.train)}
     if ev.queries:  # answers depend on these only when there is something to answer
-        out["eval"] |= {"queries": list(ev.queries), "generation": vars(ev.generation), "safety": _safety_slice(spec)}
+        g = ev.generation
+        out["eval"] |= {"queries": list(ev.queries),
+                        "generation": {"max_new_tokens": g.max_new_tokens, "temperature": g.temperature, "top_p": g.top_p},
+                        "safety": _safety_slice(spec)}
         out["data"] = {"template": spec.data.template, "system_prompt": spec.data.system_prompt}
-        if ev.generation.temperature > 0:
+        if g.temperature > 0:
             out["seed"] = spec.seed  # sampling draws from it; greedy decoding does not
     return out
 
 
+def _benchmark_slice(b: Benchmark) -> dict[str, Any]:
+    # Local files (a benchmark's rows, its ids) enter the key through their digests, not their paths.
+    return ({"name": b.name, "format": b.format} | hub_slice(b) | {"fields": fields_slice(b.fields), "limit": b.limit}
+            | ({"ids": "local"} if b.ids is not None else {}))
+
+
 def _safety_slice(spec: Spec) -> dict[str, Any]:
-    return {"builtin": spec.eval.safety.builtin, "rules": [vars(r) for r in spec.eval.safety.rules]}
+    return {"builtin": spec.eval.safety.builtin,
+            "rules": [{"name": r.name, "pattern": r.pattern, "unless": r.unless} for r in spec.eval.safety.rules]}
 
 
 def local_files(spec: Spec) -> dict[str, Path]:
-    files = {f"benchmark/{b.name}": spec.resolve(b.path) for b in spec.eval.benchmarks if b.path is not None}
-    files |= {f"benchmark/{b.name}/ids": spec.resolve(b.ids) for b in spec.eval.benchmarks if b.ids is not None}
+    files = {benchmark_role(b.name): spec.resolve(b.path) for b in spec.eval.benchmarks if b.path is not None}
+    files |= {benchmark_ids_role(b.name): spec.resolve(b.ids) for b in spec.eval.benchmarks if b.ids is not None}
     if spec.eval.contamination.check and spec.data.train.path is not None:
-        files["train"] = spec.resolve(spec.data.train.path)
+        files[TRAIN_ROLE] = spec.resolve(spec.data.train.path)
     return files
 
 
@@ -76,13 +87,14 @@ def _evaluate(ctx: StageContext) -> None:
 
     from runner.contamination import training_texts
     from runner.stages.eval.generation import answer_queries
-    from runner.stages.model.loading import load_base, load_tokenizer
     from runner.stages.eval.report import write_report
+    from runner.stages.model.loading import load_base, load_tokenizer
 
     spec = ctx.spec
     # Every benchmark is read before the model loads: a broken file stops the stage at once, naming
     # its line, not after the benchmarks before it were scored.
-    loaded = {b.name: load_items(b, ctx.files.get(f"benchmark/{b.name}"), ctx.files.get(f"benchmark/{b.name}/ids"))
+    loaded = {b.name: benchmark_items(b, read_rows(b, ctx.files.get(benchmark_role(b.name)), None),
+                                      ctx.files.get(benchmark_ids_role(b.name)))
               for b in spec.eval.benchmarks}
     tok = load_tokenizer(ctx.upstream["model"])
     model = PeftModel.from_pretrained(load_base(ctx.upstream["model"], spec, ctx.profile),
@@ -90,8 +102,10 @@ def _evaluate(ctx: StageContext) -> None:
     model.eval()
     labels = ("base", "tuned") if spec.eval.compare_base else ("tuned",)
     results: dict[str, Any] = {}
-    train_texts = (training_texts(spec, ctx.files.get("train"))
-                   if spec.eval.contamination.check and spec.eval.benchmarks else [])
+    train_texts: list[str] = []
+    if spec.eval.contamination.check and spec.eval.benchmarks:
+        train_texts = training_texts(read_rows(spec.data.train, ctx.files.get(TRAIN_ROLE), spec.data.max_rows),
+                                     spec.data)
     with open(ctx.out / "predictions.jsonl", "w", encoding="utf-8") as preds_file:
         for bench in spec.eval.benchmarks:
             results[bench.name] = score_benchmark(ctx, model, tok, bench, loaded[bench.name], labels, preds_file,

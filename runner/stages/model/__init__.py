@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from runner.spec import Spec
+from runner.spec import Model, Spec
 from runner.stage import StageContext
 
 name = "model"
@@ -32,7 +32,17 @@ def spec_slice(spec: Spec) -> dict[str, Any]:
         return {"model": {**common, "id": m.id, "revision": m.revision, "trust_remote_code": m.trust_remote_code}}
     if m.source == "local":
         return {"model": {**common, "trust_remote_code": m.trust_remote_code}}  # the folder enters by digests
-    return {"model": {**common, "init": vars(m.init)}, "seed": spec.seed}
+    i = m.init
+    init = {"vocab_size": i.vocab_size, "hidden_size": i.hidden_size, "intermediate_size": i.intermediate_size,
+            "num_layers": i.num_layers, "num_heads": i.num_heads, "num_kv_heads": i.num_kv_heads,
+            "max_position_embeddings": i.max_position_embeddings, "initializer_range": i.initializer_range}
+    return {"model": {**common, "init": init}, "seed": spec.seed}
+
+
+def quantization_slice(m: Model) -> dict[str, Any]:
+    """How the base is loaded (4-bit or not, double quantization): in the key of every stage that
+    loads it (train, export, eval), though the model stage's own output does not depend on it."""
+    return {"quantization": m.quantization, "double_quant": m.double_quant}
 
 
 MAX_MODEL_FILES = 10_000  # a model folder holds tens of files; this many means `path` is not one

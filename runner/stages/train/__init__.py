@@ -17,11 +17,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from runner.contamination import check_before_training
 from runner.errors import ProfileError, StageError
 from runner.profile import Profile
 from runner.spec import Spec
 from runner.stage import StageContext
+from runner.stages.model import quantization_slice
+from runner.stages.train.gate import check_before_training
 
 name = "train"
 version = 4
@@ -34,10 +35,14 @@ gate = check_before_training
 
 
 def spec_slice(spec: Spec) -> dict[str, Any]:
-    # How often we log or checkpoint does not change the weights, so it stays out of the key.
-    train = {k: v for k, v in vars(spec.train).items() if k not in ("logging_steps", "save_steps")}
-    return {"lora": vars(spec.lora), "train": train, "seed": spec.seed,
-            "model": {"quantization": spec.model.quantization, "double_quant": spec.model.double_quant}}
+    lora, t = spec.lora, spec.train
+    # How often we log or checkpoint (logging_steps, save_steps) does not change the weights: not here.
+    train = {"epochs": t.epochs, "max_steps": t.max_steps, "learning_rate": t.learning_rate,
+             "batch_size": t.batch_size, "micro_batch_size": t.micro_batch_size, "scheduler": t.scheduler,
+             "warmup": t.warmup, "weight_decay": t.weight_decay, "max_grad_norm": t.max_grad_norm,
+             "optimizer": t.optimizer, "gradient_checkpointing": t.gradient_checkpointing}
+    return {"lora": {"r": lora.r, "alpha": lora.alpha, "dropout": lora.dropout, "target_modules": lora.target_modules},
+            "train": train, "seed": spec.seed, "model": quantization_slice(spec.model)}
 
 
 def local_files(spec: Spec) -> dict[str, Path]:

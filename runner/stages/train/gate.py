@@ -1,0 +1,67 @@
+"""The train stage's gate: benchmark questions found in the training data before training starts.
+
+The gate reads rows (the training source, each benchmark) the way the data and eval stages read
+them, so it lives among the stages; what it compares and logs is `runner.contamination`'s, pure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from runner.benchmarks import Item, benchmark_items
+from runner.contamination import found_in_training, stop_if_found, training_texts
+from runner.errors import DataError
+from runner.spec import Benchmark, Spec
+from runner.stage import Log
+from runner.stages.data import read_rows
+
+
+def before_training(spec: Spec, log: Log) -> dict[str, Any]:
+    """Each benchmark's questions found in the training data, logged. Counts per benchmark."""
+    check = spec.eval.contamination
+    if not check.check or not spec.eval.benchmarks:
+        return {}
+    train = _training_texts(spec)
+    found: dict[str, Any] = {}
+    for bench in spec.eval.benchmarks:
+        prompts = [it.prompt for it in _items(spec, bench)]
+        found[bench.name] = found_in_training(bench.name, prompts, train, check.similarity, log)
+    return found
+
+
+def _training_texts(spec: Spec) -> list[str]:
+    src = spec.data.train
+    try:
+        rows = read_rows(src, spec.resolve(src.path) if src.path is not None else None, spec.data.max_rows)
+        return training_texts(rows, spec.data)
+    except Exception as exc:  # the Hub unreachable for a Hub training source
+        raise DataError(f"contamination check: cannot read the training data ({type(exc).__name__}: {exc}); "
+                        f"fix data.train or set eval.contamination.check: false") from exc
+
+
+def _items(spec: Spec, bench: Benchmark) -> list[Item]:
+    try:
+        rows = read_rows(bench, spec.resolve(bench.path) if bench.path is not None else None, None)
+        items, _ = benchmark_items(bench, rows, spec.resolve(bench.ids) if bench.ids is not None else None)
+    except DataError:
+        raise
+    except Exception as exc:  # the Hub unreachable, a dataset renamed: say which and how to go on
+        raise DataError(f"contamination check: cannot read benchmark {bench.name} ({type(exc).__name__}: {exc}); "
+                        f"fix its source or set eval.contamination.check: false") from exc
+    return items
+
+
+@dataclass(frozen=True)
+class BeforeTraining:
+    """The train stage's gate: the contamination check, then the spec's action on what it found."""
+
+    name: str = "contamination"
+
+    def __call__(self, spec: Spec, log: Log) -> dict[str, Any]:
+        found = before_training(spec, log)
+        stop_if_found(spec, found)
+        return found
+
+
+check_before_training = BeforeTraining()
