@@ -53,7 +53,7 @@ def child(size: str, checkpointing: bool, quantization: str) -> dict[str, object
     from runner.spec import ModelInit, parse_spec
     from runner.stages.model.loading import load_base, torch_dtype
     from runner.stages.model.tiny import build_model
-    from runner.stages.train import _lora_model
+    from runner.stages.train.trainer import attach_lora
 
     hidden, layers, inter, heads, kv, vocab, micro, seq = SIZES[size]
     with tempfile.TemporaryDirectory() as tmp:
@@ -69,7 +69,7 @@ def child(size: str, checkpointing: bool, quantization: str) -> dict[str, object
                           base_dir=folder)
         profile = dataclasses.replace(resolve_profile(spec, probe_machine()), gradient_checkpointing=checkpointing)
         cuda = profile.device == "cuda"
-        model = _lora_model(load_base(folder, spec, profile), spec, checkpointing)
+        model = attach_lora(load_base(folder, spec, profile), spec, checkpointing)
         model.train()
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
         device = "cuda" if cuda else "cpu"
@@ -157,7 +157,7 @@ def main() -> None:
                                  capture_output=True, text=True, check=True, env=env).stdout
             row = json.loads(out.strip().splitlines()[-1])
             rows.append(row)
-            print(f"{size:<7} {row['parameters'] / 1e6:>7.0f}M {str(checkpointing):>5} {row['quantization']:>5} "
+            print(f"{size:<7} {row['parameters'] / 1e6:>7.0f}M {checkpointing!s:>5} {row['quantization']:>5} "
                   f"{row['predicted_gib']:>8.3f} G {row['measured_gib']:>7.3f} G {row['predicted_gib'] / row['measured_gib']:>6.3f}"
                   f"   {row['predicted_held_gib']:.3f} : {row['measured_held_gib']:.3f} / "
                   f"{row['predicted_added_gib']:.3f} : {row['measured_added_gib']:.3f}", flush=True)

@@ -144,9 +144,10 @@ def run_runner(spec: Spec, profile: Profile, upstream: dict[str, Path], steps: i
     """(a) The runner's own train stage, unchanged but for the token-counting hook on its model."""
     from runner.stage import StageContext
     from runner.stages import train as stage
+    from runner.stages.train import loop
     from runner.stages.train.callbacks import read_metrics
-    counter, original = TokenCounter(), stage._lora_model
-    stage._lora_model = lambda *a, **k: counter.attach(original(*a, **k))
+    counter, original = TokenCounter(), loop.attach_lora
+    loop.attach_lora = lambda *a, **k: counter.attach(original(*a, **k))
     try:
         spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, max_steps=steps))
         out = scratch / "out"
@@ -154,7 +155,7 @@ def run_runner(spec: Spec, profile: Profile, upstream: dict[str, Path], steps: i
         stage.run(StageContext(spec=spec, profile=profile, out=out, work=scratch / "work", upstream=upstream,
                                files={}, log=lambda message: None))
     finally:
-        stage._lora_model = original
+        loop.attach_lora = original
     summary = json.loads((out / "summary.json").read_text("utf-8"))
     losses = [row["loss"] for row in read_metrics(out / "metrics.jsonl")]  # logged at every step
     return Result(summary["seconds"], counter.tokens, summary["steps"], statistics.fmean(losses))

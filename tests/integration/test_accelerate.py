@@ -61,14 +61,14 @@ def test_fsdp_leaves_the_rotary_frequencies_out_of_its_mixed_precision(tiny: Tin
     from runner.profile import probe_machine, resolve_profile
     from runner.spec import load_spec
     from runner.stages.model.loading import load_base
-    from runner.stages.train import _lora_model
+    from runner.stages.train.trainer import attach_lora
 
     for name, value in sharing_environment("fsdp").items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("FSDP_SYNC_MODULE_STATES", "false")  # its device lookup needs a GPU; not what is checked
     pattern = FullyShardedDataParallelPlugin().ignored_modules
     spec = load_spec(tiny.spec)
-    model = _lora_model(load_base(tiny.artifacts["model"], spec, resolve_profile(spec, probe_machine())), spec, False,
+    model = attach_lora(load_base(tiny.artifacts["model"], spec, resolve_profile(spec, probe_machine())), spec, False,
                         sharded=True)
     matched = [n for n, _ in model.named_modules() if re.fullmatch(pattern, n)]
     assert matched == ["base_model.model.model.rotary_emb"]

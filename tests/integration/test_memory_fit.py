@@ -11,7 +11,8 @@ from transformers import TrainerCallback
 from runner.profile import probe_machine, resolve_profile
 from runner.spec import load_spec
 from runner.stages.model.loading import load_base, load_tokenizer
-from runner.stages.train import _lora_model, _trainer, train_with_retries
+from runner.stages.train.loop import train_with_retries
+from runner.stages.train.trainer import attach_lora, build_trainer
 from tests.integration.conftest import Tiny, memory_bench
 
 
@@ -42,7 +43,7 @@ def test_out_of_memory_halves_the_micro_batch_and_resumes_from_the_checkpoint(ti
     spec = load_spec(tiny.spec)
     profile = resolve_profile(spec, probe_machine())
     model_dir, data_dir = tiny.artifacts["model"], tiny.artifacts["data"]
-    model = _lora_model(load_base(model_dir, spec, profile), spec, False)
+    model = attach_lora(load_base(model_dir, spec, profile), spec, False)
     rows = Dataset.from_file(str(data_dir / "train.arrow"))
     val = Dataset.from_file(str(data_dir / "validation.arrow"))
     pad = load_tokenizer(model_dir).pad_token_id
@@ -51,17 +52,19 @@ def test_out_of_memory_halves_the_micro_batch_and_resumes_from_the_checkpoint(ti
     def make_trainer(micro: int, accumulation: int):  # type: ignore[no-untyped-def]
         seen.append((micro, accumulation))
         fitted = dataclasses.replace(profile, micro_batch_size=micro, gradient_accumulation=accumulation)
-        trainer = _trainer(model, spec, fitted, tmp_path, rows, val, pad, tmp_path / "metrics.jsonl")
+        trainer = build_trainer(model, spec, fitted, tmp_path, rows, val, pad, tmp_path / "metrics.jsonl")
         if micro > 2:
             trainer.add_callback(OutOfMemoryAt(step=12))  # after checkpoint-10 (save_steps 10)
         return trainer
 
     logs: list[str] = []
-    result, before, after = train_with_retries(make_trainer, 8, 8, tmp_path / "checkpoints", logs.append)
+    trained = train_with_retries(make_trainer, 8, 8, tmp_path / "checkpoints", logs.append)
+    before, after = trained.eval_loss_before, trained.eval_loss_after
     assert seen == [(8, 1), (4, 2), (2, 4)]  # the effective batch stays 8
     assert logs == ["train: out of memory at micro-batch 8: retrying with 4 x 2 accumulation from checkpoint-10",
                     "train: out of memory at micro-batch 4: retrying with 2 x 4 accumulation from checkpoint-10"]
-    assert result.global_step == 22 and after is not None and before is not None and after < before
+    assert trained.result.global_step == 22 and trained.trainer.state.global_step == 22
+    assert after is not None and before is not None and after < before
 
 
 def _saved_bytes_per_token(layers: int, dropout: float, autocast: bool, tmp_path: Path) -> float:
@@ -83,7 +86,7 @@ def _saved_bytes_per_token(layers: int, dropout: float, autocast: bool, tmp_path
     (tmp_path / "t.jsonl").write_text("{}\n")
     spec = parse_spec(f"model: {{source: init}}\ndata: {{train: {{path: t.jsonl}}}}\nlora: {{r: 16, dropout: {dropout}}}\n",
                       base_dir=tmp_path)
-    model = _lora_model(model, spec, False)  # as the train stage wraps it
+    model = attach_lora(model, spec, False)  # as the train stage wraps it
     model.train()
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     saved: dict[int, int] = {}

@@ -24,6 +24,17 @@ from runner.spec import Spec, typed
 from runner.stage import StageContext
 
 
+def rank(local: bool = False) -> int:
+    """This process's rank among those `accelerate launch` started (`local`: among those on this
+    machine, which picks its GPU); 0 in a process nobody launched."""
+    return int(os.environ.get("LOCAL_RANK" if local else "RANK", "0"))
+
+
+def is_main_process() -> bool:
+    """Rank 0, which alone logs and writes the artifact."""
+    return rank() == 0
+
+
 def launch(ctx: StageContext) -> None:
     n = ctx.profile.processes
     path = write_context(ctx)
@@ -107,8 +118,7 @@ def context_from(path: Path) -> StageContext:
     payload: dict[str, Any] = json.loads(path.read_text("utf-8"))
     spec = typed(Spec, {**payload["spec"], "base_dir": payload["base_dir"]})
     profile = Profile(**{**payload["profile"], "reasons": tuple(payload["profile"]["reasons"])})
-    rank = int(os.environ.get("RANK", "0"))
     return StageContext(spec=spec, profile=profile, out=Path(payload["out"]), work=Path(payload["work"]),
                         upstream={k: Path(v) for k, v in payload["upstream"].items()},
                         files={k: Path(v) for k, v in payload["files"].items()},
-                        log=(lambda message: print(f"[runner] {message}", flush=True)) if rank == 0 else (lambda m: None))
+                        log=(lambda message: print(f"[runner] {message}", flush=True)) if is_main_process() else (lambda m: None))

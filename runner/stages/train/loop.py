@@ -1,0 +1,259 @@
+"""The train stage's loop, in the order it happens: `setup` (seed, data, model, the metrics log a
+resumed attempt continues), `train` (halving the micro-batch on out-of-memory, resuming from the
+last checkpoint), `save` (adapter, metrics, loss picture, summary).
+
+Every process `accelerate launch` starts runs all of it; rank 0 alone writes. torch, transformers,
+peft and datasets are imported inside the functions: the stage registry imports this module, and
+planning must never import torch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from runner.errors import StageError
+from runner.stage import StageContext
+from runner.stages.train.launch import is_main_process
+from runner.stages.train.trainer import attach_lora, build_trainer, close_progress
+
+
+@dataclass(frozen=True)
+class Ready:
+    """What `setup` built, for `train` and `save`."""
+
+    model: Any  # the base model with its LoRA adapters
+    pad_id: int
+    train_rows: Any  # datasets.Dataset
+    val_rows: Any
+    metrics: Path  # the metrics log, in the work folder: it outlives a killed attempt
+    trainable: int
+    total: int
+    sharded: bool  # FSDP
+
+
+@dataclass(frozen=True)
+class Trained:
+    trainer: Any  # the last one, which trained to the end
+    result: Any  # transformers.trainer_utils.TrainOutput
+    eval_loss_before: float | None
+    eval_loss_after: float | None
+
+
+def train_here(ctx: StageContext) -> None:
+    """Train in this process (one of several when launched by accelerate), on exactly the profile's
+    CPU threads: the count is in the key on CPU, so it must not be whatever the environment says."""
+    with cpu_threads(ctx.profile.threads):
+        ready = setup(ctx)
+        trained = train(ctx, ready)
+        save(ctx, ready, trained)
+
+
+@contextmanager
+def cpu_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to `n` while the block runs, then put back for what follows."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def setup(ctx: StageContext) -> Ready:
+    from transformers import set_seed
+
+    # The seed first: LoRA's A matrices are drawn from it when the model gets its adapters. Then the
+    # data, which is quick to read and draws no random numbers, so a broken file stops the stage
+    # before the slow model load. The metrics log last: it follows the checkpoints, not either.
+    set_seed(ctx.spec.seed)
+    pad_id, train_rows, val_rows = _setup_data(ctx)
+    model, trainable, total = _setup_model(ctx)
+    metrics = _setup_metrics(ctx)
+    return Ready(model=model, pad_id=pad_id, train_rows=train_rows, val_rows=val_rows, metrics=metrics,
+                 trainable=trainable, total=total, sharded=ctx.profile.distributed == "fsdp")
+
+
+def _setup_data(ctx: StageContext) -> tuple[int, Any, Any]:
+    """(the pad id the collator pads with, training rows, validation rows), as the data stage wrote them."""
+    from datasets import Dataset
+
+    from runner.stages.model.loading import load_tokenizer
+
+    tok = load_tokenizer(ctx.upstream["model"])
+    train_rows = Dataset.from_file(str(ctx.upstream["data"] / "train.arrow"))
+    val_rows = Dataset.from_file(str(ctx.upstream["data"] / "validation.arrow"))
+    return tok.pad_token_id, train_rows, val_rows
+
+
+def _setup_model(ctx: StageContext) -> tuple[Any, int, int]:
+    """(the base model with its adapters, trainable parameters, all parameters)."""
+    from runner.stages.model.loading import load_base
+
+    sharded = ctx.profile.distributed == "fsdp"
+    base = load_base(ctx.upstream["model"], ctx.spec, ctx.profile, sharded=sharded)
+    model = attach_lora(base, ctx.spec, ctx.profile.gradient_checkpointing, sharded=sharded)
+    trainable, total = model.get_nb_trainable_parameters()  # before FSDP flattens the parameters
+    ctx.log(f"train: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
+    return model, trainable, total
+
+
+def _setup_metrics(ctx: StageContext) -> Path:
+    """The metrics log: emptied for a fresh start; a resumed attempt keeps the rows up to its checkpoint."""
+    from runner.stages.train.callbacks import keep_metrics_until
+
+    metrics = ctx.work / "metrics.jsonl"
+    checkpoint = last_checkpoint(ctx.work / "checkpoints")
+    if checkpoint is None:
+        if is_main_process():  # of several processes, rank 0 alone writes the log
+            metrics.unlink(missing_ok=True)
+        return metrics
+    step = int(Path(checkpoint).name.split("-")[1])
+    if is_main_process():
+        keep_metrics_until(metrics, step)
+    ctx.log(f"train: resuming from {Path(checkpoint).name} of an earlier attempt (step {step})")
+    return metrics
+
+
+def train(ctx: StageContext, ready: Ready) -> Trained:
+    def make_trainer(micro: int, accumulation: int) -> Any:
+        profile = replace(ctx.profile, micro_batch_size=micro, gradient_accumulation=accumulation)
+        return build_trainer(ready.model, ctx.spec, profile, ctx.work, ready.train_rows, ready.val_rows,
+                             ready.pad_id, ready.metrics)
+
+    per_process = ctx.spec.train.batch_size // ctx.profile.processes
+    trained = train_with_retries(make_trainer, ctx.profile.micro_batch_size, per_process, ctx.work / "checkpoints",
+                                 ctx.log, sharded=ready.sharded)
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        ctx.log(f"train: trained in {dist.get_world_size()} processes ({dist.get_backend()})")
+    return trained
+
+
+def train_with_retries(make_trainer: Callable[[int, int], Any], micro: int, batch_size: int, checkpoints: Path,
+                       log: Callable[[str], None], sharded: bool = False) -> Trained:
+    """Train; on a CUDA out-of-memory error halve the micro-batch, double accumulation (the effective
+    batch stays), and resume from the last checkpoint. Gives up once the micro-batch is 1.
+
+    `sharded` (FSDP): the Trainer must wrap the model before anything runs it, so the loss before
+    training comes from its own first evaluation (eval_on_start), and an out-of-memory error ends
+    the run (the model's layers are wrapped in place; a second Trainer cannot wrap them again)."""
+    import torch
+
+    before = None
+    while True:
+        trainer = make_trainer(micro, batch_size // micro)
+        if before is None and trainer.eval_dataset is not None and not sharded:
+            before = trainer.evaluate()["eval_loss"]
+        try:
+            return _train_once(trainer, checkpoints, before, sharded)
+        except torch.OutOfMemoryError:
+            micro = _smaller_after_oom(micro, batch_size, checkpoints, log, sharded)
+        finally:
+            close_progress(trainer)
+        del trainer
+        _free_memory()
+
+
+def _train_once(trainer: Any, checkpoints: Path, before: float | None, sharded: bool) -> Trained:
+    from runner import signals
+
+    with signals.graceful():  # Ctrl-C / SIGTERM: checkpoint at the end of the step, then stop
+        result = trainer.train(resume_from_checkpoint=last_checkpoint(checkpoints))
+    after = trainer.evaluate()["eval_loss"] if trainer.eval_dataset is not None else None
+    if sharded:
+        before = next((h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h), None)
+    return Trained(trainer=trainer, result=result, eval_loss_before=before, eval_loss_after=after)
+
+
+def _smaller_after_oom(micro: int, batch_size: int, checkpoints: Path, log: Callable[[str], None],
+                       sharded: bool) -> int:
+    """The micro-batch to retry with after an out-of-memory error, or a StageError saying what to do."""
+    from runner.memory import halve
+
+    if sharded:
+        raise StageError("train: out of memory under FSDP: lower train.micro_batch_size or data.max_length, "
+                         "or turn on train.gradient_checkpointing") from None
+    if micro == 1:
+        raise StageError("train: out of memory even at micro-batch 1: lower data.max_length, turn on "
+                         "train.gradient_checkpointing, or use a bigger device") from None
+    smaller = halve(micro, batch_size)
+    resume = last_checkpoint(checkpoints)
+    log(f"train: out of memory at micro-batch {micro}: retrying with {smaller} x {batch_size // smaller} "
+        f"accumulation from {Path(resume).name if resume else 'the start'}")
+    return smaller
+
+
+def _free_memory() -> None:
+    """What the failed Trainer held (optimizer states, activations), given back before the next one."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def save(ctx: StageContext, ready: Ready, trained: Trained) -> None:
+    """The artifact: adapter, metrics log, loss picture and summary, written by rank 0 (the weights
+    are the same in every process)."""
+    from runner.stages.train.callbacks import plot_curves, read_metrics
+
+    if ready.sharded:
+        # Every process takes part: the adapter's full weights are gathered from the shards and the
+        # Trainer has rank 0 write them.
+        trained.trainer.save_model(str(ctx.out / "adapter"))
+    if not is_main_process():
+        return
+    if ready.metrics.is_file():
+        shutil.copyfile(ready.metrics, ctx.out / "metrics.jsonl")
+    _save_adapter(ctx, ready)
+    rows = read_metrics(ctx.out / "metrics.jsonl")
+    if rows:
+        plot_curves(rows, ctx.out / "loss.png", f"{ctx.spec.name}: training loss")
+    _write_summary(ctx, ready, trained, rows)
+
+
+def _save_adapter(ctx: StageContext, ready: Ready) -> None:
+    """Save the adapter with bytes that depend on the training only, so equal training gives equal
+    digests: peft writes this machine's path to the base and a set of module names in hash order."""
+    folder = ctx.out / "adapter"
+    if ready.sharded:  # the Trainer saved it (see save)
+        (folder / "training_args.bin").unlink(missing_ok=True)  # the Trainer's, not the adapter's
+    else:
+        ready.model.save_pretrained(str(folder), safe_serialization=True)
+    config_path = folder / "adapter_config.json"
+    config = json.loads(config_path.read_text("utf-8"))
+    config["base_model_name_or_path"] = ctx.spec.model.id if ctx.spec.model.source == "hub" else None
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", "utf-8")
+    (folder / "README.md").unlink(missing_ok=True)  # the export stage writes the model card
+
+
+def _write_summary(ctx: StageContext, ready: Ready, trained: Trained, rows: list[dict[str, Any]]) -> None:
+    summary = {"trainable_parameters": ready.trainable, "total_parameters": ready.total,
+               "steps": trained.result.global_step,
+               "train_loss_first": rows[0]["loss"] if rows else None, "train_loss_last": rows[-1]["loss"] if rows else None,
+               "eval_loss_before": trained.eval_loss_before, "eval_loss_after": trained.eval_loss_after,
+               "seconds": round(trained.result.metrics.get("train_runtime", math.nan), 2),
+               "train_rows": len(ready.train_rows), "validation_rows": len(ready.val_rows)}
+    (ctx.out / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True), "utf-8")
+
+
+def last_checkpoint(folder: Path) -> str | None:
+    """The newest complete checkpoint of an earlier, interrupted attempt at this same key."""
+    if not folder.is_dir():
+        return None
+    done = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    return str(max(done, key=lambda p: int(p.name.split("-")[1]))) if done else None
