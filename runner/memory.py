@@ -17,6 +17,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 GIB = 2**30
+# The share of the device's memory training is fitted to; the rest is headroom for what the estimate
+# does not count. One number for fit_profile, `plan` and the train stage's log.
+MEMORY_BUDGET = 0.8
 
 
 @dataclass(frozen=True)
@@ -270,8 +273,8 @@ def setup_for(spec: Any, profile: Any, seq_len: int) -> Setup:
 
 
 def fit_profile(spec: Any, profile: Any, config: dict[str, Any], seq_len: int) -> Fit:
-    """Fit micro-batch and checkpointing to 80% of the device's memory, as far as the spec allows."""
-    budget = int(profile.memory_mib * 2**20 * 0.8)
+    """Fit micro-batch and checkpointing to MEMORY_BUDGET of the device's memory, as far as the spec allows."""
+    budget = int(profile.memory_mib * 2**20 * MEMORY_BUDGET)
     per_process = spec.train.batch_size // profile.processes  # each process holds its own micro-batch
     setup = setup_for(spec, profile, seq_len)
     if profile.distributed == "fsdp":

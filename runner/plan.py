@@ -92,7 +92,7 @@ def memory_lines(steps: list[Step], spec: Spec, profile: Profile) -> list[str]:
     has run (or the spec's init shape), and the longest tokenized example once data has run."""
     import json
 
-    from runner.memory import GIB, fit_profile
+    from runner.memory import GIB, MEMORY_BUDGET, fit_profile
 
     by_stage = {s.stage: s for s in steps}
     model, data = by_stage["model"].manifest, by_stage["data"].manifest
@@ -103,7 +103,7 @@ def memory_lines(steps: list[Step], spec: Spec, profile: Profile) -> list[str]:
     if data is not None:
         seq_len = json.loads((data.path / "stats.json").read_text("utf-8"))["train_tokens"]["max"]
     fitted = fit_profile(spec, profile, config, seq_len)
-    budget = profile.memory_mib * 2**20 * 0.8 / GIB
+    budget = profile.memory_mib * 2**20 * MEMORY_BUDGET / GIB
     lines = [f"memory: {fitted.estimate.describe()} at micro-batch {fitted.micro_batch}, {seq_len} tokens; "
              f"budget {budget:.1f} GiB" + ("" if fitted.fits else ": DOES NOT FIT, training would stop")]
     lines += [f"  - {note}" for note in fitted.notes]
