@@ -86,7 +86,6 @@ def plan(stages: tuple[Stage, ...], spec: Spec, profile: Profile, store: Store,
     return steps
 
 
-
 def memory_lines(steps: list[Step], spec: Spec, profile: Profile) -> list[str]:
     """The training memory estimate for `plan`: from the model's config.json once the model stage
     has run (or the spec's init shape), and the longest tokenized example once data has run."""
@@ -110,14 +109,27 @@ def memory_lines(steps: list[Step], spec: Spec, profile: Profile) -> list[str]:
     return lines
 
 
+def local_weights(model_dir: Path) -> Path | None:
+    """The folder of a built model's weights when it is on this machine without a download: inside
+    the artifact (init) or the user's own folder (local); None for a Hub model (its snapshot).
+    Here, light, because `plan` reads it too; the model stage's loader adds the Hub download."""
+    import json
+
+    info = json.loads((model_dir / "model.json").read_text("utf-8"))
+    if info["source"] == "init":
+        return model_dir / "weights"
+    if info["source"] == "local":
+        return Path(info["path"])
+    return None
+
+
 def _model_config(model_dir: Path | None, spec: Spec) -> dict[str, Any] | None:
     """config.json of the built model (init weights or a local folder), else the spec's init shape.
     A Hub model's config is in its snapshot, which plan does not download."""
     import json
 
     if model_dir is not None:
-        info = json.loads((model_dir / "model.json").read_text("utf-8"))
-        folder = model_dir / "weights" if info["source"] == "init" else Path(info["path"]) if "path" in info else None
+        folder = local_weights(model_dir)
         if folder is not None and (folder / "config.json").is_file():
             config: dict[str, Any] = json.loads((folder / "config.json").read_text("utf-8"))
             return config

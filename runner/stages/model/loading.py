@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from runner.plan import local_weights
 from runner.profile import Profile
 from runner.spec import Spec
 
@@ -20,13 +21,12 @@ def torch_dtype(name: str) -> Any:
 
 def weights_path(model_dir: Path) -> str:
     """Where the base weights are: inside the artifact (init), the user's folder, or the Hub cache."""
-    info = json.loads((model_dir / "model.json").read_text("utf-8"))
-    if info["source"] == "init":
-        return str(model_dir / "weights")
-    if info["source"] == "local":
-        return str(info["path"])
+    folder = local_weights(model_dir)
+    if folder is not None:
+        return str(folder)
     from huggingface_hub import snapshot_download
 
+    info = json.loads((model_dir / "model.json").read_text("utf-8"))
     # The exact commit recorded by the model stage, never the moving branch.
     return str(snapshot_download(info["id"], revision=info["commit"]))
 
