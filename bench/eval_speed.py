@@ -38,7 +38,8 @@ LOG = OUT / "eval_speed.log"
 DATA = ROOT.parent / "shared" / "data"
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}  # never wait on the Hub
 
-from runner.benchmarks import load_items  # noqa: E402  (needs sys.path)
+from runner.benchmarks import benchmark_items  # noqa: E402  (needs sys.path)
+from runner.formats import read_local  # noqa: E402
 from runner.spec import Benchmark, Fields  # noqa: E402
 
 TARGET_RATIO = 3.0
@@ -146,7 +147,8 @@ def run_runner(model: Any, tok: Any, fmt: str, path: Path, limit: int, batch_siz
 
     fields = Fields(answer_key_type="index0")
     with Clock() as clock:
-        items, _ = load_items(Benchmark(name=fmt, format=fmt, path=str(path), fields=fields, limit=limit), path)  # type: ignore[arg-type]
+        bench = Benchmark(name=fmt, format=fmt, path=str(path), fields=fields, limit=limit)  # type: ignore[arg-type]
+        items, _ = benchmark_items(bench, read_local(path))
         requests = requests_for(items, tok, lambda p: p)
         logliks = score(model, requests, batch_size, tok.pad_token_id, max_length_of(model, tok))
         preds = predictions(len(items), requests, logliks)
