@@ -65,7 +65,9 @@ def run_spec(spec: Spec, spec_path: Path, profile: Profile, store: Store, log: C
                 raise StageError(f"{stage.name} needs {step.reasons[0].removeprefix('after ')} first")
             if stage.gate is not None and step.status != "cached":
                 # Before the expensive part (the contamination check before training): it may stop the run.
-                record.gates[stage.gate.name] = stage.gate(spec, log)
+                record.gates[stage.gate.name] = found = stage.gate.check(spec, log)
+                save_record(record, record_path)  # what it found is on record even when it stops the run
+                stage.gate.stop(spec, found)
             outcome, done[stage.name] = _reuse_or_build(stage, step, spec, profile, store, log, done, options.verify)
             outcomes.append(outcome)
             record.stages.append({"stage": stage.name, "key": step.key, "action": outcome.action,

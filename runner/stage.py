@@ -32,12 +32,14 @@ class StageContext:
 
 
 class Gate(Protocol):
-    """A check that runs before a stage builds (never when it is cached). What it returns goes into
-    the run record under `gates[name]`; it stops the run by raising a RunnerError."""
+    """A check that runs before a stage builds (never when it is cached). What `check` finds goes into
+    the run record under `gates[name]` first; then `stop` may end the run by raising a RunnerError."""
 
     name: str
 
-    def __call__(self, spec: Spec, log: Log) -> dict[str, Any]: ...
+    def check(self, spec: Spec, log: Log) -> dict[str, Any]: ...
+
+    def stop(self, spec: Spec, found: dict[str, Any]) -> None: ...
 
 
 class Stage(Protocol):

@@ -58,10 +58,11 @@ class BeforeTraining:
 
     name: str = "contamination"
 
-    def __call__(self, spec: Spec, log: Log) -> dict[str, Any]:
-        found = before_training(spec, log)
-        stop_if_found(spec, found)
-        return found
+    def check(self, spec: Spec, log: Log) -> dict[str, Any]:
+        return before_training(spec, log)
+
+    def stop(self, spec: Spec, found: dict[str, Any]) -> None:
+        stop_if_found(spec, found)  # eval.contamination.action: stop, and questions were found
 
 
 check_before_training = BeforeTraining()
