@@ -176,11 +176,10 @@ def main() -> None:
 
     import torch
     from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
     from transformers import AutoModelForCausalLM
 
     from runner.stages.model.loading import load_tokenizer
-
-    from lm_eval.tasks import TaskManager
 
     if args.threads:
         torch.set_num_threads(args.threads)

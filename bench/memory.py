@@ -49,7 +49,8 @@ def child(size: str, checkpointing: bool, quantization: str) -> dict[str, object
     import torch
 
     from runner.memory import Shape, estimate, setup_for
-    from runner.profile import probe_machine, resolve_profile
+    from runner.probe import probe_machine
+    from runner.profile import resolve_profile
     from runner.spec import ModelInit, parse_spec
     from runner.stages.model.loading import load_base, torch_dtype
     from runner.stages.model.tiny import build_model

@@ -35,11 +35,12 @@ class Planned:
 
 def plan(spec: str | Path, store: str | Path = "artifacts", force: Iterable[str] = (), verify: bool = False) -> Planned:
     """What `run` would do, without doing it."""
+    from runner.execute import registered_stages
     from runner.plan import memory_lines
     from runner.plan import plan as make_plan
-    from runner.profile import probe_machine, resolve_profile
+    from runner.probe import probe_machine
+    from runner.profile import resolve_profile
     from runner.records import latest_record
-    from runner.execute import registered_stages
     from runner.store import Store
 
     typed = load_spec(spec)
@@ -60,7 +61,8 @@ def run(spec: str | Path, store: str | Path = "artifacts", only: str | None = No
         verify: bool = False, log: Callable[[str], None] = _log) -> Result:
     """Run every stage that is not cached; artifacts go to `store` (a mounted Drive survives a disconnect)."""
     from runner.execute import Options, run_spec
-    from runner.profile import probe_machine, resolve_profile
+    from runner.probe import probe_machine
+    from runner.profile import resolve_profile
     from runner.quiet import quiet_known_warnings
     from runner.store import Store
 

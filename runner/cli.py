@@ -119,7 +119,8 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from runner.profile import probe_machine, resolve_profile
+    from runner.probe import probe_machine
+    from runner.profile import resolve_profile
     from runner.spec import load_spec
 
     probe = probe_machine()

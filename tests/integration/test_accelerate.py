@@ -58,7 +58,8 @@ def test_fsdp_leaves_the_rotary_frequencies_out_of_its_mixed_precision(tiny: Tin
 
     from accelerate.utils import FullyShardedDataParallelPlugin
 
-    from runner.profile import probe_machine, resolve_profile
+    from runner.probe import probe_machine
+    from runner.profile import resolve_profile
     from runner.spec import load_spec
     from runner.stages.model.loading import load_base
     from runner.stages.train.trainer import attach_lora

@@ -96,7 +96,8 @@ def test_batched_generation_writes_what_one_question_at_a_time_writes(tiny: Tiny
 
     from runner.benchmarks import benchmark_items
     from runner.formats import read_local
-    from runner.profile import probe_machine, resolve_profile
+    from runner.probe import probe_machine
+    from runner.profile import resolve_profile
     from runner.spec import Benchmark, load_spec
     from runner.stages.eval.generation import generate_batch
     from runner.stages.eval.scoring import encoder

@@ -13,10 +13,11 @@ import torch
 
 from runner.benchmarks import Item, to_items
 from runner.formats import read_local
-from runner.profile import probe_machine, resolve_profile
+from runner.probe import probe_machine
+from runner.profile import resolve_profile
 from runner.spec import Fields, load_spec
-from runner.stages.model.loading import load_base, load_tokenizer
 from runner.stages.eval.scoring import _shared_prompts, max_length_of, plan_rows, predictions, requests_for, score
+from runner.stages.model.loading import load_base, load_tokenizer
 from tests.integration.conftest import Tiny
 
 
@@ -140,10 +141,18 @@ def test_predictions_equal_lm_evaluation_harness(plain_model: tuple[Any, Any], t
 
 
 def test_branches_only_where_every_layer_attends_to_the_whole_prompt() -> None:
-    from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM, MistralConfig,
-                              MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM)
+    from transformers import (
+        Gemma3ForCausalLM,
+        Gemma3TextConfig,
+        LlamaConfig,
+        LlamaForCausalLM,
+        MistralConfig,
+        MistralForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
 
-    from runner.stages.eval.scoring import _can_branch, _cache_argument
+    from runner.stages.eval.scoring import _cache_argument, _can_branch
 
     # The branch path follows the forward's cache argument: `cache` from transformers 5.24, before it
     # `past_key_values`; under whatever is installed, Llama must branch (5.24 silently lost it).

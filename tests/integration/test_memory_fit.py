@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from runner.profile import probe_machine, resolve_profile
+from runner.probe import probe_machine
+from runner.profile import resolve_profile
 from runner.spec import load_spec
 from runner.stages.model.loading import load_base, load_tokenizer
 from runner.stages.train.loop import train_with_retries

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from runner.profile import probe_machine, resolve_profile
+from runner.probe import probe_machine
+from runner.profile import resolve_profile
 from runner.spec import load_spec
 from runner.stages.model.loading import load_base
 from tests.integration.conftest import Tiny

@@ -6,7 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from runner.profile import Probe, resolve_profile
+from runner.probe import Probe
+from runner.profile import resolve_profile
 from runner.spec import parse_spec
 from runner.stages.eval.report import Inputs, plot_accuracy, to_html, to_markdown
 from runner.stages.eval.reportdoc import document

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from runner.keys import canonical_json, diff_inputs, stage_key
 from runner.plan import stage_inputs
-from runner.profile import Probe, resolve_profile
+from runner.probe import Probe
+from runner.profile import resolve_profile
 from runner.spec import Spec, load_spec
 from runner.stages import all_stages
 

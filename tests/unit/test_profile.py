@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from runner.errors import ProfileError
-from runner.profile import Gpu, Probe, probe_machine, resolve_profile
+from runner.probe import Gpu, Probe, probe_machine
+from runner.profile import resolve_profile
 from runner.spec import parse_spec
 
 CUDA_TORCH, BNB = "2.13.0", "0.50.2"

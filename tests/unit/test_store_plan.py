@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from runner.plan import plan, stage_inputs
 from runner.keys import stage_key
-from runner.profile import Probe, resolve_profile
+from runner.plan import plan, stage_inputs
+from runner.probe import Probe
+from runner.profile import resolve_profile
 from runner.records import RunRecord
 from runner.spec import Spec, load_spec
 from runner.stages import all_stages
