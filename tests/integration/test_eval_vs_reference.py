@@ -16,7 +16,8 @@ from runner.formats import read_local
 from runner.probe import probe_machine
 from runner.profile import resolve_profile
 from runner.spec import Fields, load_spec
-from runner.stages.eval.scoring import _shared_prompts, max_length_of, plan_rows, predictions, requests_for, score
+from runner.stages.eval.branches import shared_prompts
+from runner.stages.eval.scoring import max_length_of, plan_rows, predictions, requests_for, score
 from runner.stages.model.loading import load_base, load_tokenizer
 from tests.integration.conftest import Tiny
 
@@ -39,7 +40,7 @@ def reference(model: Any, tok: Any, items: list[Item]) -> list[float]:
 
 
 def slices(shared_data: Path) -> dict[str, list[Item]]:
-    medqa = [r for r in read_local(shared_data / "medqa" / "test.jsonl")][:10]
+    medqa = list(read_local(shared_data / "medqa" / "test.jsonl"))[:10]
     pubmed = list(read_local(shared_data / "pubmedqa" / "test.jsonl"))
     # Four short abstracts and two too long for the tiny model's 1024 positions (left truncation).
     lengths = sorted(range(len(pubmed)), key=lambda i: len(str(pubmed[i]["CONTEXTS"])))  # type: ignore[index]
@@ -69,7 +70,7 @@ def test_scoring_equals_a_plain_reference_on_real_rows(plain_model: tuple[Any, A
         assert max(len(r.continuation) for r in requests) > 1  # and multi-token choices
         # The four short ones run their prompt once with the choices as branches; the long two, rows.
         limit = max_length_of(model, tok)
-        assert sorted(_shared_prompts(requests, plan_rows(requests, limit), limit)) == [0, 1, 2, 3]
+        assert sorted(shared_prompts(requests, plan_rows(requests, limit), limit)) == [0, 1, 2, 3]
     fast = score(model, requests, batch_size=3, pad_id=tok.pad_token_id, max_length=max_length_of(model, tok))
     slow = reference(model, tok, items)
     assert fast == pytest.approx(slow, abs=2e-4)
@@ -152,16 +153,16 @@ def test_branches_only_where_every_layer_attends_to_the_whole_prompt() -> None:
         Qwen2ForCausalLM,
     )
 
-    from runner.stages.eval.scoring import _cache_argument, _can_branch
+    from runner.stages.eval.branches import cache_argument, can_branch
 
     # The branch path follows the forward's cache argument: `cache` from transformers 5.24, before it
     # `past_key_values`; under whatever is installed, Llama must branch (5.24 silently lost it).
-    assert _cache_argument(LlamaForCausalLM(LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+    assert cache_argument(LlamaForCausalLM(LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                                         num_attention_heads=2, vocab_size=64))) is not None
     small = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
              "num_key_value_heads": 1, "vocab_size": 64}
-    assert _can_branch(LlamaForCausalLM(LlamaConfig(**small)))
-    assert _can_branch(Qwen2ForCausalLM(Qwen2Config(**small)))  # a sliding_window field, all layers full
-    assert _can_branch(MistralForCausalLM(MistralConfig(**small, sliding_window=None)))
-    assert not _can_branch(MistralForCausalLM(MistralConfig(**small, sliding_window=8)))
-    assert not _can_branch(Gemma3ForCausalLM(Gemma3TextConfig(**small, head_dim=8)))  # sliding layers
+    assert can_branch(LlamaForCausalLM(LlamaConfig(**small)))
+    assert can_branch(Qwen2ForCausalLM(Qwen2Config(**small)))  # a sliding_window field, all layers full
+    assert can_branch(MistralForCausalLM(MistralConfig(**small, sliding_window=None)))
+    assert not can_branch(MistralForCausalLM(MistralConfig(**small, sliding_window=8)))
+    assert not can_branch(Gemma3ForCausalLM(Gemma3TextConfig(**small, head_dim=8)))  # sliding layers

@@ -88,7 +88,7 @@ MEDMCQA = {"question": "Which vitamin deficiency causes scurvy?", "exp": "", "co
 def test_medmcqa_json_lines_with_a_deep_and_a_non_utf8_line_trains_and_scores(tiny: Tiny, tmp_path: Path) -> None:
     """MedMCQA's release is JSON Lines named `.json`; one line nested 100,000 deep and one of bad
     UTF-8 are dropped and counted, the other rows are kept: as training data and as a benchmark."""
-    # Distinct questions: two equal ones crash the scorer's branch path (scoring._shared_prompts).
+    # Distinct questions here; identical ones are tested in test_eval_vs_reference.py.
     good = [json.dumps({**MEDMCQA, "id": f"q{i}", "question": f"{MEDMCQA['question']} ({i})"}).encode()
             for i in range(20)]
     dev = tmp_path / "dev.json"
