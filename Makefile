@@ -2,6 +2,7 @@
 # make test                      install what the tests need and run them
 # make test-latest               the tests on the newest versions pyproject's ranges allow (.venv-latest)
 # make lock                      write requirements.lock from .venv-latest, once its tests pass
+# make lint                      ruff and mypy (CI runs it before the tests)
 SPEC ?= specs/smoke.yaml
 PYTHON ?= python3
 VENV := .venv
@@ -15,7 +16,7 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 EXTRAS := test,lint
 LATEST := .venv-latest
 
-.PHONY: run test test-unit test-integration test-latest lock validate plan bench bench-eval clean
+.PHONY: run test lint test-unit test-integration test-latest lock validate plan bench bench-eval clean
 
 define install_torch
 	$(1)/bin/python -m pip install --quiet "torch==$(TORCH_VERSION)" \
@@ -57,6 +58,11 @@ plan: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+
+# ruff on everything; mypy strict on the light modules, plain on the rest (pyproject.toml says which).
+lint: $(VENV)/.installed
+	$(PY) -m ruff check .
+	$(PY) -m mypy
 
 test-unit: $(VENV)/.installed
 	$(PY) -m pytest -q tests/unit

@@ -32,7 +32,7 @@ LOG = OUT / "train_speed.log"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local; never wait on the Hub
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from runner.probe import probe_machine
+from runner.probe import probe_machine  # noqa: E402  (needs sys.path)
 from runner.profile import Profile, resolve_profile  # noqa: E402  (needs sys.path)
 from runner.spec import Spec, load_spec  # noqa: E402
 

@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import os
 import platform
-import re
 import shutil
 import signal
 import subprocess
 import sys
 import threading
 from argparse import Namespace
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from runner.errors import ContainerError, RunnerError
+from runner.errors import ContainerError
 from runner.images import CHECKOUT, build_args, source_digest
 
 IMAGE = "qlora-runner"  # the repository name; $RUNNER_IMAGE names another (a registry's, a test's)

@@ -103,7 +103,8 @@ def _show(value: Any) -> str:
 
 def with_defaults(doc: dict[str, Any]) -> dict[str, Any]:
     """A deep copy of a valid `doc` with every schema default filled in, recursively."""
-    return _fill(copy.deepcopy(doc), load_schema())
+    filled: dict[str, Any] = _fill(copy.deepcopy(doc), load_schema())
+    return filled
 
 
 def _fill(value: Any, schema: dict[str, Any]) -> Any:

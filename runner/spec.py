@@ -247,7 +247,8 @@ def parse_spec(text: str, source: str = "<spec>", base_dir: Path | str = ".") ->
     problems = [f"{format_path(p)}: {msg} ({source}:{positions.where(p)})" for p, msg in found2]
     if problems:
         raise SpecError(problems)
-    return typed(Spec, {**full, "base_dir": str(base_dir)})
+    spec: Spec = typed(Spec, {**full, "base_dir": str(base_dir)})
+    return spec
 
 
 def _order(problem: tuple[Any, int, int, str]) -> tuple[int, int, str]:

@@ -82,7 +82,7 @@ def dequantize(model: Any, dtype: Any) -> Any:
     for parent in list(model.modules()):
         for child_name, child in list(parent.named_children()):
             if isinstance(child, bnb.nn.Linear4bit):
-                weight = bnb.functional.dequantize_4bit(child.weight.data, child.weight.quant_state)
+                weight = bnb.functional.dequantize_4bit(child.weight.data, child.weight.quant_state)  # type: ignore[attr-defined]  # a Params4bit
                 linear = torch.nn.Linear(child.in_features, child.out_features, bias=child.bias is not None,
                                          device=weight.device, dtype=dtype)
                 linear.weight.data.copy_(weight.to(dtype))

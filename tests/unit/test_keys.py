@@ -31,7 +31,7 @@ def keys(spec: Spec, probe: Probe = CPU) -> dict[str, str]:
     profile = resolve_profile(spec, probe)
     out = {}
     for stage in all_stages():
-        upstream = {ref: UP for ref in stage.upstream}
+        upstream = dict.fromkeys(stage.upstream, UP)
         out[stage.name] = stage_key(stage_inputs(stage, spec, profile, upstream))
     return out
 

@@ -95,7 +95,7 @@ def test_defaults_come_from_the_schema_and_match_the_dataclasses(folder: Path) -
             sub = props[f.name]
             nested = [t for t in (typing.get_args(hints[f.name]) or (hints[f.name],)) if dataclasses.is_dataclass(t)]
             if nested:  # a section: compare its fields one level down
-                inner = sub["items"] if "items" in sub else sub
+                inner = sub.get("items", sub)
                 checked += walk(nested[0], inner["properties"], f"{where}.{f.name}")
             if f.default is not dataclasses.MISSING:
                 assert "default" in sub, f"{where}.{f.name}: dataclass has a default, schema none"

@@ -42,10 +42,9 @@ def test_build_commits_with_manifest_and_digests(tmp_path: Path) -> None:
 
 def test_a_failed_build_leaves_nothing_that_counts(tmp_path: Path) -> None:
     store = Store(tmp_path)
-    with pytest.raises(RuntimeError):
-        with store.build("s", "k", {}, ()) as out:
-            (out / "half.bin").write_text("half")
-            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError), store.build("s", "k", {}, ()) as out:
+        (out / "half.bin").write_text("half")
+        raise RuntimeError("killed")
     assert store.lookup("s", "k") is None and not store.artifact_dir("s", "k").exists()
     commit(store, "s", "k", {"whole.bin": "whole"})  # the next attempt starts clean
     assert set(store.lookup("s", "k").files) == {"whole.bin"}  # type: ignore[union-attr]

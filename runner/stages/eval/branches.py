@@ -64,7 +64,9 @@ def score_branches(model: Any, requests: Sequence[Request], groups: list[list[in
     later: dict[int, Any] = {}
     if length:
         branch, positions, mask = _branch_inputs(requests, spans, lengths, width, length, pad_id)
-        cache = {cache_argument(model): returned_cache(out)}
+        argument = cache_argument(model)
+        assert argument is not None  # can_branch checked it before any branch was planned
+        cache = {argument: returned_cache(out)}
         logits = model(input_ids=branch.to(device), position_ids=positions.to(device), attention_mask=mask.to(device),
                        use_cache=False, **cache).logits  # (B, L, V)
         branch_logprobs = torch.log_softmax(logits, dim=-1)

@@ -68,7 +68,7 @@ def load_base(model_dir: Path, spec: Spec, profile: Profile, quantized: bool = T
         kwargs["device_map"] = {"": torch.cuda.current_device()}  # a launched process: its own GPU (worker.py)
     model = AutoModelForCausalLM.from_pretrained(weights_path(model_dir), **kwargs)
     if profile.device == "mps":
-        model.to("mps")
+        model.to("mps")  # type: ignore[arg-type]  # transformers wraps .to in a decorator typed for models
     if four_bit and profile.device == "cpu":
         disable_cpu_inference_repack(model)
     return model

@@ -27,7 +27,8 @@ def attach_lora(model: Any, spec: Spec, checkpointing: bool, sharded: bool = Fal
         model.enable_input_require_grads()
     model.config.use_cache = False  # training never reads the keys and values a cache would keep
     targets = spec.lora.target_modules
-    config = LoraConfig(r=spec.lora.r, lora_alpha=spec.lora.alpha, lora_dropout=spec.lora.dropout,
+    # peft types lora_alpha as int but scales by alpha / r in float: a fractional alpha is honoured.
+    config = LoraConfig(r=spec.lora.r, lora_alpha=spec.lora.alpha, lora_dropout=spec.lora.dropout,  # type: ignore[arg-type]
                         target_modules=targets if isinstance(targets, str) else list(targets),
                         bias="none", task_type="CAUSAL_LM")
     return get_peft_model(model, config)
