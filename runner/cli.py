@@ -66,6 +66,15 @@ def _parser() -> argparse.ArgumentParser:
     gc.add_argument("--store", type=Path, default=Path(os.environ.get("RUNNER_STORE", "artifacts")),
                     help="artifact store folder (default: ./artifacts, or $RUNNER_STORE)")
     gc.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
+    srv = command("serve", cmd_serve, "serve the store's models and adapters over an OpenAI-compatible API",
+                  spec=False)
+    srv.add_argument("--store", type=Path, default=Path(os.environ.get("RUNNER_STORE", "artifacts")),
+                     help="artifact store folder (default: ./artifacts, or $RUNNER_STORE)")
+    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--api-key", default=os.environ.get("RUNNER_API_KEY"),
+                     help="require `Authorization: Bearer KEY` on every route (default: $RUNNER_API_KEY); "
+                          "needed for any host but loopback")
     command("profile", cmd_profile, "show this machine and the profile a spec would get", spec=False).add_argument(
         "spec", type=Path, nargs="?", help="spec to resolve the profile for (default: specs/smoke.yaml settings)")
     return parser
@@ -115,6 +124,23 @@ def cmd_gc(args: argparse.Namespace) -> int:
     for path in removed:
         print(f"{verb} {path}")
     print(f"{verb} {len(removed)} folder(s), {freed / 2**20:.1f} MiB")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import ipaddress
+
+    try:
+        loopback = args.host == "localhost" or ipaddress.ip_address(args.host).is_loopback
+    except ValueError:
+        loopback = False  # a host name: where it points is not ours to guess
+    if not loopback and not args.api_key:
+        print(f"error: --host {args.host} listens beyond this machine: set --api-key (or RUNNER_API_KEY)",
+              file=sys.stderr)
+        return 2
+    from runner.serve.app import serve
+
+    serve(args.store, args.host, args.port, args.api_key)
     return 0
 
 

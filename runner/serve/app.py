@@ -1,0 +1,119 @@
+"""The FastAPI application: auth, caps and clean errors around the routes of routes.py and jobs.py.
+
+Safe by default: every route checks the key when one is set (in constant time), bodies are capped
+(413), and anything unexpected is answered as a JSON error without a traceback."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+log = logging.getLogger("runner.serve")
+MAX_BODY = 1 << 20  # a chat request is kilobytes; a megabyte is already abuse
+MAX_UPLOAD = 64 << 20  # /v1/files: training data
+
+
+def error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class Guard:
+    """Pure ASGI: the key, then the body cap (the header, and the bytes as they arrive)."""
+
+    def __init__(self, app: Any, api_key: str | None) -> None:
+        self.app, self.key = app, (api_key.encode() if api_key else None)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if self.key is not None:
+            given = headers.get("authorization", "")
+            token = given[7:].encode() if given.lower().startswith("bearer ") else b""
+            if not hmac.compare_digest(token, self.key):
+                return await error(401, "missing or wrong API key: send `Authorization: Bearer KEY`",
+                                   "authentication_error")(scope, receive, send)
+        cap = MAX_UPLOAD if scope["path"] == "/v1/files" else MAX_BODY
+        if int(headers.get("content-length") or 0) > cap:
+            return await error(413, f"request body over the {cap} byte limit")(scope, receive, send)
+        seen, started = 0, False
+
+        async def counted() -> Any:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > cap:
+                raise _TooLarge
+            return message
+
+        async def tracked(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, tracked)
+        except _TooLarge:
+            if not started:
+                await error(413, f"request body over the {cap} byte limit")(scope, receive, send)
+
+
+def _install_errors(app: FastAPI) -> None:
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = exc.errors()
+        if any(p.get("type") == "json_invalid" for p in problems):
+            return error(400, "the body is not valid JSON")
+        text = "; ".join(f"{'.'.join(str(x) for x in p.get('loc', ())[1:]) or 'body'}: {p.get('msg')}"
+                         for p in problems)
+        return error(422, text or "invalid request")
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unexpected %s on %s %s", type(exc).__name__, request.method, request.url.path)
+        return error(500, f"internal error ({type(exc).__name__}); the server log says more", "server_error")
+
+
+def create_app(store: Path, api_key: str | None = None, jobs: bool = True) -> Any:
+    from runner.serve.engine import Engine
+    from runner.serve.models import Registry
+    from runner.serve.routes import router
+
+    app = FastAPI(title="runner serve", version="1")
+    app.state.store = Path(store).resolve()
+    app.state.registry = Registry(app.state.store)
+    app.state.engine = Engine()
+    app.state.engine.start()
+    app.include_router(router)
+    if jobs:
+        from runner.serve.jobs import JobQueue
+        from runner.serve.jobs import router as job_router
+
+        app.state.jobs = JobQueue(app.state.store)
+        app.state.jobs.start()
+        app.include_router(job_router)
+    _install_errors(app)
+    return Guard(app, api_key)
+
+
+def serve(store: Path, host: str, port: int, api_key: str | None) -> None:
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO, format="[serve] %(message)s")
+    app = create_app(store, api_key)
+    # uvicorn's access log prints paths and statuses, never headers: the key is not in it.
+    uvicorn.run(app, host=host, port=port, log_level="info")

@@ -1,0 +1,207 @@
+"""The generation worker: one thread owns every loaded model and answers requests in micro-batches.
+
+Adapters of one base share one loaded base (4-bit when the run trained 4-bit, as eval loads it),
+wrapped in one PeftModel under internal adapter names. Each row of a batch names its own adapter
+(PEFT's mixed-batch `adapter_names`, "__base__" for the base): `set_adapter` is global, and calling it
+per request mixes adapters between users (peft #804, #1378), so it is never called here.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from runner.serve.prompts import prompt_ids
+from runner.serve.rows import Ask, Row
+
+log = logging.getLogger("runner.serve")
+MAX_BATCH = 16
+GATHER_S = 0.01  # how long the worker waits for company after the first request of a batch
+
+
+@dataclass
+class Loaded:
+    model: Any
+    tok: Any
+    names: dict[str, str] = field(default_factory=dict)  # adapter id -> PEFT adapter name
+
+
+class Engine:
+    def __init__(self) -> None:
+        self._queue: queue.Queue[Ask | None] = queue.Queue()
+        self._bases: dict[str, Loaded] = {}
+        self._thread = threading.Thread(target=self._loop, name="generation", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._queue.put(None)
+
+    def submit(self, ask: Ask) -> None:
+        self._queue.put(ask)
+
+    def forget(self, entry: Any) -> None:
+        """Drop an adapter from its loaded base (in the worker, between batches)."""
+        self._queue.put(Ask(entry, lambda tok: "", 0, 0.0, 1.0, [], None, lambda kind, value: None))
+
+    def _loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            asks = [first]
+            time.sleep(GATHER_S)
+            while len(asks) < MAX_BATCH:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._queue.put(None)
+                    break
+                asks.append(more)
+            for group in _groups(asks):
+                self._run_safely(group)
+
+    def _run_safely(self, group: list[Ask]) -> None:
+        try:
+            if group[0].max_tokens == 0:
+                return self._drop(group[0].entry)
+            self._run(group)
+        except Exception as exc:  # a failed batch answers its requests with an error; the worker goes on
+            log.exception("generation failed")
+            for ask in group:
+                ask.emit("error", f"generation failed: {type(exc).__name__}")
+
+    def _drop(self, entry: Any) -> None:
+        loaded = self._bases.get(entry.model_key)
+        if loaded is not None and entry.id in loaded.names:
+            loaded.model.delete_adapter(loaded.names.pop(entry.id))
+
+    def _load(self, entry: Any) -> Loaded:
+        from runner.stages.model.loading import load_base, load_tokenizer
+
+        loaded = self._bases.get(entry.model_key)
+        if loaded is None:
+            log.info("loading base %s", entry.model_key[:12])
+            model = load_base(entry.model_dir, entry.spec, entry.profile)
+            model.eval()
+            loaded = self._bases[entry.model_key] = Loaded(model, load_tokenizer(entry.model_dir))
+        if entry.kind == "adapter" and entry.id not in loaded.names:
+            self._add_adapter(loaded, entry)
+        return loaded
+
+    def _add_adapter(self, loaded: Loaded, entry: Any) -> None:
+        from peft import PeftModel
+
+        name = f"a{len(loaded.names)}_{int(time.time() * 1000) % 100000}"  # ours: ids may hold any character
+        log.info("loading adapter %s", entry.id)
+        if not loaded.names:
+            loaded.model = PeftModel.from_pretrained(loaded.model, str(entry.adapter_dir), adapter_name=name)
+        else:
+            loaded.model.load_adapter(str(entry.adapter_dir), adapter_name=name)
+        loaded.model.eval()
+        loaded.names[entry.id] = name
+
+    def _run(self, group: list[Ask]) -> None:
+        import torch
+
+        from runner.stages.train import cpu_threads
+
+        entry = group[0].entry
+        loaded = self._load(entry)
+        for ask in group[1:]:
+            self._load(ask.entry)
+        tok = loaded.tok
+        prompts = [prompt_ids(ask.render(tok), tok) for ask in group]
+        eos = _eos_ids(loaded.model, tok)
+        rows = [Row(ask, len(ids), eos) for ask, ids in zip(group, prompts)]
+        ids, mask = _left_padded(prompts, tok)
+        kwargs = _sampling(group[0]) | {"pad_token_id": tok.pad_token_id, "attention_mask": mask,
+                                        "max_new_tokens": max(a.max_tokens for a in group),
+                                        "streamer": _Streamer(rows, tok), "stopping_criteria": _stopper(rows)}
+        if loaded.names:  # a PeftModel: each row names its adapter
+            kwargs["adapter_names"] = [loaded.names.get(a.entry.id, "__base__") if a.entry.kind == "adapter"
+                                       else "__base__" for a in group]
+        if not group[0].greedy:
+            torch.manual_seed(group[0].seed if group[0].seed is not None else time.time_ns() % 2**31)
+        device = next(loaded.model.parameters()).device
+        with cpu_threads(entry.profile.threads), torch.inference_mode():
+            loaded.model.generate(input_ids=ids.to(device), **(kwargs | {"attention_mask": mask.to(device)}))
+        decode = _decoder(tok)
+        for row in rows:
+            row.finish("length", decode)  # rows the streamer did not end reached max_new_tokens
+
+
+def _groups(asks: list[Ask]) -> list[list[Ask]]:
+    """Greedy requests batched per base; a sampled one alone, so its seed alone decides its draw."""
+    greedy: dict[str, list[Ask]] = {}
+    out: list[list[Ask]] = []
+    for ask in asks:
+        if ask.max_tokens == 0 or not ask.greedy:
+            out.append([ask])
+        else:
+            greedy.setdefault(ask.entry.model_key, []).append(ask)
+    return list(greedy.values()) + out
+
+
+def _sampling(ask: Ask) -> dict[str, Any]:
+    if ask.greedy:
+        return {"do_sample": False}
+    return {"do_sample": True, "temperature": ask.temperature, "top_p": ask.top_p}
+
+
+def _eos_ids(model: Any, tok: Any) -> set[int]:
+    ids = model.generation_config.eos_token_id
+    found = set(ids if isinstance(ids, list) else [] if ids is None else [ids])
+    return found | ({tok.eos_token_id} if tok.eos_token_id is not None else set())
+
+
+def _left_padded(prompts: list[list[int]], tok: Any) -> tuple[Any, Any]:
+    import torch
+
+    width = max(len(p) for p in prompts)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)  # (B, T), left-padded
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for b, p in enumerate(prompts):
+        ids[b, width - len(p):] = torch.tensor(p, dtype=torch.long)
+        mask[b, width - len(p):] = 1
+    return ids, mask
+
+
+def _decoder(tok: Any) -> Any:
+    return lambda tokens: tok.decode(tokens, skip_special_tokens=True)
+
+
+class _Streamer:
+    """transformers calls `put` with the prompt first, then each step's new token per row: (B,)."""
+
+    def __init__(self, rows: list[Row], tok: Any) -> None:
+        self.rows, self.decode, self.prompt_seen = rows, _decoder(tok), False
+
+    def put(self, value: Any) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        for row, token in zip(self.rows, value.reshape(len(self.rows), -1)[:, -1].tolist()):
+            row.step(int(token), self.decode)
+
+    def end(self) -> None:
+        pass
+
+
+def _stopper(rows: list[Row]) -> Any:
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class Done(StoppingCriteria):  # type: ignore[misc]
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            return torch.tensor([row.done for row in rows], dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([Done()])

@@ -1,0 +1,131 @@
+"""The model routes, OpenAI's shapes: /v1/models, /v1/chat/completions, /v1/completions, and vLLM's
+/v1/load_lora_adapter and /v1/unload_lora_adapter."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from sse_starlette.sse import EventSourceResponse
+
+from runner.serve.adapters import check_adapter
+from runner.serve.models import Entry
+from runner.serve.prompts import render_chat
+from runner.serve.rows import Ask
+from runner.serve.schemas import ChatRequest, CompletionRequest, LoadAdapter, ModelCard, Sampling, UnloadAdapter
+
+router = APIRouter()
+
+
+def _entry(request: Request, model: str) -> Entry:
+    found: Entry | None = request.app.state.registry.get(model)
+    if found is None:
+        raise HTTPException(404, f"model {model!r} does not exist; GET /v1/models lists what is served")
+    return found
+
+
+@router.get("/v1/models")
+def list_models(request: Request) -> dict[str, Any]:
+    entries = request.app.state.registry.scan().values()
+    cards = [ModelCard(id=e.id, created=e.created, parent=e.parent,
+                       root=str(e.adapter_dir if e.adapter_dir is not None else e.model_dir)).model_dump()
+             for e in sorted(entries, key=lambda e: (e.kind != "base", e.id))]
+    return {"object": "list", "data": cards}
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def chat(body: ChatRequest, request: Request) -> Any:
+    entry = _entry(request, body.model)
+    messages = [m.model_dump() for m in body.messages]
+    return await _answer(request, body, entry, lambda tok: render_chat(messages, tok, entry.spec), chat=True)
+
+
+@router.post("/v1/completions", response_model=None)
+async def complete(body: CompletionRequest, request: Request) -> Any:
+    entry = _entry(request, body.model)
+    return await _answer(request, body, entry, lambda tok: body.prompt, chat=False)
+
+
+async def _answer(request: Request, body: Sampling, entry: Entry, render: Callable[[Any], str], chat: bool) -> Any:
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+    def emit(kind: str, value: Any) -> None:
+        loop.call_soon_threadsafe(events.put_nowait, (kind, value))
+
+    request.app.state.engine.submit(Ask(entry, render, body.token_limit(), body.temperature, body.top_p,
+                                        body.stops(), body.seed, emit))
+    head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", "created": int(time.time()),
+            "model": entry.id}
+    if body.stream:
+        usage = bool(body.stream_options and body.stream_options.include_usage)
+        return EventSourceResponse(_chunks(events, head, chat, usage), ping=3600)
+    while True:
+        kind, value = await events.get()
+        if kind == "error":
+            raise HTTPException(500, value)
+        if kind == "done":
+            reason, counts, text = value
+            choice = ({"message": {"role": "assistant", "content": text}} if chat else {"text": text, "logprobs": None})
+            return head | {"object": "chat.completion" if chat else "text_completion", "usage": counts,
+                           "choices": [{"index": 0, "finish_reason": reason} | choice]}
+
+
+async def _chunks(events: asyncio.Queue[tuple[str, Any]], head: dict[str, Any], chat: bool,
+                  usage: bool) -> AsyncIterator[dict[str, str]]:
+    obj = head | {"object": "chat.completion.chunk" if chat else "text_completion"}
+
+    def chunk(text: str | None, reason: str | None = None) -> dict[str, str]:
+        if chat:
+            delta = {} if text is None else {"content": text}
+            choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": reason}
+        else:
+            choice = {"index": 0, "text": text or "", "finish_reason": reason, "logprobs": None}
+        return {"data": json.dumps(obj | {"choices": [choice]})}
+
+    if chat:
+        first = chunk("")
+        first["data"] = first["data"].replace('"delta": {"content": ""}', '"delta": {"role": "assistant", "content": ""}')
+        yield first
+    while True:
+        kind, value = await events.get()
+        if kind == "delta":
+            yield chunk(value)
+        elif kind == "error":
+            yield {"data": json.dumps({"error": {"message": value, "type": "server_error", "code": 500}})}
+            break
+        else:
+            reason, counts, _ = value
+            yield chunk(None, reason)
+            if usage:
+                yield {"data": json.dumps(obj | {"choices": [], "usage": counts})}
+            break
+    yield {"data": "[DONE]"}
+
+
+@router.post("/v1/load_lora_adapter")
+def load_adapter(body: LoadAdapter, request: Request) -> dict[str, str]:
+    registry = request.app.state.registry
+    if registry.get(body.lora_name) is not None:
+        raise HTTPException(400, f"a model named {body.lora_name!r} is already served")
+    entry = check_adapter(request.app.state.store, registry, body)
+    registry.add(entry)
+    return {"status": "ok", "message": f"adapter {body.lora_name!r} loaded on {entry.parent}"}
+
+
+@router.post("/v1/unload_lora_adapter")
+def unload_adapter(body: UnloadAdapter, request: Request) -> dict[str, str]:
+    registry = request.app.state.registry
+    entry = registry.get(body.lora_name)
+    if entry is None or entry.kind != "adapter":
+        raise HTTPException(404, f"no adapter named {body.lora_name!r} is served")
+    if not registry.remove(body.lora_name):
+        raise HTTPException(400, f"{body.lora_name!r} comes from a run record in the store; only adapters loaded "
+                                 "with /v1/load_lora_adapter can be unloaded")
+    request.app.state.engine.forget(entry)
+    return {"status": "ok", "message": f"adapter {body.lora_name!r} unloaded"}

@@ -1,0 +1,77 @@
+"""One request's progress through a batch: its tokens, the text it may show so far, why it ended.
+
+The text shown is what eval's `decode(...).strip()` gives, released piece by piece: leading space is
+dropped, trailing space and a possible start of a stop string are held back until what follows is
+known, so the joined stream equals the whole answer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+Emit = Callable[[str, Any], None]  # ("delta", text) | ("done", (finish_reason, usage, text)) | ("error", message)
+
+
+@dataclass
+class Ask:
+    """A generation request as the worker sees it."""
+
+    entry: Any  # runner.serve.models.Entry
+    render: Callable[[Any], str]  # tokenizer -> prompt text
+    max_tokens: int
+    temperature: float
+    top_p: float
+    stops: list[str]
+    seed: int | None
+    emit: Emit
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+@dataclass
+class Row:
+    ask: Ask
+    prompt_tokens: int
+    eos: set[int]
+    tokens: list[int] = field(default_factory=list)
+    shown: str = ""
+    done: bool = False
+
+    def step(self, token: int, decode: Callable[[list[int]], str]) -> None:
+        if self.done:
+            return
+        self.tokens.append(token)
+        if token in self.eos:
+            return self.finish("stop", decode)
+        text = decode(self.tokens)
+        cut = min((i for i in (text.find(s) for s in self.ask.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            return self.finish("stop", decode, text[:cut])
+        if len(self.tokens) >= self.ask.max_tokens:
+            return self.finish("length", decode)
+        self._show(self._safe(text))
+
+    def _safe(self, text: str) -> str:
+        safe = text.lstrip().rstrip()
+        if safe.endswith("\ufffd"):  # half a multi-byte character
+            return self.shown
+        hold = max((k for s in self.ask.stops for k in range(1, len(s)) if safe.endswith(s[:k])), default=0)
+        return safe[: len(safe) - hold]
+
+    def _show(self, text: str) -> None:
+        if text.startswith(self.shown) and len(text) > len(self.shown):
+            self.ask.emit("delta", text[len(self.shown):])
+            self.shown = text
+
+    def finish(self, reason: str, decode: Callable[[list[int]], str], text: str | None = None) -> None:
+        if self.done:
+            return
+        self.done = True
+        final = (decode(self.tokens) if text is None else text).strip()
+        self._show(final)
+        usage = {"prompt_tokens": self.prompt_tokens, "completion_tokens": len(self.tokens),
+                 "total_tokens": self.prompt_tokens + len(self.tokens)}
+        self.ask.emit("done", (reason, usage, final))
