@@ -163,3 +163,18 @@ def test_a_non_loopback_host_refuses_to_start_without_a_key() -> None:
     done = subprocess.run([sys.executable, "-m", "runner", "serve", "--host", "0.0.0.0", "--port", "1"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
     assert done.returncode == 2 and "--api-key" in done.stderr
+
+
+def test_a_cancelled_job_stops_and_is_cancelled(server: Server, client: openai.OpenAI) -> None:
+    job = client.fine_tuning.jobs.create(model="serve-tiny", training_file="unused",
+                                         extra_body={"spec": tiny_spec("serve-cancel", max_steps=400)})
+    deadline = time.time() + 300
+    while not any("train" in e.message for e in client.fine_tuning.jobs.list_events(job.id)):
+        assert time.time() < deadline and client.fine_tuning.jobs.retrieve(job.id).status in ("queued", "running")
+        time.sleep(0.5)
+    client.fine_tuning.jobs.cancel(job.id)
+    while (state := client.fine_tuning.jobs.retrieve(job.id)).status not in ("succeeded", "failed", "cancelled"):
+        assert time.time() < deadline, "the cancelled job did not stop"
+        time.sleep(0.5)
+    assert state.status == "cancelled" and state.fine_tuned_model is None
+    assert "serve-cancel" not in ids(client)
