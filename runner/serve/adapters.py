@@ -47,6 +47,8 @@ def _trained_on(folder: Path) -> str | None:
 
 
 def check_adapter(store: Path, registry: Registry, body: LoadAdapter) -> Entry:
+    if "\x00" in body.lora_path:  # no file system path holds one (and Path.resolve raises on it)
+        raise HTTPException(400, "lora_path holds a NUL character")
     raw = Path(body.lora_path)
     folder = (raw if raw.is_absolute() else store / raw).resolve()
     if not folder.is_relative_to(store):

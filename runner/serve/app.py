@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,8 @@ class Guard:
 def _install_errors(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return error(exc.status_code, str(exc.detail))
+        return error(exc.status_code, str(exc.detail), "server_error" if exc.status_code >= 500 else
+                     "invalid_request_error")
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -110,10 +112,20 @@ def create_app(store: Path, api_key: str | None = None, jobs: bool = True) -> An
     return Guard(app, api_key)
 
 
-def serve(store: Path, host: str, port: int, api_key: str | None) -> None:
+def serve(store: Path, host: str, port: int, api_key: str | None, engine: str = "runner") -> int:
+    """Serve until stopped; the exit code. `engine="vllm"` hands generation to `vllm serve` (vllm.py)."""
+    if engine == "vllm":
+        from runner.serve.vllm import VllmError, serve_vllm
+
+        try:
+            return serve_vllm(store, host, port, api_key)
+        except VllmError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="[serve] %(message)s")
     app = create_app(store, api_key)
     # uvicorn's access log prints paths and statuses, never headers: the key is not in it.
     uvicorn.run(app, host=host, port=port, log_level="info")
+    return 0

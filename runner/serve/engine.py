@@ -118,7 +118,9 @@ class Engine:
         for ask in group[1:]:
             self._load(ask.entry)
         tok = loaded.tok
-        prompts = [prompt_ids(ask.render(tok), tok) for ask in group]
+        group, prompts = _prepared(group, tok)
+        if not group:
+            return
         eos = _eos_ids(loaded.model, tok)
         rows = [Row(ask, len(ids), eos) for ask, ids in zip(group, prompts)]
         ids, mask = _left_padded(prompts, tok)
@@ -136,6 +138,26 @@ class Engine:
         decode = _decoder(tok)
         for row in rows:
             row.finish("length", decode)  # rows the streamer did not end reached max_new_tokens
+
+
+def _prepared(group: list[Ask], tok: Any) -> tuple[list[Ask], list[list[int]]]:
+    """Each request's prompt tokens; one that gives none is answered `invalid` (a 400) and left out, so
+    a bad request never fails the others of its batch. The rest are told they started."""
+    kept: list[Ask] = []
+    prompts: list[list[int]] = []
+    for ask in group:
+        try:
+            ids = prompt_ids(ask.render(tok), tok)
+        except Exception as exc:  # a chat template that raises on these messages (roles must alternate, ...)
+            ask.emit("invalid", f"the messages do not fit the model's chat template: {exc}"[:500])
+            continue
+        if not ids:
+            ask.emit("invalid", "the prompt is empty once tokenized: send some text")
+            continue
+        ask.emit("start", None)
+        kept.append(ask)
+        prompts.append(ids)
+    return kept, prompts
 
 
 def _groups(asks: list[Ask]) -> list[list[Ask]]:

@@ -35,7 +35,7 @@ class JobQueue:
         self._wake = threading.Event()
         self._running: tuple[str, subprocess.Popen[bytes]] | None = None
         self.folder.mkdir(parents=True, exist_ok=True)
-        for job in self.list():  # a job running when the server died: no process is watching it now
+        for job in self.all():  # a job running when the server died: no process is watching it now
             if job["status"] in ("running", "validating_files"):
                 self._update(job["id"], status="failed", finished_at=int(time.time()),
                              error={"message": "the server stopped while the job was running; submit it again "
@@ -56,7 +56,7 @@ class JobQueue:
             raise HTTPException(404, f"job {job_id!r} does not exist") from None
         return data
 
-    def list(self) -> list[dict[str, Any]]:
+    def all(self) -> list[dict[str, Any]]:
         jobs = []
         for path in self.folder.glob("ftjob-*.json"):
             try:
@@ -108,7 +108,7 @@ class JobQueue:
 
     def _loop(self) -> None:
         while True:
-            queued = [j for j in self.list() if j["status"] == "queued"]
+            queued = [j for j in self.all() if j["status"] == "queued"]
             if not queued:
                 self._wake.wait(1.0)
                 self._wake.clear()
@@ -171,7 +171,7 @@ def create_job(body: JobRequest, request: Request) -> dict[str, Any]:
 
 @router.get("/v1/fine_tuning/jobs")
 def list_jobs(request: Request) -> dict[str, Any]:
-    return {"object": "list", "data": _queue(request).list(), "has_more": False}
+    return {"object": "list", "data": _queue(request).all(), "has_more": False}
 
 
 @router.get("/v1/fine_tuning/jobs/{job_id}")

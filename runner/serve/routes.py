@@ -62,13 +62,18 @@ async def _answer(request: Request, body: Sampling, entry: Entry, render: Callab
                                         body.stops(), body.seed, emit))
     head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", "created": int(time.time()),
             "model": entry.id}
+    kind, value = await events.get()  # "start" once the worker has the prompt, before any status is sent
+    if kind == "invalid":
+        raise HTTPException(400, value)
+    if kind == "error":
+        raise HTTPException(500, value)
     if body.stream:
         usage = bool(body.stream_options and body.stream_options.include_usage)
         return EventSourceResponse(_chunks(events, head, chat, usage), ping=3600)
     while True:
         kind, value = await events.get()
-        if kind == "error":
-            raise HTTPException(500, value)
+        if kind in ("error", "invalid"):
+            raise HTTPException(500 if kind == "error" else 400, value)
         if kind == "done":
             reason, counts, text = value
             choice = ({"message": {"role": "assistant", "content": text}} if chat else {"text": text, "logprobs": None})
@@ -96,7 +101,7 @@ async def _chunks(events: asyncio.Queue[tuple[str, Any]], head: dict[str, Any], 
         kind, value = await events.get()
         if kind == "delta":
             yield chunk(value)
-        elif kind == "error":
+        elif kind in ("error", "invalid"):
             yield {"data": json.dumps({"error": {"message": value, "type": "server_error", "code": 500}})}
             break
         else:

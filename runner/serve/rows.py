@@ -10,7 +10,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-Emit = Callable[[str, Any], None]  # ("delta", text) | ("done", (finish_reason, usage, text)) | ("error", message)
+# ("start", None) | ("delta", text) | ("done", (finish_reason, usage, text)) | ("invalid", message): the
+# request's own fault, a 400 | ("error", message): the server's, a 500
+Emit = Callable[[str, Any], None]
+# Below this a temperature is greedy (vLLM's _SAMPLING_EPS): logits divided by 1e-300 overflow to inf,
+# and sampling from them fails
+GREEDY_BELOW = 1e-5
 
 
 @dataclass
@@ -28,7 +33,7 @@ class Ask:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        return self.temperature < GREEDY_BELOW
 
 
 @dataclass

@@ -178,3 +178,15 @@ def test_a_cancelled_job_stops_and_is_cancelled(server: Server, client: openai.O
         time.sleep(0.5)
     assert state.status == "cancelled" and state.fine_tuned_model is None
     assert "serve-cancel" not in ids(client)
+
+
+def test_what_fuzzing_found_is_a_4xx_or_an_answer(server: Server, client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError, match="empty"):  # was a 500, and failed its whole batch
+        client.completions.create(model="serve-tiny", prompt="", max_tokens=4, temperature=0)
+    tiny = client.chat.completions.create(model="serve-tiny", messages=[{"role": "user", "content": QUERY}],
+                                          max_tokens=16, temperature=1e-300)  # was inf logits: a 500
+    assert tiny.choices[0].message.content == ask(client, "serve-tiny")
+    with pytest.raises(openai.UnprocessableEntityError, match="seed"):  # torch's seed is an int64: was a 500
+        client.chat.completions.create(model="serve-tiny", messages=[{"role": "user", "content": "x"}], seed=2**64)
+    nul = _adapter_call(server, "load_lora_adapter", {"lora_name": "n", "lora_path": "a\x00b"})
+    assert nul.status_code == 400, nul.text  # was a 500 from Path.resolve
