@@ -27,7 +27,10 @@ from runner.images import CHECKOUT, build_args, source_digest
 IMAGE = "qlora-runner"  # the repository name; $RUNNER_IMAGE names another (a registry's, a test's)
 LABEL = "io.qlora-runner"
 # Passed through by name when set on the host; never printed, never written anywhere by the runner.
-PASS_ENV = ("HF_TOKEN", "HF_ENDPOINT", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+# OMP_NUM_THREADS too: it sets the profile's CPU thread count, which is in the keys on CPU, so a run
+# in the image must see the host's value to reuse (and make) the same artifacts.
+PASS_ENV = ("HF_TOKEN", "HF_ENDPOINT", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE",
+            "OMP_NUM_THREADS")
 # Options of `run` that describe the host side; everything else in the namespace is forwarded.
 HOST_ONLY = frozenset({"command", "spec", "store", "image"})
 # After a Ctrl-C the run inside gets this long to stop as a native one does (training saves a

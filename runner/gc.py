@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -13,13 +14,31 @@ from runner.records import runs_dir
 from runner.stage import STAGE_NAMES
 
 
+def _record_paths(store_root: Path) -> list[Path]:
+    """The run records; a runs/ that is not a folder, or cannot be listed, stops gc (glob would see none)."""
+    folder = runs_dir(store_root)
+    try:
+        os.lstat(folder)
+    except FileNotFoundError:
+        return []
+    except OSError as exc:  # the store itself may not be entered
+        raise StoreError(f"{folder}: the run records cannot be listed ({exc.strerror or exc}); gc removed nothing: "
+                         "point --store at a folder you can read and write") from None
+    try:
+        with os.scandir(folder) as entries:
+            return sorted(Path(e.path) for e in entries if e.name.endswith(".json"))
+    except OSError as exc:
+        raise StoreError(f"{folder}: the run records cannot be listed ({exc.strerror or exc}); gc removed nothing, "
+                         "since any artifact may be in use: fix the folder, then run gc again") from None
+
+
 def referenced_keys(store_root: Path) -> set[tuple[str, str]]:
     """(stage, key) of every stage any run record names. A record that cannot be read might name any
     artifact, so gc stops rather than treat it as naming none (records are written whole, by rename,
     so an unreadable `.json` is damage, not a record being written)."""
     keys: set[tuple[str, str]] = set()
     unreadable: list[tuple[Path, str]] = []
-    for path in sorted(runs_dir(store_root).glob("*.json")):
+    for path in _record_paths(store_root):
         try:
             keys |= _stage_keys(json.loads(path.read_text("utf-8")))
         except RecursionError:

@@ -74,11 +74,16 @@ def _remove(path: Path) -> None:
 def latest_record(store_root: Path, spec_path: Path) -> RunRecord | None:
     """The newest run record of the same spec file, to explain what changed since."""
     folder = runs_dir(store_root)
-    if not folder.is_dir():
-        return None
+    try:
+        if not folder.is_dir():
+            return None
+        paths = sorted(folder.glob("*.json"))
+    except OSError as exc:  # a store folder this user may not enter: is_dir() raises EACCES
+        raise StoreError(f"store {store_root} cannot be read ({exc.strerror or exc}); point --store (or "
+                         "RUNNER_STORE) at a folder you can read and write") from None
     wanted = str(spec_path.resolve())
     newest: dict[str, Any] | None = None
-    for path in folder.glob("*.json"):
+    for path in paths:
         try:
             data = json.loads(path.read_text("utf-8"))
         except (OSError, ValueError):

@@ -123,13 +123,20 @@ def write_error(root: Path, exc: OSError) -> StoreError:
         return StoreError(f"disk full while writing to {root}; free some space (`runner gc` removes unused "
                           "artifacts) and run again: finished stages are kept")
     failed = Path(exc.filename) if isinstance(exc.filename, str) else None
-    blocker = next((p for p in (failed, *failed.parents) if p.is_file()), None) if failed else None
+    blocker = next((p for p in (failed, *failed.parents) if _is_file(p)), None) if failed else None
     if blocker is not None:  # "Not a directory" says less than which file is in the way
         why = f"{blocker} is a file, not a folder"
     else:
         why = f"{exc.strerror or exc}" + (f" at {failed}" if failed and failed != root else "")
     return StoreError(f"store {root} cannot be written ({why}); point --store (or RUNNER_STORE) at a folder "
                       "you can write to")
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a folder we may not enter: not the file in the way
+        return False
 
 
 def write_manifest(folder: Path, stage: str, key: str, inputs: dict[str, Any],

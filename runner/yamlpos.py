@@ -122,9 +122,45 @@ def read_yaml(text: str) -> tuple[Any, Positions]:
         _walk(node, (), positions)
         if positions.problems:
             return None, positions
-        return loader.construct_document(node), positions
+        try:
+            return loader.construct_document(node), positions
+        except (ValueError, KeyError, IndexError, TypeError, OverflowError, yaml.YAMLError) as exc:
+            # A standard tag whose value does not parse (`!!int abc`, `!!bool maybe`): PyYAML raises
+            # a plain Python error while building the data; say where, in one line.
+            _unparsable(node, (), positions, exc)
+            return None, positions
     finally:
         loader.dispose()
+
+
+def _unparsable(node: yaml.Node, where: tuple[Any, ...], positions: Positions, exc: BaseException) -> None:
+    """Record the first scalar PyYAML cannot build (or, failing that, the document) as a problem."""
+    for tagged, path in _scalars(node, where):
+        try:
+            _SpecLoader("").construct_object(tagged, deep=True)
+        except Exception:  # the scalar that broke the build: PyYAML raises ValueError, KeyError, ...
+            mark = tagged.start_mark
+            positions.problems.append((path, mark.line + 1, mark.column + 1,
+                                       f"{tagged.tag.rsplit(':', 1)[-1]} value {clip(repr(tagged.value))} does not "
+                                       "parse; drop the tag or fix the value"))
+            return
+    mark = node.start_mark
+    positions.problems.append((where, mark.line + 1, mark.column + 1,
+                               f"cannot be read ({type(exc).__name__}); write plain values"))
+
+
+def _scalars(node: yaml.Node, where: tuple[Any, ...]) -> list[tuple[yaml.ScalarNode, tuple[Any, ...]]]:
+    """Every scalar value with its path, in document order."""
+    if isinstance(node, yaml.ScalarNode):
+        return [(node, where)]
+    if isinstance(node, yaml.MappingNode):
+        found = []
+        for key, value in node.value:
+            found += _scalars(value, (*where, key.value if isinstance(key, yaml.ScalarNode) else "?"))
+        return found
+    if isinstance(node, yaml.SequenceNode):
+        return [pair for i, child in enumerate(node.value) for pair in _scalars(child, (*where, i))]
+    return []
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:

@@ -33,7 +33,7 @@ def local_files(spec: Spec) -> dict[str, Path]:
 
 
 def run(ctx: StageContext) -> None:
-    from runner.stages.train import cpu_threads
+    from runner.stages.model.loading import cpu_threads
 
     with cpu_threads(ctx.profile.threads):  # in the key on CPU: the merge's float sums follow it
         _export(ctx)

@@ -83,6 +83,15 @@ def test_hub_specs_share_the_host_hugging_face_cache(tmp_path: Path, monkeypatch
     assert environment == {"HF_HOME": str(tmp_path / "hf"), "HF_TOKEN": SECRET, "HF_HUB_OFFLINE": "1"}
 
 
+def test_the_host_thread_count_reaches_the_container(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """OMP_NUM_THREADS decides the CPU thread count in the keys: inside, the same keys as outside."""
+    for name in driver.PASS_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    _, environment = driver.container_inputs(_spec(tmp_path, "model: {source: init}"), tmp_path / "store")
+    assert environment == {"OMP_NUM_THREADS": "1"}
+
+
 def _spec(tmp_path: Path, model: str) -> Path:
     for name in ("data/train.jsonl", "data/bench/test.jsonl"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)

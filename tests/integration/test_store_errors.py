@@ -4,7 +4,10 @@ folder under a file, or a read-only mount."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -78,3 +81,34 @@ def test_gc_with_a_truncated_run_record_removes_nothing_and_names_it(tmp_path: P
         assert done.returncode == 6 and "would remove" not in done.stdout, done.stdout + done.stderr
         assert done.stderr.startswith(f"error: {record}: run record cannot be read (") and done.stderr.count("\n") == 1
     assert artifact.is_dir()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+@pytest.mark.parametrize("command", ["plan", "run", "gc"])
+def test_a_store_this_user_may_not_enter(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """As root nothing is forbidden, so the command runs (in this process, through the CLI's main) with
+    the effective uid of nobody on a store under a folder of mode 000: is_dir() raised
+    PermissionError there (found in review). The folders are made world-readable for that user."""
+    from runner.cli import main
+
+    top = Path(tempfile.mkdtemp(prefix="runner-noentry-"))
+    try:
+        top.chmod(0o755)
+        spec = top / "tiny.yaml"
+        spec.write_text(TINY.replace("path: train.jsonl", "path: /dev/null"))
+        closed = top / "closed"
+        (closed / "store").mkdir(parents=True)
+        closed.chmod(0)
+        store = str(closed / "store")
+        args = ["gc", "--store", store] if command == "gc" else [command, str(spec), "--store", store]
+        os.seteuid(65534)
+        try:
+            code = main(args)
+        finally:
+            os.seteuid(0)
+        err = capsys.readouterr().err
+        assert code == 6, err
+        assert len(err.strip().splitlines()) == 1 and store in err, err
+    finally:
+        closed.chmod(0o755)
+        shutil.rmtree(top)

@@ -51,3 +51,14 @@ def test_an_unreadable_record_keeps_everything_and_is_named(tmp_path: Path, dama
         assert message.startswith(f"{broken}: run record cannot be read (") and "\n" not in message
         assert "gc removed nothing" in message
     assert all(folder.is_dir() for folder in folders)
+
+
+def test_a_runs_folder_that_cannot_be_listed_keeps_everything(tmp_path: Path) -> None:
+    """glob() sees no records in a runs/ that is a file (or may not be entered): gc must stop, not
+    take every artifact for unused (found in review)."""
+    store = Store(tmp_path)
+    folder = commit(store, "train", "t1")
+    (tmp_path / "runs").write_text("not a folder")
+    with pytest.raises(StoreError, match="run records cannot be listed"):
+        collect(tmp_path)
+    assert folder.is_dir()

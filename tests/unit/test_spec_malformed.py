@@ -196,6 +196,11 @@ def _raw_cases() -> Iterator[tuple[str, bytes]]:
                 "!!python/object:os.system x", "!!python/name:os.system ''", "!custom x"):
         for field in ("name", "seed", "description"):
             yield f"tag {tag}", BASE_TEXT + f"{field}: {tag}\n".encode()
+    # Standard tags whose value does not parse: PyYAML raised ValueError/KeyError/IndexError (found in review).
+    for tag in ("!!int abc", "!!float abc", "!!bool maybe", '!!int ""', "!!float ''", "!!int 0x", "!!null x"):
+        for field in ("seed", "train: {epochs"):
+            closing = "}" if "{" in field else ""
+            yield f"bad {tag}", BASE_TEXT + f"{field}: {tag}{closing}\n".encode()
     for depth in (21, 100, 2000, 20000):
         yield f"deep list {depth}", BASE_TEXT + b"name: " + b"[" * depth + b"]" * depth + b"\n"
         yield f"deep map {depth}", BASE_TEXT + b"name: " + b"{a: " * depth + b"1" + b"}" * depth + b"\n"

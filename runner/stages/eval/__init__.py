@@ -22,8 +22,9 @@ from runner.stages.model import quantization_slice
 from runner.stats import summarize
 
 name = "eval"
-version = 4  # 2: harness-exact scoring, built-in formats, paired test, groups, queries, contamination;
-# 3: McNemar p to 4 significant digits; 4: choices as branches off the prompt's cache (rounding may differ)
+version = 5  # 2: harness-exact scoring, built-in formats, paired test, groups, queries, contamination;
+# 3: McNemar p to 4 significant digits; 4: choices as branches off the prompt's cache (rounding may differ);
+# 5: identical questions share rows correctly (a twin with fewer choices was scored 0)
 upstream = ("model", "train:adapter", "export:adapter")
 volatile = ("report.md", "report.html", "*.png")  # pictures and prose: cosmetic, out of the digest
 uses_profile = True
@@ -76,7 +77,7 @@ def local_files(spec: Spec) -> dict[str, Path]:
 
 
 def run(ctx: StageContext) -> None:
-    from runner.stages.train import cpu_threads
+    from runner.stages.model.loading import cpu_threads
 
     with cpu_threads(ctx.profile.threads):  # in the key on CPU: the scores' float sums follow it
         _evaluate(ctx)

@@ -1,8 +1,11 @@
-"""Loading the base model the way the profile says (device, dtype, 4-bit), for train, export and eval."""
+"""Loading the base model the way the profile says (device, dtype, 4-bit, CPU threads), for train,
+export, eval and serve."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +14,19 @@ from runner.profile import Profile
 from runner.spec import Spec
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+@contextmanager
+def cpu_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to `n` while the block runs, then put back for what follows."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def torch_dtype(name: str) -> Any:

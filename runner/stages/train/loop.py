@@ -12,14 +12,14 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from runner.errors import StageError
 from runner.stage import StageContext
+from runner.stages.model.loading import cpu_threads
 from runner.stages.train.launch import is_main_process
 from runner.stages.train.trainer import attach_lora, build_trainer, close_progress
 
@@ -53,19 +53,6 @@ def train_here(ctx: StageContext) -> None:
         ready = setup(ctx)
         trained = train(ctx, ready)
         save(ctx, ready, trained)
-
-
-@contextmanager
-def cpu_threads(n: int) -> Iterator[None]:
-    """torch's intra-op threads set to `n` while the block runs, then put back for what follows."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def setup(ctx: StageContext) -> Ready:
