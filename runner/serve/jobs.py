@@ -37,9 +37,19 @@ class JobQueue:
         self.folder.mkdir(parents=True, exist_ok=True)
         for job in self.all():  # a job running when the server died: no process is watching it now
             if job["status"] in ("running", "validating_files"):
-                self._update(job["id"], status="failed", finished_at=int(time.time()),
-                             error={"message": "the server stopped while the job was running; submit it again "
-                                               "to resume from its checkpoint"})
+                self._orphaned(job)
+
+    def _orphaned(self, job: dict[str, Any]) -> None:
+        """Marked failed with the reason; its `runner run`, if it outlived the server, is stopped as Ctrl-C
+        stops it (checkpoint, then exit), so it neither holds the store's lock nor trains unwatched."""
+        stopped = ""
+        pid = job.get("pid")
+        if isinstance(pid, int) and _runs(pid, job["id"]):
+            os.kill(pid, signal.SIGINT)
+            stopped = " (its training process was stopped at a checkpoint)"
+        self._update(job["id"], status="failed", finished_at=int(time.time()),
+                     error={"code": "server_stopped", "message": "the server stopped while the job was running"
+                            f"{stopped}; submit the same spec again to resume from its checkpoint"})
 
     def start(self) -> None:
         threading.Thread(target=self._loop, name="jobs", daemon=True).start()
@@ -121,7 +131,7 @@ class JobQueue:
             process = subprocess.Popen([sys.executable, "-m", "runner", "run", str(spec), "--store", str(self.store)],
                                        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
             self._running = (job_id, process)
-            self._update(job_id, status="running")
+            self._update(job_id, status="running", pid=process.pid)
             code = process.wait()
         self._running = None
         job = self.get(job_id)
@@ -142,6 +152,14 @@ class JobQueue:
         record = latest_record(self.store, spec)
         stage = record.stage("export") if record else None
         return Registry(self.store).adapter_for_export(stage["key"]) if stage else None
+
+
+def _runs(pid: int, job_id: str) -> bool:
+    """Whether `pid` is still this job's `runner run` (its command line names the job's spec file)."""
+    try:
+        return job_id in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False  # gone (or no /proc): nothing left to stop
 
 
 def spec_text(body: JobRequest, base_dir: Path) -> str:
@@ -187,6 +205,17 @@ def cancel_job(job_id: str, request: Request) -> dict[str, Any]:
 @router.get("/v1/fine_tuning/jobs/{job_id}/events")
 def job_events(job_id: str, request: Request) -> dict[str, Any]:
     return {"object": "list", "data": _queue(request).events(job_id), "has_more": False}
+
+
+@router.get("/v1/fine_tuning/jobs/{job_id}/checkpoints")
+def job_checkpoints(job_id: str, request: Request) -> dict[str, Any]:
+    from runner.serve.checkpoints import checkpoints
+
+    jobs = _queue(request)
+    jobs.get(job_id)  # 404 for a job that does not exist
+    found = checkpoints(jobs.store, job_id, jobs.folder / f"{job_id}.yaml", jobs.folder / f"{job_id}.log")
+    return {"object": "list", "data": found, "has_more": False,
+            "first_id": found[0]["id"] if found else None, "last_id": found[-1]["id"] if found else None}
 
 
 @router.post("/v1/files")
