@@ -190,7 +190,7 @@ def generate_one(model: Any, tok: Any, entry: Any, adapter: str, question: str, 
 
 
 def loop_side(store: Path, models: list[str], per_model: int, max_tokens: int) -> tuple[list[dict[str, Any]], float, int]:
-    from runner.stages.train import cpu_threads
+    from runner.stages.model.loading import cpu_threads
 
     with open(LOG, "a") as log, contextlib.redirect_stderr(log):  # loading's progress bars and notices
         model, tok, entries, profile = load_like_the_server(store, models)

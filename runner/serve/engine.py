@@ -111,7 +111,7 @@ class Engine:
     def _run(self, group: list[Ask]) -> None:
         import torch
 
-        from runner.stages.train import cpu_threads
+        from runner.stages.model.loading import cpu_threads
 
         entry = group[0].entry
         loaded = self._load(entry)
