@@ -72,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="artifact store folder (default: ./artifacts, or $RUNNER_STORE)")
     srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--engine", choices=("runner", "vllm"), default="runner",
+                     help="runner (built in) or vllm (a `vllm serve` subprocess; CUDA with vllm installed)")
     srv.add_argument("--api-key", default=os.environ.get("RUNNER_API_KEY"),
                      help="require `Authorization: Bearer KEY` on every route (default: $RUNNER_API_KEY); "
                           "needed for any host but loopback")
@@ -140,8 +142,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     from runner.serve.app import serve
 
-    serve(args.store, args.host, args.port, args.api_key)
-    return 0
+    return serve(args.store, args.host, args.port, args.api_key, args.engine)
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
