@@ -68,8 +68,8 @@ def test_stream_chunks_join_into_the_answer_and_count_usage(client: openai.OpenA
 
 def test_many_threads_over_base_and_adapter_each_get_their_own_answer(client: openai.OpenAI) -> None:
     base = base_of(client)
-    questions = ["What treats gout?", QUERY, "Which drug lowers blood pressure?"]
-    jobs = [(model, q) for model in (base, "serve-tiny") for q in questions] * 2  # 12 requests
+    questions = ["What treats gout?", QUERY, "Which drug lowers blood pressure?", "What causes anemia?"]
+    jobs = [(model, q) for model in (base, "serve-tiny") for q in questions] * 2  # 16 requests at once
     alone = {job: ask(client, *job) for job in set(jobs)}
     with ThreadPoolExecutor(len(jobs)) as pool:
         together = list(pool.map(lambda job: ask(client, *job), jobs))
