@@ -83,13 +83,14 @@ class JobQueue:
             os.replace(tmp, self.path(job_id))
             return job
 
-    def submit(self, spec_text: str, model: str, training_file: str | None) -> dict[str, Any]:
+    def submit(self, spec_text: str, model: str, training_file: str | None,
+               shown: dict[str, Any] | None = None) -> dict[str, Any]:
         job_id = f"ftjob-{uuid.uuid4().hex[:24]}"
         (self.folder / f"{job_id}.yaml").write_text(spec_text, "utf-8")
         job = {"id": job_id, "object": "fine_tuning.job", "model": model, "created_at": int(time.time()),
                "status": "queued", "fine_tuned_model": None, "finished_at": None, "error": None,
                "training_file": training_file, "validation_file": None, "hyperparameters": {},
-               "result_files": [], "trained_tokens": None, "organization_id": "runner", "seed": 0}
+               "result_files": [], "trained_tokens": None, "organization_id": "runner", "seed": 0} | (shown or {})
         self.path(job_id).write_text(json.dumps(job, indent=1), "utf-8")
         self._wake.set()
         return job
@@ -165,14 +166,40 @@ def _runs(pid: int, job_id: str) -> bool:
 def spec_text(body: JobRequest, base_dir: Path) -> str:
     """The job's spec as YAML, checked as `runner validate` checks it: 400 with every problem."""
     if body.spec is None:
-        raise HTTPException(400, "`spec` is required (YAML text or a JSON object, in extra_body): the runner "
-                                 "trains what a spec says")
+        raise HTTPException(400, "give `model` (a served base or adapter id) and `training_file`, or a `spec` "
+                                 "(YAML text or a JSON object, in extra_body)")
     text = body.spec if isinstance(body.spec, str) else yaml.safe_dump(body.spec, sort_keys=False)
+    checked(text, base_dir)
+    return text
+
+
+def checked(text: str, base_dir: Path, problems: list[str] | None = None) -> None:
+    """400 listing `problems` and every problem `runner validate` finds in the spec `text`."""
+    problems = list(problems or [])
     try:
         parse_spec(text, source="spec", base_dir=base_dir)
     except SpecError as exc:
-        raise HTTPException(400, "the spec is not valid: " + "; ".join(exc.problems)) from None
-    return text
+        problems += exc.problems
+    if problems:
+        raise HTTPException(400, "the spec is not valid: " + "; ".join(problems))
+
+
+def from_openai(body: JobRequest, request: Request, base_dir: Path) -> tuple[str, dict[str, Any]]:
+    """The spec OpenAI's fields ask for (runner.serve.openai_jobs), checked as a given spec is, and
+    what the job record shows of it."""
+    from runner.serve.openai_jobs import job_fields, mapped, stored_file
+
+    if not body.model:
+        spec_text(body, base_dir)  # neither `model` nor `spec`: the 400 that says what to give
+    entry = request.app.state.registry.get(body.model)
+    if entry is None:
+        raise HTTPException(404, f"model {body.model!r} does not exist: give a base or adapter id from /v1/models")
+    fields = body.model_dump(exclude_none=True)
+    store: Path = request.app.state.store
+    spec, problems = mapped(fields, entry, lambda file_id: stored_file(store, file_id))
+    text = yaml.safe_dump(spec, sort_keys=False)
+    checked(text, base_dir, problems)
+    return text, job_fields(fields, spec)
 
 
 def _queue(request: Request) -> JobQueue:
@@ -183,8 +210,10 @@ def _queue(request: Request) -> JobQueue:
 @router.post("/v1/fine_tuning/jobs")
 def create_job(body: JobRequest, request: Request) -> dict[str, Any]:
     jobs = _queue(request)
-    text = spec_text(body, jobs.folder)
-    return jobs.submit(text, body.model or "spec", body.training_file)
+    if body.spec is None:
+        text, shown = from_openai(body, request, jobs.folder)
+        return jobs.submit(text, str(body.model), body.training_file, shown)
+    return jobs.submit(spec_text(body, jobs.folder), body.model or "spec", body.training_file)
 
 
 @router.get("/v1/fine_tuning/jobs")

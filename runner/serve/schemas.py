@@ -65,6 +65,11 @@ class JobRequest(BaseModel):
 
     model: str | None = None
     training_file: str | None = None
+    validation_file: str | None = None
+    hyperparameters: dict[str, Any] | None = None  # n_epochs, batch_size, learning_rate_multiplier
+    method: dict[str, Any] | None = None  # {"type": "supervised", "supervised": {"hyperparameters": ...}}
+    suffix: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9._-]*$")
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
     spec: str | dict[str, Any] | None = None  # our own field (the client's extra_body): YAML text or JSON
 
 
