@@ -24,12 +24,12 @@ class Interrupted(RunnerError):
 
 
 class _State:
-    graceful = False
+    depth = 0  # graceful blocks entered and not left (the train stage nests them)
     pending: int | None = None
 
 
 def _handler(signum: int, frame: FrameType | None) -> None:
-    if _State.graceful:
+    if _State.depth:
         _State.pending = signum  # picked up at the end of the current training step
         return
     raise Interrupted(signum)
@@ -45,14 +45,24 @@ def requested() -> int | None:
     return _State.pending
 
 
+def stop_if_requested(detail: str = "") -> None:
+    """Raise the pending signal now, at a point where stopping loses nothing."""
+    if _State.pending is not None:
+        signum, _State.pending = _State.pending, None
+        raise Interrupted(signum, detail)
+
+
 @contextmanager
 def graceful() -> Iterator[None]:
-    """Within this block a signal waits for the code to call `requested()` and stop by itself."""
-    _State.graceful, _State.pending = True, None
+    """Within this block a signal waits for the code to call `requested()` and stop by itself. Blocks
+    nest: a signal that came during an outer block's setup is kept for the inner one, never dropped
+    (raising it in the middle of library code let a `except Exception` there swallow it)."""
+    if not _State.depth:
+        _State.pending = None
+    _State.depth += 1
     try:
         yield
     finally:
-        _State.graceful = False
-    if _State.pending is not None:
-        signum, _State.pending = _State.pending, None
-        raise Interrupted(signum, " (progress saved in a checkpoint)")
+        _State.depth -= 1
+    if not _State.depth:
+        stop_if_requested(" (progress saved in a checkpoint)")

@@ -49,8 +49,13 @@ class Trained:
 def train_here(ctx: StageContext) -> None:
     """Train in this process (one of several when launched by accelerate), on exactly the profile's
     CPU threads: the count is in the key on CPU, so it must not be whatever the environment says."""
-    with cpu_threads(ctx.profile.threads):
+    from runner import signals
+
+    # Graceful from the start: a Ctrl-C during setup waits for a point where stopping loses nothing
+    # (raised inside transformers' loading it could be swallowed, and the run trained on).
+    with cpu_threads(ctx.profile.threads), signals.graceful():
         ready = setup(ctx)
+        signals.stop_if_requested()  # nothing trained yet: nothing to save
         trained = train(ctx, ready)
         save(ctx, ready, trained)
 
@@ -156,6 +161,7 @@ def _train_once(trainer: Any, checkpoints: Path, before: float | None, sharded: 
 
     with signals.graceful():  # Ctrl-C / SIGTERM: checkpoint at the end of the step, then stop
         result = trainer.train(resume_from_checkpoint=last_checkpoint(checkpoints))
+        signals.stop_if_requested(" (progress saved in a checkpoint)")
     after = trainer.evaluate()["eval_loss"] if trainer.eval_dataset is not None else None
     if sharded:
         before = next((h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h), None)
