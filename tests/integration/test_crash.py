@@ -111,6 +111,22 @@ def test_sigterm_saves_a_checkpoint_and_the_resumed_adapter_is_identical(tiny: T
     assert digests(store) == tiny.digests()
 
 
+def test_a_signal_during_the_train_stages_setup_stops_the_run(tiny: Tiny, tmp_path: Path) -> None:
+    """SIGINT while the train stage loads its model (its work folder just made, no metrics yet): the
+    run stops before training with exit 130. Raised inside transformers' loading the signal used to be
+    swallowed and the run trained to the end; that depends on where the signal lands, so this test
+    passed before the fix too: tests/serve/test_jobs.py's restart test is the one that caught it."""
+    store = copy_store(tiny, tmp_path)
+    for stage in ("train", "export", "eval"):
+        shutil.rmtree(store / stage)
+    proc = start(tiny.spec, store)
+    assert wait_for(proc, glob_any(store, "train/.work/*"))
+    proc.send_signal(signal.SIGINT)
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 130, output[-2000:]
+    assert "interrupted by SIGINT" in output and "train: done" not in output
+
+
 def copy_store(tiny: Tiny, tmp_path: Path) -> Path:
     """A store holding just the first run's artifacts (other tests add theirs to the shared one)."""
     store = tmp_path / "store"
