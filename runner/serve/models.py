@@ -83,7 +83,8 @@ class Registry:
                 continue  # collected by `runner gc` since
             created = int(data.get("finished") or data.get("started") or time.time())
             bid = base_id(keys["model"])
-            entries[bid] = Entry(bid, "base", keys["model"], model_dir, spec, profile, created)
+            # The base is prompted as its first run trained (oldest record): stable as more adapters come.
+            entries.setdefault(bid, Entry(bid, "base", keys["model"], model_dir, spec, profile, created))
             adapters[keys["export"]] = Entry(spec.name, "adapter", keys["model"], model_dir, spec, profile, created,
                                              export_dir, bid, keys["export"])
         names: dict[str, int] = {}

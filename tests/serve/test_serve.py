@@ -119,7 +119,9 @@ def test_load_lora_adapter_checks_path_and_base(server: Server, client: openai.O
     assert missing.status_code == 404
     outside = _adapter_call(server, "load_lora_adapter", {"lora_name": "x", "lora_path": str(tmp_path)})
     assert outside.status_code == 400
-    (export,) = [p for p in (server.store / "export").iterdir() if (p / "manifest.json").is_file()]
+    # The fixture's own adapter: the oldest export (jobs in other tests add theirs to the same store).
+    export = min((p for p in (server.store / "export").iterdir() if (p / "manifest.json").is_file()),
+                 key=lambda p: (p / "manifest.json").stat().st_mtime)
     other = server.store / "foreign"
     other.mkdir(exist_ok=True)
     config = json.loads((export / "adapter" / "adapter_config.json").read_text())
