@@ -26,8 +26,8 @@ endef
 $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(call install_torch,$(VENV))
-	$(PY) -m pip install --quiet -c $(LOCK) -e ".[$(EXTRAS)]"
-	$(PY) tools/lock.py check $(LOCK)
+	$(PY) -m pip install --quiet -c requirements.lock -e ".[$(EXTRAS)]"
+	$(PY) tools/lock.py check requirements.lock
 	touch $@
 
 # A fresh environment with the newest versions the ranges admit, what changed against the lock, then
@@ -72,7 +72,7 @@ bench: $(VENV)/.installed
 
 # lm-evaluation-harness beside the runner, at the lock's versions (bench/eval_speed.py's other side).
 bench-eval: $(VENV)/.installed
-	$(PY) -m pip install --quiet -c $(LOCK) -e ".[$(EXTRAS),bench]"
+	$(PY) -m pip install --quiet -c requirements.lock -e ".[$(EXTRAS),bench]"
 	$(PY) bench/eval_speed.py
 
 clean:

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +18,7 @@ from runner.execute import _build
 from runner.plan import Step
 from runner.stage import StageContext
 from runner.store import Store
-from tests.integration.conftest import ROOT, Tiny, runner, statuses
+from tests.integration.conftest import ROOT, Tiny, runner, statuses, tmpfs
 
 STAGES = ("model", "data", "train", "export", "eval")
 
@@ -189,14 +189,9 @@ def test_a_second_writer_waits_for_the_lock_holder(tiny: Tiny, tmp_path: Path) -
 
 
 @pytest.fixture()
-def small_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
-    mount = tmp_path / "small"
-    mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)], capture_output=True, text=True)
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here (needs root): {made.stderr.strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    with tmpfs(tmp_path / "small", "size=24m") as mount:
+        yield mount
 
 
 def test_full_disk_fails_the_stage_clearly_and_keeps_earlier_artifacts(tiny: Tiny, small_disk: Path) -> None:

@@ -8,11 +8,12 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import TINY, runner
+from tests.integration.conftest import TINY, runner, tmpfs
 
 
 def spec_file(tmp_path: Path) -> Path:
@@ -51,14 +52,9 @@ def test_a_stage_folder_that_is_a_file(tmp_path: Path) -> None:
 
 
 @pytest.fixture()
-def read_only(tmp_path: Path):  # type: ignore[no-untyped-def]
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)], capture_output=True, text=True)
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a read-only tmpfs here (needs root): {made.stderr.strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+def read_only(tmp_path: Path) -> Iterator[Path]:
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as mount:
+        yield mount
 
 
 def test_a_store_on_a_read_only_file_system(tmp_path: Path, read_only: Path) -> None:

@@ -21,7 +21,9 @@ pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from spec import ROOT, tiny_spec  # noqa: E402
+from spec import tiny_spec  # noqa: E402
+
+from tests.integration.conftest import ROOT  # noqa: E402
 
 KEY = "test-key-not-secret"
 

@@ -3,31 +3,15 @@ compared with the one eval wrote."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from tests.integration.conftest import TINY
 
-ROOT = Path(__file__).resolve().parents[2]
-DEMO = ROOT / "data" / "demo"
 QUERY = "Which agent is preferred as initial pharmacotherapy for chronic myeloid leukemia?"
 
 
 def tiny_spec(name: str = "serve-tiny", max_steps: int | None = None) -> str:
+    """The integration tests' tiny spec, three epochs, four benchmark questions and one query."""
     steps = f", max_steps: {max_steps}" if max_steps else ""
-    return f"""
-name: {name}
-seed: 7
-model:
-  source: init
-  init: {{hidden_size: 32, intermediate_size: 64, num_layers: 2, num_heads: 4, num_kv_heads: 2, vocab_size: 1024}}
-  quantization: nf4
-data:
-  train: {{path: {DEMO / "medmc_train.jsonl"}}}
-  template: plain
-  max_rows: 96
-  max_length: 256
-lora: {{r: 8, alpha: 16, dropout: 0.0}}
-train: {{epochs: 3, learning_rate: 3e-3, batch_size: 8, save_steps: 10{steps}}}
-eval:
-  benchmarks: [{{name: demo, path: {DEMO / "medmc_test.jsonl"}, limit: 4}}]
-  queries: ["{QUERY}"]
-  generation: {{max_new_tokens: 16}}
-"""
+    queries = f'  queries: ["{QUERY}"]\n  generation: {{max_new_tokens: 16}}\n'
+    return (TINY.replace("name: tiny-test", f"name: {name}").replace("epochs: 2", "epochs: 3")
+            .replace("save_steps: 10}", f"save_steps: 10{steps}}}").replace("export: {merged: true}\n", "")
+            .replace("limit: 24}]\n", "limit: 4}]\n" + queries))

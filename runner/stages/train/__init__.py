@@ -17,7 +17,6 @@ from runner.profile import Profile
 from runner.spec import Spec
 from runner.stage import StageContext
 from runner.stages.model import quantization_slice
-from runner.stages.model.loading import cpu_threads as cpu_threads  # kept for older imports
 from runner.stages.train.gate import check_before_training
 from runner.stages.train.launch import launch
 from runner.stages.train.loop import train_here
