@@ -77,9 +77,34 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--api-key", default=os.environ.get("RUNNER_API_KEY"),
                      help="require `Authorization: Bearer KEY` on every route (default: $RUNNER_API_KEY); "
                           "needed for any host but loopback")
+    _sweep_commands(command)
     command("profile", cmd_profile, "show this machine and the profile a spec would get", spec=False).add_argument(
         "spec", type=Path, nargs="?", help="spec to resolve the profile for (default: specs/smoke.yaml settings)")
     return parser
+
+
+def _sweep_commands(command) -> None:  # type: ignore[no-untyped-def]
+    store = Path(os.environ.get("RUNNER_STORE", "artifacts"))
+    sw = command("sweep", cmd_sweep, "run variants of a spec (a grid, or a variants file) and compare them")
+    sw.add_argument("--set", action="append", default=[], metavar="PATH=V1,V2",
+                    help="a field and its values, e.g. lora.r=8,16,64 (repeatable: the grid of all combinations)")
+    sw.add_argument("--variants", type=Path, metavar="FILE",
+                    help="a YAML list of variants, each {name: ..., set: {PATH: VALUE, ...}}")
+    sw.add_argument("--store", type=Path, default=store, help="artifact store folder (default: ./artifacts, or $RUNNER_STORE)")
+    sw.add_argument("--plan", action="store_true", help="show every variant's plan and the sweep's cost; run nothing")
+    sw.add_argument("--jobs", type=int, default=1, metavar="N",
+                    help="run N variants at once, each a `runner run` process (on its own GPUs where there are several)")
+    sw.add_argument("--write", type=Path, metavar="DIR", help="only write the variant specs to DIR (for a scheduler)")
+    sw.add_argument("--against", choices=("baseline", "best"), default="baseline",
+                    help="test each variant against the first (baseline) or the most accurate one")
+    cp = command("compare", cmd_compare, "one report over several runs: accuracy, paired tests (Holm), loss, cost",
+                 spec=False)
+    cp.add_argument("runs", nargs="+", type=Path, metavar="RUN_OR_SPEC",
+                    help="a run record (store/runs/*.json) or a spec file (its newest completed run); the first is the baseline")
+    cp.add_argument("--store", type=Path, default=store, help="artifact store folder (default: ./artifacts, or $RUNNER_STORE)")
+    cp.add_argument("--against", choices=("baseline", "best"), default="baseline",
+                    help="test each run against the first (baseline) or the most accurate one")
+    cp.add_argument("--out", type=Path, help="report folder (default: STORE/compare/<digest of the runs>)")
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -116,6 +141,67 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = api.run(args.spec, args.store, args.only, args.force, args.verify)
     print_summary(result.outcomes, result.record, result.seconds)
     return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from runner import signals
+    from runner.errors import SpecError, StageError
+    from runner.spec import load_spec
+    from runner.sweep import grid, parse_setting, read_variants, sweep_folder, write_variants
+
+    if bool(args.set) == bool(args.variants) or args.jobs < 1:
+        raise SpecError(["sweep: give --set PATH=V1,V2 (a grid) or --variants FILE, one of the two; --jobs at least 1"])
+    base = load_spec(args.spec)
+    variants = grid([parse_setting(s) for s in args.set], base.name) if args.set else read_variants(args.variants, base.name)
+    written = write_variants(args.spec, variants, args.write or sweep_folder(args.store, args.spec, variants))
+    if args.write:
+        print("\n".join(str(w.path) for w in written))
+        return 0
+    from runner.execute import registered_stages
+    from runner.probe import probe_machine
+    from runner.store import Store
+    from runner.sweeprun import device_slots, plan_lines, plan_variants, run_variants, visible_gpus
+
+    probe = probe_machine()
+    slots = device_slots(args.jobs, visible_gpus(dict(os.environ), probe))
+    print("\n".join(plan_lines(plan_variants(registered_stages(), written, Store(args.store), probe, slots[0]))),
+          flush=True)
+    if args.plan:
+        return 0
+    signals.install()  # SIGTERM too stops the sweep's runs at a checkpoint
+    codes = run_variants(written, args.store, args.jobs, slots, lambda m: print(f"[runner] {m}", flush=True))
+    done = [w.path for w in written if codes.get(w.variant.name) == 0]
+    if done:
+        _compare(done, args.store, args.against, written[0].path.parent / "compare")
+    failed = [name for name, code in codes.items() if code != 0]
+    if failed:
+        raise StageError(f"sweep: {len(failed)} of {len(written)} variant(s) failed ({', '.join(failed)}); their "
+                         "output is above: run the same sweep again to finish only what is missing")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    import hashlib
+
+    from runner.compare import find_run
+
+    records = [find_run(ref, args.store) for ref in args.runs]
+    digest = hashlib.sha256("\n".join(str(r.resolve()) for r in records).encode()).hexdigest()[:12]
+    _compare(records, args.store, args.against, args.out or args.store / "compare" / digest)
+    return 0
+
+
+def _compare(refs: list[Path], store: Path, against: str, folder: Path) -> None:
+    from runner.compare import compare, find_run, load_run, unique_labels, write_report
+    from runner.comparedoc import summary_lines
+
+    runs = [load_run(find_run(ref, store)) for ref in refs]
+    unique_labels(runs)
+    found = compare(runs, against)  # type: ignore[arg-type]  # argparse's choices
+    report = write_report(runs, found, folder, against)  # type: ignore[arg-type]
+    print(f"comparison of {len(runs)} runs (Holm over {sum(c.holm_p is not None for c in found)} paired tests):")
+    print("\n".join(summary_lines(runs, found)))
+    print(f"  report  {report}")
 
 
 def cmd_gc(args: argparse.Namespace) -> int:

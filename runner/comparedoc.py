@@ -1,0 +1,173 @@
+"""What the comparison report says, as sections of blocks (the eval report's document shape: ("p", text),
+("h3", text), ("table", header, rows), ("img", file, alt), ("note", text)). Pure Python."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from runner.compare import LEVEL, Comparison, Run, accuracy, benchmarks, cost, differences, loss_curves
+
+Section = tuple[str, list[tuple[Any, ...]]]
+KNOWN = {"n", "correct", "acc", "ci95", "unreadable"}  # accuracy's own fields, shown in the accuracy table
+SKIP = {"paired", "groups", "contamination", "dropped", "generative"}  # shown elsewhere, or not per run
+
+
+def pct(r: dict[str, Any] | None) -> str:
+    if r is None or r.get("acc") is None:
+        return "-"
+    lo, hi = r["ci95"]
+    return f"{100 * r['acc']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
+def p_text(p: float | None) -> str:
+    return "-" if p is None else "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def sections(runs: list[Run], found: list[Comparison], against: str, pictures: dict[str, str]) -> list[Section]:
+    return [s for s in (runs_section(runs, against), accuracy_section(runs, found, against, pictures),
+                        more_metrics(runs), loss_section(runs, pictures), cost_section(runs)) if s[1]]
+
+
+def runs_section(runs: list[Run], against: str) -> Section:
+    base = runs[0]
+    rows = [[r.label, ", ".join(f"`{d}`" for d in differences(r, base)) or ("(the baseline)" if r is base else "-"),
+             f"`{r.artifacts['eval'].name[:12]}`", f"`{r.record_path.name}`"] for r in runs]
+    reference = (f"each run is tested against the baseline, **{base.label}** (the first given)" if against == "baseline"
+                 else "each run is tested against the most accurate run on each benchmark")
+    return ("Runs", [("p", f"{len(runs)} runs; {reference}."),
+                     ("table", ["run", f"differs from {base.label} in", "eval key", "run record"], rows)])
+
+
+def accuracy_section(runs: list[Run], found: list[Comparison], against: str, pictures: dict[str, str]) -> Section:
+    blocks: list[tuple[Any, ...]] = []
+    for bench in benchmarks(runs):
+        tests = {c.run: c for c in found if c.benchmark == bench}
+        reference = next(iter(tests.values())).reference if tests else None
+        rows = []
+        for r in runs:
+            entry = r.metrics["benchmarks"].get(bench, {})
+            c = tests.get(r.label)
+            t = c.test if c else None
+            change = (f"{100 * t['delta']:+.1f} pt [{100 * t['ci95'][0]:+.1f}, {100 * t['ci95'][1]:+.1f}]"
+                      if t and t.get("delta") is not None else "(reference)" if r.label == reference else "-")
+            survives = "-" if c is None or c.holm_p is None else "**yes**" if c.survives else "no"
+            rows.append([r.label, str(entry.get("tuned", {}).get("n", "-")), pct(accuracy(r, bench)),
+                         pct(entry.get("generative", {}).get("tuned")), change,
+                         p_text(t["mcnemar_p"] if t else None), p_text(c.holm_p if c else None), survives,
+                         f"{t['only_base_right']} / {t['only_tuned_right']}" if t else "-"])
+        base = next((accuracy(r, bench, "base") for r in runs if accuracy(r, bench, "base")), None)
+        blocks.append(("h3", bench + (f" (base model: {pct(base)})" if base else "")))
+        blocks.append(("table", ["run", "n", "accuracy [95% CI]", "generative [95% CI]",
+                                 f"change vs {reference or '-'} [95% CI]", "McNemar p", "Holm p",
+                                 f"survives ({LEVEL:g})", f"only {reference or 'reference'} / only run right"], rows))
+    m = sum(c.holm_p is not None for c in found)
+    blocks.append(("p", f"Accuracy: the eval stage's zero-shot log-likelihood score of the fine-tuned model, with "
+                        f"Wilson 95% intervals (generative: the answer read off greedy text, where scored). Change: "
+                        f"the run minus the reference on the questions both answered, with Newcombe's 95% interval "
+                        f"for paired data; p: exact McNemar test on the questions only one of the two got right, as "
+                        f"the eval stage tests base vs fine-tuned. Holm p: corrected for the {m} comparison{'s' if m != 1 else ''} "
+                        f"in this report; a difference survives when it is below {LEVEL:g}."))
+    if "accuracy" in pictures:
+        blocks.append(("img", pictures["accuracy"], "accuracy per run and benchmark, 95% intervals"))
+    return ("Accuracy", blocks)
+
+
+def numbers(value: Any, prefix: str = "") -> dict[str, float]:
+    """The numeric leaves of a metrics entry as `name.sub` -> value (lists, such as bins, left out)."""
+    if isinstance(value, bool):
+        return {}
+    if isinstance(value, (int, float)):
+        return {prefix: value}
+    if isinstance(value, dict):
+        out: dict[str, float] = {}
+        for k, v in value.items():
+            out |= numbers(v, f"{prefix} {k}".strip())
+        return out
+    return {}
+
+
+def extra(entry: dict[str, Any]) -> dict[str, float]:
+    """The fine-tuned model's figures beyond accuracy (calibration, ROUGE-L, BLEU, perplexity...):
+    whatever the eval stage wrote for `tuned`, read as it is."""
+    out = {k: v for k, v in numbers(entry.get("tuned", {})).items() if k.split(" ")[0] not in KNOWN}
+    for name, part in entry.items():
+        if name not in SKIP and isinstance(part, dict) and isinstance(part.get("tuned"), dict):
+            out |= {f"{name} {k}": v for k, v in numbers(part["tuned"]).items()}
+    return out
+
+
+def more_metrics(runs: list[Run]) -> Section:
+    blocks: list[tuple[Any, ...]] = []
+    scopes = [(b, [r.metrics["benchmarks"].get(b, {}) for r in runs]) for b in benchmarks(runs)]
+    scopes.append(("all benchmarks", [{k: v for k, v in r.metrics.items() if k != "benchmarks"} for r in runs]))
+    for scope, entries in scopes:
+        found = [extra(e) for e in entries]
+        names = list(dict.fromkeys(k for f in found for k in f))
+        if names:
+            rows = [[name] + [_num(f.get(name)) for f in found] for name in names]
+            blocks += [("h3", scope), ("table", ["fine-tuned"] + [r.label for r in runs], rows)]
+    if blocks:
+        blocks.append(("p", "Further figures the eval stage wrote for the fine-tuned models, as written in each "
+                            "run's metrics.json."))
+    return ("More metrics", blocks)
+
+
+def loss_section(runs: list[Run], pictures: dict[str, str]) -> Section:
+    blocks: list[tuple[Any, ...]] = []
+    if "loss" in pictures:
+        blocks.append(("img", pictures["loss"], "training and validation loss per step, all runs"))
+    rows = []
+    for r in runs:
+        curves = loss_curves(r)
+        v, t = curves["validation"], curves["train"]
+        rows.append([r.label, f"{_num(t[0][1])} -> {_num(t[-1][1])}" if t else "-",
+                     f"{_num(v[0][1])} -> {_num(v[-1][1])}" if len(v) > 1 else "-"])
+    if any(row[1] != "-" for row in rows):
+        blocks.append(("table", ["run", "training loss, first -> last step", "validation loss, before -> after"], rows))
+    return ("Loss", blocks)
+
+
+def cost_section(runs: list[Run]) -> Section:
+    rows = []
+    for r in runs:
+        c = cost(r)
+        params = (f"{c['trainable']:,} ({100 * c['trainable'] / c['total']:.2f}%)" if c["trainable"] and c["total"]
+                  else "-")
+        memory = f"{c['peak_memory_mib']:,.0f} MiB ({c['device']})" if c["peak_memory_mib"] is not None else "-"
+        rows.append([r.label, _secs(c["train_seconds"]), _secs(c["stage_seconds"]), memory, params,
+                     f"{c['tokens']:,}" if c["tokens"] is not None else "-", str(c["steps"] or "-")])
+    return ("Cost", [("table", ["run", "training", "train stage", "peak memory", "trainable parameters",
+                                "tokens seen", "steps"], rows),
+                     ("p", "From each run's train artifact: the Trainer's runtime and the whole stage's time "
+                           "(model loading and saving included), the largest memory logged during training (GPU: "
+                           "torch's peak allocation; CPU: the process's resident memory), LoRA's trainable "
+                           "parameters of all, and the tokens of the training examples seen (the data stage's token "
+                           "count of one epoch times the epochs the steps make). A stage reused from an earlier run "
+                           "shows that run's time.")])
+
+
+def _num(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"{x:,}" if isinstance(x, int) else f"{x:.4g}"
+
+
+def _secs(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f} s"
+
+
+def summary_lines(runs: list[Run], found: list[Comparison]) -> list[str]:
+    """A few lines for the terminal: each run's accuracy per benchmark and what survives Holm."""
+    lines = []
+    for bench in benchmarks(runs):
+        lines.append(f"  {bench}:")
+        tests = {c.run: c for c in found if c.benchmark == bench}
+        for r in runs:
+            c = tests.get(r.label)
+            vs = ""
+            if c is not None and c.test is not None and c.test.get("delta") is not None:
+                verdict = "survives Holm" if c.survives else "not significant after Holm"
+                vs = (f"; vs {c.reference} {100 * c.test['delta']:+.1f} pt, McNemar p={p_text(c.test['mcnemar_p'])}, "
+                      f"Holm p={p_text(c.holm_p)}: {verdict}")
+            lines.append(f"    {r.label:<28} {pct(accuracy(r, bench))}{vs}")
+    return lines
