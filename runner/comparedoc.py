@@ -8,7 +8,7 @@ from typing import Any
 from runner.compare import LEVEL, Comparison, Run, accuracy, benchmarks, cost, differences, loss_curves
 
 Section = tuple[str, list[tuple[Any, ...]]]
-KNOWN = {"n", "correct", "acc", "ci95", "unreadable"}  # accuracy's own fields, shown in the accuracy table
+KNOWN = {"n", "correct", "acc", "ci95", "unreadable", "max_new_tokens"}  # accuracy's own fields, shown in the accuracy table
 SKIP = {"paired", "groups", "contamination", "dropped", "generative"}  # shown elsewhere, or not per run
 
 
@@ -56,17 +56,22 @@ def accuracy_section(runs: list[Run], found: list[Comparison], against: str, pic
                          p_text(t["mcnemar_p"] if t else None), p_text(c.holm_p if c else None), survives,
                          f"{t['only_base_right']} / {t['only_tuned_right']}" if t else "-"])
         base = next((accuracy(r, bench, "base") for r in runs if accuracy(r, bench, "base")), None)
-        blocks.append(("h3", bench + (f" (base model: {pct(base)})" if base else "")))
-        blocks.append(("table", ["run", "n", "accuracy [95% CI]", "generative [95% CI]",
-                                 f"change vs {reference or '-'} [95% CI]", "McNemar p", "Holm p",
-                                 f"survives ({LEVEL:g})", f"only {reference or 'reference'} / only run right"], rows))
+        said = [f"base model {pct(base)}"] if base else []
+        blocks.append(("h3", bench + (f" ({', '.join(said + [f'reference {reference}'] if reference else said)})"
+                                      if said or reference else "")))
+        if not any(row[3] != "-" for row in rows):  # no run scored generated answers
+            rows = [row[:3] + row[4:] for row in rows]
+        header = ["run", "n", "accuracy [95% CI]", "generative [95% CI]", "change [95% CI]", "McNemar p", "Holm p",
+                  "survives", "discordant: only ref / only run right"]
+        blocks.append(("table", header if len(rows[0]) == len(header) else header[:3] + header[4:], rows))
     m = sum(c.holm_p is not None for c in found)
     blocks.append(("p", f"Accuracy: the eval stage's zero-shot log-likelihood score of the fine-tuned model, with "
                         f"Wilson 95% intervals (generative: the answer read off greedy text, where scored). Change: "
                         f"the run minus the reference on the questions both answered, with Newcombe's 95% interval "
                         f"for paired data; p: exact McNemar test on the questions only one of the two got right, as "
                         f"the eval stage tests base vs fine-tuned. Holm p: corrected for the {m} comparison{'s' if m != 1 else ''} "
-                        f"in this report; a difference survives when it is below {LEVEL:g}."))
+                        f"in this report; a difference survives when it is below {LEVEL:g}. Discordant: the questions "
+                        f"only the reference, or only the run, answered right."))
     if "accuracy" in pictures:
         blocks.append(("img", pictures["accuracy"], "accuracy per run and benchmark, 95% intervals"))
     return ("Accuracy", blocks)
@@ -89,17 +94,20 @@ def numbers(value: Any, prefix: str = "") -> dict[str, float]:
 def extra(entry: dict[str, Any]) -> dict[str, float]:
     """The fine-tuned model's figures beyond accuracy (calibration, ROUGE-L, BLEU, perplexity...):
     whatever the eval stage wrote for `tuned`, read as it is."""
-    out = {k: v for k, v in numbers(entry.get("tuned", {})).items() if k.split(" ")[0] not in KNOWN}
-    for name, part in entry.items():
-        if name not in SKIP and isinstance(part, dict) and isinstance(part.get("tuned"), dict):
-            out |= {f"{name} {k}": v for k, v in numbers(part["tuned"]).items()}
+    out: dict[str, float] = {}
+    for name, part in [("", entry), *((k, v) for k, v in entry.items() if k not in SKIP and isinstance(v, dict))]:
+        if isinstance(part.get("tuned"), dict):
+            out |= {f"{name} {k}".strip(): v for k, v in numbers(part["tuned"]).items() if k.split(" ")[0] not in KNOWN}
     return out
 
 
 def more_metrics(runs: list[Run]) -> Section:
     blocks: list[tuple[Any, ...]] = []
     scopes = [(b, [r.metrics["benchmarks"].get(b, {}) for r in runs]) for b in benchmarks(runs)]
-    scopes.append(("all benchmarks", [{k: v for k, v in r.metrics.items() if k != "benchmarks"} for r in runs]))
+    free = list(dict.fromkeys(name for r in runs for name in r.metrics.get("free_text", {})))  # qa / alpaca sets
+    scopes += [(f"{name} (free text)", [r.metrics.get("free_text", {}).get(name, {}) for r in runs]) for name in free]
+    scopes.append(("whole run", [{k: v for k, v in r.metrics.items() if k not in ("benchmarks", "free_text")}
+                                 for r in runs]))
     for scope, entries in scopes:
         found = [extra(e) for e in entries]
         names = list(dict.fromkeys(k for f in found for k in f))
@@ -124,6 +132,8 @@ def loss_section(runs: list[Run], pictures: dict[str, str]) -> Section:
                      f"{_num(v[0][1])} -> {_num(v[-1][1])}" if len(v) > 1 else "-"])
     if any(row[1] != "-" for row in rows):
         blocks.append(("table", ["run", "training loss, first -> last step", "validation loss, before -> after"], rows))
+        blocks.append(("p", "Training loss per logged step; validation loss (answer tokens) before training, after "
+                            "it, and at every step the training log holds one."))
     return ("Loss", blocks)
 
 
@@ -167,7 +177,11 @@ def summary_lines(runs: list[Run], found: list[Comparison]) -> list[str]:
             vs = ""
             if c is not None and c.test is not None and c.test.get("delta") is not None:
                 verdict = "survives Holm" if c.survives else "not significant after Holm"
-                vs = (f"; vs {c.reference} {100 * c.test['delta']:+.1f} pt, McNemar p={p_text(c.test['mcnemar_p'])}, "
-                      f"Holm p={p_text(c.holm_p)}: {verdict}")
+                vs = (f"; vs {c.reference} {100 * c.test['delta']:+.1f} pt, McNemar p{_eq(c.test['mcnemar_p'])}, "
+                      f"Holm p{_eq(c.holm_p)}: {verdict}")
             lines.append(f"    {r.label:<28} {pct(accuracy(r, bench))}{vs}")
     return lines
+
+
+def _eq(p: float | None) -> str:
+    return "<0.001" if p is not None and p < 0.001 else f"={p_text(p)}"

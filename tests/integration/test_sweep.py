@@ -81,4 +81,35 @@ def test_sweep_shares_stages_and_compares_the_variants(tmp_path: Path) -> None:
     compared = runner("compare", *(str(p) for p in sorted(folder.parent.glob("*.yaml"))), "--store", str(store),
                       "--against", "best", "--out", str(tmp_path / "cmp"))
     assert compared.returncode == 0, compared.stderr
-    assert (tmp_path / "cmp" / "report.html").is_file() and "Holm p=" in compared.stdout
+    assert (tmp_path / "cmp" / "report.html").is_file() and "Holm p" in compared.stdout
+
+
+def test_an_interrupted_sweep_run_again_finishes_only_what_is_missing(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from tests.integration.conftest import ROOT
+
+    spec, store = tmp_path / "sweep.yaml", tmp_path / "store"
+    spec.write_text(SPEC)
+    command = [sys.executable, "-m", "runner", "sweep", str(spec), "--set", "lora.r=4,8", "--store", str(store)]
+    sweep = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert sweep.stdout is not None
+    seen = []
+    for line in sweep.stdout:
+        seen.append(line)
+        if "sweep: starting sweep-test-r8" in line:
+            sweep.send_signal(signal.SIGINT)  # to the sweep alone: it passes the signal on to its run
+            break
+    seen += sweep.stdout.readlines()
+    assert sweep.wait(timeout=300) == 130, "".join(seen)[-3000:]
+    assert "interrupted by SIGINT" in "".join(seen)
+    again = runner("sweep", str(spec), "--set", "lora.r=4,8", "--store", str(store))
+    out = again.stdout + again.stderr
+    assert again.returncode == 0, out[-4000:]
+    done = executed(out)
+    # r4 finished before the signal; r8 had at most begun: only its stages run now, nothing twice.
+    assert done["model"] == done["data"] == 0 and all(done[s] <= 1 for s in ("train", "export", "eval")), done
+    for stage, count in zip(STAGES, (1, 1, 2, 2, 2)):
+        assert len([p for p in (store / stage).iterdir() if (p / "manifest.json").is_file()]) == count, stage
