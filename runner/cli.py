@@ -144,64 +144,26 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from runner import signals
-    from runner.errors import SpecError, StageError
-    from runner.spec import load_spec
-    from runner.sweep import grid, parse_setting, read_variants, sweep_folder, write_variants
+    from runner import api, signals
+    from runner.errors import StageError
 
-    if bool(args.set) == bool(args.variants) or args.jobs < 1:
-        raise SpecError(["sweep: give --set PATH=V1,V2 (a grid) or --variants FILE, one of the two; --jobs at least 1"])
-    base = load_spec(args.spec)
-    variants = grid([parse_setting(s) for s in args.set], base.name) if args.set else read_variants(args.variants, base.name)
-    written = write_variants(args.spec, variants, args.write or sweep_folder(args.store, args.spec, variants))
-    if args.write:
-        print("\n".join(str(w.path) for w in written))
-        return 0
-    from runner.execute import registered_stages
-    from runner.probe import probe_machine
-    from runner.store import Store
-    from runner.sweeprun import device_slots, plan_lines, plan_variants, run_variants, visible_gpus
-
-    probe = probe_machine()
-    slots = device_slots(args.jobs, visible_gpus(dict(os.environ), probe))
-    print("\n".join(plan_lines(plan_variants(registered_stages(), written, Store(args.store), probe, slots[0]))),
-          flush=True)
-    if args.plan:
-        return 0
     signals.install()  # SIGTERM too stops the sweep's runs at a checkpoint
-    codes = run_variants(written, args.store, args.jobs, slots, lambda m: print(f"[runner] {m}", flush=True))
-    done = [w.path for w in written if codes.get(w.variant.name) == 0]
-    if done:
-        _compare(done, args.store, args.against, written[0].path.parent / "compare")
-    failed = [name for name, code in codes.items() if code != 0]
+    swept = api.sweep(args.spec, args.set, args.variants, args.store, args.jobs, args.plan, args.write, args.against,
+                      show=lambda line: print(line, flush=True))
+    if args.write:
+        print("\n".join(str(path) for path in swept.specs))
+    failed = [name for name, code in swept.codes.items() if code != 0]
     if failed:
-        raise StageError(f"sweep: {len(failed)} of {len(written)} variant(s) failed ({', '.join(failed)}); their "
+        raise StageError(f"sweep: {len(failed)} of {len(swept.codes)} variant(s) failed ({', '.join(failed)}); their "
                          "output is above: run the same sweep again to finish only what is missing")
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    import hashlib
+    from runner import api
 
-    from runner.compare import find_run
-
-    records = [find_run(ref, args.store) for ref in args.runs]
-    digest = hashlib.sha256("\n".join(str(r.resolve()) for r in records).encode()).hexdigest()[:12]
-    _compare(records, args.store, args.against, args.out or args.store / "compare" / digest)
+    print("\n".join(api.compare(args.runs, args.store, args.against, args.out).lines))
     return 0
-
-
-def _compare(refs: list[Path], store: Path, against: str, folder: Path) -> None:
-    from runner.compare import compare, find_run, load_run, unique_labels, write_report
-    from runner.comparedoc import summary_lines
-
-    runs = [load_run(find_run(ref, store)) for ref in refs]
-    unique_labels(runs)
-    found = compare(runs, against)  # type: ignore[arg-type]  # argparse's choices
-    report = write_report(runs, found, folder, against)  # type: ignore[arg-type]
-    print(f"comparison of {len(runs)} runs (Holm over {sum(c.holm_p is not None for c in found)} paired tests):")
-    print("\n".join(summary_lines(runs, found)))
-    print(f"  report  {report}")
 
 
 def cmd_gc(args: argparse.Namespace) -> int:

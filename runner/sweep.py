@@ -171,14 +171,16 @@ def variant_doc(base: dict[str, Any], variant: Variant, spec_dir: Path) -> dict[
         for i, part in enumerate(path[:-1]):
             if isinstance(part, int):
                 if not isinstance(node, list) or part >= len(node):
-                    raise SpecError([f"{variant.label}: {dotted(path[: i + 1])}: the spec has no such item"])
+                    raise SpecError([f"variant {variant.label}: {dotted(path[: i + 1])}: the spec has no such item "
+                                      f"(it lists {len(node) if isinstance(node, list) else 0})"])
                 node = node[part]
             else:
                 if not isinstance(node.get(part), (dict, list)):
                     node[part] = {}  # a section the base spec leaves out (or sets to null)
                 node = node[part]
         if isinstance(path[-1], int) and (not isinstance(node, list) or path[-1] >= len(node)):
-            raise SpecError([f"{variant.label}: {dotted(path)}: the spec has no such item"])
+            raise SpecError([f"variant {variant.label}: {dotted(path)}: the spec has no such item "
+                             f"(it lists {len(node) if isinstance(node, list) else 0})"])
         node[path[-1]] = value
     out: dict[str, Any] = absolute_paths(doc, spec_dir)
     return out

@@ -152,10 +152,11 @@ def _start(w: Written, slot: int, slots: list[str | None], store: Path, prefix: 
     where = f" on GPU {slots[slot]}" if slots[slot] is not None else ""
     log(f"sweep: starting {w.variant.name}{where}")
     command = [sys.executable, "-m", "runner", "run", str(w.path), "--store", str(store)]
+    # A session of its own: a Ctrl-C at the terminal reaches the sweep alone, which passes it on once.
     if not prefix:
-        return Job(w, slot, subprocess.Popen(command, env=env, text=True), None)
+        return Job(w, slot, subprocess.Popen(command, env=env, text=True, start_new_session=True), None)
     process = subprocess.Popen(command, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               bufsize=1, errors="replace")
+                               bufsize=1, errors="replace", start_new_session=True)
     reader = threading.Thread(target=_relay, args=(process, w.variant.label), daemon=True)
     reader.start()
     return Job(w, slot, process, reader)
