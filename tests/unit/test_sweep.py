@@ -123,3 +123,15 @@ def test_holm_against_a_case_worked_by_hand() -> None:
     assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
     assert holm([0.5, 0.9]) == [1.0, 1.0]  # capped at 1
     assert holm([0.02]) == [0.02] and holm([]) == []
+
+
+def test_planning_a_sweep_never_imports_torch(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.unit.test_light import CHECK
+
+    argv = ["sweep", str(SMOKE), "--set", "lora.r=8,16", "--plan", "--store", str(tmp_path)]
+    done = subprocess.run([sys.executable, "-c", CHECK.format(argv=argv)], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "HEAVY: \n" in done.stdout and "cost: 8 stage execution(s)" in done.stdout, done.stdout
