@@ -33,7 +33,9 @@ def runs_section(runs: list[Run], against: str) -> Section:
     rows = [[r.label, ", ".join(f"`{d}`" for d in differences(r, base)) or ("(the baseline)" if r is base else "-"),
              f"`{r.artifacts['eval'].name[:12]}`", f"`{r.record_path.name}`"] for r in runs]
     reference = (f"each run is tested against the baseline, **{base.label}** (the first given)" if against == "baseline"
-                 else "each run is tested against the most accurate run on each benchmark")
+                 else "each run is tested against the most accurate run on each benchmark (chosen after seeing the "
+                      "results: a difference that does not survive says the two are not told apart on these "
+                      "questions, not that the best is better)")
     return ("Runs", [("p", f"{len(runs)} runs; {reference}."),
                      ("table", ["run", f"differs from {base.label} in", "eval key", "run record"], rows)])
 
@@ -43,27 +45,15 @@ def accuracy_section(runs: list[Run], found: list[Comparison], against: str, pic
     for bench in benchmarks(runs):
         tests = {c.run: c for c in found if c.benchmark == bench}
         reference = next(iter(tests.values())).reference if tests else None
-        rows = []
-        for r in runs:
-            entry = r.metrics["benchmarks"].get(bench, {})
-            c = tests.get(r.label)
-            t = c.test if c else None
-            change = (f"{100 * t['delta']:+.1f} pt [{100 * t['ci95'][0]:+.1f}, {100 * t['ci95'][1]:+.1f}]"
-                      if t and t.get("delta") is not None else "(reference)" if r.label == reference else "-")
-            survives = "-" if c is None or c.holm_p is None else "**yes**" if c.survives else "no"
-            rows.append([r.label, str(entry.get("tuned", {}).get("n", "-")), pct(accuracy(r, bench)),
-                         pct(entry.get("generative", {}).get("tuned")), change,
-                         p_text(t["mcnemar_p"] if t else None), p_text(c.holm_p if c else None), survives,
-                         f"{t['only_base_right']} / {t['only_tuned_right']}" if t else "-"])
-        base = next((accuracy(r, bench, "base") for r in runs if accuracy(r, bench, "base")), None)
-        said = [f"base model {pct(base)}"] if base else []
-        blocks.append(("h3", bench + (f" ({', '.join(said + [f'reference {reference}'] if reference else said)})"
-                                      if said or reference else "")))
-        if not any(row[3] != "-" for row in rows):  # no run scored generated answers
-            rows = [row[:3] + row[4:] for row in rows]
-        header = ["run", "n", "accuracy [95% CI]", "generative [95% CI]", "change [95% CI]", "McNemar p", "Holm p",
-                  "survives", "discordant: only ref / only run right"]
-        blocks.append(("table", header if len(rows[0]) == len(header) else header[:3] + header[4:], rows))
+        rows = [_accuracy_row(r, bench, tests.get(r.label), reference) for r in runs]
+        bases = {pct(accuracy(r, bench, "base")) for r in runs} - {"-"}
+        said = ([f"base model {next(iter(bases))}"] if len(bases) == 1 else []) + ([f"reference {reference}"] if reference else [])
+        blocks.append(("h3", bench + (f" ({', '.join(said)})" if said else "")))
+        # A column only where it says something: the base when runs have different bases (a model-size
+        # sweep), generative accuracy when some run scored generated answers.
+        keep = [h for h in rows[0] if h not in ("base model [95% CI]", "generative [95% CI]")
+                or (h.startswith("base") and len(bases) > 1) or (h.startswith("gen") and any(r[h] != "-" for r in rows))]
+        blocks.append(("table", keep, [[row[h] for h in keep] for row in rows]))
     m = sum(c.holm_p is not None for c in found)
     blocks.append(("p", f"Accuracy: the eval stage's zero-shot log-likelihood score of the fine-tuned model, with "
                         f"Wilson 95% intervals (generative: the answer read off greedy text, where scored). Change: "
@@ -75,6 +65,19 @@ def accuracy_section(runs: list[Run], found: list[Comparison], against: str, pic
     if "accuracy" in pictures:
         blocks.append(("img", pictures["accuracy"], "accuracy per run and benchmark, 95% intervals"))
     return ("Accuracy", blocks)
+
+
+def _accuracy_row(r: Run, bench: str, c: Comparison | None, reference: str | None) -> dict[str, str]:
+    entry = r.metrics["benchmarks"].get(bench, {})
+    t = c.test if c else None
+    change = (f"{100 * t['delta']:+.1f} pt [{100 * t['ci95'][0]:+.1f}, {100 * t['ci95'][1]:+.1f}]"
+              if t and t.get("delta") is not None else "(reference)" if r.label == reference else "-")
+    return {"run": r.label, "n": str(entry.get("tuned", {}).get("n", "-")),
+            "base model [95% CI]": pct(accuracy(r, bench, "base")), "accuracy [95% CI]": pct(accuracy(r, bench)),
+            "generative [95% CI]": pct(entry.get("generative", {}).get("tuned")), "change [95% CI]": change,
+            "McNemar p": p_text(t["mcnemar_p"] if t else None), "Holm p": p_text(c.holm_p if c else None),
+            "survives": "-" if c is None or c.holm_p is None else "**yes**" if c.survives else "no",
+            "discordant: only ref / only run right": f"{t['only_base_right']} / {t['only_tuned_right']}" if t else "-"}
 
 
 def numbers(value: Any, prefix: str = "") -> dict[str, float]:

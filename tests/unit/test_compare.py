@@ -104,3 +104,15 @@ def test_a_spec_names_its_newest_completed_run(tmp_path: Path) -> None:
     (tmp_path / "b.yaml").write_text("name: b\n")
     with pytest.raises(CompareError, match="no completed run of this spec"):
         find_run(tmp_path / "b.yaml", tmp_path)
+
+
+def test_the_base_column_appears_only_when_the_runs_bases_differ(tmp_path: Path) -> None:
+    runs = [load_run(make_run(tmp_path, n, 4, {"x": [True, False]}, i)) for i, n in enumerate("ab")]
+
+    def header() -> list[str]:
+        blocks = dict(sections(runs, compare(runs), "baseline", {}))["Accuracy"]
+        return next(b[1] for b in blocks if b[0] == "table")
+
+    assert "base model [95% CI]" not in header() and "generative [95% CI]" not in header()
+    runs[1].metrics["benchmarks"]["x"]["base"]["acc"] = 0.5  # another base model (a model-size sweep)
+    assert header()[:4] == ["run", "n", "base model [95% CI]", "accuracy [95% CI]"]
