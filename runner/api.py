@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -74,3 +75,77 @@ def run(spec: str | Path, store: str | Path = "artifacts", only: str | None = No
     outcomes, record = run_spec(typed, Path(spec), profile, Store(Path(store)), log,
                                 Options(only=only, force=frozenset(force), verify=verify))
     return Result(outcomes, record, time.time() - started)
+
+
+@dataclass(frozen=True)
+class Compared:
+    report: Path  # report.html; report.md, the pictures and comparison.json beside it
+    lines: list[str]  # what `runner compare` prints
+
+
+def compare(runs: Iterable[str | Path], store: str | Path = "artifacts", against: str = "baseline",
+            out: str | Path | None = None) -> Compared:
+    """One report over several runs (run records, or spec files for their newest completed run); the
+    first is the baseline, or each is tested against the most accurate (`against="best"`)."""
+    import hashlib
+
+    from runner.compare import compare as paired_tests
+    from runner.compare import find_run, load_run, unique_labels, write_report
+    from runner.comparedoc import summary_lines
+
+    if against not in ("baseline", "best"):
+        raise ValueError(f"against: 'baseline' or 'best', got {against!r}")
+    records = [find_run(Path(ref), Path(store)) for ref in runs]
+    digest = hashlib.sha256("\n".join(str(r.resolve()) for r in records).encode()).hexdigest()[:12]
+    loaded = [load_run(record) for record in records]
+    unique_labels(loaded)
+    found = paired_tests(loaded, against)  # type: ignore[arg-type]  # checked above
+    report = write_report(loaded, found, Path(out) if out else Path(store) / "compare" / digest, against)  # type: ignore[arg-type]
+    lines = [f"comparison of {len(loaded)} runs (Holm over {sum(c.holm_p is not None for c in found)} paired tests):",
+             *summary_lines(loaded, found), f"  report  {report}"]
+    return Compared(report, lines)
+
+
+@dataclass(frozen=True)
+class Swept:
+    specs: list[Path]  # the variants' spec files
+    plan: list[str]  # per variant and stage: key, status, sharing; then the cost
+    codes: dict[str, int]  # variant name -> exit code of its `runner run` (empty when only planned or written)
+    compared: Compared | None
+
+
+def sweep(spec: str | Path, sets: Iterable[str] = (), variants: str | Path | None = None,
+          store: str | Path = "artifacts", jobs: int = 1, plan_only: bool = False, write: str | Path | None = None,
+          against: str = "baseline", log: Callable[[str], None] = _log, show: Callable[[str], None] = print) -> Swept:
+    """Expand `spec` by a grid (`sets`: "lora.r=8,16") or a variants file, show every variant's plan,
+    run them (`jobs` at once) and compare them. `write`: only write the variant specs there."""
+    from runner.errors import SpecError
+    from runner.sweep import grid, parse_setting, read_variants, sweep_folder, write_variants
+
+    sets = list(sets)
+    if bool(sets) == (variants is not None) or jobs < 1:
+        raise SpecError(["sweep: give --set PATH=V1,V2 (a grid) or --variants FILE, one of the two; --jobs at least 1"])
+    base = load_spec(spec)
+    expanded = grid([parse_setting(s) for s in sets], base.name) if sets else read_variants(Path(variants or ""), base.name)
+    folder = Path(write) if write else sweep_folder(Path(store), Path(spec), expanded)
+    written = write_variants(Path(spec), expanded, folder)
+    if write:
+        return Swept([w.path for w in written], [], {}, None)
+    from runner.execute import registered_stages
+    from runner.probe import probe_machine
+    from runner.store import Store
+    from runner.sweeprun import device_slots, plan_lines, plan_variants, run_variants, visible_gpus
+
+    probe = probe_machine()
+    slots = device_slots(jobs, visible_gpus(dict(os.environ), probe))
+    planned = plan_lines(plan_variants(registered_stages(), written, Store(Path(store)), probe, slots[0]))
+    for line in planned:
+        show(line)
+    if plan_only:
+        return Swept([w.path for w in written], planned, {}, None)
+    codes = run_variants(written, Path(store), jobs, slots, log)
+    done = [w.path for w in written if codes.get(w.variant.name) == 0]
+    compared = compare(done, store, against, folder / "compare") if done else None
+    for line in compared.lines if compared else []:
+        show(line)
+    return Swept([w.path for w in written], planned, codes, compared)

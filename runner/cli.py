@@ -77,9 +77,34 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--api-key", default=os.environ.get("RUNNER_API_KEY"),
                      help="require `Authorization: Bearer KEY` on every route (default: $RUNNER_API_KEY); "
                           "needed for any host but loopback")
+    _sweep_commands(command)
     command("profile", cmd_profile, "show this machine and the profile a spec would get", spec=False).add_argument(
         "spec", type=Path, nargs="?", help="spec to resolve the profile for (default: specs/smoke.yaml settings)")
     return parser
+
+
+def _sweep_commands(command) -> None:  # type: ignore[no-untyped-def]
+    store = Path(os.environ.get("RUNNER_STORE", "artifacts"))
+    sw = command("sweep", cmd_sweep, "run variants of a spec (a grid, or a variants file) and compare them")
+    sw.add_argument("--set", action="append", default=[], metavar="PATH=V1,V2",
+                    help="a field and its values, e.g. lora.r=8,16,64 (repeatable: the grid of all combinations)")
+    sw.add_argument("--variants", type=Path, metavar="FILE",
+                    help="a YAML list of variants, each {name: ..., set: {PATH: VALUE, ...}}")
+    sw.add_argument("--store", type=Path, default=store, help="artifact store folder (default: ./artifacts, or $RUNNER_STORE)")
+    sw.add_argument("--plan", action="store_true", help="show every variant's plan and the sweep's cost; run nothing")
+    sw.add_argument("--jobs", type=int, default=1, metavar="N",
+                    help="run N variants at once, each a `runner run` process (on its own GPUs where there are several)")
+    sw.add_argument("--write", type=Path, metavar="DIR", help="only write the variant specs to DIR (for a scheduler)")
+    sw.add_argument("--against", choices=("baseline", "best"), default="baseline",
+                    help="test each variant against the first (baseline) or the most accurate one")
+    cp = command("compare", cmd_compare, "one report over several runs: accuracy, paired tests (Holm), loss, cost",
+                 spec=False)
+    cp.add_argument("runs", nargs="+", type=Path, metavar="RUN_OR_SPEC",
+                    help="a run record (store/runs/*.json) or a spec file (its newest completed run); the first is the baseline")
+    cp.add_argument("--store", type=Path, default=store, help="artifact store folder (default: ./artifacts, or $RUNNER_STORE)")
+    cp.add_argument("--against", choices=("baseline", "best"), default="baseline",
+                    help="test each run against the first (baseline) or the most accurate one")
+    cp.add_argument("--out", type=Path, help="report folder (default: STORE/compare/<digest of the runs>)")
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -115,6 +140,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     signals.install()
     result = api.run(args.spec, args.store, args.only, args.force, args.verify)
     print_summary(result.outcomes, result.record, result.seconds)
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from runner import api, signals
+    from runner.errors import StageError
+
+    signals.install()  # SIGTERM too stops the sweep's runs at a checkpoint
+    swept = api.sweep(args.spec, args.set, args.variants, args.store, args.jobs, args.plan, args.write, args.against,
+                      show=lambda line: print(line, flush=True))
+    if args.write:
+        print("\n".join(str(path) for path in swept.specs))
+    failed = [name for name, code in swept.codes.items() if code != 0]
+    if failed:
+        raise StageError(f"sweep: {len(failed)} of {len(swept.codes)} variant(s) failed ({', '.join(failed)}); their "
+                         "output is above: run the same sweep again to finish only what is missing")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from runner import api
+
+    print("\n".join(api.compare(args.runs, args.store, args.against, args.out).lines))
     return 0
 
 

@@ -117,3 +117,26 @@ def _fill(value: Any, schema: dict[str, Any]) -> Any:
     elif isinstance(value, list) and "items" in schema:
         return [_fill(item, schema["items"]) for item in value]
     return value
+
+
+def field_schema(path: tuple[Any, ...]) -> tuple[dict[str, Any] | None, int, list[str]]:
+    """The schema of the field at `path` (a list index is an int), or None with the index of the first
+    part that names no field and the names known there."""
+    node = load_schema()
+    for depth, part in enumerate(path):
+        branches = [node, *node.get("oneOf", [])]
+        key = "items" if isinstance(part, int) else "properties"
+        holder = next((b for b in branches if key in b), None)
+        if holder is None or (not isinstance(part, int) and part not in holder["properties"]):
+            return None, depth, sorted(holder["properties"]) if holder is not None and key == "properties" else []
+        node = holder["items"] if isinstance(part, int) else holder["properties"][part]
+    return node, len(path), []
+
+
+def value_problems(path: tuple[Any, ...], value: Any) -> list[str]:
+    """What is wrong with `value` as the field at `path` (an existing path), each as a short phrase."""
+    found = field_schema(path)[0]
+    if found is None:
+        return ["no such spec field"]
+    errors = sorted(_Validator(found).iter_errors(value), key=lambda e: e.validator != "type")  # the type says most
+    return [message for error in errors for _, message in _describe(error)]

@@ -71,6 +71,20 @@ def paired(base: Sequence[bool], tuned: Sequence[bool]) -> dict[str, Any]:
             "only_tuned_right": c, "mcnemar_p": float(f"{mcnemar_exact(b, c):.4g}")}
 
 
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the order given: the smallest of m is multiplied by m,
+    the next by m - 1, ..., each kept at least as large as the one before (and at most 1). A
+    difference "survives" when its adjusted p is below the level: the chance of any false claim
+    among all m comparisons stays below it."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted = [1.0] * len(p_values)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
 def summarize(answers: Sequence[int], groups: Sequence[str | None], scored: Mapping[str, Sequence[int]],
               dropped: dict[str, int]) -> dict[str, Any]:
     """Accuracy per model, the paired test when there is a base, and the same per group."""

@@ -1,0 +1,237 @@
+"""Sweeps: one spec and a grid (`--set lora.r=8,16`) or a list of variants, expanded into ordinary specs.
+
+A variant is the base spec's YAML with some fields set, written as a spec file of its own, so
+everything `runner run` promises holds for it, and sharing between variants is nothing but equal
+stage keys: a sweep over LoRA settings builds the model and the data once. Light: no torch.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import itertools
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from runner.errors import SpecError
+from runner.schema import field_schema, value_problems
+from runner.spec import Spec, load_spec, parse_spec
+from runner.yamlpos import YamlShapeError, clip, decode_spec, read_spec, read_yaml
+
+Path_ = tuple[str | int, ...]  # ("lora", "r"), ("eval", "benchmarks", 0, "limit")
+# Short names in variant names; any other field is named by its last part.
+SHORT = {"learning_rate": "lr", "epochs": "ep", "batch_size": "bs", "max_steps": "steps", "dropout": "do",
+         "weight_decay": "wd", "warmup": "wu", "micro_batch_size": "mbs", "max_length": "len"}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One `--set PATH=V1,V2,...`: the field and each value as written and as read."""
+
+    path: Path_
+    values: tuple[tuple[str, Any], ...]  # (as written, as YAML reads it)
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str  # the variant spec's `name`: <base name>-<label>
+    label: str  # r8-lr1e-4
+    overrides: tuple[tuple[Path_, Any], ...]
+
+
+def dotted(path: Path_) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def parse_setting(text: str) -> Setting:
+    """`lora.r=8,16,64` -> Setting; a wrong field or value is one line naming it."""
+    where, sep, listed = text.partition("=")
+    if not sep or not where.strip() or not listed.strip():
+        raise SpecError([f"--set {clip(text, 60)}: write PATH=VALUE[,VALUE...], e.g. --set lora.r=8,16"])
+    path = parse_path(where.strip(), f"--set {where.strip()}")
+    values = []
+    for raw in split_values(listed):
+        value = read_value(raw, f"--set {dotted(path)}={clip(raw, 40)}")
+        check_value(path, value, f"--set {dotted(path)}={clip(raw, 40)}")
+        values.append((raw, value))
+    if len({json.dumps(v, sort_keys=True) for _, v in values}) < len(values):
+        raise SpecError([f"--set {dotted(path)}: a value is listed twice"])
+    return Setting(path, tuple(values))
+
+
+def parse_path(text: str, what: str) -> Path_:
+    """`eval.benchmarks.0.limit` -> ('eval', 'benchmarks', 0, 'limit'), checked against the schema."""
+    parts: list[str | int] = [int(p) if p.isdigit() else p for p in text.split(".")]
+    if any(p == "" for p in parts):
+        raise SpecError([f"{what}: not a dotted field path such as lora.r"])
+    path = tuple(parts)
+    if path[0] in ("name", "description"):
+        raise SpecError([f"{what}: variants are named by the sweep; set a field that changes a result"])
+    found, depth, choices = field_schema(path)
+    if found is None:
+        close = difflib.get_close_matches(str(path[depth]), choices, n=1)
+        hint = (f"; did you mean {dotted(path[:depth] + (close[0],))}?" if close
+                else f"; {dotted(path[:depth])} has {', '.join(choices)}" if choices and depth else "")
+        raise SpecError([f"{what}: no such spec field{hint}"])
+    return path
+
+
+def split_values(text: str) -> list[str]:
+    """Split at commas outside brackets: `all-linear,[q_proj,v_proj]` is two values."""
+    out, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        depth += char in "[{"
+        depth -= char in "]}"
+        if char == "," and depth == 0:
+            out.append(text[start:i].strip())
+            start = i + 1
+    out.append(text[start:].strip())
+    return out
+
+
+def read_value(raw: str, what: str) -> Any:
+    """A value as the spec's own YAML reader reads it (3e-4 is a number)."""
+    if not raw:
+        raise SpecError([f"{what}: an empty value"])
+    try:
+        value, positions = read_yaml(raw)
+    except (yaml.YAMLError, YamlShapeError) as exc:
+        raise SpecError([f"{what}: not a YAML value ({clip(str(exc).splitlines()[0], 60)})"]) from None
+    if positions.problems:
+        raise SpecError([f"{what}: {positions.problems[0][3]}"])
+    return value
+
+
+def check_value(path: Path_, value: Any, what: str) -> None:
+    problems = value_problems(path, value)
+    if problems:
+        raise SpecError([f"{what}: {problems[0]}"])
+
+
+def grid(settings: list[Setting], base_name: str) -> list[Variant]:
+    """Every combination of the settings' values, the first setting varying slowest."""
+    if len({s.path for s in settings}) < len(settings):
+        raise SpecError(["--set: a field is set twice; list its values in one --set"])
+    variants = []
+    for combo in itertools.product(*(s.values for s in settings)):
+        label = "-".join(f"{short(s.path)}{_clean(raw)}" for s, (raw, _) in zip(settings, combo))
+        variants.append(Variant(f"{base_name}-{label}", label,
+                                tuple((s.path, value) for s, (_, value) in zip(settings, combo))))
+    return variants
+
+
+def short(path: Path_) -> str:
+    return SHORT.get(str(path[-1]), str(path[-1]))
+
+
+def _clean(raw: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", raw).strip("_")[:24]
+
+
+def read_variants(path: Path, base_name: str) -> list[Variant]:
+    """A sweep file: a YAML list of `{name: r8, set: {lora.r: 8, train.learning_rate: 1e-4}}`."""
+    try:
+        text = decode_spec(path.read_bytes(), str(path))
+    except OSError as exc:
+        raise SpecError([f"{path}: cannot read the variants file ({exc.strerror or exc})"]) from None
+    doc, positions = read_spec(text, str(path))
+    if not isinstance(doc, list) or not doc:
+        raise SpecError([f"{path}: a variants file is a YAML list of {{name: ..., set: {{PATH: VALUE}}}}"])
+    variants, names = [], set()
+    for i, item in enumerate(doc):
+        at = f"{path}:{positions.where((i,))}"
+        if not (isinstance(item, dict) and set(item) == {"name", "set"} and isinstance(item["set"], dict)):
+            raise SpecError([f"{at}: each variant is {{name: ..., set: {{PATH: VALUE}}}}"])
+        label = _clean(str(item["name"]))
+        if not label or label in names:
+            raise SpecError([f"{at}: name {clip(str(item['name']), 40)!r} is empty or used twice"])
+        names.add(label)
+        overrides = []
+        for where, value in item["set"].items():
+            field = parse_path(str(where), f"{at}: {where}")
+            check_value(field, value, f"{at}: {where}={clip(json.dumps(value), 40)}")
+            overrides.append((field, value))
+        variants.append(Variant(f"{base_name}-{label}", label, tuple(overrides)))
+    return variants
+
+
+def variant_doc(base: dict[str, Any], variant: Variant, spec_dir: Path) -> dict[str, Any]:
+    """The base spec's document with the variant's fields set, its name, and its local paths absolute
+    (the variant's file lives elsewhere; paths enter no key, so the keys stay those of the base)."""
+    doc = copy.deepcopy(base)
+    doc["name"] = variant.name
+    for path, value in variant.overrides:
+        node: Any = doc
+        for i, part in enumerate(path[:-1]):
+            if isinstance(part, int):
+                if not isinstance(node, list) or part >= len(node):
+                    raise SpecError([f"variant {variant.label}: {dotted(path[: i + 1])}: the spec has no such item "
+                                      f"(it lists {len(node) if isinstance(node, list) else 0})"])
+                node = node[part]
+            else:
+                if not isinstance(node.get(part), (dict, list)):
+                    node[part] = {}  # a section the base spec leaves out (or sets to null)
+                node = node[part]
+        if isinstance(path[-1], int) and (not isinstance(node, list) or path[-1] >= len(node)):
+            raise SpecError([f"variant {variant.label}: {dotted(path)}: the spec has no such item "
+                             f"(it lists {len(node) if isinstance(node, list) else 0})"])
+        node[path[-1]] = value
+    out: dict[str, Any] = absolute_paths(doc, spec_dir)
+    return out
+
+
+def absolute_paths(doc: Any, spec_dir: Path, path: Path_ = ()) -> Any:
+    """Every string the schema documents as relative to the spec file, made absolute."""
+    if isinstance(doc, dict):
+        return {k: absolute_paths(v, spec_dir, (*path, k)) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [absolute_paths(v, spec_dir, (*path, i)) for i, v in enumerate(doc)]
+    if isinstance(doc, str):
+        found = field_schema(path)[0]
+        if found is not None and "relative to the spec" in found.get("description", ""):
+            return str((spec_dir / doc).resolve())
+    return doc
+
+
+@dataclass(frozen=True)
+class Written:
+    variant: Variant
+    path: Path
+    spec: Spec
+
+
+def write_variants(spec_path: Path, variants: list[Variant], folder: Path) -> list[Written]:
+    """Check every variant (all problems at once), then write each as `<folder>/<name>.yaml`."""
+    load_spec(spec_path)  # the base spec's own problems first, with its own positions
+    base, _ = read_spec(decode_spec(spec_path.read_bytes(), str(spec_path)), str(spec_path))
+    spec_dir = spec_path.resolve().parent
+    texts, problems = [], []
+    for variant in variants:
+        text = yaml.safe_dump(variant_doc(base, variant, spec_dir), sort_keys=False, allow_unicode=True)
+        try:
+            parse_spec(text, source=f"variant {variant.label}", base_dir=spec_dir)
+        except SpecError as exc:
+            problems += exc.problems
+        texts.append(text)
+    if problems:
+        raise SpecError(problems)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for variant, text in zip(variants, texts):
+        path = folder / f"{variant.name}.yaml"
+        path.write_text(f"# variant {variant.label} of {spec_path.resolve()} (written by runner sweep)\n{text}", "utf-8")
+        out.append(Written(variant, path, load_spec(path)))
+    return out
+
+
+def sweep_folder(store: Path, spec_path: Path, variants: list[Variant]) -> Path:
+    """`<store>/sweeps/<spec>-<digest>`: the same sweep run again writes to the same place."""
+    what = json.dumps([str(spec_path.resolve()), [[v.name, [[dotted(p), x] for p, x in v.overrides]] for v in variants]],
+                      sort_keys=True, default=str)
+    return store / "sweeps" / f"{spec_path.stem}-{hashlib.sha256(what.encode()).hexdigest()[:8]}"

@@ -1,0 +1,118 @@
+"""`runner compare` reading a store: runs found by record or spec, paired on the questions both
+answered, against the baseline or the best, Holm over every test, cost and further metrics as
+written. The store here is written by hand in the shapes the stages write (see the integration
+test for a store the stages wrote themselves)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runner.compare import CompareError, compare, cost, find_run, load_run
+from runner.comparedoc import extra, sections, summary_lines
+from runner.stats import holm, paired
+
+
+def _write(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+
+
+def make_run(store: Path, name: str, r: int, right: dict[str, list[bool]], started: float,
+             extra_metrics: dict[str, Any] | None = None) -> Path:
+    """A completed run whose fine-tuned model answered benchmark b's question i right where right[b][i]."""
+    keys = {stage: f"{stage}{name}".ljust(64, "0") for stage in ("model", "data", "train", "export", "eval")}
+    spec = {"name": name, "lora": {"r": r}, "train": {"batch_size": 4}}
+    preds, benches = [], {}
+    for bench, marks in right.items():
+        for i, ok in enumerate(marks):
+            preds.append({"benchmark": bench, "index": i, "id": f"q{i}", "answer": 1, "base": 0, "tuned": 1 if ok else 2})
+        benches[bench] = {"tuned": {"n": len(marks), "acc": sum(marks) / len(marks), "ci95": [0.1, 0.9]},
+                          "base": {"n": len(marks), "acc": 0.25, "ci95": [0.1, 0.5]}}
+        benches[bench] |= (extra_metrics or {}).get("benchmarks", {}).get(bench, {})
+    metrics = {"benchmarks": benches} | {k: v for k, v in (extra_metrics or {}).items() if k != "benchmarks"}
+    _write(store / "eval" / keys["eval"] / "metrics.json", metrics)
+    (store / "eval" / keys["eval"] / "predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in preds))
+    train = store / "train" / keys["train"]
+    _write(train / "summary.json", {"seconds": 12.5, "trainable_parameters": 1000 * r, "total_parameters": 100000,
+                                    "steps": 10, "train_rows": 20, "eval_loss_before": 3.0, "eval_loss_after": 2.0})
+    _write(train / "manifest.json", {"info": {"seconds": 20.0}})
+    (train / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 3 - s / 10, "memory_mib": 500 + s})
+                                                 + "\n" for s in range(1, 11)))
+    _write(store / "data" / keys["data"] / "stats.json", {"train_tokens": {"total": 3000}})
+    record = store / "runs" / f"{name}.json"
+    _write(record, {"spec_path": str(store / f"{name}.yaml"), "spec": spec, "status": "completed", "started": started,
+                    "profile": {"device": "cpu"}, "stages": [{"stage": s, "key": k} for s, k in keys.items()]})
+    return record
+
+
+def test_runs_are_paired_question_by_question_and_holm_corrected(tmp_path: Path) -> None:
+    a = [True, True, False, False, True, False, True, False]
+    b = [True, False, True, True, True, True, True, True]
+    c = [False, False, False, False, True, False, True, False]
+    runs = [load_run(make_run(tmp_path, n, r, {"x": marks, "y": marks[:4]}, i))
+            for i, (n, r, marks) in enumerate((("a", 4, a), ("b", 8, b), ("c", 16, c)))]
+    found = compare(runs)
+    assert [(f.benchmark, f.run, f.reference, f.n) for f in found] == [
+        ("x", "b", "a", 8), ("x", "c", "a", 8), ("y", "b", "a", 4), ("y", "c", "a", 4)]
+    assert found[0].test == paired(a, b)  # the eval stage's own test, reference as "base"
+    assert [f.holm_p for f in found] == holm([f.test["mcnemar_p"] for f in found if f.test])
+    best = compare(runs, "best")
+    assert {f.reference for f in best} == {"b"} and {f.run for f in best} == {"a", "c"}
+    assert "Holm p" in summary_lines(runs, found)[2]
+
+
+def test_only_questions_both_runs_answered_are_paired(tmp_path: Path) -> None:
+    first = load_run(make_run(tmp_path, "a", 4, {"x": [True, False, True]}, 1))
+    other = load_run(make_run(tmp_path, "b", 8, {"x": [True, True, True, True]}, 2))
+    other.outcomes["x"]["q0"] = (3, 3)  # another answer key for q0: not the same question
+    found = compare([first, other])
+    assert found[0].n == 2 and found[0].test is not None and found[0].test["only_tuned_right"] == 1
+    other.outcomes["x"] = {"z": (1, 1)}
+    assert compare([first, other])[0].test is None and compare([first, other])[0].holm_p is None
+
+
+def test_cost_and_further_metrics_are_read_as_written(tmp_path: Path) -> None:
+    more = {"benchmarks": {"x": {"calibration": {"tuned": {"n": 2, "ece": 0.12, "brier": 0.6,
+                                                           "selective_acc": {"80": 0.5}, "reliability": [{"n": 1}]},
+                                                 "bins": 10}}},
+            "free_text": {"notes": {"tuned": {"n": 5, "rougeL": 31.5, "bleu": 12.25, "max_new_tokens": 64}}},
+            "perplexity": {"tuned": {"ppl": 40.5, "nll": 3.7}, "path": "corpus.txt"}, "flags": 2}
+    run = load_run(make_run(tmp_path, "a", 4, {"x": [True, False]}, 1, more))
+    assert extra(run.metrics["benchmarks"]["x"]) == {"calibration ece": 0.12, "calibration brier": 0.6,
+                                                     "calibration selective_acc 80": 0.5}
+    assert extra(run.metrics["free_text"]["notes"]) == {"rougeL": 31.5, "bleu": 12.25}
+    assert extra(run.metrics) == {"perplexity ppl": 40.5, "perplexity nll": 3.7}
+    assert cost(run) == {"train_seconds": 12.5, "stage_seconds": 20.0, "peak_memory_mib": 510, "device": "cpu",
+                         "trainable": 4000, "total": 100000, "steps": 10, "tokens": 3000 * 10 * 4 // 20}
+    titles = [title for title, _ in sections([run], [], "baseline", {})]
+    assert titles == ["Runs", "Accuracy", "More metrics", "Loss", "Cost"]
+
+
+def test_a_spec_names_its_newest_completed_run(tmp_path: Path) -> None:
+    old = make_run(tmp_path, "a", 4, {"x": [True]}, 1)
+    newer = tmp_path / "runs" / "a-2.json"
+    newer.write_text(old.read_text().replace('"started": 1', '"started": 5'))
+    failed = tmp_path / "runs" / "a-3.json"
+    failed.write_text(old.read_text().replace('"started": 1', '"started": 9').replace("completed", "failed"))
+    (tmp_path / "a.yaml").write_text("name: a\n")
+    assert find_run(tmp_path / "a.yaml", tmp_path) == newer
+    assert find_run(old, tmp_path) == old
+    (tmp_path / "b.yaml").write_text("name: b\n")
+    with pytest.raises(CompareError, match="no completed run of this spec"):
+        find_run(tmp_path / "b.yaml", tmp_path)
+
+
+def test_the_base_column_appears_only_when_the_runs_bases_differ(tmp_path: Path) -> None:
+    runs = [load_run(make_run(tmp_path, n, 4, {"x": [True, False]}, i)) for i, n in enumerate("ab")]
+
+    def header() -> list[str]:
+        blocks = dict(sections(runs, compare(runs), "baseline", {}))["Accuracy"]
+        return next(b[1] for b in blocks if b[0] == "table")
+
+    assert "base model [95% CI]" not in header() and "generative [95% CI]" not in header()
+    runs[1].metrics["benchmarks"]["x"]["base"]["acc"] = 0.5  # another base model (a model-size sweep)
+    assert header()[:4] == ["run", "n", "base model [95% CI]", "accuracy [95% CI]"]

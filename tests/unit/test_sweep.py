@@ -1,0 +1,137 @@
+"""Sweeps without running anything: --set parsing and its errors, the grid, variant files and specs,
+GPU slots, the plan's sharing and cost, and Holm's correction against a case worked by hand."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runner.errors import SpecError
+from runner.probe import Gpu, Probe
+from runner.stats import holm
+from runner.store import Store
+from runner.sweep import grid, parse_setting, read_variants, variant_doc, write_variants
+from runner.sweeprun import device_slots, plan_lines, plan_variants, visible_gpus
+
+ROOT = Path(__file__).resolve().parents[2]
+SMOKE = ROOT / "specs" / "smoke.yaml"
+
+
+def test_values_are_yaml_scalars_typed_by_the_schema() -> None:
+    assert parse_setting("lora.r=8,16,64").values == (("8", 8), ("16", 16), ("64", 64))
+    assert parse_setting("train.learning_rate=1e-4, 2e-4").values == (("1e-4", 1e-4), ("2e-4", 2e-4))
+    assert parse_setting("lora.target_modules=all-linear,[q_proj,v_proj]").values[1] == (
+        "[q_proj,v_proj]", ["q_proj", "v_proj"])
+    assert parse_setting("eval.benchmarks.1.limit=5").path == ("eval", "benchmarks", 1, "limit")
+
+
+@pytest.mark.parametrize(("given", "message"), [
+    ("lora.rank=8", "--set lora.rank: no such spec field; lora has alpha, dropout, r, target_modules"),
+    ("train.learnig_rate=1e-4", "--set train.learnig_rate: no such spec field; did you mean train.learning_rate?"),
+    ("lora.r=abc", '--set lora.r=abc: must be an integer, got string "abc"'),
+    ("lora.r=8.0", "--set lora.r=8.0: must be an integer, got number 8.0"),
+    ("lora.r=0", "--set lora.r=0: must be >= 1, got integer 0"),
+    ("hardware.device=tpu", '--set hardware.device=tpu: must be one of "auto", "cuda", "mps", "cpu", got string "tpu"'),
+    ("lora.r", "--set lora.r: write PATH=VALUE[,VALUE...], e.g. --set lora.r=8,16"),
+    ("lora.r=8,,16", "--set lora.r=: an empty value"),
+    ("lora.r=8,8", "--set lora.r: a value is listed twice"),
+    ("name=x", "--set name: variants are named by the sweep; set a field that changes a result"),
+    ("lora..r=8", "--set lora..r: not a dotted field path such as lora.r"),
+])
+def test_a_wrong_path_or_value_is_one_line_naming_it(given: str, message: str) -> None:
+    with pytest.raises(SpecError) as raised:
+        parse_setting(given)
+    assert raised.value.problems == [message]
+
+
+def test_the_grid_is_every_combination_named_by_its_values() -> None:
+    variants = grid([parse_setting("lora.r=8,16"), parse_setting("train.learning_rate=1e-4,2e-4")], "smoke")
+    assert [v.name for v in variants] == ["smoke-r8-lr1e-4", "smoke-r8-lr2e-4", "smoke-r16-lr1e-4", "smoke-r16-lr2e-4"]
+    assert variants[2].overrides == ((("lora", "r"), 16), (("train", "learning_rate"), 1e-4))
+    with pytest.raises(SpecError, match="set twice"):
+        grid([parse_setting("lora.r=8"), parse_setting("lora.r=16")], "smoke")
+
+
+def test_a_variant_is_the_base_spec_with_its_fields_set_and_paths_made_absolute(tmp_path: Path) -> None:
+    variant = grid([parse_setting("lora.r=4"), parse_setting("data.validation.path=val.jsonl")], "x")[0]
+    base = {"name": "x", "model": {"source": "init"}, "data": {"train": {"path": "../d/train.jsonl"}, "validation": None},
+            "eval": {"benchmarks": [{"name": "b", "path": "b.jsonl", "ids": "ids.txt"}]}}
+    doc = variant_doc(base, variant, tmp_path)
+    assert doc["name"] == "x-r4-pathval.jsonl" and doc["lora"] == {"r": 4}
+    assert doc["data"]["train"]["path"] == str((tmp_path / "../d/train.jsonl").resolve())
+    assert doc["data"]["validation"] == {"path": str(tmp_path / "val.jsonl")}
+    assert doc["eval"]["benchmarks"][0] == {"name": "b", "path": str(tmp_path / "b.jsonl"), "ids": str(tmp_path / "ids.txt")}
+    assert base["data"]["train"]["path"] == "../d/train.jsonl"  # the base document is left as it was
+
+
+def test_variant_specs_are_checked_whole_before_anything_is_written(tmp_path: Path) -> None:
+    # lora.r=8 is valid alone; the cross-field rules still see the whole variant (here: fine).
+    written = write_variants(SMOKE, grid([parse_setting("lora.r=8,32")], "smoke"), tmp_path / "v")
+    assert [w.spec.lora.r for w in written] == [8, 32] and written[0].spec.name == "smoke-r8"
+    assert written[0].spec.data.train.path == str((ROOT / "data" / "demo" / "medmc_train.jsonl").resolve())
+    with pytest.raises(SpecError) as raised:  # an index past the spec's list: named, nothing written
+        write_variants(SMOKE, grid([parse_setting("eval.benchmarks.5.limit=3")], "smoke"), tmp_path / "w")
+    assert raised.value.problems == ["variant limit3: eval.benchmarks.5: the spec has no such item (it lists 2)"]
+    assert not (tmp_path / "w").exists()
+
+
+def test_a_variants_file_lists_variants_by_hand(tmp_path: Path) -> None:
+    file = tmp_path / "v.yaml"
+    file.write_text("- {name: small, set: {lora.r: 4}}\n- name: big-slow\n  set: {lora.r: 64, train.learning_rate: 1e-4}\n")
+    variants = read_variants(file, "smoke")
+    assert [(v.name, v.overrides) for v in variants] == [
+        ("smoke-small", ((("lora", "r"), 4),)),
+        ("smoke-big-slow", ((("lora", "r"), 64), (("train", "learning_rate"), 1e-4)))]
+    file.write_text("- {name: a, set: {lora.r: 4}}\n- {name: b, set: {lora.r: x}}\n")
+    with pytest.raises(SpecError) as raised:
+        read_variants(file, "smoke")
+    assert raised.value.problems == [f'{file}:2:3: lora.r="x": must be an integer, got string "x"']
+
+
+def test_gpu_slots() -> None:
+    assert device_slots(2, []) == [None, None]
+    assert device_slots(2, ["0", "1", "2", "3"]) == ["0,1", "2,3"]
+    assert device_slots(3, ["0", "1", "2", "3"]) == ["0", "1", "2"]  # one left over: unused, never shared
+    assert device_slots(4, ["0", "1"]) == ["0", "1", "0", "1"]  # more jobs than GPUs: they share
+    gpu = Gpu("A100", (8, 0), 81920, 80000)
+    assert visible_gpus({}, Probe(gpus=(gpu, gpu))) == ["0", "1"]
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "3,5"}, Probe(gpus=(gpu,) * 8)) == ["3", "5"]
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": ""}, Probe(gpus=(gpu,))) == []
+
+
+def test_the_plan_says_what_variants_share_and_what_the_sweep_costs(tmp_path: Path) -> None:
+    from runner.execute import registered_stages
+
+    written = write_variants(SMOKE, grid([parse_setting("lora.r=8,16,32")], "smoke"), tmp_path / "v")
+    plans = plan_variants(registered_stages(), written, Store(tmp_path / "store"), Probe(cores=2, ram_mib=8000), None)
+    lines = plan_lines(plans)
+    assert lines[-1].startswith("cost: 11 stage execution(s) (model 1, data 1, train 3, export 3, eval 3) for "
+                                "3 variant(s); 15 without sharing; 0 of 15 cached")
+    data = [line for line in lines if line.strip().startswith("data")]
+    train = [line for line in lines if line.strip().startswith("train")]
+    assert all(line.endswith("shared by all 3") for line in data) and all(line.endswith("own") for line in train)
+    # Variants that differ only in a field no key reads (how often a checkpoint is saved) share everything.
+    same = write_variants(SMOKE, grid([parse_setting("train.save_steps=20,40")], "smoke"), tmp_path / "d")
+    lines = plan_lines(plan_variants(registered_stages(), same, Store(tmp_path / "store"), Probe(cores=2), None))
+    assert lines[-1].startswith("cost: 5 stage execution(s) (model 1, data 1, train 1, export 1, eval 1) for "
+                                "2 variant(s); 10 without sharing")
+
+
+def test_holm_against_a_case_worked_by_hand() -> None:
+    # m = 4, sorted: 0.005 x 4 = 0.02; 0.01 x 3 = 0.03; 0.03 x 2 = 0.06; 0.04 x 1 = 0.04 -> kept at 0.06.
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.9]) == [1.0, 1.0]  # capped at 1
+    assert holm([0.02]) == [0.02] and holm([]) == []
+
+
+def test_planning_a_sweep_never_imports_torch(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.unit.test_light import CHECK
+
+    argv = ["sweep", str(SMOKE), "--set", "lora.r=8,16", "--plan", "--store", str(tmp_path)]
+    done = subprocess.run([sys.executable, "-c", CHECK.format(argv=argv)], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "HEAVY: \n" in done.stdout and "cost: 8 stage execution(s)" in done.stdout, done.stdout
