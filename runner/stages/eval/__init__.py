@@ -21,10 +21,14 @@ from runner.stages.data import fields_slice, hub_slice, read_rows
 from runner.stages.model import quantization_slice
 from runner.stats import summarize
 
+FREE_TEXT = ("qa", "alpaca")  # benchmark formats answered in free text, scored by ROUGE-L and BLEU
+PERPLEXITY_ROLE = "perplexity"
+
 name = "eval"
-version = 5  # 2: harness-exact scoring, built-in formats, paired test, groups, queries, contamination;
+version = 6  # 2: harness-exact scoring, built-in formats, paired test, groups, queries, contamination;
 # 3: McNemar p to 4 significant digits; 4: choices as branches off the prompt's cache (rounding may differ);
-# 5: identical questions share rows correctly (a twin with fewer choices was scored 0)
+# 5: identical questions share rows correctly (a twin with fewer choices was scored 0);
+# 6: calibration (ECE, Brier, selective accuracy) in metrics.json; free-text sets; perplexity
 upstream = ("model", "train:adapter", "export:adapter")
 volatile = ("report.md", "report.html", "*.png")  # pictures and prose: cosmetic, out of the digest
 uses_profile = True
@@ -54,6 +58,12 @@ def spec_slice(spec: Spec) -> dict[str, Any]:
         out["data"] = {"template": spec.data.template, "system_prompt": spec.data.system_prompt}
         if g.temperature > 0:
             out["seed"] = spec.seed  # sampling draws from it; greedy decoding does not
+    if any(b.format in FREE_TEXT for b in ev.benchmarks):  # greedy answers, prompted as training prompted
+        out["eval"]["free_text"] = {"max_new_tokens": ev.generation.max_new_tokens, "batch_size": ev.batch_size}
+        out["data"] = {"template": spec.data.template, "system_prompt": spec.data.system_prompt}
+    if ev.perplexity is not None:  # the corpus enters by its digest; windows are data.max_length tokens
+        out["eval"]["perplexity"] = {"field": ev.perplexity.field, "max_texts": ev.perplexity.max_texts,
+                                     "max_length": spec.data.max_length, "batch_size": ev.batch_size}
     return out
 
 
@@ -73,6 +83,8 @@ def local_files(spec: Spec) -> dict[str, Path]:
     files |= {benchmark_ids_role(b.name): spec.resolve(b.ids) for b in spec.eval.benchmarks if b.ids is not None}
     if spec.eval.contamination.check and spec.data.train.path is not None:
         files[TRAIN_ROLE] = spec.resolve(spec.data.train.path)
+    if spec.eval.perplexity is not None:
+        files[PERPLEXITY_ROLE] = spec.resolve(spec.eval.perplexity.path)
     return files
 
 
