@@ -99,16 +99,22 @@ def _evaluate(ctx: StageContext) -> None:
     from peft import PeftModel
 
     from runner.contamination import training_texts
+    from runner.stages.eval.freetext import free_text_examples, score_free_text
     from runner.stages.eval.generation import answer_queries
-    from runner.stages.eval.report import write_report
+    from runner.stages.eval.perplexity import read_corpus
     from runner.stages.model.loading import load_base, load_tokenizer
 
     spec = ctx.spec
-    # Every benchmark is read before the model loads: a broken file stops the stage at once, naming
-    # its line, not after the benchmarks before it were scored.
+    # Every benchmark (and the corpus) is read before the model loads: a broken file stops the stage
+    # at once, naming its line, not after the benchmarks before it were scored.
+    choice = [b for b in spec.eval.benchmarks if b.format not in FREE_TEXT]
+    free = [b for b in spec.eval.benchmarks if b.format in FREE_TEXT]
     loaded = {b.name: benchmark_items(b, read_rows(b, ctx.files.get(benchmark_role(b.name)), None),
                                       ctx.files.get(benchmark_ids_role(b.name)))
-              for b in spec.eval.benchmarks}
+              for b in choice}
+    free_loaded = {b.name: free_text_examples(b, read_rows(b, ctx.files.get(benchmark_role(b.name)), None)) for b in free}
+    ppl = spec.eval.perplexity
+    corpus = read_corpus(ctx.files[PERPLEXITY_ROLE], ppl.field, ppl.max_texts) if ppl is not None else []
     tok = load_tokenizer(ctx.upstream["model"])
     model = PeftModel.from_pretrained(load_base(ctx.upstream["model"], spec, ctx.profile),
                                       str(ctx.upstream["export"] / "adapter"))
@@ -116,11 +122,11 @@ def _evaluate(ctx: StageContext) -> None:
     labels = ("base", "tuned") if spec.eval.compare_base else ("tuned",)
     results: dict[str, Any] = {}
     train_texts: list[str] = []
-    if spec.eval.contamination.check and spec.eval.benchmarks:
+    if spec.eval.contamination.check and choice:
         train_texts = training_texts(read_rows(spec.data.train, ctx.files.get(TRAIN_ROLE), spec.data.max_rows),
                                      spec.data)
     with open(ctx.out / "predictions.jsonl", "w", encoding="utf-8") as preds_file:
-        for bench in spec.eval.benchmarks:
+        for bench in choice:
             results[bench.name] = score_benchmark(ctx, model, tok, bench, loaded[bench.name], labels, preds_file,
                                                   train_texts)
     answers = answer_queries(model, tok, spec, labels, adapter_off) if spec.eval.queries else []
@@ -130,8 +136,37 @@ def _evaluate(ctx: StageContext) -> None:
     metrics = {"benchmarks": results, "chat_template": spec.eval.chat_template,
                "scoring": "zero-shot log-likelihood of each choice, as lm-evaluation-harness 0.4 (acc)",
                "flags": sum(len(flags) for row in answers for flags in row["flags"].values())}
+    if free:
+        with open(ctx.out / "free_text.jsonl", "w", encoding="utf-8") as rows_file:
+            metrics["free_text"] = {b.name: score_free_text(ctx, model, tok, b, free_loaded[b.name], labels, rows_file)
+                                    for b in free}
+    if ppl is not None:
+        metrics["perplexity"] = corpus_perplexity(ctx, model, tok, corpus, labels)
+    _finish(ctx, metrics, answers)
+
+
+def _finish(ctx: StageContext, metrics: dict[str, Any], answers: list[dict[str, Any]]) -> None:
+    """metrics.json, the report, and the trackers the spec names (a side effect, after the outputs)."""
+    from runner.stages.eval.report import write_report
+    from runner.stages.train.trackers import log_eval
+
     (ctx.out / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True), "utf-8")
     write_report(ctx, metrics, answers)
+    log_eval(ctx, metrics)
+
+
+def corpus_perplexity(ctx: StageContext, model: Any, tok: Any, corpus: list[str], labels: tuple[str, ...]) -> dict[str, Any]:
+    from runner.stages.eval.perplexity import perplexity
+
+    spec = ctx.spec
+    assert spec.eval.perplexity is not None
+    out: dict[str, Any] = {"path": spec.eval.perplexity.path, "texts": len(corpus), "max_length": spec.data.max_length}
+    for label in labels:
+        ctx.log(f"eval: perplexity, {label} model, {len(corpus)} texts")
+        with adapter_off(model, label == "base"):
+            out[label] = perplexity(model, tok, corpus, spec.data.max_length, spec.eval.batch_size)
+    out["tokens"] = out["tuned"]["tokens"]
+    return out
 
 
 def score_benchmark(ctx: StageContext, model: Any, tok: Any, bench: Benchmark,
@@ -146,11 +181,12 @@ def score_benchmark(ctx: StageContext, model: Any, tok: Any, bench: Benchmark,
     # With a chat template the harness scores "A", not " A": the template ends the prompt.
     requests = requests_for(items, tok, _renderer(tok) if chat else (lambda prompt: prompt), "" if chat else " ")
     scored: dict[str, list[int]] = {}
+    logliks: dict[str, list[float]] = {}
     for label in labels:
         ctx.log(f"eval: {bench.name}, {label} model, {len(items)} questions")
         with adapter_off(model, label == "base"):
-            logliks = score(model, requests, spec.eval.batch_size, tok.pad_token_id, max_length_of(model, tok))
-        scored[label] = predictions(len(items), requests, logliks)
+            logliks[label] = score(model, requests, spec.eval.batch_size, tok.pad_token_id, max_length_of(model, tok))
+        scored[label] = predictions(len(items), requests, logliks[label])
     written: dict[str, list[str]] = {}
     if spec.eval.generative.enabled:
         written = generate_answers(ctx, model, tok, items, requests, labels)
@@ -163,12 +199,26 @@ def score_benchmark(ctx: StageContext, model: Any, tok: Any, bench: Benchmark,
     summary = summarize([it.answer for it in items], [it.group for it in items], scored, dropped)
     if written:
         summary["generative"] = generative_summary(items, written, spec.eval.generative.max_new_tokens)
+    summary["calibration"] = calibration_of(items, requests, logliks)
     summary["format"] = bench.format
     summary["harness_task"] = HARNESS_TASKS.get(bench.format)
     summary["chance"] = round(sum(1 / len(it.choices) for it in items) / len(items), 4) if items else None
     if spec.eval.contamination.check:
         summary["contamination"] = contamination(items, scored, train_texts, spec.eval.contamination.similarity)
     return summary
+
+
+def calibration_of(items: list[Item], requests: list[Any], logliks: dict[str, list[float]]) -> dict[str, Any]:
+    """ECE, Brier and selective accuracy per model, from the choices' scores (requests are in item, choice order)."""
+    from runner.calibration import BINS, PROBABILITIES, calibration
+
+    out: dict[str, Any] = {"probabilities": PROBABILITIES, "bins": BINS}
+    for label, scores in logliks.items():
+        per_item: list[list[float]] = [[] for _ in items]
+        for r, ll in zip(requests, scores):
+            per_item[r.item].append(ll)
+        out[label] = calibration(per_item, [it.answer for it in items])
+    return out
 
 
 def generate_answers(ctx: StageContext, model: Any, tok: Any, items: list[Any], requests: list[Any],
