@@ -28,14 +28,14 @@ def calibration(inputs: Any) -> Section:
                 rows.append([name, shown, _num(m["ece"]), _num(m["brier"]), pct(m["confidence"]),
                              *[pct(m["selective_acc"][k]) for k in coverages]])
     s.blocks.append(("table", ["benchmark", "model", "ECE", "Brier", "mean confidence",
-                               *[f"acc at {k}% coverage" for k in coverages]], rows))
+                               *[f"acc @ {k}%" for k in coverages]], rows))
     first = next(iter(found.values()))
     s.blocks.append(("p", f"Probabilities: {first['probabilities']}; the confidence is that of the predicted choice. "
                           f"ECE: {first['bins']} equal-width confidence bins, the gap between accuracy and mean "
                           "confidence weighted by each bin's share (0 is perfectly calibrated). Brier: multi-class, "
                           "sum over the choices of (probability - one-hot answer)^2, averaged (0 best, 2 worst). "
-                          "Acc at c% coverage: the accuracy when the model answers only the c% of questions it is "
-                          "most confident about and abstains on the rest."))
+                          "Acc @ c%: selective accuracy at c% coverage, the accuracy when the model answers only the c% "
+                          "of questions it is most confident about and abstains on the rest."))
     if "calibration" in inputs.pictures:
         s.blocks.append(("img", inputs.pictures["calibration"], "reliability diagrams, base vs fine-tuned"))
     return s
@@ -72,29 +72,37 @@ def perplexity(inputs: Any) -> Section:
 
 
 def plot_reliability(benchmarks: dict[str, Any], path: Path) -> bool:
-    """One reliability diagram per benchmark: accuracy per confidence bin, base and fine-tuned, against
-    the diagonal a calibrated model would follow. False when there is nothing to draw."""
+    """Per benchmark, a reliability diagram (accuracy per confidence bin, base and fine-tuned, against
+    the diagonal a calibrated model follows) over the share of questions in each bin, which says how
+    much each bar can be trusted. False when there is nothing to draw."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     found = {name: r["calibration"] for name, r in benchmarks.items() if r.get("calibration")}
     if not found:
         return False
-    fig = Figure(figsize=(3.6 * len(found), 3.6))
+    fig = Figure(figsize=(3.7 * len(found), 4.6))
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(found), squeeze=False)[0]
-    for ax, (name, c) in zip(axes, found.items()):
-        ax.plot([0, 1], [0, 1], color="#d62728", linestyle=":", linewidth=1.2, label="calibrated")
+    axes = fig.subplots(2, len(found), squeeze=False, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    for column, (name, c) in enumerate(found.items()):
+        top, bottom = axes[0][column], axes[1][column]
+        top.plot([0, 1], [0, 1], color="#d62728", linestyle=":", linewidth=1.2, label="calibrated")
+        eces = []
         for offset, (label, shown, colour) in zip((-0.022, 0.022), MODELS):
             if label not in c:
                 continue
-            bins = c[label]["reliability"]
-            ax.bar([(b["bin"][0] + b["bin"][1]) / 2 + offset for b in bins], [b["acc"] for b in bins], width=0.044,
-                   color=colour, label=f"{shown} (ECE {_num(c[label]['ece'])})")
-        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy", title=name)
-        ax.grid(alpha=0.3)
-        ax.legend(loc="upper left", fontsize=7, frameon=False)
-    fig.tight_layout()
+            bins, n = c[label]["reliability"], c[label]["n"]
+            centres = [(b["bin"][0] + b["bin"][1]) / 2 + offset for b in bins]
+            top.bar(centres, [b["acc"] for b in bins], width=0.044, color=colour, label=shown)
+            bottom.bar(centres, [b["n"] / n for b in bins], width=0.044, color=colour)
+            eces.append(f"{shown} {_num(c[label]['ece'])}")
+        top.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy", title=f"{name}\nECE: {', '.join(eces)}")
+        bottom.set(xlabel="confidence (predicted choice)", ylabel="share")
+        for ax in (top, bottom):
+            ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))  # room for the legend below
     fig.savefig(path, dpi=110)
     return True
 
