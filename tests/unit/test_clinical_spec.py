@@ -44,3 +44,17 @@ def test_a_wrong_field_is_one_line_naming_it(tmp_path: Path, extra: str, message
     with pytest.raises(SpecError) as caught:
         spec(tmp_path, extra)
     assert len(caught.value.problems) == 1 and caught.value.problems[0].startswith(message), caught.value.problems
+
+
+def test_a_container_run_mounts_the_corpus_and_the_trackers_folder(tmp_path: Path) -> None:
+    from runner.docker import container_inputs
+
+    (tmp_path / "corpora").mkdir()
+    (tmp_path / "corpora" / "med.txt").write_text("held-out text\n")
+    (tmp_path / "specs").mkdir()
+    (tmp_path / "specs" / "train.jsonl").write_text('{"question": "q?", "answer": "a"}\n')
+    (tmp_path / "specs" / "s.yaml").write_text(BASE + "eval: {perplexity: {path: ../corpora/med.txt}}\n"
+                                               "logging: {report_to: [tensorboard], dir: ../logs}\n")
+    volumes, _ = container_inputs(tmp_path / "specs" / "s.yaml", tmp_path / "store")
+    assert volumes[str(tmp_path / "corpora")] == {"bind": str(tmp_path / "corpora"), "mode": "ro"}
+    assert volumes[str(tmp_path / "logs")] == {"bind": str(tmp_path / "logs"), "mode": "rw"}
