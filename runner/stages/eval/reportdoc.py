@@ -67,7 +67,7 @@ def results(inputs: Any) -> Section:
         s.blocks.append(("note", "The base model is a **random-initialised demo model**: it knows no medicine. "
                                  "These numbers show the machinery working, not clinical ability."))
     if not metrics["benchmarks"]:
-        s.blocks.append(("p", "No benchmarks in the spec (`eval.benchmarks`)."))
+        s.blocks.append(("p", "No multiple-choice benchmarks in the spec (`eval.benchmarks`)."))
         return s
     rows = []
     for name, r in metrics["benchmarks"].items():

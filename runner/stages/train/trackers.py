@@ -5,6 +5,11 @@ grad norm, memory) and the validation loss; the eval stage sends its results to 
 run per train key: a later eval of the same training adds to it). Only the main process writes.
 Nothing leaves the machine unless wandb is named and WANDB_MODE lets it.
 
+Our own small callbacks, not transformers' TensorBoardCallback and MLflowCallback through
+TrainingArguments.report_to: those log no memory, never see the rows metrics.jsonl holds (so the two
+could disagree), and MLflowCallback is configured through process-wide environment variables and
+MLflow's global active run, where these name their folder and run explicitly.
+
 Where: `logging.dir` (relative to the spec), or `logs/` in the artifact store:
   <dir>/tensorboard/<spec name>-<train key[:12]>/   tensorboard --logdir <dir>/tensorboard
   <dir>/mlruns/                                      experiment = spec name, run tagged runner.train_key
