@@ -174,8 +174,10 @@ def test_wandb_asked_for_but_not_installed_is_one_line(tracked: dict[str, object
     folder = tracked["folder"]
     assert isinstance(folder, Path)
     (folder / "wandb.yaml").write_text(spec_text().replace("[tensorboard, mlflow]", "[wandb]"))
-    done = runner("run", str(folder / "wandb.yaml"), "--store", str(folder / "store"), "--force", "train")
-    assert done.returncode == 3, done.stdout[-2000:] + done.stderr[-2000:]
-    error = [line for line in done.stderr.splitlines() if "wandb" in line]
-    assert error == ["error: logging.report_to: wandb is not installed; `pip install wandb` (WANDB_MODE=offline keeps "
-                     "it local) or remove wandb from logging.report_to"], done.stderr[-2000:]
+    for stage in ("train", "eval"):  # each stops before its work
+        done = runner("run", str(folder / "wandb.yaml"), "--store", str(folder / "store"), "--force", stage)
+        assert done.returncode == 3, done.stdout[-2000:] + done.stderr[-2000:]
+        error = [line for line in done.stderr.splitlines() if "wandb" in line]
+        assert error == ["error: logging.report_to: wandb is not installed; `pip install wandb` (WANDB_MODE=offline "
+                         "keeps it local) or remove wandb from logging.report_to"], done.stderr[-2000:]
+        assert f"{stage}: running" in done.stdout and "eval: demo, base model" not in done.stdout

@@ -103,8 +103,10 @@ def _evaluate(ctx: StageContext) -> None:
     from runner.stages.eval.generation import answer_queries
     from runner.stages.eval.perplexity import read_corpus
     from runner.stages.model.loading import load_base, load_tokenizer
+    from runner.stages.train.trackers import require_trackers
 
     spec = ctx.spec
+    require_trackers(spec)  # a missing tracker package stops the stage before scoring, not after
     # Every benchmark (and the corpus) is read before the model loads: a broken file stops the stage
     # at once, naming its line, not after the benchmarks before it were scored.
     choice = [b for b in spec.eval.benchmarks if b.format not in FREE_TEXT]

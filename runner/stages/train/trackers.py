@@ -42,13 +42,18 @@ def run_name(spec: Spec, train_key: str) -> str:
     return f"{spec.name}-{train_key[:12]}"
 
 
+def require_trackers(spec: Spec) -> None:
+    """Stop before the work, not after it, when a named tracker's package is missing."""
+    if "wandb" in spec.logging.report_to and importlib.util.find_spec("wandb") is None:
+        raise ProfileError("logging.report_to: wandb is not installed; `pip install wandb` (WANDB_MODE=offline "
+                           "keeps it local) or remove wandb from logging.report_to")
+
+
 class Trackers:
     """The spec's trackers for one training run (a train key), opened on first use."""
 
     def __init__(self, spec: Spec, train_key: str, folder: Path) -> None:
-        if "wandb" in spec.logging.report_to and importlib.util.find_spec("wandb") is None:
-            raise ProfileError("logging.report_to: wandb is not installed; `pip install wandb` (WANDB_MODE=offline "
-                               "keeps it local) or remove wandb from logging.report_to")
+        require_trackers(spec)
         self.spec, self.key, self.folder = spec, train_key, folder
         self.opened: list[Any] | None = None
 
