@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -95,28 +96,43 @@ def run(ctx: StageContext) -> None:
         _evaluate(ctx)
 
 
+@dataclass(frozen=True)
+class Loaded:
+    """Everything the stage reads from files, read before the model loads."""
+
+    choice: dict[str, tuple[list[Item], dict[str, int]]]  # multiple-choice benchmarks: items, dropped rows
+    free: dict[str, tuple[list[Any], dict[str, int]]]  # free-text benchmarks: examples, dropped rows
+    corpus: list[str]  # the perplexity corpus (empty without eval.perplexity)
+
+
+def read_inputs(ctx: StageContext) -> Loaded:
+    """Every benchmark and the corpus, read before the model loads: a broken file stops the stage at
+    once, naming its line, not after the benchmarks before it were scored."""
+    from runner.stages.eval.freetext import free_text_examples
+    from runner.stages.eval.perplexity import read_corpus
+
+    spec = ctx.spec
+    rows = {b.name: read_rows(b, ctx.files.get(benchmark_role(b.name)), None) for b in spec.eval.benchmarks}
+    choice = {b.name: benchmark_items(b, rows[b.name], ctx.files.get(benchmark_ids_role(b.name)))
+              for b in spec.eval.benchmarks if b.format not in FREE_TEXT}
+    free = {b.name: free_text_examples(b, rows[b.name]) for b in spec.eval.benchmarks if b.format in FREE_TEXT}
+    ppl = spec.eval.perplexity
+    corpus = read_corpus(ctx.files[PERPLEXITY_ROLE], ppl.field, ppl.max_texts) if ppl is not None else []
+    return Loaded(choice, free, corpus)
+
+
 def _evaluate(ctx: StageContext) -> None:
     from peft import PeftModel
 
     from runner.contamination import training_texts
-    from runner.stages.eval.freetext import free_text_examples, score_free_text
+    from runner.stages.eval.freetext import score_free_text
     from runner.stages.eval.generation import answer_queries
-    from runner.stages.eval.perplexity import read_corpus
     from runner.stages.model.loading import load_base, load_tokenizer
     from runner.stages.train.trackers import require_trackers
 
     spec = ctx.spec
     require_trackers(spec)  # a missing tracker package stops the stage before scoring, not after
-    # Every benchmark (and the corpus) is read before the model loads: a broken file stops the stage
-    # at once, naming its line, not after the benchmarks before it were scored.
-    choice = [b for b in spec.eval.benchmarks if b.format not in FREE_TEXT]
-    free = [b for b in spec.eval.benchmarks if b.format in FREE_TEXT]
-    loaded = {b.name: benchmark_items(b, read_rows(b, ctx.files.get(benchmark_role(b.name)), None),
-                                      ctx.files.get(benchmark_ids_role(b.name)))
-              for b in choice}
-    free_loaded = {b.name: free_text_examples(b, read_rows(b, ctx.files.get(benchmark_role(b.name)), None)) for b in free}
-    ppl = spec.eval.perplexity
-    corpus = read_corpus(ctx.files[PERPLEXITY_ROLE], ppl.field, ppl.max_texts) if ppl is not None else []
+    loaded = read_inputs(ctx)
     tok = load_tokenizer(ctx.upstream["model"])
     model = PeftModel.from_pretrained(load_base(ctx.upstream["model"], spec, ctx.profile),
                                       str(ctx.upstream["export"] / "adapter"))
@@ -124,13 +140,13 @@ def _evaluate(ctx: StageContext) -> None:
     labels = ("base", "tuned") if spec.eval.compare_base else ("tuned",)
     results: dict[str, Any] = {}
     train_texts: list[str] = []
-    if spec.eval.contamination.check and choice:
+    if spec.eval.contamination.check and loaded.choice:
         train_texts = training_texts(read_rows(spec.data.train, ctx.files.get(TRAIN_ROLE), spec.data.max_rows),
                                      spec.data)
     with open(ctx.out / "predictions.jsonl", "w", encoding="utf-8") as preds_file:
-        for bench in choice:
-            results[bench.name] = score_benchmark(ctx, model, tok, bench, loaded[bench.name], labels, preds_file,
-                                                  train_texts)
+        for bench in (b for b in spec.eval.benchmarks if b.name in loaded.choice):
+            results[bench.name] = score_benchmark(ctx, model, tok, bench, loaded.choice[bench.name], labels,
+                                                  preds_file, train_texts)
     answers = answer_queries(model, tok, spec, labels, adapter_off) if spec.eval.queries else []
     with open(ctx.out / "generations.jsonl", "w", encoding="utf-8") as handle:
         for row in answers:
@@ -138,12 +154,12 @@ def _evaluate(ctx: StageContext) -> None:
     metrics = {"benchmarks": results, "chat_template": spec.eval.chat_template,
                "scoring": "zero-shot log-likelihood of each choice, as lm-evaluation-harness 0.4 (acc)",
                "flags": sum(len(flags) for row in answers for flags in row["flags"].values())}
-    if free:
+    if loaded.free:
         with open(ctx.out / "free_text.jsonl", "w", encoding="utf-8") as rows_file:
-            metrics["free_text"] = {b.name: score_free_text(ctx, model, tok, b, free_loaded[b.name], labels, rows_file)
-                                    for b in free}
-    if ppl is not None:
-        metrics["perplexity"] = corpus_perplexity(ctx, model, tok, corpus, labels)
+            metrics["free_text"] = {b.name: score_free_text(ctx, model, tok, b, loaded.free[b.name], labels, rows_file)
+                                    for b in spec.eval.benchmarks if b.name in loaded.free}
+    if spec.eval.perplexity is not None:
+        metrics["perplexity"] = corpus_perplexity(ctx, model, tok, loaded.corpus, labels)
     _finish(ctx, metrics, answers)
 
 
