@@ -181,3 +181,28 @@ def test_wandb_asked_for_but_not_installed_is_one_line(tracked: dict[str, object
         assert error == ["error: logging.report_to: wandb is not installed; `pip install wandb` (WANDB_MODE=offline "
                          "keeps it local) or remove wandb from logging.report_to"], done.stderr[-2000:]
         assert f"{stage}: running" in done.stdout and "eval: demo, base model" not in done.stdout
+
+
+def test_two_processes_log_once(tracked: dict[str, object], tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    folder = tracked["folder"]
+    assert isinstance(folder, Path)
+    spec = tmp_path / "two.yaml"
+    spec.write_text(spec_text().replace("seed: 7", "seed: 7\nhardware: {processes: 2}").replace("dir: logs", f"dir: {tmp_path / 'logs'}"))
+    store = tmp_path / "store"
+    for stage in ("model", "data"):  # the module's own: same keys
+        (store / stage).mkdir(parents=True)
+        (only,) = [p for p in (folder / "store" / stage).iterdir() if (p / "manifest.json").is_file()]
+        (store / stage / only.name).symlink_to(only)
+    done = runner("run", str(spec), "--store", str(store), "--only", "train")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "train: trained in 2 processes (gloo)" in done.stdout
+    (run,) = list((tmp_path / "logs" / "tensorboard").iterdir())  # rank 0 alone writes
+    events = EventAccumulator(str(run))
+    events.Reload()
+    (train,) = [p for p in (store / "train").iterdir() if (p / "manifest.json").is_file()]
+    rows = _rows(train)
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(r["step"], pytest.approx(r["loss"], rel=1e-6))
+                                                                        for r in rows]
+    assert [e.step for e in events.Scalars("eval/loss")] == [0, rows[-1]["step"]]
