@@ -79,6 +79,7 @@ def test_mlflow_holds_what_metrics_jsonl_holds(tracked: dict[str, object]) -> No
         experiment = client.get_experiment_by_name("tiny-test")
         (run,) = client.search_runs([experiment.experiment_id])
         assert run.data.tags["runner.train_key"] == train.name and run.info.status == "FINISHED"
+        assert run.data.params["lora.r"] == "8" and run.data.params["train.max_steps"] == "6"
         rows = _rows(train)
         for name in ("loss", "learning_rate", "grad_norm", "memory_mib"):
             history = sorted(client.get_metric_history(run.info.run_id, f"train/{name}"), key=lambda m: m.step)

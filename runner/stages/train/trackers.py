@@ -70,6 +70,15 @@ class Trackers:
         self.opened = None
 
 
+def hyperparameters(spec: Spec) -> dict[str, Any]:
+    """What a tracker shows beside the curves, so runs of a sweep can be told apart there."""
+    lora, t, m = spec.lora, spec.train, spec.model
+    return {"model": m.id if m.source == "hub" else m.source, "quantization": m.quantization, "lora.r": lora.r,
+            "lora.alpha": lora.alpha, "lora.dropout": lora.dropout, "train.learning_rate": t.learning_rate,
+            "train.batch_size": t.batch_size, "train.epochs": t.epochs, "train.max_steps": t.max_steps,
+            "train.scheduler": t.scheduler, "data.max_length": spec.data.max_length, "seed": spec.seed}
+
+
 class TensorBoard:
     def __init__(self, spec: Spec, key: str, folder: Path) -> None:
         from torch.utils.tensorboard import SummaryWriter
@@ -101,6 +110,7 @@ def file_store_allowed() -> Iterator[None]:
 
 class MLflow:
     def __init__(self, spec: Spec, key: str, folder: Path) -> None:
+        from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
         with file_store_allowed():
@@ -108,8 +118,11 @@ class MLflow:
             found = self.client.get_experiment_by_name(spec.name)
             experiment = found.experiment_id if found else self.client.create_experiment(spec.name)
             runs = self.client.search_runs([experiment], filter_string=f"tags.`{KEY_TAG}` = '{key}'")
-            self.run_id = runs[0].info.run_id if runs else self.client.create_run(
-                experiment, run_name=run_name(spec, key), tags={KEY_TAG: key}).info.run_id
+            if runs:
+                self.run_id = runs[0].info.run_id
+            else:
+                self.run_id = self.client.create_run(experiment, run_name=run_name(spec, key), tags={KEY_TAG: key}).info.run_id
+                self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in hyperparameters(spec).items()])
 
     def log(self, values: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
@@ -129,7 +142,7 @@ class Wandb:
 
         folder.mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(project=spec.name, name=run_name(spec, key), id=key[:32], resume="allow", dir=str(folder),
-                              reinit="create_new")
+                              reinit="create_new", config=hyperparameters(spec))
 
     def log(self, values: dict[str, float], step: int) -> None:
         self.run.log(values, step=step)
