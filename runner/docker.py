@@ -80,7 +80,13 @@ def container_inputs(spec_path: Path, store: Path) -> tuple[dict[str, dict[str, 
         reads.append(spec.resolve(spec.model.path))
     sources = [spec.data.train, spec.data.validation, *spec.eval.benchmarks]
     reads += [spec.resolve(s.path).parent for s in sources if s is not None and s.path is not None]
+    if spec.eval.perplexity is not None:
+        reads.append(spec.resolve(spec.eval.perplexity.path).parent)
     volumes = {str(p): {"bind": str(p), "mode": "ro"} for p in outermost(reads)}
+    if spec.logging.report_to and spec.logging.dir is not None:  # the trackers write there (by default: the store)
+        logs = spec.resolve(spec.logging.dir)
+        logs.mkdir(parents=True, exist_ok=True)
+        volumes[str(logs)] = {"bind": str(logs), "mode": "rw"}
     environment = {name: os.environ[name] for name in PASS_ENV if name in os.environ}
     if spec.model.source == "hub" or any(s is not None and s.hub is not None for s in sources):
         # Hub downloads land in the host's cache, so a second run (or a native one) reuses them.

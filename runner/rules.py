@@ -31,6 +31,13 @@ def cross_field_problems(doc: dict[str, Any], base_dir: Path) -> list[tuple[tupl
             found += _local_path(src["path"], where + ("path",), base_dir, want_dir=False)
         if src.get("ids") is not None:
             found += _local_path(src["ids"], where + ("ids",), base_dir, want_dir=False)
+    for i, b in enumerate(doc["eval"]["benchmarks"]):
+        if b["format"] in ("qa", "alpaca") and b.get("ids") is not None:
+            found.append((("eval", "benchmarks", i, "ids"), "a fold of ids is for multiple-choice formats; "
+                          "give a qa/alpaca benchmark a file of its held-out rows instead"))
+    perplexity = doc["eval"]["perplexity"]
+    if perplexity is not None:
+        found += _local_path(perplexity["path"], ("eval", "perplexity", "path"), base_dir, want_dir=False)
     names = [b["name"] for b in doc["eval"]["benchmarks"]]
     for i, name in enumerate(names):
         if name in names[:i]:

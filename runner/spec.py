@@ -123,7 +123,7 @@ class Export:
 @dataclass(frozen=True)
 class Benchmark:
     name: str
-    format: Literal["medqa", "medmcqa", "pubmedqa", "multiple_choice"] = "multiple_choice"
+    format: Literal["medqa", "medmcqa", "pubmedqa", "multiple_choice", "qa", "alpaca"] = "multiple_choice"
     path: str | None = None
     hub: str | None = None
     config: str | None = None
@@ -168,6 +168,13 @@ class Generative:
 
 
 @dataclass(frozen=True)
+class Perplexity:
+    path: str
+    field: str = "text"
+    max_texts: int | None = None
+
+
+@dataclass(frozen=True)
 class Eval:
     benchmarks: tuple[Benchmark, ...] = ()
     compare_base: bool = True
@@ -178,6 +185,13 @@ class Eval:
     safety: Safety = field(default_factory=Safety)
     contamination: Contamination = field(default_factory=Contamination)
     generative: Generative = field(default_factory=Generative)
+    perplexity: Perplexity | None = None
+
+
+@dataclass(frozen=True)
+class Logging:
+    report_to: tuple[Literal["tensorboard", "mlflow", "wandb"], ...] = ()
+    dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -192,6 +206,7 @@ class Spec:
     train: Train = field(default_factory=Train)
     export: Export = field(default_factory=Export)
     eval: Eval = field(default_factory=Eval)
+    logging: Logging = field(default_factory=Logging)
     # Not from the YAML: where the spec file is, so relative paths resolve against it.
     base_dir: str = field(default=".", metadata={"schema": False})
 

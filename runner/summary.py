@@ -47,6 +47,7 @@ def summary_lines(outcomes: Sequence[Outcome], record_path: Path, seconds: float
                                    for label, shown in (("base", "base"), ("tuned", "fine-tuned")) if label in g)
             lines.append(f"  {bench} (generated answers): {gbase}fine-tuned {100 * g['tuned']['acc']:.1f}% "
                          f"(no answer letter: {unreadable} of {g['tuned']['n']})")
+    lines += clinical_lines(metrics or {})
     for o in outcomes:
         if o.path is not None:
             lines.append(f"  {o.stage:<7} {o.path}")
@@ -54,6 +55,29 @@ def summary_lines(outcomes: Sequence[Outcome], record_path: Path, seconds: float
     if report is not None and report.is_file():
         lines.append(f"  report  {report}")
     lines.append(f"  record  {record_path}")
+    return lines
+
+
+def clinical_lines(metrics: dict[str, Any]) -> list[str]:
+    """Calibration, free-text scores and perplexity, base -> fine-tuned, one line each."""
+    lines = []
+
+    def pair(r: dict[str, Any], get: Any, fmt: str) -> str:
+        values = [(shown, get(r[label])) for label, shown in (("base", "base "), ("tuned", "fine-tuned ")) if label in r]
+        return " -> ".join(f"{shown}{'-' if v is None else format(v, fmt)}" for shown, v in values)
+
+    for bench, r in metrics.get("benchmarks", {}).items():
+        c = r.get("calibration")
+        if c and r["tuned"]["n"]:
+            lines.append(f"  {bench} calibration: ECE {pair(c, lambda m: m['ece'], '.3f')}; Brier "
+                         f"{pair(c, lambda m: m['brier'], '.3f')}; acc at 20% coverage "
+                         f"{pair(c, lambda m: m['selective_acc'].get('20'), '.1%')}")
+    for bench, r in metrics.get("free_text", {}).items():
+        lines.append(f"  {bench} (free text, n={r['n']}): ROUGE-L {pair(r, lambda m: m['rougeL'], '.1f')}; "
+                     f"BLEU {pair(r, lambda m: m['bleu'], '.1f')}")
+    p = metrics.get("perplexity")
+    if p:
+        lines.append(f"  perplexity ({p['path']}, {p['tokens']:,} tokens): {pair(p, lambda m: m['ppl'], '.2f')}")
     return lines
 
 

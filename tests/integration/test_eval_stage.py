@@ -73,14 +73,14 @@ def test_metrics_predictions_and_answers(evaluated: tuple[Path, str]) -> None:
 def test_the_report_renders_with_tables_and_pictures(evaluated: tuple[Path, str]) -> None:
     folder = evaluated[0]
     md = (folder / "report.md").read_text()
-    for heading in ("## Results", "### Generative accuracy", "## By group", "## Benchmark questions in the training data", "## Training", "## Answers to the spec's queries",
+    for heading in ("## Results", "### Generative accuracy", "## By group", "## Calibration and selective accuracy", "## Benchmark questions in the training data", "## Training", "## Answers to the spec's queries",
                     "### Safety flags", "## Spec", "## Hardware profile", "## Where everything is"):
         assert heading in md, heading
     assert re.search(r"^\| medqa \| `medqa_4options` \| 16 \| [\d.]+% \[", md, re.MULTILINE)
     for picture in re.findall(r"!\[[^]]*\]\(([^)]+)\)", md):
-        assert (folder / picture).stat().st_size > 5000  # loss.png (from train) and accuracy.png
+        assert (folder / picture).stat().st_size > 5000  # loss.png (from train), accuracy.png, calibration.png
     page = (folder / "report.html").read_text()
-    assert page.count('src="data:image/png;base64,') == 2 and "<th>McNemar p</th>" in page
+    assert page.count('src="data:image/png;base64,') == 3 and "<th>McNemar p</th>" in page
 
 
 def test_the_report_is_cosmetic_and_a_rerun_reuses_everything(evaluated: tuple[Path, str], tiny: Tiny) -> None:

@@ -36,13 +36,14 @@ SLICED: dict[str, set[str]] = {
               "weight_decay", "max_grad_norm", "optimizer", "gradient_checkpointing"},
     "Export": {"merged", "merged_dtype"},
     "Eval": {"benchmarks", "compare_base", "batch_size", "chat_template", "queries", "generation", "safety",
-             "contamination", "generative"},
+             "contamination", "generative", "perplexity"},
     "Benchmark": {"name", "format", "hub", "config", "split", "revision", "fields", "limit"},
     "Generation": {"max_new_tokens", "temperature", "top_p"},
     "Safety": {"builtin", "rules"},
     "SafetyRule": {"name", "pattern", "unless"},
     "Contamination": {"check", "similarity"},
     "Generative": {"enabled", "max_new_tokens"},
+    "Perplexity": {"field", "max_texts"},
 }
 # Enter a key through the digests of the files they name (local_files), never as a path: moving a
 # file reruns nothing. (A slice may say that a local file is used, as data's `local` does.)
@@ -51,6 +52,7 @@ BY_FILE: dict[str, set[str]] = {
     "Model": {"path"},
     "Source": {"path"},
     "Benchmark": {"path", "ids"},
+    "Perplexity": {"path"},  # the held-out corpus
 }
 # Enter through the resolved profile (`Profile.key_fields`), which the stages that read it key on.
 BY_PROFILE: dict[str, set[str]] = {
@@ -59,7 +61,10 @@ BY_PROFILE: dict[str, set[str]] = {
 }
 # In no key, on purpose.
 UNKEYED: dict[str, dict[str, str]] = {
-    "Spec": {"name": "cosmetic", "description": "cosmetic"},
+    "Spec": {"name": "cosmetic", "description": "cosmetic",
+             "logging": "trackers are a side effect: what is logged where changes no artifact"},
+    "Logging": {"report_to": "a side effect: which trackers also get the metrics",
+                "dir": "a side effect: where the trackers' local files go"},
     "Train": {"save_steps": "how often a checkpoint is written does not change the weights",
               "logging_steps": "how often the loss is logged does not change the weights"},
     "Contamination": {"action": "a gate before training (report or stop), not an output"},
@@ -110,6 +115,7 @@ eval:
   generation: {temperature: 0.5}
   safety: {rules: [{name: r, pattern: p}]}
   generative: {enabled: true}
+  perplexity: {path: corpus.txt}
 """
 ROW = '{"question": "q?", "options": {"A": "a", "B": "b"}, "answer_idx": "A"}\n'
 
@@ -119,6 +125,7 @@ def specs(tmp_path: Path) -> list[Spec]:
     for name in ("train.jsonl", "test.jsonl"):
         (tmp_path / name).write_text(ROW)
     (tmp_path / "ids.txt").write_text("1\n")
+    (tmp_path / "corpus.txt").write_text("some held-out text\n")
     full = parse_spec(FULL, base_dir=tmp_path)
     hub = dataclasses.replace(full, model=dataclasses.replace(full.model, source="hub", id="someone/model"))
     return [full, hub]  # a Hub model's slice reads id, revision and trust_remote_code; an init one its shape

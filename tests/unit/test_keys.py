@@ -10,7 +10,7 @@ from runner.keys import canonical_json, diff_inputs, stage_key
 from runner.plan import stage_inputs
 from runner.probe import Probe
 from runner.profile import resolve_profile
-from runner.spec import Spec, load_spec
+from runner.spec import Logging, Spec, load_spec
 from runner.stages import all_stages
 
 CPU = Probe(cpu_count=2, cores=2, ram_mib=24000, torch="2.13.0+cpu", bitsandbytes="0.50.2")
@@ -23,7 +23,7 @@ PINNED = {
     "data": "227ebc5e89f7bc046a6d71127c923b33fd0774189f19a8d7f32f3ea8ca21e055",
     "train": "1d210b9de9a5f6990d93c4c3787f60bb323d9ad77e0a2c4eee179718c1aa9a18",
     "export": "ae14b29eeb1afd9e134cbac7e78f58401de018543c267109e7305979d6264d81",
-    "eval": "8295affbe3690ea0294440c0ae726295a9708a3faf16e2557c3725ccefdb6374",
+    "eval": "4d5029c9c99541fdb1666c81f8bbb2fdea3b63bb41f8aa40c07bfbcbc60e1f79",
 }
 
 
@@ -71,6 +71,13 @@ def test_cosmetic_fields_change_no_key(tmp_path: Path) -> None:
                                    train=dataclasses.replace(base.train, logging_steps=7, save_steps=3),
                                    eval=dataclasses.replace(base.eval, batch_size=3))
     assert keys(cosmetic) == keys(base)
+
+
+def test_logging_changes_no_key(tmp_path: Path) -> None:
+    # Trackers are a side effect: sending the metrics somewhere reruns nothing.
+    base = smoke(tmp_path)
+    logged = dataclasses.replace(base, logging=Logging(report_to=("tensorboard", "mlflow", "wandb"), dir="elsewhere"))
+    assert keys(logged) == keys(base) == PINNED
 
 
 def test_a_field_reaches_only_the_stages_that_read_it(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -21,10 +22,14 @@ from runner.stages.data import fields_slice, hub_slice, read_rows
 from runner.stages.model import quantization_slice
 from runner.stats import summarize
 
+FREE_TEXT = ("qa", "alpaca")  # benchmark formats answered in free text, scored by ROUGE-L and BLEU
+PERPLEXITY_ROLE = "perplexity"
+
 name = "eval"
-version = 5  # 2: harness-exact scoring, built-in formats, paired test, groups, queries, contamination;
+version = 6  # 2: harness-exact scoring, built-in formats, paired test, groups, queries, contamination;
 # 3: McNemar p to 4 significant digits; 4: choices as branches off the prompt's cache (rounding may differ);
-# 5: identical questions share rows correctly (a twin with fewer choices was scored 0)
+# 5: identical questions share rows correctly (a twin with fewer choices was scored 0);
+# 6: calibration (ECE, Brier, selective accuracy) in metrics.json; free-text sets; perplexity
 upstream = ("model", "train:adapter", "export:adapter")
 volatile = ("report.md", "report.html", "*.png")  # pictures and prose: cosmetic, out of the digest
 uses_profile = True
@@ -54,6 +59,12 @@ def spec_slice(spec: Spec) -> dict[str, Any]:
         out["data"] = {"template": spec.data.template, "system_prompt": spec.data.system_prompt}
         if g.temperature > 0:
             out["seed"] = spec.seed  # sampling draws from it; greedy decoding does not
+    if any(b.format in FREE_TEXT for b in ev.benchmarks):  # greedy answers, prompted as training prompted
+        out["eval"]["free_text"] = {"max_new_tokens": ev.generation.max_new_tokens, "batch_size": ev.batch_size}
+        out["data"] = {"template": spec.data.template, "system_prompt": spec.data.system_prompt}
+    if ev.perplexity is not None:  # the corpus enters by its digest; windows are data.max_length tokens
+        out["eval"]["perplexity"] = {"field": ev.perplexity.field, "max_texts": ev.perplexity.max_texts,
+                                     "max_length": spec.data.max_length, "batch_size": ev.batch_size}
     return out
 
 
@@ -73,6 +84,8 @@ def local_files(spec: Spec) -> dict[str, Path]:
     files |= {benchmark_ids_role(b.name): spec.resolve(b.ids) for b in spec.eval.benchmarks if b.ids is not None}
     if spec.eval.contamination.check and spec.data.train.path is not None:
         files[TRAIN_ROLE] = spec.resolve(spec.data.train.path)
+    if spec.eval.perplexity is not None:
+        files[PERPLEXITY_ROLE] = spec.resolve(spec.eval.perplexity.path)
     return files
 
 
@@ -83,20 +96,43 @@ def run(ctx: StageContext) -> None:
         _evaluate(ctx)
 
 
+@dataclass(frozen=True)
+class Loaded:
+    """Everything the stage reads from files, read before the model loads."""
+
+    choice: dict[str, tuple[list[Item], dict[str, int]]]  # multiple-choice benchmarks: items, dropped rows
+    free: dict[str, tuple[list[Any], dict[str, int]]]  # free-text benchmarks: examples, dropped rows
+    corpus: list[str]  # the perplexity corpus (empty without eval.perplexity)
+
+
+def read_inputs(ctx: StageContext) -> Loaded:
+    """Every benchmark and the corpus, read before the model loads: a broken file stops the stage at
+    once, naming its line, not after the benchmarks before it were scored."""
+    from runner.stages.eval.freetext import free_text_examples
+    from runner.stages.eval.perplexity import read_corpus
+
+    spec = ctx.spec
+    rows = {b.name: read_rows(b, ctx.files.get(benchmark_role(b.name)), None) for b in spec.eval.benchmarks}
+    choice = {b.name: benchmark_items(b, rows[b.name], ctx.files.get(benchmark_ids_role(b.name)))
+              for b in spec.eval.benchmarks if b.format not in FREE_TEXT}
+    free = {b.name: free_text_examples(b, rows[b.name]) for b in spec.eval.benchmarks if b.format in FREE_TEXT}
+    ppl = spec.eval.perplexity
+    corpus = read_corpus(ctx.files[PERPLEXITY_ROLE], ppl.field, ppl.max_texts) if ppl is not None else []
+    return Loaded(choice, free, corpus)
+
+
 def _evaluate(ctx: StageContext) -> None:
     from peft import PeftModel
 
     from runner.contamination import training_texts
+    from runner.stages.eval.freetext import score_free_text
     from runner.stages.eval.generation import answer_queries
-    from runner.stages.eval.report import write_report
     from runner.stages.model.loading import load_base, load_tokenizer
+    from runner.stages.train.trackers import require_trackers
 
     spec = ctx.spec
-    # Every benchmark is read before the model loads: a broken file stops the stage at once, naming
-    # its line, not after the benchmarks before it were scored.
-    loaded = {b.name: benchmark_items(b, read_rows(b, ctx.files.get(benchmark_role(b.name)), None),
-                                      ctx.files.get(benchmark_ids_role(b.name)))
-              for b in spec.eval.benchmarks}
+    require_trackers(spec)  # a missing tracker package stops the stage before scoring, not after
+    loaded = read_inputs(ctx)
     tok = load_tokenizer(ctx.upstream["model"])
     model = PeftModel.from_pretrained(load_base(ctx.upstream["model"], spec, ctx.profile),
                                       str(ctx.upstream["export"] / "adapter"))
@@ -104,13 +140,13 @@ def _evaluate(ctx: StageContext) -> None:
     labels = ("base", "tuned") if spec.eval.compare_base else ("tuned",)
     results: dict[str, Any] = {}
     train_texts: list[str] = []
-    if spec.eval.contamination.check and spec.eval.benchmarks:
+    if spec.eval.contamination.check and loaded.choice:
         train_texts = training_texts(read_rows(spec.data.train, ctx.files.get(TRAIN_ROLE), spec.data.max_rows),
                                      spec.data)
     with open(ctx.out / "predictions.jsonl", "w", encoding="utf-8") as preds_file:
-        for bench in spec.eval.benchmarks:
-            results[bench.name] = score_benchmark(ctx, model, tok, bench, loaded[bench.name], labels, preds_file,
-                                                  train_texts)
+        for bench in (b for b in spec.eval.benchmarks if b.name in loaded.choice):
+            results[bench.name] = score_benchmark(ctx, model, tok, bench, loaded.choice[bench.name], labels,
+                                                  preds_file, train_texts)
     answers = answer_queries(model, tok, spec, labels, adapter_off) if spec.eval.queries else []
     with open(ctx.out / "generations.jsonl", "w", encoding="utf-8") as handle:
         for row in answers:
@@ -118,8 +154,37 @@ def _evaluate(ctx: StageContext) -> None:
     metrics = {"benchmarks": results, "chat_template": spec.eval.chat_template,
                "scoring": "zero-shot log-likelihood of each choice, as lm-evaluation-harness 0.4 (acc)",
                "flags": sum(len(flags) for row in answers for flags in row["flags"].values())}
+    if loaded.free:
+        with open(ctx.out / "free_text.jsonl", "w", encoding="utf-8") as rows_file:
+            metrics["free_text"] = {b.name: score_free_text(ctx, model, tok, b, loaded.free[b.name], labels, rows_file)
+                                    for b in spec.eval.benchmarks if b.name in loaded.free}
+    if spec.eval.perplexity is not None:
+        metrics["perplexity"] = corpus_perplexity(ctx, model, tok, loaded.corpus, labels)
+    _finish(ctx, metrics, answers)
+
+
+def _finish(ctx: StageContext, metrics: dict[str, Any], answers: list[dict[str, Any]]) -> None:
+    """metrics.json, the report, and the trackers the spec names (a side effect, after the outputs)."""
+    from runner.stages.eval.report import write_report
+    from runner.stages.train.trackers import log_eval
+
     (ctx.out / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True), "utf-8")
     write_report(ctx, metrics, answers)
+    log_eval(ctx, metrics)
+
+
+def corpus_perplexity(ctx: StageContext, model: Any, tok: Any, corpus: list[str], labels: tuple[str, ...]) -> dict[str, Any]:
+    from runner.stages.eval.perplexity import perplexity
+
+    spec = ctx.spec
+    assert spec.eval.perplexity is not None
+    out: dict[str, Any] = {"path": spec.eval.perplexity.path, "texts": len(corpus), "max_length": spec.data.max_length}
+    for label in labels:
+        ctx.log(f"eval: perplexity, {label} model, {len(corpus)} texts")
+        with adapter_off(model, label == "base"):
+            out[label] = perplexity(model, tok, corpus, spec.data.max_length, spec.eval.batch_size)
+    out["tokens"] = out["tuned"]["tokens"]
+    return out
 
 
 def score_benchmark(ctx: StageContext, model: Any, tok: Any, bench: Benchmark,
@@ -134,11 +199,12 @@ def score_benchmark(ctx: StageContext, model: Any, tok: Any, bench: Benchmark,
     # With a chat template the harness scores "A", not " A": the template ends the prompt.
     requests = requests_for(items, tok, _renderer(tok) if chat else (lambda prompt: prompt), "" if chat else " ")
     scored: dict[str, list[int]] = {}
+    logliks: dict[str, list[float]] = {}
     for label in labels:
         ctx.log(f"eval: {bench.name}, {label} model, {len(items)} questions")
         with adapter_off(model, label == "base"):
-            logliks = score(model, requests, spec.eval.batch_size, tok.pad_token_id, max_length_of(model, tok))
-        scored[label] = predictions(len(items), requests, logliks)
+            logliks[label] = score(model, requests, spec.eval.batch_size, tok.pad_token_id, max_length_of(model, tok))
+        scored[label] = predictions(len(items), requests, logliks[label])
     written: dict[str, list[str]] = {}
     if spec.eval.generative.enabled:
         written = generate_answers(ctx, model, tok, items, requests, labels)
@@ -151,12 +217,26 @@ def score_benchmark(ctx: StageContext, model: Any, tok: Any, bench: Benchmark,
     summary = summarize([it.answer for it in items], [it.group for it in items], scored, dropped)
     if written:
         summary["generative"] = generative_summary(items, written, spec.eval.generative.max_new_tokens)
+    summary["calibration"] = calibration_of(items, requests, logliks)
     summary["format"] = bench.format
     summary["harness_task"] = HARNESS_TASKS.get(bench.format)
     summary["chance"] = round(sum(1 / len(it.choices) for it in items) / len(items), 4) if items else None
     if spec.eval.contamination.check:
         summary["contamination"] = contamination(items, scored, train_texts, spec.eval.contamination.similarity)
     return summary
+
+
+def calibration_of(items: list[Item], requests: list[Any], logliks: dict[str, list[float]]) -> dict[str, Any]:
+    """ECE, Brier and selective accuracy per model, from the choices' scores (requests are in item, choice order)."""
+    from runner.calibration import BINS, PROBABILITIES, calibration
+
+    out: dict[str, Any] = {"probabilities": PROBABILITIES, "bins": BINS}
+    for label, scores in logliks.items():
+        per_item: list[list[float]] = [[] for _ in items]
+        for r, ll in zip(requests, scores):
+            per_item[r.item].append(ll)
+        out[label] = calibration(per_item, [it.answer for it in items])
+    return out
 
 
 def generate_answers(ctx: StageContext, model: Any, tok: Any, items: list[Any], requests: list[Any],

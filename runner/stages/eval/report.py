@@ -17,6 +17,7 @@ from typing import Any
 
 from runner.stage import StageContext
 from runner.stages.eval.reportdoc import Doc, document
+from runner.stages.eval.reportmetrics import plot_reliability
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,8 @@ def write_report(ctx: StageContext, metrics: dict[str, Any], answers: list[dict[
     if metrics["benchmarks"]:
         plot_accuracy(metrics["benchmarks"], ctx.out / "accuracy.png")
         pictures["accuracy"] = "accuracy.png"
+    if plot_reliability(metrics["benchmarks"], ctx.out / "calibration.png"):
+        pictures["calibration"] = "calibration.png"
     inputs = Inputs(spec=ctx.spec, profile=ctx.profile, metrics=metrics, answers=answers,
                     model_info=_json(ctx.upstream["model"] / "model.json") or {},
                     train_summary=_json(train / "summary.json") if train is not None else None,

@@ -50,7 +50,10 @@ def p_value(p: dict[str, Any] | None) -> str:
 
 def document(inputs: Any) -> Doc:
     spec = inputs.spec
-    sections = [results(inputs), groups(inputs), contamination(inputs), training(inputs), generations(inputs),
+    from runner.stages.eval import reportmetrics as clinical
+
+    sections = [results(inputs), groups(inputs), clinical.calibration(inputs), clinical.free_text(inputs),
+                clinical.perplexity(inputs), contamination(inputs), training(inputs), generations(inputs),
                 spec_summary(inputs), profile(inputs), artifacts(inputs)]
     return Doc(f"{spec.name}: evaluation report", [s for s in sections if s.blocks])
 
@@ -64,7 +67,7 @@ def results(inputs: Any) -> Section:
         s.blocks.append(("note", "The base model is a **random-initialised demo model**: it knows no medicine. "
                                  "These numbers show the machinery working, not clinical ability."))
     if not metrics["benchmarks"]:
-        s.blocks.append(("p", "No benchmarks in the spec (`eval.benchmarks`)."))
+        s.blocks.append(("p", "No multiple-choice benchmarks in the spec (`eval.benchmarks`)."))
         return s
     rows = []
     for name, r in metrics["benchmarks"].items():
@@ -216,7 +219,7 @@ def profile(inputs: Any) -> Section:
 def artifacts(inputs: Any) -> Section:
     rows = [[stage, f"`{path}`"] for stage, path in inputs.artifacts.items()]
     rows.append(["eval", "this report's folder: `metrics.json`, `predictions.jsonl` (one row per question and model), "
-                         "`generations.jsonl`, `report.md`, `report.html`"])
+                         "`generations.jsonl`, `free_text.jsonl` (free-text answers), `report.md`, `report.html`"])
     return Section("Where everything is", [("table", ["stage", "folder"], rows)])
 
 

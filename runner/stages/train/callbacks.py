@@ -6,6 +6,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +53,11 @@ def memory_mib(device: str) -> float:
 class MetricsLog(TrainerCallback):  # type: ignore[misc]
     """Appends loss, learning rate, grad norm and memory to metrics.jsonl at every logging step."""
 
-    def __init__(self, path: Path, device: str) -> None:
+    def __init__(self, path: Path, device: str, on_row: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.path = path
         self.device = device
         self.started = time.time()
+        self.on_row = on_row  # the trackers (runner.stages.train.trackers) get the very rows written
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
         if not logs or "loss" not in logs or not state.is_world_process_zero:
@@ -65,6 +67,8 @@ class MetricsLog(TrainerCallback):  # type: ignore[misc]
                "memory_mib": memory_mib(self.device), "seconds": round(time.time() - self.started, 2)}
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")
+        if self.on_row is not None:
+            self.on_row(row)
 
 
 class QuietProgress(ProgressCallback):  # type: ignore[misc]

@@ -12,6 +12,7 @@ from typing import Any
 from runner.benchmarks import Item, benchmark_items
 from runner.contamination import found_in_training, stop_if_found, training_texts
 from runner.errors import DataError
+from runner.formats import convert_rows, to_example
 from runner.spec import Benchmark, Spec
 from runner.stage import Log
 from runner.stages.data import read_rows
@@ -25,7 +26,7 @@ def before_training(spec: Spec, log: Log) -> dict[str, Any]:
     train = _training_texts(spec)
     found: dict[str, Any] = {}
     for bench in spec.eval.benchmarks:
-        prompts = [it.prompt for it in _items(spec, bench)]
+        prompts = _prompts(spec, bench)
         found[bench.name] = found_in_training(bench.name, prompts, train, check.similarity, log)
     return found
 
@@ -50,6 +51,15 @@ def _items(spec: Spec, bench: Benchmark) -> list[Item]:
         raise DataError(f"contamination check: cannot read benchmark {bench.name} ({type(exc).__name__}: {exc}); "
                         f"fix its source or set eval.contamination.check: false") from exc
     return items
+
+
+def _prompts(spec: Spec, bench: Benchmark) -> list[str]:
+    """The benchmark's questions; a qa/alpaca benchmark's are its examples' prompts."""
+    if bench.format not in ("qa", "alpaca"):
+        return [it.prompt for it in _items(spec, bench)]
+    rows = read_rows(bench, spec.resolve(bench.path) if bench.path is not None else None, None)
+    examples, _ = convert_rows(rows, lambda row: to_example(row, bench.format, bench.fields), bench.limit)
+    return [e.messages[0][1] for e in examples]
 
 
 @dataclass(frozen=True)

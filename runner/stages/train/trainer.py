@@ -41,11 +41,14 @@ def build_trainer(model: Any, spec: Spec, profile: Profile, work: Path, train_ro
     from transformers.trainer_callback import ProgressCallback
 
     from runner.stages.train.callbacks import MetricsLog, PadCollator, QuietProgress, StopOnSignal
+    from runner.stages.train.trackers import tracker_log
 
     sharded_eval = profile.distributed == "fsdp" and len(val_rows) > 0  # see loop.train_with_retries
+    tracked = tracker_log(spec, work)  # logging.report_to: a side effect, in no key
+    logged = MetricsLog(metrics, profile.device, tracked.row if tracked else None)
     trainer = Trainer(model=model, args=training_args(spec, profile, work / "checkpoints", eval_on_start=sharded_eval),
-                      train_dataset=train_rows, eval_dataset=val_rows if len(val_rows) else None,
-                      data_collator=PadCollator(pad_id), callbacks=[MetricsLog(metrics, profile.device), StopOnSignal()])
+                      train_dataset=train_rows, eval_dataset=val_rows if len(val_rows) else None, data_collator=PadCollator(pad_id),
+                      callbacks=[logged, StopOnSignal()] + ([tracked] if tracked else []))
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(QuietProgress())
     return trainer

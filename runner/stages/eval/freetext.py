@@ -1,0 +1,72 @@
+"""Free-text benchmarks (`format: qa` or `alpaca`): each row's prompt rendered as training renders it,
+answered by both models with greedy decoding, the answers scored against the references with
+ROUGE-L (rouge-score) and BLEU (sacrebleu), the libraries people report these with.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TextIO
+
+from runner.errors import DataError
+from runner.formats import Example, convert_rows, count_reasons, to_example
+from runner.spec import Benchmark, Spec
+
+
+def free_text_examples(bench: Benchmark, rows: Any) -> tuple[list[Example], dict[str, int]]:
+    """The benchmark's rows as (prompt, reference) examples, and the rows dropped by reason."""
+    examples, dropped = convert_rows(rows, lambda row: to_example(row, bench.format, bench.fields), bench.limit)
+    if not examples:
+        raise DataError(f"eval.benchmarks.{bench.name}: no usable {bench.format} rows "
+                        f"({', '.join(f'{k}: {v}' for k, v in count_reasons(dropped).items()) or 'the file is empty'})")
+    return examples, count_reasons(dropped)
+
+
+def prompt_ids(example: Example, tok: Any, spec: Spec) -> list[int]:
+    """The prompt's tokens exactly as the data stage tokenized it in training, up to where the answer starts."""
+    prompt = example.messages[0][1]
+    if spec.data.template == "plain":
+        ids: list[int] = tok(prompt).input_ids
+        return ids
+    messages = [{"role": "system", "content": spec.data.system_prompt}] if spec.data.system_prompt else []
+    messages.append({"role": "user", "content": prompt})
+    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ids = tok(text, add_special_tokens=False).input_ids
+    return ids
+
+
+def score_texts(answers: list[str], references: list[str]) -> dict[str, float]:
+    """Mean ROUGE-L F1 (stemmed, as the rouge-score default for English) and corpus BLEU, both 0-100."""
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    rouge = [scorer.score(ref, ans)["rougeL"].fmeasure for ans, ref in zip(answers, references)]
+    bleu = sacrebleu.corpus_bleu(answers, [references]).score
+    return {"rougeL": round(100 * sum(rouge) / len(rouge), 2) if rouge else 0.0, "bleu": round(bleu, 2)}
+
+
+def score_free_text(ctx: Any, model: Any, tok: Any, bench: Benchmark, loaded: tuple[list[Example], dict[str, int]],
+                    labels: tuple[str, ...], rows_file: TextIO) -> dict[str, Any]:
+    """Both models' greedy answers to one free-text benchmark, their scores, and a row per question."""
+    from runner.stages.eval import adapter_off
+    from runner.stages.eval.generation import generate_batch
+    from runner.stages.eval.scoring import max_length_of
+
+    examples, dropped = loaded
+    tokens = ctx.spec.eval.generation.max_new_tokens
+    room = max(1, max_length_of(model, tok) - tokens)
+    prompts = [prompt_ids(e, tok, ctx.spec)[-room:] for e in examples]  # left-truncated, as scoring does
+    references = [e.messages[1][1] for e in examples]
+    out: dict[str, Any] = {"format": bench.format, "n": len(examples), "max_new_tokens": tokens, "decoding": "greedy",
+                           "dropped": dropped}
+    written = {}
+    for label in labels:
+        ctx.log(f"eval: {bench.name}, {label} model, {len(examples)} free-text answers, {tokens} tokens each")
+        with adapter_off(model, label == "base"):
+            written[label] = [t.strip() for t in generate_batch(model, tok, prompts, tokens, ctx.spec.eval.batch_size)]
+        out[label] = score_texts(written[label], references)
+    for i, (example, reference) in enumerate(zip(examples, references)):
+        row = {"benchmark": bench.name, "index": i, "prompt": example.messages[0][1], "reference": reference}
+        rows_file.write(json.dumps(row | {label: texts[i] for label, texts in written.items()}, ensure_ascii=False) + "\n")
+    return out
