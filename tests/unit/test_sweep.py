@@ -72,7 +72,7 @@ def test_variant_specs_are_checked_whole_before_anything_is_written(tmp_path: Pa
     assert written[0].spec.data.train.path == str((ROOT / "data" / "demo" / "medmc_train.jsonl").resolve())
     with pytest.raises(SpecError) as raised:  # an index past the spec's list: named, nothing written
         write_variants(SMOKE, grid([parse_setting("eval.benchmarks.5.limit=3")], "smoke"), tmp_path / "w")
-    assert raised.value.problems == ["variant limit3: eval.benchmarks.5: the spec has no such item (it lists 2)"]
+    assert raised.value.problems == ["variant limit3: eval.benchmarks.5: the spec has no such item (it lists 3)"]
     assert not (tmp_path / "w").exists()
 
 
