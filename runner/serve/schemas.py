@@ -86,3 +86,50 @@ class ModelCard(BaseModel):
     owned_by: str = "runner"
     root: str  # the base's weights (model folder) or the adapter folder
     parent: str | None = None
+
+
+# The page's routes (runner/serve/specs.py, catalog.py, progress.py): our own names, as OpenAI has none.
+MAX_SPEC_CHARS = 1 << 20  # as runner.spec.MAX_SPEC_BYTES
+
+
+class SpecText(BaseModel):
+    spec: str = Field(max_length=MAX_SPEC_CHARS)  # YAML text, as in a spec file
+
+
+class Problem(BaseModel):
+    message: str  # exactly the line `runner validate` prints
+    line: int | None = None
+    column: int | None = None
+
+
+class Validated(BaseModel):
+    valid: bool
+    text: str  # what `runner validate` prints for the same spec
+    problems: list[Problem]
+
+
+class PlanStep(BaseModel):
+    stage: str
+    status: Literal["cached", "run", "stale"]
+    key: str | None  # None while an upstream stage has still to run
+    reasons: list[str]
+    line: str  # as `runner plan` prints it
+
+
+class Planned(Validated):
+    profile: str = ""
+    profile_reasons: list[str] = []
+    steps: list[PlanStep] = []
+    memory: list[str] = []
+
+
+class SpecCard(BaseModel):
+    name: str
+    origin: str  # "template" or the run record's spec file
+    created: int
+    text: str
+
+
+class FlagRequest(BaseModel):
+    model: str = Field(min_length=1)  # whose spec's `eval.safety` rules apply
+    text: str = Field(max_length=MAX_SPEC_CHARS)
