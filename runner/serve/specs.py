@@ -22,7 +22,8 @@ from runner.spec import Spec, parse_spec
 
 router = APIRouter()
 SOURCE = "spec"  # the file name problems cite: "train.epochs: ... (spec:12:3)"
-WHERE = re.compile(rf"\({SOURCE}:(\d+):(\d+)\)$")
+# "path: message (spec:LINE:COL)", or for YAML that does not parse "spec:LINE:COL: not valid YAML: ..."
+WHERE = re.compile(rf"\({SOURCE}:(\d+):(\d+)\)$|^{SOURCE}:(\d+):(\d+): ")
 STATUS = {"cached": "cached", "stale": "stale"}  # new, missing, forced and pending all mean: it will run
 
 # A starting point: the smallest spec that trains (a random-initialised demo model, CPU-sized). Its
@@ -44,8 +45,10 @@ eval:
 
 def problem(line: str) -> Problem:
     found = WHERE.search(line)
-    return Problem(message=line, line=int(found.group(1)) if found else None,
-                   column=int(found.group(2)) if found else None)
+    if found is None:
+        return Problem(message=line)
+    line_number, column = (int(n) for n in (found.group(1, 2) if found.group(1) else found.group(3, 4)))
+    return Problem(message=line, line=line_number, column=column)
 
 
 def _parsed(text: str, folder: Path) -> tuple[Spec | None, Validated]:
@@ -126,7 +129,9 @@ def _text(data: dict[str, Any]) -> str | None:
 
     try:
         spec = typed(Spec, {**data["spec"], "base_dir": str(Path(data["spec_path"]).parent)})
-        return yaml.safe_dump(plain_spec(spec), sort_keys=False)
+        plain = plain_spec(spec)
+        first = {k: plain.pop(k) for k in ("name", "description", "seed")}  # as a person writes a spec: name on top
+        return yaml.safe_dump(first | plain, sort_keys=False, allow_unicode=True)
     except (KeyError, TypeError, ValueError):
         return None  # a record of another version of the runner
 

@@ -99,16 +99,34 @@ def test_a_spec_query_streams_the_api_answer_beside_the_base(browser: object, se
     page.context.close()
 
 
-def test_adapters_lists_the_eval_figures_and_the_report(browser: object, server: Server) -> None:
-    for size, name in ((DESKTOP, "desktop"), (PHONE, "phone")):
-        page = opened(browser, server, "adapters", size)
-        card = page.wait_for_selector("[data-adapter='serve-tiny']")
-        text = card.inner_text()
-        assert "demo" in text and "%" in text and "base-" in text
-        assert re.search(r"\d+\.\d%\s*\[\d+\.\d, \d+\.\d\]", text), text  # accuracy with its interval
-        assert card.query_selector("button:has-text('Report')") is not None and not page.errors
-        shot(page, f"adapters-{name}")
-        page.context.close()
+def test_adapters_lists_the_eval_figures_opens_the_report_loads_and_unloads(browser: object, server: Server) -> None:
+    page = opened(browser, server, "adapters", PHONE)
+    page.wait_for_selector("[data-adapter='serve-tiny']")
+    shot(page, "adapters-phone")
+    page.context.close()
+    page = opened(browser, server, "adapters")
+    card = page.wait_for_selector("[data-adapter='serve-tiny']")
+    text = card.inner_text()
+    assert "demo" in text and "base-" in text
+    assert re.search(r"\d+\.\d%\s*\[\d+\.\d, \d+\.\d\]", text), text  # accuracy with its interval
+    shot(page, "adapters-desktop")
+    with page.expect_popup() as popup:
+        card.query_selector("button:has-text('Report')").click()
+    report = popup.value
+    report.wait_for_load_state()
+    assert "Answers to the spec's queries" in report.inner_text("body")  # the eval report itself, fetched with the key
+    (export,) = [p for p in (server.store / "export").iterdir() if (p / "manifest.json").is_file()
+                 and p.name.startswith(str(page.evaluate("R.card('serve-tiny').export_key"))[:12])]
+    page.click("#load-box summary")
+    page.fill("#load-name", "page-loaded")
+    page.fill("#load-path", f"export/{export.name}/adapter")
+    page.click("#load-form button")
+    loaded = page.wait_for_selector("[data-adapter='page-loaded']")
+    assert "loaded at run time" in loaded.inner_text()
+    loaded.query_selector("button:has-text('Unload')").click()
+    page.wait_for_selector("[data-adapter='page-loaded']", state="detached")
+    assert not page.errors
+    page.context.close()
 
 
 def _validate_cli(text: str, folder: Path) -> str:

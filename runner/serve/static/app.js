@@ -40,7 +40,7 @@ R.call = async (path, body, raw) => {
   if (response.status === 401) {
     R.askForKey(R.key() ? "The server refused this API key: enter the right one."
       : "This server needs an API key: enter it to go on.");
-    throw new Error("the API key is missing or wrong");
+    throw new Error(R.AUTH);
   }
   if (raw) return response;
   const data = await response.json().catch(() => ({}));
@@ -48,7 +48,10 @@ R.call = async (path, body, raw) => {
   return data;
 };
 
+R.AUTH = "the API key is missing or wrong";  // said by the key form already: no second notice for it
+
 R.notice = (text) => {
+  if (text === R.AUTH) return;
   const box = $("#notice");
   box.textContent = text || "";
   box.hidden = !text;
