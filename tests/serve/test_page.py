@@ -159,9 +159,14 @@ def test_a_typo_in_the_spec_shows_runner_validates_line(browser: object, server:
     assert page.evaluate("(e => e.value.slice(e.selectionStart, e.selectionEnd))(document.querySelector('#spec-editor'))") \
         == typo.splitlines()[line - 1]
     shot(page, "train-error-desktop")
-    page.fill("#spec-editor", text)
-    page.wait_for_selector("#plan .plan-table")
-    assert page.is_enabled("#launch") and "cached" in page.inner_text("#plan") and not page.errors
+    changed = text.replace("learning_rate: 0.003", "learning_rate: 0.002")
+    assert changed != text
+    page.fill("#spec-editor", changed)
+    page.wait_for_function("document.querySelector('#plan').innerText.includes('stale')")
+    plan = page.inner_text("#plan")
+    assert "train.learning_rate 0.003 → 0.002" in plan and "cached" in plan and "will run" in plan
+    assert page.is_enabled("#launch") and not page.errors
+    page.evaluate(f"goToLine({changed.splitlines().index('  learning_rate: 0.002') + 1})")
     shot(page, "train-desktop")
     page.context.close()
 

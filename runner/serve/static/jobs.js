@@ -14,7 +14,7 @@ function clock(seconds) {
 }
 
 // A line chart on a <canvas>: `ys` against `xs`, its range written on the axes.
-function draw(canvas, xs, ys, colour, label) {
+function draw(canvas, xs, ys, colour, label, lastStep) {
   const ratio = window.devicePixelRatio || 1;
   const width = canvas.clientWidth || 300, height = canvas.clientHeight || 160;
   canvas.width = width * ratio;
@@ -29,7 +29,8 @@ function draw(canvas, xs, ys, colour, label) {
   const pad = {l: 48, r: 8, t: 18, b: 20};
   const good = ys.map((y, i) => [xs[i], y]).filter(([, y]) => y !== null && Number.isFinite(y));
   if (!good.length) { g.fillText("no points yet", pad.l, height / 2); return; }
-  const [x0, x1] = [Math.min(...good.map((p) => p[0])), Math.max(...good.map((p) => p[0]))];
+  // the x axis spans the whole run (its total steps, once the trainer's bar has said it): the curve grows into it
+  const [x0, x1] = [Math.min(...good.map((p) => p[0])), Math.max(lastStep || 0, ...good.map((p) => p[0]))];
   let [y0, y1] = [Math.min(...good.map((p) => p[1])), Math.max(...good.map((p) => p[1]))];
   if (y0 === y1) { y0 -= Math.abs(y0) * 0.1 || 1; y1 += Math.abs(y1) * 0.1 || 1; }
   const px = (x) => pad.l + (x1 === x0 ? 0.5 : (x - x0) / (x1 - x0)) * (width - pad.l - pad.r);
@@ -71,8 +72,8 @@ function detail(p) {
   }
   $("#job-head").replaceChildren(...[facts, stages, error, links].filter(Boolean));
   const steps = p.points.map((q) => q.step);
-  draw(loss, steps, p.points.map((q) => q.loss), "#c0392b", "training loss");
-  draw(lr, steps, p.points.map((q) => q.learning_rate), "#2471a3", "learning rate");
+  draw(loss, steps, p.points.map((q) => q.loss), "#c0392b", "training loss", p.total_steps);
+  draw(lr, steps, p.points.map((q) => q.learning_rate), "#2471a3", "learning rate", p.total_steps);
 }
 
 async function cancel(id) {
