@@ -6,12 +6,14 @@ trainer's progress bar in the log (the bar that carries `loss=`)."""
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
 
+from runner.serve.schemas import JobProgress
 from runner.stage import STAGE_NAMES
 
 router = APIRouter()
@@ -58,6 +60,11 @@ def _artifact(store: Path, stage: str, short: str | None) -> Path | None:
     return None
 
 
+def _finite(value: Any) -> float | int | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return value if ok else None
+
+
 def points(folder: Path | None) -> list[dict[str, Any]]:
     rows = []
     try:
@@ -69,7 +76,8 @@ def points(folder: Path | None) -> list[dict[str, Any]]:
             row = json.loads(line)
         except ValueError:
             continue  # the last line, while it is being written
-        rows.append({k: row.get(k) for k in ("step", "epoch", "loss", "learning_rate", "seconds")})
+        if isinstance(row, dict):  # a diverged run logs NaN: JSON has no NaN, the chart leaves a gap
+            rows.append({k: _finite(row.get(k)) for k in ("step", "epoch", "loss", "learning_rate", "seconds")})
     thinned = rows[:: max(1, -(-len(rows) // MAX_POINTS))]
     return thinned + rows[-1:] if rows and thinned[-1] is not rows[-1] else thinned
 
@@ -96,7 +104,7 @@ def progress(store: Path, job: dict[str, Any], log: Path) -> dict[str, Any]:
 
 
 @router.get("/v1/fine_tuning/jobs/{job_id}/progress")
-def job_progress(job_id: str, request: Request) -> dict[str, Any]:
+def job_progress(job_id: str, request: Request) -> JobProgress:
     jobs = request.app.state.jobs
     job = jobs.get(job_id)  # 404 for a job that does not exist
-    return progress(jobs.store, job, jobs.folder / f"{job_id}.log")
+    return JobProgress(**progress(jobs.store, job, jobs.folder / f"{job_id}.log"))

@@ -104,3 +104,33 @@ def test_safety_flags_follow_the_models_spec_rules(server: Server) -> None:
 def test_progress_of_a_job_that_does_not_exist_is_404(server: Server) -> None:
     assert get(server, "/v1/fine_tuning/jobs/ftjob-nosuchjob/progress").status_code == 404
     assert get(server, "/v1/fine_tuning/jobs/../progress").status_code == 404
+
+
+LOG = (  # the shape of a real job log (`runner run` output, the trainer's bar redrawn with \r)
+    "[runner] profile: cpu fp32, quantization nf4\n[runner] model: cached 8f7b8b70a91f, nothing to do\n"
+    "[runner] data: running be71050ecc5b (no earlier run of this spec)\n[runner] data: done in 0.4 s\n"
+    "[runner] train: running b13dc601ee1a (no earlier run of this spec)\n"
+    "\r  0%|          | 0/2 [00:00<?, ?it/s]\r100%|##| 2/2 [00:00<00:00, 382.80it/s]\n"
+    "\r  0%|          | 0/33 [00:00<?, ?it/s]\r 12%|#  | 4/33 [00:01<00:07, 3.6it/s, loss=6.8754]"
+    "\r 27%|##  | 9/33 [00:02<01:06, 3.9it/s, loss=6.6876]")
+
+
+def test_progress_reads_the_stages_the_step_and_the_time_left_from_the_log(tmp_path: Path) -> None:
+    from runner.serve.progress import progress
+
+    (tmp_path / "train" / ".work" / "b13dc601ee1a0000").mkdir(parents=True)
+    rows = [{"step": 1, "loss": 6.9, "learning_rate": 0.0, "seconds": 0.4},
+            {"step": 2, "loss": float("nan"), "learning_rate": 0.003, "seconds": 0.5}]
+    (tmp_path / "train" / ".work" / "b13dc601ee1a0000" / "metrics.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in rows) + '{"step": 3, "lo')  # the last line half written
+    (tmp_path / "job.log").write_text(LOG)
+    found = progress(tmp_path, {"id": "ftjob-x", "status": "running"}, tmp_path / "job.log")
+    assert [(s["stage"], s["status"], s["key"]) for s in found["stages"]] == [
+        ("model", "cached", "8f7b8b70a91f"), ("data", "done", "be71050ecc5b"), ("train", "running", "b13dc601ee1a"),
+        ("export", "pending", None), ("eval", "pending", None)]
+    assert (found["step"], found["total_steps"], found["time_left_s"]) == (9, 33, 66.0)
+    assert [p["loss"] for p in found["points"]] == [6.9, None]  # NaN is no JSON number: a gap in the curve
+    cancelled = progress(tmp_path, {"id": "ftjob-x", "status": "cancelled"}, tmp_path / "job.log")
+    assert cancelled["stages"][2]["status"] == "cancelled"
+    queued = progress(tmp_path, {"id": "ftjob-x", "status": "queued"}, tmp_path / "missing.log")
+    assert {s["status"] for s in queued["stages"]} == {"pending"} and queued["points"] == []
