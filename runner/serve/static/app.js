@@ -92,7 +92,7 @@ function figures(a) {
     el("td", {}, b.name), el("td", {}, b.n),
     el("td", {}, R.percent(b.base), el("small", {}, R.interval(b.base_ci95))),
     el("td", {}, R.percent(b.tuned), el("small", {}, R.interval(b.tuned_ci95))),
-    el("td", {}, b.delta === null ? "–" : `${(100 * b.delta).toFixed(1)} pt`, el("small", {}, R.interval(b.delta_ci95)))));
+    el("td", {}, b.delta === null ? "–" : `${b.delta >= 0 ? "+" : ""}${(100 * b.delta).toFixed(1)} pt`, el("small", {}, R.interval(b.delta_ci95)))));
   return el("table", {class: "figures"},
     el("thead", {}, el("tr", {}, ["benchmark", "n", "base", "tuned", "change"].map((h) => el("th", {}, h)))),
     el("tbody", {}, rows));
