@@ -110,10 +110,14 @@ def _sweep_commands(command) -> None:  # type: ignore[no-untyped-def]
 def cmd_validate(args: argparse.Namespace) -> int:
     from runner.spec import load_spec
 
-    spec = load_spec(args.spec)
-    print(f"{args.spec}: valid ({spec.name}: {spec.model.source} model, {spec.data.format} data, "
-          f"{len(spec.eval.benchmarks)} benchmark(s))")
+    print(valid_line(args.spec, load_spec(args.spec)))
     return 0
+
+
+def valid_line(source: object, spec: Any) -> str:
+    """What `validate` prints for a valid spec (the server's /v1/specs/validate says the same)."""
+    return (f"{source}: valid ({spec.name}: {spec.model.source} model, {spec.data.format} data, "
+            f"{len(spec.eval.benchmarks)} benchmark(s))")
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

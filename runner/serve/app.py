@@ -15,6 +15,8 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from runner.serve.page import OPEN
+
 log = logging.getLogger("runner.serve")
 MAX_BODY = 1 << 20  # a chat request is kilobytes; a megabyte is already abuse
 MAX_UPLOAD = 64 << 20  # /v1/files: training data
@@ -38,7 +40,8 @@ class Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        if self.key is not None:
+        # The page's own files (runner/serve/page.py) are open: the page asks for the key and sends it.
+        if self.key is not None and not (scope["path"] in OPEN and scope["method"] in ("GET", "HEAD")):
             given = headers.get("authorization", "")
             token = given[7:].encode() if given.lower().startswith("bearer ") else b""
             if not hmac.compare_digest(token, self.key):
@@ -101,6 +104,10 @@ def create_app(store: Path, api_key: str | None = None, jobs: bool = True) -> An
     app.state.engine = Engine()
     app.state.engine.start()
     app.include_router(router)
+    from runner.serve import catalog, page, specs
+
+    for extra in (page.router, specs.router, catalog.router):
+        app.include_router(extra)
     if jobs:
         from runner.serve.jobs import JobQueue
         from runner.serve.jobs import router as job_router
@@ -108,6 +115,9 @@ def create_app(store: Path, api_key: str | None = None, jobs: bool = True) -> An
         app.state.jobs = JobQueue(app.state.store)
         app.state.jobs.start()
         app.include_router(job_router)
+        from runner.serve.progress import router as progress_router
+
+        app.include_router(progress_router)
     _install_errors(app)
     return Guard(app, api_key)
 

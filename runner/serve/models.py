@@ -111,6 +111,11 @@ class Registry:
             self._extra[entry.id] = entry
             self._entries[entry.id] = entry
 
+    def loaded(self) -> set[str]:
+        """The ids of adapters loaded at run time: those /v1/unload_lora_adapter can remove."""
+        with self._lock:
+            return set(self._extra)
+
     def remove(self, model_id: str) -> bool:
         with self._lock:
             self._entries.pop(model_id, None)

@@ -18,6 +18,7 @@ from typing import Any
 from fastapi import HTTPException
 
 from runner.serve.models import Entry
+from runner.spec import Spec
 
 FILE_ID = re.compile(r"^file-[0-9a-f]{1,64}$")
 # OpenAI's hyperparameter -> (the spec's train key, what it must be)
@@ -33,15 +34,22 @@ def stored_file(store: Path, file_id: str) -> Path | None:
 
 
 def _plain(entry: Entry) -> dict[str, Any]:
-    """The entry's resolved spec as JSON-shaped data (lists, not tuples), its relative paths made
-    absolute so the job's spec file, kept elsewhere, still finds them."""
-    spec: dict[str, Any] = json.loads(json.dumps(entry.spec.as_dict()))
+    return plain_spec(entry.spec)
+
+
+def plain_spec(typed: Spec) -> dict[str, Any]:
+    """A resolved spec as JSON-shaped data (lists, not tuples), its relative paths made absolute so
+    the job's spec file, kept elsewhere, still finds them."""
+    spec: dict[str, Any] = json.loads(json.dumps(typed.as_dict()))
     if spec["model"].get("path"):
-        spec["model"]["path"] = str(entry.spec.resolve(spec["model"]["path"]))
+        spec["model"]["path"] = str(typed.resolve(spec["model"]["path"]))
+    for source in ("train", "validation"):
+        if (spec["data"].get(source) or {}).get("path"):
+            spec["data"][source]["path"] = str(typed.resolve(spec["data"][source]["path"]))
     for bench in spec["eval"]["benchmarks"]:
         for key in ("path", "ids"):
             if bench.get(key):
-                bench[key] = str(entry.spec.resolve(bench[key]))
+                bench[key] = str(typed.resolve(bench[key]))
     return spec
 
 

@@ -86,3 +86,114 @@ class ModelCard(BaseModel):
     owned_by: str = "runner"
     root: str  # the base's weights (model folder) or the adapter folder
     parent: str | None = None
+
+
+# The page's routes (runner/serve/specs.py, catalog.py, progress.py): our own names, as OpenAI has none.
+MAX_SPEC_CHARS = 1 << 20  # as runner.spec.MAX_SPEC_BYTES
+
+
+class SpecText(BaseModel):
+    spec: str = Field(max_length=MAX_SPEC_CHARS)  # YAML text, as in a spec file
+
+
+class Problem(BaseModel):
+    message: str  # exactly the line `runner validate` prints
+    line: int | None = None
+    column: int | None = None
+
+
+class Validated(BaseModel):
+    valid: bool
+    text: str  # what `runner validate` prints for the same spec
+    problems: list[Problem]
+
+
+class PlanStep(BaseModel):
+    stage: str
+    status: Literal["cached", "run", "stale"]
+    key: str | None  # None while an upstream stage has still to run
+    reasons: list[str]
+    line: str  # as `runner plan` prints it
+
+
+class Planned(Validated):
+    profile: str = ""
+    profile_reasons: list[str] = []
+    steps: list[PlanStep] = []
+    memory: list[str] = []
+
+
+class SpecCard(BaseModel):
+    name: str
+    origin: str  # "template" or the run record's spec file
+    created: int
+    text: str
+
+
+class FlagRequest(BaseModel):
+    model: str = Field(min_length=1)  # whose spec's `eval.safety` rules apply
+    text: str = Field(max_length=MAX_SPEC_CHARS)
+
+
+class Figure(BaseModel):
+    """One benchmark's accuracy, base -> tuned, each with its 95% interval, and the paired change."""
+
+    name: str
+    n: int | None = None
+    base: float | None = None
+    base_ci95: list[float] | None = None
+    tuned: float | None = None
+    tuned_ci95: list[float] | None = None
+    delta: float | None = None
+    delta_ci95: list[float] | None = None
+    mcnemar_p: float | None = None
+
+
+class AdapterCard(BaseModel):
+    id: str
+    name: str  # the spec's name
+    base: str | None  # the base's id (None for a base itself)
+    model_key: str
+    export_key: str | None
+    eval_key: str | None
+    created: int
+    loaded: bool  # added with /v1/load_lora_adapter: /v1/unload_lora_adapter can remove it
+    benchmarks: list[Figure]
+    flags: int | None  # safety flags the eval's answers raised
+    report: str | None  # the route of its report.html
+    queries: list[str]  # the spec's eval.queries
+    generation: dict[str, float | int | None]  # the spec's eval.generation, in the chat's names
+
+
+class AdapterList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[AdapterCard]
+    bases: list[AdapterCard]
+
+
+class MetricPoint(BaseModel):
+    step: int | None = None
+    epoch: float | None = None
+    loss: float | None = None
+    learning_rate: float | None = None
+    seconds: float | None = None
+
+
+class StageState(BaseModel):
+    stage: str
+    status: Literal["pending", "running", "done", "cached", "failed", "cancelled"]
+    key: str | None  # the first 12 hex digits, as the log names it
+
+
+class JobProgress(BaseModel):
+    object: Literal["fine_tuning.job.progress"] = "fine_tuning.job.progress"
+    id: str
+    status: str
+    stages: list[StageState]
+    points: list[MetricPoint]  # the train stage's metrics.jsonl rows (thinned to 2000 at most)
+    step: int | None
+    total_steps: int | None
+    time_left_s: float | None
+    fine_tuned_model: str | None
+    error: dict[str, Any] | None
+    report: str | None

@@ -1,0 +1,151 @@
+"""Specs for the page's editor: validate and plan a spec's text as `runner validate` and `runner plan`
+do (the same one-line problems, the same plan lines), and the specs a new one can start from.
+
+A spec given as text is read as a job reads it: relative paths from the job folder (`<store>/jobs`),
+where a launched job's spec file is written. The plan is compared with the newest run record of a spec
+of the same `name`, so a changed field shows as "stale" with the field that changed."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from fastapi import APIRouter, Request
+
+from runner.errors import RunnerError, SpecError
+from runner.records import RunRecord, runs_dir
+from runner.serve.schemas import Planned, PlanStep, Problem, SpecCard, SpecText, Validated
+from runner.spec import Spec, parse_spec
+
+router = APIRouter()
+SOURCE = "spec"  # the file name problems cite: "train.epochs: ... (spec:12:3)"
+# "path: message (spec:LINE:COL)", or for YAML that does not parse "spec:LINE:COL: not valid YAML: ..."
+WHERE = re.compile(rf"\({SOURCE}:(\d+):(\d+)\)$|^{SOURCE}:(\d+):(\d+): ")
+STATUS = {"cached": "cached", "stale": "stale"}  # new, missing, forced and pending all mean: it will run
+
+# A starting point: the smallest spec that trains (a random-initialised demo model, CPU-sized). Its
+# data paths are for the person to fill in; until then the editor shows the one line that says so.
+TEMPLATE = """\
+name: my-adapter
+model:
+  source: init
+  init: {hidden_size: 32, intermediate_size: 64, num_layers: 2, num_heads: 4, num_kv_heads: 2, vocab_size: 1024}
+data:
+  train: {path: /path/to/train.jsonl}
+  template: plain
+lora: {r: 8, alpha: 16}
+train: {epochs: 1, learning_rate: 3e-3, batch_size: 8}
+eval:
+  queries: ["Which agent is preferred as initial pharmacotherapy for chronic myeloid leukemia?"]
+"""
+
+
+def problem(line: str) -> Problem:
+    found = WHERE.search(line)
+    if found is None:
+        return Problem(message=line)
+    line_number, column = (int(n) for n in (found.group(1, 2) if found.group(1) else found.group(3, 4)))
+    return Problem(message=line, line=line_number, column=column)
+
+
+def _parsed(text: str, folder: Path) -> tuple[Spec | None, Validated]:
+    from runner.cli import valid_line
+
+    try:
+        spec = parse_spec(text, source=SOURCE, base_dir=folder)
+    except SpecError as exc:
+        return None, Validated(valid=False, text="error: " + "\n".join(exc.problems),
+                               problems=[problem(p) for p in exc.problems])
+    return spec, Validated(valid=True, text=valid_line(SOURCE, spec), problems=[])
+
+
+def _folder(request: Request) -> Path:
+    folder: Path = request.app.state.store / "jobs"
+    return folder
+
+
+@router.post("/v1/specs/validate")
+def validate(body: SpecText, request: Request) -> Validated:
+    return _parsed(body.spec, _folder(request))[1]
+
+
+def _records(store: Path) -> list[dict[str, Any]]:
+    """Every readable run record, oldest first."""
+    folder = runs_dir(store)
+    found = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            data = json.loads(path.read_text("utf-8"))
+        except (OSError, ValueError):
+            continue  # being written by a run: the next request sees it
+        if isinstance(data, dict) and isinstance(data.get("spec"), dict):
+            found.append(data)
+    return sorted(found, key=lambda d: float(d.get("started") or 0))
+
+
+def _previous(store: Path, name: str) -> RunRecord | None:
+    same = [d for d in _records(store) if d["spec"].get("name") == name]
+    try:
+        return RunRecord(**same[-1]) if same else None
+    except TypeError:
+        return None  # a record of another version of the runner: no comparison, every stage "will run"
+
+
+@router.post("/v1/specs/plan")
+def plan(body: SpecText, request: Request) -> Planned:
+    from runner.execute import registered_stages
+    from runner.plan import memory_lines
+    from runner.plan import plan as make_plan
+    from runner.probe import probe_machine
+    from runner.profile import resolve_profile
+    from runner.store import Store
+
+    store: Path = request.app.state.store
+    spec, checked = _parsed(body.spec, _folder(request))
+    if spec is None:
+        return Planned(**checked.model_dump())
+    try:
+        profile = resolve_profile(spec, probe_machine())
+        steps = make_plan(registered_stages(), spec, profile, Store(store), _previous(store, spec.name))
+        memory = memory_lines(steps, spec, profile)
+    except RunnerError as exc:  # the machine cannot do what the spec asks, or the store cannot be read
+        line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return Planned(valid=False, text=f"error: {line}", problems=[problem(line)])
+    return Planned(valid=True, text=checked.text, problems=[],
+                   profile=f"{profile.device} {profile.dtype}, quantization {profile.quantization}, micro-batch "
+                           f"{profile.micro_batch_size} x {profile.gradient_accumulation}",
+                   profile_reasons=list(profile.reasons), memory=memory,
+                   steps=[PlanStep(stage=s.stage, status=STATUS.get(s.status, "run"), key=s.key,  # type: ignore[arg-type]
+                                   reasons=list(s.reasons), line=s.line()) for s in steps])
+
+
+def _text(data: dict[str, Any]) -> str | None:
+    """The record's resolved spec as YAML, its relative paths made absolute (a job's spec lives elsewhere)."""
+    from runner.serve.openai_jobs import plain_spec
+    from runner.spec import typed
+
+    try:
+        spec = typed(Spec, {**data["spec"], "base_dir": str(Path(data["spec_path"]).parent)})
+        plain = plain_spec(spec)
+        first = {k: plain.pop(k) for k in ("name", "description", "seed")}  # as a person writes a spec: name on top
+        return yaml.safe_dump(first | plain, sort_keys=False, allow_unicode=True)
+    except (KeyError, TypeError, ValueError):
+        return None  # a record of another version of the runner
+
+
+@router.get("/v1/specs")
+def list_specs(request: Request) -> dict[str, Any]:
+    """The template, then the newest spec of each name in the store's run records, newest first."""
+    newest: dict[str, dict[str, Any]] = {}
+    for data in _records(request.app.state.store):
+        newest[str(data["spec"].get("name"))] = data
+    cards = [SpecCard(name="template", origin="template", created=0, text=TEMPLATE)]
+    for name, data in sorted(newest.items(), key=lambda kv: -float(kv[1].get("started") or 0)):
+        text = _text(data)
+        if text is not None:
+            cards.append(SpecCard(name=name, origin=str(data.get("spec_path")), created=int(data.get("started") or 0),
+                                  text=text))
+    return {"object": "list", "data": [c.model_dump() for c in cards]}
