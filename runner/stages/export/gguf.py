@@ -28,7 +28,7 @@ DIRECT = ("f16", "bf16", "q8_0")  # the converter's own output types
 QUANTIZED = {"q6_k": "LLAMA_FTYPE_MOSTLY_Q6_K", "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
              "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}  # made by llama.cpp's quantizer from the f16 file
 KEEP = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "LICENSE", "conversion/", "gguf-py/")
-DEMO_PRE_TOKENIZER = "gpt2"  # our demo tokenizer: byte-level BPE with GPT-2's split pattern (model/tiny.py)
+DEMO_PRE_TOKENIZER = "gpt-2"  # our demo tokenizer: byte-level BPE with GPT-2's split pattern (model/tiny.py)
 
 
 def llama_cpp_source(log: Log) -> Path:
@@ -91,20 +91,10 @@ def convert(source: Path, script: str, args: list[str], declared: str | None, lo
             log(f"export: {line.removeprefix('converter: ')}")
 
 
-def quantize(f16: Path, out: Path, kind: str, threads: int) -> None:
-    import llama_cpp
-
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, QUANTIZED[kind])
-    params.nthread = threads
-    if llama_cpp.llama_model_quantize(str(f16).encode(), str(out).encode(), params) != 0:
-        raise StageError(f"export.gguf: llama.cpp could not quantize to {kind}")
-
-
 def write_ggufs(source: Path, merged: Path, adapter: Path, base: Path, out: Path, work: Path, types: tuple[str, ...],
                 declared: str | None, threads: int, log: Log) -> dict[str, Path]:
-    """Every asked type of the merged model, the adapter as a GGUF LoRA, and a base GGUF (in `work`,
-    for the parity gate: the base the LoRA applies to). Returns the files by form name."""
+    """Every asked type of the merged model, the adapter as a GGUF LoRA, and the base it applies to in
+    f16 (llama.cpp's `-m base --lora adapter`, Ollama's FROM + ADAPTER). Returns the files by form name."""
     out.mkdir()
     files: dict[str, Path] = {}
     f16 = out / "model-f16.gguf" if "f16" in types else work / "model-f16.gguf"
@@ -116,15 +106,16 @@ def write_ggufs(source: Path, merged: Path, adapter: Path, base: Path, out: Path
             files[kind] = path
     for kind in [t for t in types if t in QUANTIZED]:
         log(f"export: quantizing to GGUF {kind}")
-        quantize(f16, out / f"model-{kind}.gguf", kind, threads)
+        convert(source, "quantize", [str(f16), str(out / f"model-{kind}.gguf"), QUANTIZED[kind], str(threads)], None, log)
         files[kind] = out / f"model-{kind}.gguf"
     log("export: converting the adapter to a GGUF LoRA")
     convert(source, "convert_lora_to_gguf.py", [str(adapter), "--base", str(merged), "--outtype", "f16",
                                                 "--outfile", str(out / "adapter-f16.gguf")], declared, log)
     files["lora"] = out / "adapter-f16.gguf"
-    convert(source, "convert_hf_to_gguf.py", [str(base), "--outfile", str(work / "base-f16.gguf"), "--outtype", "f16"],
+    log("export: converting the base the adapter applies to (dequantized when 4-bit) to GGUF f16")
+    convert(source, "convert_hf_to_gguf.py", [str(base), "--outfile", str(out / "base-f16.gguf"), "--outtype", "f16"],
             declared, log)
-    files["base"] = work / "base-f16.gguf"
+    files["base"] = out / "base-f16.gguf"
     return files
 
 
@@ -155,6 +146,6 @@ def _end_tokens(tok: Any) -> list[str]:
 
 
 def write_summary(out: Path, files: dict[str, Path]) -> None:
-    summary = {"files": {form: {"file": p.name, "bytes": p.stat().st_size} for form, p in files.items() if form != "base"},
+    summary = {"files": {form: {"file": p.name, "bytes": p.stat().st_size} for form, p in files.items()},
                "llama_cpp_python": metadata.version("llama-cpp-python")}
     (out / "gguf.json").write_text(json.dumps(summary, indent=1, sort_keys=True), "utf-8")

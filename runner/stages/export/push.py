@@ -44,11 +44,16 @@ class HubPush:
             files = _stage_files(export, folder)
             (folder / "README.md").write_text(hub_card(spec, export, artifacts.get("eval")), "utf-8")
             log(f"push: {len(files) + 1} files to {repo}@{p.revision}")
-            api.create_repo(repo, private=p.private, exist_ok=True)
-            if p.revision != "main":
-                api.create_branch(repo, branch=p.revision, exist_ok=True)
-            info = api.upload_folder(repo_id=repo, folder_path=str(folder), revision=p.revision,
-                                     commit_message=f"qlora-runner: {spec.name} (export {export.name[:12]})")
+            try:
+                api.create_repo(repo, private=p.private, exist_ok=True)
+                if p.revision != "main":
+                    api.create_branch(repo, branch=p.revision, exist_ok=True)
+                info = api.upload_folder(repo_id=repo, folder_path=str(folder), revision=p.revision,
+                                         commit_message=f"qlora-runner: {spec.name} (export {export.name[:12]})")
+            except Exception as exc:  # the Hub's errors, offline mode, the network: one line, the stages are kept
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+                raise StageError(f"export.push to {repo}@{p.revision} failed: {first}; the run's stages are kept, "
+                                 "run again to push") from exc
         log(f"push: committed {info.oid} to {repo}@{p.revision}")
         return {"repo_id": repo, "revision": p.revision, "commit": info.oid, "url": str(info.commit_url),
                 "files": sorted(files + ["README.md"])}
