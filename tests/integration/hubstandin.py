@@ -45,11 +45,11 @@ def _handler(hub: Hub) -> type[BaseHTTPRequestHandler]:
         def _body(self) -> bytes:
             return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
-        def do_GET(self) -> None:  # noqa: N802 (http.server's names)
+        def do_GET(self) -> None:  # http.server names its handlers so
             hub.requests.append(("GET", self.path, dict(self.headers)))
             self._answer(404, {"error": f"stand-in has no GET {self.path}"})
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             hub.requests.append(("POST", self.path, dict(self.headers)))
             body = self._body()
             parts = self.path.split("?")[0].strip("/").split("/")
