@@ -112,13 +112,15 @@ def gguf_scores(path: Path, lora: Path | None, items: list[Item], render: Callab
 
     requests = []
     probe = Llama(str(path), vocab_only=True, verbose=False)
+    bos = probe.detokenize([probe.token_bos()], special=True).decode("utf-8", "replace") if probe.token_bos() >= 0 else ""
     for i, item in enumerate(items):
         context = render(item.prompt)
         stem = context.rstrip()
         moved = context[len(stem):]
-        ctx_ids = probe.tokenize(stem.encode(), add_bos=True, special=True)  # BOS as the GGUF's metadata says
+        add_bos = not (bos and stem.startswith(bos))  # as the GGUF's metadata says, unless a template wrote it
+        ctx_ids = probe.tokenize(stem.encode(), add_bos=add_bos, special=True)
         for c, choice in enumerate(item.choices):
-            whole = probe.tokenize((stem + moved + delimiter + choice).encode(), add_bos=True, special=True)
+            whole = probe.tokenize((stem + moved + delimiter + choice).encode(), add_bos=add_bos, special=True)
             requests.append((i, c, tuple(ctx_ids), tuple(whole[len(ctx_ids):])))
     longest = max(len(r[2]) + len(r[3]) for r in requests)
     llm = Llama(str(path), lora_path=str(lora) if lora else None, n_ctx=longest + 8, n_batch=longest + 8,
