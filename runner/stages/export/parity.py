@@ -54,8 +54,9 @@ def check(ctx: StageContext, model_dir: Path, ggufs: dict[str, Path]) -> dict[st
         scores[form] = gguf_scores(model, lora, items, render, delimiter, scores["adapter"]["requests"],
                                    ctx.profile.threads)
     report = summarize(items, scores)
-    (ctx.out / "parity.json").write_text(json.dumps(report, indent=1, sort_keys=True), "utf-8")
-    (ctx.work / "parity.json").write_text(json.dumps(report, indent=1, sort_keys=True), "utf-8")  # kept on failure
+    text = json.dumps(report, indent=1)  # forms in the order scored: the reference, merged, then each GGUF
+    (ctx.out / "parity.json").write_text(text, "utf-8")
+    (ctx.work / "parity.json").write_text(text, "utf-8")  # kept when the gate stops the stage
     for line in table(report):
         ctx.log(f"export: {line}")
     judge(ctx.spec, report, ctx.work / "parity.json", ctx.log)
@@ -110,21 +111,23 @@ def gguf_scores(path: Path, lora: Path | None, items: list[Item], render: Callab
     import numpy as np
     from llama_cpp import Llama
 
+    window = min(_context_length(path), 4096)  # room for eval's prompts; a 128k window's cache is not needed
+    llm = Llama(str(path), lora_path=str(lora) if lora else None, n_ctx=window, n_batch=window, n_ubatch=window,
+                logits_all=True, n_threads=threads, n_threads_batch=threads, verbose=False)
+    bos = llm.detokenize([llm.token_bos()], special=True).decode("utf-8", "replace") if llm.token_bos() >= 0 else ""
     requests = []
-    probe = Llama(str(path), vocab_only=True, verbose=False)
-    bos = probe.detokenize([probe.token_bos()], special=True).decode("utf-8", "replace") if probe.token_bos() >= 0 else ""
     for i, item in enumerate(items):
         context = render(item.prompt)
         stem = context.rstrip()
         moved = context[len(stem):]
         add_bos = not (bos and stem.startswith(bos))  # as the GGUF's metadata says, unless a template wrote it
-        ctx_ids = probe.tokenize(stem.encode(), add_bos=add_bos, special=True)
+        ctx_ids = llm.tokenize(stem.encode(), add_bos=add_bos, special=True)
         for c, choice in enumerate(item.choices):
-            whole = probe.tokenize((stem + moved + delimiter + choice).encode(), add_bos=add_bos, special=True)
+            whole = llm.tokenize((stem + moved + delimiter + choice).encode(), add_bos=add_bos, special=True)
+            if len(whole) > window:
+                raise StageError(f"export.parity: question {i} is {len(whole)} tokens, past the {window} scored "
+                                 "through llama.cpp; lower export.parity.samples or use shorter benchmarks")
             requests.append((i, c, tuple(ctx_ids), tuple(whole[len(ctx_ids):])))
-    longest = max(len(r[2]) + len(r[3]) for r in requests)
-    llm = Llama(str(path), lora_path=str(lora) if lora else None, n_ctx=longest + 8, n_batch=longest + 8,
-                n_ubatch=longest + 8, logits_all=True, n_threads=threads, n_threads_batch=threads, verbose=False)
     logliks = []
     for _, _, context_ids, continuation in requests:
         llm.reset()
@@ -141,6 +144,15 @@ def gguf_scores(path: Path, lora: Path | None, items: list[Item], render: Callab
     same = sum(r[2:] == ref[2:] for r, ref in zip(requests, reference))
     return {"logliks": logliks, "predictions": [best[i][1] for i in range(len(items))],
             "tokens_identical": round(same / len(requests), 4)}
+
+
+def _context_length(path: Path) -> int:
+    """The GGUF's training context (`<arch>.context_length`), read from its metadata."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(path).fields
+    arch = fields["general.architecture"].contents()
+    return int(fields[f"{arch}.context_length"].contents())
 
 
 def summarize(items: list[Item], scores: dict[str, dict[str, Any]]) -> dict[str, Any]:
