@@ -2,6 +2,10 @@
 merged model. A 4-bit base is merged into its *dequantized* 4-bit weights (load 4-bit -> dequantize
 -> merge), so the merged model computes what the adapter computed in training; merging into the
 original full-precision weights would not.
+
+With `export.gguf`: GGUF files made by llama.cpp's own converter (gguf.py), then the parity gate
+(parity.py) scores every form written against the adapter. `export.push` is no part of the output: a
+side effect the executor runs after the whole run (push.py).
 """
 
 from __future__ import annotations
@@ -24,8 +28,6 @@ upstream = ("model", "train:adapter")
 volatile: tuple[str, ...] = ()
 uses_profile = True
 gate = None  # nothing to check before it builds
-
-
 side_effect = push.PUSH  # export.push: after the run, in no key, on record
 
 
