@@ -21,7 +21,7 @@ from runner.spec import load_spec
 from runner.stages.data import read_rows
 from tests.integration.conftest import TINY, Tiny, runner
 
-GGUF_EXPORT = "export: {merged: true, gguf: {types: [f16, q8_0]}, parity: {samples: 24}}"
+GGUF_EXPORT = "export: {merged: true, gguf: {types: [f16, q8_0, q4_k_m]}, parity: {samples: 24}}"
 
 
 def gguf_spec(tiny: Tiny, name: str, export: str) -> Path:
@@ -82,7 +82,16 @@ def test_the_f16_gguf_predicts_what_the_adapter_predicts_in_eval(exported: tuple
     assert parity["forms"]["q8_0"]["agreement"] == pytest.approx(agreement)  # the gate measured what llama.cpp does
     assert parity["forms"]["f16"]["agreement"] == 1.0 and parity["forms"]["f16"]["tokens_identical"] == 1.0
     assert parity["forms"]["merged"]["max_logprob_diff"] < 1e-3
-    assert set(parity["forms"]) == {"adapter", "merged", "f16", "q8_0", "lora"}
+    assert list(parity["forms"]) == ["adapter", "merged", "f16", "q8_0", "q4_k_m", "lora"]
+    print("parity:", json.dumps(parity["forms"]))
+
+
+def test_q4_k_m_comes_from_llama_cpps_quantizer(exported: tuple[Path, Path, str]) -> None:
+    export, _, _ = exported
+    fields = GGUFReader(export / "gguf" / "model-q4_k_m.gguf").fields
+    assert fields["general.file_type"].contents() == 15  # LLAMA_FTYPE_MOSTLY_Q4_K_M
+    f16 = (export / "gguf" / "model-f16.gguf").stat().st_size
+    assert (export / "gguf" / "model-q4_k_m.gguf").stat().st_size < 0.6 * f16
 
 
 def test_the_gguf_lora_over_the_base_gguf_predicts_what_the_merged_gguf_predicts(exported: tuple[Path, Path, str],

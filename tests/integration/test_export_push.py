@@ -117,3 +117,18 @@ def test_adapter_config_has_what_vllms_lora_loader_reads(tiny: Tiny) -> None:
     assert not config.get("modules_to_save") and config.get("use_dora") is False
     assert config["bias"] == "none" and config.get("use_rslora") is False
     assert "base_model_name_or_path" in config
+
+
+def test_the_pushed_adapter_config_names_a_hub_base_by_id_and_commit(tmp_path: Path) -> None:
+    from runner.stages.export.push import _stage_files
+
+    adapter = tmp_path / "export" / "adapter"
+    adapter.mkdir(parents=True)
+    snapshot = "/root/.cache/huggingface/hub/models--org--base/snapshots/" + "c" * 40
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": 8, "base_model_name_or_path": snapshot}))
+    (adapter / "metadata.json").write_text(json.dumps({"base_model": {"id": "org/base", "commit": "c" * 40}}))
+    upload = tmp_path / "upload"
+    assert sorted(_stage_files(tmp_path / "export", upload)) == ["adapter_config.json", "metadata.json"]
+    pushed = json.loads((upload / "adapter_config.json").read_text())
+    assert pushed == {"r": 8, "base_model_name_or_path": "org/base", "revision": "c" * 40}
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == snapshot  # untouched

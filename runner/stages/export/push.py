@@ -71,9 +71,23 @@ def _stage_files(export: Path, folder: Path) -> list[str]:
             continue
         target = folder / (rel.relative_to("adapter") if rel.parts[0] == "adapter" else rel)
         target.parent.mkdir(parents=True, exist_ok=True)
-        os.symlink(path, target)
+        if rel == Path("adapter/adapter_config.json"):
+            target.write_text(_portable_config(export, path), "utf-8")
+        else:
+            os.symlink(path, target)
         names.append(target.relative_to(folder).as_posix())
     return names
+
+
+def _portable_config(export: Path, path: Path) -> str:
+    """The adapter's config as the Hub copy should read: a Hub base named by its id and commit (PEFT
+    wrote the local snapshot folder it loaded from), so `AutoPeftModelForCausalLM` finds it anywhere."""
+    config = json.loads(path.read_text("utf-8"))
+    model = json.loads((export / "adapter" / "metadata.json").read_text("utf-8"))["base_model"]
+    if model.get("id"):
+        config["base_model_name_or_path"] = model["id"]
+        config["revision"] = model.get("commit") or config.get("revision")
+    return json.dumps(config, indent=2, sort_keys=True)
 
 
 def hub_card(spec: Spec, export: Path, eval_dir: Path | None) -> str:
