@@ -46,6 +46,9 @@ def cross_field_problems(doc: dict[str, Any], base_dir: Path) -> list[tuple[tupl
     export = doc["export"]
     if export["gguf"] is not None and not export["merged"]:
         found.append((("export", "gguf"), "needs `export.merged: true`: the GGUF is converted from the merged model"))
+    if export["gguf"] is not None and not doc["eval"]["benchmarks"]:
+        found.append((("export", "gguf"), "needs a benchmark under eval.benchmarks: the parity gate scores each "
+                                          "GGUF on its questions"))
     if export["push"] is not None and not export["push"]["repo_id"]:
         found.append((("export", "push", "repo_id"), "required: the Hub repository to push to, e.g. you/medqa-lora"))
     init = model["init"]

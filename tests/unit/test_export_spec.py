@@ -36,6 +36,13 @@ def test_gguf_needs_the_merged_model(folder: Path) -> None:
     assert len(found) == 1 and found[0].startswith("export.gguf: needs `export.merged: true`")
 
 
+def test_gguf_needs_questions_for_the_parity_gate(folder: Path) -> None:
+    with pytest.raises(SpecError) as err:
+        parse_spec(BASE.replace("eval: {benchmarks: [{name: b, path: train.jsonl}]}", "")
+                   + "export: {merged: true, gguf: {}}", base_dir=folder)
+    assert err.value.problems[0].startswith("export.gguf: needs a benchmark under eval.benchmarks")
+
+
 def test_push_needs_a_repository_and_a_known_gguf_type(folder: Path) -> None:
     assert problems(folder, "export: {push: {private: false}}")[0].startswith("export.push.repo_id: required")
     assert problems(folder, "export: {push: {repo_id: no-slash}}")[0].startswith("export.push.repo_id:")
