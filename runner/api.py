@@ -59,8 +59,9 @@ class Result:
 
 
 def run(spec: str | Path, store: str | Path = "artifacts", only: str | None = None, force: Iterable[str] = (),
-        verify: bool = False, log: Callable[[str], None] = _log) -> Result:
-    """Run every stage that is not cached; artifacts go to `store` (a mounted Drive survives a disconnect)."""
+        verify: bool = False, log: Callable[[str], None] = _log, again: bool = False) -> Result:
+    """Run every stage that is not cached; artifacts go to `store` (a mounted Drive survives a disconnect).
+    `again`: repeat a push an earlier run already made of the same export to the same place."""
     from runner.execute import Options, run_spec
     from runner.probe import probe_machine
     from runner.profile import resolve_profile
@@ -73,7 +74,7 @@ def run(spec: str | Path, store: str | Path = "artifacts", only: str | None = No
     profile = resolve_profile(typed, probe_machine())
     log(f"profile: {profile.device} {profile.dtype}, quantization {profile.quantization}")
     outcomes, record = run_spec(typed, Path(spec), profile, Store(Path(store)), log,
-                                Options(only=only, force=frozenset(force), verify=verify))
+                                Options(only=only, force=frozenset(force), verify=verify, again=again))
     return Result(outcomes, record, time.time() - started)
 
 

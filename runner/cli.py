@@ -59,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
         if name == "run":
             p.add_argument("--only", choices=STAGE_NAMES, metavar="STAGE",
                            help="stop after STAGE (the stages it needs run too, nothing after it)")
+            p.add_argument("--push", action="store_true",
+                           help="push (export.push) even when an earlier run pushed this export to the same place")
             p.add_argument("--image", choices=("cpu", "cuda", "auto"),
                            help="run inside the CPU or CUDA container image (built when missing; "
                                 "auto: cuda when an NVIDIA GPU is present)")
@@ -142,7 +144,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from runner.summary import print_summary
 
     signals.install()
-    result = api.run(args.spec, args.store, args.only, args.force, args.verify)
+    result = api.run(args.spec, args.store, args.only, args.force, args.verify, again=args.push)
     print_summary(result.outcomes, result.record, result.seconds)
     return 0
 

@@ -18,7 +18,7 @@ from runner import locks
 from runner.errors import RunnerError, StageError, StoreError
 from runner.plan import Step, plan_stage
 from runner.profile import Profile
-from runner.records import latest_record, new_record, save_record
+from runner.records import RunRecord, done_before, latest_record, new_record, save_record
 from runner.spec import Spec
 from runner.stage import Stage, StageContext, upstream_stage
 from runner.stages import all_stages  # the one registry: nothing else outside runner.stages imports it
@@ -45,6 +45,7 @@ class Options:
     only: str | None = None
     force: frozenset[str] = frozenset()
     verify: bool = False  # rehash every file of a cached artifact before trusting it
+    again: bool = False  # repeat side effects (a push) an earlier run already did for the same output
 
 
 def run_spec(spec: Spec, spec_path: Path, profile: Profile, store: Store, log: Callable[[str], None],
@@ -76,19 +77,43 @@ def run_spec(spec: Spec, spec_path: Path, profile: Profile, store: Store, log: C
             save_record(record, record_path)
             if stage.name == options.only:
                 break  # like `dvc repro STAGE`: the stage and what it needs, nothing after it
+        for stage in registered_stages():
+            _side_effect(stage, spec, store, done, record, record_path, log, options.again)
     except BaseException as exc:
-        record.status, record.error, record.finished = "failed", f"{type(exc).__name__}: {exc}", time.time()
-        if current and not any(s["stage"] == current["stage"] for s in record.stages):
-            # The key stays on record so `gc` keeps the stage's checkpoints for the next attempt.
-            record.stages.append({**current, "action": "failed", "error": str(exc)})
-        try:
-            save_record(record, record_path)
-        except (OSError, StoreError):
-            pass  # a full disk can refuse the record too; the error being raised matters more
+        _failed(record, record_path, current, exc)
         raise
     record.status, record.finished = "completed", time.time()
     save_record(record, record_path)
     return outcomes, record_path
+
+
+def _side_effect(stage: Stage, spec: Spec, store: Store, done: dict[str, Manifest], record: RunRecord,
+                 record_path: Path, log: Callable[[str], None], again: bool) -> None:
+    """After every stage: what the spec asks done outside the store, once per output and place."""
+    effect = stage.side_effect
+    wanted = effect.wanted(spec) if effect is not None else None
+    if effect is None or wanted is None or effect.stage not in done:
+        return
+    identity = {**wanted, "key": done[effect.stage].path.name}
+    before = done_before(store.root, effect.name, identity)
+    if before is not None and not again:
+        log(f"{effect.name}: already done by an earlier run (commit {before['result'].get('commit')}); `runner run --push` does it again")
+        record.side_effects[effect.name] = {"identity": identity, "skipped": True, "earlier": before["result"]}
+    else:
+        result = effect.apply(spec, {name: m.path for name, m in done.items()}, log)
+        record.side_effects[effect.name] = {"identity": identity, "result": result, "at": time.time()}
+    save_record(record, record_path)
+
+
+def _failed(record: RunRecord, record_path: Path, current: dict[str, str | None], exc: BaseException) -> None:
+    record.status, record.error, record.finished = "failed", f"{type(exc).__name__}: {exc}", time.time()
+    if current and not any(s["stage"] == current["stage"] for s in record.stages):
+        # The key stays on record so `gc` keeps the stage's checkpoints for the next attempt.
+        record.stages.append({**current, "action": "failed", "error": str(exc)})
+    try:
+        save_record(record, record_path)
+    except (OSError, StoreError):
+        pass  # a full disk can refuse the record too; the error being raised matters more
 
 
 def _reuse_or_build(stage: Stage, step: Step, spec: Spec, profile: Profile, store: Store,

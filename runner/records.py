@@ -31,6 +31,7 @@ class RunRecord:
     versions: dict[str, str | None] = field(default_factory=dict)
     git_commit: str | None = None
     gates: dict[str, Any] = field(default_factory=dict)  # what each stage's gate found (contamination: per benchmark)
+    side_effects: dict[str, Any] = field(default_factory=dict)  # what the run did outside the store (a push)
 
     def stage(self, name: str) -> dict[str, Any] | None:
         return next((s for s in self.stages if s["stage"] == name), None)
@@ -91,6 +92,22 @@ def latest_record(store_root: Path, spec_path: Path) -> RunRecord | None:
         if data.get("spec_path") == wanted and (newest is None or data["started"] > newest["started"]):
             newest = data
     return RunRecord(**newest) if newest else None
+
+
+def done_before(store_root: Path, name: str, identity: dict[str, Any]) -> dict[str, Any] | None:
+    """A side effect `name` with this identity (stage key included) that an earlier run of any spec did."""
+    try:
+        paths = sorted(runs_dir(store_root).glob("*.json"))
+    except OSError:
+        return None
+    for path in reversed(paths):
+        try:
+            done = json.loads(path.read_text("utf-8")).get("side_effects", {}).get(name)
+        except (OSError, ValueError):
+            continue
+        if isinstance(done, dict) and done.get("identity") == identity and done.get("result"):
+            return dict(done)
+    return None
 
 
 def library_versions() -> dict[str, str | None]:

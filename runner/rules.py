@@ -50,6 +50,14 @@ def cross_field_problems(doc: dict[str, Any], base_dir: Path) -> list[tuple[tupl
     if micro != "auto" and train["batch_size"] % micro:
         found.append((("train", "micro_batch_size"),
                       f"must divide train.batch_size ({train['batch_size']}), got {micro}"))
+    export = doc["export"]
+    if export["gguf"] is not None and not export["merged"]:
+        found.append((("export", "gguf"), "needs `export.merged: true`: the GGUF is converted from the merged model"))
+    if export["gguf"] is not None and not doc["eval"]["benchmarks"]:
+        found.append((("export", "gguf"), "needs a benchmark under eval.benchmarks: the parity gate scores each "
+                                          "GGUF on its questions"))
+    if export["push"] is not None and not export["push"]["repo_id"]:
+        found.append((("export", "push", "repo_id"), "required: the Hub repository to push to, e.g. you/medqa-lora"))
     init = model["init"]
     if model["source"] == "init" and init["num_heads"] % init["num_kv_heads"]:
         found.append((("model", "init", "num_kv_heads"), "must divide model.init.num_heads"))

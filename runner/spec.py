@@ -115,9 +115,51 @@ class Train:
 
 
 @dataclass(frozen=True)
+class Gguf:
+    types: tuple[Literal["f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q4_k_m"], ...] = ("f16",)
+
+
+@dataclass(frozen=True)
+class UnquantizedTolerance:  # a class per tier: each tier's defaults are plain values in the schema
+    min_agreement: float = 1.0
+    max_logprob_diff: float = 0.1
+
+
+@dataclass(frozen=True)
+class Q8Tolerance:
+    min_agreement: float = 0.9
+    max_logprob_diff: float = 0.5
+
+
+@dataclass(frozen=True)
+class Q4Tolerance:
+    min_agreement: float = 0.6
+    max_logprob_diff: float = 2.0
+
+
+@dataclass(frozen=True)
+class Parity:
+    samples: int = 32
+    on_fail: Literal["error", "warn"] = "error"
+    unquantized: UnquantizedTolerance = field(default_factory=UnquantizedTolerance)  # merged, GGUF f16/bf16, LoRA
+    q8: Q8Tolerance = field(default_factory=Q8Tolerance)  # q8_0, q6_k
+    q4: Q4Tolerance = field(default_factory=Q4Tolerance)  # q5_k_m, q4_k_m
+
+
+@dataclass(frozen=True)
+class Push:
+    repo_id: str | None = None  # required: a cross-field rule says so in one line, beside any other problem
+    private: bool = True
+    revision: str = "main"
+
+
+@dataclass(frozen=True)
 class Export:
     merged: bool = False
     merged_dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    gguf: Gguf | None = None
+    parity: Parity = field(default_factory=Parity)
+    push: Push | None = None
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,18 @@ class Gate(Protocol):
     def stop(self, spec: Spec, found: dict[str, Any]) -> None: ...
 
 
+class SideEffect(Protocol):
+    """Something a run does to the world after its stages (a push to the Hub): in no key, on record under
+    `side_effects[name]`, and not repeated for the same stage output and `wanted` unless asked."""
+
+    name: str
+    stage: str  # whose output it acts on
+
+    def wanted(self, spec: Spec) -> dict[str, Any] | None: ...  # what identifies it; None: not asked for
+
+    def apply(self, spec: Spec, artifacts: dict[str, Path], log: Log) -> dict[str, Any]: ...
+
+
 class Stage(Protocol):
     name: str
     version: int  # bump when a code change changes the output: the only way code enters a key
@@ -49,6 +61,7 @@ class Stage(Protocol):
     volatile: tuple[str, ...]  # globs of files (timings, logs) kept out of the output digest
     uses_profile: bool
     gate: Gate | None
+    side_effect: SideEffect | None
 
     def spec_slice(self, spec: Spec) -> dict[str, Any]: ...
 

@@ -24,6 +24,7 @@ upstream = ("model:tokenizer",)  # only the tokenizer shapes the tokens, not the
 volatile: tuple[str, ...] = ()
 uses_profile = False
 gate = None  # nothing to check before it builds
+side_effect = None  # it acts on nothing outside the store
 
 
 def spec_slice(spec: Spec) -> dict[str, Any]:

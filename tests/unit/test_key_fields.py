@@ -34,7 +34,12 @@ SLICED: dict[str, set[str]] = {
     "Lora": {"r", "alpha", "dropout", "target_modules"},
     "Train": {"epochs", "max_steps", "learning_rate", "batch_size", "micro_batch_size", "scheduler", "warmup",
               "weight_decay", "max_grad_norm", "optimizer", "gradient_checkpointing"},
-    "Export": {"merged", "merged_dtype"},
+    "Export": {"merged", "merged_dtype", "gguf", "parity"},
+    "Gguf": {"types"},
+    "Parity": {"samples", "on_fail", "unquantized", "q8", "q4"},  # on_fail: a failed gate keeps no output
+    "UnquantizedTolerance": {"min_agreement", "max_logprob_diff"},
+    "Q8Tolerance": {"min_agreement", "max_logprob_diff"},
+    "Q4Tolerance": {"min_agreement", "max_logprob_diff"},
     "Eval": {"benchmarks", "compare_base", "batch_size", "chat_template", "queries", "generation", "safety",
              "contamination", "generative", "perplexity"},
     "Benchmark": {"name", "format", "hub", "config", "split", "revision", "fields", "limit"},
@@ -68,6 +73,9 @@ UNKEYED: dict[str, dict[str, str]] = {
     "Train": {"save_steps": "how often a checkpoint is written does not change the weights",
               "logging_steps": "how often the loss is logged does not change the weights"},
     "Contamination": {"action": "a gate before training (report or stop), not an output"},
+    "Export": {"push": "a side effect after the run (on record with its commit), not an output"},
+    "Push": {"repo_id": "where the push goes: a side effect", "private": "a side effect",
+             "revision": "a side effect"},
 }
 
 
@@ -116,6 +124,7 @@ eval:
   safety: {rules: [{name: r, pattern: p}]}
   generative: {enabled: true}
   perplexity: {path: corpus.txt}
+export: {merged: true, gguf: {types: [f16]}, push: {repo_id: someone/adapter}}
 """
 ROW = '{"question": "q?", "options": {"A": "a", "B": "b"}, "answer_idx": "A"}\n'
 

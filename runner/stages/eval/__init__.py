@@ -34,12 +34,13 @@ upstream = ("model", "train:adapter", "export:adapter")
 volatile = ("report.md", "report.html", "*.png")  # pictures and prose: cosmetic, out of the digest
 uses_profile = True
 gate = None  # nothing to check before it builds
+side_effect = None  # it acts on nothing outside the store
 
 
 def spec_slice(spec: Spec) -> dict[str, Any]:
     ev = spec.eval
     out: dict[str, Any] = {
-        "eval": {"benchmarks": [_benchmark_slice(b) for b in ev.benchmarks], "compare_base": ev.compare_base,
+        "eval": {"benchmarks": [benchmark_slice(b) for b in ev.benchmarks], "compare_base": ev.compare_base,
                  "chat_template": ev.chat_template},
         "model": quantization_slice(spec.model)}
     if ev.generative.enabled:  # left out when off: keys of specs without it stay as they were
@@ -68,7 +69,7 @@ def spec_slice(spec: Spec) -> dict[str, Any]:
     return out
 
 
-def _benchmark_slice(b: Benchmark) -> dict[str, Any]:
+def benchmark_slice(b: Benchmark) -> dict[str, Any]:
     # Local files (a benchmark's rows, its ids) enter the key through their digests, not their paths.
     return ({"name": b.name, "format": b.format} | hub_slice(b) | {"fields": fields_slice(b.fields), "limit": b.limit}
             | ({"ids": "local"} if b.ids is not None else {}))

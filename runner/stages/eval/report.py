@@ -32,6 +32,7 @@ class Inputs:
     train_summary: dict[str, Any] | None
     artifacts: dict[str, str]  # stage -> folder
     pictures: dict[str, str]  # name -> file name beside the report
+    parity: dict[str, Any] | None = None  # the export's parity.json, when it converted to GGUF
 
 
 def write_report(ctx: StageContext, metrics: dict[str, Any], answers: list[dict[str, Any]]) -> None:
@@ -48,7 +49,8 @@ def write_report(ctx: StageContext, metrics: dict[str, Any], answers: list[dict[
     inputs = Inputs(spec=ctx.spec, profile=ctx.profile, metrics=metrics, answers=answers,
                     model_info=_json(ctx.upstream["model"] / "model.json") or {},
                     train_summary=_json(train / "summary.json") if train is not None else None,
-                    artifacts={stage: str(path) for stage, path in ctx.upstream.items()}, pictures=pictures)
+                    artifacts={stage: str(path) for stage, path in ctx.upstream.items()}, pictures=pictures,
+                    parity=_json(ctx.upstream["export"] / "parity.json") if "export" in ctx.upstream else None)
     doc = document(inputs)
     (ctx.out / "report.md").write_text(to_markdown(doc), "utf-8")
     (ctx.out / "report.html").write_text(to_html(doc, ctx.out), "utf-8")

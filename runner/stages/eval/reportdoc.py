@@ -53,7 +53,7 @@ def document(inputs: Any) -> Doc:
     from runner.stages.eval import reportmetrics as clinical
 
     sections = [results(inputs), groups(inputs), clinical.calibration(inputs), clinical.free_text(inputs),
-                clinical.perplexity(inputs), contamination(inputs), training(inputs), generations(inputs),
+                clinical.perplexity(inputs), contamination(inputs), training(inputs), parity(inputs), generations(inputs),
                 spec_summary(inputs), profile(inputs), artifacts(inputs)]
     return Doc(f"{spec.name}: evaluation report", [s for s in sections if s.blocks])
 
@@ -156,6 +156,20 @@ def training(inputs: Any) -> Section:
                                           f"({100 * t['trainable_parameters'] / t['total_parameters']:.2f}%)"],
                  ["training time", f"{t['seconds']:.0f} s"]]
         s.blocks.append(("table", ["", "value"], rows))
+    return s
+
+
+def parity(inputs: Any) -> Section:
+    """The export's forms scored against the adapter (export.parity): what each exported file computes."""
+    s = Section("Export parity")
+    report = getattr(inputs, "parity", None)
+    if report:
+        rows = [[form, pct(f["agreement"]), f"{f['max_logprob_diff']:.4g}", pct(f["accuracy"]),
+                 pct(f.get("tokens_identical"))] for form, f in report["forms"].items()]
+        s.blocks.append(("p", f"The first {report['questions']} benchmark questions through each exported form, against "
+                              "the adapter over its base (what this report scores)."))
+        s.blocks.append(("table", ["form", "same prediction", "max log-likelihood difference", "accuracy",
+                                   "same tokens (llama.cpp)"], rows))
     return s
 
 

@@ -20,6 +20,7 @@ upstream: tuple[str, ...] = ()
 volatile: tuple[str, ...] = ()
 uses_profile = False
 gate = None  # nothing to check before it builds
+side_effect = None  # it acts on nothing outside the store
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "chat_template.jinja", "chat_template.json", "vocab.json", "merges.txt")

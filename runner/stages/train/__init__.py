@@ -29,6 +29,7 @@ uses_profile = True
 # Before training (never when cached): benchmark questions found in the training data are logged
 # and recorded, or stop the run, as eval.contamination.action says.
 gate = check_before_training
+side_effect = None  # it acts on nothing outside the store
 
 
 def spec_slice(spec: Spec) -> dict[str, Any]:

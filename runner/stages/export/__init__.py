@@ -2,6 +2,10 @@
 merged model. A 4-bit base is merged into its *dequantized* 4-bit weights (load 4-bit -> dequantize
 -> merge), so the merged model computes what the adapter computed in training; merging into the
 original full-precision weights would not.
+
+With `export.gguf`: GGUF files made by llama.cpp's own converter (gguf.py), then the parity gate
+(parity.py) scores every form written against the adapter. `export.push` is no part of the output: a
+side effect the executor runs after the whole run (push.py).
 """
 
 from __future__ import annotations
@@ -12,24 +16,39 @@ from pathlib import Path
 from typing import Any
 
 from runner.spec import Spec
-from runner.stage import StageContext
+from runner.stage import StageContext, benchmark_ids_role, benchmark_role
+from runner.stages.eval import benchmark_slice
+from runner.stages.export import push
+from runner.stages.export.card import model_card
 from runner.stages.model import quantization_slice
 
 name = "export"
-version = 1
+version = 1  # GGUF and parity enter the slice only when asked: keys of specs without them stay as they were
 upstream = ("model", "train:adapter")
 volatile: tuple[str, ...] = ()
 uses_profile = True
 gate = None  # nothing to check before it builds
+side_effect = push.PUSH  # export.push: after the run, in no key, on record
 
 
 def spec_slice(spec: Spec) -> dict[str, Any]:
-    return {"export": {"merged": spec.export.merged, "merged_dtype": spec.export.merged_dtype},
-            "model": quantization_slice(spec.model)}
+    out: dict[str, Any] = {"export": {"merged": spec.export.merged, "merged_dtype": spec.export.merged_dtype},
+                           "model": quantization_slice(spec.model)}
+    if spec.export.gguf is not None:  # the GGUF files, and parity.json over the benchmarks' first questions
+        p = spec.export.parity
+        out["export"]["gguf"] = {"types": list(spec.export.gguf.types)}
+        out["export"]["parity"] = {"samples": p.samples, "on_fail": p.on_fail,
+                                   **{tier: vars(getattr(p, tier)) for tier in ("unquantized", "q8", "q4")}}
+        out["eval"] = {"benchmarks": [benchmark_slice(b) for b in spec.eval.benchmarks],
+                       "chat_template": spec.eval.chat_template}
+    return out
 
 
 def local_files(spec: Spec) -> dict[str, Path]:
-    return {}
+    if spec.export.gguf is None:
+        return {}
+    files = {benchmark_role(b.name): spec.resolve(b.path) for b in spec.eval.benchmarks if b.path is not None}
+    return files | {benchmark_ids_role(b.name): spec.resolve(b.ids) for b in spec.eval.benchmarks if b.ids is not None}
 
 
 def run(ctx: StageContext) -> None:
@@ -41,6 +60,7 @@ def run(ctx: StageContext) -> None:
 
 def _export(ctx: StageContext) -> None:
     spec = ctx.spec
+    source = _gguf_toolchain(ctx) if spec.export.gguf is not None else None  # an unsupported model stops here
     shutil.copytree(ctx.upstream["train"] / "adapter", ctx.out / "adapter")
     summary = json.loads((ctx.upstream["train"] / "summary.json").read_text("utf-8"))
     model_info = json.loads((ctx.upstream["model"] / "model.json").read_text("utf-8"))
@@ -55,6 +75,36 @@ def _export(ctx: StageContext) -> None:
     (ctx.out / "adapter" / "README.md").write_text(model_card(spec, metadata), "utf-8")
     if spec.export.merged:
         merge(ctx)
+    if source is not None:
+        export_gguf(ctx, source)
+
+
+def _gguf_toolchain(ctx: StageContext) -> Path:
+    """llama.cpp's converter, and the base model's architecture checked against it, before any work."""
+    from runner.stages.export.gguf import check_supported, llama_cpp_source
+    from runner.stages.model.loading import weights_path
+
+    source = llama_cpp_source(ctx.log)
+    config = json.loads((Path(weights_path(ctx.upstream["model"])) / "config.json").read_text("utf-8"))
+    ctx.log(f"export: llama.cpp's converter supports {check_supported(source, config)}")
+    return source
+
+
+def export_gguf(ctx: StageContext, source: Path) -> None:
+    """The GGUF files and the Ollama Modelfile, then the parity gate over every form written."""
+    from runner.stages.export import gguf, parity
+    from runner.stages.model.loading import load_tokenizer
+
+    assert ctx.spec.export.gguf is not None  # the caller checked
+    types = ctx.spec.export.gguf.types
+    # Only for a tokenizer this project built (the demo model): the converter's table cannot know it.
+    declared = gguf.DEMO_PRE_TOKENIZER if ctx.spec.model.source == "init" else None
+    files = gguf.write_ggufs(source, ctx.out / "merged", ctx.out / "adapter", ctx.work / "base", ctx.out / "gguf",
+                             ctx.work, types, declared, ctx.profile.threads, ctx.log)
+    modelfile = gguf.modelfile(load_tokenizer(ctx.upstream["model"]), files[types[0]].name)
+    (ctx.out / "gguf" / "Modelfile").write_text(modelfile, "utf-8")
+    gguf.write_summary(ctx.out / "gguf", files)
+    parity.check(ctx, ctx.upstream["model"], files)
 
 
 def merge(ctx: StageContext) -> None:
@@ -68,6 +118,9 @@ def merge(ctx: StageContext) -> None:
     if profile.quantization != "none":
         model = dequantize(model, torch_dtype(dtype_name))
         ctx.log(f"export: dequantized the 4-bit base to {dtype_name} before merging")
+    if spec.export.gguf is not None:  # the base the GGUF LoRA applies to: the very weights merged into
+        model.to(torch_dtype(dtype_name)).save_pretrained(str(ctx.work / "base"), safe_serialization=True)
+        load_tokenizer(ctx.upstream["model"]).save_pretrained(str(ctx.work / "base"))
     model = PeftModel.from_pretrained(model, str(ctx.out / "adapter")).merge_and_unload()
     model = model.to(torch_dtype(dtype_name))
     model.save_pretrained(str(ctx.out / "merged"), safe_serialization=True)
@@ -97,23 +150,3 @@ def dequantize(model: Any, dtype: Any) -> Any:
     if hasattr(model.config, "_pre_quantization_dtype"):
         del model.config._pre_quantization_dtype
     return model
-
-
-def model_card(spec: Spec, metadata: dict[str, Any]) -> str:
-    base = metadata["base_model"]
-    base_name = base.get("id") or ("a random-initialised demo model" if base.get("random_init") else base.get("path"))
-    m = metadata["metrics"]
-    lines = [
-        "---", "library_name: peft", "tags: [lora, qlora, medical, qlora-runner]", "---", "",
-        f"# LoRA adapter: {spec.name}", "", spec.description or "", "",
-        f"- Base model: {base_name}" + (f" at commit `{base['commit']}`" if base.get("commit") else ""),
-        f"- Method: {'QLoRA (' + metadata['profile']['quantization'] + ' 4-bit base)' if metadata['profile']['quantization'] != 'none' else 'LoRA'}"
-        f", r={spec.lora.r}, alpha={spec.lora.alpha}, dropout={spec.lora.dropout}, targets {spec.lora.target_modules}",
-        f"- Training: {m['steps']} steps, learning rate {spec.train.learning_rate}, batch {spec.train.batch_size}, "
-        f"{spec.train.scheduler} schedule, seed {spec.seed}",
-        f"- Loss: train {m['train_loss_first']} -> {m['train_loss_last']}; validation {m['eval_loss_before']} -> {m['eval_loss_after']}",
-        f"- Trainable parameters: {m['trainable_parameters']:,}", "",
-        "Made with qlora-runner; `metadata.json` holds the spec slice, stage keys and metrics.", "",
-        "Not for clinical use: outputs of a fine-tuned language model can be wrong.", "",
-    ]
-    return "\n".join(lines)
