@@ -68,7 +68,7 @@ def test_before_training_counts_copies_and_stop_names_the_way_out(tmp_path: Path
     assert found["mixed"]["n"] == 23 and (found["mixed"]["exact"], found["mixed"]["near"]) == (3, 0)
     assert [(p["item"], p["row"]) for p in found["mixed"]["pairs"]] == [(20, 0), (21, 1), (22, 2)]
     assert lines == ["contamination: mixed: 3 of 23 questions are in the training data (3 exact, 0 near, "
-                     "similarity >= 0.6); e.g. question 20 ~ training row 0 (exact copy)"]
+                     "similarity >= 0.6); e.g. question 20 ~ training row 0 of train.jsonl (exact copy)"]
     with pytest.raises(DataError, match=r"\(mixed 3/23\); remove them from train.jsonl or set "
                                         r"eval.contamination.action: report"):
         stop_if_found(_spec(tmp_path, "stop", 3), found)
