@@ -86,7 +86,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from runner.spec import load_spec
 
     spec = load_spec(args.spec)
-    print(f"{args.spec}: valid ({spec.name}: {spec.model.source} model, {spec.data.format} data, "
+    what = (f"a mixture of {len(spec.data.train)} sources" if isinstance(spec.data.train, tuple)
+            else f"{spec.data.format} data")
+    print(f"{args.spec}: valid ({spec.name}: {spec.model.source} model, {what}, "
           f"{len(spec.eval.benchmarks)} benchmark(s))")
     return 0
 
