@@ -29,10 +29,9 @@ seed: 1
 model:
   source: init
   init: {{hidden_size: 32, intermediate_size: 64, num_layers: 2, num_heads: 4, num_kv_heads: 2, vocab_size: 1024}}
-data: {{train: {{path: {path}}}, template: plain, max_length: 512}}
+data: {{train: {{path: {path}}}, template: plain, max_length: 2048}}
 """
-WORDS = ("patient presents with fever cough dyspnea chest pain history of diabetes hypertension smoking "
-         "examination shows tachycardia crackles laboratory studies reveal elevated white count").split()
+WORDS = ["patient", "presents", "with", "fever", "cough", "dyspnea", "chest", "pain", "history", "of", "diabetes", "hypertension", "smoking", "examination", "shows", "tachycardia", "crackles", "laboratory", "studies", "reveal", "elevated", "white", "count"]
 
 
 def write_rows(path: Path, size: int) -> int:

@@ -151,7 +151,7 @@ def describe(spec: Spec, stats: dict[str, Any] | None) -> list[str]:
         line = f"  {src.name}: {src.format}, {share}, {where}"
         got = (stats or {}).get("sources", {}).get(src.name)
         if got:
-            line += (f"; kept {got['kept']} of {got['read']} read, {got['dropped_total']} dropped, "
+            line += (f"; {got['read']} read -> {got['kept']} kept, {got['dropped_total']} dropped, "
                      f"{got['tokens']} tokens, {100 * got['share']:.1f}% of an epoch")
         lines.append(line)
     return lines

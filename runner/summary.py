@@ -25,7 +25,7 @@ def summary_lines(outcomes: Sequence[Outcome], record_path: Path, seconds: float
     data = _read(by_stage["data"].path if "data" in by_stage else None, "stats.json")
     if data and "epochs" in data:  # a mixture: what each source gave
         lines.append(f"  mixture: {data['rows']['train']} rows over {len(data['epochs'])} epoch(s)")
-        lines += [f"    {name}: kept {s['kept']} of {s['read']} read, {s['dropped_total']} dropped, {s['tokens']} tokens, "
+        lines += [f"    {name}: {s['read']} read -> {s['kept']} kept, {s['dropped_total']} dropped, {s['tokens']} tokens, "
                   f"{100 * s['share']:.1f}% of an epoch" for name, s in data["sources"].items()]
     train = _read(by_stage["train"].path if "train" in by_stage else None, "summary.json")
     if train:

@@ -21,7 +21,8 @@ from runner.spec import Spec
 from runner.stages.data.encoding import Row, encode, text_blocks
 from runner.stages.data.reading import read_source
 
-BATCH = 1024  # rows per Arrow record batch: the unit of memory while writing
+BATCH = 1024  # rows per Arrow record batch at most: the unit of memory while writing...
+BATCH_TOKENS = 65536  # ...or fewer when rows are long: a buffered token is a Python int (~36 bytes)
 
 
 class ArrowRows:
@@ -39,11 +40,13 @@ class ArrowRows:
         self.writer = new(self.sink, self.schema)
         self.buffer: list[dict[str, Any]] = []
         self.count = 0
+        self.tokens = 0
 
     def add(self, row: dict[str, Any]) -> None:
         self.buffer.append(row)
         self.count += 1
-        if len(self.buffer) >= BATCH:
+        self.tokens += len(row["input_ids"])
+        if len(self.buffer) >= BATCH or self.tokens >= BATCH_TOKENS:
             self.flush()
 
     def write_table(self, table: Any) -> None:
@@ -56,7 +59,7 @@ class ArrowRows:
 
         if self.buffer:
             self.writer.write_batch(pa.RecordBatch.from_pylist(self.buffer, schema=self.schema))
-            self.buffer = []
+            self.buffer, self.tokens = [], 0
 
     def close(self) -> None:
         self.flush()
