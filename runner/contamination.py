@@ -83,20 +83,21 @@ def training_texts(rows: Iterable[dict[str, Any] | Dropped], fmt: str, fields: F
 
 
 def found_in_training(name: str, prompts: Sequence[str], train: Sequence[str], similarity: float,
-                      log: Callable[[str], None], origins: Sequence[str] | None = None) -> dict[str, Any]:
+                      log: Callable[[str], None], origins: Sequence[tuple[str, int]] | None = None) -> dict[str, Any]:
     """One benchmark's questions found in the training texts, logged; the counts the run record keeps.
-    `origins`: the source of each training text, so a hit names the source it came from."""
+    `origins`: (source, row in it) of each training text, so a hit names the source it came from."""
     hits = overlaps(train, prompts, similarity)
     exact = sum(o.similarity == 1.0 for o in hits)
-    where = (lambda row: f"training row {row} of {origins[row]}") if origins else (lambda row: f"training row {row}")
+    where = (lambda row: f"training row {origins[row][1]} of {origins[row][0]}") if origins else (lambda row: f"training row {row}")
     example = (f"; e.g. question {hits[0].item} ~ {where(hits[0].row)} "
                f"({'exact copy' if hits[0].similarity == 1.0 else f'similarity {hits[0].similarity:g}'})") if hits else ""
     log(f"contamination: {name}: {len(hits)} of {len(prompts)} questions are in the training data "
         f"({exact} exact, {len(hits) - exact} near, similarity >= {similarity:g}){example}")
-    pairs = [vars(o) | ({"source": origins[o.row]} if origins else {}) for o in hits[:10]]
+    pairs = [vars(o) | ({"source": origins[o.row][0], "source_row": origins[o.row][1]} if origins else {})
+             for o in hits[:10]]
     found: dict[str, Any] = {"n": len(prompts), "exact": exact, "near": len(hits) - exact, "pairs": pairs}
     if origins:
-        found["sources"] = dict(sorted(Counter(origins[o.row] for o in hits).items()))
+        found["sources"] = dict(sorted(Counter(origins[o.row][0] for o in hits).items()))
     return found
 
 

@@ -32,10 +32,11 @@ def before_training(spec: Spec, log: Log) -> dict[str, Any]:
     return found
 
 
-def training_texts_of(spec: Spec, roles: tuple[str, ...]) -> tuple[list[str], list[str]]:
-    """The prompts of every source of `roles` (train, validation), and for each the source it came from."""
+def training_texts_of(spec: Spec, roles: tuple[str, ...]) -> tuple[list[str], list[tuple[str, int]]]:
+    """The prompts of every source of `roles` (train, validation), and for each (its source, its
+    index among that source's converted rows)."""
     texts: list[str] = []
-    origins: list[str] = []
+    origins: list[tuple[str, int]] = []
     for src in [s for role in roles for s in resolved(spec, role)]:
         try:
             paths = local_paths(spec, src)
@@ -48,7 +49,8 @@ def training_texts_of(spec: Spec, roles: tuple[str, ...]) -> tuple[list[str], li
                             f"{exc}); fix data.{src.role} or set eval.contamination.check: false") from exc
         texts += found
         # A mixture's sources by name; the one-source form by its file or dataset, as the user wrote it.
-        origins += [src.name if is_mixture(spec) else str(src.source.path or src.source.hub)] * len(found)
+        name = src.name if is_mixture(spec) else str(src.source.path or src.source.hub)
+        origins += [(name, row) for row in range(len(found))]
     return texts, origins
 
 
