@@ -87,3 +87,12 @@ def test_epoch_sampling_is_seeded_and_new_each_epoch() -> None:
     assert len(drawn) == 300 and max(Counter(drawn).values()) > 100  # with replacement: independent draws
     plan = schedule(kept, quota, False, 42, 2.5)
     assert [len(e) for e in plan] == [15, 15, 8] and plan[2] == epoch_rows(kept, quota, False, 42, 2)[:8]
+
+
+MIXTURE_DATA_KEY = "21edf0b9eeae6d708448b60c6e584d3ef6fa7b2aa2538751d5addf84f2b51baf"  # pinned: a change to a mixture's slice shows here, as test_keys shows the rest
+
+
+def test_pinned_data_key_of_a_mixture(tmp_path: Path) -> None:
+    spec = _spec(tmp_path, "[{path: a.jsonl, weight: 2}, {name: short, path: b.jsonl, format: qa, rows: 5},"
+                           " {path: notes, format: text}]")
+    assert keys(spec)["data"] == MIXTURE_DATA_KEY

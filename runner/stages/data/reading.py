@@ -26,13 +26,18 @@ def read_rows(src: Source | Benchmark, path: Path | None, limit: int | None) -> 
 
 
 def _hub_rows(src: Source | Benchmark, limit: int | None) -> Iterator[dict[str, Any]]:
-    """A Hub set streamed (`datasets` streaming: shards downloaded and parsed as the rows are read, never
-    the whole set in memory). Cannot run here: the tests have no network."""
+    """A Hub set's rows. A training source streams (`datasets` streaming: shards fetched and parsed as
+    the rows are read, never the whole set in memory); a benchmark, small, is loaded as before, from
+    the local cache when there is one. Cannot run here: the tests have no network."""
     import datasets
 
     assert src.hub is not None  # the spec gives a source exactly one of path and hub
-    ds = datasets.load_dataset(src.hub, src.config, split=src.split, revision=src.revision, streaming=True)
-    yield from (ds.take(limit) if limit else ds)
+    if isinstance(src, Benchmark):
+        ds = datasets.load_dataset(src.hub, src.config, split=src.split, revision=src.revision)
+        yield from (ds.select(range(min(limit, len(ds)))) if limit else ds)
+        return
+    streamed = datasets.load_dataset(src.hub, src.config, split=src.split, revision=src.revision, streaming=True)
+    yield from (streamed.take(limit) if limit else streamed)
 
 
 def read_source(src: Source, paths: list[Path], fmt: str, limit: int | None) -> Iterator[dict[str, Any] | Dropped]:
