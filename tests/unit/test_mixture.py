@@ -7,11 +7,15 @@ import dataclasses
 from collections import Counter
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from runner.errors import SpecError
-from runner.mixture import epoch_rows, quotas, resolved, schedule
+from runner.formats import Dropped, document_text
+from runner.mixture import epoch_rows, local_paths, quotas, resolved, schedule
 from runner.spec import Spec, parse_spec
+from runner.stages.data.reading import read_source
 from tests.unit.test_keys import keys
 
 ROW = '{"question": "q?", "options": {"A": "a", "B": "b"}, "answer_idx": "A"}\n'
@@ -96,3 +100,29 @@ def test_pinned_data_key_of_a_mixture(tmp_path: Path) -> None:
     spec = _spec(tmp_path, "[{path: a.jsonl, weight: 2}, {name: short, path: b.jsonl, format: qa, rows: 5},"
                            " {path: notes, format: text}]")
     assert keys(spec)["data"] == MIXTURE_DATA_KEY
+
+
+def test_text_sources_read_files_folders_globs_and_columns(tmp_path: Path) -> None:
+    (tmp_path / "docs" / "deep").mkdir(parents=True)
+    (tmp_path / "docs" / "a.md").write_text("First note.")
+    (tmp_path / "docs" / "deep" / "b.txt").write_text("Second note.")
+    (tmp_path / "docs" / "bad.txt").write_bytes(b"caf\xe9")
+    (tmp_path / "docs" / "skip.json").write_text("{}")  # a folder gives its .txt and .md files only
+    (tmp_path / "rows.jsonl").write_text('{"body": "Third."}\n{"body": ""}\n')
+    pq.write_table(pa.table({"body": ["Fourth.", "Fifth."]}), tmp_path / "rows.parquet")
+
+    def texts(path: str, column: str = "text") -> list[str]:
+        spec = _spec(tmp_path, f"[{{path: '{path}', format: text, fields: {{text: {column}}}}}]")
+        (src,) = resolved(spec, "train")
+        out = []
+        for row in read_source(src.source, local_paths(spec, src), "text", None):
+            try:
+                out.append(document_text(row, column) if not isinstance(row, Dropped) else f"dropped: {row}")
+            except Dropped as reason:
+                out.append(f"dropped: {reason}")
+        return out
+
+    assert texts("docs") == ["First note.", "dropped: not UTF-8", "Second note."]
+    assert texts("docs/**/*.txt") == ["dropped: not UTF-8", "Second note."]
+    assert texts("rows.jsonl", "body") == ["Third.", "dropped: empty text (body)"]
+    assert texts("rows.parquet", "body") == ["Fourth.", "Fifth."]
