@@ -37,7 +37,7 @@ class Planned:
 def plan(spec: str | Path, store: str | Path = "artifacts", force: Iterable[str] = (), verify: bool = False) -> Planned:
     """What `run` would do, without doing it."""
     from runner.execute import registered_stages
-    from runner.plan import memory_lines
+    from runner.plan import memory_lines, mixture_lines
     from runner.plan import plan as make_plan
     from runner.probe import probe_machine
     from runner.profile import resolve_profile
@@ -48,7 +48,7 @@ def plan(spec: str | Path, store: str | Path = "artifacts", force: Iterable[str]
     profile = resolve_profile(typed, probe_machine())
     steps = make_plan(registered_stages(), typed, profile, Store(Path(store)), latest_record(Path(store), Path(spec)),
                       frozenset(force), verify)
-    return Planned(profile, [step.line() for step in steps] + memory_lines(steps, typed, profile))
+    return Planned(profile, [step.line() for step in steps] + mixture_lines(steps, typed) + memory_lines(steps, typed, profile))
 
 
 @dataclass(frozen=True)

@@ -118,8 +118,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def valid_line(source: object, spec: Any) -> str:
     """What `validate` prints for a valid spec (the server's /v1/specs/validate says the same)."""
-    return (f"{source}: valid ({spec.name}: {spec.model.source} model, {spec.data.format} data, "
-            f"{len(spec.eval.benchmarks)} benchmark(s))")
+    what = (f"a mixture of {len(spec.data.train)} sources" if isinstance(spec.data.train, tuple)
+            else f"{spec.data.format} data")
+    return f"{source}: valid ({spec.name}: {spec.model.source} model, {what}, {len(spec.eval.benchmarks)} benchmark(s))"
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

@@ -13,14 +13,14 @@ repeats it per benchmark for the report.
 from __future__ import annotations
 
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from runner.errors import DataError
-from runner.formats import Dropped, convert_rows, to_example
-from runner.spec import Data, Spec
+from runner.formats import Dropped, convert_rows, document_text, to_example
+from runner.spec import Fields, Spec
 
 SHINGLE = 8  # words: long enough that shared boilerplate ("which of the following is") rarely matches
 
@@ -72,23 +72,33 @@ def overlaps(train: Sequence[str], bench: Sequence[str], threshold: float) -> li
     return found
 
 
-def training_texts(rows: Iterable[dict[str, Any] | Dropped], data: Data) -> list[str]:
-    """The prompts of the training rows as the data stage converts them (validation rows included):
-    what a benchmark question would be copied into."""
-    examples, _ = convert_rows(rows, lambda row: to_example(row, data.format, data.fields))
+def training_texts(rows: Iterable[dict[str, Any] | Dropped], fmt: str, fields: Fields) -> list[str]:
+    """The prompts of a source's rows as the data stage converts them (validation rows included): what
+    a benchmark question would be copied into. A text source: its documents."""
+    if fmt == "text":
+        texts, _ = convert_rows(rows, lambda row: document_text(row, fields.text))
+        return texts
+    examples, _ = convert_rows(rows, lambda row: to_example(row, fmt, fields))
     return ["\n".join(content for role, content in e.messages if role != "assistant") for e in examples]
 
 
 def found_in_training(name: str, prompts: Sequence[str], train: Sequence[str], similarity: float,
-                      log: Callable[[str], None]) -> dict[str, Any]:
-    """One benchmark's questions found in the training texts, logged; the counts the run record keeps."""
+                      log: Callable[[str], None], origins: Sequence[tuple[str, int]] | None = None) -> dict[str, Any]:
+    """One benchmark's questions found in the training texts, logged; the counts the run record keeps.
+    `origins`: (source, row in it) of each training text, so a hit names the source it came from."""
     hits = overlaps(train, prompts, similarity)
     exact = sum(o.similarity == 1.0 for o in hits)
-    example = (f"; e.g. question {hits[0].item} ~ training row {hits[0].row} "
+    where = (lambda row: f"training row {origins[row][1]} of {origins[row][0]}") if origins else (lambda row: f"training row {row}")
+    example = (f"; e.g. question {hits[0].item} ~ {where(hits[0].row)} "
                f"({'exact copy' if hits[0].similarity == 1.0 else f'similarity {hits[0].similarity:g}'})") if hits else ""
     log(f"contamination: {name}: {len(hits)} of {len(prompts)} questions are in the training data "
         f"({exact} exact, {len(hits) - exact} near, similarity >= {similarity:g}){example}")
-    return {"n": len(prompts), "exact": exact, "near": len(hits) - exact, "pairs": [vars(o) for o in hits[:10]]}
+    pairs = [vars(o) | ({"source": origins[o.row][0], "source_row": origins[o.row][1]} if origins else {})
+             for o in hits[:10]]
+    found: dict[str, Any] = {"n": len(prompts), "exact": exact, "near": len(hits) - exact, "pairs": pairs}
+    if origins:
+        found["sources"] = dict(sorted(Counter(origins[o.row][0] for o in hits).items()))
+    return found
 
 
 def stop_if_found(spec: Spec, found: dict[str, Any]) -> None:
@@ -96,6 +106,7 @@ def stop_if_found(spec: Spec, found: dict[str, Any]) -> None:
     dirty = {name: f for name, f in found.items() if f["exact"] + f["near"]}
     if dirty and spec.eval.contamination.action == "stop":
         worst = ", ".join(f"{name} {f['exact'] + f['near']}/{f['n']}" for name, f in dirty.items())
-        source = spec.data.train.path or spec.data.train.hub
+        named = sorted({s for f in dirty.values() for s in f.get("sources", {})})
+        source = ", ".join(named) if named else "the training data"
         raise DataError(f"benchmark questions are in the training data ({worst}); remove them from {source} "
                         f"or set eval.contamination.action: report to train anyway (model and data stages are kept)")

@@ -284,12 +284,15 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def write(out_dir: Path, seed: int = 0) -> list[Path]:
-    """Write the train and test JSONL files into ``out_dir``; return their paths."""
+    """Write the train, test and instruction JSONL files into ``out_dir``; return their paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     train, test = generate(seed)
-    paths = [out_dir / TRAIN_FILE, out_dir / TEST_FILE]
-    for path, rows in zip(paths, (train, test)):
+    # Every second training fact again as an instruction: the alpaca source of specs/smoke-mix.yaml.
+    alpaca = [{"instruction": "Answer the medical question in a few words.", "input": row["question"],
+               "output": row["answer"][0].upper() + row["answer"][1:] + "."} for row in train[::2]]
+    paths = [out_dir / TRAIN_FILE, out_dir / TEST_FILE, out_dir / "alpaca_train.jsonl"]
+    for path, rows in zip(paths, (train, test, alpaca)):
         _write_jsonl(path, rows)
     return paths
 

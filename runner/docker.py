@@ -72,14 +72,15 @@ def nvidia_gpu() -> bool:
 
 def container_inputs(spec_path: Path, store: Path) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
     """Volumes (host path -> bind at the same path) and environment for the container."""
+    from runner.mixture import resolved
     from runner.spec import load_spec
 
     spec = load_spec(spec_path)  # a bad spec is reported before any engine is contacted
     reads = [spec_path.resolve().parent]
     if spec.model.source == "local" and spec.model.path is not None:
         reads.append(spec.resolve(spec.model.path))
-    sources = [spec.data.train, spec.data.validation, *spec.eval.benchmarks]
-    reads += [spec.resolve(s.path).parent for s in sources if s is not None and s.path is not None]
+    sources = [s.source for role in ("train", "validation") for s in resolved(spec, role)] + list(spec.eval.benchmarks)
+    reads += [spec.resolve(s.path.split("*")[0]).parent for s in sources if s.path is not None]
     if spec.eval.perplexity is not None:
         reads.append(spec.resolve(spec.eval.perplexity.path).parent)
     volumes = {str(p): {"bind": str(p), "mode": "ro"} for p in outermost(reads)}
@@ -88,7 +89,7 @@ def container_inputs(spec_path: Path, store: Path) -> tuple[dict[str, dict[str, 
         logs.mkdir(parents=True, exist_ok=True)
         volumes[str(logs)] = {"bind": str(logs), "mode": "rw"}
     environment = {name: os.environ[name] for name in PASS_ENV if name in os.environ}
-    if spec.model.source == "hub" or any(s is not None and s.hub is not None for s in sources):
+    if spec.model.source == "hub" or any(s.hub is not None for s in sources):
         # Hub downloads land in the host's cache, so a second run (or a native one) reuses them.
         hf_home = Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface").resolve()
         hf_home.mkdir(parents=True, exist_ok=True)

@@ -143,10 +143,11 @@ def _read_parquet(path: Path) -> Iterator[dict[str, Any] | Dropped]:
     import pyarrow.parquet as pq  # comes with datasets
 
     try:
-        table = pq.read_table(path)
+        batches = pq.ParquetFile(path).iter_batches(batch_size=1024)  # a batch at a time: memory stays flat
+        for batch in batches:
+            yield from batch.to_pylist()
     except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
         raise DataError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0] if str(exc) else exc!r})") from exc
-    yield from table.to_pylist()
 
 
 def _text(row: dict[str, Any], column: str, what: str) -> str:
@@ -262,3 +263,16 @@ def convert_rows(rows: Iterable[dict[str, Any] | Dropped], convert: Callable[[di
 
 def count_reasons(reasons: list[str]) -> dict[str, int]:
     return dict(sorted(Counter(reasons).items()))
+
+
+TEXT_KEY = "\0text"  # where a whole-file document's text is put: a name no column has
+
+
+def document_text(row: dict[str, Any], column: str) -> str:
+    """The text of one document row, or Dropped with the reason."""
+    value = row.get(TEXT_KEY, row.get(column))
+    if value is None:
+        raise Dropped(f"missing text ({column})")
+    if not isinstance(value, str) or not value.strip():
+        raise Dropped(f"empty text ({column})")
+    return value

@@ -86,6 +86,20 @@ def plan(stages: tuple[Stage, ...], spec: Spec, profile: Profile, store: Store,
     return steps
 
 
+def mixture_lines(steps: list[Step], spec: Spec) -> list[str]:
+    """A mixture, one line per source: its format and share, with the data stage's counts once it ran."""
+    import json
+
+    from runner.mixture import describe, is_mixture
+
+    if not is_mixture(spec):
+        return []
+    data = {s.stage: s for s in steps}["data"].manifest
+    stats = json.loads((data.path / "stats.json").read_text("utf-8")) if data is not None else None
+    return [f"mixture: {len(describe(spec, None))} sources, sampled {'with' if spec.data.replacement else 'without'} "
+            "replacement, a new draw each epoch"] + describe(spec, stats)
+
+
 def memory_lines(steps: list[Step], spec: Spec, profile: Profile) -> list[str]:
     """The training memory estimate for `plan`: from the model's config.json once the model stage
     has run (or the spec's init shape), and the longest tokenized example once data has run."""

@@ -14,23 +14,48 @@ from runner.yamlpos import clip
 
 def cross_field_problems(doc: dict[str, Any], base_dir: Path) -> list[tuple[tuple[Any, ...], str]]:
     """Rules one schema property cannot express. Returns (path, message) pairs."""
-    found: list[tuple[tuple[Any, ...], str]] = []
-    model = doc["model"]
+    return (_model_problems(doc["model"], base_dir) + _source_problems(doc, base_dir) + _eval_problems(doc, base_dir)
+            + _train_problems(doc) + _export_problems(doc))
+
+
+Problems = list[tuple[tuple[Any, ...], str]]
+
+
+def _model_problems(model: dict[str, Any], base_dir: Path) -> Problems:
+    found: Problems = []
     if model["source"] == "hub" and not model["id"]:
         found.append((("model", "id"), "required when source is hub, e.g. meta-llama/Llama-3.2-3B-Instruct"))
     if model["source"] == "local":
         found += _model_folder(model["path"], base_dir)
-    sources: list[tuple[tuple[Any, ...], Any]] = [(("data", "train"), doc["data"]["train"])]
-    if doc["data"]["validation"] is not None:
-        sources.append((("data", "validation"), doc["data"]["validation"]))
+    init = model["init"]
+    if model["source"] == "init" and init["num_heads"] % init["num_kv_heads"]:
+        found.append((("model", "init", "num_kv_heads"), "must divide model.init.num_heads"))
+    if model["source"] == "init" and init["hidden_size"] % init["num_heads"]:
+        found.append((("model", "init", "num_heads"), "must divide model.init.hidden_size"))
+    return found
+
+
+def _source_problems(doc: dict[str, Any], base_dir: Path) -> Problems:
+    """Every training, validation and benchmark source: one of path or hub, and its files there."""
+    sources = _data_sources(doc["data"])
+    found = _mixture_problems(doc["data"], sources)
     sources += [(("eval", "benchmarks", i), b) for i, b in enumerate(doc["eval"]["benchmarks"])]
     for where, src in sources:
+        text = (src.get("format") or doc["data"]["format"]) == "text" and where[0] == "data"
         if (src["path"] is None) == (src["hub"] is None):
             found.append((where, "give exactly one of `path` (a local file) or `hub` (a dataset id)"))
+        elif src["path"] is not None and text and has_glob(src["path"]):
+            if not sorted(base_dir.glob(src["path"])):
+                found.append((where + ("path",), f"no file matches {clip(repr(src['path']))} (relative to the spec file)"))
         elif src["path"] is not None:
-            found += _local_path(src["path"], where + ("path",), base_dir, want_dir=False)
+            found += _local_path(src["path"], where + ("path",), base_dir, want_dir=text and (base_dir / src["path"]).is_dir())
         if src.get("ids") is not None:
             found += _local_path(src["ids"], where + ("ids",), base_dir, want_dir=False)
+    return found
+
+
+def _eval_problems(doc: dict[str, Any], base_dir: Path) -> Problems:
+    found: Problems = []
     for i, b in enumerate(doc["eval"]["benchmarks"]):
         if b["format"] in ("qa", "alpaca") and b.get("ids") is not None:
             found.append((("eval", "benchmarks", i, "ids"), "a fold of ids is for multiple-choice formats; "
@@ -45,11 +70,21 @@ def cross_field_problems(doc: dict[str, Any], base_dir: Path) -> list[tuple[tupl
     for i, rule in enumerate(doc["eval"]["safety"]["rules"]):
         for part in ("pattern", "unless"):
             found += _regex(rule[part], ("eval", "safety", "rules", i, part))
+    return found
+
+
+def _train_problems(doc: dict[str, Any]) -> Problems:
+    found: Problems = []
     train = doc["train"]
     micro = train["micro_batch_size"]
     if micro != "auto" and train["batch_size"] % micro:
         found.append((("train", "micro_batch_size"),
                       f"must divide train.batch_size ({train['batch_size']}), got {micro}"))
+    return found
+
+
+def _export_problems(doc: dict[str, Any]) -> Problems:
+    found: Problems = []
     export = doc["export"]
     if export["gguf"] is not None and not export["merged"]:
         found.append((("export", "gguf"), "needs `export.merged: true`: the GGUF is converted from the merged model"))
@@ -58,12 +93,49 @@ def cross_field_problems(doc: dict[str, Any], base_dir: Path) -> list[tuple[tupl
                                           "GGUF on its questions"))
     if export["push"] is not None and not export["push"]["repo_id"]:
         found.append((("export", "push", "repo_id"), "required: the Hub repository to push to, e.g. you/medqa-lora"))
-    init = model["init"]
-    if model["source"] == "init" and init["num_heads"] % init["num_kv_heads"]:
-        found.append((("model", "init", "num_kv_heads"), "must divide model.init.num_heads"))
-    if model["source"] == "init" and init["hidden_size"] % init["num_heads"]:
-        found.append((("model", "init", "num_heads"), "must divide model.init.hidden_size"))
     return found
+
+
+def _data_sources(data: dict[str, Any]) -> list[tuple[tuple[Any, ...], Any]]:
+    """(path in the document, source) of every training and validation source, in both forms."""
+    out: list[tuple[tuple[Any, ...], Any]] = []
+    for role in ("train", "validation"):
+        value = data[role]
+        if isinstance(value, list):
+            out += [(("data", role, i), src) for i, src in enumerate(value)]
+        elif value is not None:
+            out.append((("data", role), value))
+    return out
+
+
+def _mixture_problems(data: dict[str, Any], sources: list[tuple[tuple[Any, ...], Any]]) -> list[tuple[tuple[Any, ...], str]]:
+    """A mixture's sources: `weight` or `rows` (validation sources are read whole), distinct names."""
+    found: list[tuple[tuple[Any, ...], str]] = []
+    names: dict[tuple[str, str], int] = {}
+    for where, src in sources:
+        if len(where) == 2:
+            continue  # the one-source form has neither names nor shares
+        if src["weight"] is not None and src["rows"] is not None:
+            found.append((where, "give `weight` (a share of each epoch) or `rows` (a fixed count), not both"))
+        if where[1] == "validation" and (src["weight"] is not None or src["rows"] is not None):
+            found.append((where, "validation sources are read whole: remove `weight` and `rows`"))
+        name = src["name"] or source_name(src["path"], src["hub"])
+        if (where[1], name) in names:
+            found.append((where + ("name",), f"a second source named {name!r} in data.{where[1]}; give each a distinct `name`"))
+        names[where[1], name] = 1
+    return found
+
+
+def source_name(path: str | None, hub: str | None) -> str:
+    """A mixture source's name when the spec gives none: the file's stem, or the dataset id's last part."""
+    if path is not None:
+        stem = Path(path.rstrip("/*")).stem or "source"
+        return re.sub(r"[^A-Za-z0-9_.-]", "_", stem)
+    return (hub or "source").rsplit("/", 1)[-1]
+
+
+def has_glob(path: str) -> bool:
+    return any(ch in path for ch in "*?[")
 
 
 def _regex(pattern: str | None, where: tuple[Any, ...]) -> list[tuple[tuple[Any, ...], str]]:

@@ -54,15 +54,6 @@ class Model:
 
 
 @dataclass(frozen=True)
-class Source:
-    path: str | None = None
-    hub: str | None = None
-    config: str | None = None
-    split: str = "train"
-    revision: str | None = None
-
-
-@dataclass(frozen=True)
 class Fields:
     question: str = "question"
     options: str | tuple[str, ...] = "options"
@@ -74,19 +65,39 @@ class Fields:
     input: str = "input"
     output: str = "output"
     messages: str = "messages"
+    text: str = "text"
+
+
+Format = Literal["multiple_choice", "qa", "alpaca", "chat", "text"]
+
+
+@dataclass(frozen=True)
+class Source:
+    path: str | None = None
+    hub: str | None = None
+    config: str | None = None
+    split: str = "train"
+    revision: str | None = None
+    # Only in a mixture (`data.train` as a list); null means the `data` value or a derived name.
+    name: str | None = None
+    format: Format | None = None
+    fields: Fields | None = None
+    weight: float | None = None
+    rows: int | None = None
 
 
 @dataclass(frozen=True)
 class Data:
-    train: Source
-    validation: Source | None = None
+    train: Source | tuple[Source, ...]  # one source (the original form) or a mixture
+    validation: Source | tuple[Source, ...] | None = None
     validation_fraction: float = 0.1
-    format: Literal["multiple_choice", "qa", "alpaca", "chat"] = "multiple_choice"
+    format: Format = "multiple_choice"
     fields: Fields = field(default_factory=Fields)
     template: Literal["chat", "plain"] = "chat"
     system_prompt: str | None = None
     max_length: int = 1024
     max_rows: int | None = None
+    replacement: bool = False
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,11 @@ def summary_lines(outcomes: Sequence[Outcome], record_path: Path, seconds: float
     reused = [o.stage for o in outcomes if o.action == "reused"]
     lines = [f"summary ({seconds:.1f} s): ran {', '.join(ran) or 'nothing'}; reused {', '.join(reused) or 'nothing'}"]
     by_stage = {o.stage: o for o in outcomes}
+    data = _read(by_stage["data"].path if "data" in by_stage else None, "stats.json")
+    if data and "epochs" in data:  # a mixture: what each source gave
+        lines.append(f"  mixture: {data['rows']['train']} rows over {len(data['epochs'])} epoch(s)")
+        lines += [f"    {name}: {s['read']} read -> {s['kept']} kept, {s['dropped_total']} dropped, {s['tokens']} tokens, "
+                  f"{100 * s['share']:.1f}% of an epoch" for name, s in data["sources"].items()]
     train = _read(by_stage["train"].path if "train" in by_stage else None, "summary.json")
     if train:
         lines.append(f"  loss: train {train['train_loss_first']:.3f} -> {train['train_loss_last']:.3f}"

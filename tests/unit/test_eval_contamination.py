@@ -68,7 +68,7 @@ def test_before_training_counts_copies_and_stop_names_the_way_out(tmp_path: Path
     assert found["mixed"]["n"] == 23 and (found["mixed"]["exact"], found["mixed"]["near"]) == (3, 0)
     assert [(p["item"], p["row"]) for p in found["mixed"]["pairs"]] == [(20, 0), (21, 1), (22, 2)]
     assert lines == ["contamination: mixed: 3 of 23 questions are in the training data (3 exact, 0 near, "
-                     "similarity >= 0.6); e.g. question 20 ~ training row 0 (exact copy)"]
+                     "similarity >= 0.6); e.g. question 20 ~ training row 0 of train.jsonl (exact copy)"]
     with pytest.raises(DataError, match=r"\(mixed 3/23\); remove them from train.jsonl or set "
                                         r"eval.contamination.action: report"):
         stop_if_found(_spec(tmp_path, "stop", 3), found)
@@ -88,3 +88,27 @@ def test_check_off_reads_nothing_and_says_nothing(tmp_path: Path) -> None:
     lines: list[str] = []
     assert before_training(off, lines.append) == {} and lines == []
     stop_if_found(off, {})
+
+
+def test_every_source_of_a_mixture_is_checked_and_named(tmp_path: Path) -> None:
+    _spec(tmp_path, "stop", 3)  # writes train.jsonl (40 rows, 3 of them in the benchmark) and bench.jsonl
+    (tmp_path / "notes.md").write_text("Scurvy follows a lack of vitamin C.\n")
+    (tmp_path / "qa.jsonl").write_text('{"question": "What treats scurvy?", "answer": "Vitamin C."}\n')
+    spec = parse_spec("""
+model: {source: init}
+data:
+  train:
+    - {name: notes, path: notes.md, format: text}
+    - {name: answers, path: qa.jsonl, format: qa}
+    - {name: mcq, path: train.jsonl}
+  template: plain
+eval:
+  benchmarks: [{name: mixed, path: bench.jsonl}]
+  contamination: {action: stop}
+""", base_dir=tmp_path)
+    lines: list[str] = []
+    found = before_training(spec, lines.append)
+    assert found["mixed"]["sources"] == {"mcq": 3} and {p["source"] for p in found["mixed"]["pairs"]} == {"mcq"}
+    assert "question 20 ~ training row 0 of mcq (exact copy)" in lines[0]
+    with pytest.raises(DataError, match=r"\(mixed 3/23\); remove them from mcq or set"):
+        stop_if_found(spec, found)

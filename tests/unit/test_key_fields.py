@@ -27,10 +27,10 @@ SLICED: dict[str, set[str]] = {
     "ModelInit": {"vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
                   "max_position_embeddings", "initializer_range"},
     "Data": {"train", "validation", "validation_fraction", "format", "fields", "template", "system_prompt",
-             "max_length", "max_rows"},
-    "Source": {"hub", "config", "split", "revision"},
+             "max_length", "max_rows", "replacement"},
+    "Source": {"hub", "config", "split", "revision", "name", "format", "fields", "weight", "rows"},
     "Fields": {"question", "options", "answer_key", "answer_key_type", "context", "answer", "instruction", "input",
-               "output", "messages"},
+               "output", "messages", "text"},
     "Lora": {"r", "alpha", "dropout", "target_modules"},
     "Train": {"epochs", "max_steps", "learning_rate", "batch_size", "micro_batch_size", "scheduler", "warmup",
               "weight_decay", "max_grad_norm", "optimizer", "gradient_checkpointing"},
@@ -126,6 +126,16 @@ eval:
   perplexity: {path: corpus.txt}
 export: {merged: true, gguf: {types: [f16]}, push: {repo_id: someone/adapter}}
 """
+MIXTURE = """
+model: {source: init}
+data:
+  train:
+    - {path: train.jsonl, weight: 2}
+    - {path: notes.txt, format: text, rows: 3, fields: {text: body}}
+    - {name: hubqa, hub: someone/qa, format: qa}
+  validation: [{name: v, path: train.jsonl}]
+eval: {benchmarks: [{name: local, path: test.jsonl}]}
+"""
 ROW = '{"question": "q?", "options": {"A": "a", "B": "b"}, "answer_idx": "A"}\n'
 
 
@@ -135,9 +145,13 @@ def specs(tmp_path: Path) -> list[Spec]:
         (tmp_path / name).write_text(ROW)
     (tmp_path / "ids.txt").write_text("1\n")
     (tmp_path / "corpus.txt").write_text("some held-out text\n")
+    (tmp_path / "notes.txt").write_text("A note.\n")
     full = parse_spec(FULL, base_dir=tmp_path)
     hub = dataclasses.replace(full, model=dataclasses.replace(full.model, source="hub", id="someone/model"))
-    return [full, hub]  # a Hub model's slice reads id, revision and trust_remote_code; an init one its shape
+    mixture = parse_spec(MIXTURE, base_dir=tmp_path)
+    # A Hub model's slice reads id, revision and trust_remote_code; an init one its shape; a mixture
+    # its sources' names, formats, fields and shares, the sampling and the epochs.
+    return [full, hub, mixture]
 
 
 def slices(spec: Spec) -> str:
@@ -168,6 +182,8 @@ def other_value(value: Any, hint: Any) -> Any:
     if isinstance(value, tuple):
         return value + ("other",)
     kinds = [t for t in _inner_types(hint) if t in (str, int, float)]
+    if not kinds:  # an optional Literal (a mixture source's format): another of its values
+        return next(a for t in _inner_types(hint) if typing.get_origin(t) is typing.Literal for a in typing.get_args(t))
     return {str: "other", int: 3, float: 0.5}[kinds[0]]
 
 

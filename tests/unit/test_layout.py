@@ -70,7 +70,7 @@ def test_heavy_libraries_are_imported_only_inside_the_stages() -> None:
 
 def test_stages_holds_the_five_stages_and_nothing_else() -> None:
     entries = sorted(p.name for p in STAGES.iterdir() if p.name != "__pycache__")
-    assert entries == ["__init__.py", "data.py", "eval", "export", "model", "train"]
+    assert entries == ["__init__.py", "data", "eval", "export", "model", "train"]
 
 
 @pytest.mark.parametrize("path", modules(), ids=relative)

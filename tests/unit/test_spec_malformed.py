@@ -180,7 +180,11 @@ def _wrong_values(sub: dict[str, Any]) -> Iterator[Any]:
 def _set(doc: dict[str, Any], path: tuple[Any, ...], value: Any) -> dict[str, Any]:
     doc = copy.deepcopy(doc)
     node: Any = doc
-    for part in path[:-1]:
+    parent: Any = None
+    for i, part in enumerate(path[:-1]):
+        if isinstance(part, int) and not isinstance(node, list):  # the list form of a one-or-many field (data.train)
+            parent[path[i - 1]] = node = [node]
+        parent = node
         node = node.setdefault(part, {}) if isinstance(part, str) else node[part]
     node[path[-1]] = value
     return doc

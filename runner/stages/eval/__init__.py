@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from runner.benchmarks import HARNESS_TASKS, Item, benchmark_items
+from runner.mixture import file_roles, is_mixture, resolved
 from runner.spec import Benchmark, Spec
-from runner.stage import TRAIN_ROLE, StageContext, benchmark_ids_role, benchmark_role
-from runner.stages.data import fields_slice, hub_slice, read_rows
+from runner.stage import StageContext, benchmark_ids_role, benchmark_role
+from runner.stages.data import fields_slice, hub_slice, mixture_slice, read_rows
 from runner.stages.model import quantization_slice
 from runner.stats import summarize
 
@@ -49,9 +50,13 @@ def spec_slice(spec: Spec) -> dict[str, Any]:
                                      "batch_size": ev.batch_size}
     if ev.contamination.check:  # what the check reads of the training data
         d = spec.data
-        out["eval"]["contamination"] = {"similarity": ev.contamination.similarity, "format": d.format,
-                                        "fields": fields_slice(d.fields), "max_rows": d.max_rows,
-                                        "train": hub_slice(d.train)}
+        if isinstance(d.train, tuple):  # a mixture: every training source, as the data stage reads it
+            out["eval"]["contamination"] = {"similarity": ev.contamination.similarity, "max_rows": d.max_rows,
+                                            "train": mixture_slice(spec)["data"]["train"]}
+        else:
+            out["eval"]["contamination"] = {"similarity": ev.contamination.similarity, "format": d.format,
+                                            "fields": fields_slice(d.fields), "max_rows": d.max_rows,
+                                            "train": hub_slice(d.train)}
     if ev.queries:  # answers depend on these only when there is something to answer
         g = ev.generation
         out["eval"] |= {"queries": list(ev.queries),
@@ -83,8 +88,9 @@ def _safety_slice(spec: Spec) -> dict[str, Any]:
 def local_files(spec: Spec) -> dict[str, Path]:
     files = {benchmark_role(b.name): spec.resolve(b.path) for b in spec.eval.benchmarks if b.path is not None}
     files |= {benchmark_ids_role(b.name): spec.resolve(b.ids) for b in spec.eval.benchmarks if b.ids is not None}
-    if spec.eval.contamination.check and spec.data.train.path is not None:
-        files[TRAIN_ROLE] = spec.resolve(spec.data.train.path)
+    if spec.eval.contamination.check:
+        for src in resolved(spec, "train"):
+            files |= file_roles(spec, src, one_source=not is_mixture(spec))
     if spec.eval.perplexity is not None:
         files[PERPLEXITY_ROLE] = spec.resolve(spec.eval.perplexity.path)
     return files
@@ -125,10 +131,10 @@ def read_inputs(ctx: StageContext) -> Loaded:
 def _evaluate(ctx: StageContext) -> None:
     from peft import PeftModel
 
-    from runner.contamination import training_texts
     from runner.stages.eval.freetext import score_free_text
     from runner.stages.eval.generation import answer_queries
     from runner.stages.model.loading import load_base, load_tokenizer
+    from runner.stages.train.gate import training_texts_of
     from runner.stages.train.trackers import require_trackers
 
     spec = ctx.spec
@@ -142,8 +148,7 @@ def _evaluate(ctx: StageContext) -> None:
     results: dict[str, Any] = {}
     train_texts: list[str] = []
     if spec.eval.contamination.check and loaded.choice:
-        train_texts = training_texts(read_rows(spec.data.train, ctx.files.get(TRAIN_ROLE), spec.data.max_rows),
-                                     spec.data)
+        train_texts, _ = training_texts_of(spec, ("train",))
     with open(ctx.out / "predictions.jsonl", "w", encoding="utf-8") as preds_file:
         for bench in (b for b in spec.eval.benchmarks if b.name in loaded.choice):
             results[bench.name] = score_benchmark(ctx, model, tok, bench, loaded.choice[bench.name], labels,

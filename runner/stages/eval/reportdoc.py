@@ -8,6 +8,8 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
+from runner.mixture import describe
+
 Block = tuple[Any, ...]  # ("p", text) ("note", text) ("h3", text) ("pre", text) ("img", file, alt) ("table", header, rows)
 
 
@@ -202,10 +204,13 @@ def spec_summary(inputs: Any) -> Section:
     where = {"hub": f"`{m.id}` at `{info.get('commit', m.revision)}`", "local": f"`{m.path}`",
              "init": f"random-initialised ({info.get('parameters', '?'):,} parameters)"
              if isinstance(info.get("parameters"), int) else "random-initialised"}[m.source]
-    source = d.train.path or f"{d.train.hub} ({d.train.split})"
+    if isinstance(d.train, tuple):  # a mixture: each source with its share
+        source = "; ".join(line.strip() for line in describe(spec, None))
+    else:
+        source = f"`{d.train.path or f'{d.train.hub} ({d.train.split})'}`, format {d.format}"
     steps = f"{t.max_steps} steps" if t.max_steps else f"{t.epochs:g} epochs"
     rows = [["model", f"{where}, quantization {m.quantization}" + (" (double)" if m.double_quant and m.quantization != "none" else "")],
-            ["data", f"`{source}`, format {d.format}, template {d.template}, max length {d.max_length}"],
+            ["data", f"{source}, template {d.template}, max length {d.max_length}"],
             ["LoRA", f"r {lora.r}, alpha {lora.alpha:g}, dropout {lora.dropout:g}, targets {_targets(lora.target_modules)}"],
             ["training", f"{steps}, learning rate {t.learning_rate:g} ({t.scheduler}, warmup {t.warmup:g}), "
                          f"batch {t.batch_size}, weight decay {t.weight_decay:g}"],

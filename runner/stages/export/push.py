@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import StageError
+from runner.mixture import resolved
 from runner.spec import Spec
 from runner.stage import Log
 
@@ -95,7 +96,7 @@ def hub_card(spec: Spec, export: Path, eval_dir: Path | None) -> str:
     from huggingface_hub import EvalResult, ModelCardData
 
     model = json.loads((export / "adapter" / "metadata.json").read_text("utf-8"))["base_model"]
-    datasets = [s.hub for s in (spec.data.train, spec.data.validation) if s is not None and s.hub]
+    datasets = [s.source.hub for role in ("train", "validation") for s in resolved(spec, role) if s.source.hub]
     results = []
     if eval_dir is not None and (eval_dir / "metrics.json").is_file():
         metrics = json.loads((eval_dir / "metrics.json").read_text("utf-8"))

@@ -13,32 +13,46 @@ from runner.benchmarks import Item, benchmark_items
 from runner.contamination import found_in_training, stop_if_found, training_texts
 from runner.errors import DataError
 from runner.formats import convert_rows, to_example
+from runner.mixture import is_mixture, local_paths, resolved
 from runner.spec import Benchmark, Spec
 from runner.stage import Log
 from runner.stages.data import read_rows
+from runner.stages.data.reading import read_source
 
 
 def before_training(spec: Spec, log: Log) -> dict[str, Any]:
-    """Each benchmark's questions found in the training data, logged. Counts per benchmark."""
+    """Each benchmark's questions found in the training data (every source), logged. Counts per benchmark."""
     check = spec.eval.contamination
     if not check.check or not spec.eval.benchmarks:
         return {}
-    train = _training_texts(spec)
+    train, origins = training_texts_of(spec, ("train", "validation"))
     found: dict[str, Any] = {}
     for bench in spec.eval.benchmarks:
         prompts = _prompts(spec, bench)
-        found[bench.name] = found_in_training(bench.name, prompts, train, check.similarity, log)
+        found[bench.name] = found_in_training(bench.name, prompts, train, check.similarity, log, origins)
     return found
 
 
-def _training_texts(spec: Spec) -> list[str]:
-    src = spec.data.train
-    try:
-        rows = read_rows(src, spec.resolve(src.path) if src.path is not None else None, spec.data.max_rows)
-        return training_texts(rows, spec.data)
-    except Exception as exc:  # the Hub unreachable for a Hub training source
-        raise DataError(f"contamination check: cannot read the training data ({type(exc).__name__}: {exc}); "
-                        f"fix data.train or set eval.contamination.check: false") from exc
+def training_texts_of(spec: Spec, roles: tuple[str, ...]) -> tuple[list[str], list[tuple[str, int]]]:
+    """The prompts of every source of `roles` (train, validation), and for each (its source, its
+    index among that source's converted rows)."""
+    texts: list[str] = []
+    origins: list[tuple[str, int]] = []
+    for src in [s for role in roles for s in resolved(spec, role)]:
+        try:
+            paths = local_paths(spec, src)
+            limit = spec.data.max_rows if src.role == "train" else None
+            found = training_texts(read_source(src.source, paths, src.format, limit), src.format, src.fields)
+        except DataError:
+            raise
+        except Exception as exc:  # the Hub unreachable for a Hub training source
+            raise DataError(f"contamination check: cannot read training source {src.name} ({type(exc).__name__}: "
+                            f"{exc}); fix data.{src.role} or set eval.contamination.check: false") from exc
+        texts += found
+        # A mixture's sources by name; the one-source form by its file or dataset, as the user wrote it.
+        name = src.name if is_mixture(spec) else str(src.source.path or src.source.hub)
+        origins += [(name, row) for row in range(len(found))]
+    return texts, origins
 
 
 def _items(spec: Spec, bench: Benchmark) -> list[Item]:

@@ -67,11 +67,15 @@ def training_args(spec: Spec, profile: Profile, output_dir: Path, eval_on_start:
     from transformers import TrainingArguments
 
     t = spec.train
+    # A mixture's data stage wrote every epoch's rows, each epoch drawn with its own seed, in training
+    # order (see runner.stages.data): one pass over them, in that order, is the spec's epochs.
+    mixture = isinstance(spec.data.train, tuple)
     return TrainingArguments(
         output_dir=str(output_dir), seed=spec.seed, data_seed=spec.seed,
         per_device_train_batch_size=profile.micro_batch_size, per_device_eval_batch_size=profile.micro_batch_size,
         gradient_accumulation_steps=profile.gradient_accumulation,
-        num_train_epochs=t.epochs, max_steps=t.max_steps or -1, learning_rate=t.learning_rate,
+        num_train_epochs=1 if mixture else t.epochs, train_sampling_strategy="sequential" if mixture else "random",
+        max_steps=t.max_steps or -1, learning_rate=t.learning_rate,
         lr_scheduler_type=t.scheduler, warmup_steps=t.warmup, weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm, optim=profile.optimizer,
         bf16=profile.dtype == "bf16" and profile.device == "cuda",

@@ -1,0 +1,131 @@
+"""Stage `data`: read, validate, normalise, split and tokenize the training rows.
+
+Broken rows are dropped and counted by reason in stats.json, never a crash. The loss covers the
+answer (assistant) tokens only: everything else gets label -100 (a `text` source: every token).
+
+Rows stream from each source into Arrow files a batch at a time (runner.stages.data.building), so
+memory does not grow with the data. A mixture (`data.train` as a list) is written as every epoch's
+rows in training order, each epoch drawn with its own seed (runner.mixture), and `epochs.jsonl`
+says which row of which source each one is; the train stage reads train.arrow once, in order.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from runner.errors import DataError
+from runner.mixture import Resolved, file_roles, is_mixture, local_paths, resolved
+from runner.spec import Benchmark, Fields, Source, Spec
+from runner.stage import StageContext
+from runner.stages.data.reading import read_rows
+
+__all__ = ["read_rows"]
+
+name = "data"
+version = 1
+upstream = ("model:tokenizer",)  # only the tokenizer shapes the tokens, not the weights
+volatile: tuple[str, ...] = ()
+uses_profile = False
+gate = None  # nothing to check before it builds
+side_effect = None  # it acts on nothing outside the store
+
+
+def spec_slice(spec: Spec) -> dict[str, Any]:
+    d = spec.data
+    if is_mixture(spec):
+        return mixture_slice(spec)
+    # Field by field, so a new spec field enters the key only when someone writes it here.
+    fields = fields_slice(d.fields) | ({"text": d.fields.text} if d.format == "text" else {})
+    assert isinstance(d.train, Source) and not isinstance(d.validation, tuple)
+    data = {"validation_fraction": d.validation_fraction, "format": d.format, "template": d.template,
+            "system_prompt": d.system_prompt, "max_length": d.max_length, "max_rows": d.max_rows,
+            "fields": fields, "train": _source_slice(d.train),
+            "validation": _source_slice(d.validation) if d.validation else None}
+    return {"data": data, "seed": spec.seed}
+
+
+def mixture_slice(spec: Spec) -> dict[str, Any]:
+    """A mixture: each source as resolved (its format and fields, the `data` ones where it gives none),
+    the sampling, and the epochs, since the stage writes every epoch's rows."""
+    d = spec.data
+
+    def one(src: Resolved) -> dict[str, Any]:
+        fields = fields_slice(src.fields) | ({"text": src.fields.text} if src.format == "text" else {})
+        return (_source_slice(src.source) | {"name": src.name, "format": src.format, "fields": fields,
+                                             "weight": src.weight, "rows": src.rows})
+
+    data = {"validation_fraction": d.validation_fraction, "template": d.template, "system_prompt": d.system_prompt,
+            "max_length": d.max_length, "max_rows": d.max_rows, "replacement": d.replacement,
+            "train": [one(s) for s in resolved(spec, "train")],
+            "validation": [one(s) for s in resolved(spec, "validation")]}
+    return {"data": data, "seed": spec.seed, "epochs": spec.train.epochs}
+
+
+def _source_slice(src: Source) -> dict[str, Any]:
+    # Local paths enter the key through their file digests, so moving a file reruns nothing.
+    return hub_slice(src) | {"local": src.path is not None}
+
+
+def hub_slice(src: Source | Benchmark) -> dict[str, Any]:
+    """Where a source's rows come from when it is not a local file: for every key that reads rows."""
+    return {"hub": src.hub, "config": src.config, "split": src.split, "revision": src.revision}
+
+
+def fields_slice(fields: Fields) -> dict[str, Any]:
+    """The column mapping, for every key that reads rows through it."""
+    return {"question": fields.question, "options": fields.options, "answer_key": fields.answer_key,
+            "answer_key_type": fields.answer_key_type, "context": fields.context, "answer": fields.answer,
+            "instruction": fields.instruction, "input": fields.input, "output": fields.output,
+            "messages": fields.messages}
+
+
+def local_files(spec: Spec) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for role in ("train", "validation"):
+        for src in resolved(spec, role):
+            found |= file_roles(spec, src, one_source=not is_mixture(spec))
+    return found
+
+
+def run(ctx: StageContext) -> None:
+    from runner.stages.data.building import ArrowRows, Tally, build_source, held_out
+    from runner.stages.data.epochs import finish
+    from runner.stages.model.loading import load_tokenizer
+
+    spec = ctx.spec
+    tok = load_tokenizer(ctx.upstream["model"])
+    mixture = is_mixture(spec)
+    parts = ctx.out / ".parts"  # a mixture's tokenized sources, sampled into train.arrow, then removed
+    parts.mkdir()
+    validation = ArrowRows(ctx.out / "validation.arrow")
+    train_direct = None if mixture else ArrowRows(ctx.out / "train.arrow")
+    tallies: dict[str, Tally] = {}
+    sources = resolved(spec, "train") + resolved(spec, "validation")
+    for src in sources:
+        paths = local_paths(spec, src)
+        split = src.role == "train" and spec.data.validation is None
+        held = held_out(src, paths, spec.data.max_rows, spec.data.validation_fraction, spec.seed) if split else None
+        train = train_direct or ArrowRows(parts / f"{src.name}.arrow", extra=True, random_access=True)
+        tally = tallies.setdefault(src.name if src.role == "train" else f"validation/{src.name}", Tally())
+        build_source(src, paths, spec, tok, held, {"train": train, "validation": validation}, tally)
+        if train is not train_direct:
+            train.close()
+        ctx.log(f"data: {src.role} source {src.name}: {tally.read} rows read, {sum(tally.kept.values())} kept, "
+                f"{sum(tally.dropped.values())} dropped")
+    validation.close()
+    if train_direct is not None:
+        train_direct.close()
+    if not any(t.kept["train"] for t in tallies.values()):
+        dropped = {n: dict(sorted(t.dropped.items())) for n, t in tallies.items() if t.dropped}
+        raise DataError(f"data: no usable training rows (dropped: {dropped}); check data.format and data.fields")
+    stats = finish(ctx, resolved(spec, "train"), tallies, parts, tok)
+    shutil.rmtree(parts)
+    ctx.log(f"data: {stats['rows']['train']} train / {stats['rows']['validation']} validation rows, "
+            f"{sum(stats['dropped'].values())} dropped {stats['dropped'] or ''}")
+
+
+def write_stats(out: Path, stats: dict[str, Any]) -> None:
+    (out / "stats.json").write_text(json.dumps(stats, indent=1, sort_keys=True), "utf-8")

@@ -1,0 +1,73 @@
+"""Examples to token ids and labels. Instruction formats: labels are -100 except on the assistant's
+tokens. Text documents: blocks of at most `max_length` tokens with the loss on every token; a block
+never spans two documents (each document ends with EOS, and its last block is shorter).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from runner.formats import Dropped, Example
+
+Row = dict[str, list[int]]
+
+
+def encode(example: Example, tok: Any, template: str, system_prompt: str | None) -> tuple[list[int], list[int]]:
+    """Token ids and labels; labels are -100 except on the assistant's tokens."""
+    if template == "plain":
+        if len(example.messages) != 2:
+            raise Dropped("data.template plain takes single-turn examples; use template chat")
+        prompt, answer = example.messages[0][1], example.messages[1][1]
+        context = tok(prompt).input_ids
+        full = tok(f"{prompt} {answer}").input_ids + [tok.eos_token_id]
+        start = _common_prefix(context, full)
+        return full, [-100] * start + full[start:]
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    messages += [{"role": role, "content": content} for role, content in example.messages]
+    full = _chat_ids(tok, messages, False)
+    labels = [-100] * len(full)
+    for i, m in enumerate(messages):
+        if m["role"] == "assistant":
+            # Token-level common prefixes, so a template that is not prefix-stable still masks safely.
+            start = _common_prefix(_chat_ids(tok, messages[:i], True), full)
+            end = _common_prefix(_chat_ids(tok, messages[: i + 1], False), full)
+            labels[start:end] = full[start:end]
+    if all(label == -100 for label in labels):
+        raise Dropped("no answer tokens after applying the chat template")
+    return full, labels
+
+
+def text_blocks(text: str, tok: Any, max_length: int) -> list[Row]:
+    """One document as blocks of at most `max_length` tokens, loss on every token. The tokenizer's
+    own BOS (if it adds one) starts the document, EOS ends it; a 1-token tail has nothing to predict
+    from and is left out (the caller counts it)."""
+    ids = tok(text).input_ids + [tok.eos_token_id]
+    blocks = [ids[i : i + max_length] for i in range(0, len(ids), max_length)]
+    return [{"input_ids": b, "labels": list(b)} for b in blocks if len(b) > 1]
+
+
+def _chat_ids(tok: Any, messages: list[dict[str, str]], generation_prompt: bool) -> list[int]:
+    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    ids: list[int] = tok(text, add_special_tokens=False).input_ids
+    return ids
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < len(a) and n < len(b) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def samples(rows: list[Row], tok: Any) -> str:
+    """The first examples as the model sees them, the trained part in [[...]], to check the template."""
+    out = []
+    for r in rows:
+        text, inside = "", False
+        for token, label in zip(r["input_ids"], r["labels"]):
+            if (label != -100) != inside:
+                text += "]]" if inside else "[["
+                inside = not inside
+            text += tok.decode([token])
+        out.append(text + ("]]" if inside else ""))
+    return "\n\n-----\n\n".join(out) + "\n"
