@@ -40,16 +40,9 @@ def _plain(entry: Entry) -> dict[str, Any]:
 def plain_spec(typed: Spec) -> dict[str, Any]:
     """A resolved spec as JSON-shaped data (lists, not tuples), its relative paths made absolute so
     the job's spec file, kept elsewhere, still finds them."""
-    spec: dict[str, Any] = json.loads(json.dumps(typed.as_dict()))
-    if spec["model"].get("path"):
-        spec["model"]["path"] = str(typed.resolve(spec["model"]["path"]))
-    for source in ("train", "validation"):
-        if (spec["data"].get(source) or {}).get("path"):
-            spec["data"][source]["path"] = str(typed.resolve(spec["data"][source]["path"]))
-    for bench in spec["eval"]["benchmarks"]:
-        for key in ("path", "ids"):
-            if bench.get(key):
-                bench[key] = str(typed.resolve(bench[key]))
+    from runner.sweep import absolute_paths
+
+    spec: dict[str, Any] = absolute_paths(json.loads(json.dumps(typed.as_dict())), Path(typed.base_dir))
     return spec
 
 
