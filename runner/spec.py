@@ -98,6 +98,12 @@ class Lora:
 
 
 @dataclass(frozen=True)
+class EarlyStopping:
+    patience: int = 3
+    min_delta: float = 0.0
+
+
+@dataclass(frozen=True)
 class Train:
     epochs: float = 3
     max_steps: int | None = None
@@ -112,6 +118,9 @@ class Train:
     gradient_checkpointing: bool | Literal["auto"] = "auto"
     save_steps: int = 50
     logging_steps: int = 1
+    packing: bool = False
+    eval_steps: int = 50
+    early_stopping: EarlyStopping | None = None
 
 
 @dataclass(frozen=True)

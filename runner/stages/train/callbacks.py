@@ -34,6 +34,49 @@ class PadCollator:
         return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
+class PackCollator:
+    """Packs the examples of a micro-batch into as few rows of at most `capacity` tokens as first-fit
+    decreasing finds, each row padded only to the longest row: instead of one padded row per example.
+
+    No attention crosses examples: position ids restart at 0 with each example and no attention mask
+    is passed, which transformers reads as packed sequences (masking_utils.find_packed_sequence_indices)
+    and turns into a block-diagonal causal mask (SDPA, eager) or varlen kernels (flash attention).
+    The first label of every example becomes -100: unpacked it is never a target (position t predicts
+    t+1 within its row), and packed the last token of the example before must not predict it. So the
+    target tokens, and with them the loss and its gradients, are exactly those of `PadCollator`.
+    """
+
+    def __init__(self, pad_id: int, capacity: int) -> None:
+        self.pad_id = pad_id
+        self.capacity = capacity
+
+    def __call__(self, rows: list[dict[str, list[int]]]) -> dict[str, Any]:
+        import torch
+
+        capacity = max(self.capacity, *(len(r["input_ids"]) for r in rows))
+        bins: list[list[dict[str, list[int]]]] = []
+        for r in sorted(rows, key=lambda r: -len(r["input_ids"])):
+            fit = next((b for b in bins if sum(len(x["input_ids"]) for x in b) + len(r["input_ids"]) <= capacity), None)
+            if fit is None:
+                bins.append([r])
+            else:
+                fit.append(r)
+        width = max(sum(len(x["input_ids"]) for x in b) for b in bins)
+        ids = torch.full((len(bins), width), self.pad_id, dtype=torch.long)  # (R, T)
+        labels = torch.full((len(bins), width), -100, dtype=torch.long)  # (R, T)
+        positions = torch.zeros((len(bins), width), dtype=torch.long)  # (R, T)
+        for i, b in enumerate(bins):
+            at = 0
+            for r in b:
+                n = len(r["input_ids"])
+                ids[i, at:at + n] = torch.tensor(r["input_ids"])
+                labels[i, at + 1:at + n] = torch.tensor(r["labels"][1:])
+                positions[i, at:at + n] = torch.arange(n)
+                at += n
+            positions[i, at:] = torch.arange(width - at)  # the padding tail: a block of its own, no targets
+        return {"input_ids": ids, "labels": labels, "position_ids": positions}
+
+
 def memory_mib(device: str) -> float:
     """Peak CUDA memory on a GPU, else this process's resident memory."""
     if device == "cuda":
@@ -58,7 +101,14 @@ class MetricsLog(TrainerCallback):  # type: ignore[misc]
         self.started = time.time()
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
-        if not logs or "loss" not in logs or not state.is_world_process_zero:
+        if not logs or not state.is_world_process_zero:
+            return
+        if "eval_loss" in logs:  # a validation during training (early stopping): overall and per source
+            row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4),
+                   **{k: v for k, v in logs.items() if k.startswith("eval_loss")}}
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(row) + "\n")
+        if "loss" not in logs:
             return
         row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), "loss": logs["loss"],
                "learning_rate": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm"),
@@ -99,17 +149,27 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
 
 
+def training_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The training-step rows of metrics.jsonl (validations during training are rows too)."""
+    return [r for r in rows if "loss" in r]
+
+
 def plot_curves(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     """Loss and learning rate per step, as a PNG for people who would rather look than read.
     Drawn on a bare Figure: importing pyplot costs about half a second in every run."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    evals = [r for r in rows if "eval_loss" in r]
+    rows = training_rows(rows)
     steps = [r["step"] for r in rows]
     fig = Figure(figsize=(9, 3.2))
     FigureCanvasAgg(fig)
     ax_loss, ax_lr = fig.subplots(1, 2)
-    ax_loss.plot(steps, [r["loss"] for r in rows], color="#1f77b4")
+    ax_loss.plot(steps, [r["loss"] for r in rows], color="#1f77b4", label="training")
+    if evals:
+        ax_loss.plot([r["step"] for r in evals], [r["eval_loss"] for r in evals], "o-", color="#ff7f0e", label="validation")
+        ax_loss.legend()
     ax_loss.set(xlabel="step", ylabel="training loss", title=title)
     ax_lr.plot(steps, [r["learning_rate"] or math.nan for r in rows], color="#d62728")
     ax_lr.set(xlabel="step", ylabel="learning rate", title="schedule")
