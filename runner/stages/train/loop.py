@@ -278,5 +278,15 @@ def last_checkpoint(folder: Path) -> str | None:
     """The newest complete checkpoint of an earlier, interrupted attempt at this same key."""
     if not folder.is_dir():
         return None
-    done = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    done = [p for p in folder.glob("checkpoint-*") if _whole_json(p / "trainer_state.json")]
     return str(max(done, key=lambda p: int(p.name.split("-")[1]))) if done else None
+
+
+def _whole_json(path: Path) -> bool:
+    """The Trainer writes trainer_state.json last in a checkpoint, and in place: a kill while it is being
+    written leaves a torn file, and a checkpoint that is not complete (the early-stopping test caught it)."""
+    try:
+        json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True

@@ -96,6 +96,9 @@ def training_args(spec: Spec, profile: Profile, output_dir: Path, eval_on_start:
         # stay on save_steps.
         eval_strategy="steps" if t.early_stopping is not None else "no", eval_steps=t.eval_steps,
         metric_for_best_model="eval_loss" if t.early_stopping is not None else None, greater_is_better=False,
+        # The patience counter is in the checkpoint, but a resumed Trainer ignores it unless told (the
+        # early-stopping resume test caught a resumed run stopping two steps later).
+        restore_callback_states_from_checkpoint=t.early_stopping is not None,
         # every adapter takes part in every forward: DDP need not walk the graph for unused ones
         ddp_find_unused_parameters=False,
     )
