@@ -126,3 +126,20 @@ def test_validation_is_computed_alike_packed_or_not_and_per_source(tiny: Tiny, t
     mixed = sum(per[f"eval_loss/{n}"] * tokens[n] for n in tokens) / sum(tokens.values())
     assert per["eval_loss"] == pytest.approx(mixed, rel=1e-6)
     assert per["eval_loss/medmcqa"] != pytest.approx(per["eval_loss/notes"], rel=1e-3)
+
+
+def test_rows_hold_every_example_once_within_max_length_and_pad_less() -> None:
+    import random
+
+    from runner.stages.train.callbacks import pack_rows
+
+    rng = random.Random(0)
+    for _ in range(300):
+        lengths = [rng.randint(5, 500) for _ in range(rng.randint(1, 32))]
+        bins = pack_rows(lengths, 512)
+        assert sorted(i for b in bins for i in b) == list(range(len(lengths)))
+        width = max(sum(lengths[i] for i in b) for b in bins)
+        assert width <= 512
+        assert len(bins) * width <= len(lengths) * max(lengths)  # never more positions than padding computes
+    assert pack_rows([3, 3, 3], 6) == [[0], [1], [2]]  # three level rows beat two with a hole
+    assert pack_rows([700], 512) == [[0]]  # longer than max_length (the data stage prevents it): a row of its own
