@@ -42,7 +42,8 @@ class PackCollator:
 
     No attention crosses examples: position ids restart at 0 with each example and no attention mask
     is passed, which transformers reads as packed sequences (masking_utils.find_packed_sequence_indices)
-    and turns into a block-diagonal causal mask (SDPA, eager) or varlen kernels (flash attention).
+    and turns into a block-diagonal causal mask for SDPA (the profile's attention) and eager. (Flash
+    attention's varlen path reads packing only from a single flattened row, so it is not used here.)
     The first label of every example becomes -100: unpacked it is never a target (position t predicts
     t+1 within its row), and packed the last token of the example before must not predict it. So the
     target tokens, and with them the loss and its gradients, are exactly those of `PadCollator`.
@@ -81,7 +82,9 @@ def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     fewest = -(-total // capacity)
     best: list[list[int]] | None = None
-    for count in range(fewest, min(len(lengths), fewest + 4) + 1):
+    # The last count (a row per example, rows of the longest) keeps the positions computed within
+    # those of padding, which the memory estimate (micro-batch x longest example) counts on.
+    for count in [*range(fewest, min(len(lengths), fewest + 4) + 1), len(lengths)]:
         found = _narrowest(lengths, order, count, max(longest, -(-total // count)), capacity)
         if found is not None and (best is None or _cost(found, lengths) <= _cost(best, lengths)):
             best = found
