@@ -112,6 +112,7 @@ def restore_best(trainer: Any) -> dict[str, Any] | None:
     if keep is None or stop is None:
         return None
     state = trainer.state
+    trainer.accelerator.wait_for_everyone()  # of several processes, rank 0 wrote the file: let it finish
     if state.best_global_step:  # None when training ended before the first evaluation
         set_peft_model_state_dict(trainer.model, load_file(str(keep.folder / f"step-{state.best_global_step}.safetensors")))
     return stopping_summary(state, stop.early_stopping_patience, stop.early_stopping_threshold or 0.0)
