@@ -6,6 +6,7 @@ original full-precision weights would not.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -45,7 +46,7 @@ def _export(ctx: StageContext) -> None:
     summary = json.loads((ctx.upstream["train"] / "summary.json").read_text("utf-8"))
     model_info = json.loads((ctx.upstream["model"] / "model.json").read_text("utf-8"))
     metadata = {
-        "base_model": model_info, "spec": {"lora": vars(spec.lora), "train": vars(spec.train)},
+        "base_model": model_info, "spec": {"lora": vars(spec.lora), "train": dataclasses.asdict(spec.train)},
         "stage_keys": {"model": ctx.upstream["model"].name, "train": ctx.upstream["train"].name},
         "metrics": {k: summary[k] for k in ("train_loss_first", "train_loss_last", "eval_loss_before",
                                             "eval_loss_after", "steps", "trainable_parameters")},

@@ -68,6 +68,7 @@ def test_killed_after_a_checkpoint_it_resumes_to_the_same_stop_and_bytes(tiny: T
             shutil.rmtree(store / name)
     done = runner("run", str(spec), "--store", str(whole), "--only", "train")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "  early stopping: stopped at step " in done.stdout  # the run summary says where and why
     # Measured with these settings: the best at step 14, stopped at 18 (checkpoints at 4, 8, 12, 16):
     # killed after checkpoint-16, the resumed run must know that step 16 already failed to improve.
     proc = start(spec, killed)

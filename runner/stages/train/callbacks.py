@@ -208,7 +208,7 @@ def plot_curves(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     if evals:
         ax_loss.plot([r["step"] for r in evals], [r["eval_loss"] for r in evals], "o-", color="#ff7f0e", label="validation")
         ax_loss.legend()
-    ax_loss.set(xlabel="step", ylabel="training loss", title=title)
+    ax_loss.set(xlabel="step", ylabel="loss" if evals else "training loss", title=title)
     ax_lr.plot(steps, [r["learning_rate"] or math.nan for r in rows], color="#d62728")
     ax_lr.set(xlabel="step", ylabel="learning rate", title="schedule")
     for ax in (ax_loss, ax_lr):
