@@ -22,6 +22,10 @@ KNOWN_LOGS: tuple[tuple[str, str, str], ...] = (
     # logs a warning when it cannot; its own kernel is used instead, with the same results.
     ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward from kernels-community",
      "offline, bitsandbytes falls back to its own CPU kernel"),
+    # The train stage keeps and loads the best adapter itself (stages/train/validation.py), so that
+    # checkpoints stay on save_steps; the Trainer's own load_best_model_at_end stays off.
+    ("transformers.trainer_callback", "Using EarlyStoppingCallback without load_best_model_at_end=True",
+     "the train stage loads the best adapter itself"),
 )
 
 

@@ -80,6 +80,9 @@ def _train_problems(doc: dict[str, Any]) -> Problems:
     if micro != "auto" and train["batch_size"] % micro:
         found.append((("train", "micro_batch_size"),
                       f"must divide train.batch_size ({train['batch_size']}), got {micro}"))
+    if train["early_stopping"] is not None and doc["data"]["validation"] is None and not doc["data"]["validation_fraction"]:
+        found.append((("train", "early_stopping"), "needs validation data: set data.validation or a "
+                      "data.validation_fraction above 0, or remove early_stopping"))
     return found
 
 

@@ -32,6 +32,7 @@ def summary_lines(outcomes: Sequence[Outcome], record_path: Path, seconds: float
         lines.append(f"  loss: train {train['train_loss_first']:.3f} -> {train['train_loss_last']:.3f}"
                      + (f", validation {train['eval_loss_before']:.3f} -> {train['eval_loss_after']:.3f}"
                         if train.get("eval_loss_after") is not None else ""))
+        lines += training_notes(train)
     metrics = _read(by_stage["eval"].path if "eval" in by_stage else None, "metrics.json")
     for bench, r in (metrics or {}).get("benchmarks", {}).items():
         if not r["tuned"]["n"]:
@@ -84,6 +85,25 @@ def clinical_lines(metrics: dict[str, Any]) -> list[str]:
     if p:
         lines.append(f"  perplexity ({p['path']}, {p['tokens']:,} tokens): {pair(p, lambda m: m['ppl'], '.2f')}")
     return lines
+
+
+def training_notes(train: dict[str, Any]) -> list[str]:
+    """Validation loss per source (a mixture's) and what early stopping did, a line each."""
+    lines = []
+    by_source = train.get("eval_loss_by_source") or {}
+    if by_source:
+        lines.append("  validation by source: " + ", ".join(
+            f"{name} {_loss(v['before'])} -> {_loss(v['after'])}" for name, v in by_source.items()))
+    stopping = train.get("early_stopping")
+    if stopping:
+        best = f"best step {stopping['best_step']}, validation {_loss(stopping['best_eval_loss'])}"
+        lines.append(f"  early stopping: {stopping['reason']}; the adapter is the {best}" if stopping["best_step"]
+                     else f"  early stopping: {stopping['reason']}; no evaluation came before the end")
+    return lines
+
+
+def _loss(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def print_summary(outcomes: Sequence[Outcome], record_path: Path, seconds: float) -> None:

@@ -3,6 +3,7 @@ inlined in the HTML and linked from the Markdown, answers side by side with thei
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -76,3 +77,23 @@ def test_html_is_one_self_contained_page(tmp_path: Path) -> None:
     assert page.count("<table>") == 8  # results, groups, training, answers, flags, spec, profile, artifacts
     assert "<code>medqa_4options</code>" in page and "<b>random-initialised demo model</b>" in page
     assert "<th>McNemar p</th>" in page and "Take 900 mg now." in page
+
+
+def test_the_training_table_shows_validation_per_source_and_early_stopping(tmp_path: Path) -> None:
+    from runner.summary import training_notes
+
+    base = inputs(tmp_path)
+    stopping = {"stopped_early": True, "stopped_at_step": 18, "best_step": 14, "best_eval_loss": 6.1548,
+                "evaluations": 9, "reason": "stopped at step 18: the validation loss did not improve on the best "
+                                            "by more than 0 for 2 evaluations in a row"}
+    summary = base.train_summary | {"early_stopping": stopping, "eval_loss_by_source": {
+        "medqa": {"before": 7.5, "after": 2.5}, "notes": {"before": 8.0, "after": 4.0}}}
+    md = to_markdown(document(dataclasses.replace(base, train_summary=summary)))
+    assert "| validation loss, source medqa, before -> after | 7.500 -> 2.500 |" in md
+    assert "| validation loss, source notes, before -> after | 8.000 -> 4.000 |" in md
+    assert ("| early stopping | stopped at step 18: the validation loss did not improve on the best by more than 0 "
+            "for 2 evaluations in a row; the adapter is step 14's (validation 6.155) |") in md
+    assert training_notes(summary) == [
+        "  validation by source: medqa 7.500 -> 2.500, notes 8.000 -> 4.000",
+        "  early stopping: " + stopping["reason"] + "; the adapter is the best step 14, validation 6.155"]
+    assert training_notes(base.train_summary) == []  # a run without either: no line

@@ -19,7 +19,7 @@ from runner.spec import Spec, parse_spec
 from runner.stages import all_stages
 
 # Named in a stage's spec_slice (some only when what reads them is on: generative.*, the queries'
-# generation and safety, the contamination check, a Hub model's id).
+# generation and safety, the contamination check, a Hub model's id, eval_steps under early stopping).
 SLICED: dict[str, set[str]] = {
     "Spec": {"model", "data", "seed", "lora", "train", "export", "eval"},
     "Model": {"source", "id", "revision", "init", "quantization", "double_quant", "trust_remote_code",
@@ -33,7 +33,9 @@ SLICED: dict[str, set[str]] = {
                "output", "messages", "text"},
     "Lora": {"r", "alpha", "dropout", "target_modules"},
     "Train": {"epochs", "max_steps", "learning_rate", "batch_size", "micro_batch_size", "scheduler", "warmup",
-              "weight_decay", "max_grad_norm", "optimizer", "gradient_checkpointing"},
+              "weight_decay", "max_grad_norm", "optimizer", "gradient_checkpointing", "packing", "eval_steps",
+              "early_stopping"},
+    "EarlyStopping": {"patience", "min_delta"},
     "Export": {"merged", "merged_dtype", "gguf", "parity"},
     "Gguf": {"types"},
     "Parity": {"samples", "on_fail", "unquantized", "q8", "q4"},  # on_fail: a failed gate keeps no output
@@ -117,6 +119,7 @@ data:
   train: {path: train.jsonl}
   validation: {hub: someone/val, config: c, revision: r1}
   template: plain
+train: {early_stopping: {patience: 2}}
 eval:
   benchmarks: [{name: local, path: test.jsonl, ids: ids.txt}, {name: hub, hub: someone/bench}]
   queries: ["what?"]

@@ -22,7 +22,7 @@ PINNED = {
     "model": "d2b49d4d6d2c9c77a13b153e7190fa96187452d9a0a7c57027d81c3a240c4d4c",
     "data": "227ebc5e89f7bc046a6d71127c923b33fd0774189f19a8d7f32f3ea8ca21e055",
     "train": "1d210b9de9a5f6990d93c4c3787f60bb323d9ad77e0a2c4eee179718c1aa9a18",
-    "export": "ae14b29eeb1afd9e134cbac7e78f58401de018543c267109e7305979d6264d81",
+    "export": "4217098de4e59fe32156dd58034448e9099776d57b5beb9fb74c266f612e12c0",  # v2: metadata.json records every train field
     "eval": "4d5029c9c99541fdb1666c81f8bbb2fdea3b63bb41f8aa40c07bfbcbc60e1f79",
 }
 

@@ -134,3 +134,19 @@ def test_relative_paths_resolve_against_the_spec_file(folder: Path) -> None:
     (folder / "specs" / "s.yaml").write_text("model: {source: init}\ndata: {train: {path: ../train.jsonl}}\n")
     spec = load_spec(folder / "specs" / "s.yaml")
     assert spec.resolve(spec.data.train.path or "") == (folder / "train.jsonl").resolve()
+
+
+def test_packing_and_early_stopping_fields(folder: Path) -> None:
+    spec = parse_spec(MINIMAL + "train: {packing: true, early_stopping: {patience: 2}}\n", base_dir=folder)
+    assert spec.train.packing is True and spec.train.eval_steps == 50
+    assert spec.train.early_stopping is not None and spec.train.early_stopping.patience == 2
+    assert spec.train.early_stopping.min_delta == 0.0  # the schema's default, filled inside the mapping
+    assert parse_spec(MINIMAL, base_dir=folder).train.early_stopping is None
+    # Early stopping with nothing to validate on: one line, at the field, saying what to change.
+    found = problems("model: {source: init}\ndata: {train: {path: train.jsonl}, validation_fraction: 0}\n"
+                     "train: {early_stopping: {patience: 2}}\n", folder)
+    assert found == ["train.early_stopping: needs validation data: set data.validation or a data.validation_fraction "
+                     "above 0, or remove early_stopping (x.yaml:3:9)"]
+    found = problems(MINIMAL + "train: {early_stopping: {patienc: 2, min_delta: -1}}\n", folder)
+    assert any(p.startswith("train.early_stopping.patienc: unknown key; did you mean patience?") for p in found)
+    assert any(p.startswith("train.early_stopping.min_delta: must be >= 0, got integer -1") for p in found)

@@ -153,6 +153,12 @@ def training(inputs: Any) -> Section:
             before, after = t["eval_loss_before"], t["eval_loss_after"]
             rows.append(["validation loss, before -> after", f"{_num(before)} -> {_num(after)}"])
             rows.append(["validation perplexity (answer tokens), before -> after", f"{_num(math.exp(before), 1)} -> {_num(math.exp(after), 1)}"])
+            for name, v in (t.get("eval_loss_by_source") or {}).items():
+                rows.append([f"validation loss, source {name}, before -> after", f"{_num(v['before'])} -> {_num(v['after'])}"])
+        if t.get("early_stopping"):
+            e = t["early_stopping"]
+            best = f"; the adapter is step {e['best_step']}'s (validation {_num(e['best_eval_loss'])})" if e["best_step"] else ""
+            rows.append(["early stopping", e["reason"] + best])
         rows += [["rows: train / validation", f"{t['train_rows']} / {t['validation_rows']}"],
                  ["trainable parameters", f"{t['trainable_parameters']:,} of {t['total_parameters']:,} "
                                           f"({100 * t['trainable_parameters'] / t['total_parameters']:.2f}%)"],

@@ -10,6 +10,7 @@ side effect the executor runs after the whole run (push.py).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -23,7 +24,8 @@ from runner.stages.export.card import model_card
 from runner.stages.model import quantization_slice
 
 name = "export"
-version = 1  # GGUF and parity enter the slice only when asked: keys of specs without them stay as they were
+version = 2  # 2: metadata.json records every train field (packing, eval_steps, early_stopping). GGUF and parity enter
+# the slice only when asked.
 upstream = ("model", "train:adapter")
 volatile: tuple[str, ...] = ()
 uses_profile = True
@@ -65,7 +67,7 @@ def _export(ctx: StageContext) -> None:
     summary = json.loads((ctx.upstream["train"] / "summary.json").read_text("utf-8"))
     model_info = json.loads((ctx.upstream["model"] / "model.json").read_text("utf-8"))
     metadata = {
-        "base_model": model_info, "spec": {"lora": vars(spec.lora), "train": vars(spec.train)},
+        "base_model": model_info, "spec": {"lora": vars(spec.lora), "train": dataclasses.asdict(spec.train)},
         "stage_keys": {"model": ctx.upstream["model"].name, "train": ctx.upstream["train"].name},
         "metrics": {k: summary[k] for k in ("train_loss_first", "train_loss_last", "eval_loss_before",
                                             "eval_loss_after", "steps", "trainable_parameters")},

@@ -35,10 +35,18 @@ side_effect = None  # it acts on nothing outside the store
 def spec_slice(spec: Spec) -> dict[str, Any]:
     lora, t = spec.lora, spec.train
     # How often we log or checkpoint (logging_steps, save_steps) does not change the weights: not here.
-    train = {"epochs": t.epochs, "max_steps": t.max_steps, "learning_rate": t.learning_rate,
-             "batch_size": t.batch_size, "micro_batch_size": t.micro_batch_size, "scheduler": t.scheduler,
-             "warmup": t.warmup, "weight_decay": t.weight_decay, "max_grad_norm": t.max_grad_norm,
-             "optimizer": t.optimizer, "gradient_checkpointing": t.gradient_checkpointing}
+    train: dict[str, Any] = {
+        "epochs": t.epochs, "max_steps": t.max_steps, "learning_rate": t.learning_rate, "batch_size": t.batch_size,
+        "micro_batch_size": t.micro_batch_size, "scheduler": t.scheduler, "warmup": t.warmup,
+        "weight_decay": t.weight_decay, "max_grad_norm": t.max_grad_norm, "optimizer": t.optimizer,
+        "gradient_checkpointing": t.gradient_checkpointing}
+    # Only when on, so the keys of specs written before these fields existed stay what they were.
+    # eval_steps decides nothing without early stopping (evaluating changes no weight).
+    if t.packing:
+        train["packing"] = True
+    if t.early_stopping is not None:
+        train["early_stopping"] = {"patience": t.early_stopping.patience, "min_delta": t.early_stopping.min_delta,
+                                   "eval_steps": t.eval_steps}
     return {"lora": {"r": lora.r, "alpha": lora.alpha, "dropout": lora.dropout, "target_modules": lora.target_modules},
             "train": train, "seed": spec.seed, "model": quantization_slice(spec.model)}
 

@@ -44,6 +44,9 @@ class Trained:
     result: Any  # transformers.trainer_utils.TrainOutput
     eval_loss_before: float | None
     eval_loss_after: float | None
+    eval_before: dict[str, float] | None = None  # "eval_loss" and "eval_loss/<source>" (validation.py)
+    eval_after: dict[str, float] | None = None
+    stopping: dict[str, Any] | None = None  # what early stopping did (validation.stopping_summary)
 
 
 def train_here(ctx: StageContext) -> None:
@@ -121,6 +124,9 @@ def train(ctx: StageContext, ready: Ready) -> Trained:
         return build_trainer(ready.model, ctx.spec, profile, ctx.work, ready.train_rows, ready.val_rows,
                              ready.pad_id, ready.metrics)
 
+    if ready.sharded and ctx.spec.train.early_stopping is not None:
+        raise StageError("train.early_stopping: not supported under FSDP yet; remove it or train in one process "
+                         "(hardware.processes: 1)")
     per_process = ctx.spec.train.batch_size // ctx.profile.processes
     trained = train_with_retries(make_trainer, ctx.profile.micro_batch_size, per_process, ctx.work / "checkpoints",
                                  ctx.log, sharded=ready.sharded)
@@ -145,7 +151,7 @@ def train_with_retries(make_trainer: Callable[[int, int], Any], micro: int, batc
     while True:
         trainer = make_trainer(micro, batch_size // micro)
         if before is None and trainer.eval_dataset is not None and not sharded:
-            before = trainer.evaluate()["eval_loss"]
+            before = _measure(trainer)
         try:
             return _train_once(trainer, checkpoints, before, sharded)
         except torch.OutOfMemoryError:
@@ -156,16 +162,28 @@ def train_with_retries(make_trainer: Callable[[int, int], Any], micro: int, batc
         _free_memory()
 
 
-def _train_once(trainer: Any, checkpoints: Path, before: float | None, sharded: bool) -> Trained:
+def _train_once(trainer: Any, checkpoints: Path, before: dict[str, float] | None, sharded: bool) -> Trained:
     from runner import signals
+    from runner.stages.train.validation import restore_best
 
     with signals.graceful():  # Ctrl-C / SIGTERM: checkpoint at the end of the step, then stop
         result = trainer.train(resume_from_checkpoint=last_checkpoint(checkpoints))
         signals.stop_if_requested(" (progress saved in a checkpoint)")
-    after = trainer.evaluate()["eval_loss"] if trainer.eval_dataset is not None else None
+    stopping = restore_best(trainer)  # early stopping: the adapter written (and evaluated next) is the best
+    after = _measure(trainer) if trainer.eval_dataset is not None else None
     if sharded:
-        before = next((h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h), None)
-    return Trained(trainer=trainer, result=result, eval_loss_before=before, eval_loss_after=after)
+        before = next(({"eval_loss": h["eval_loss"]} for h in trainer.state.log_history if "eval_loss" in h), None)
+    return Trained(trainer=trainer, result=result, eval_loss_before=before["eval_loss"] if before else None,
+                   eval_loss_after=after["eval_loss"] if after else None, eval_before=before, eval_after=after,
+                   stopping=stopping)
+
+
+def _measure(trainer: Any) -> dict[str, float]:
+    """The validation loss overall and per source (validation.py); the Trainer's own under FSDP."""
+    if hasattr(trainer, "measure"):
+        measured: dict[str, float] = trainer.measure()
+        return measured
+    return {"eval_loss": trainer.evaluate()["eval_loss"]}
 
 
 def _smaller_after_oom(micro: int, batch_size: int, checkpoints: Path, log: Callable[[str], None],
@@ -235,18 +253,40 @@ def _save_adapter(ctx: StageContext, ready: Ready) -> None:
 
 
 def _write_summary(ctx: StageContext, ready: Ready, trained: Trained, rows: list[dict[str, Any]]) -> None:
+    from runner.stages.train.callbacks import training_rows
+
+    rows = training_rows(rows)
     summary = {"trainable_parameters": ready.trainable, "total_parameters": ready.total,
                "steps": trained.result.global_step,
                "train_loss_first": rows[0]["loss"] if rows else None, "train_loss_last": rows[-1]["loss"] if rows else None,
                "eval_loss_before": trained.eval_loss_before, "eval_loss_after": trained.eval_loss_after,
+               "eval_loss_by_source": _by_source(trained.eval_before, trained.eval_after),
+               "packing": ctx.spec.train.packing, "early_stopping": trained.stopping,
                "seconds": round(trained.result.metrics.get("train_runtime", math.nan), 2),
                "train_rows": len(ready.train_rows), "validation_rows": len(ready.val_rows)}
     (ctx.out / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True), "utf-8")
+
+
+def _by_source(before: dict[str, float] | None, after: dict[str, float] | None) -> dict[str, dict[str, float | None]]:
+    """{source: {"before": loss, "after": loss}} when the validation rows name their sources."""
+    names = sorted({k.split("/", 1)[1] for k in {**(before or {}), **(after or {})} if "/" in k})
+    return {n: {"before": (before or {}).get(f"eval_loss/{n}"), "after": (after or {}).get(f"eval_loss/{n}")}
+            for n in names}
 
 
 def last_checkpoint(folder: Path) -> str | None:
     """The newest complete checkpoint of an earlier, interrupted attempt at this same key."""
     if not folder.is_dir():
         return None
-    done = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    done = [p for p in folder.glob("checkpoint-*") if _whole_json(p / "trainer_state.json")]
     return str(max(done, key=lambda p: int(p.name.split("-")[1]))) if done else None
+
+
+def _whole_json(path: Path) -> bool:
+    """The Trainer writes trainer_state.json last in a checkpoint, and in place: a kill while it is being
+    written leaves a torn file, and a checkpoint that is not complete (the early-stopping test caught it)."""
+    try:
+        json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True

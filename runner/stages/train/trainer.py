@@ -36,19 +36,31 @@ def attach_lora(model: Any, spec: Spec, checkpointing: bool, sharded: bool = Fal
 
 def build_trainer(model: Any, spec: Spec, profile: Profile, work: Path, train_rows: Any, val_rows: Any,
                   pad_id: int, metrics: Path) -> Any:
-    """A Trainer that checkpoints into work/checkpoints and logs each step to `metrics`."""
-    from transformers import Trainer
+    """A Trainer that checkpoints into work/checkpoints and logs each step to `metrics`; packs when the
+    spec says so; evaluates with the stage's own validation loss (see validation.py) unless sharded."""
+    from transformers import EarlyStoppingCallback, Trainer
     from transformers.trainer_callback import ProgressCallback
 
-    from runner.stages.train.callbacks import MetricsLog, PadCollator, QuietProgress, StopOnSignal
+    from runner.stages.train.callbacks import MetricsLog, PackCollator, PadCollator, QuietProgress, StopOnSignal
     from runner.stages.train.trackers import tracker_log
+    from runner.stages.train.validation import KeepBest, ValidatingTrainer
 
-    sharded_eval = profile.distributed == "fsdp" and len(val_rows) > 0  # see loop.train_with_retries
+    sharded = profile.distributed == "fsdp"
+    sharded_eval = sharded and len(val_rows) > 0  # see loop.train_with_retries
+    collate = PackCollator(pad_id, spec.data.max_length) if spec.train.packing else PadCollator(pad_id)
     tracked = tracker_log(spec, work)  # logging.report_to: a side effect, in no key
-    logged = MetricsLog(metrics, profile.device, tracked.row if tracked else None)
-    trainer = Trainer(model=model, args=training_args(spec, profile, work / "checkpoints", eval_on_start=sharded_eval),
-                      train_dataset=train_rows, eval_dataset=val_rows if len(val_rows) else None, data_collator=PadCollator(pad_id),
-                      callbacks=[logged, StopOnSignal()] + ([tracked] if tracked else []))
+    callbacks = [MetricsLog(metrics, profile.device, tracked.row if tracked else None), StopOnSignal()]
+    callbacks += [tracked] if tracked else []
+    stopping = spec.train.early_stopping
+    if stopping is not None:
+        # KeepBest first: it compares with the best metric before the Trainer updates it.
+        callbacks += [KeepBest(work / "best"), EarlyStoppingCallback(stopping.patience, stopping.min_delta)]
+    cls = Trainer if sharded else ValidatingTrainer
+    trainer = cls(model=model, args=training_args(spec, profile, work / "checkpoints", eval_on_start=sharded_eval),
+                  train_dataset=train_rows, eval_dataset=val_rows if len(val_rows) else None,
+                  data_collator=collate, callbacks=callbacks)
+    if isinstance(trainer, ValidatingTrainer):
+        trainer.pad_id = pad_id
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(QuietProgress())
     return trainer
@@ -86,6 +98,14 @@ def training_args(spec: Spec, profile: Profile, output_dir: Path, eval_on_start:
         # resumed mid-epoch would see other batches than an uninterrupted one (the crash tests caught it).
         report_to="none", remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=False,
         eval_on_start=eval_on_start,
+        # Early stopping: evaluate every eval_steps; the Trainer keeps the lowest loss as its best metric
+        # (in every checkpoint); we keep the best adapter ourselves (validation.KeepBest), so checkpoints
+        # stay on save_steps.
+        eval_strategy="steps" if t.early_stopping is not None else "no", eval_steps=t.eval_steps,
+        metric_for_best_model="eval_loss" if t.early_stopping is not None else None, greater_is_better=False,
+        # The patience counter is in the checkpoint, but a resumed Trainer ignores it unless told (the
+        # early-stopping resume test caught a resumed run stopping two steps later).
+        restore_callback_states_from_checkpoint=t.early_stopping is not None,
         # every adapter takes part in every forward: DDP need not walk the graph for unused ones
         ddp_find_unused_parameters=False,
     )
