@@ -122,6 +122,9 @@ class Source:
     rows: int | None = None
 
 
+MIXTURE_ONLY = ("name", "format", "fields", "weight", "rows")  # Source fields a one-source `data.train` cannot have
+
+
 @dataclass(frozen=True)
 class Data:
     train: Source | tuple[Source, ...]  # one source (the original form) or a mixture
@@ -194,6 +197,10 @@ class Spec:
         """The resolved spec as plain data (for run records and keys), without `base_dir`."""
         data = dataclasses.asdict(self)
         data.pop("base_dir")
+        for role in ("train", "validation"):  # the one-source form has no mixture keys: it validates again
+            source = data["data"][role]
+            if isinstance(source, dict):
+                data["data"][role] = {k: v for k, v in source.items() if k not in MIXTURE_ONLY or v is not None}
         return data
 
 

@@ -117,7 +117,7 @@ def test_validation_is_computed_alike_packed_or_not_and_per_source(tiny: Tiny, t
     # Rows that name their source (the data stage's `source` column, for mixtures): a loss per source,
     # the overall one unchanged, and the token-weighted mean of the sources'.
     names = ["medmcqa" if i % 3 else "notes" for i in range(len(val))]
-    sourced = val.add_column("source", names)
+    sourced = val.remove_columns("source").add_column("source", names)  # the data stage names one: `train`
     per = validation_loss(model, sourced, pad, 4)
     assert set(per) == {"eval_loss", "eval_loss/medmcqa", "eval_loss/notes"}
     assert per["eval_loss"] == pytest.approx(measured[False]["eval_loss"], rel=1e-6)

@@ -8,10 +8,13 @@ import typing
 from pathlib import Path
 
 import pytest
+import yaml
 
 from runner.errors import SpecError
 from runner.schema import load_schema
 from runner.spec import Spec, load_spec, parse_spec
+
+ROOT = Path(__file__).resolve().parents[2]
 
 MINIMAL = "model: {source: init}\ndata: {train: {path: train.jsonl}}\n"
 
@@ -150,3 +153,14 @@ def test_packing_and_early_stopping_fields(folder: Path) -> None:
     found = problems(MINIMAL + "train: {early_stopping: {patienc: 2, min_delta: -1}}\n", folder)
     assert any(p.startswith("train.early_stopping.patienc: unknown key; did you mean patience?") for p in found)
     assert any(p.startswith("train.early_stopping.min_delta: must be >= 0, got integer -1") for p in found)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "specs").glob("*.yaml")), ids=lambda p: p.name)
+def test_a_resolved_spec_validates_again(path: Path) -> None:
+    """Run records, sweeps and serve's jobs write `as_dict()` back as a spec: it must be one (the
+    one-source form without a mixture's keys, paths made absolute)."""
+    from runner.sweep import absolute_paths
+
+    spec = load_spec(path)
+    again = parse_spec(yaml.safe_dump(absolute_paths(spec.as_dict(), path.parent.resolve())), "again", path.parent)
+    assert again.as_dict() == absolute_paths(spec.as_dict(), path.parent.resolve())

@@ -180,8 +180,13 @@ def _train_once(trainer: Any, checkpoints: Path, before: dict[str, float] | None
 
 def _measure(trainer: Any) -> dict[str, float]:
     """The validation loss overall and per source (validation.py); the Trainer's own under FSDP."""
+    from runner.stages.train.trackers import TrackerLog
+
     if hasattr(trainer, "measure"):
-        measured: dict[str, float] = trainer.measure()
+        measured: dict[str, float] = trainer.measure()  # outside the Trainer's logging: the trackers are told here
+        for tracker in (c for c in trainer.callback_handler.callbacks if isinstance(c, TrackerLog)):
+            if trainer.state.is_world_process_zero:
+                tracker.validation(measured, trainer.state.global_step)
         return measured
     return {"eval_loss": trainer.evaluate()["eval_loss"]}
 

@@ -165,7 +165,13 @@ class TrackerLog(TrainerCallback):  # type: ignore[misc]
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
         if logs and "eval_loss" in logs and state.is_world_process_zero:
-            self.trackers.log({"eval/loss": logs["eval_loss"]}, state.global_step)
+            self.validation(logs, state.global_step)
+
+    def validation(self, metrics: dict[str, Any], step: int) -> None:
+        """The validation loss (eval/loss) and a mixture's per source (eval/loss/<source>): logged by the
+        Trainer during training, measured by the loop before and after it."""
+        self.trackers.log({"eval/loss" + name[len("eval_loss"):]: value for name, value in metrics.items()
+                           if name.startswith("eval_loss")}, step)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         self.trackers.close()  # the run is done; the validation loss after it reopens them for one more row

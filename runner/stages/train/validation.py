@@ -52,8 +52,9 @@ def validation_loss(model: Any, rows: Any, pad_id: int, micro: int) -> dict[str,
         model.train(was_training)
     total = sum(counted.values())
     out = {OVERALL: sum(summed.values()) / total if total else math.nan}
-    out.update({f"{OVERALL}/{s}": summed[s] / counted[s] if counted[s] else math.nan
-                for s in sorted(k for k in summed if k is not None)})
+    named = sorted(k for k in summed if k is not None)
+    if len(named) > 1:  # one source (the one-source form's `train`) would only repeat the overall figure
+        out.update({f"{OVERALL}/{s}": summed[s] / counted[s] if counted[s] else math.nan for s in named})
     return out
 
 
