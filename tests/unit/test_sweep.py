@@ -53,6 +53,38 @@ def test_the_grid_is_every_combination_named_by_its_values() -> None:
         grid([parse_setting("lora.r=8"), parse_setting("lora.r=16")], "smoke")
 
 
+def test_variant_names_stay_apart_and_a_clash_is_refused(tmp_path: Path) -> None:
+    # Long values are cut short with a digest of the whole: three lists, three names, three files.
+    lists = "[q_proj,v_proj],[q_proj,k_proj,v_proj,o_proj],[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]"
+    variants = grid([parse_setting(f"lora.target_modules={lists}")], "smoke")
+    assert len({v.name for v in variants}) == 3 and all(len(v.label) <= 40 for v in variants)
+    written = write_variants(SMOKE, variants, tmp_path / "v")
+    assert len({w.path for w in written}) == 3 and len(list((tmp_path / "v").glob("*.yaml"))) == 3
+    assert [w.spec.lora.target_modules for w in written][2][-1] == "down_proj"
+    with pytest.raises(SpecError) as raised:  # values that differ only where a file name cannot
+        grid([parse_setting("data.train.path=x y.jsonl,x_y.jsonl")], "smoke")
+    assert raised.value.problems == ["--set: x y.jsonl and x_y.jsonl make the same variant name 'pathx_y.jsonl'; "
+                                     "list values that differ"]
+    twice = grid([parse_setting("lora.r=8")], "smoke") * 2
+    with pytest.raises(SpecError, match="the name smoke-r8 is used twice"):
+        write_variants(SMOKE, twice, tmp_path / "w")
+    assert not (tmp_path / "w").exists()
+
+
+def test_a_mapping_value_sets_its_fields_and_keeps_the_rest(tmp_path: Path) -> None:
+    variants = grid([parse_setting("lora={r: 4},{r: 8, alpha: 8}")], "smoke")
+    assert [(v.label, v.overrides) for v in variants] == [
+        ("r4", ((("lora", "r"), 4),)), ("r8-alpha8", ((("lora", "r"), 8), (("lora", "alpha"), 8)))]
+    written = write_variants(SMOKE, variants, tmp_path / "v")
+    assert [(w.spec.lora.r, w.spec.lora.alpha, w.spec.lora.target_modules) for w in written] == [
+        (4, 32, "all-linear"), (8, 8, "all-linear")]  # alpha and target_modules as the smoke spec has them
+    file = tmp_path / "v.yaml"
+    file.write_text("- {name: small, set: {lora: {r: 4}, train: {learning_rate: 1e-4}}}\n")
+    assert read_variants(file, "smoke")[0].overrides == ((("lora", "r"), 4), (("train", "learning_rate"), 1e-4))
+    with pytest.raises(SpecError, match=r"--set lora=\{\}: sets no field"):
+        grid([parse_setting("lora={}")], "smoke")
+
+
 def test_a_variant_is_the_base_spec_with_its_fields_set_and_paths_made_absolute(tmp_path: Path) -> None:
     variant = grid([parse_setting("lora.r=4"), parse_setting("data.validation.path=val.jsonl")], "x")[0]
     base = {"name": "x", "model": {"source": "init"}, "data": {"train": {"path": "../d/train.jsonl"}, "validation": None},
