@@ -151,7 +151,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from runner import api, signals
     from runner.errors import StageError
 
-    signals.install()  # SIGTERM too stops the sweep's runs at a checkpoint
+    signals.install(hangup=True)  # SIGTERM and SIGHUP too stop the sweep's runs at a checkpoint
     swept = api.sweep(args.spec, args.set, args.variants, args.store, args.jobs, args.plan, args.write, args.against,
                       show=lambda line: print(line, flush=True))
     if args.write:

@@ -119,7 +119,8 @@ def grid(settings: list[Setting], base_name: str) -> list[Variant]:
     (`lora={r: 4}`) sets its leaves, the base's other fields stay (a variant is named by the leaves)."""
     if len({s.path for s in settings}) < len(settings):
         raise SpecError(["--set: a field is set twice; list its values in one --set"])
-    variants, names = [], {}
+    variants: list[Variant] = []
+    names: dict[str, str] = {}
     for combo in itertools.product(*(s.values for s in settings)):
         overrides = [leaf for s, (_, value) in zip(settings, combo) for leaf in leaves(s.path, value)]
         label = "-".join(_label(s.path, raw, value) for s, (raw, value) in zip(settings, combo))

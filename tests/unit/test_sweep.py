@@ -167,3 +167,51 @@ def test_planning_a_sweep_never_imports_torch(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", CHECK.format(argv=argv)], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "HEAVY: \n" in done.stdout and "cost: 8 stage execution(s)" in done.stdout, done.stdout
+
+
+PARENT = """
+import os, signal, subprocess, sys
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})  # as the sweep starts a run
+child = subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2]], env=os.environ | {"RUNNER_SWEEP_PID": str(os.getpid())})
+print(child.pid, flush=True)
+__import__("time").sleep(60)
+"""
+CHILD = """
+import sys, time
+from runner import signals
+signals.install()
+print("ready", flush=True)
+try:
+    time.sleep(60)
+except signals.Interrupted as exc:
+    open(sys.argv[1], "w").write(str(exc.signum))
+"""
+
+
+def test_a_variant_stops_when_its_sweep_is_killed_outright(tmp_path: Path) -> None:
+    # Real processes: a parent started as the sweep starts a variant (stop signals blocked around the
+    # start, RUNNER_SWEEP_PID set), then SIGKILLed: the variant takes SIGTERM (a checkpoint, then stop).
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    marker = tmp_path / "stopped"
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, CHILD, str(marker)], cwd=ROOT, stdout=subprocess.PIPE,
+                              text=True)
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    try:
+        assert parent.stdout.readline().strip() == "ready"
+        parent.kill()
+        parent.wait()
+        deadline = time.time() + 20
+        while not marker.exists() and time.time() < deadline:
+            time.sleep(0.1)
+        assert marker.exists() and marker.read_text() == str(int(signal.SIGTERM))
+    finally:
+        try:
+            os.kill(child, signal.SIGKILL)  # only if the test failed: the orphan it started
+        except ProcessLookupError:
+            pass
