@@ -49,12 +49,28 @@ def find_run(ref: Path, store: Path) -> Path:
             data = json.loads(path.read_text("utf-8"))
         except (OSError, ValueError):
             continue
-        finished = data.get("status") == "completed" and any(s.get("stage") == "eval" for s in data.get("stages", []))
-        if data.get("spec_path") == wanted and finished and (newest is None or data["started"] > newest[0]):
-            newest = (data["started"], path)
+        if not isinstance(data, dict) or data.get("spec_path") != wanted or shape_problem(data):
+            continue  # another spec's run, or not a run record at all (a stray file): not this spec's
+        finished = data.get("status") == "completed" and any(s.get("stage") == "eval" for s in data["stages"])
+        started = data.get("started")
+        started = started if isinstance(started, (int, float)) and not isinstance(started, bool) else 0.0
+        if finished and (newest is None or started > newest[0]):
+            newest = (started, path)
     if newest is None:
         raise CompareError(f"{ref}: no completed run of this spec in {store}; run it first (runner run {ref})")
     return newest[1]
+
+
+def shape_problem(record: Any) -> str | None:
+    """What makes `record` no run record (runner.records writes an object with spec and stages)."""
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not a run record (an object)"
+    if not isinstance(record.get("spec"), dict):
+        return "no spec in it"
+    stages = record.get("stages", [])
+    if not isinstance(stages, list) or not all(isinstance(s, dict) and isinstance(s.get("stage"), str) for s in stages):
+        return "its stages are not a list of {stage, key}"
+    return None
 
 
 def load_run(record_path: Path) -> Run:
@@ -62,16 +78,22 @@ def load_run(record_path: Path) -> Run:
         record = json.loads(record_path.read_text("utf-8"))
     except (OSError, ValueError) as exc:
         raise CompareError(f"{record_path}: run record cannot be read ({exc})") from None
+    problem = shape_problem(record)
+    if problem:
+        raise CompareError(f"{record_path}: not a run record: {problem}; give a file from STORE/runs/ or a spec file")
     store = record_path.resolve().parent.parent
-    artifacts = {s["stage"]: store / s["stage"] / s["key"] for s in record.get("stages", []) if s.get("key")}
+    artifacts = {s["stage"]: store / s["stage"] / str(s["key"]) for s in record.get("stages", []) if s.get("key")}
     metrics = read_json(artifacts["eval"] / "metrics.json") if "eval" in artifacts else None
-    if metrics is None:
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("benchmarks", {}), dict):
         raise CompareError(f"{record_path}: the run has no eval metrics (status {record.get('status')}); "
                            "compare needs runs that finished their eval stage")
     run = Run(str(record["spec"].get("name", record_path.stem)), record_path, record, artifacts, metrics)
     for row in read_jsonl(artifacts["eval"] / "predictions.jsonl"):
-        question = row["id"] if row.get("id") is not None else row["index"]
-        run.outcomes.setdefault(row["benchmark"], {})[question] = (row["answer"], row["tuned"])
+        if not isinstance(row, dict) or not {"benchmark", "answer", "tuned"} <= set(row):
+            raise CompareError(f"{artifacts['eval'] / 'predictions.jsonl'}: a row without benchmark, answer and tuned; "
+                               "the eval artifact is damaged: run that spec with --force eval")
+        question = row["id"] if row.get("id") is not None else row.get("index")
+        run.outcomes.setdefault(str(row["benchmark"]), {})[question] = (row["answer"], row["tuned"])
     return run
 
 

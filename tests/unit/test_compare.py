@@ -116,3 +116,22 @@ def test_the_base_column_appears_only_when_the_runs_bases_differ(tmp_path: Path)
     assert "base model [95% CI]" not in header() and "generative [95% CI]" not in header()
     runs[1].metrics["benchmarks"]["x"]["base"]["acc"] = 0.5  # another base model (a model-size sweep)
     assert header()[:4] == ["run", "n", "base model [95% CI]", "accuracy [95% CI]"]
+
+
+def test_a_malformed_run_record_is_one_line_and_a_stray_file_is_skipped(tmp_path: Path) -> None:
+    record = make_run(tmp_path, "a", 4, {"x": [True]}, 1)
+    (tmp_path / "a.yaml").write_text("name: a\n")
+    for name, content, problem in (("list.json", [], "a JSON list, not a run record (an object)"),
+                                   ("nospec.json", {"stages": []}, "no spec in it"),
+                                   ("stages.json", {"spec": {}, "stages": [1]}, "its stages are not a list of {stage, key}")):
+        _write(tmp_path / "runs" / name, content)  # strays in runs/: the spec's run is still found
+        with pytest.raises(CompareError) as raised:
+            load_run(tmp_path / "runs" / name)
+        assert str(raised.value) == (f"{tmp_path / 'runs' / name}: not a run record: {problem}; "
+                                     "give a file from STORE/runs/ or a spec file")
+    _write(tmp_path / "runs" / "text.json", "a string")
+    assert find_run(tmp_path / "a.yaml", tmp_path) == record
+    preds = next((tmp_path / "eval").iterdir()) / "predictions.jsonl"
+    preds.write_text('{"index": 0}\n')
+    with pytest.raises(CompareError, match="predictions.jsonl: a row without benchmark, answer and tuned"):
+        load_run(record)
