@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from runner.errors import RunnerError
 from runner.records import runs_dir
+from runner.schema import field_schema
 from runner.stats import holm, paired
 
 LEVEL = 0.05  # the family-wise error level a difference must survive
@@ -120,11 +121,23 @@ def unique_labels(runs: list[Run]) -> None:
 
 
 def differences(run: Run, reference: Run) -> list[str]:
-    """The spec fields where `run` differs from `reference` (name and description are cosmetic)."""
-    mine, theirs = flatten(run.record["spec"]), flatten(reference.record["spec"])
+    """The spec fields where `run` differs from `reference` (name and description are cosmetic; a path
+    relative to the spec file is compared as the file it names, since a sweep's variants hold it absolute)."""
+    mine, theirs = spec_fields(run), spec_fields(reference)
     skip = ("name", "description")
     return [f"{k}={mine.get(k)}" for k in sorted(set(mine) | set(theirs))
             if k not in skip and mine.get(k) != theirs.get(k)]
+
+
+def spec_fields(run: Run) -> dict[str, Any]:
+    folder = Path(str(run.record.get("spec_path") or run.record_path)).parent
+    out = flatten(run.record["spec"])
+    for key, value in out.items():
+        if isinstance(value, str) and value:
+            found = field_schema(tuple(int(p) if p.isdigit() else p for p in key.split(".")))[0]
+            if found is not None and "relative to the spec" in found.get("description", ""):
+                out[key] = str((folder / value).resolve())
+    return out
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:

@@ -135,3 +135,20 @@ def test_a_malformed_run_record_is_one_line_and_a_stray_file_is_skipped(tmp_path
     preds.write_text('{"index": 0}\n')
     with pytest.raises(CompareError, match="predictions.jsonl: a row without benchmark, answer and tuned"):
         load_run(record)
+
+
+def test_a_path_field_naming_the_same_file_is_no_difference(tmp_path: Path) -> None:
+    from runner.compare import differences
+
+    runs = []
+    for name, r, where, spec_dir in (("base", 16, "../data/t.jsonl", tmp_path / "specs"),  # as the base spec has it
+                                     ("v", 8, str(tmp_path / "data" / "t.jsonl"), tmp_path / "sweeps")):  # a variant
+        record = make_run(tmp_path, name, r, {"x": [True]}, 1)
+        data = json.loads(record.read_text())
+        data["spec"]["data"] = {"train": {"path": where}}
+        data["spec_path"] = str(spec_dir / f"{name}.yaml")
+        record.write_text(json.dumps(data))
+        runs.append(load_run(record))
+    assert differences(runs[1], runs[0]) == ["lora.r=8"]
+    runs[1].record["spec"]["data"]["train"]["path"] = "other.jsonl"
+    assert differences(runs[1], runs[0]) == [f"data.train.path={tmp_path / 'sweeps' / 'other.jsonl'}", "lora.r=8"]
