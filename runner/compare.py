@@ -10,6 +10,7 @@ interval), Holm-corrected for the number of comparisons. Light: no torch.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -229,10 +230,14 @@ def cost(run: Run) -> dict[str, Any]:
     seen = [r["num_input_tokens_seen"] for r in rows if r.get("num_input_tokens_seen") is not None]
     if seen:
         out["tokens"] = seen[-1]
-    elif summary and stats and summary.get("train_rows") and summary.get("steps"):
-        # The data stage's token count of one epoch times the epochs the steps amount to.
-        examples = summary["steps"] * run.record["spec"]["train"]["batch_size"]
-        out["tokens"] = round(stats["train_tokens"]["total"] * examples / summary["train_rows"])
+    elif stats and isinstance(stats.get("train_tokens"), dict) and stats["train_tokens"].get("total"):
+        # The data stage's token count of one epoch times the epochs trained: the Trainer's last logged
+        # epoch, else the steps over the steps an epoch takes (its last batch partial, not full).
+        epochs = next((r["epoch"] for r in reversed(rows) if isinstance(r.get("epoch"), (int, float))), None)
+        batch = run.record["spec"].get("train", {}).get("batch_size")
+        if epochs is None and summary and summary.get("train_rows") and summary.get("steps") and batch:
+            epochs = summary["steps"] / math.ceil(summary["train_rows"] / batch)
+        out["tokens"] = round(stats["train_tokens"]["total"] * epochs) if epochs is not None else None
     return out
 
 

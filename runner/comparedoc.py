@@ -155,7 +155,7 @@ def cost_section(runs: list[Run]) -> Section:
                            "(model loading and saving included), the largest memory logged during training (GPU: "
                            "torch's peak allocation; CPU: the process's resident memory), LoRA's trainable "
                            "parameters of all, and the tokens of the training examples seen (the data stage's token "
-                           "count of one epoch times the epochs the steps make). A stage reused from an earlier run "
+                           "count of one epoch times the epochs trained, as the Trainer logged them). A stage reused from an earlier run "
                            "shows that run's time.")])
 
 

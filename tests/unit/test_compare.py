@@ -152,3 +152,17 @@ def test_a_path_field_naming_the_same_file_is_no_difference(tmp_path: Path) -> N
     assert differences(runs[1], runs[0]) == ["lora.r=8"]
     runs[1].record["spec"]["data"]["train"]["path"] = "other.jsonl"
     assert differences(runs[1], runs[0]) == [f"data.train.path={tmp_path / 'sweeps' / 'other.jsonl'}", "lora.r=8"]
+
+
+def test_tokens_seen_count_each_epoch_once_whatever_its_last_batch(tmp_path: Path) -> None:
+    # 18 rows in batches of 4: an epoch is 5 steps (the last holds 2 rows), so 10 steps are 2 epochs,
+    # 2 x 3000 tokens, not 10 x 4 = 40 examples' worth (6,667).
+    record = make_run(tmp_path, "a", 4, {"x": [True]}, 1)
+    train = load_run(record).artifacts["train"]
+    summary = json.loads((train / "summary.json").read_text())
+    _write(train / "summary.json", summary | {"train_rows": 18})
+    assert cost(load_run(record))["tokens"] == 6000
+    # Where the Trainer logged its epoch, that is the count (here the run stopped half into the third).
+    (train / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0, "epoch": s / 4}) + "\n"
+                                                 for s in range(1, 11)))
+    assert cost(load_run(record))["tokens"] == 7500
