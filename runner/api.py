@@ -123,12 +123,14 @@ def sweep(spec: str | Path, sets: Iterable[str] = (), variants: str | Path | Non
     from runner.sweep import grid, parse_setting, read_variants, sweep_folder, write_variants
 
     sets = list(sets)
-    if bool(sets) == (variants is not None) or jobs < 1:
-        raise SpecError(["sweep: give --set PATH=V1,V2 (a grid) or --variants FILE, one of the two; --jobs at least 1"])
+    if bool(sets) == (variants is not None):
+        raise SpecError(["sweep: give --set PATH=V1,V2 (a grid) or --variants FILE, one of the two"])
+    if jobs < 1:
+        raise SpecError([f"sweep: --jobs {jobs}: run at least 1 variant at a time (--jobs 1, the default)"])
     base = load_spec(spec)
     expanded = grid([parse_setting(s) for s in sets], base.name) if sets else read_variants(Path(variants or ""), base.name)
     folder = Path(write) if write else sweep_folder(Path(store), Path(spec), expanded)
-    written = write_variants(Path(spec), expanded, folder)
+    written = write_variants(Path(spec), expanded, folder, write=not plan_only)  # a plan writes nothing
     if write:
         return Swept([w.path for w in written], [], {}, None)
     from runner.execute import registered_stages

@@ -159,7 +159,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     failed = [name for name, code in swept.codes.items() if code != 0]
     if failed:
         raise StageError(f"sweep: {len(failed)} of {len(swept.codes)} variant(s) failed ({', '.join(failed)}); their "
-                         "output is above: run the same sweep again to finish only what is missing")
+                         "output is above: fix what made them fail, then run the same sweep again (it runs only what is missing)")
     return 0
 
 

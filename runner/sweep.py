@@ -43,6 +43,7 @@ class Variant:
     name: str  # the variant spec's `name`: <base name>-<label>
     label: str  # r8-lr1e-4
     overrides: tuple[tuple[Path_, Any], ...]
+    origin: str = ""  # what made it, for messages: "--set lora.r=8" or "variants.yaml:3:3"
 
 
 def dotted(path: Path_) -> str:
@@ -128,7 +129,8 @@ def grid(settings: list[Setting], base_name: str) -> list[Variant]:
             raise SpecError([f"--set: {names[label]} and {', '.join(raw for raw, _ in combo)} make the same variant name "
                              f"{label!r}; list values that differ"])
         names[label] = ", ".join(raw for raw, _ in combo)
-        variants.append(Variant(f"{base_name}-{label}", label, tuple(overrides)))
+        origin = " ".join(f"--set {dotted(s.path)}={raw}" for s, (raw, _) in zip(settings, combo))
+        variants.append(Variant(f"{base_name}-{label}", label, tuple(overrides), origin))
     return variants
 
 
@@ -165,6 +167,9 @@ def read_variants(path: Path, base_name: str) -> list[Variant]:
     except OSError as exc:
         raise SpecError([f"{path}: cannot read the variants file ({exc.strerror or exc})"]) from None
     doc, positions = read_spec(text, str(path))
+    if positions.problems:  # a key that is no string, say: where, and what
+        _, line, column, problem = positions.problems[0]
+        raise SpecError([f"{path}:{line}:{column}: {problem}"])
     if not isinstance(doc, list) or not doc:
         raise SpecError([f"{path}: a variants file is a YAML list of {{name: ..., set: {{PATH: VALUE}}}}"])
     variants, names = [], set()
@@ -172,6 +177,9 @@ def read_variants(path: Path, base_name: str) -> list[Variant]:
         at = f"{path}:{positions.where((i,))}"
         if not (isinstance(item, dict) and set(item) == {"name", "set"} and isinstance(item["set"], dict)):
             raise SpecError([f"{at}: each variant is {{name: ..., set: {{PATH: VALUE}}}}"])
+        if isinstance(item["name"], bool) or not isinstance(item["name"], (str, int, float)):
+            raise SpecError([f"{at}: name must be a word such as r8 (it names the variant), "
+                             f"got {clip(json.dumps(item['name']), 40)}"])
         label = _clean(str(item["name"]))
         if not label or label in names:
             raise SpecError([f"{at}: name {clip(str(item['name']), 40)!r} is empty or used twice"])
@@ -181,7 +189,7 @@ def read_variants(path: Path, base_name: str) -> list[Variant]:
             field = parse_path(str(where), f"{at}: {where}")
             check_value(field, value, f"{at}: {where}={clip(json.dumps(value), 40)}")
             overrides += leaves(field, value, f"{at}:")
-        variants.append(Variant(f"{base_name}-{label}", label, tuple(overrides)))
+        variants.append(Variant(f"{base_name}-{label}", label, tuple(overrides), at))
     return variants
 
 
@@ -230,8 +238,9 @@ class Written:
     spec: Spec
 
 
-def write_variants(spec_path: Path, variants: list[Variant], folder: Path) -> list[Written]:
-    """Check every variant (all problems at once), then write each as `<folder>/<name>.yaml`."""
+def write_variants(spec_path: Path, variants: list[Variant], folder: Path, write: bool = True) -> list[Written]:
+    """Check every variant (all problems at once), then write each as `<folder>/<name>.yaml` (`write`
+    false: only where each would be, as `--plan` shows them, and nothing on disk)."""
     load_spec(spec_path)  # the base spec's own problems first, with its own positions
     base, _ = read_spec(decode_spec(spec_path.read_bytes(), str(spec_path)), str(spec_path))
     spec_dir = spec_path.resolve().parent
@@ -244,10 +253,15 @@ def write_variants(spec_path: Path, variants: list[Variant], folder: Path) -> li
         try:
             parse_spec(text, source=f"variant {variant.label}", base_dir=spec_dir)
         except SpecError as exc:
-            problems += exc.problems
+            # A position in the generated YAML helps nobody: say which variant, and what made it.
+            made = f"variant {variant.label}: {variant.origin}" if variant.origin else f"variant {variant.label}"
+            problems += [re.sub(rf"\(variant {re.escape(variant.label)}:\d+:\d+\)$", f"({made})", p) for p in exc.problems]
         texts.append(text)
     if problems:
         raise SpecError(problems)
+    if not write:
+        return [Written(v, folder / f"{v.name}.yaml", parse_spec(text, str(folder / f"{v.name}.yaml"), folder.resolve()))
+                for v, text in zip(variants, texts)]
     folder.mkdir(parents=True, exist_ok=True)
     out = []
     for variant, text in zip(variants, texts):

@@ -121,6 +121,33 @@ def test_a_variants_file_lists_variants_by_hand(tmp_path: Path) -> None:
     assert raised.value.problems == [f'{file}:2:3: lora.r="x": must be an integer, got string "x"']
 
 
+def test_messages_name_the_variant_and_what_to_change(tmp_path: Path) -> None:
+    from runner import api
+
+    def problems(call) -> list[str]:  # type: ignore[no-untyped-def]
+        with pytest.raises(SpecError) as raised:
+            call()
+        return raised.value.problems
+
+    file = tmp_path / "v.yaml"
+    file.write_text("- {name: a, set: {1: 4}}\n")
+    assert problems(lambda: read_variants(file, "smoke")) == [f"{file}:1:19: a key must be a string, got integer 1"]
+    file.write_text("- {name: null, set: {lora.r: 4}}\n")
+    assert problems(lambda: read_variants(file, "smoke")) == [
+        f"{file}:1:3: name must be a word such as r8 (it names the variant), got null"]
+    # A cross-field problem names the variant and what made it, not a line of the generated YAML.
+    missing = str((SMOKE.parent / "nope.jsonl").resolve())
+    assert problems(lambda: write_variants(SMOKE, grid([parse_setting("data.train.path=nope.jsonl"),
+                                                        parse_setting("lora.r=4")], "smoke"), tmp_path / "w")) == [
+        f"data.train.path: no such file '{missing}' (resolved to {missing}; paths are relative to the spec file) "
+        "(variant pathnope.jsonl-r4: --set data.train.path=nope.jsonl --set lora.r=4)"]
+    file.write_text("- {name: a, set: {data.train.path: nope.jsonl}}\n")
+    assert problems(lambda: write_variants(SMOKE, read_variants(file, "smoke"), tmp_path / "w"))[0].endswith(
+        f"(variant a: {file}:1:3)")
+    assert problems(lambda: api.sweep(SMOKE, ["lora.r=8"], jobs=0, store=tmp_path)) == [
+        "sweep: --jobs 0: run at least 1 variant at a time (--jobs 1, the default)"]
+
+
 def test_gpu_slots() -> None:
     assert device_slots(2, []) == [None, None]
     assert device_slots(2, ["0", "1", "2", "3"]) == ["0,1", "2,3"]
@@ -167,6 +194,7 @@ def test_planning_a_sweep_never_imports_torch(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", CHECK.format(argv=argv)], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "HEAVY: \n" in done.stdout and "cost: 8 stage execution(s)" in done.stdout, done.stdout
+    assert not (tmp_path / "sweeps").exists()  # a plan writes nothing into the store
 
 
 PARENT = """
@@ -180,8 +208,8 @@ CHILD = """
 import sys, time
 from runner import signals
 signals.install()
-print("ready", flush=True)
 try:
+    print("ready", flush=True)
     time.sleep(60)
 except signals.Interrupted as exc:
     open(sys.argv[1], "w").write(str(exc.signum))
