@@ -90,12 +90,14 @@ def compare(runs: Iterable[str | Path], store: str | Path = "artifacts", against
     import hashlib
 
     from runner.compare import compare as paired_tests
-    from runner.compare import find_run, load_run, unique_labels, write_report
+    from runner.compare import distinct, find_run, load_run, unique_labels, write_report
     from runner.comparedoc import summary_lines
 
     if against not in ("baseline", "best"):
         raise ValueError(f"against: 'baseline' or 'best', got {against!r}")
-    records = [find_run(Path(ref), Path(store)) for ref in runs]
+    refs = [Path(ref) for ref in runs]
+    records = [find_run(ref, Path(store)) for ref in refs]
+    distinct(records, refs)
     digest = hashlib.sha256("\n".join(str(r.resolve()) for r in records).encode()).hexdigest()[:12]
     loaded = [load_run(record) for record in records]
     unique_labels(loaded)

@@ -114,11 +114,23 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         return []
 
 
+def distinct(records: list[Path], refs: list[Path]) -> None:
+    """Each run once: a run tested against itself would only add a comparison to Holm's count."""
+    seen: dict[Path, Path] = {}
+    for record, ref in zip(records, refs):
+        if record.resolve() in seen:
+            raise CompareError(f"{seen[record.resolve()]} and {ref} are the same run ({record}); give each run once")
+        seen[record.resolve()] = ref
+
+
 def unique_labels(runs: list[Run]) -> None:
-    """Two runs of one spec name are told apart by their eval key."""
-    for run in runs:
-        if sum(r.label == run.label for r in runs) > 1:
-            run.label = f"{run.label}@{run.artifacts['eval'].name[:8]}"
+    """Runs of one spec name are told apart by their eval key, and where that is shared too (a run that
+    reused another's stages) by their run record; every one of them, not just the first."""
+    for suffix in (lambda r: r.artifacts["eval"].name[:8], lambda r: r.record_path.stem):
+        clashing = {r.label for r in runs if sum(x.label == r.label for x in runs) > 1}
+        for run in runs:
+            if run.label in clashing:
+                run.label = f"{run.label}@{suffix(run)}"
 
 
 def differences(run: Run, reference: Run) -> list[str]:

@@ -166,3 +166,23 @@ def test_tokens_seen_count_each_epoch_once_whatever_its_last_batch(tmp_path: Pat
     (train / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0, "epoch": s / 4}) + "\n"
                                                  for s in range(1, 11)))
     assert cost(load_run(record))["tokens"] == 7500
+
+
+def test_a_run_is_compared_once_and_every_clashing_label_is_told_apart(tmp_path: Path) -> None:
+    from runner import api
+    from runner.compare import unique_labels
+
+    record = make_run(tmp_path, "a", 4, {"x": [True]}, 1)
+    (tmp_path / "a.yaml").write_text("name: a\n")
+    with pytest.raises(CompareError) as raised:  # the record, and the spec naming that same record
+        api.compare([record, tmp_path / "a.yaml"], store=tmp_path, out=tmp_path / "out")
+    assert str(raised.value) == f"{record} and {tmp_path / 'a.yaml'} are the same run ({record}); give each run once"
+    assert not (tmp_path / "out").exists()
+    copy = tmp_path / "runs" / "a-copy.json"  # another run of the spec that reused the first one's stages
+    copy.write_text(record.read_text())
+    other = make_run(tmp_path / "s2", "b", 8, {"x": [False]}, 2)
+    runs = [load_run(p) for p in (record, copy, other)]
+    runs[2].label = "a"  # the same spec name, another eval
+    unique_labels(runs)
+    eval_key = runs[0].artifacts["eval"].name[:8]
+    assert [r.label for r in runs] == [f"a@{eval_key}@a", f"a@{eval_key}@a-copy", "a@evalb000"]
