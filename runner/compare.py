@@ -126,11 +126,11 @@ def distinct(records: list[Path], refs: list[Path]) -> None:
 def unique_labels(runs: list[Run]) -> None:
     """Runs of one spec name are told apart by their eval key, and where that is shared too (a run that
     reused another's stages) by their run record; every one of them, not just the first."""
-    for suffix in (lambda r: r.artifacts["eval"].name[:8], lambda r: r.record_path.stem):
+    for suffix in ("eval key", "run record"):
         clashing = {r.label for r in runs if sum(x.label == r.label for x in runs) > 1}
         for run in runs:
             if run.label in clashing:
-                run.label = f"{run.label}@{suffix(run)}"
+                run.label += "@" + (run.artifacts["eval"].name[:8] if suffix == "eval key" else run.record_path.stem)
 
 
 def differences(run: Run, reference: Run) -> list[str]:
