@@ -186,3 +186,20 @@ def test_a_run_is_compared_once_and_every_clashing_label_is_told_apart(tmp_path:
     unique_labels(runs)
     eval_key = runs[0].artifacts["eval"].name[:8]
     assert [r.label for r in runs] == [f"a@{eval_key}@a", f"a@{eval_key}@a-copy", "a@evalb000"]
+
+
+def test_the_paired_n_is_shown_when_the_runs_question_sets_differ(tmp_path: Path) -> None:
+    runs = [load_run(make_run(tmp_path, n, 4, {"x": marks}, i))
+            for i, (n, marks) in enumerate((("a", [True, False, True]), ("b", [True, True, True, False])))]
+
+    def table() -> tuple[list[str], list[list[str]]]:
+        blocks = dict(sections(runs, compare(runs), "baseline", {}))["Accuracy"]
+        return next((b[1], b[2]) for b in blocks if b[0] == "table")
+
+    header, rows = table()  # b answered a fourth question a did not: 3 of its 4 are paired
+    assert header[:3] == ["run", "n", "accuracy [95% CI]"] and "paired n" in header
+    assert rows[1][1] == "4" and rows[1][header.index("paired n")] == "3"
+    assert "on 3 shared questions" in summary_lines(runs, compare(runs))[2]
+    runs[1].outcomes["x"].pop("q3")
+    runs[1].metrics["benchmarks"]["x"]["tuned"]["n"] = 3
+    assert "paired n" not in table()[0] and "shared questions" not in summary_lines(runs, compare(runs))[2]
