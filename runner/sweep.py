@@ -157,7 +157,7 @@ def short(path: Path_) -> str:
 def _clean(raw: str) -> str:
     """A value as part of a file name; a long one cut short with a digest of the whole, so two stay apart."""
     clean = re.sub(r"[^A-Za-z0-9.+-]+", "_", raw).strip("_")
-    return clean if len(clean) <= 24 else f"{clean[:16]}-{hashlib.sha256(raw.encode()).hexdigest()[:7]}"
+    return clean if len(clean) <= 24 else f"{clean[:16].rstrip('_')}-{hashlib.sha256(raw.encode()).hexdigest()[:7]}"
 
 
 def read_variants(path: Path, base_name: str) -> list[Variant]:
