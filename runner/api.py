@@ -91,12 +91,14 @@ def compare(runs: Iterable[str | Path], store: str | Path = "artifacts", against
     import hashlib
 
     from runner.compare import compare as paired_tests
-    from runner.compare import find_run, load_run, unique_labels, write_report
+    from runner.compare import distinct, find_run, load_run, unique_labels, write_report
     from runner.comparedoc import summary_lines
 
     if against not in ("baseline", "best"):
         raise ValueError(f"against: 'baseline' or 'best', got {against!r}")
-    records = [find_run(Path(ref), Path(store)) for ref in runs]
+    refs = [Path(ref) for ref in runs]
+    records = [find_run(ref, Path(store)) for ref in refs]
+    distinct(records, refs)
     digest = hashlib.sha256("\n".join(str(r.resolve()) for r in records).encode()).hexdigest()[:12]
     loaded = [load_run(record) for record in records]
     unique_labels(loaded)
@@ -124,12 +126,14 @@ def sweep(spec: str | Path, sets: Iterable[str] = (), variants: str | Path | Non
     from runner.sweep import grid, parse_setting, read_variants, sweep_folder, write_variants
 
     sets = list(sets)
-    if bool(sets) == (variants is not None) or jobs < 1:
-        raise SpecError(["sweep: give --set PATH=V1,V2 (a grid) or --variants FILE, one of the two; --jobs at least 1"])
+    if bool(sets) == (variants is not None):
+        raise SpecError(["sweep: give --set PATH=V1,V2 (a grid) or --variants FILE, one of the two"])
+    if jobs < 1:
+        raise SpecError([f"sweep: --jobs {jobs}: run at least 1 variant at a time (--jobs 1, the default)"])
     base = load_spec(spec)
     expanded = grid([parse_setting(s) for s in sets], base.name) if sets else read_variants(Path(variants or ""), base.name)
     folder = Path(write) if write else sweep_folder(Path(store), Path(spec), expanded)
-    written = write_variants(Path(spec), expanded, folder)
+    written = write_variants(Path(spec), expanded, folder, write=not plan_only)  # a plan writes nothing
     if write:
         return Swept([w.path for w in written], [], {}, None)
     from runner.execute import registered_stages

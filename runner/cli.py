@@ -154,7 +154,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from runner import api, signals
     from runner.errors import StageError
 
-    signals.install()  # SIGTERM too stops the sweep's runs at a checkpoint
+    signals.install(hangup=True)  # SIGTERM and SIGHUP too stop the sweep's runs at a checkpoint
     swept = api.sweep(args.spec, args.set, args.variants, args.store, args.jobs, args.plan, args.write, args.against,
                       show=lambda line: print(line, flush=True))
     if args.write:
@@ -162,7 +162,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     failed = [name for name, code in swept.codes.items() if code != 0]
     if failed:
         raise StageError(f"sweep: {len(failed)} of {len(swept.codes)} variant(s) failed ({', '.join(failed)}); their "
-                         "output is above: run the same sweep again to finish only what is missing")
+                         "output is above: fix what made them fail, then run the same sweep again (it runs only what is missing)")
     return 0
 
 

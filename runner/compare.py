@@ -10,12 +10,14 @@ interval), Holm-corrected for the number of comparisons. Light: no torch.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from runner.errors import RunnerError
 from runner.records import runs_dir
+from runner.schema import field_schema
 from runner.stats import holm, paired
 
 LEVEL = 0.05  # the family-wise error level a difference must survive
@@ -49,12 +51,28 @@ def find_run(ref: Path, store: Path) -> Path:
             data = json.loads(path.read_text("utf-8"))
         except (OSError, ValueError):
             continue
-        finished = data.get("status") == "completed" and any(s.get("stage") == "eval" for s in data.get("stages", []))
-        if data.get("spec_path") == wanted and finished and (newest is None or data["started"] > newest[0]):
-            newest = (data["started"], path)
+        if not isinstance(data, dict) or data.get("spec_path") != wanted or shape_problem(data):
+            continue  # another spec's run, or not a run record at all (a stray file): not this spec's
+        finished = data.get("status") == "completed" and any(s.get("stage") == "eval" for s in data["stages"])
+        started = data.get("started")
+        started = started if isinstance(started, (int, float)) and not isinstance(started, bool) else 0.0
+        if finished and (newest is None or started > newest[0]):
+            newest = (started, path)
     if newest is None:
         raise CompareError(f"{ref}: no completed run of this spec in {store}; run it first (runner run {ref})")
     return newest[1]
+
+
+def shape_problem(record: Any) -> str | None:
+    """What makes `record` no run record (runner.records writes an object with spec and stages)."""
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not a run record (an object)"
+    if not isinstance(record.get("spec"), dict):
+        return "no spec in it"
+    stages = record.get("stages", [])
+    if not isinstance(stages, list) or not all(isinstance(s, dict) and isinstance(s.get("stage"), str) for s in stages):
+        return "its stages are not a list of {stage, key}"
+    return None
 
 
 def load_run(record_path: Path) -> Run:
@@ -62,16 +80,22 @@ def load_run(record_path: Path) -> Run:
         record = json.loads(record_path.read_text("utf-8"))
     except (OSError, ValueError) as exc:
         raise CompareError(f"{record_path}: run record cannot be read ({exc})") from None
+    problem = shape_problem(record)
+    if problem:
+        raise CompareError(f"{record_path}: not a run record: {problem}; give a file from STORE/runs/ or a spec file")
     store = record_path.resolve().parent.parent
-    artifacts = {s["stage"]: store / s["stage"] / s["key"] for s in record.get("stages", []) if s.get("key")}
+    artifacts = {s["stage"]: store / s["stage"] / str(s["key"]) for s in record.get("stages", []) if s.get("key")}
     metrics = read_json(artifacts["eval"] / "metrics.json") if "eval" in artifacts else None
-    if metrics is None:
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("benchmarks", {}), dict):
         raise CompareError(f"{record_path}: the run has no eval metrics (status {record.get('status')}); "
                            "compare needs runs that finished their eval stage")
     run = Run(str(record["spec"].get("name", record_path.stem)), record_path, record, artifacts, metrics)
     for row in read_jsonl(artifacts["eval"] / "predictions.jsonl"):
-        question = row["id"] if row.get("id") is not None else row["index"]
-        run.outcomes.setdefault(row["benchmark"], {})[question] = (row["answer"], row["tuned"])
+        if not isinstance(row, dict) or not {"benchmark", "answer", "tuned"} <= set(row):
+            raise CompareError(f"{artifacts['eval'] / 'predictions.jsonl'}: a row without benchmark, answer and tuned; "
+                               "the eval artifact is damaged: run that spec with --force eval")
+        question = row["id"] if row.get("id") is not None else row.get("index")
+        run.outcomes.setdefault(str(row["benchmark"]), {})[question] = (row["answer"], row["tuned"])
     return run
 
 
@@ -90,19 +114,43 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         return []
 
 
+def distinct(records: list[Path], refs: list[Path]) -> None:
+    """Each run once: a run tested against itself would only add a comparison to Holm's count."""
+    seen: dict[Path, Path] = {}
+    for record, ref in zip(records, refs):
+        if record.resolve() in seen:
+            raise CompareError(f"{seen[record.resolve()]} and {ref} are the same run ({record}); give each run once")
+        seen[record.resolve()] = ref
+
+
 def unique_labels(runs: list[Run]) -> None:
-    """Two runs of one spec name are told apart by their eval key."""
-    for run in runs:
-        if sum(r.label == run.label for r in runs) > 1:
-            run.label = f"{run.label}@{run.artifacts['eval'].name[:8]}"
+    """Runs of one spec name are told apart by their eval key, and where that is shared too (a run that
+    reused another's stages) by their run record; every one of them, not just the first."""
+    for suffix in ("eval key", "run record"):
+        clashing = {r.label for r in runs if sum(x.label == r.label for x in runs) > 1}
+        for run in runs:
+            if run.label in clashing:
+                run.label += "@" + (run.artifacts["eval"].name[:8] if suffix == "eval key" else run.record_path.stem)
 
 
 def differences(run: Run, reference: Run) -> list[str]:
-    """The spec fields where `run` differs from `reference` (name and description are cosmetic)."""
-    mine, theirs = flatten(run.record["spec"]), flatten(reference.record["spec"])
+    """The spec fields where `run` differs from `reference` (name and description are cosmetic; a path
+    relative to the spec file is compared as the file it names, since a sweep's variants hold it absolute)."""
+    mine, theirs = spec_fields(run), spec_fields(reference)
     skip = ("name", "description")
     return [f"{k}={mine.get(k)}" for k in sorted(set(mine) | set(theirs))
             if k not in skip and mine.get(k) != theirs.get(k)]
+
+
+def spec_fields(run: Run) -> dict[str, Any]:
+    folder = Path(str(run.record.get("spec_path") or run.record_path)).parent
+    out = flatten(run.record["spec"])
+    for key, value in out.items():
+        if isinstance(value, str) and value:
+            found = field_schema(tuple(int(p) if p.isdigit() else p for p in key.split(".")))[0]
+            if found is not None and "relative to the spec" in found.get("description", ""):
+                out[key] = str((folder / value).resolve())
+    return out
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -194,10 +242,14 @@ def cost(run: Run) -> dict[str, Any]:
     seen = [r["num_input_tokens_seen"] for r in rows if r.get("num_input_tokens_seen") is not None]
     if seen:
         out["tokens"] = seen[-1]
-    elif summary and stats and summary.get("train_rows") and summary.get("steps"):
-        # The data stage's token count of one epoch times the epochs the steps amount to.
-        examples = summary["steps"] * run.record["spec"]["train"]["batch_size"]
-        out["tokens"] = round(stats["train_tokens"]["total"] * examples / summary["train_rows"])
+    elif stats and isinstance(stats.get("train_tokens"), dict) and stats["train_tokens"].get("total"):
+        # The data stage's token count of one epoch times the epochs trained: the Trainer's last logged
+        # epoch, else the steps over the steps an epoch takes (its last batch partial, not full).
+        epochs = next((r["epoch"] for r in reversed(rows) if isinstance(r.get("epoch"), (int, float))), None)
+        batch = run.record["spec"].get("train", {}).get("batch_size")
+        if epochs is None and summary and summary.get("train_rows") and summary.get("steps") and batch:
+            epochs = summary["steps"] / math.ceil(summary["train_rows"] / batch)
+        out["tokens"] = round(stats["train_tokens"]["total"] * epochs) if epochs is not None else None
     return out
 
 

@@ -51,8 +51,10 @@ def accuracy_section(runs: list[Run], found: list[Comparison], against: str, pic
         blocks.append(("h3", bench + (f" ({', '.join(said)})" if said else "")))
         # A column only where it says something: the base when runs have different bases (a model-size
         # sweep), generative accuracy when some run scored generated answers.
-        keep = [h for h in rows[0] if h not in ("base model [95% CI]", "generative [95% CI]")
-                or (h.startswith("base") and len(bases) > 1) or (h.startswith("gen") and any(r[h] != "-" for r in rows))]
+        # The questions a test paired, when that is not every question the run answered (sets that differ).
+        keep = [h for h in rows[0] if h not in ("base model [95% CI]", "generative [95% CI]", "paired n")
+                or (h.startswith("base") and len(bases) > 1) or (h.startswith("gen") and any(r[h] != "-" for r in rows))
+                or (h == "paired n" and any(r[h] not in ("-", r["n"]) for r in rows))]
         blocks.append(("table", keep, [[row[h] for h in keep] for row in rows]))
     m = sum(c.holm_p is not None for c in found)
     blocks.append(("p", f"Accuracy: the eval stage's zero-shot log-likelihood score of the fine-tuned model, with "
@@ -61,7 +63,8 @@ def accuracy_section(runs: list[Run], found: list[Comparison], against: str, pic
                         f"for paired data; p: exact McNemar test on the questions only one of the two got right, as "
                         f"the eval stage tests base vs fine-tuned. Holm p: corrected for the {m} comparison{'s' if m != 1 else ''} "
                         f"in this report; a difference survives when it is below {LEVEL:g}. Discordant: the questions "
-                        f"only the reference, or only the run, answered right."))
+                        f"only the reference, or only the run, answered right. Paired n, shown where the runs' question "
+                        f"sets differ: the questions a test paired."))
     if "accuracy" in pictures:
         blocks.append(("img", pictures["accuracy"], "accuracy per run and benchmark, 95% intervals"))
     return ("Accuracy", blocks)
@@ -74,7 +77,8 @@ def _accuracy_row(r: Run, bench: str, c: Comparison | None, reference: str | Non
               if t and t.get("delta") is not None else "(reference)" if r.label == reference else "-")
     return {"run": r.label, "n": str(entry.get("tuned", {}).get("n", "-")),
             "base model [95% CI]": pct(accuracy(r, bench, "base")), "accuracy [95% CI]": pct(accuracy(r, bench)),
-            "generative [95% CI]": pct(entry.get("generative", {}).get("tuned")), "change [95% CI]": change,
+            "generative [95% CI]": pct(entry.get("generative", {}).get("tuned")), "paired n": str(c.n) if c else "-",
+            "change [95% CI]": change,
             "McNemar p": p_text(t["mcnemar_p"] if t else None), "Holm p": p_text(c.holm_p if c else None),
             "survives": "-" if c is None or c.holm_p is None else "**yes**" if c.survives else "no",
             "discordant: only ref / only run right": f"{t['only_base_right']} / {t['only_tuned_right']}" if t else "-"}
@@ -155,7 +159,7 @@ def cost_section(runs: list[Run]) -> Section:
                            "(model loading and saving included), the largest memory logged during training (GPU: "
                            "torch's peak allocation; CPU: the process's resident memory), LoRA's trainable "
                            "parameters of all, and the tokens of the training examples seen (the data stage's token "
-                           "count of one epoch times the epochs the steps make). A stage reused from an earlier run "
+                           "count of one epoch times the epochs trained, as the Trainer logged them). A stage reused from an earlier run "
                            "shows that run's time.")])
 
 
@@ -180,7 +184,8 @@ def summary_lines(runs: list[Run], found: list[Comparison]) -> list[str]:
             vs = ""
             if c is not None and c.test is not None and c.test.get("delta") is not None:
                 verdict = "survives Holm" if c.survives else "not significant after Holm"
-                vs = (f"; vs {c.reference} {100 * c.test['delta']:+.1f} pt, McNemar p{_eq(c.test['mcnemar_p'])}, "
+                on = f" on {c.n} shared questions" if str(c.n) != str(r.metrics["benchmarks"][bench].get("tuned", {}).get("n")) else ""
+                vs = (f"; vs {c.reference} {100 * c.test['delta']:+.1f} pt{on}, McNemar p{_eq(c.test['mcnemar_p'])}, "
                       f"Holm p{_eq(c.holm_p)}: {verdict}")
             lines.append(f"    {r.label:<28} {pct(accuracy(r, bench))}{vs}")
     return lines

@@ -7,7 +7,9 @@ saves a checkpoint at the end of the current step, stops, and then raises.
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
@@ -35,10 +37,33 @@ def _handler(signum: int, frame: FrameType | None) -> None:
     raise Interrupted(signum)
 
 
-def install() -> None:
-    """Route SIGINT and SIGTERM through `_handler` (called by the CLI's `run`, never on import)."""
+STOPS = {signal.SIGINT, signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])}
+PARENT = "RUNNER_SWEEP_PID"  # set by a sweep for each variant's `runner run`
+
+
+def install(hangup: bool = False) -> None:
+    """Route SIGINT and SIGTERM (and SIGHUP with `hangup`) through `_handler` (called by the CLI's `run`
+    and `sweep`, never on import). A sweep's variant also stops when the sweep is gone."""
     signal.signal(signal.SIGINT, _handler)
     signal.signal(signal.SIGTERM, _handler)
+    if hangup and hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, _handler)
+    if hasattr(signal, "pthread_sigmask"):  # a sweep starts its runs with these blocked: take them now
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPS)
+    die_with_parent()
+
+
+def die_with_parent() -> None:
+    """In a sweep's variant: SIGTERM (a checkpoint, then stop) when the sweep dies, even by SIGKILL.
+    Linux only (prctl); elsewhere a killed sweep's runs go on to the end."""
+    parent = os.environ.pop(PARENT, None)  # popped: the run's own child processes are not the sweep's
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != int(parent):  # the sweep died before the line above
+        raise Interrupted(signal.SIGTERM, " (the sweep that started this run is gone)")
 
 
 def requested() -> int | None:

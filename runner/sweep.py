@@ -43,6 +43,7 @@ class Variant:
     name: str  # the variant spec's `name`: <base name>-<label>
     label: str  # r8-lr1e-4
     overrides: tuple[tuple[Path_, Any], ...]
+    origin: str = ""  # what made it, for messages: "--set lora.r=8" or "variants.yaml:3:3"
 
 
 def dotted(path: Path_) -> str:
@@ -115,15 +116,38 @@ def check_value(path: Path_, value: Any, what: str) -> None:
 
 
 def grid(settings: list[Setting], base_name: str) -> list[Variant]:
-    """Every combination of the settings' values, the first setting varying slowest."""
+    """Every combination of the settings' values, the first setting varying slowest. A mapping value
+    (`lora={r: 4}`) sets its leaves, the base's other fields stay (a variant is named by the leaves)."""
     if len({s.path for s in settings}) < len(settings):
         raise SpecError(["--set: a field is set twice; list its values in one --set"])
-    variants = []
+    variants: list[Variant] = []
+    names: dict[str, str] = {}
     for combo in itertools.product(*(s.values for s in settings)):
-        label = "-".join(f"{short(s.path)}{_clean(raw)}" for s, (raw, _) in zip(settings, combo))
-        variants.append(Variant(f"{base_name}-{label}", label,
-                                tuple((s.path, value) for s, (_, value) in zip(settings, combo))))
+        overrides = [leaf for s, (_, value) in zip(settings, combo) for leaf in leaves(s.path, value)]
+        label = "-".join(_label(s.path, raw, value) for s, (raw, value) in zip(settings, combo))
+        if label in names:
+            raise SpecError([f"--set: {names[label]} and {', '.join(raw for raw, _ in combo)} make the same variant name "
+                             f"{label!r}; list values that differ"])
+        names[label] = ", ".join(raw for raw, _ in combo)
+        origin = " ".join(f"--set {dotted(s.path)}={raw}" for s, (raw, _) in zip(settings, combo))
+        variants.append(Variant(f"{base_name}-{label}", label, tuple(overrides), origin))
     return variants
+
+
+def leaves(path: Path_, value: Any, what: str = "--set") -> list[tuple[Path_, Any]]:
+    """A mapping value as the fields it sets (`lora={r: 4}` is lora.r=4); any other value as it is."""
+    found = field_schema(path)[0] or {}
+    if not isinstance(value, dict) or "properties" not in found:
+        return [(path, value)]
+    if not value:
+        raise SpecError([f"{what} {dotted(path)}={{}}: sets no field; set one, e.g. {dotted(path)}.FIELD=VALUE"])
+    return [leaf for key, v in value.items() for leaf in leaves((*path, str(key)), v, what)]
+
+
+def _label(path: Path_, raw: str, value: Any) -> str:
+    if isinstance(value, dict) and "properties" in (field_schema(path)[0] or {}):
+        return "-".join(f"{short(p)}{_clean(v if isinstance(v, str) else json.dumps(v))}" for p, v in leaves(path, value))
+    return f"{short(path)}{_clean(raw)}"
 
 
 def short(path: Path_) -> str:
@@ -131,7 +155,9 @@ def short(path: Path_) -> str:
 
 
 def _clean(raw: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.+-]+", "_", raw).strip("_")[:24]
+    """A value as part of a file name; a long one cut short with a digest of the whole, so two stay apart."""
+    clean = re.sub(r"[^A-Za-z0-9.+-]+", "_", raw).strip("_")
+    return clean if len(clean) <= 24 else f"{clean[:16].rstrip('_')}-{hashlib.sha256(raw.encode()).hexdigest()[:7]}"
 
 
 def read_variants(path: Path, base_name: str) -> list[Variant]:
@@ -141,6 +167,9 @@ def read_variants(path: Path, base_name: str) -> list[Variant]:
     except OSError as exc:
         raise SpecError([f"{path}: cannot read the variants file ({exc.strerror or exc})"]) from None
     doc, positions = read_spec(text, str(path))
+    if positions.problems:  # a key that is no string, say: where, and what
+        _, line, column, problem = positions.problems[0]
+        raise SpecError([f"{path}:{line}:{column}: {problem}"])
     if not isinstance(doc, list) or not doc:
         raise SpecError([f"{path}: a variants file is a YAML list of {{name: ..., set: {{PATH: VALUE}}}}"])
     variants, names = [], set()
@@ -148,6 +177,9 @@ def read_variants(path: Path, base_name: str) -> list[Variant]:
         at = f"{path}:{positions.where((i,))}"
         if not (isinstance(item, dict) and set(item) == {"name", "set"} and isinstance(item["set"], dict)):
             raise SpecError([f"{at}: each variant is {{name: ..., set: {{PATH: VALUE}}}}"])
+        if isinstance(item["name"], bool) or not isinstance(item["name"], (str, int, float)):
+            raise SpecError([f"{at}: name must be a word such as r8 (it names the variant), "
+                             f"got {clip(json.dumps(item['name']), 40)}"])
         label = _clean(str(item["name"]))
         if not label or label in names:
             raise SpecError([f"{at}: name {clip(str(item['name']), 40)!r} is empty or used twice"])
@@ -156,8 +188,8 @@ def read_variants(path: Path, base_name: str) -> list[Variant]:
         for where, value in item["set"].items():
             field = parse_path(str(where), f"{at}: {where}")
             check_value(field, value, f"{at}: {where}={clip(json.dumps(value), 40)}")
-            overrides.append((field, value))
-        variants.append(Variant(f"{base_name}-{label}", label, tuple(overrides)))
+            overrides += leaves(field, value, f"{at}:")
+        variants.append(Variant(f"{base_name}-{label}", label, tuple(overrides), at))
     return variants
 
 
@@ -206,21 +238,30 @@ class Written:
     spec: Spec
 
 
-def write_variants(spec_path: Path, variants: list[Variant], folder: Path) -> list[Written]:
-    """Check every variant (all problems at once), then write each as `<folder>/<name>.yaml`."""
+def write_variants(spec_path: Path, variants: list[Variant], folder: Path, write: bool = True) -> list[Written]:
+    """Check every variant (all problems at once), then write each as `<folder>/<name>.yaml` (`write`
+    false: only where each would be, as `--plan` shows them, and nothing on disk)."""
     load_spec(spec_path)  # the base spec's own problems first, with its own positions
     base, _ = read_spec(decode_spec(spec_path.read_bytes(), str(spec_path)), str(spec_path))
     spec_dir = spec_path.resolve().parent
-    texts, problems = [], []
+    texts, problems, names = [], [], set()
     for variant in variants:
+        if variant.name in names:
+            problems.append(f"variant {variant.label}: the name {variant.name} is used twice; name each variant once")
+        names.add(variant.name)
         text = yaml.safe_dump(variant_doc(base, variant, spec_dir), sort_keys=False, allow_unicode=True)
         try:
             parse_spec(text, source=f"variant {variant.label}", base_dir=spec_dir)
         except SpecError as exc:
-            problems += exc.problems
+            # A position in the generated YAML helps nobody: say which variant, and what made it.
+            made = f"variant {variant.label}: {variant.origin}" if variant.origin else f"variant {variant.label}"
+            problems += [re.sub(rf"\(variant {re.escape(variant.label)}:\d+:\d+\)$", f"({made})", p) for p in exc.problems]
         texts.append(text)
     if problems:
         raise SpecError(problems)
+    if not write:
+        return [Written(v, folder / f"{v.name}.yaml", parse_spec(text, str(folder / f"{v.name}.yaml"), folder.resolve()))
+                for v, text in zip(variants, texts)]
     folder.mkdir(parents=True, exist_ok=True)
     out = []
     for variant, text in zip(variants, texts):

@@ -23,6 +23,7 @@ from runner.plan import Step, plan, stage_inputs
 from runner.probe import Probe
 from runner.profile import Profile, resolve_profile
 from runner.records import latest_record
+from runner.signals import PARENT, STOPS
 from runner.stage import Stage, upstream_part, upstream_stage
 from runner.store import Store
 from runner.sweep import Written
@@ -125,7 +126,14 @@ def run_variants(written: list[Written], store: Path, jobs: int, slots: list[str
         while waiting or running:
             free = [i for i in range(jobs) if all(j.slot != i for j in running)]
             while waiting and free:
-                running.append(_start(waiting.pop(0), free.pop(0), slots, store, jobs > 1, log))
+                # A signal between the fork and the append would leave the new run unsignalled (it has a
+                # session of its own): held until the run is on the list (the run unblocks them itself).
+                held = signal.pthread_sigmask(signal.SIG_BLOCK, STOPS) if hasattr(signal, "pthread_sigmask") else None
+                try:
+                    running.append(_start(waiting.pop(0), free.pop(0), slots, store, jobs > 1, log))
+                finally:
+                    if held is not None:
+                        signal.pthread_sigmask(signal.SIG_SETMASK, held)
             time.sleep(0.2)
             for job in [j for j in running if j.process.poll() is not None]:
                 running.remove(job)
@@ -134,8 +142,10 @@ def run_variants(written: list[Written], store: Path, jobs: int, slots: list[str
                 codes[job.written.variant.name] = code = job.process.returncode
                 log(f"sweep: {job.written.variant.name} " + ("finished" if code == 0 else f"FAILED (exit {code})"))
     except BaseException as exc:
-        # Ctrl-C or SIGTERM: pass it on; each run stops at a checkpoint, and the same sweep goes on later.
+        # Ctrl-C, SIGTERM or SIGHUP: pass it on (a hangup as SIGTERM); each run stops at a checkpoint,
+        # and the same sweep goes on later. Killed outright, the sweep's runs get SIGTERM from the kernel.
         signum = getattr(exc, "signum", signal.SIGINT)
+        signum = signal.SIGTERM if signum == getattr(signal, "SIGHUP", None) else signum
         for job in running:
             job.process.send_signal(signum)
         for job in running:
@@ -146,7 +156,7 @@ def run_variants(written: list[Written], store: Path, jobs: int, slots: list[str
 
 def _start(w: Written, slot: int, slots: list[str | None], store: Path, prefix: bool,
            log: Callable[[str], None]) -> Job:
-    env = dict(os.environ)
+    env = dict(os.environ) | {PARENT: str(os.getpid())}  # the run stops when the sweep is gone
     if slots[slot] is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(slots[slot])
     where = f" on GPU {slots[slot]}" if slots[slot] is not None else ""

@@ -109,7 +109,10 @@ def test_an_interrupted_sweep_run_again_finishes_only_what_is_missing(tmp_path: 
     out = again.stdout + again.stderr
     assert again.returncode == 0, out[-4000:]
     done = executed(out)
-    # r4 finished before the signal; r8 had at most begun: only its stages run now, nothing twice.
-    assert done["model"] == done["data"] == 0 and all(done[s] <= 1 for s in ("train", "export", "eval")), done
+    # r4 finished before the signal; r8 had at most begun and stopped with the sweep (a run left going on
+    # unsignalled would build r8's stages itself): r8's stages run now, each exactly once in all.
+    first = executed("".join(seen))
+    assert done["model"] == done["data"] == 0, done
+    assert all(first[s] + done[s] == 2 and done[s] == 1 for s in ("train", "export", "eval")), (first, done)
     for stage, count in zip(STAGES, (1, 1, 2, 2, 2)):
         assert len([p for p in (store / stage).iterdir() if (p / "manifest.json").is_file()]) == count, stage

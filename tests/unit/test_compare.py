@@ -116,3 +116,90 @@ def test_the_base_column_appears_only_when_the_runs_bases_differ(tmp_path: Path)
     assert "base model [95% CI]" not in header() and "generative [95% CI]" not in header()
     runs[1].metrics["benchmarks"]["x"]["base"]["acc"] = 0.5  # another base model (a model-size sweep)
     assert header()[:4] == ["run", "n", "base model [95% CI]", "accuracy [95% CI]"]
+
+
+def test_a_malformed_run_record_is_one_line_and_a_stray_file_is_skipped(tmp_path: Path) -> None:
+    record = make_run(tmp_path, "a", 4, {"x": [True]}, 1)
+    (tmp_path / "a.yaml").write_text("name: a\n")
+    for name, content, problem in (("list.json", [], "a JSON list, not a run record (an object)"),
+                                   ("nospec.json", {"stages": []}, "no spec in it"),
+                                   ("stages.json", {"spec": {}, "stages": [1]}, "its stages are not a list of {stage, key}")):
+        _write(tmp_path / "runs" / name, content)  # strays in runs/: the spec's run is still found
+        with pytest.raises(CompareError) as raised:
+            load_run(tmp_path / "runs" / name)
+        assert str(raised.value) == (f"{tmp_path / 'runs' / name}: not a run record: {problem}; "
+                                     "give a file from STORE/runs/ or a spec file")
+    _write(tmp_path / "runs" / "text.json", "a string")
+    assert find_run(tmp_path / "a.yaml", tmp_path) == record
+    preds = next((tmp_path / "eval").iterdir()) / "predictions.jsonl"
+    preds.write_text('{"index": 0}\n')
+    with pytest.raises(CompareError, match="predictions.jsonl: a row without benchmark, answer and tuned"):
+        load_run(record)
+
+
+def test_a_path_field_naming_the_same_file_is_no_difference(tmp_path: Path) -> None:
+    from runner.compare import differences
+
+    runs = []
+    for name, r, where, spec_dir in (("base", 16, "../data/t.jsonl", tmp_path / "specs"),  # as the base spec has it
+                                     ("v", 8, str(tmp_path / "data" / "t.jsonl"), tmp_path / "sweeps")):  # a variant
+        record = make_run(tmp_path, name, r, {"x": [True]}, 1)
+        data = json.loads(record.read_text())
+        data["spec"]["data"] = {"train": {"path": where}}
+        data["spec_path"] = str(spec_dir / f"{name}.yaml")
+        record.write_text(json.dumps(data))
+        runs.append(load_run(record))
+    assert differences(runs[1], runs[0]) == ["lora.r=8"]
+    runs[1].record["spec"]["data"]["train"]["path"] = "other.jsonl"
+    assert differences(runs[1], runs[0]) == [f"data.train.path={tmp_path / 'sweeps' / 'other.jsonl'}", "lora.r=8"]
+
+
+def test_tokens_seen_count_each_epoch_once_whatever_its_last_batch(tmp_path: Path) -> None:
+    # 18 rows in batches of 4: an epoch is 5 steps (the last holds 2 rows), so 10 steps are 2 epochs,
+    # 2 x 3000 tokens, not 10 x 4 = 40 examples' worth (6,667).
+    record = make_run(tmp_path, "a", 4, {"x": [True]}, 1)
+    train = load_run(record).artifacts["train"]
+    summary = json.loads((train / "summary.json").read_text())
+    _write(train / "summary.json", summary | {"train_rows": 18})
+    assert cost(load_run(record))["tokens"] == 6000
+    # Where the Trainer logged its epoch, that is the count (here the run stopped half into the third).
+    (train / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0, "epoch": s / 4}) + "\n"
+                                                 for s in range(1, 11)))
+    assert cost(load_run(record))["tokens"] == 7500
+
+
+def test_a_run_is_compared_once_and_every_clashing_label_is_told_apart(tmp_path: Path) -> None:
+    from runner import api
+    from runner.compare import unique_labels
+
+    record = make_run(tmp_path, "a", 4, {"x": [True]}, 1)
+    (tmp_path / "a.yaml").write_text("name: a\n")
+    with pytest.raises(CompareError) as raised:  # the record, and the spec naming that same record
+        api.compare([record, tmp_path / "a.yaml"], store=tmp_path, out=tmp_path / "out")
+    assert str(raised.value) == f"{record} and {tmp_path / 'a.yaml'} are the same run ({record}); give each run once"
+    assert not (tmp_path / "out").exists()
+    copy = tmp_path / "runs" / "a-copy.json"  # another run of the spec that reused the first one's stages
+    copy.write_text(record.read_text())
+    other = make_run(tmp_path / "s2", "b", 8, {"x": [False]}, 2)
+    runs = [load_run(p) for p in (record, copy, other)]
+    runs[2].label = "a"  # the same spec name, another eval
+    unique_labels(runs)
+    eval_key = runs[0].artifacts["eval"].name[:8]
+    assert [r.label for r in runs] == [f"a@{eval_key}@a", f"a@{eval_key}@a-copy", "a@evalb000"]
+
+
+def test_the_paired_n_is_shown_when_the_runs_question_sets_differ(tmp_path: Path) -> None:
+    runs = [load_run(make_run(tmp_path, n, 4, {"x": marks}, i))
+            for i, (n, marks) in enumerate((("a", [True, False, True]), ("b", [True, True, True, False])))]
+
+    def table() -> tuple[list[str], list[list[str]]]:
+        blocks = dict(sections(runs, compare(runs), "baseline", {}))["Accuracy"]
+        return next((b[1], b[2]) for b in blocks if b[0] == "table")
+
+    header, rows = table()  # b answered a fourth question a did not: 3 of its 4 are paired
+    assert header[:3] == ["run", "n", "accuracy [95% CI]"] and "paired n" in header
+    assert rows[1][1] == "4" and rows[1][header.index("paired n")] == "3"
+    assert "on 3 shared questions" in summary_lines(runs, compare(runs))[2]
+    runs[1].outcomes["x"].pop("q3")
+    runs[1].metrics["benchmarks"]["x"]["tuned"]["n"] = 3
+    assert "paired n" not in table()[0] and "shared questions" not in summary_lines(runs, compare(runs))[2]

@@ -53,6 +53,38 @@ def test_the_grid_is_every_combination_named_by_its_values() -> None:
         grid([parse_setting("lora.r=8"), parse_setting("lora.r=16")], "smoke")
 
 
+def test_variant_names_stay_apart_and_a_clash_is_refused(tmp_path: Path) -> None:
+    # Long values are cut short with a digest of the whole: three lists, three names, three files.
+    lists = "[q_proj,v_proj],[q_proj,k_proj,v_proj,o_proj],[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]"
+    variants = grid([parse_setting(f"lora.target_modules={lists}")], "smoke")
+    assert len({v.name for v in variants}) == 3 and variants[1].name == "smoke-target_modulesq_proj_k_proj_v-034ef35"
+    written = write_variants(SMOKE, variants, tmp_path / "v")
+    assert len({w.path for w in written}) == 3 and len(list((tmp_path / "v").glob("*.yaml"))) == 3
+    assert [w.spec.lora.target_modules for w in written][2][-1] == "down_proj"
+    with pytest.raises(SpecError) as raised:  # values that differ only where a file name cannot
+        grid([parse_setting("data.train.path=x y.jsonl,x_y.jsonl")], "smoke")
+    assert raised.value.problems == ["--set: x y.jsonl and x_y.jsonl make the same variant name 'pathx_y.jsonl'; "
+                                     "list values that differ"]
+    twice = grid([parse_setting("lora.r=8")], "smoke") * 2
+    with pytest.raises(SpecError, match="the name smoke-r8 is used twice"):
+        write_variants(SMOKE, twice, tmp_path / "w")
+    assert not (tmp_path / "w").exists()
+
+
+def test_a_mapping_value_sets_its_fields_and_keeps_the_rest(tmp_path: Path) -> None:
+    variants = grid([parse_setting("lora={r: 4},{r: 8, alpha: 8}")], "smoke")
+    assert [(v.label, v.overrides) for v in variants] == [
+        ("r4", ((("lora", "r"), 4),)), ("r8-alpha8", ((("lora", "r"), 8), (("lora", "alpha"), 8)))]
+    written = write_variants(SMOKE, variants, tmp_path / "v")
+    assert [(w.spec.lora.r, w.spec.lora.alpha, w.spec.lora.target_modules) for w in written] == [
+        (4, 32, "all-linear"), (8, 8, "all-linear")]  # alpha and target_modules as the smoke spec has them
+    file = tmp_path / "v.yaml"
+    file.write_text("- {name: small, set: {lora: {r: 4}, train: {learning_rate: 1e-4}}}\n")
+    assert read_variants(file, "smoke")[0].overrides == ((("lora", "r"), 4), (("train", "learning_rate"), 1e-4))
+    with pytest.raises(SpecError, match=r"--set lora=\{\}: sets no field"):
+        grid([parse_setting("lora={}")], "smoke")
+
+
 def test_a_variant_is_the_base_spec_with_its_fields_set_and_paths_made_absolute(tmp_path: Path) -> None:
     variant = grid([parse_setting("lora.r=4"), parse_setting("data.validation.path=val.jsonl")], "x")[0]
     base = {"name": "x", "model": {"source": "init"}, "data": {"train": {"path": "../d/train.jsonl"}, "validation": None},
@@ -87,6 +119,33 @@ def test_a_variants_file_lists_variants_by_hand(tmp_path: Path) -> None:
     with pytest.raises(SpecError) as raised:
         read_variants(file, "smoke")
     assert raised.value.problems == [f'{file}:2:3: lora.r="x": must be an integer, got string "x"']
+
+
+def test_messages_name_the_variant_and_what_to_change(tmp_path: Path) -> None:
+    from runner import api
+
+    def problems(call) -> list[str]:  # type: ignore[no-untyped-def]
+        with pytest.raises(SpecError) as raised:
+            call()
+        return raised.value.problems
+
+    file = tmp_path / "v.yaml"
+    file.write_text("- {name: a, set: {1: 4}}\n")
+    assert problems(lambda: read_variants(file, "smoke")) == [f"{file}:1:19: a key must be a string, got integer 1"]
+    file.write_text("- {name: null, set: {lora.r: 4}}\n")
+    assert problems(lambda: read_variants(file, "smoke")) == [
+        f"{file}:1:3: name must be a word such as r8 (it names the variant), got null"]
+    # A cross-field problem names the variant and what made it, not a line of the generated YAML.
+    missing = str((SMOKE.parent / "nope.jsonl").resolve())
+    assert problems(lambda: write_variants(SMOKE, grid([parse_setting("data.train.path=nope.jsonl"),
+                                                        parse_setting("lora.r=4")], "smoke"), tmp_path / "w")) == [
+        f"data.train.path: no such file '{missing}' (resolved to {missing}; paths are relative to the spec file) "
+        "(variant pathnope.jsonl-r4: --set data.train.path=nope.jsonl --set lora.r=4)"]
+    file.write_text("- {name: a, set: {data.train.path: nope.jsonl}}\n")
+    assert problems(lambda: write_variants(SMOKE, read_variants(file, "smoke"), tmp_path / "w"))[0].endswith(
+        f"(variant a: {file}:1:3)")
+    assert problems(lambda: api.sweep(SMOKE, ["lora.r=8"], jobs=0, store=tmp_path)) == [
+        "sweep: --jobs 0: run at least 1 variant at a time (--jobs 1, the default)"]
 
 
 def test_gpu_slots() -> None:
@@ -135,3 +194,52 @@ def test_planning_a_sweep_never_imports_torch(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", CHECK.format(argv=argv)], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "HEAVY: \n" in done.stdout and "cost: 8 stage execution(s)" in done.stdout, done.stdout
+    assert not (tmp_path / "sweeps").exists()  # a plan writes nothing into the store
+
+
+PARENT = """
+import os, signal, subprocess, sys
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})  # as the sweep starts a run
+child = subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2]], env=os.environ | {"RUNNER_SWEEP_PID": str(os.getpid())})
+print(child.pid, flush=True)
+__import__("time").sleep(60)
+"""
+CHILD = """
+import sys, time
+from runner import signals
+signals.install()
+try:
+    print("ready", flush=True)
+    time.sleep(60)
+except signals.Interrupted as exc:
+    open(sys.argv[1], "w").write(str(exc.signum))
+"""
+
+
+def test_a_variant_stops_when_its_sweep_is_killed_outright(tmp_path: Path) -> None:
+    # Real processes: a parent started as the sweep starts a variant (stop signals blocked around the
+    # start, RUNNER_SWEEP_PID set), then SIGKILLed: the variant takes SIGTERM (a checkpoint, then stop).
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    marker = tmp_path / "stopped"
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, CHILD, str(marker)], cwd=ROOT, stdout=subprocess.PIPE,
+                              text=True)
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    try:
+        assert parent.stdout.readline().strip() == "ready"
+        parent.kill()
+        parent.wait()
+        deadline = time.time() + 20
+        while not marker.exists() and time.time() < deadline:
+            time.sleep(0.1)
+        assert marker.exists() and marker.read_text() == str(int(signal.SIGTERM))
+    finally:
+        try:
+            os.kill(child, signal.SIGKILL)  # only if the test failed: the orphan it started
+        except ProcessLookupError:
+            pass
