@@ -54,7 +54,8 @@ def opened(browser: object, server: Server, view: str, size: dict[str, int] = DE
     """A fresh page on `view`, the key already saved in the browser (as the key form saves it) when given."""
     context = browser.new_context(viewport=size)  # type: ignore[attr-defined]
     if key is not None:
-        context.add_init_script(f"localStorage.setItem('runner-key', {key!r});")
+        # in the page itself: the report's sandboxed frame has no localStorage to reach (that is its point)
+        context.add_init_script(f"if (window === window.top) localStorage.setItem('runner-key', {key!r});")
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
