@@ -103,7 +103,7 @@ const table = (heads, rows) => el("table", {class: "figures"},
 R.figures = (a) => {
   const parts = [];
   if (a.benchmarks.length) {
-    parts.push(table(["benchmark", "n", "base", "tuned", "change", "ECE base → tuned"], a.benchmarks.map((b) => el("tr", {},
+    parts.push(table(["benchmark", "n", "base", "tuned", "change", "ECE"], a.benchmarks.map((b) => el("tr", {},
       el("td", {}, b.name), el("td", {}, b.n),
       el("td", {}, R.percent(b.base), el("small", {}, R.interval(b.base_ci95))),
       el("td", {}, R.percent(b.tuned), el("small", {}, R.interval(b.tuned_ci95))),

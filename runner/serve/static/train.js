@@ -74,6 +74,7 @@ async function check(planAfter = PLAN_PAUSE) {
   const text = $("#spec-editor").value;
   const ticket = ++asked;  // answers can come back out of order: only the newest is shown
   stopPlanning();
+  $("#launch").disabled = true;  // until this text's plan says it can run
   try {
     const result = await R.call("/v1/specs/validate", {spec: text});
     if (ticket !== asked) return;
@@ -118,6 +119,7 @@ async function launch() {
 $("#spec-editor").addEventListener("input", () => {
   clearTimeout(timer);
   stopPlanning();
+  asked += 1;  // an answer still on its way is about the text before this edit: not shown
   $("#launch").disabled = true;
   timer = setTimeout(check, VALIDATE_PAUSE);
 });
