@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -33,16 +34,21 @@ class Step:
         return f"{self.stage:<7} {key}  {words[self.status]}{why}"
 
 
-def stage_inputs(stage: Stage, spec: Spec, profile: Profile, upstream: dict[str, str]) -> dict[str, Any]:
+Digest = Callable[[Path], str]  # a file's sha256: `file_digest`, or a cache of it (the server's, runner/serve/specs.py)
+
+
+def stage_inputs(stage: Stage, spec: Spec, profile: Profile, upstream: dict[str, str],
+                 digest: Digest = file_digest) -> dict[str, Any]:
     """Everything that determines the stage's output; the key is the hash of this."""
-    files = {role: file_digest(path) for role, path in sorted(stage.local_files(spec).items())}
+    files = {role: digest(path) for role, path in sorted(stage.local_files(spec).items())}
     return {"stage": stage.name, "version": stage.version, "spec": stage.spec_slice(spec),
             "profile": profile.key_fields() if stage.uses_profile else {},
             "upstream": upstream, "files": files}
 
 
 def plan_stage(stage: Stage, spec: Spec, profile: Profile, store: Store,
-               done: dict[str, Manifest], previous: RunRecord | None, force: bool, verify: bool = False) -> Step:
+               done: dict[str, Manifest], previous: RunRecord | None, force: bool, verify: bool = False,
+               digest: Digest = file_digest) -> Step:
     """Decide one stage given the committed manifests of the stages before it (`done`)."""
     upstream: dict[str, str] = {}
     waiting = []
@@ -54,7 +60,7 @@ def plan_stage(stage: Stage, spec: Spec, profile: Profile, store: Store,
             waiting.append(name)
     if waiting:
         return Step(stage.name, "pending", None, (f"after {', '.join(dict.fromkeys(waiting))}",))
-    inputs = stage_inputs(stage, spec, profile, upstream)
+    inputs = stage_inputs(stage, spec, profile, upstream, digest)
     key = stage_key(inputs)
     manifest, problem = store.check(stage.name, key, verify)
     if manifest is not None and not force:
@@ -74,12 +80,14 @@ def plan_stage(stage: Stage, spec: Spec, profile: Profile, store: Store,
 
 
 def plan(stages: tuple[Stage, ...], spec: Spec, profile: Profile, store: Store,
-         previous: RunRecord | None, force: frozenset[str] = frozenset(), verify: bool = False) -> list[Step]:
-    """The whole plan without running anything: stages after one that will run stay `pending`."""
+         previous: RunRecord | None, force: frozenset[str] = frozenset(), verify: bool = False,
+         digest: Digest = file_digest) -> list[Step]:
+    """The whole plan without running anything: stages after one that will run stay `pending`. `digest`
+    hashes the local files (a server planning on each edit passes a cache of it)."""
     done: dict[str, Manifest] = {}
     steps = []
     for stage in stages:
-        step = plan_stage(stage, spec, profile, store, done, previous, stage.name in force, verify)
+        step = plan_stage(stage, spec, profile, store, done, previous, stage.name in force, verify, digest)
         if step.manifest is not None:
             done[stage.name] = step.manifest
         steps.append(step)

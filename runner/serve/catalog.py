@@ -1,6 +1,8 @@
-"""What the store holds, for people: every served adapter with its eval figures (accuracy base ->
-tuned with the 95% interval, per benchmark, from the eval stage's metrics.json), its report files served
-read-only, and the safety flags of a text under a model's spec, as the report shows them."""
+"""What the store holds, for people: every served adapter with its eval figures (from the eval stage's
+metrics.json: accuracy base -> tuned with the 95% interval and the calibration error, per benchmark;
+ROUGE-L and BLEU of free-text benchmarks; the held-out perplexity), its report files served read-only
+(sandboxed: a report's HTML runs no script with the page's origin), and the safety flags of a text
+under a model's spec, as the report shows them."""
 
 from __future__ import annotations
 
@@ -15,11 +17,20 @@ from pydantic import ValidationError
 
 from runner.safety import flags, rules_of
 from runner.serve.models import Entry, _records
-from runner.serve.schemas import AdapterCard, AdapterList, Figure, FlagRequest
+from runner.serve.schemas import AdapterCard, AdapterList, Figure, Flag, FlagList, FlagRequest, Perplexity, TextFigure
 
 router = APIRouter()
-KEY = re.compile(r"^[0-9a-f]{64}$")
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,100}$")
+KEY = re.compile(r"[0-9a-f]{64}")  # both matched whole (fullmatch): "$" would let a trailing newline through
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,100}")
+# A report is the store's HTML: shown in a sandbox (an opaque origin, no script), never sniffed as another type.
+SANDBOXED = {"Content-Security-Policy": "sandbox", "X-Content-Type-Options": "nosniff"}
+
+
+def _two(block: Any, field: str) -> tuple[Any, Any]:
+    """(base, tuned) of `block[label][field]`, None where absent."""
+    sides = [block.get(label) if isinstance(block, dict) else None for label in ("base", "tuned")]
+    base, tuned = (side.get(field) if isinstance(side, dict) else None for side in sides)
+    return base, tuned
 
 
 def _eval_keys(store: Path) -> dict[str, str]:
@@ -33,13 +44,41 @@ def _figures(metrics: dict[str, Any]) -> list[Figure]:
         if not isinstance(r, dict):
             continue
         tuned, base, paired = r.get("tuned") or {}, r.get("base") or {}, r.get("paired") or {}
+        base_ece, tuned_ece = _two(r.get("calibration"), "ece")
         try:
             out.append(Figure(name=name, n=tuned.get("n"), tuned=tuned.get("acc"), tuned_ci95=tuned.get("ci95"),
                               base=base.get("acc"), base_ci95=base.get("ci95"), delta=paired.get("delta"),
-                              delta_ci95=paired.get("ci95"), mcnemar_p=paired.get("mcnemar_p")))
+                              delta_ci95=paired.get("ci95"), mcnemar_p=paired.get("mcnemar_p"),
+                              base_ece=base_ece, tuned_ece=tuned_ece))
         except ValidationError:
             continue  # metrics of another version of the eval stage: that benchmark is not shown
     return out
+
+
+def _text_figures(metrics: dict[str, Any]) -> list[TextFigure]:
+    out = []
+    found = metrics.get("free_text")
+    for name, r in sorted(found.items() if isinstance(found, dict) else ()):
+        if not isinstance(r, dict):
+            continue
+        (base_rouge, tuned_rouge), (base_bleu, tuned_bleu) = _two(r, "rougeL"), _two(r, "bleu")
+        try:
+            out.append(TextFigure(name=name, n=r.get("n"), base_rougeL=base_rouge, tuned_rougeL=tuned_rouge,
+                                  base_bleu=base_bleu, tuned_bleu=tuned_bleu))
+        except ValidationError:
+            continue
+    return out
+
+
+def _perplexity(metrics: dict[str, Any]) -> Perplexity | None:
+    found = metrics.get("perplexity")
+    if not isinstance(found, dict):
+        return None
+    try:
+        base, tuned = _two(found, "ppl")
+        return Perplexity(base=base, tuned=tuned, tokens=_two(found, "tokens")[1])
+    except ValidationError:
+        return None
 
 
 def _card(store: Path, entry: Entry, eval_key: str | None, loaded: bool) -> AdapterCard:
@@ -55,6 +94,7 @@ def _card(store: Path, entry: Entry, eval_key: str | None, loaded: bool) -> Adap
     return AdapterCard(id=entry.id, name=entry.spec.name, base=entry.parent, model_key=entry.model_key,
                        export_key=entry.export_key, eval_key=eval_key if metrics else None, created=entry.created,
                        loaded=loaded, benchmarks=_figures(metrics),
+                       free_text=_text_figures(metrics), perplexity=_perplexity(metrics),
                        flags=metrics["flags"] if isinstance(metrics.get("flags"), int) else None,
                        report=f"/v1/reports/{eval_key}/report.html" if report else None,
                        queries=list(entry.spec.eval.queries),
@@ -82,18 +122,18 @@ def report_file(eval_key: str, name: str, request: Request) -> FileResponse:
     """A file of an eval artifact (report.html, report.md, its PNGs, metrics.json), read-only."""
     store: Path = request.app.state.store
     folder = store / "eval" / eval_key
-    if not KEY.match(eval_key) or not (folder / "manifest.json").is_file():
+    if not KEY.fullmatch(eval_key) or not (folder / "manifest.json").is_file():
         raise HTTPException(404, f"no eval artifact {eval_key[:70]!r} in the store")
     path = folder / name
-    if not NAME.match(name) or not path.is_file():
+    if not NAME.fullmatch(name) or not path.is_file():
         raise HTTPException(404, f"the eval artifact has no file {name[:100]!r}")
-    return FileResponse(path)
+    return FileResponse(path, headers=SANDBOXED)
 
 
 @router.post("/v1/safety/flags")
-def safety_flags(body: FlagRequest, request: Request) -> dict[str, Any]:
+def safety_flags(body: FlagRequest, request: Request) -> FlagList:
     """The flags `text` raises under the rules of `model`'s spec (`eval.safety`), as the eval report lists them."""
     entry: Entry | None = request.app.state.registry.get(body.model)
     if entry is None:
         raise HTTPException(404, f"model {body.model!r} does not exist; GET /v1/models lists what is served")
-    return {"object": "list", "data": flags(body.text, rules_of(entry.spec.eval.safety))}
+    return FlagList(data=[Flag(**f) for f in flags(body.text, rules_of(entry.spec.eval.safety))])

@@ -17,12 +17,12 @@ OPEN = frozenset({"/", *(f"/static/{name}" for name in TYPES)})  # the Guard let
 FRESH = {"Cache-Control": "no-cache"}  # a server upgraded under an open tab serves its new page on reload
 
 
-@router.get("/", include_in_schema=False)
+@router.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)  # HEAD as the Guard lets it through
 def index() -> FileResponse:
     return FileResponse(FOLDER / "index.html", media_type="text/html", headers=FRESH)
 
 
-@router.get("/static/{name}", include_in_schema=False)
+@router.api_route("/static/{name}", methods=["GET", "HEAD"], include_in_schema=False)
 def asset(name: str) -> FileResponse:
     if name not in TYPES:
         raise HTTPException(404, f"the page has no file {name[:100]!r}")

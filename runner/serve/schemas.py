@@ -130,6 +130,11 @@ class SpecCard(BaseModel):
     text: str
 
 
+class SpecList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[SpecCard]  # the template, then the newest spec of each name in the store
+
+
 class FlagRequest(BaseModel):
     model: str = Field(min_length=1)  # whose spec's `eval.safety` rules apply
     text: str = Field(max_length=MAX_SPEC_CHARS)
@@ -147,6 +152,37 @@ class Figure(BaseModel):
     delta: float | None = None
     delta_ci95: list[float] | None = None
     mcnemar_p: float | None = None
+    base_ece: float | None = None  # expected calibration error (metrics.json: calibration.{base,tuned}.ece)
+    tuned_ece: float | None = None
+
+
+class TextFigure(BaseModel):
+    """A free-text benchmark's ROUGE-L F1 and corpus BLEU (x 100), base -> tuned."""
+
+    name: str
+    n: int | None = None
+    base_rougeL: float | None = None
+    tuned_rougeL: float | None = None
+    base_bleu: float | None = None
+    tuned_bleu: float | None = None
+
+
+class Perplexity(BaseModel):
+    """`eval.perplexity`'s held-out corpus: perplexity base -> tuned."""
+
+    base: float | None = None
+    tuned: float | None = None
+    tokens: int | None = None
+
+
+class Flag(BaseModel):
+    rule: str
+    match: str
+
+
+class FlagList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Flag]
 
 
 class AdapterCard(BaseModel):
@@ -159,6 +195,8 @@ class AdapterCard(BaseModel):
     created: int
     loaded: bool  # added with /v1/load_lora_adapter: /v1/unload_lora_adapter can remove it
     benchmarks: list[Figure]
+    free_text: list[TextFigure] = []
+    perplexity: Perplexity | None = None
     flags: int | None  # safety flags the eval's answers raised
     report: str | None  # the route of its report.html
     queries: list[str]  # the spec's eval.queries

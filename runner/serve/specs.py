@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ from fastapi import APIRouter, Request
 
 from runner.errors import RunnerError, SpecError
 from runner.records import RunRecord, runs_dir
-from runner.serve.schemas import Planned, PlanStep, Problem, SpecCard, SpecText, Validated
+from runner.serve.schemas import Planned, PlanStep, Problem, SpecCard, SpecList, SpecText, Validated
 from runner.spec import Spec, parse_spec
 
 router = APIRouter()
@@ -41,6 +43,40 @@ train: {epochs: 1, learning_rate: 3e-3, batch_size: 8}
 eval:
   queries: ["Which agent is preferred as initial pharmacotherapy for chronic myeloid leukemia?"]
 """
+
+
+class DigestCache:
+    """A file's sha256 kept by (path, size, mtime_ns): the editor plans after each pause in typing, and a
+    gigabyte of training data is hashed once, not on every keystroke. A changed file (size or mtime)
+    is hashed again; the CLI's plan hashes every time (runner/plan.py)."""
+
+    def __init__(self, compute: Callable[[Path], str], size: int = 256) -> None:
+        self.compute, self.size = compute, size
+        self.known: dict[tuple[str, int, int], str] = {}
+        self.lock = threading.Lock()
+
+    def __call__(self, path: Path) -> str:
+        facts = Path(path).resolve().stat()
+        key = (str(Path(path).resolve()), facts.st_size, facts.st_mtime_ns)
+        with self.lock:
+            if key in self.known:
+                return self.known[key]
+        digest = self.compute(path)
+        with self.lock:
+            if len(self.known) >= self.size:
+                self.known.pop(next(iter(self.known)))  # the oldest: a store rarely has this many data files
+            self.known[key] = digest
+        return digest
+
+
+def _digests(request: Request) -> DigestCache:
+    from runner.keys import file_digest
+
+    state = request.app.state
+    if getattr(state, "digests", None) is None:
+        state.digests = DigestCache(file_digest)
+    cache: DigestCache = state.digests
+    return cache
 
 
 def problem(line: str) -> Problem:
@@ -109,11 +145,12 @@ def plan(body: SpecText, request: Request) -> Planned:
         return Planned(**checked.model_dump())
     try:
         profile = resolve_profile(spec, probe_machine())
-        steps = make_plan(registered_stages(), spec, profile, Store(store), _previous(store, spec.name))
+        steps = make_plan(registered_stages(), spec, profile, Store(store), _previous(store, spec.name),
+                          digest=_digests(request))
         memory = memory_lines(steps, spec, profile)
-    except RunnerError as exc:  # the machine cannot do what the spec asks, or the store cannot be read
-        line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return Planned(valid=False, text=f"error: {line}", problems=[problem(line)])
+    except (RunnerError, OSError) as exc:  # the machine cannot do what the spec asks, or a file cannot be read
+        said = str(exc) or type(exc).__name__  # the whole message, as `runner plan` prints it
+        return Planned(valid=False, text=f"error: {said}", problems=[problem(line) for line in said.splitlines()])
     return Planned(valid=True, text=checked.text, problems=[],
                    profile=f"{profile.device} {profile.dtype}, quantization {profile.quantization}, micro-batch "
                            f"{profile.micro_batch_size} x {profile.gradient_accumulation}",
@@ -137,7 +174,7 @@ def _text(data: dict[str, Any]) -> str | None:
 
 
 @router.get("/v1/specs")
-def list_specs(request: Request) -> dict[str, Any]:
+def list_specs(request: Request) -> SpecList:
     """The template, then the newest spec of each name in the store's run records, newest first."""
     newest: dict[str, dict[str, Any]] = {}
     for data in _records(request.app.state.store):
@@ -148,4 +185,4 @@ def list_specs(request: Request) -> dict[str, Any]:
         if text is not None:
             cards.append(SpecCard(name=name, origin=str(data.get("spec_path")), created=int(data.get("started") or 0),
                                   text=text))
-    return {"object": "list", "data": [c.model_dump() for c in cards]}
+    return SpecList(data=cards)

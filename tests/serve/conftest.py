@@ -21,7 +21,7 @@ pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from spec import tiny_spec  # noqa: E402
+from spec import demo_data, tiny_spec  # noqa: E402
 
 from tests.integration.conftest import ROOT  # noqa: E402
 
@@ -60,7 +60,7 @@ def _wait(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     folder = tmp_path_factory.mktemp("serve")
     spec = folder / "serve-tiny.yaml"
-    spec.write_text(tiny_spec())
+    spec.write_text(tiny_spec(data=demo_data(folder / "data")))
     store = folder / "store"
     done = subprocess.run([sys.executable, "-m", "runner", "run", str(spec), "--store", str(store)], cwd=ROOT,
                           capture_output=True, text=True, timeout=900)

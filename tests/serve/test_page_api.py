@@ -4,14 +4,17 @@ report files read-only, safety flags, and the page's own files open while every 
 
 from __future__ import annotations
 
+import http.client
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 from conftest import KEY, Server
-from spec import tiny_spec
+from spec import demo_data, tiny_spec
 
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
@@ -24,12 +27,29 @@ def get(server: Server, path: str, auth: bool = True) -> httpx.Response:
     return httpx.get(f"{server.url}{path}", headers=AUTH if auth else {}, timeout=60)
 
 
+def raw_get(server: Server, path: str) -> int:
+    """The status of GET `path` sent byte for byte (httpx would resolve `..` and re-quote before sending)."""
+    where = urlsplit(server.url)
+    connection = http.client.HTTPConnection(where.hostname, where.port, timeout=60)
+    try:
+        connection.request("GET", path, headers=AUTH)
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
 def test_only_the_pages_own_files_are_open_without_the_key(server: Server) -> None:
+    from runner.serve.page import FOLDER, TYPES
+
     page = get(server, "/", auth=False)
     assert page.status_code == 200 and "text/html" in page.headers["content-type"] and "/static/app.js" in page.text
-    for name in ("app.js", "chat.js", "train.js", "jobs.js", "style.css"):
-        assert get(server, f"/static/{name}", auth=False).status_code == 200, name
-    assert "cdn" not in page.text.lower() and "https://" not in page.text  # nothing from elsewhere: works offline
+    assert sorted(TYPES) == sorted(p.name for p in FOLDER.iterdir() if p.name != "index.html")  # each file served
+    for name in ("", *(f"static/{n}" for n in TYPES)):
+        served = get(server, f"/{name}", auth=False)
+        assert served.status_code == 200, name
+        # nothing from elsewhere (works offline): no URL of another host in any file the page loads
+        assert not re.search(r"(https?:)?//[\w-]+\.[\w.-]+", served.text), name
+        assert httpx.head(f"{server.url}/{name}", timeout=60).status_code == 200, name  # HEAD as the Guard lets it
     for path in ("/static/secret.js", "/v1/adapters", "/v1/specs", "/openapi.json"):
         assert get(server, path, auth=False).status_code == 401, path
     assert get(server, "/static/secret.js").status_code == 404
@@ -66,6 +86,42 @@ def test_plan_shows_cached_stages_and_why_the_others_run(server: Server) -> None
     assert not typo["valid"] and typo["steps"] == [] and "did you mean epochs" in typo["text"]
 
 
+def test_plan_says_what_runner_plan_says_when_the_machine_cannot(server: Server, tmp_path: Path) -> None:
+    text = tiny_spec() + "hardware: {device: cuda, on_unsupported: error}\n"
+    answer = post(server, "/v1/specs/plan", {"spec": text}).json()
+    (tmp_path / "spec").write_text(text)
+    cli = subprocess.run([sys.executable, "-m", "runner", "plan", "spec", "--store", str(server.store)], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 3 and not answer["valid"] and answer["text"] == cli.stderr.strip(), cli.stderr
+    assert "hardware.device cuda" in answer["problems"][0]["message"]
+
+
+def test_the_plan_hashes_a_data_file_once_until_it_changes(server: Server, tmp_path: Path) -> None:
+    from runner.execute import registered_stages
+    from runner.keys import file_digest
+    from runner.plan import plan
+    from runner.probe import probe_machine
+    from runner.profile import resolve_profile
+    from runner.serve.specs import DigestCache
+    from runner.spec import parse_spec
+    from runner.store import Store
+
+    hashed: list[str] = []
+    cache = DigestCache(lambda path: hashed.append(path.name) or file_digest(path))
+    data = demo_data(tmp_path / "data")  # the fixture's files' copies: the same digests, so every stage is cached
+    spec = parse_spec(tiny_spec(data=data), source="spec", base_dir=tmp_path)
+    profile, store = resolve_profile(spec, probe_machine()), Store(server.store)
+    first = plan(registered_stages(), spec, profile, store, None, digest=cache)
+    assert [s.status for s in first] == ["cached"] * 5
+    assert sorted(hashed) == ["medmc_test.jsonl", "medmc_train.jsonl"]  # data's and eval's files, each once
+    again = plan(registered_stages(), spec, profile, store, None, digest=cache)
+    assert len(hashed) == 2 and [s.key for s in again] == [s.key for s in first]  # the second plan hashed nothing
+    assert [s.key for s in plan(registered_stages(), spec, profile, store, None)] == [s.key for s in first]  # the CLI's
+    with open(data / "medmc_train.jsonl", "a") as handle:
+        handle.write("\n")  # a changed file (its size and mtime) is hashed again
+    assert cache(data / "medmc_train.jsonl") == file_digest(data / "medmc_train.jsonl") and len(hashed) == 3
+
+
 def test_specs_lists_the_template_and_the_stores_specs_which_validate(server: Server) -> None:
     cards = {c["name"]: c for c in get(server, "/v1/specs").json()["data"]}
     assert cards["template"]["origin"] == "template"
@@ -84,13 +140,44 @@ def test_adapters_carry_the_eval_figures_and_their_report(server: Server) -> Non
     (demo,) = card["benchmarks"]
     assert (demo["base"], demo["tuned"], demo["n"]) == (metrics["base"]["acc"], metrics["tuned"]["acc"], 4)
     assert demo["tuned_ci95"] == metrics["tuned"]["ci95"] and demo["delta_ci95"] == metrics["paired"]["ci95"]
+    assert (demo["base_ece"], demo["tuned_ece"]) == (metrics["calibration"]["base"]["ece"],
+                                                     metrics["calibration"]["tuned"]["ece"])
     assert card["base"] == listed["bases"][0]["id"] and card["queries"] and card["generation"]["max_tokens"] == 16
     report = get(server, card["report"])
     assert report.status_code == 200 and "text/html" in report.headers["content-type"] and "<html" in report.text
+    assert report.headers["content-security-policy"] == "sandbox" and report.headers["x-content-type-options"] == "nosniff"
     assert get(server, f"/v1/reports/{card['eval_key']}/metrics.json").json()["benchmarks"]["demo"] == metrics
-    for path in (f"/v1/reports/{card['eval_key']}/..%2Fmanifest.json", f"/v1/reports/{card['eval_key']}/.hidden",
-                 "/v1/reports/abc/report.html", f"/v1/reports/{'0' * 64}/report.html"):
-        assert get(server, path).status_code == 404, path
+    folder = server.store / "eval" / card["eval_key"]
+    for name in (".notes", "notes\n"):  # files that exist, that only the name check keeps out
+        (folder / name).write_text("not for the page")
+    try:
+        for path in (f"/v1/reports/{card['eval_key']}/..%2Fmanifest.json", f"/v1/reports/{card['eval_key']}/.notes",
+                     f"/v1/reports/{card['eval_key']}/notes%0A", f"/v1/reports/{card['eval_key']}/..",
+                     f"/v1/reports/{card['eval_key']}%0A/report.html", "/v1/reports/abc/report.html",
+                     f"/v1/reports/{'0' * 64}/report.html"):
+            assert raw_get(server, path) == 404, path
+    finally:
+        for name in (".notes", "notes\n"):
+            (folder / name).unlink()
+
+
+def test_the_adapter_card_carries_free_text_perplexity_and_calibration() -> None:
+    from runner.serve.catalog import _figures, _perplexity, _text_figures
+
+    metrics = {  # the keys README "Metrics a clinical study reports" documents
+        "benchmarks": {"mc": {"base": {"acc": 0.5, "ci95": [0.3, 0.7], "n": 20}, "tuned": {"acc": 0.7, "n": 20},
+                              "calibration": {"base": {"ece": 0.21, "brier": 0.6}, "tuned": {"ece": 0.08}}}},
+        "free_text": {"qa": {"n": 12, "format": "qa", "base": {"rougeL": 10.5, "bleu": 1.2},
+                             "tuned": {"rougeL": 31.25, "bleu": 8.0}}, "broken": "x"},
+        "perplexity": {"base": {"ppl": 40.1, "nll": 3.69, "tokens": 900}, "tuned": {"ppl": 12.3, "tokens": 900},
+                       "texts": 9}}
+    (mc,) = _figures(metrics)
+    assert (mc.base, mc.tuned, mc.base_ece, mc.tuned_ece) == (0.5, 0.7, 0.21, 0.08)
+    (qa,) = _text_figures(metrics)
+    assert (qa.n, qa.base_rougeL, qa.tuned_rougeL, qa.base_bleu, qa.tuned_bleu) == (12, 10.5, 31.25, 1.2, 8.0)
+    ppl = _perplexity(metrics)
+    assert ppl is not None and (ppl.base, ppl.tuned, ppl.tokens) == (40.1, 12.3, 900)
+    assert _text_figures({}) == [] and _perplexity({"perplexity": "x"}) is None and _figures({"benchmarks": None}) == []
 
 
 def test_safety_flags_follow_the_models_spec_rules(server: Server) -> None:
@@ -103,7 +190,8 @@ def test_safety_flags_follow_the_models_spec_rules(server: Server) -> None:
 
 def test_progress_of_a_job_that_does_not_exist_is_404(server: Server) -> None:
     assert get(server, "/v1/fine_tuning/jobs/ftjob-nosuchjob/progress").status_code == 404
-    assert get(server, "/v1/fine_tuning/jobs/../progress").status_code == 404
+    for job in ("..", ".", "ftjob-x%2F..", "%2E%2E"):  # sent as written: the route's id check, not the router
+        assert raw_get(server, f"/v1/fine_tuning/jobs/{job}/progress") == 404, job
 
 
 LOG = (  # the shape of a real job log (`runner run` output, the trainer's bar redrawn with \r)

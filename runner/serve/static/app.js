@@ -32,10 +32,11 @@ R.askForKey = (message) => {
   $("#key-input").focus();
 };
 
-// fetch with the key; a 401 opens the key form instead of leaving a broken screen
-R.call = async (path, body, raw) => {
-  const options = body === undefined ? {headers: R.headers(false)}
-    : {method: "POST", headers: R.headers(true), body: JSON.stringify(body)};
+// fetch with the key; a 401 opens the key form instead of leaving a broken screen. `signal` (an
+// AbortController's) lets a newer request cancel an older one.
+R.call = async (path, body, raw, signal) => {
+  const options = body === undefined ? {headers: R.headers(false), signal}
+    : {method: "POST", headers: R.headers(true), body: JSON.stringify(body), signal};
   const response = await fetch(path, options);
   if (response.status === 401) {
     R.askForKey(R.key() ? "The server refused this API key: enter the right one."
@@ -61,13 +62,20 @@ R.percent = (x) => (x === null || x === undefined ? "–" : (100 * x).toFixed(1)
 R.interval = (ci) => (ci ? ` [${(100 * ci[0]).toFixed(1)}, ${(100 * ci[1]).toFixed(1)}]` : "");
 R.when = (seconds) => (seconds ? new Date(seconds * 1000).toLocaleString() : "–");
 
-// A report holds the key's protection too: fetched with the key, opened as a local copy.
+// A report holds the key's protection too: fetched with the key and shown in a sandboxed frame (an
+// opaque origin, no script: the report's HTML can neither read this page's key nor act as the page).
 R.openReport = async (path) => {
   const response = await R.call(path, undefined, true);
   if (!response.ok) return R.notice("the report could not be read: " + response.statusText);
-  const url = URL.createObjectURL(await response.blob());
-  window.open(url, "_blank");
+  const frame = el("iframe", {id: "report-frame", sandbox: "", title: "eval report", srcdoc: await response.text()});
+  $("#report-title").textContent = path;
+  $("#report-frame").replaceWith(frame);
+  $("#report-box").showModal();
 };
+$("#report-close").addEventListener("click", () => {
+  $("#report-box").close();
+  $("#report-frame").replaceWith(el("iframe", {id: "report-frame", sandbox: "", title: "eval report"}));
+});
 
 R.show = (name) => {
   for (const b of document.querySelectorAll("nav button")) b.classList.toggle("active", b.dataset.view === name);
@@ -86,17 +94,35 @@ R.loadModels = async () => {
 
 R.card = (id) => R.adapters.find((a) => a.id === id) || R.bases.find((b) => b.id === id);
 
-function figures(a) {
-  if (!a.benchmarks.length) return el("p", {class: "hint"}, "no eval figures");
-  const rows = a.benchmarks.map((b) => el("tr", {},
-    el("td", {}, b.name), el("td", {}, b.n),
-    el("td", {}, R.percent(b.base), el("small", {}, R.interval(b.base_ci95))),
-    el("td", {}, R.percent(b.tuned), el("small", {}, R.interval(b.tuned_ci95))),
-    el("td", {}, b.delta === null ? "–" : `${b.delta >= 0 ? "+" : ""}${(100 * b.delta).toFixed(1)} pt`, el("small", {}, R.interval(b.delta_ci95)))));
-  return el("table", {class: "figures"},
-    el("thead", {}, el("tr", {}, ["benchmark", "n", "base", "tuned", "change"].map((h) => el("th", {}, h)))),
-    el("tbody", {}, rows));
-}
+const fixed = (x, digits) => (x === null || x === undefined ? "–" : Number(x).toFixed(digits));
+const table = (heads, rows) => el("table", {class: "figures"},
+  el("thead", {}, el("tr", {}, heads.map((h) => el("th", {}, h)))), el("tbody", {}, rows));
+
+// An adapter's eval figures, base -> tuned: accuracy with its interval and the change, the calibration
+// error (ECE), free-text ROUGE-L and BLEU, and the held-out perplexity. Shown in Adapters and in Chat.
+R.figures = (a) => {
+  const parts = [];
+  if (a.benchmarks.length) {
+    parts.push(table(["benchmark", "n", "base", "tuned", "change", "ECE"], a.benchmarks.map((b) => el("tr", {},
+      el("td", {}, b.name), el("td", {}, b.n),
+      el("td", {}, R.percent(b.base), el("small", {}, R.interval(b.base_ci95))),
+      el("td", {}, R.percent(b.tuned), el("small", {}, R.interval(b.tuned_ci95))),
+      el("td", {}, b.delta === null ? "–" : `${b.delta >= 0 ? "+" : ""}${(100 * b.delta).toFixed(1)} pt`,
+        el("small", {}, R.interval(b.delta_ci95))),
+      el("td", {class: "ece"}, `${fixed(b.base_ece, 3)} → ${fixed(b.tuned_ece, 3)}`)))));
+  }
+  if (a.free_text && a.free_text.length) {
+    parts.push(table(["free text", "n", "ROUGE-L base → tuned", "BLEU base → tuned"], a.free_text.map((t) => el("tr", {},
+      el("td", {}, t.name), el("td", {}, t.n),
+      el("td", {}, `${fixed(t.base_rougeL, 1)} → ${fixed(t.tuned_rougeL, 1)}`),
+      el("td", {}, `${fixed(t.base_bleu, 1)} → ${fixed(t.tuned_bleu, 1)}`)))));
+  }
+  if (a.perplexity) {
+    parts.push(el("p", {class: "perplexity"}, `held-out perplexity ${fixed(a.perplexity.base, 2)} → ` +
+      `${fixed(a.perplexity.tuned, 2)} (base → tuned${a.perplexity.tokens ? `, ${a.perplexity.tokens} tokens` : ""})`));
+  }
+  return parts.length ? el("div", {class: "figure-box"}, parts) : el("p", {class: "hint"}, "no eval figures");
+};
 
 function adapterCard(a) {
   const actions = el("div", {class: "row"},
@@ -111,7 +137,7 @@ function adapterCard(a) {
       el("dt", {}, "key"), el("dd", {}, el("code", {}, (a.export_key || "–").slice(0, 12))),
       el("dt", {}, "made"), el("dd", {}, R.when(a.created)),
       el("dt", {}, "flags"), el("dd", {}, a.flags === null || a.flags === undefined ? "–" : a.flags)),
-    figures(a), actions);
+    R.figures(a), actions);
 }
 
 async function unload(id) {

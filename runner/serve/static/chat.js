@@ -29,6 +29,8 @@ function describe() {
   $("#pane-adapter .model-id").textContent = base ? id : "–";
   const card = R.card(id);
   fillQueries(card);
+  // the eval figures of the chosen adapter beside its answers: what the benchmarks said, base -> tuned
+  $("#chat-figures").replaceChildren(...(card && base ? [el("h2", {}, `eval of ${id}`), R.figures(card)] : []));
   if (card) {  // the spec's own generation settings: the eval's answers are these, greedy by default
     $("#p-max").value = card.generation.max_tokens;
     $("#p-temp").value = card.generation.temperature;
@@ -37,9 +39,14 @@ function describe() {
   }
 }
 
+let loads = 0;
+
 R.views.chat = async () => {
-  const keep = $("#chat-model").value;
+  const keep = R.wanted || $("#chat-model").value;  // "Chat with" names the model it wants
+  const ticket = ++loads;
   await R.loadModels();
+  if (ticket !== loads) return;  // a newer load (a click meanwhile) chooses the model
+  R.wanted = null;
   const select = $("#chat-model");
   select.replaceChildren(...R.models.map((m) => el("option", {value: m.id},
     m.parent ? `${m.id} (adapter on ${m.parent})` : `${m.id} (base)`)));
@@ -49,11 +56,10 @@ R.views.chat = async () => {
   describe();
 };
 
-R.chatWith = async (id) => {
+// One load of the view, with `id` chosen in it (two overlapping loads could each pick a model).
+R.chatWith = (id) => {
+  R.wanted = id;
   R.show("chat");
-  await R.views.chat();
-  $("#chat-model").value = id;
-  describe();
 };
 
 // One streamed answer into `pane`: the deltas appended as they come, then the flags.

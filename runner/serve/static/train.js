@@ -3,7 +3,10 @@
 // Launch, which creates a job as POST /v1/fine_tuning/jobs does for any client.
 "use strict";
 
-let specs = [], timer = null, asked = 0, lastValid = false;
+// Each pause in typing is validated (fast); the plan (which reads the store) waits for a longer rest,
+// and a newer edit aborts the plan request still on its way.
+const VALIDATE_PAUSE = 350, PLAN_PAUSE = 1000;
+let specs = [], timer = null, planTimer = null, planning = null, asked = 0, lastValid = false;
 
 R.views.train = async () => {
   specs = (await R.call("/v1/specs")).data;
@@ -20,7 +23,7 @@ function useSpec() {
   const chosen = specs[Number($("#spec-start").value)];
   if (!chosen) return;
   $("#spec-editor").value = chosen.text;
-  check();
+  check(0);
 }
 
 // Select line `n` in the editor, so the problem's place is in view.
@@ -61,23 +64,43 @@ function showPlan(result) {
     el("div", {class: "memory"}, result.memory.map((m) => el("div", {}, m))));
 }
 
-async function check() {
+function stopPlanning() {
+  clearTimeout(planTimer);
+  if (planning) planning.abort();
+  planning = null;
+}
+
+async function check(planAfter = PLAN_PAUSE) {
   const text = $("#spec-editor").value;
   const ticket = ++asked;  // answers can come back out of order: only the newest is shown
+  stopPlanning();
+  $("#launch").disabled = true;  // until this text's plan says it can run
   try {
     const result = await R.call("/v1/specs/validate", {spec: text});
     if (ticket !== asked) return;
     showProblems(result);
     lastValid = result.valid;
-    $("#launch").disabled = !result.valid;
     if (!result.valid) {
       $("#plan").replaceChildren(el("p", {class: "hint"}, "The plan shows once the spec is valid."));
       return;
     }
-    const planned = await R.call("/v1/specs/plan", {spec: text});
-    if (ticket === asked) showPlan(planned);
-    $("#launch").disabled = ticket !== asked || !planned.valid;
+    planTimer = setTimeout(() => plan(text, ticket), planAfter);
   } catch (e) { R.notice(e.message); }
+}
+
+async function plan(text, ticket) {
+  const controller = new AbortController();
+  planning = controller;
+  try {
+    const planned = await R.call("/v1/specs/plan", {spec: text}, false, controller.signal);
+    if (ticket !== asked) return;
+    showPlan(planned);
+    $("#launch").disabled = !planned.valid;
+  } catch (e) {
+    if (e.name !== "AbortError") R.notice(e.message);
+  } finally {
+    if (planning === controller) planning = null;
+  }
 }
 
 async function launch() {
@@ -95,8 +118,10 @@ async function launch() {
 
 $("#spec-editor").addEventListener("input", () => {
   clearTimeout(timer);
+  stopPlanning();
+  asked += 1;  // an answer still on its way is about the text before this edit: not shown
   $("#launch").disabled = true;
-  timer = setTimeout(check, 350);
+  timer = setTimeout(check, VALIDATE_PAUSE);
 });
 $("#spec-use").addEventListener("click", useSpec);
 $("#launch").addEventListener("click", launch);
