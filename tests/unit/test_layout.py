@@ -93,3 +93,10 @@ def test_the_registry_holds_the_stages_in_the_order_the_cli_names_them() -> None
     from runner.stage import STAGE_NAMES
 
     assert tuple(stage.name for stage in registered_stages()) == STAGE_NAMES
+
+
+def test_test_files_have_unique_names() -> None:
+    """pytest imports test modules by basename (no packages under tests/): two files of one name in
+    different folders fail collection of the whole run, though each folder passes on its own."""
+    names = [p.name for p in (ROOT / "tests").rglob("test_*.py")]
+    assert sorted(n for n in set(names) if names.count(n) > 1) == []
