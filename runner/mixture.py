@@ -15,10 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runner.rules import has_glob, source_name
+from runner.rules import TEXT_SUFFIXES, has_glob, source_name
 from runner.spec import Fields, Source, Spec
-
-TEXT_SUFFIXES = (".txt", ".md")  # read whole, one document a file
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ path a model folder; a file the spec names must exist; a pattern must compile). 
 
 from __future__ import annotations
 
+import glob
 import re
 from pathlib import Path
 from typing import Any
@@ -44,11 +45,10 @@ def _source_problems(doc: dict[str, Any], base_dir: Path) -> Problems:
         text = (src.get("format") or doc["data"]["format"]) == "text" and where[0] == "data"
         if (src["path"] is None) == (src["hub"] is None):
             found.append((where, "give exactly one of `path` (a local file) or `hub` (a dataset id)"))
-        elif src["path"] is not None and text and has_glob(src["path"]):
-            if not sorted(base_dir.glob(src["path"])):
-                found.append((where + ("path",), f"no file matches {clip(repr(src['path']))} (relative to the spec file)"))
+        elif src["path"] is not None and text and (has_glob(src["path"]) or (base_dir / src["path"]).is_dir()):
+            found += _documents(src["path"], where + ("path",), base_dir)
         elif src["path"] is not None:
-            found += _local_path(src["path"], where + ("path",), base_dir, want_dir=text and (base_dir / src["path"]).is_dir())
+            found += _local_path(src["path"], where + ("path",), base_dir, want_dir=False)
         if src.get("ids") is not None:
             found += _local_path(src["ids"], where + ("ids",), base_dir, want_dir=False)
     return found
@@ -170,6 +170,23 @@ def _model_folder(path: str | None, base_dir: Path) -> list[tuple[tuple[Any, ...
         return [(where, f"{clip(repr(path))} is not a model folder: no weights (*.safetensors or *.bin) "
                         f"in {clip(str(full))}")]
     return []
+
+
+TEXT_SUFFIXES = (".txt", ".md")  # a text source's folder gives its files of these kinds
+
+
+def _documents(path: str, where: tuple[Any, ...], base_dir: Path) -> Problems:
+    """A text source's glob or folder must give at least one file (an absolute pattern too: a sweep
+    or a job writes the spec's paths absolute)."""
+    full = base_dir / path
+    if has_glob(path):
+        found = any(Path(p).is_file() for p in glob.iglob(str(full), recursive=True))
+    else:
+        found = any(p.is_file() and p.suffix.lower() in TEXT_SUFFIXES for p in full.rglob("*"))
+    if found:
+        return []
+    what = "no file matches" if has_glob(path) else f"no {'/'.join(TEXT_SUFFIXES)} file in the folder"
+    return [(where, f"{what} {clip(repr(path))} (relative to the spec file)")]
 
 
 def _local_path(path: str, where: tuple[Any, ...], base_dir: Path, want_dir: bool) -> list[tuple[tuple[Any, ...], str]]:

@@ -110,3 +110,13 @@ def shutil_copy_model(tiny: Tiny, store: Path) -> None:
 
     model = tiny.artifacts["model"]
     shutil.copytree(model, store / "model" / model.name)
+
+
+def test_a_source_that_keeps_no_rows_stops_the_stage_naming_it(tiny: Tiny, tmp_path: Path) -> None:
+    """Its weight would otherwise take a share from the others while it silently trains on nothing."""
+    spec = _mixture_spec(tiny, tmp_path)
+    spec.write_text(spec.read_text().replace("format: qa, weight: 1", "format: multiple_choice, weight: 1"))
+    done = runner("run", str(spec), "--store", str(tmp_path / "store"), "--only", "data")
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert "training source qa kept no rows of 31" in last and "check its format and fields" in last, done.stderr[-1000:]

@@ -126,3 +126,14 @@ def test_text_sources_read_files_folders_globs_and_columns(tmp_path: Path) -> No
     assert texts("docs/**/*.txt") == ["dropped: not UTF-8", "Second note."]
     assert texts("rows.jsonl", "body") == ["Third.", "dropped: empty text (body)"]
     assert texts("rows.parquet", "body") == ["Fourth.", "Fifth."]
+
+
+def test_a_text_glob_or_folder_must_give_a_file_written_relative_or_absolute(tmp_path: Path) -> None:
+    """A sweep and a job write every path absolute: an absolute glob is checked like a relative one."""
+    for pattern in ("notes/*.md", str(tmp_path / "notes" / "*.md")):
+        spec = _spec(tmp_path, f"[{{path: a.jsonl}}, {{path: '{pattern}', format: text}}]")
+        assert local_paths(spec, resolved(spec, "train")[1]) == [(tmp_path / "notes" / "one.md").resolve()]
+    absent = str(tmp_path / "notes" / "*.txt")
+    assert "no file matches" in _error(tmp_path, f"[{{path: a.jsonl}}, {{path: '{absent}', format: text}}]")
+    (tmp_path / "empty").mkdir()
+    assert "no .txt/.md file in the folder 'empty'" in _error(tmp_path, "[{path: a.jsonl}, {path: empty, format: text}]")

@@ -121,6 +121,11 @@ def run(ctx: StageContext) -> None:
     if not any(t.kept["train"] for t in tallies.values()):
         dropped = {n: dict(sorted(t.dropped.items())) for n, t in tallies.items() if t.dropped}
         raise DataError(f"data: no usable training rows (dropped: {dropped}); check data.format and data.fields")
+    for src in resolved(spec, "train") if mixture else []:  # an empty source would vanish from the mixture unseen
+        tally = tallies[src.name]
+        if not tally.kept["train"]:
+            raise DataError(f"data: training source {src.name} kept no rows of {tally.read} (dropped: "
+                            f"{dict(sorted(tally.dropped.items()))}); check its format and fields, or remove it")
     stats = finish(ctx, resolved(spec, "train"), tallies, parts, tok)
     shutil.rmtree(parts)
     ctx.log(f"data: {stats['rows']['train']} train / {stats['rows']['validation']} validation rows, "

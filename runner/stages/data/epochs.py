@@ -26,6 +26,9 @@ def finish(ctx: StageContext, train: list[Resolved], tallies: dict[str, Tally], 
     names = [s.name for s in train]
     kept = {n: tallies[n].kept["train"] for n in names}
     quota = quotas(train, kept) if is_mixture(spec) else kept
+    for name in (n for n in quota if quota[n] > kept.get(n, 0) > 0):  # said, since a weight can hide it
+        ctx.log(f"data: source {name} gives {quota[name]} rows an epoch from {kept[name]} kept: each row about "
+                f"{quota[name] / kept[name]:.1f} times an epoch")
     total = sum(quota.values()) or 1
     epochs: list[dict[str, Any]] = []
     if is_mixture(spec):

@@ -12,7 +12,7 @@ from typing import Any
 
 from runner.errors import DataError
 from runner.formats import TEXT_KEY, Dropped, read_local
-from runner.mixture import TEXT_SUFFIXES
+from runner.rules import TEXT_SUFFIXES
 from runner.spec import Benchmark, Source
 
 

@@ -53,11 +53,16 @@ def llama_cpp_source(log: Log) -> Path:
         archives = list(Path(tmp).glob("*.tar.gz"))
         if done.returncode != 0 or not archives:
             last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            raise StageError(f"export.gguf: cannot download the llama-cpp-python {version} source ({last}); "
-                             "set RUNNER_LLAMA_CPP to a llama.cpp checkout")
+            raise StageError(f"export.gguf: cannot download the llama-cpp-python {version} source from the package "
+                             f"index ({last}); with no network, set RUNNER_LLAMA_CPP to a checkout of the llama.cpp "
+                             f"that llama-cpp-python {version} was built from")
         unpacked = Path(tmp) / "src"
         _extract(archives[0], unpacked)
-        os.replace(unpacked, cache)  # whole or not at all: a second run may be doing the same
+        try:
+            os.replace(unpacked, cache)  # whole or not at all
+        except OSError:  # a second run (a sweep's other job) put it there first: theirs is as good
+            if not (cache / "convert_hf_to_gguf.py").is_file():
+                raise
     return cache
 
 

@@ -160,7 +160,8 @@ def summarize(items: list[Item], scores: dict[str, dict[str, Any]]) -> dict[str,
     forms: dict[str, Any] = {}
     for form, got in scores.items():
         agree = sum(a == b for a, b in zip(got["predictions"], ref["predictions"])) / len(items)
-        diff = max(abs(a - b) for a, b in zip(got["logliks"], ref["logliks"]))
+        gaps = [abs(a - b) for a, b in zip(got["logliks"], ref["logliks"])]
+        diff = math.nan if any(math.isnan(g) for g in gaps) else max(gaps)  # max() alone skips a NaN past the first
         correct = sum(p == it.answer for p, it in zip(got["predictions"], items)) / len(items)
         forms[form] = {"agreement": round(agree, 4), "max_logprob_diff": float(f"{diff:.4g}"),
                        "accuracy": round(correct, 4)} | (
