@@ -13,7 +13,7 @@ TORCH_VERSION := $(shell sed -n 's/^torch==//p' $(LOCK))
 # CPU wheel of torch: a plain `pip install torch` would pull gigabytes of CUDA packages.
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 # What make installs besides the package: the test tools and the optional features' extras.
-EXTRAS := test,lint,serve,track,metrics,gguf
+EXTRAS := test,lint,serve,track,gguf
 LATEST := .venv-latest
 
 .PHONY: run test lint test-unit test-integration test-latest lock validate plan bench bench-eval clean
