@@ -116,9 +116,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def profile_line(profile: Any) -> str:
+    """The profile in one line, as `plan` prints it (the server's /v1/specs/plan says the same)."""
+    return (f"{profile.device} {profile.dtype}, quantization {profile.quantization}, "
+            f"micro-batch {profile.micro_batch_size} x {profile.gradient_accumulation}")
+
+
 def valid_line(source: object, spec: Any) -> str:
     """What `validate` prints for a valid spec (the server's /v1/specs/validate says the same)."""
-    what = (f"a mixture of {len(spec.data.train)} sources" if isinstance(spec.data.train, tuple)
+    from runner.mixture import is_mixture
+
+    what = (f"a mixture of {len(spec.data.train)} sources" if is_mixture(spec)
             else f"{spec.data.format} data")
     return f"{source}: valid ({spec.name}: {spec.model.source} model, {what}, {len(spec.eval.benchmarks)} benchmark(s))"
 
@@ -128,8 +136,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     planned = api.plan(args.spec, args.store, args.force, args.verify)
     profile = planned.profile
-    print(f"profile: {profile.device} {profile.dtype}, quantization {profile.quantization}, "
-          f"micro-batch {profile.micro_batch_size} x {profile.gradient_accumulation}{_sharing(profile)}")
+    print(f"profile: {profile_line(profile)}{_sharing(profile)}")
     for reason in profile.reasons:
         print(f"  - {reason}")
     print("\n".join(planned.lines))

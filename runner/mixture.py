@@ -8,14 +8,13 @@ from the spec's `seed`, so the same spec always trains on the same rows in the s
 
 from __future__ import annotations
 
-import glob
 import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runner.rules import TEXT_SUFFIXES, has_glob, source_name
+from runner.rules import document_files, has_glob, source_name
 from runner.spec import Fields, Source, Spec
 
 
@@ -53,12 +52,9 @@ def local_paths(spec: Spec, src: Resolved) -> list[Path]:
     """The local files a source reads, sorted: one file, or a text source's folder or glob."""
     if src.source.path is None:
         return []
-    if src.format == "text" and has_glob(src.source.path):
-        pattern = str(Path(spec.base_dir) / src.source.path)
-        return sorted(Path(p).resolve() for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
     path = spec.resolve(src.source.path)
-    if src.format == "text" and path.is_dir():
-        return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
+    if src.format == "text" and (has_glob(src.source.path) or path.is_dir()):
+        return document_files(Path(spec.base_dir), src.source.path)
     return [path]
 
 

@@ -98,13 +98,13 @@ def mixture_lines(steps: list[Step], spec: Spec) -> list[str]:
     """A mixture, one line per source: its format and share, with the data stage's counts once it ran."""
     import json
 
-    from runner.mixture import describe, is_mixture
+    from runner.mixture import describe, is_mixture, resolved
 
     if not is_mixture(spec):
         return []
     data = {s.stage: s for s in steps}["data"].manifest
     stats = json.loads((data.path / "stats.json").read_text("utf-8")) if data is not None else None
-    return [f"mixture: {len(describe(spec, None))} sources, sampled {'with' if spec.data.replacement else 'without'} "
+    return [f"mixture: {len(resolved(spec, 'train'))} sources, sampled {'with' if spec.data.replacement else 'without'} "
             "replacement, a new draw each epoch"] + describe(spec, stats)
 
 

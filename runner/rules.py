@@ -39,7 +39,7 @@ def _model_problems(model: dict[str, Any], base_dir: Path) -> Problems:
 def _source_problems(doc: dict[str, Any], base_dir: Path) -> Problems:
     """Every training, validation and benchmark source: one of path or hub, and its files there."""
     sources = _data_sources(doc["data"])
-    found = _mixture_problems(doc["data"], sources)
+    found = _mixture_problems(sources)
     sources += [(("eval", "benchmarks", i), b) for i, b in enumerate(doc["eval"]["benchmarks"])]
     for where, src in sources:
         text = (src.get("format") or doc["data"]["format"]) == "text" and where[0] == "data"
@@ -111,10 +111,10 @@ def _data_sources(data: dict[str, Any]) -> list[tuple[tuple[Any, ...], Any]]:
     return out
 
 
-def _mixture_problems(data: dict[str, Any], sources: list[tuple[tuple[Any, ...], Any]]) -> list[tuple[tuple[Any, ...], str]]:
+def _mixture_problems(sources: list[tuple[tuple[Any, ...], Any]]) -> Problems:
     """A mixture's sources: `weight` or `rows` (validation sources are read whole), distinct names."""
-    found: list[tuple[tuple[Any, ...], str]] = []
-    names: dict[tuple[str, str], int] = {}
+    found: Problems = []
+    names: set[tuple[str, str]] = set()
     for where, src in sources:
         if len(where) == 2:
             continue  # the one-source form has neither names nor shares
@@ -125,7 +125,7 @@ def _mixture_problems(data: dict[str, Any], sources: list[tuple[tuple[Any, ...],
         name = src["name"] or source_name(src["path"], src["hub"])
         if (where[1], name) in names:
             found.append((where + ("name",), f"a second source named {name!r} in data.{where[1]}; give each a distinct `name`"))
-        names[where[1], name] = 1
+        names.add((where[1], name))
     return found
 
 
@@ -178,15 +178,18 @@ TEXT_SUFFIXES = (".txt", ".md")  # a text source's folder gives its files of the
 def _documents(path: str, where: tuple[Any, ...], base_dir: Path) -> Problems:
     """A text source's glob or folder must give at least one file (an absolute pattern too: a sweep
     or a job writes the spec's paths absolute)."""
-    full = base_dir / path
-    if has_glob(path):
-        found = any(Path(p).is_file() for p in glob.iglob(str(full), recursive=True))
-    else:
-        found = any(p.is_file() and p.suffix.lower() in TEXT_SUFFIXES for p in full.rglob("*"))
-    if found:
+    if document_files(base_dir, path):
         return []
     what = "no file matches" if has_glob(path) else f"no {'/'.join(TEXT_SUFFIXES)} file in the folder"
     return [(where, f"{what} {clip(repr(path))} (relative to the spec file)")]
+
+
+def document_files(base_dir: Path, path: str) -> list[Path]:
+    """A text source's files, sorted and resolved: what its glob matches, or its folder's .txt/.md files."""
+    full = base_dir / path
+    if has_glob(path):
+        return sorted(Path(p).resolve() for p in glob.glob(str(full), recursive=True) if Path(p).is_file())
+    return sorted(p for p in full.resolve().rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
 
 
 def _local_path(path: str, where: tuple[Any, ...], base_dir: Path, want_dir: bool) -> list[tuple[tuple[Any, ...], str]]:

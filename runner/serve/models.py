@@ -56,9 +56,13 @@ def _records(store: Path) -> list[dict[str, Any]]:
     return sorted(found, key=lambda d: d.get("started", 0))
 
 
+def spec_of(data: dict[str, Any]) -> Spec:
+    """A run record's resolved spec, its relative paths relative to the spec file it was run from."""
+    return typed(Spec, {**data["spec"], "base_dir": str(Path(data["spec_path"]).parent)})
+
+
 def _typed(data: dict[str, Any]) -> tuple[Spec, Profile]:
-    spec = typed(Spec, {**data["spec"], "base_dir": str(Path(data["spec_path"]).parent)})
-    return spec, typed(Profile, data["profile"])
+    return spec_of(data), typed(Profile, data["profile"])
 
 
 class Registry:

@@ -33,10 +33,6 @@ def stored_file(store: Path, file_id: str) -> Path | None:
     return found[0].resolve() if found else None
 
 
-def _plain(entry: Entry) -> dict[str, Any]:
-    return plain_spec(entry.spec)
-
-
 def plain_spec(typed: Spec) -> dict[str, Any]:
     """A resolved spec as JSON-shaped data (lists, not tuples), its relative paths made absolute so
     the job's spec file, kept elsewhere, still finds them."""
@@ -80,7 +76,7 @@ def _source(path: Path) -> dict[str, Any]:
 def mapped(fields: Mapping[str, Any], entry: Entry,
            file_path: Callable[[str], Path | None]) -> tuple[dict[str, Any], list[str]]:
     """The spec OpenAI's `fields` ask for on `entry`'s run's spec, and every problem with the fields."""
-    spec, problems = _plain(entry), []
+    spec, problems = plain_spec(entry.spec), []
     method = fields.get("method")
     if isinstance(method, dict) and method.get("type") not in (None, "supervised"):
         problems.append(f"method.type: {method.get('type')!r} is not supported; the runner trains `supervised`")

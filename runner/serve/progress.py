@@ -90,7 +90,8 @@ def progress(store: Path, job: dict[str, Any], log: Path) -> dict[str, Any]:
     listed, short = stages(text, job["status"])
     train = _artifact(store, "train", short.get("train"))
     step = total = left = None
-    bars = BAR.findall(text[text.find("train: running"):]) if "train: running" in text else []
+    training = text.find("train: running")
+    bars = BAR.findall(text[training:]) if training >= 0 else []
     if bars:
         step, total, _, left_clock = bars[-1]
         step, total, left = int(step), int(total), _seconds(left_clock)

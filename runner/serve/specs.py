@@ -56,8 +56,9 @@ class DigestCache:
         self.lock = threading.Lock()
 
     def __call__(self, path: Path) -> str:
-        facts = Path(path).resolve().stat()
-        key = (str(Path(path).resolve()), facts.st_size, facts.st_mtime_ns)
+        real = Path(path).resolve()
+        facts = real.stat()
+        key = (str(real), facts.st_size, facts.st_mtime_ns)
         with self.lock:
             if key in self.known:
                 return self.known[key]
@@ -132,6 +133,7 @@ def _previous(store: Path, name: str) -> RunRecord | None:
 
 @router.post("/v1/specs/plan")
 def plan(body: SpecText, request: Request) -> Planned:
+    from runner.cli import profile_line
     from runner.execute import registered_stages
     from runner.plan import memory_lines
     from runner.plan import plan as make_plan
@@ -152,8 +154,7 @@ def plan(body: SpecText, request: Request) -> Planned:
         said = str(exc) or type(exc).__name__  # the whole message, as `runner plan` prints it
         return Planned(valid=False, text=f"error: {said}", problems=[problem(line) for line in said.splitlines()])
     return Planned(valid=True, text=checked.text, problems=[],
-                   profile=f"{profile.device} {profile.dtype}, quantization {profile.quantization}, micro-batch "
-                           f"{profile.micro_batch_size} x {profile.gradient_accumulation}",
+                   profile=profile_line(profile),
                    profile_reasons=list(profile.reasons), memory=memory,
                    steps=[PlanStep(stage=s.stage, status=STATUS.get(s.status, "run"), key=s.key,  # type: ignore[arg-type]
                                    reasons=list(s.reasons), line=s.line()) for s in steps])
@@ -161,12 +162,11 @@ def plan(body: SpecText, request: Request) -> Planned:
 
 def _text(data: dict[str, Any]) -> str | None:
     """The record's resolved spec as YAML, its relative paths made absolute (a job's spec lives elsewhere)."""
+    from runner.serve.models import spec_of
     from runner.serve.openai_jobs import plain_spec
-    from runner.spec import typed
 
     try:
-        spec = typed(Spec, {**data["spec"], "base_dir": str(Path(data["spec_path"]).parent)})
-        plain = plain_spec(spec)
+        plain = plain_spec(spec_of(data))
         first = {k: plain.pop(k) for k in ("name", "description", "seed")}  # as a person writes a spec: name on top
         return yaml.safe_dump(first | plain, sort_keys=False, allow_unicode=True)
     except (KeyError, TypeError, ValueError):

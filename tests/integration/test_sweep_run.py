@@ -8,27 +8,12 @@ import json
 import re
 from pathlib import Path
 
-from tests.integration.conftest import DEMO, runner
+from tests.integration.conftest import TINY, runner
 
 # The integration tests' tiny model, as little training and scoring as shows the machinery.
-SPEC = f"""
-name: sweep-test
-seed: 7
-model:
-  source: init
-  init: {{hidden_size: 32, intermediate_size: 64, num_layers: 2, num_heads: 4, num_kv_heads: 2, vocab_size: 1024}}
-  quantization: nf4
-data:
-  train: {{path: {DEMO / "medmc_train.jsonl"}}}
-  template: plain
-  max_rows: 48
-  max_length: 256
-lora: {{r: 8, alpha: 16, dropout: 0.0}}
-train: {{max_steps: 4, learning_rate: 3e-3, batch_size: 8, save_steps: 10}}
-eval:
-  benchmarks: [{{name: demo, path: {DEMO / "medmc_test.jsonl"}, limit: 24}}]
-  contamination: {{check: false}}
-"""
+SPEC = (TINY.replace("name: tiny-test", "name: sweep-test").replace("max_rows: 96", "max_rows: 48")
+        .replace("train: {epochs: 2,", "train: {max_steps: 4,").replace("export: {merged: true}\n", "")
+        + "  contamination: {check: false}\n")
 STAGES = ("model", "data", "train", "export", "eval")
 
 

@@ -38,7 +38,7 @@ def spec_slice(spec: Spec) -> dict[str, Any]:
     if is_mixture(spec):
         return mixture_slice(spec)
     # Field by field, so a new spec field enters the key only when someone writes it here.
-    fields = fields_slice(d.fields) | ({"text": d.fields.text} if d.format == "text" else {})
+    fields = _fields_key(d.fields, d.format)
     assert isinstance(d.train, Source) and not isinstance(d.validation, tuple)
     data = {"validation_fraction": d.validation_fraction, "format": d.format, "template": d.template,
             "system_prompt": d.system_prompt, "max_length": d.max_length, "max_rows": d.max_rows,
@@ -53,7 +53,7 @@ def mixture_slice(spec: Spec) -> dict[str, Any]:
     d = spec.data
 
     def one(src: Resolved) -> dict[str, Any]:
-        fields = fields_slice(src.fields) | ({"text": src.fields.text} if src.format == "text" else {})
+        fields = _fields_key(src.fields, src.format)
         return (_source_slice(src.source) | {"name": src.name, "format": src.format, "fields": fields,
                                              "weight": src.weight, "rows": src.rows})
 
@@ -62,6 +62,11 @@ def mixture_slice(spec: Spec) -> dict[str, Any]:
             "train": [one(s) for s in resolved(spec, "train")],
             "validation": [one(s) for s in resolved(spec, "validation")]}
     return {"data": data, "seed": spec.seed, "epochs": spec.train.epochs}
+
+
+def _fields_key(fields: Fields, fmt: str) -> dict[str, Any]:
+    """The fields that shape the rows; `text` only for a text source, so other keys stay as they were."""
+    return fields_slice(fields) | ({"text": fields.text} if fmt == "text" else {})
 
 
 def _source_slice(src: Source) -> dict[str, Any]:
@@ -103,7 +108,8 @@ def run(ctx: StageContext) -> None:
     validation = ArrowRows(ctx.out / "validation.arrow")
     train_direct = None if mixture else ArrowRows(ctx.out / "train.arrow")
     tallies: dict[str, Tally] = {}
-    sources = resolved(spec, "train") + resolved(spec, "validation")
+    train_sources = resolved(spec, "train")
+    sources = train_sources + resolved(spec, "validation")
     for src in sources:
         paths = local_paths(spec, src)
         split = src.role == "train" and spec.data.validation is None
@@ -121,12 +127,12 @@ def run(ctx: StageContext) -> None:
     if not any(t.kept["train"] for t in tallies.values()):
         dropped = {n: dict(sorted(t.dropped.items())) for n, t in tallies.items() if t.dropped}
         raise DataError(f"data: no usable training rows (dropped: {dropped}); check data.format and data.fields")
-    for src in resolved(spec, "train") if mixture else []:  # an empty source would vanish from the mixture unseen
+    for src in train_sources if mixture else []:  # an empty source would vanish from the mixture unseen
         tally = tallies[src.name]
         if not tally.kept["train"]:
             raise DataError(f"data: training source {src.name} kept no rows of {tally.read} (dropped: "
                             f"{dict(sorted(tally.dropped.items()))}); check its format and fields, or remove it")
-    stats = finish(ctx, resolved(spec, "train"), tallies, parts, tok)
+    stats = finish(ctx, train_sources, tallies, parts, tok)
     shutil.rmtree(parts)
     ctx.log(f"data: {stats['rows']['train']} train / {stats['rows']['validation']} validation rows, "
             f"{sum(stats['dropped'].values())} dropped {stats['dropped'] or ''}")

@@ -39,19 +39,16 @@ class ArrowRows:
         new = pa.ipc.new_file if random_access else pa.ipc.new_stream  # stream: what Dataset.from_file maps
         self.writer = new(self.sink, self.schema)
         self.buffer: list[dict[str, Any]] = []
-        self.count = 0
         self.tokens = 0
 
     def add(self, row: dict[str, Any]) -> None:
         self.buffer.append(row)
-        self.count += 1
         self.tokens += len(row["input_ids"])
         if len(self.buffer) >= BATCH or self.tokens >= BATCH_TOKENS:
             self.flush()
 
     def write_table(self, table: Any) -> None:
         self.flush()
-        self.count += table.num_rows
         self.writer.write_table(table.select(self.schema.names).cast(self.schema))
 
     def flush(self) -> None:
@@ -123,7 +120,7 @@ def build_source(src: Resolved, paths: list[Path], spec: Spec, tok: Any, held: b
         tally.examples += 1
         part = "validation" if src.role == "validation" or (held is not None and held[index]) else "train"
         try:
-            rows = _encode(example, tok, spec, src.format)
+            rows = _encode(example, tok, spec)
         except Dropped as reason:
             tally.dropped[str(reason)] += 1
             continue
@@ -136,7 +133,7 @@ def build_source(src: Resolved, paths: list[Path], spec: Spec, tok: Any, held: b
                 tally.answer += sum(1 for x in row["labels"] if x != -100)
 
 
-def _encode(example: Example | str, tok: Any, spec: Spec, fmt: str) -> list[Row]:
+def _encode(example: Example | str, tok: Any, spec: Spec) -> list[Row]:
     d = spec.data
     if isinstance(example, str):
         blocks = text_blocks(example, tok, d.max_length)

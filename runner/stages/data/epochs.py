@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from runner.mixture import Resolved, epoch_seed, quotas, schedule
+from runner.mixture import Resolved, epoch_seed, is_mixture, quotas, schedule
 from runner.stage import StageContext
 from runner.stages.data.building import ArrowRows, Tally, token_summary
 from runner.stages.data.encoding import samples
@@ -19,19 +19,19 @@ CHUNK = 4096  # rows gathered from the sources' files at a time
 
 def finish(ctx: StageContext, train: list[Resolved], tallies: dict[str, Tally], parts: Path, tok: Any) -> dict[str, Any]:
     """Write what is left (a mixture's epochs; stats.json; samples.txt) and return the stats."""
-    from runner.mixture import is_mixture
     from runner.stages.data import write_stats
 
     spec = ctx.spec
     names = [s.name for s in train]
     kept = {n: tallies[n].kept["train"] for n in names}
-    quota = quotas(train, kept) if is_mixture(spec) else kept
+    mixture = is_mixture(spec)
+    quota = quotas(train, kept) if mixture else kept
     for name in (n for n in quota if quota[n] > kept.get(n, 0) > 0):  # said, since a weight can hide it
         ctx.log(f"data: source {name} gives {quota[name]} rows an epoch from {kept[name]} kept: each row about "
                 f"{quota[name] / kept[name]:.1f} times an epoch")
     total = sum(quota.values()) or 1
     epochs: list[dict[str, Any]] = []
-    if is_mixture(spec):
+    if mixture:
         epochs = _write_epochs(ctx, kept, quota, parts)
     lengths: Counter[int] = sum((tallies[n].lengths for n in names), Counter())
     every = list(tallies.values())

@@ -146,17 +146,19 @@ class MetricsLog(TrainerCallback):  # type: ignore[misc]
         if "eval_loss" in logs:  # a validation during training (early stopping): overall and per source
             row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4),
                    **{k: v for k, v in logs.items() if k.startswith("eval_loss")}}
-            with open(self.path, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(row) + "\n")
+            self._append(row)
         if "loss" not in logs:
             return
         row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), "loss": logs["loss"],
                "learning_rate": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm"),
                "memory_mib": memory_mib(self.device), "seconds": round(time.time() - self.started, 2)}
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(row) + "\n")
+        self._append(row)
         if self.on_row is not None:
             self.on_row(row)
+
+    def _append(self, row: dict[str, Any]) -> None:
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row) + "\n")
 
 
 class QuietProgress(ProgressCallback):  # type: ignore[misc]

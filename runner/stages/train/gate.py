@@ -38,6 +38,7 @@ def training_texts_of(spec: Spec, roles: tuple[str, ...]) -> tuple[list[str], li
     index among that source's converted rows)."""
     texts: list[str] = []
     origins: list[tuple[str, int]] = []
+    mixture = is_mixture(spec)
     for src in [s for role in roles for s in resolved(spec, role)]:
         try:
             paths = local_paths(spec, src)
@@ -50,7 +51,7 @@ def training_texts_of(spec: Spec, roles: tuple[str, ...]) -> tuple[list[str], li
                             f"{exc}); fix data.{src.role} or set eval.contamination.check: false") from exc
         texts += found
         # A mixture's sources by name; the one-source form by its file or dataset, as the user wrote it.
-        name = src.name if is_mixture(spec) else str(src.source.path or src.source.hub)
+        name = src.name if mixture else str(src.source.path or src.source.hub)
         origins += [(name, row) for row in range(len(found))]
     return texts, origins
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from runner.mixture import is_mixture
 from runner.profile import Profile
 from runner.spec import Spec
 
@@ -81,7 +82,7 @@ def training_args(spec: Spec, profile: Profile, output_dir: Path, eval_on_start:
     t = spec.train
     # A mixture's data stage wrote every epoch's rows, each epoch drawn with its own seed, in training
     # order (see runner.stages.data): one pass over them, in that order, is the spec's epochs.
-    mixture = isinstance(spec.data.train, tuple)
+    mixture = is_mixture(spec)
     return TrainingArguments(
         output_dir=str(output_dir), seed=spec.seed, data_seed=spec.seed,
         per_device_train_batch_size=profile.micro_batch_size, per_device_eval_batch_size=profile.micro_batch_size,

@@ -35,10 +35,10 @@ def validation_loss(model: Any, rows: Any, pad_id: int, micro: int) -> dict[str,
     was_training = model.training
     model.eval()
     try:
+        device = next(model.parameters()).device
         with torch.no_grad():
             for start in range(0, len(rows), micro):
                 batch = collate([rows[i] for i in range(start, min(start + micro, len(rows)))])
-                device = next(model.parameters()).device
                 logits = model(input_ids=batch["input_ids"].to(device),
                                attention_mask=batch["attention_mask"].to(device)).logits.float()  # (B, T, V)
                 targets = batch["labels"][:, 1:].to(device)  # (B, T-1): position t predicts token t+1
