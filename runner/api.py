@@ -2,40 +2,86 @@
 
     from runner import api
     api.validate("specs/smoke.yaml")
-    print("\n".join(api.plan("specs/smoke.yaml", store="/content/drive/MyDrive/runner").lines))
-    result = api.run("specs/smoke.yaml", store="/content/drive/MyDrive/runner")
-    result.outcomes, result.record   # what ran or was reused, and the run record's path
+    api.plan("specs/smoke.yaml", store="/content/drive/MyDrive/runner")    # shows what `runner plan` prints
+    result = api.run("specs/smoke.yaml", store="/content/drive/MyDrive/runner", sets=["train.epochs=1"])
+    result                      # the summary `runner run` prints
+    result.metrics, result.accuracy, result.losses, result.artifacts, result.report   # as data
+
+A relative spec path is read from the current directory (a notebook's: `os.getcwd()`).
 """
 
 from __future__ import annotations
 
+import html
+import json
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from runner.errors import SpecError
 from runner.profile import Profile
-from runner.spec import Spec, load_spec
+from runner.spec import Spec
 
 
 def _log(message: str) -> None:
     print(f"[runner] {message}", flush=True)
 
 
-def validate(spec: str | Path) -> Spec:
-    """The typed spec; raises SpecError listing every problem."""
-    return load_spec(spec)
+def spec_file(spec: str | Path) -> Path:
+    """The spec's path; a relative one is read from the current directory, and a missing one says which
+    directory that is and where the checkout's specs are, when they are there."""
+    path = Path(spec)
+    if path.is_file():
+        return path
+    cwd = Path.cwd()
+    beside = Path(__file__).resolve().parent.parent / path  # a checkout's specs/, where the package came from
+    hint = (f"; did you mean {beside}?" if not path.is_absolute() and beside.is_file()
+            else "; give an absolute path, or os.chdir() to the folder the relative path starts from")
+    where = f" (relative to the current directory, {cwd})" if not path.is_absolute() else ""
+    raise SpecError([f"{spec}: no such spec file{where}{hint}"])
 
 
-@dataclass(frozen=True)
-class Planned:
+def validate(spec: str | Path, sets: Sequence[str] = ()) -> Spec:
+    """The typed spec, with `sets` ("train.epochs=1") applied; raises SpecError listing every problem."""
+    from runner.overrides import load_spec_with
+
+    return load_spec_with(spec_file(spec), sets)
+
+
+class _Shown:
+    """Results that show in a notebook as the command line prints them (repr, Markdown, HTML)."""
+
+    def summary(self) -> str:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return self.summary()
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    def _repr_html_(self) -> str:
+        return f"<pre>{html.escape(self.summary())}</pre>"
+
+
+@dataclass(frozen=True, repr=False)
+class Planned(_Shown):
     profile: Profile
     lines: list[str]  # one per stage (key, cached / will run / stale and why), then the memory estimate
 
+    def summary(self) -> str:
+        """What `runner plan` prints: the profile and why, then the stages."""
+        from runner.summary import plan_lines
 
-def plan(spec: str | Path, store: str | Path = "artifacts", force: Iterable[str] = (), verify: bool = False) -> Planned:
-    """What `run` would do, without doing it."""
+        return "\n".join(plan_lines(self.profile, self.lines))
+
+
+def plan(spec: str | Path, store: str | Path = "artifacts", force: Iterable[str] = (), verify: bool = False,
+         sets: Sequence[str] = ()) -> Planned:
+    """What `run` would do, without doing it (with `sets` applied, as `run` would apply them)."""
     from runner.execute import registered_stages
     from runner.plan import memory_lines, mixture_lines
     from runner.plan import plan as make_plan
@@ -44,24 +90,69 @@ def plan(spec: str | Path, store: str | Path = "artifacts", force: Iterable[str]
     from runner.records import latest_record
     from runner.store import Store
 
-    typed = load_spec(spec)
+    path = spec_file(spec)
+    typed = validate(path, sets)
     profile = resolve_profile(typed, probe_machine())
-    steps = make_plan(registered_stages(), typed, profile, Store(Path(store)), latest_record(Path(store), Path(spec)),
+    steps = make_plan(registered_stages(), typed, profile, Store(Path(store)), latest_record(Path(store), path),
                       frozenset(force), verify)
     return Planned(profile, [step.line() for step in steps] + mixture_lines(steps, typed) + memory_lines(steps, typed, profile))
 
 
-@dataclass(frozen=True)
-class Result:
+@dataclass(frozen=True, repr=False)
+class Result(_Shown):
     outcomes: list  # list[runner.execute.Outcome]
     record: Path
     seconds: float
 
+    def summary(self) -> str:
+        """What `runner run` prints at the end."""
+        from runner.summary import summary_lines
+
+        return "\n".join(summary_lines(self.outcomes, self.record, self.seconds))
+
+    @property
+    def artifacts(self) -> dict[str, Path]:
+        """Each stage's artifact folder (this run's or the one it reused)."""
+        return {o.stage: o.path for o in self.outcomes if o.path is not None}
+
+    @property
+    def report(self) -> Path | None:
+        """The evaluation report (report.html; report.md beside it), when eval ran or was reused."""
+        found = self.artifacts.get("eval")
+        return found / "report.html" if found is not None and (found / "report.html").is_file() else None
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """The eval stage's metrics.json: per benchmark accuracy, intervals, paired test, calibration,
+        free-text scores, perplexity ({} when eval did not run)."""
+        return self._json("eval", "metrics.json")
+
+    @property
+    def losses(self) -> dict[str, Any]:
+        """The train stage's summary.json: first and last training loss, validation loss before and
+        after, steps, time ({} when train did not run)."""
+        return self._json("train", "summary.json")
+
+    @property
+    def accuracy(self) -> dict[str, dict[str, float | None]]:
+        """{benchmark: {"base": acc, "tuned": acc}} for the multiple-choice benchmarks, fractions of 1."""
+        return {name: {label: r[label]["acc"] for label in ("base", "tuned") if label in r}
+                for name, r in self.metrics.get("benchmarks", {}).items()}
+
+    def _json(self, stage: str, name: str) -> dict[str, Any]:
+        folder = self.artifacts.get(stage)
+        if folder is None or not (folder / name).is_file():
+            return {}
+        data: dict[str, Any] = json.loads((folder / name).read_text("utf-8"))
+        return data
+
 
 def run(spec: str | Path, store: str | Path = "artifacts", only: str | None = None, force: Iterable[str] = (),
-        verify: bool = False, log: Callable[[str], None] = _log, again: bool = False) -> Result:
+        verify: bool = False, log: Callable[[str], None] = _log, again: bool = False,
+        sets: Sequence[str] = ()) -> Result:
     """Run every stage that is not cached; artifacts go to `store` (a mounted Drive survives a disconnect).
-    `again`: repeat a push an earlier run already made of the same export to the same place."""
+    `again`: repeat a push an earlier run already made of the same export to the same place.
+    `sets`: fields to set as if the YAML said them ("train.epochs=1"), recorded in the run record."""
     from runner.execute import Options, run_spec
     from runner.probe import probe_machine
     from runner.profile import resolve_profile
@@ -70,11 +161,12 @@ def run(spec: str | Path, store: str | Path = "artifacts", only: str | None = No
 
     quiet_known_warnings()
     started = time.time()
-    typed = load_spec(spec)
+    path = spec_file(spec)
+    typed = validate(path, sets)
     profile = resolve_profile(typed, probe_machine())
     log(f"profile: {profile.device} {profile.dtype}, quantization {profile.quantization}")
-    outcomes, record = run_spec(typed, Path(spec), profile, Store(Path(store)), log,
-                                Options(only=only, force=frozenset(force), verify=verify, again=again))
+    outcomes, record = run_spec(typed, path, profile, Store(Path(store)), log,
+                                Options(only=only, force=frozenset(force), verify=verify, again=again, sets=tuple(sets)))
     return Result(outcomes, record, time.time() - started)
 
 
@@ -130,7 +222,7 @@ def sweep(spec: str | Path, sets: Iterable[str] = (), variants: str | Path | Non
         raise SpecError(["sweep: give --set PATH=V1,V2 (a grid) or --variants FILE, one of the two"])
     if jobs < 1:
         raise SpecError([f"sweep: --jobs {jobs}: run at least 1 variant at a time (--jobs 1, the default)"])
-    base = load_spec(spec)
+    base = validate(spec)
     expanded = grid([parse_setting(s) for s in sets], base.name) if sets else read_variants(Path(variants or ""), base.name)
     folder = Path(write) if write else sweep_folder(Path(store), Path(spec), expanded)
     written = write_variants(Path(spec), expanded, folder, write=not plan_only)  # a plan writes nothing

@@ -7,24 +7,35 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import traceback
 from pathlib import Path
 from typing import Any
 
-from runner.errors import RunnerError
+from runner.errors import ProfileError, RunnerError
 from runner.stage import STAGE_NAMES
+from runner.summary import profile_line as profile_line  # the server's /v1/specs/plan prints it too
+from runner.summary import sharing
+
+PACKAGE = "qlora-runner"  # the distribution's name (pyproject), as `pip install` spells it
+# Each optional extra (pyproject's optional-dependencies) and the modules it brings, as imported.
+EXTRAS = {"serve": ("fastapi", "uvicorn", "sse_starlette", "python_multipart"), "docker": ("docker",),
+          "track": ("tensorboard", "mlflow"), "gguf": ("gguf", "llama_cpp", "sentencepiece")}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return int(args.command(args) or 0)
-    except RunnerError as exc:
+    except (RunnerError, ModuleNotFoundError) as exc:
+        extra = missing_extra(exc, f"runner {args.name}")
+        if extra is None and not isinstance(exc, RunnerError):
+            raise  # a module no extra brings: a broken install, and its traceback says which
         if args.debug:
             traceback.print_exc()
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        print(f"error: {extra or exc}", file=sys.stderr)
+        return ProfileError.exit_code if extra else exc.exit_code  # type: ignore[union-attr]
     except KeyboardInterrupt:
         print("interrupted: finished stages are kept; run the same command again to go on", file=sys.stderr)
         return 130
@@ -33,23 +44,96 @@ def main(argv: list[str] | None = None) -> int:
         return 141
 
 
+def missing_extra(exc: BaseException, what: str) -> str | None:
+    """One line naming the extra when `exc` (or what it was raised from: a stage wraps what it met) is a
+    module of an optional extra that is not installed, e.g. a tracker's package in the train stage."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ModuleNotFoundError) and seen.name:
+            top = seen.name.split(".")[0]
+            extra = next((name for name, modules in EXTRAS.items() if top in modules), None)
+            if extra is not None:
+                return f"{what} needs the {extra} extra (no {top} here): pip install '{PACKAGE}[{extra}]'"
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def require_extra(extra: str, what: str) -> None:
+    """Stop with one line before importing what `extra` brings, rather than with an import's traceback."""
+    import importlib.util
+
+    for module in EXTRAS[extra]:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # a finder that refuses it; a module set to None in sys.modules
+            found = False
+        if not found:
+            raise ProfileError(f"{what} needs the {extra} extra (no {module} here): pip install '{PACKAGE}[{extra}]'")
+
+
+def version() -> str:
+    """The installed package's version; from a checkout with no metadata, pyproject's."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(PACKAGE)
+    except metadata.PackageNotFoundError:
+        pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+        text = pyproject.read_text("utf-8") if pyproject.is_file() else ""
+        found = re.search(r'^version\s*=\s*"([^"]+)"', text, re.MULTILINE)
+        return found.group(1) if found else "unknown"
+
+
+def exit_codes() -> str:
+    """The exit codes, from the error classes themselves (each class's exit_code and docstring)."""
+    import signal
+
+    from runner.signals import STOPS
+
+    classes, todo = [], [RunnerError]
+    while todo:  # runner.errors' classes; signals.Interrupted's code is the signal's, listed below
+        cls = todo.pop()
+        classes += [cls] if cls.__module__ == RunnerError.__module__ else []
+        todo += cls.__subclasses__()
+    also = {RunnerError: "any other error the runner stops on; the message says what to change (a crash's "
+                          "traceback exits 1 too)"}
+    more = {2: " Also: a command line that does not parse.", ProfileError.exit_code: " Also: a missing optional extra."}
+    lines = ["exit codes:", "  0    done"]
+    for cls in sorted(classes, key=lambda c: (c.exit_code, c.__name__)):
+        what = also.get(cls) or (cls.__doc__ or cls.__name__).strip().split(". ")[0].rstrip(".") + "."
+        lines.append(f"  {cls.exit_code:<4} {cls.__name__}: {what}{more.get(cls.exit_code, '')}")
+    ends = [(128 + stop, f"interrupted by {signal.Signals(stop).name}: finished stages are kept; run the same command "
+                         "again to go on") for stop in STOPS]
+    ends.append((141, "the reader of the output went away (`runner plan SPEC | head`)"))
+    lines += [f"  {code:<4} {what}" for code, what in sorted(ends)]
+    return "\n".join(lines)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="runner", description="Declarative QLoRA fine-tuning runner.")
+    parser = argparse.ArgumentParser(prog="runner", description="Declarative QLoRA fine-tuning runner.",
+                                     epilog=exit_codes(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="print tracebacks")
+    parser.add_argument("--version", action="version", version=f"runner {version()}",
+                        help="print the runner's version and exit")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     def command(name: str, func, help: str, spec: bool = True) -> argparse.ArgumentParser:  # type: ignore[no-untyped-def]
         p = sub.add_parser(name, help=help, description=help)
-        p.set_defaults(command=func)
+        p.set_defaults(command=func, name=name)
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="print tracebacks")
         if spec:
             p.add_argument("spec", type=Path, help="the spec YAML file")
         return p
 
-    command("validate", cmd_validate, "check a spec against the schema and the cross-field rules")
-    for name, func, text in (("plan", cmd_plan, "show each stage's key and whether it is cached or must run, and why"),
+    for name, func, text in (("validate", cmd_validate, "check a spec against the schema and the cross-field rules"),
+                             ("plan", cmd_plan, "show each stage's key and whether it is cached or must run, and why"),
                              ("run", cmd_run, "run every stage that is not cached")):
         p = command(name, func, text)
+        p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
+                       help="set a spec field as if the YAML said it, e.g. --set train.epochs=1 (repeatable; "
+                            "recorded in the run record)")
+        if name == "validate":
+            continue
         p.add_argument("--store", type=Path, default=Path(os.environ.get("RUNNER_STORE", "artifacts")),
                        help="artifact store folder (default: ./artifacts, or $RUNNER_STORE)")
         p.add_argument("--force", action="append", default=[], choices=STAGE_NAMES, metavar="STAGE",
@@ -73,7 +157,7 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--store", type=Path, default=Path(os.environ.get("RUNNER_STORE", "artifacts")),
                      help="artifact store folder (default: ./artifacts, or $RUNNER_STORE)")
     srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
-    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
     srv.add_argument("--engine", choices=("runner", "vllm"), default="runner",
                      help="runner (built in) or vllm (a `vllm serve` subprocess; CUDA with vllm installed)")
     srv.add_argument("--api-key", default=os.environ.get("RUNNER_API_KEY"),
@@ -110,16 +194,10 @@ def _sweep_commands(command) -> None:  # type: ignore[no-untyped-def]
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from runner.spec import load_spec
+    from runner import api
 
-    print(valid_line(args.spec, load_spec(args.spec)))
+    print(valid_line(args.spec, api.validate(args.spec, args.set)))
     return 0
-
-
-def profile_line(profile: Any) -> str:
-    """The profile in one line, as `plan` prints it (the server's /v1/specs/plan says the same)."""
-    return (f"{profile.device} {profile.dtype}, quantization {profile.quantization}, "
-            f"micro-batch {profile.micro_batch_size} x {profile.gradient_accumulation}")
 
 
 def valid_line(source: object, spec: Any) -> str:
@@ -134,17 +212,13 @@ def valid_line(source: object, spec: Any) -> str:
 def cmd_plan(args: argparse.Namespace) -> int:
     from runner import api
 
-    planned = api.plan(args.spec, args.store, args.force, args.verify)
-    profile = planned.profile
-    print(f"profile: {profile_line(profile)}{_sharing(profile)}")
-    for reason in profile.reasons:
-        print(f"  - {reason}")
-    print("\n".join(planned.lines))
+    print(api.plan(args.spec, args.store, args.force, args.verify, args.set).summary())
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     if args.image:  # the same command inside a container; this process never imports torch
+        require_extra("docker", "runner run --image")
         from runner.docker import run_in_image
 
         return run_in_image(args)
@@ -152,7 +226,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from runner.summary import print_summary
 
     signals.install()
-    result = api.run(args.spec, args.store, args.only, args.force, args.verify, again=args.push)
+    result = api.run(args.spec, args.store, args.only, args.force, args.verify, again=args.push, sets=args.set)
     print_summary(result.outcomes, result.record, result.seconds)
     return 0
 
@@ -202,6 +276,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"error: --host {args.host} listens beyond this machine: set --api-key (or RUNNER_API_KEY)",
               file=sys.stderr)
         return 2
+    require_extra("serve", "runner serve")
     from runner.serve.app import serve
 
     return serve(args.store, args.host, args.port, args.api_key, args.engine)
@@ -224,15 +299,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     profile = resolve_profile(load_spec(spec_path), probe)
     print(f"profile for {spec_path}: {profile.device} {profile.dtype}, quantization {profile.quantization}, "
           f"optimizer {profile.optimizer}, micro-batch {profile.micro_batch_size} x {profile.gradient_accumulation}"
-          f"{_sharing(profile)}")
+          f"{sharing(profile)}")
     for reason in profile.reasons:
         print(f"  - {reason}")
     return 0
-
-
-def _sharing(profile: Any) -> str:
-    """The processes and, on CPU, the threads each trains on (the count is in the keys there)."""
-    threads = f", {profile.threads} CPU thread{'s' if profile.threads != 1 else ''}" if profile.device == "cpu" else ""
-    if profile.processes == 1:
-        return threads
-    return f" x {profile.processes} processes ({profile.distributed.upper()}){threads}"

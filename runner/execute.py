@@ -46,13 +46,14 @@ class Options:
     force: frozenset[str] = frozenset()
     verify: bool = False  # rehash every file of a cached artifact before trusting it
     again: bool = False  # repeat side effects (a push) an earlier run already did for the same output
+    sets: tuple[str, ...] = ()  # the command line's `--set PATH=VALUE`s, already in `spec`: for the record
 
 
 def run_spec(spec: Spec, spec_path: Path, profile: Profile, store: Store, log: Callable[[str], None],
              options: Options = Options()) -> tuple[list[Outcome], Path]:
     """Run every stage not already in the store. Returns what happened per stage and the record path."""
     previous = latest_record(store.root, spec_path)
-    record, record_path = new_record(store.root, spec_path, spec.as_dict(), asdict(profile))
+    record, record_path = new_record(store.root, spec_path, spec.as_dict(), asdict(profile), options.sets)
     save_record(record, record_path)
     done: dict[str, Manifest] = {}
     outcomes: list[Outcome] = []

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -32,6 +33,7 @@ class RunRecord:
     git_commit: str | None = None
     gates: dict[str, Any] = field(default_factory=dict)  # what each stage's gate found (contamination: per benchmark)
     side_effects: dict[str, Any] = field(default_factory=dict)  # what the run did outside the store (a push)
+    sets: list[str] = field(default_factory=list)  # `--set PATH=VALUE` as given (`spec` holds their result)
 
     def stage(self, name: str) -> dict[str, Any] | None:
         return next((s for s in self.stages if s["stage"] == name), None)
@@ -41,8 +43,9 @@ def runs_dir(store_root: Path) -> Path:
     return store_root / "runs"
 
 
-def new_record(store_root: Path, spec_path: Path, spec: dict[str, Any], profile: dict[str, Any]) -> tuple[RunRecord, Path]:
-    record = RunRecord(spec_path=str(spec_path.resolve()), spec=spec, profile=profile,
+def new_record(store_root: Path, spec_path: Path, spec: dict[str, Any], profile: dict[str, Any],
+               sets: Sequence[str] = ()) -> tuple[RunRecord, Path]:
+    record = RunRecord(spec_path=str(spec_path.resolve()), spec=spec, profile=profile, sets=list(sets),
                        versions=library_versions(), git_commit=git_commit(spec_path.resolve().parent))
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(record.started))
     name = "".join(c if c.isalnum() or c in "-_" else "_" for c in str(spec.get("name", "run")))[:40]

@@ -70,7 +70,7 @@ from runner.sections import (
 from runner.sections import (
     UnquantizedTolerance as UnquantizedTolerance,
 )
-from runner.yamlpos import decode_spec, format_path, read_spec
+from runner.yamlpos import Positions, decode_spec, format_path, read_spec
 
 
 @dataclass(frozen=True)
@@ -210,6 +210,11 @@ MAX_SPEC_BYTES = 2**20  # PyYAML reads ~1 MiB/s of plain text: a larger spec is 
 def load_spec(path: str | Path) -> Spec:
     """Read, validate and type a spec file. Raises SpecError listing every problem at once."""
     path = Path(path)
+    return parse_spec(read_spec_file(path), source=str(path), base_dir=path.resolve().parent)
+
+
+def read_spec_file(path: Path) -> str:
+    """The spec file's text: there, not too big, UTF-8; else one line saying which."""
     if not path.is_file():
         raise SpecError([f"{path}: no such spec file"])
     try:
@@ -218,7 +223,7 @@ def load_spec(path: str | Path) -> Spec:
         raw = path.read_bytes()
     except OSError as exc:
         raise SpecError([f"{path}: cannot read the spec: {exc.strerror or exc}"]) from None
-    return parse_spec(decode_spec(raw, str(path)), source=str(path), base_dir=path.resolve().parent)
+    return decode_spec(raw, str(path))
 
 
 def _check_size(size: int, source: str) -> None:
@@ -230,6 +235,12 @@ def _check_size(size: int, source: str) -> None:
 def parse_spec(text: str, source: str = "<spec>", base_dir: Path | str = ".") -> Spec:
     _check_size(len(text.encode("utf-8", "surrogatepass")), source)
     doc, positions = read_spec(text, source)
+    return spec_of_doc(doc, positions, source, base_dir)
+
+
+def spec_of_doc(doc: Any, positions: Positions, source: str, base_dir: Path | str) -> Spec:
+    """The typed spec of a document read by `read_spec` (and perhaps changed since: `--set`), every
+    problem at once, each at its position in `source`."""
     if not isinstance(doc, dict) and not positions.problems:
         raise SpecError([f"{source}: a spec is a YAML mapping with at least `model` and `data`"])
     found = [(p, ln, col, "duplicate key, the later one would win") for p, ln, col in positions.duplicates]

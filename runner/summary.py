@@ -1,13 +1,15 @@
-"""The few lines printed at the end of `runner run`: what ran, what was reused, loss, accuracy, where."""
+"""The few lines printed at the end of `runner run` (what ran, what was reused, loss, accuracy, where)
+and by `runner plan` (the profile, then each stage). The Python API's results show the same."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from runner.execute import Outcome
+if TYPE_CHECKING:  # light: `runner --help` and `plan` import this module
+    from runner.execute import Outcome
 
 
 def _read(path: Path | None, name: str) -> dict[str, Any] | None:
@@ -108,3 +110,23 @@ def _loss(value: float | None) -> str:
 
 def print_summary(outcomes: Sequence[Outcome], record_path: Path, seconds: float) -> None:
     print("\n".join(summary_lines(outcomes, record_path, seconds)), flush=True)
+
+
+def profile_line(profile: Any) -> str:
+    """The profile in one line, as `plan` prints it (the server's /v1/specs/plan says the same)."""
+    return (f"{profile.device} {profile.dtype}, quantization {profile.quantization}, "
+            f"micro-batch {profile.micro_batch_size} x {profile.gradient_accumulation}")
+
+
+def sharing(profile: Any) -> str:
+    """The processes and, on CPU, the threads each trains on (the count is in the keys there)."""
+    threads = f", {profile.threads} CPU thread{'s' if profile.threads != 1 else ''}" if profile.device == "cpu" else ""
+    if profile.processes == 1:
+        return threads
+    return f" x {profile.processes} processes ({profile.distributed.upper()}){threads}"
+
+
+def plan_lines(profile: Any, steps: Sequence[str]) -> list[str]:
+    """What `runner plan` prints: the profile and why, then a line per stage and the estimates."""
+    return [f"profile: {profile_line(profile)}{sharing(profile)}", *(f"  - {reason}" for reason in profile.reasons),
+            *steps]

@@ -13,6 +13,7 @@ import hashlib
 import itertools
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,13 +67,32 @@ def parse_setting(text: str) -> Setting:
     return Setting(path, tuple(values))
 
 
-def parse_path(text: str, what: str) -> Path_:
-    """`eval.benchmarks.0.limit` -> ('eval', 'benchmarks', 0, 'limit'), checked against the schema."""
+def parse_override(text: str) -> tuple[Path_, Any]:
+    """`train.epochs=1` (one value: `runner run/plan/validate --set`) -> (path, value), typed and checked
+    by the same rules as a sweep's `--set`; a wrong field or value is one line naming it."""
+    where, sep, raw = text.partition("=")
+    if not sep or not where.strip() or not raw.strip():
+        raise SpecError([f"--set {clip(text, 60)}: write PATH=VALUE, e.g. --set train.epochs=1"])
+    path = parse_path(where.strip(), f"--set {where.strip()}", named=True)
+    what = f"--set {dotted(path)}={clip(raw.strip(), 40)}"
+    value = read_value(raw.strip(), what)
+    try:
+        check_value(path, value, what)
+    except SpecError as exc:
+        if len(split_values(raw)) > 1 and not isinstance(value, list):  # a sweep's grid written on run
+            raise SpecError([f"{exc.problems[0]}; one value per --set (a grid of values is `runner sweep --set`)"]) from None
+        raise
+    return path, value
+
+
+def parse_path(text: str, what: str, named: bool = False) -> Path_:
+    """`eval.benchmarks.0.limit` -> ('eval', 'benchmarks', 0, 'limit'), checked against the schema.
+    `named`: `name` and `description` may be set (a run's, not a sweep's variants, which it names)."""
     parts: list[str | int] = [int(p) if p.isdigit() else p for p in text.split(".")]
     if any(p == "" for p in parts):
         raise SpecError([f"{what}: not a dotted field path such as lora.r"])
     path = tuple(parts)
-    if path[0] in ("name", "description"):
+    if path[0] in ("name", "description") and not named:
         raise SpecError([f"{what}: variants are named by the sweep; set a field that changes a result"])
     found, depth, choices = field_schema(path)
     if found is None:
@@ -196,14 +216,22 @@ def read_variants(path: Path, base_name: str) -> list[Variant]:
 def variant_doc(base: dict[str, Any], variant: Variant, spec_dir: Path) -> dict[str, Any]:
     """The base spec's document with the variant's fields set, its name, and its local paths absolute
     (the variant's file lives elsewhere; paths enter no key, so the keys stay those of the base)."""
-    doc = copy.deepcopy(base)
+    doc = set_fields(base, variant.overrides, f"variant {variant.label}")
     doc["name"] = variant.name
-    for path, value in variant.overrides:
+    out: dict[str, Any] = absolute_paths(doc, spec_dir)
+    return out
+
+
+def set_fields(base: dict[str, Any], overrides: Iterable[tuple[Path_, Any]], what: str) -> dict[str, Any]:
+    """A copy of the spec document `base` with each (path, value) set, as if the YAML said it; a list
+    item the spec does not have is an error naming `what` set it (a variant, a --set)."""
+    doc = copy.deepcopy(base)
+    for path, value in overrides:
         node: Any = doc
         for i, part in enumerate(path[:-1]):
             if isinstance(part, int):
                 if not isinstance(node, list) or part >= len(node):
-                    raise SpecError([f"variant {variant.label}: {dotted(path[: i + 1])}: the spec has no such item "
+                    raise SpecError([f"{what}: {dotted(path[: i + 1])}: the spec has no such item "
                                       f"(it lists {len(node) if isinstance(node, list) else 0})"])
                 node = node[part]
             else:
@@ -211,11 +239,10 @@ def variant_doc(base: dict[str, Any], variant: Variant, spec_dir: Path) -> dict[
                     node[part] = {}  # a section the base spec leaves out (or sets to null)
                 node = node[part]
         if isinstance(path[-1], int) and (not isinstance(node, list) or path[-1] >= len(node)):
-            raise SpecError([f"variant {variant.label}: {dotted(path)}: the spec has no such item "
+            raise SpecError([f"{what}: {dotted(path)}: the spec has no such item "
                              f"(it lists {len(node) if isinstance(node, list) else 0})"])
         node[path[-1]] = value
-    out: dict[str, Any] = absolute_paths(doc, spec_dir)
-    return out
+    return doc
 
 
 def absolute_paths(doc: Any, spec_dir: Path, path: Path_ = ()) -> Any:
