@@ -125,6 +125,30 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("spec", type=Path, help="the spec YAML file")
         return p
 
+    _spec_commands(command)
+    gc = command("gc", cmd_gc, "remove artifacts that no run record refers to", spec=False)
+    gc.add_argument("--store", type=Path, default=Path(os.environ.get("RUNNER_STORE", "artifacts")),
+                    help="artifact store folder (default: ./artifacts, or $RUNNER_STORE)")
+    gc.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
+    srv = command("serve", cmd_serve, "serve the store's models and adapters over an OpenAI-compatible API",
+                  spec=False)
+    srv.add_argument("--store", type=Path, default=Path(os.environ.get("RUNNER_STORE", "artifacts")),
+                     help="artifact store folder (default: ./artifacts, or $RUNNER_STORE)")
+    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    srv.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
+    srv.add_argument("--engine", choices=("runner", "vllm"), default="runner",
+                     help="runner (built in) or vllm (a `vllm serve` subprocess; CUDA with vllm installed)")
+    srv.add_argument("--api-key", default=os.environ.get("RUNNER_API_KEY"),
+                     help="require `Authorization: Bearer KEY` on every route (default: $RUNNER_API_KEY); "
+                          "needed for any host but loopback")
+    _sweep_commands(command)
+    command("profile", cmd_profile, "show this machine and the profile a spec would get", spec=False).add_argument(
+        "spec", type=Path, nargs="?", help="spec to resolve the profile for (default: specs/smoke.yaml settings)")
+    return parser
+
+
+def _spec_commands(command) -> None:  # type: ignore[no-untyped-def]
+    """validate, plan, run: a spec, and --set on each, so what is planned is what runs."""
     for name, func, text in (("validate", cmd_validate, "check a spec against the schema and the cross-field rules"),
                              ("plan", cmd_plan, "show each stage's key and whether it is cached or must run, and why"),
                              ("run", cmd_run, "run every stage that is not cached")):
@@ -148,25 +172,6 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--image", choices=("cpu", "cuda", "auto"),
                            help="run inside the CPU or CUDA container image (built when missing; "
                                 "auto: cuda when an NVIDIA GPU is present)")
-    gc = command("gc", cmd_gc, "remove artifacts that no run record refers to", spec=False)
-    gc.add_argument("--store", type=Path, default=Path(os.environ.get("RUNNER_STORE", "artifacts")),
-                    help="artifact store folder (default: ./artifacts, or $RUNNER_STORE)")
-    gc.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
-    srv = command("serve", cmd_serve, "serve the store's models and adapters over an OpenAI-compatible API",
-                  spec=False)
-    srv.add_argument("--store", type=Path, default=Path(os.environ.get("RUNNER_STORE", "artifacts")),
-                     help="artifact store folder (default: ./artifacts, or $RUNNER_STORE)")
-    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
-    srv.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
-    srv.add_argument("--engine", choices=("runner", "vllm"), default="runner",
-                     help="runner (built in) or vllm (a `vllm serve` subprocess; CUDA with vllm installed)")
-    srv.add_argument("--api-key", default=os.environ.get("RUNNER_API_KEY"),
-                     help="require `Authorization: Bearer KEY` on every route (default: $RUNNER_API_KEY); "
-                          "needed for any host but loopback")
-    _sweep_commands(command)
-    command("profile", cmd_profile, "show this machine and the profile a spec would get", spec=False).add_argument(
-        "spec", type=Path, nargs="?", help="spec to resolve the profile for (default: specs/smoke.yaml settings)")
-    return parser
 
 
 def _sweep_commands(command) -> None:  # type: ignore[no-untyped-def]

@@ -114,3 +114,32 @@ def test_batched_generation_writes_what_one_question_at_a_time_writes(tiny: Tiny
     batched = generate_batch(model, tok, prompts, 6, batch_size=6)
     alone = [generate_batch(model, tok, [p], 6, batch_size=1)[0] for p in prompts]
     assert batched == alone and all(batched)
+
+
+FREE_ONLY = """eval:
+  benchmarks:
+    - {{name: demo-qa, format: qa, path: {demo}/medmc_test.jsonl, limit: 4}}
+    - {{name: seen-qa, format: qa, path: {demo}/medmc_train.jsonl, limit: 3}}
+  generation: {{max_new_tokens: 8}}
+  batch_size: 4
+"""
+
+
+def test_a_free_text_only_report_shows_sample_answers_and_the_contamination_finding(tiny: Tiny) -> None:
+    spec = tiny.folder / "free-only.yaml"
+    spec.write_text(tiny.spec.read_text().split("eval:")[0] + FREE_ONLY.format(demo=DEMO))
+    done = runner("run", str(spec), "--store", str(tiny.store))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "ran eval; reused model, data, train, export" in done.stdout
+    folder = Path(re.findall(r"^\s+eval\s+(\S+)$", done.stdout, re.MULTILINE)[0])
+    md = (folder / "report.md").read_text()
+    assert "No multiple-choice benchmarks" not in md and "the free-text scores follow" in md
+    assert "## Sample answers" in md and "### demo-qa (free text, the first 3)" in md and "### seen-qa (free text" in md
+    assert "| question | reference | base | fine-tuned |" in md
+    first = json.loads((folder / "free_text.jsonl").read_text().splitlines()[0])
+    assert first["reference"] in md
+    assert "## Benchmark questions in the training data" in md
+    assert re.search(r"^\| seen-qa \| 3 \| \d+ \| \d+ \| [\d.]+% \|", md, re.MULTILINE), md
+    page = (folder / "report.html").read_text()
+    assert "<h2>Sample answers</h2>" in page and "<h2>Benchmark questions in the training data</h2>" in page
+    assert "<th>free-text benchmark</th>" in page

@@ -147,7 +147,7 @@ def _evaluate(ctx: StageContext) -> None:
     labels = ("base", "tuned") if spec.eval.compare_base else ("tuned",)
     results: dict[str, Any] = {}
     train_texts: list[str] = []
-    if spec.eval.contamination.check and loaded.choice:
+    if spec.eval.contamination.check and (loaded.choice or loaded.free):
         train_texts, _ = training_texts_of(spec, ("train",))
     with open(ctx.out / "predictions.jsonl", "w", encoding="utf-8") as preds_file:
         for bench in (b for b in spec.eval.benchmarks if b.name in loaded.choice):
@@ -166,16 +166,18 @@ def _evaluate(ctx: StageContext) -> None:
                                     for b in spec.eval.benchmarks if b.name in loaded.free}
     if spec.eval.perplexity is not None:
         metrics["perplexity"] = corpus_perplexity(ctx, model, tok, loaded.corpus, labels)
-    _finish(ctx, metrics, answers)
+    _finish(ctx, metrics, answers, loaded, train_texts)
 
 
-def _finish(ctx: StageContext, metrics: dict[str, Any], answers: list[dict[str, Any]]) -> None:
-    """metrics.json, the report, and the trackers the spec names (a side effect, after the outputs)."""
+def _finish(ctx: StageContext, metrics: dict[str, Any], answers: list[dict[str, Any]], loaded: Loaded,
+            train_texts: list[str]) -> None:
+    """metrics.json, the report (it also shows sample answers and the free-text benchmarks' contamination:
+    prose, out of the digest), and the trackers the spec names (a side effect, after the outputs)."""
     from runner.stages.eval.report import write_report
     from runner.stages.train.trackers import log_eval
 
     (ctx.out / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True), "utf-8")
-    write_report(ctx, metrics, answers)
+    write_report(ctx, metrics, answers, loaded, train_texts)
     log_eval(ctx, metrics)
 
 

@@ -11,7 +11,8 @@ import base64
 import html
 import json
 import shutil
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,19 @@ class Inputs:
     artifacts: dict[str, str]  # stage -> folder
     pictures: dict[str, str]  # name -> file name beside the report
     parity: dict[str, Any] | None = None  # the export's parity.json, when it converted to GGUF
+    samples: dict[str, dict[str, Any]] = field(default_factory=dict)  # benchmark -> {kind, rows}: sample answers
+    free_contamination: dict[str, Any] = field(default_factory=dict)  # free-text benchmark -> what was found
 
 
-def write_report(ctx: StageContext, metrics: dict[str, Any], answers: list[dict[str, Any]]) -> None:
+SAMPLES = 3  # questions per benchmark shown with both models' answers: enough to see what each writes
+
+
+def write_report(ctx: StageContext, metrics: dict[str, Any], answers: list[dict[str, Any]], loaded: Any = None,
+                 train_texts: Sequence[str] = ()) -> None:
+    """report.md and report.html in the stage's folder, from metrics.json's figures, the answers in
+    predictions.jsonl and free_text.jsonl (written before), and `loaded`: the questions the stage read."""
+    from runner.stages.eval.reportmetrics import free_text_contamination
+
     pictures = {}
     train = ctx.upstream.get("train")
     if train is not None and (train / "loss.png").is_file():
@@ -50,7 +61,10 @@ def write_report(ctx: StageContext, metrics: dict[str, Any], answers: list[dict[
                     model_info=_json(ctx.upstream["model"] / "model.json") or {},
                     train_summary=_json(train / "summary.json") if train is not None else None,
                     artifacts={stage: str(path) for stage, path in ctx.upstream.items()}, pictures=pictures,
-                    parity=_json(ctx.upstream["export"] / "parity.json") if "export" in ctx.upstream else None)
+                    parity=_json(ctx.upstream["export"] / "parity.json") if "export" in ctx.upstream else None,
+                    samples=sample_answers(ctx.out, loaded) if loaded is not None else {},
+                    free_contamination=free_text_contamination(ctx.spec, _jsonl(ctx.out / "free_text.jsonl"), train_texts)
+                    if ctx.spec.eval.contamination.check and metrics.get("free_text") else {})
     doc = document(inputs)
     (ctx.out / "report.md").write_text(to_markdown(doc), "utf-8")
     (ctx.out / "report.html").write_text(to_html(doc, ctx.out), "utf-8")
@@ -58,6 +72,43 @@ def write_report(ctx: StageContext, metrics: dict[str, Any], answers: list[dict[
 
 def _json(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text("utf-8")) if path.is_file() else None
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text("utf-8").splitlines()] if path.is_file() else []
+
+
+def sample_answers(folder: Path, loaded: Any, per_benchmark: int = SAMPLES) -> dict[str, dict[str, Any]]:
+    """The first questions of each benchmark, with the answer and what each model answered: for a
+    multiple-choice one the choice it scored highest (and the text it wrote, when generative), for a
+    free-text one its answer. Read back from what the stage wrote, in the spec's benchmark order."""
+    out: dict[str, dict[str, Any]] = {}
+    for row in _jsonl(folder / "predictions.jsonl"):
+        items = loaded.choice.get(row["benchmark"], ([],))[0]
+        if row["index"] >= per_benchmark or row["index"] >= len(items):
+            continue
+        item = items[row["index"]]
+        shown = out.setdefault(row["benchmark"], {"kind": "choice", "rows": []})
+        shown["rows"].append({"question": _question(item.prompt), "reference": item.choices[item.answer],
+                              **{label: _picked(item, row, label) for label in ("base", "tuned") if label in row}})
+    for row in _jsonl(folder / "free_text.jsonl"):
+        if row["index"] < per_benchmark:
+            shown = out.setdefault(row["benchmark"], {"kind": "free text", "rows": []})
+            shown["rows"].append({"question": _question(row["prompt"]), "reference": row["reference"],
+                                  **{label: row[label] for label in ("base", "tuned") if label in row}})
+    return out
+
+
+def _question(prompt: str, limit: int = 400) -> str:
+    text = prompt.strip().removesuffix("Answer:").strip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _picked(item: Any, row: dict[str, Any], label: str) -> str:
+    mark = "right" if row[label] == item.answer else "wrong"
+    wrote = row.get(f"{label}_generated")
+    first = next((line.strip() for line in (wrote or "").splitlines() if line.strip()), "")
+    return f"{item.choices[row[label]]} ({mark})" + (f"; wrote: {_question(first, 80)!r}" if wrote is not None else "")
 
 
 def plot_accuracy(benchmarks: dict[str, Any], path: Path) -> None:

@@ -55,7 +55,8 @@ def document(inputs: Any) -> Doc:
     from runner.stages.eval import reportmetrics as clinical
 
     sections = [results(inputs), groups(inputs), clinical.calibration(inputs), clinical.free_text(inputs),
-                clinical.perplexity(inputs), contamination(inputs), training(inputs), parity(inputs), generations(inputs),
+                clinical.perplexity(inputs), contamination(inputs), training(inputs), parity(inputs), samples(inputs),
+                generations(inputs),
                 spec_summary(inputs), profile(inputs), artifacts(inputs)]
     return Doc(f"{spec.name}: evaluation report", [s for s in sections if s.blocks])
 
@@ -69,7 +70,10 @@ def results(inputs: Any) -> Section:
         s.blocks.append(("note", "The base model is a **random-initialised demo model**: it knows no medicine. "
                                  "These numbers show the machinery working, not clinical ability."))
     if not metrics["benchmarks"]:
-        s.blocks.append(("p", "No multiple-choice benchmarks in the spec (`eval.benchmarks`)."))
+        scored = [what for what, there in (("free-text scores", metrics.get("free_text")),
+                                          ("perplexity", metrics.get("perplexity"))) if there]
+        s.blocks.append(("p", "No multiple-choice benchmark in the spec (`eval.benchmarks`)"
+                              + (f": the {' and '.join(scored)} follow." if scored else ".")))
         return s
     rows = []
     for name, r in metrics["benchmarks"].items():
@@ -122,17 +126,27 @@ def groups(inputs: Any) -> Section:
 def contamination(inputs: Any) -> Section:
     s = Section("Benchmark questions in the training data")
     checked = {name: r["contamination"] for name, r in inputs.metrics["benchmarks"].items() if "contamination" in r}
-    if not checked:
+    free = getattr(inputs, "free_contamination", None) or {}
+    if not checked and not free:
         return s
-    similarity = next(iter(checked.values()))["similarity"]
-    rows = []
-    for name, c in checked.items():
-        n = inputs.metrics["benchmarks"][name]["tuned"]["n"]
-        clean = c["clean"]
-        rows.append([name, str(n), str(c["exact"]), str(c["near"]), pct((c["exact"] + c["near"]) / n if n else None),
-                     with_ci(clean.get("base")), with_ci(clean["tuned"])])
-    s.blocks.append(("table", ["benchmark", "n", "exact copies", f"near duplicates (>= {similarity:g})", "share",
-                               "base on the rest", "fine-tuned on the rest"], rows))
+    similarity = next(iter([*checked.values(), *free.values()]))["similarity"]
+    found = f"near duplicates (>= {similarity:g})"
+    if checked:
+        rows = []
+        for name, c in checked.items():
+            n = inputs.metrics["benchmarks"][name]["tuned"]["n"]
+            clean = c["clean"]
+            rows.append([name, str(n), str(c["exact"]), str(c["near"]), pct((c["exact"] + c["near"]) / n if n else None),
+                         with_ci(clean.get("base")), with_ci(clean["tuned"])])
+        s.blocks.append(("table", ["benchmark", "n", "exact copies", found, "share", "base on the rest",
+                                   "fine-tuned on the rest"], rows))
+    if free:
+        rows = [[name, str(c["n"]), str(c["exact"]), str(c["near"]), pct((c["exact"] + c["near"]) / c["n"] if c["n"] else None),
+                 *[_num(c["clean"][label]["rougeL"], 1) if label in c["clean"] else "-" for label in ("base", "tuned")]]
+                for name, c in free.items()]
+        s.blocks.append(("table", ["free-text benchmark", "n", "exact copies", found, "share", "ROUGE-L base on the rest",
+                                   "ROUGE-L fine-tuned on the rest"], rows))
+    checked |= free
     if any(c["exact"] + c["near"] for c in checked.values()):
         s.blocks.append(("note", "Some benchmark questions are in the training data (`data.train`): accuracy on them "
                                  "measures memory, not skill. The columns on the right leave them out."))
@@ -178,6 +192,25 @@ def parity(inputs: Any) -> Section:
                               "the adapter over its base (what this report scores)."))
         s.blocks.append(("table", ["form", "same prediction", "max log-likelihood difference", "accuracy",
                                    "same tokens (llama.cpp)"], rows))
+    return s
+
+
+def samples(inputs: Any) -> Section:
+    """The first questions of each benchmark and what each model answered, whatever the benchmark's kind."""
+    s = Section("Sample answers")
+    found = getattr(inputs, "samples", None) or {}
+    for name, shown in found.items():
+        rows = shown["rows"]
+        labels = [label for label in ("base", "tuned") if rows and label in rows[0]]
+        s.blocks.append(("h3", f"{name} ({shown['kind']}, the first {len(rows)})"))
+        s.blocks.append(("table", ["question", "answer" if shown["kind"] == "choice" else "reference",
+                                   *["base" if label == "base" else "fine-tuned" for label in labels]],
+                         [[r["question"], printable(r["reference"]), *[printable(r[label]) or "(empty)" for label in labels]]
+                          for r in rows]))
+    if found:
+        s.blocks.append(("p", "Multiple choice: the choice each model scored most likely (and, with "
+                              "`eval.generative`, the first line it wrote). Free text: each model's greedy answer. "
+                              "Every question is in `predictions.jsonl` and `free_text.jsonl`."))
     return s
 
 

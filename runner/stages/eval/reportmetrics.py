@@ -4,6 +4,7 @@ reliability diagram. Pure Python plus matplotlib."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,27 @@ def free_text(inputs: Any) -> Section:
                           "the references: ROUGE-L F1 (rouge-score, stemmed), mean over questions, x 100; corpus BLEU "
                           "(sacrebleu, default 13a tokenization). Every answer is in `free_text.jsonl`."))
     return s
+
+
+def free_text_contamination(spec: Any, rows: list[dict[str, Any]], train_texts: Sequence[str]) -> dict[str, Any]:
+    """Per free-text benchmark (its free_text.jsonl rows): questions found in the training data, as the
+    multiple-choice ones are counted, and each model's ROUGE-L on the others. For the report only."""
+    from runner.contamination import overlaps
+    from runner.stages.eval.freetext import score_texts
+
+    similarity = spec.eval.contamination.similarity
+    out: dict[str, Any] = {}
+    for name in dict.fromkeys(row["benchmark"] for row in rows):
+        mine = [row for row in rows if row["benchmark"] == name]
+        found = overlaps(train_texts, [row["prompt"] for row in mine], similarity)
+        seen = {o.item for o in found}
+        clean = [row for i, row in enumerate(mine) if i not in seen]
+        out[name] = {"n": len(mine), "exact": sum(o.similarity == 1.0 for o in found),
+                     "near": sum(o.similarity < 1.0 for o in found), "similarity": similarity,
+                     "clean": {label: {"n": len(clean), **score_texts([r[label] for r in clean],
+                                                                      [r["reference"] for r in clean])}
+                               for label in ("base", "tuned") if mine and label in mine[0] and clean}}
+    return out
 
 
 def perplexity(inputs: Any) -> Section:
