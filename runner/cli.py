@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.command(args) or 0)
     except (RunnerError, ModuleNotFoundError) as exc:
-        extra = missing_extra(exc, f"runner {args.name}")
+        extra = missing_extra(exc, f"runner {args.command.__name__.removeprefix('cmd_')}")
         if extra is None and not isinstance(exc, RunnerError):
             raise  # a module no extra brings: a broken install, and its traceback says which
         if args.debug:
@@ -54,7 +54,7 @@ def missing_extra(exc: BaseException, what: str) -> str | None:
             extra = next((name for name, modules in EXTRAS.items() if top in modules), None)
             if extra is not None:
                 return f"{what} needs the {extra} extra (no {top} here): pip install '{PACKAGE}[{extra}]'"
-        seen = seen.__cause__ or seen.__context__
+        seen = seen.__cause__  # `raise ... from`: what the error says it came from, not whatever was being handled
     return None
 
 
@@ -119,7 +119,7 @@ def _parser() -> argparse.ArgumentParser:
 
     def command(name: str, func, help: str, spec: bool = True) -> argparse.ArgumentParser:  # type: ignore[no-untyped-def]
         p = sub.add_parser(name, help=help, description=help)
-        p.set_defaults(command=func, name=name)
+        p.set_defaults(command=func)
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="print tracebacks")
         if spec:
             p.add_argument("spec", type=Path, help="the spec YAML file")

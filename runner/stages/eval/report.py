@@ -81,7 +81,8 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
 def sample_answers(folder: Path, loaded: Any, per_benchmark: int = SAMPLES) -> dict[str, dict[str, Any]]:
     """The first questions of each benchmark, with the answer and what each model answered: for a
     multiple-choice one the choice it scored highest (and the text it wrote, when generative), for a
-    free-text one its answer. Read back from what the stage wrote, in the spec's benchmark order."""
+    free-text one its answer. Read back from what the stage wrote: multiple choice first, each kind in the
+    spec's order."""
     out: dict[str, dict[str, Any]] = {}
     for row in _jsonl(folder / "predictions.jsonl"):
         items = loaded.choice.get(row["benchmark"], ([],))[0]
@@ -89,13 +90,13 @@ def sample_answers(folder: Path, loaded: Any, per_benchmark: int = SAMPLES) -> d
             continue
         item = items[row["index"]]
         shown = out.setdefault(row["benchmark"], {"kind": "choice", "rows": []})
-        shown["rows"].append({"question": _question(item.prompt), "reference": item.choices[item.answer],
-                              **{label: _picked(item, row, label) for label in ("base", "tuned") if label in row}})
+        answered: dict[str, str] = {label: _picked(item, row, label) for label in ("base", "tuned") if label in row}
+        shown["rows"].append({"question": _question(item.prompt), "reference": item.choices[item.answer], **answered})
     for row in _jsonl(folder / "free_text.jsonl"):
         if row["index"] < per_benchmark:
             shown = out.setdefault(row["benchmark"], {"kind": "free text", "rows": []})
-            shown["rows"].append({"question": _question(row["prompt"]), "reference": row["reference"],
-                                  **{label: row[label] for label in ("base", "tuned") if label in row}})
+            answered = {label: row[label] for label in ("base", "tuned") if label in row}
+            shown["rows"].append({"question": _question(row["prompt"]), "reference": row["reference"], **answered})
     return out
 
 
