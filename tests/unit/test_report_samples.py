@@ -60,6 +60,7 @@ def test_a_free_text_only_report_has_sample_answers_and_the_contamination_findin
     assert "## Benchmark questions in the training data" in md
     assert "| notes | 4 | 1 | 0 | 25.0% |" in md and "| 100.0 |" in md  # found, and ROUGE-L on the other three
     assert "Some benchmark questions are in the training data" in md
+    assert "every question is in `free_text.jsonl`" in md and "predictions.jsonl" not in md.split("## Sample")[1].split("## Spec")[0]
     page = to_html(document(inputs), tmp_path)
     assert "<h2>Sample answers</h2>" in page and "<td>base says 1</td>" in page
     assert "<h2>Benchmark questions in the training data</h2>" in page and "<th>free-text benchmark</th>" in page
@@ -71,7 +72,7 @@ def test_multiple_choice_samples_name_the_choice_and_whether_it_was_right(tmp_pa
     _write(tmp_path, "predictions.jsonl", [{"benchmark": "mc", "index": i, "answer": i % 2, "base": 0, "tuned": i % 2,
                                             "tuned_generated": "B. y\nmore", "base_generated": ""} for i in range(5)])
     found = sample_answers(tmp_path, SimpleNamespace(choice={"mc": (items, {})}))
-    assert found["mc"]["kind"] == "choice" and len(found["mc"]["rows"]) == 3
+    assert found["mc"]["kind"] == "multiple choice" and len(found["mc"]["rows"]) == 3
     second = found["mc"]["rows"][1]
     assert second == {"question": "Question: q1?\nA. x\nB. y", "reference": "B", "base": "A (wrong); wrote: ''",
                       "tuned": "B (right); wrote: 'B. y'"}

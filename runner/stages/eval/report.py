@@ -89,7 +89,7 @@ def sample_answers(folder: Path, loaded: Any, per_benchmark: int = SAMPLES) -> d
         if row["index"] >= per_benchmark or row["index"] >= len(items):
             continue
         item = items[row["index"]]
-        shown = out.setdefault(row["benchmark"], {"kind": "choice", "rows": []})
+        shown = out.setdefault(row["benchmark"], {"kind": "multiple choice", "rows": []})
         answered: dict[str, str] = {label: _picked(item, row, label) for label in ("base", "tuned") if label in row}
         shown["rows"].append({"question": _question(item.prompt), "reference": item.choices[item.answer], **answered})
     for row in _jsonl(folder / "free_text.jsonl"):

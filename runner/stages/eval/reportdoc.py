@@ -203,14 +203,16 @@ def samples(inputs: Any) -> Section:
         rows = shown["rows"]
         labels = [label for label in ("base", "tuned") if rows and label in rows[0]]
         s.blocks.append(("h3", f"{name} ({shown['kind']}, the first {len(rows)})"))
-        s.blocks.append(("table", ["question", "answer" if shown["kind"] == "choice" else "reference",
+        s.blocks.append(("table", ["question", "answer" if shown["kind"] == "multiple choice" else "reference",
                                    *["base" if label == "base" else "fine-tuned" for label in labels]],
                          [[r["question"], printable(r["reference"]), *[printable(r[label]) or "(empty)" for label in labels]]
                           for r in rows]))
-    if found:
-        s.blocks.append(("p", "Multiple choice: the choice each model scored most likely (and, with "
-                              "`eval.generative`, the first line it wrote). Free text: each model's greedy answer. "
-                              "Every question is in `predictions.jsonl` and `free_text.jsonl`."))
+    kinds = {shown["kind"] for shown in found.values()}
+    said = {"multiple choice": ("Multiple choice: the choice each model scored most likely (with `eval.generative`, "
+                                "and the first line it wrote); every question is in `predictions.jsonl`."),
+            "free text": "Free text: each model's greedy answer; every question is in `free_text.jsonl`."}
+    if kinds:
+        s.blocks.append(("p", " ".join(text for kind, text in said.items() if kind in kinds)))
     return s
 
 
