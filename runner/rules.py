@@ -38,7 +38,7 @@ def _model_problems(model: dict[str, Any], base_dir: Path) -> Problems:
 
 def _source_problems(doc: dict[str, Any], base_dir: Path) -> Problems:
     """Every training, validation and benchmark source: one of path or hub, and its files there."""
-    sources = _data_sources(doc["data"])
+    sources = data_sources(doc["data"])
     found = _mixture_problems(sources)
     sources += [(("eval", "benchmarks", i), b) for i, b in enumerate(doc["eval"]["benchmarks"])]
     for where, src in sources:
@@ -99,7 +99,7 @@ def _export_problems(doc: dict[str, Any]) -> Problems:
     return found
 
 
-def _data_sources(data: dict[str, Any]) -> list[tuple[tuple[Any, ...], Any]]:
+def data_sources(data: dict[str, Any]) -> list[tuple[tuple[Any, ...], Any]]:
     """(path in the document, source) of every training and validation source, in both forms."""
     out: list[tuple[tuple[Any, ...], Any]] = []
     for role in ("train", "validation"):
