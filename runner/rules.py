@@ -15,15 +15,18 @@ from runner.yamlpos import clip
 
 def cross_field_problems(doc: dict[str, Any], base_dir: Path) -> list[tuple[tuple[Any, ...], str]]:
     """Rules one schema property cannot express. Returns (path, message) pairs."""
-    return (_model_problems(doc["model"], base_dir) + _source_problems(doc, base_dir) + _eval_problems(doc, base_dir)
-            + _train_problems(doc) + _export_problems(doc))
+    return (_model_problems(doc["model"], base_dir, doc["data"]["chat_template"]) + _source_problems(doc, base_dir)
+            + _eval_problems(doc, base_dir) + _train_problems(doc) + _export_problems(doc))
 
 
 Problems = list[tuple[tuple[Any, ...], str]]
 
 
-def _model_problems(model: dict[str, Any], base_dir: Path) -> Problems:
+def _model_problems(model: dict[str, Any], base_dir: Path, preset: str | None) -> Problems:
     found: Problems = []
+    if model["chat_template"] is not None and preset is not None:
+        found.append((("data", "chat_template"), "give model.chat_template (a Jinja template) or data.chat_template "
+                                                  "(a preset), not both"))
     if model["source"] == "hub" and not model["id"]:
         found.append((("model", "id"), "required when source is hub, e.g. meta-llama/Llama-3.2-3B-Instruct"))
     if model["source"] == "local":

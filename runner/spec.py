@@ -134,6 +134,7 @@ class Data:
     format: Format = "multiple_choice"
     fields: Fields = field(default_factory=Fields)
     template: Literal["chat", "plain"] = "chat"
+    chat_template: Literal["llama3", "chatml", "qwen", "mistral", "gemma", "phi"] | None = None
     system_prompt: str | None = None
     max_length: int = 1024
     max_rows: int | None = None
