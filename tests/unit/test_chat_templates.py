@@ -116,5 +116,5 @@ def test_a_preset_and_a_template_of_ones_own_are_refused_together(tmp_path: Path
         parse_spec(text, source="s.yaml", base_dir=tmp_path)
     assert info.value.problems == ["data.chat_template: give model.chat_template (a Jinja template) or "
                                    "data.chat_template (a preset), not both (s.yaml:2:32)"]
-    with pytest.raises(SpecError, match=r"data.chat_template: 'vicuna' is not one of"):
+    with pytest.raises(SpecError, match=r'data.chat_template: must be one of "llama3", .*got string "vicuna"'):
         parse_spec(SPEC.replace("data: {", "data: {chat_template: vicuna, "), base_dir=tmp_path)
