@@ -225,20 +225,61 @@ def to_example(row: dict[str, Any], fmt: str, fields: Fields) -> Example:
     return _chat(row, fields)
 
 
+# Role names as the common chat layouts write them (OpenAI `role`, ShareGPT `from`), to the three
+# roles every chat template knows.
+ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant",
+         "chatgpt": "assistant", "bard": "assistant", "model": "assistant"}
+# Tool turns need a template and a data shape (calls, results) of their own: refused, each counted.
+TOOL_ROLES = ("tool", "function", "function_call", "observation", "ipython")
+
+
 def _chat(row: dict[str, Any], fields: Fields) -> Example:
-    messages = row.get(fields.messages)
+    """OpenAI rows (`messages`: [{role, content}]) and ShareGPT rows (`conversations`: [{from, value}]),
+    told apart per row by the key present; `fields.messages` names another key."""
+    key = next((k for k in (fields.messages, "messages", "conversations") if k in row), fields.messages)
+    messages = row.get(key)
     if not isinstance(messages, list) or not messages:
         raise Dropped(f"missing messages ({fields.messages})")
-    turns = []
-    for m in messages:
-        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant"):
-            raise Dropped("a message without role system/user/assistant")
-        if not isinstance(m.get("content"), str):
-            raise Dropped("a message without text content")
-        turns.append((m["role"], m["content"]))
+    turns = tuple(_turn(m) for m in messages)
     if not any(role == "assistant" for role, _ in turns):
         raise Dropped("no assistant message")
-    return Example(tuple(turns))
+    return Example(turns)
+
+
+def _turn(message: Any) -> tuple[str, str]:
+    if not isinstance(message, dict):
+        raise Dropped("a message that is not an object")
+    role_key, content_key = ("role", "content") if "role" in message else ("from", "value")
+    name = message.get(role_key)
+    if not isinstance(name, str) or not name:
+        raise Dropped("a message without a role (role or from)")
+    if name.lower() in TOOL_ROLES:
+        raise Dropped(f"a {name.lower()} turn: tool calls are not trained")
+    role = ROLES.get(name.lower())
+    if role is None:
+        raise Dropped(f"unknown role {name[:20]!r}")
+    content = message.get(content_key)
+    if isinstance(content, list):  # OpenAI content parts: text only
+        if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
+            raise Dropped("a message with non-text content parts")
+        content = "".join(p["text"] for p in content)
+    if not isinstance(content, str):
+        raise Dropped("a message without text content")
+    return role, content
+
+
+def scored_turns(example: Example) -> Example:
+    """A free-text benchmark's conversation up to its last assistant turn, which is the reference:
+    the prompt is every turn before it, with at least one user turn."""
+    last = max(i for i, (role, _) in enumerate(example.messages) if role == "assistant")
+    if not any(role == "user" for role, _ in example.messages[:last]):
+        raise Dropped("no user message before the last assistant message")
+    return Example(example.messages[: last + 1])
+
+
+def prompt_text(example: Example) -> str:
+    """The question a scored example asks: its last user turn before the reference."""
+    return next(text for role, text in reversed(example.messages[:-1]) if role == "user")
 
 
 def convert_rows(rows: Iterable[dict[str, Any] | Dropped], convert: Callable[[dict[str, Any]], T],

@@ -15,15 +15,18 @@ from runner.yamlpos import clip
 
 def cross_field_problems(doc: dict[str, Any], base_dir: Path) -> list[tuple[tuple[Any, ...], str]]:
     """Rules one schema property cannot express. Returns (path, message) pairs."""
-    return (_model_problems(doc["model"], base_dir) + _source_problems(doc, base_dir) + _eval_problems(doc, base_dir)
-            + _train_problems(doc) + _export_problems(doc))
+    return (_model_problems(doc["model"], base_dir, doc["data"]["chat_template"]) + _source_problems(doc, base_dir)
+            + _eval_problems(doc, base_dir) + _train_problems(doc) + _export_problems(doc))
 
 
 Problems = list[tuple[tuple[Any, ...], str]]
 
 
-def _model_problems(model: dict[str, Any], base_dir: Path) -> Problems:
+def _model_problems(model: dict[str, Any], base_dir: Path, preset: str | None) -> Problems:
     found: Problems = []
+    if model["chat_template"] is not None and preset is not None:
+        found.append((("data", "chat_template"), "give model.chat_template (a Jinja template) or data.chat_template "
+                                                  "(a preset), not both"))
     if model["source"] == "hub" and not model["id"]:
         found.append((("model", "id"), "required when source is hub, e.g. meta-llama/Llama-3.2-3B-Instruct"))
     if model["source"] == "local":
@@ -38,7 +41,7 @@ def _model_problems(model: dict[str, Any], base_dir: Path) -> Problems:
 
 def _source_problems(doc: dict[str, Any], base_dir: Path) -> Problems:
     """Every training, validation and benchmark source: one of path or hub, and its files there."""
-    sources = _data_sources(doc["data"])
+    sources = data_sources(doc["data"])
     found = _mixture_problems(sources)
     sources += [(("eval", "benchmarks", i), b) for i, b in enumerate(doc["eval"]["benchmarks"])]
     for where, src in sources:
@@ -99,7 +102,7 @@ def _export_problems(doc: dict[str, Any]) -> Problems:
     return found
 
 
-def _data_sources(data: dict[str, Any]) -> list[tuple[tuple[Any, ...], Any]]:
+def data_sources(data: dict[str, Any]) -> list[tuple[tuple[Any, ...], Any]]:
     """(path in the document, source) of every training and validation source, in both forms."""
     out: list[tuple[tuple[Any, ...], Any]] = []
     for role in ("train", "validation"):

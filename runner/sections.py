@@ -26,6 +26,7 @@ class Fields:
 
 
 Format = Literal["multiple_choice", "qa", "alpaca", "chat", "text"]
+FREE_TEXT = ("qa", "alpaca", "chat")  # benchmark formats answered in free text, scored by ROUGE-L and BLEU
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ class Export:
 @dataclass(frozen=True)
 class Benchmark:
     name: str
-    format: Literal["medqa", "medmcqa", "pubmedqa", "multiple_choice", "qa", "alpaca"] = "multiple_choice"
+    format: Literal["medqa", "medmcqa", "pubmedqa", "multiple_choice", "qa", "alpaca", "chat"] = "multiple_choice"
     path: str | None = None
     hub: str | None = None
     config: str | None = None

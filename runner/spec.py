@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from runner.errors import SpecError
+from runner.preview import row_problems
 from runner.rules import cross_field_problems
 from runner.schema import schema_errors, with_defaults
 from runner.sections import (
@@ -133,6 +134,7 @@ class Data:
     format: Format = "multiple_choice"
     fields: Fields = field(default_factory=Fields)
     template: Literal["chat", "plain"] = "chat"
+    chat_template: Literal["llama3", "chatml", "qwen", "mistral", "gemma", "phi"] | None = None
     system_prompt: str | None = None
     max_length: int = 1024
     max_rows: int | None = None
@@ -252,7 +254,8 @@ def spec_of_doc(doc: Any, positions: Positions, source: str, base_dir: Path | st
     if problems:
         raise SpecError(problems)
     full = with_defaults(doc)
-    found2 = sorted(cross_field_problems(full, Path(base_dir)), key=lambda p: (positions.locate(p[0]), p[1]))
+    found2 = cross_field_problems(full, Path(base_dir)) + row_problems(full, Path(base_dir), positions.marks.__contains__)
+    found2 = sorted(found2, key=lambda p: (positions.locate(p[0]), p[1]))
     problems = [f"{format_path(p)}: {msg} ({source}:{positions.where(p)})" for p, msg in found2]
     if problems:
         raise SpecError(problems)

@@ -115,7 +115,9 @@ def shutil_copy_model(tiny: Tiny, store: Path) -> None:
 def test_a_source_that_keeps_no_rows_stops_the_stage_naming_it(tiny: Tiny, tmp_path: Path) -> None:
     """Its weight would otherwise take a share from the others while it silently trains on nothing."""
     spec = _mixture_spec(tiny, tmp_path)
-    spec.write_text(spec.read_text().replace("format: qa, weight: 1", "format: multiple_choice, weight: 1"))
+    # Columns validate can see, values no row can use (validate reads only the columns of the first rows).
+    empty = [{"question": f"What treats deficiency number {i}?", "answer": " "} for i in range(31)]
+    (tmp_path / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in empty))
     done = runner("run", str(spec), "--store", str(tmp_path / "store"), "--only", "data")
     assert done.returncode != 0
     last = done.stderr.strip().splitlines()[-1]

@@ -9,7 +9,7 @@ import os
 import shutil
 from pathlib import Path
 
-from tests.integration.conftest import Tiny, only_artifact, runner
+from tests.integration.conftest import DEMO, Tiny, only_artifact, runner
 
 GOOD = {"question": "Which vitamin deficiency causes scurvy?", "options": {"A": "Vitamin C", "B": "Vitamin D",
         "C": "Vitamin K", "D": "Vitamin A"}, "answer_idx": "A"}
@@ -112,3 +112,87 @@ def test_medmcqa_json_lines_with_a_deep_and_a_non_utf8_line_trains_and_scores(ti
     assert stats["dropped"] == {"not UTF-8": 1, "not valid JSON (nested too deeply)": 1}
     scored = json.loads((only_artifact(store, "eval") / "metrics.json").read_text())["benchmarks"]["medmcqa"]
     assert scored["dropped"] == {"not UTF-8": 1, "not valid JSON (nested too deeply)": 1}
+
+
+def _sharegpt(row: dict[str, object], n: int) -> dict[str, object]:
+    options = row["options"]
+    assert isinstance(options, dict)
+    question = f"{row['question']}\n" + "\n".join(f"{k}. {v}" for k, v in options.items())
+    return {"id": f"demo-{n}", "conversations": [{"from": "system", "value": "Answer with the option."},
+                                                 {"from": "human", "value": question},
+                                                 {"from": "gpt", "value": f"{row['answer_idx']}. {row['answer']}"}]}
+
+
+def test_sharegpt_rows_train_and_a_chat_benchmark_is_scored(tiny: Tiny, tmp_path: Path) -> None:
+    demo = [json.loads(line) for line in (DEMO / "medmc_train.jsonl").read_text().splitlines()[:40]]
+    rows = [_sharegpt(r, n) for n, r in enumerate(demo)]
+    rows += [{"conversations": [{"from": "human", "value": "q"}, {"from": "narrator", "value": "x"},
+                                {"from": "gpt", "value": "a"}]},
+             {"conversations": [{"from": "human", "value": "q"}, {"from": "function_call", "value": "{}"},
+                                {"from": "gpt", "value": "a"}]}]
+    (tmp_path / "share.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    bench = [{"messages": [{"role": "user", "content": turn["conversations"][1]["value"]},  # type: ignore[index]
+                           {"role": "assistant", "content": turn["conversations"][2]["value"]}]}  # type: ignore[index]
+             for turn in rows[:4]]
+    (tmp_path / "chat-bench.jsonl").write_text("".join(json.dumps(r) + "\n" for r in bench))
+    text = tiny.spec.read_text().split("data:")[0] + f"""data:
+  train: {{path: {tmp_path / 'share.jsonl'}}}
+  format: chat
+  validation_fraction: 0.1
+  max_length: 256
+lora: {{r: 8, alpha: 16, dropout: 0.0}}
+train: {{epochs: 1, max_steps: 3, learning_rate: 3e-3, batch_size: 8}}
+eval:
+  benchmarks: [{{name: chat, format: chat, path: {tmp_path / 'chat-bench.jsonl'}}}]
+  generation: {{max_new_tokens: 6}}
+  contamination: {{check: false}}
+"""
+    spec = tmp_path / "chat.yaml"
+    spec.write_text(text)
+    done = runner("run", str(spec), "--store", str(tmp_path / "store"))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    stats = json.loads((only_artifact(tmp_path / "store", "data") / "stats.json").read_text())
+    assert stats["rows"]["train"] + stats["rows"]["validation"] == 40
+    assert stats["dropped"] == {"a function_call turn: tool calls are not trained": 1, "unknown role 'narrator'": 1}
+    metrics = json.loads((only_artifact(tmp_path / "store", "eval") / "metrics.json").read_text())
+    chat = metrics["free_text"]["chat"]
+    assert chat["format"] == "chat" and chat["n"] == 4
+    assert set(chat["tuned"]) == {"rougeL", "bleu"} and set(chat["base"]) == {"rougeL", "bleu"}
+
+
+def test_validate_names_a_column_no_row_has_before_any_stage(tiny: Tiny, tmp_path: Path) -> None:
+    (tmp_path / "rows.jsonl").write_text(json.dumps({"instruction": "i", "input": "", "output": "o"}) + "\n")
+    text = tiny.spec.read_text().split("data:")[0] + f"data:\n  train: {{path: {tmp_path / 'rows.jsonl'}}}\n" \
+                                                     "  format: alpaca\n  fields: {output: response}\n"
+    (tmp_path / "bad.yaml").write_text(text)
+    done = runner("validate", str(tmp_path / "bad.yaml"))
+    assert done.returncode == 2
+    assert "data.fields.output: no column 'response' in the first rows of" in done.stdout + done.stderr
+
+
+def test_every_preset_renders_in_transformers_as_in_the_unit_tests(tiny: Tiny) -> None:
+    from transformers import AutoTokenizer
+
+    from runner.templates import PRESETS
+    from tests.unit.test_chat_templates import CHAT, render
+
+    tok = AutoTokenizer.from_pretrained(str(tiny.artifacts["model"] / "tokenizer"))
+    for name, template in PRESETS.items():
+        tok.chat_template = template
+        for messages, generation in ((CHAT, False), (CHAT[:2], True)):
+            ours = render(template, messages, generation, tok.bos_token, tok.eos_token)
+            assert tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation) == ours, name
+
+
+def test_a_preset_is_the_template_the_model_stage_stores(tiny: Tiny, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from runner.templates import PRESETS
+
+    text = tiny.spec.read_text().replace("  template: plain\n", "  chat_template: chatml\n")
+    (tmp_path / "preset.yaml").write_text(text)
+    store = tmp_path / "store"
+    done = runner("run", str(tmp_path / "preset.yaml"), "--store", str(store), "--only", "model")
+    assert done.returncode == 0, done.stderr[-2000:]
+    tok = AutoTokenizer.from_pretrained(str(only_artifact(store, "model") / "tokenizer"))
+    assert tok.chat_template == PRESETS["chatml"]

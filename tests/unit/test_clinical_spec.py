@@ -16,7 +16,7 @@ data: {train: {path: train.jsonl}}
 
 
 def spec(tmp_path: Path, extra: str) -> object:
-    (tmp_path / "train.jsonl").write_text('{"question": "q?", "answer": "a"}\n')
+    (tmp_path / "train.jsonl").write_text('{"question": "q?", "answer": "a", "options": {"A": "a"}, "answer_idx": "A"}\n')
     (tmp_path / "corpus.txt").write_text("held-out text\n")
     return parse_spec(BASE + extra, source="s.yaml", base_dir=tmp_path)
 
@@ -52,7 +52,7 @@ def test_a_container_run_mounts_the_corpus_and_the_trackers_folder(tmp_path: Pat
     (tmp_path / "corpora").mkdir()
     (tmp_path / "corpora" / "med.txt").write_text("held-out text\n")
     (tmp_path / "specs").mkdir()
-    (tmp_path / "specs" / "train.jsonl").write_text('{"question": "q?", "answer": "a"}\n')
+    (tmp_path / "specs" / "train.jsonl").write_text('{"question": "q?", "answer": "a", "options": {"A": "a"}, "answer_idx": "A"}\n')
     (tmp_path / "specs" / "s.yaml").write_text(BASE + "eval: {perplexity: {path: ../corpora/med.txt}}\n"
                                                "logging: {report_to: [tensorboard], dir: ../logs}\n")
     volumes, _ = container_inputs(tmp_path / "specs" / "s.yaml", tmp_path / "store")

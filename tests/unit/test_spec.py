@@ -21,7 +21,7 @@ MINIMAL = "model: {source: init}\ndata: {train: {path: train.jsonl}}\n"
 
 @pytest.fixture()
 def folder(tmp_path: Path) -> Path:
-    (tmp_path / "train.jsonl").write_text('{"question": "q"}\n')
+    (tmp_path / "train.jsonl").write_text('{"question": "q", "options": {"A": "a", "B": "b"}, "answer_idx": "A"}\n')
     return tmp_path
 
 

@@ -36,7 +36,7 @@ LAUGHS = "l0: &l0 lol\n" + "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10
 
 @pytest.fixture()
 def folder(tmp_path: Path) -> Path:
-    (tmp_path / "train.jsonl").write_text('{"question": "q"}\n')
+    (tmp_path / "train.jsonl").write_text('{"question": "q", "options": {"A": "a"}, "answer_idx": "A"}\n')
     (tmp_path / "ids.txt").write_text("1\n")
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "config.json").write_text("{}")

@@ -65,8 +65,10 @@ def mixture_slice(spec: Spec) -> dict[str, Any]:
 
 
 def _fields_key(fields: Fields, fmt: str) -> dict[str, Any]:
-    """The fields that shape the rows; `text` only for a text source, so other keys stay as they were."""
-    return fields_slice(fields) | ({"text": fields.text} if fmt == "text" else {})
+    """The fields that shape the rows; `text` only for a text source, so other keys stay as they were. A chat
+    source also names its reader: ShareGPT rows and role names, once dropped, are read since it changed."""
+    extra = {"text": fields.text} if fmt == "text" else {"chat_rows": "openai+sharegpt"} if fmt == "chat" else {}
+    return fields_slice(fields) | extra
 
 
 def _source_slice(src: Source) -> dict[str, Any]:
@@ -98,18 +100,20 @@ def local_files(spec: Spec) -> dict[str, Path]:
 def run(ctx: StageContext) -> None:
     from runner.stages.data.building import ArrowRows, Tally, build_source, held_out
     from runner.stages.data.epochs import finish
-    from runner.stages.model.loading import load_tokenizer
+    from runner.stages.model.loading import load_tokenizer, require_chat_template
 
     spec = ctx.spec
     tok = load_tokenizer(ctx.upstream["model"])
     mixture = is_mixture(spec)
+    train_sources = resolved(spec, "train")
+    sources = train_sources + resolved(spec, "validation")
+    if spec.data.template == "chat" and any(src.format != "text" for src in sources):
+        require_chat_template(tok, "data")
     parts = ctx.out / ".parts"  # a mixture's tokenized sources, sampled into train.arrow, then removed
     parts.mkdir()
     validation = ArrowRows(ctx.out / "validation.arrow")
     train_direct = None if mixture else ArrowRows(ctx.out / "train.arrow")
     tallies: dict[str, Tally] = {}
-    train_sources = resolved(spec, "train")
-    sources = train_sources + resolved(spec, "validation")
     for src in sources:
         paths = local_paths(spec, src)
         split = src.role == "train" and spec.data.validation is None

@@ -47,7 +47,12 @@ def text_blocks(text: str, tok: Any, max_length: int) -> list[Row]:
 
 
 def _chat_ids(tok: Any, messages: list[dict[str, str]], generation_prompt: bool) -> list[int]:
-    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    from jinja2.exceptions import TemplateError
+
+    try:
+        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    except TemplateError as exc:  # the template's raise_exception: Gemma's and Mistral's want alternating turns
+        raise Dropped(f"refused by the chat template: {str(exc)[:80]}") from None
     ids: list[int] = tok(text, add_special_tokens=False).input_ids
     return ids
 

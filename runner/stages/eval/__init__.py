@@ -17,13 +17,13 @@ from typing import Any, TextIO
 
 from runner.benchmarks import HARNESS_TASKS, Item, benchmark_items
 from runner.mixture import file_roles, is_mixture, resolved
+from runner.sections import FREE_TEXT  # benchmark formats answered in free text, scored by ROUGE-L and BLEU
 from runner.spec import Benchmark, Spec
 from runner.stage import StageContext, benchmark_ids_role, benchmark_role
 from runner.stages.data import fields_slice, hub_slice, mixture_slice, read_rows
 from runner.stages.model import quantization_slice
 from runner.stats import summarize
 
-FREE_TEXT = ("qa", "alpaca")  # benchmark formats answered in free text, scored by ROUGE-L and BLEU
 PERPLEXITY_ROLE = "perplexity"
 
 name = "eval"

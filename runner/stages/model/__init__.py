@@ -13,6 +13,7 @@ from typing import Any
 
 from runner.spec import Model, Spec
 from runner.stage import StageContext
+from runner.templates import chosen_template
 
 name = "model"
 version = 1
@@ -28,7 +29,9 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 def spec_slice(spec: Spec) -> dict[str, Any]:
     m = spec.model
-    common = {"source": m.source, "chat_template": m.chat_template}
+    # The template written into the tokenizer: a preset enters as its text, the same key as writing it
+    # out in model.chat_template; with neither, None, as before presets existed.
+    common = {"source": m.source, "chat_template": chosen_template(m.chat_template, spec.data.chat_template)}
     if m.source == "hub":
         return {"model": {**common, "id": m.id, "revision": m.revision, "trust_remote_code": m.trust_remote_code}}
     if m.source == "local":
@@ -88,8 +91,9 @@ def run(ctx: StageContext) -> None:
     else:
         assert m.id is not None
         info.update(_resolve_hub(m.id, m.revision, tokenizer_dir))
-    if m.chat_template is not None:
-        _override_chat_template(tokenizer_dir, m.chat_template)
+    template = chosen_template(m.chat_template, ctx.spec.data.chat_template)
+    if template is not None:  # the one place a template is chosen: every later use reads this tokenizer
+        _override_chat_template(tokenizer_dir, template)
     (ctx.out / "model.json").write_text(json.dumps(info, indent=1, sort_keys=True), "utf-8")
 
 

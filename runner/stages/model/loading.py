@@ -64,6 +64,15 @@ def load_tokenizer(model_dir: Path) -> Any:
     return tok
 
 
+def require_chat_template(tok: Any, stage: str) -> None:
+    """Stop with one line when a chat must be rendered and the tokenizer has no template to do it."""
+    if not getattr(tok, "chat_template", None):
+        from runner.errors import StageError
+
+        raise StageError(f"{stage}: the model's tokenizer has no chat template; set data.chat_template to the "
+                         "model family's (llama3, chatml, qwen, mistral, gemma, phi), or data.template: plain")
+
+
 def load_base(model_dir: Path, spec: Spec, profile: Profile, quantized: bool = True, sharded: bool = False) -> Any:
     """The base model on the profile's device, 4-bit when the profile says so (and `quantized`).
     `sharded`: for an FSDP training process, which places (and shards) the weights itself."""

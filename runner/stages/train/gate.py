@@ -12,8 +12,9 @@ from typing import Any
 from runner.benchmarks import Item, benchmark_items
 from runner.contamination import found_in_training, stop_if_found, training_texts
 from runner.errors import DataError
-from runner.formats import convert_rows, to_example
+from runner.formats import convert_rows, prompt_text, scored_turns, to_example
 from runner.mixture import is_mixture, local_paths, resolved
+from runner.sections import FREE_TEXT
 from runner.spec import Benchmark, Spec
 from runner.stage import Log
 from runner.stages.data import read_rows
@@ -69,12 +70,12 @@ def _items(spec: Spec, bench: Benchmark) -> list[Item]:
 
 
 def _prompts(spec: Spec, bench: Benchmark) -> list[str]:
-    """The benchmark's questions; a qa/alpaca benchmark's are its examples' prompts."""
-    if bench.format not in ("qa", "alpaca"):
+    """The benchmark's questions; a free-text benchmark's are its examples' last user turns."""
+    if bench.format not in FREE_TEXT:
         return [it.prompt for it in _items(spec, bench)]
     rows = read_rows(bench, spec.resolve(bench.path) if bench.path is not None else None, None)
-    examples, _ = convert_rows(rows, lambda row: to_example(row, bench.format, bench.fields), bench.limit)
-    return [e.messages[0][1] for e in examples]
+    examples, _ = convert_rows(rows, lambda row: scored_turns(to_example(row, bench.format, bench.fields)), bench.limit)
+    return [prompt_text(e) for e in examples]
 
 
 @dataclass(frozen=True)
