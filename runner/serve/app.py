@@ -10,10 +10,11 @@ from __future__ import annotations
 import hmac
 import logging
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -30,7 +31,7 @@ JSON_ROUTES_EXCEPT = frozenset({"/v1/files"})  # the upload is multipart; every 
 
 
 def error(status: int, message: str, kind: str = "invalid_request_error",
-          headers: dict[str, str] | None = None) -> JSONResponse:
+          headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": status}},
                         status_code=status, headers=headers)
 

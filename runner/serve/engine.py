@@ -81,8 +81,14 @@ class Engine:
 
     def _drop(self, entry: Any) -> None:
         loaded = self._bases.get(entry.model_key)
-        if loaded is not None and str(entry.adapter_dir) in loaded.names:
-            loaded.model.delete_adapter(loaded.names.pop(str(entry.adapter_dir)))
+        if loaded is None or str(entry.adapter_dir) not in loaded.names:
+            return
+        name = loaded.names.pop(str(entry.adapter_dir))
+        if loaded.names:
+            loaded.model.delete_adapter(name)
+        else:  # PEFT keeps no PeftModel without an adapter: back to the bare base, wrapped again when one comes
+            loaded.model = loaded.model.unload()
+            loaded.model.eval()
 
     def _load(self, entry: Any) -> Loaded:
         from runner.stages.model.loading import load_base, load_tokenizer
@@ -102,7 +108,7 @@ class Engine:
 
         name = f"a{len(loaded.names)}_{int(time.time() * 1000) % 100000}"  # ours: ids may hold any character
         log.info("loading adapter %s", entry.id)
-        if not loaded.names:
+        if not isinstance(loaded.model, PeftModel):
             loaded.model = PeftModel.from_pretrained(loaded.model, str(entry.adapter_dir), adapter_name=name)
         else:
             loaded.model.load_adapter(str(entry.adapter_dir), adapter_name=name)

@@ -76,9 +76,9 @@ def record_with(store: Path, stage: str, key: str) -> dict[str, Any] | None:
             continue
         if not isinstance(data, dict) or not isinstance(data.get("stages"), list):
             continue
-        if any(isinstance(s, dict) and s.get("stage") == stage and s.get("key") == key for s in data["stages"]):
-            if newest is None or (data.get("started") or 0) >= (newest.get("started") or 0):
-                newest = data
+        found = any(isinstance(s, dict) and s.get("stage") == stage and s.get("key") == key for s in data["stages"])
+        if found and (newest is None or (data.get("started") or 0) >= (newest.get("started") or 0)):
+            newest = data
     return newest
 
 

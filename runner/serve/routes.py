@@ -18,8 +18,16 @@ from runner.serve.adapters import check_adapter
 from runner.serve.models import Entry
 from runner.serve.prompts import render_chat
 from runner.serve.rows import Ask
-from runner.serve.schemas import (ChatRequest, CompletionRequest, Health, LoadAdapter, ModelCard, ModelDeleted,
-                                  Sampling, UnloadAdapter)
+from runner.serve.schemas import (
+    ChatRequest,
+    CompletionRequest,
+    Health,
+    LoadAdapter,
+    ModelCard,
+    ModelDeleted,
+    Sampling,
+    UnloadAdapter,
+)
 
 router = APIRouter()
 
@@ -66,8 +74,14 @@ def delete_model(model_id: str, request: Request) -> ModelDeleted:
         raise HTTPException(400, f"{model_id!r} is a base model: it is served while the store holds a run of it; "
                                  "delete its adapters, or remove its runs' records and run `runner gc`")
     request.app.state.registry.delete(entry)
-    request.app.state.engine.forget(entry)
+    _forget(request, entry)
     return ModelDeleted(id=entry.id)
+
+
+def _forget(request: Request, entry: Entry) -> None:
+    """Drop the adapter's weights from the worker, unless another id still serves the same folder."""
+    if all(e.adapter_dir != entry.adapter_dir for e in request.app.state.registry.scan().values()):
+        request.app.state.engine.forget(entry)
 
 
 @router.post("/v1/chat/completions", response_model=None)
@@ -166,5 +180,5 @@ def unload_adapter(body: UnloadAdapter, request: Request) -> dict[str, str]:
     if not registry.remove(body.lora_name):
         raise HTTPException(400, f"{body.lora_name!r} comes from a run record in the store; only adapters loaded "
                                  "with /v1/load_lora_adapter can be unloaded")
-    request.app.state.engine.forget(entry)
+    _forget(request, entry)
     return {"status": "ok", "message": f"adapter {body.lora_name!r} unloaded"}

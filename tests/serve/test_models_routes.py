@@ -134,7 +134,8 @@ def test_a_listed_checkpoint_loads_and_answers(server: Server, client: openai.Op
     loaded = httpx.post(f"{server.url}/v1/load_lora_adapter", headers=AUTH, json=body, timeout=60)
     assert loaded.status_code == 200, loaded.text  # was 400: "trained on '/…/model/<key>/…', not on base-…"
     try:
-        assert client.models.retrieve("checkpointed").parent == client.models.retrieve("serve-tiny").parent
+        parents = [client.models.retrieve(name).model_extra["parent"] for name in ("checkpointed", "serve-tiny")]  # type: ignore[index]
+        assert parents[0] == parents[1]
         assert client.chat.completions.create(model="checkpointed", messages=[{"role": "user", "content": QUERY}],
                                               max_tokens=4, temperature=0).choices[0].message.content is not None
     finally:
@@ -234,3 +235,12 @@ def test_loaded_and_deleted_adapters_outlive_a_restart(server: Server, tmp_path:
         assert again == answer
         with pytest.raises(openai.NotFoundError):
             client.chat.completions.create(model="serve-tiny", messages=[{"role": "user", "content": "x"}])
+        # The worker's only adapter dropped (the base unwrapped), then one loaded again: no PEFT model in a PEFT model
+        assert client.models.delete("kept").deleted
+        assert client.chat.completions.create(model=base, messages=[{"role": "user", "content": QUERY}],
+                                              max_tokens=2, temperature=0).choices[0].message.content is not None
+        loaded = httpx.post(f"{client.base_url}load_lora_adapter", headers=AUTH, timeout=60,
+                            json={"lora_name": "kept-again", "lora_path": str(export / "adapter")})
+        assert loaded.status_code == 200, loaded.text
+        assert client.chat.completions.create(model="kept-again", messages=[{"role": "user", "content": QUERY}],
+                                              max_tokens=8, temperature=0).choices[0].message.content == answer
