@@ -1,19 +1,23 @@
 """The FastAPI application: auth, caps and clean errors around the routes of routes.py and jobs.py.
 
 Safe by default: every route checks the key when one is set (in constant time), bodies are capped
-(413), and anything unexpected is answered as a JSON error without a traceback."""
+(413, with or without a Content-Length), and every error, an unknown route's and an unexpected one's
+included, is answered in OpenAI's shape (`{"error": {"message", "type", "param", "code"}}`, which the
+official client shows) without a traceback."""
 
 from __future__ import annotations
 
 import hmac
 import logging
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from runner.serve.page import OPEN
 
@@ -22,8 +26,14 @@ MAX_BODY = 1 << 20  # a chat request is kilobytes; a megabyte is already abuse
 MAX_UPLOAD = 64 << 20  # /v1/files: training data
 
 
-def error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
+OPEN_API = frozenset({"/health"})  # open as the page's files are: it says only that the server is up
+JSON_ROUTES_EXCEPT = frozenset({"/v1/files"})  # the upload is multipart; every other body is JSON
+
+
+def error(status: int, message: str, kind: str = "invalid_request_error",
+          headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": status}},
+                        status_code=status, headers=headers)
 
 
 class _TooLarge(Exception):
@@ -41,27 +51,35 @@ class Guard:
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         # The page's own files (runner/serve/page.py) are open: the page asks for the key and sends it.
-        if self.key is not None and not (scope["path"] in OPEN and scope["method"] in ("GET", "HEAD")):
+        is_open = scope["path"] in OPEN | OPEN_API and scope["method"] in ("GET", "HEAD")
+        if self.key is not None and not is_open:
             given = headers.get("authorization", "")
             token = given[7:].encode() if given.lower().startswith("bearer ") else b""
             if not hmac.compare_digest(token, self.key):
                 return await error(401, "missing or wrong API key: send `Authorization: Bearer KEY`",
                                    "authentication_error")(scope, receive, send)
         cap = MAX_UPLOAD if scope["path"] == "/v1/files" else MAX_BODY
+        too_large = error(413, f"request body over the {cap} byte limit")
         if int(headers.get("content-length") or 0) > cap:
-            return await error(413, f"request body over the {cap} byte limit")(scope, receive, send)
-        seen, started = 0, False
+            return await too_large(scope, receive, send)
+        seen, over, started = 0, False, False
 
         async def counted() -> Any:
-            nonlocal seen
+            nonlocal seen, over
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > cap:
+            over = over or seen > cap
+            if over:  # a chunked body (no Content-Length) learns of the cap here
                 raise _TooLarge
             return message
 
         async def tracked(message: Any) -> None:
             nonlocal started
+            if over:  # whatever the route made of the cut body (a parser's 400, say), the answer is 413
+                if not started:
+                    started = True
+                    await too_large(scope, receive, send)
+                return
             started = started or message["type"] == "http.response.start"
             await send(message)
 
@@ -69,18 +87,28 @@ class Guard:
             await self.app(scope, counted, tracked)
         except _TooLarge:
             if not started:
-                await error(413, f"request body over the {cap} byte limit")(scope, receive, send)
+                await too_large(scope, receive, send)
 
 
 def _install_errors(app: FastAPI) -> None:
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return error(exc.status_code, str(exc.detail), "server_error" if exc.status_code >= 500 else
-                     "invalid_request_error")
+    # Starlette's class, not FastAPI's subclass: an unknown route (404) and a wrong method (405) raise it.
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = str(exc.detail)
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"no route {request.url.path[:200]!r}; the API is under /v1 (GET /openapi.json lists it)"
+        elif exc.status_code == 405:
+            allowed = next((v for k, v in (exc.headers or {}).items() if k.lower() == "allow"), "none")
+            message = f"{request.method} is not allowed on {request.url.path[:200]!r}; allowed: {allowed}"
+        return error(exc.status_code, message, "server_error" if exc.status_code >= 500 else "invalid_request_error",
+                     exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = exc.errors()
+        wrong_type = _not_json(request)
+        if wrong_type is not None and any(p.get("loc", ())[:1] == ("body",) for p in problems):
+            return error(415, f"the body must be JSON sent with `Content-Type: application/json`, not {wrong_type}")
         if any(p.get("type") == "json_invalid" for p in problems):
             return error(400, "the body is not valid JSON")
         text = "; ".join(f"{'.'.join(str(x) for x in p.get('loc', ())[1:]) or 'body'}: {p.get('msg')}"
@@ -93,6 +121,16 @@ def _install_errors(app: FastAPI) -> None:
         return error(500, f"internal error ({type(exc).__name__}); the server log says more", "server_error")
 
 
+def _not_json(request: Request) -> str | None:
+    """The Content-Type a JSON route was sent (`none` when absent), or None when it is JSON or the
+    route is not a JSON one."""
+    given = request.headers.get("content-type")
+    media = (given or "").split(";")[0].strip().lower()
+    if request.url.path in JSON_ROUTES_EXCEPT or media == "application/json" or media.endswith("+json"):
+        return None
+    return f"`{given[:100]}`" if given else "none"
+
+
 def create_app(store: Path, api_key: str | None = None, jobs: bool = True) -> Any:
     from runner.serve.engine import Engine
     from runner.serve.models import Registry
@@ -101,6 +139,10 @@ def create_app(store: Path, api_key: str | None = None, jobs: bool = True) -> An
     app = FastAPI(title="runner serve", version="1")
     app.state.store = Path(store).resolve()
     app.state.registry = Registry(app.state.store)
+    from runner.serve.adapters import restore
+
+    app.state.registry.scan()  # what /health reports until the first request looks again
+    restore(app.state.store, app.state.registry)  # adapters loaded at run time before a restart
     app.state.engine = Engine()
     app.state.engine.start()
     app.include_router(router)

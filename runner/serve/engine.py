@@ -27,7 +27,8 @@ GATHER_S = 0.01  # how long the worker waits for company after the first request
 class Loaded:
     model: Any
     tok: Any
-    names: dict[str, str] = field(default_factory=dict)  # adapter id -> PEFT adapter name
+    # adapter folder -> PEFT adapter name: two ids of one folder (names of one export) share its weights
+    names: dict[str, str] = field(default_factory=dict)
 
 
 class Engine:
@@ -80,8 +81,14 @@ class Engine:
 
     def _drop(self, entry: Any) -> None:
         loaded = self._bases.get(entry.model_key)
-        if loaded is not None and entry.id in loaded.names:
-            loaded.model.delete_adapter(loaded.names.pop(entry.id))
+        if loaded is None or str(entry.adapter_dir) not in loaded.names:
+            return
+        name = loaded.names.pop(str(entry.adapter_dir))
+        if loaded.names:
+            loaded.model.delete_adapter(name)
+        else:  # PEFT keeps no PeftModel without an adapter: back to the bare base, wrapped again when one comes
+            loaded.model = loaded.model.unload()
+            loaded.model.eval()
 
     def _load(self, entry: Any) -> Loaded:
         from runner.stages.model.loading import load_base, load_tokenizer
@@ -92,7 +99,7 @@ class Engine:
             model = load_base(entry.model_dir, entry.spec, entry.profile)
             model.eval()
             loaded = self._bases[entry.model_key] = Loaded(model, load_tokenizer(entry.model_dir))
-        if entry.kind == "adapter" and entry.id not in loaded.names:
+        if entry.kind == "adapter" and str(entry.adapter_dir) not in loaded.names:
             self._add_adapter(loaded, entry)
         return loaded
 
@@ -101,12 +108,12 @@ class Engine:
 
         name = f"a{len(loaded.names)}_{int(time.time() * 1000) % 100000}"  # ours: ids may hold any character
         log.info("loading adapter %s", entry.id)
-        if not loaded.names:
+        if not isinstance(loaded.model, PeftModel):
             loaded.model = PeftModel.from_pretrained(loaded.model, str(entry.adapter_dir), adapter_name=name)
         else:
             loaded.model.load_adapter(str(entry.adapter_dir), adapter_name=name)
         loaded.model.eval()
-        loaded.names[entry.id] = name
+        loaded.names[str(entry.adapter_dir)] = name
 
     def _run(self, group: list[Ask]) -> None:
         import torch
@@ -128,7 +135,7 @@ class Engine:
                                         "max_new_tokens": max(a.max_tokens for a in group),
                                         "streamer": _Streamer(rows, tok), "stopping_criteria": _stopper(rows)}
         if loaded.names:  # a PeftModel: each row names its adapter
-            kwargs["adapter_names"] = [loaded.names.get(a.entry.id, "__base__") if a.entry.kind == "adapter"
+            kwargs["adapter_names"] = [loaded.names.get(str(a.entry.adapter_dir), "__base__") if a.entry.kind == "adapter"
                                        else "__base__" for a in group]
         if not group[0].greedy:
             torch.manual_seed(group[0].seed if group[0].seed is not None else time.time_ns() % 2**31)

@@ -1,5 +1,5 @@
-"""The model routes, OpenAI's shapes: /v1/models, /v1/chat/completions, /v1/completions, and vLLM's
-/v1/load_lora_adapter and /v1/unload_lora_adapter."""
+"""The model routes, OpenAI's shapes: /v1/models (list, retrieve, delete), /v1/chat/completions,
+/v1/completions, vLLM's /v1/load_lora_adapter and /v1/unload_lora_adapter, and /health."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
@@ -17,7 +18,16 @@ from runner.serve.adapters import check_adapter
 from runner.serve.models import Entry
 from runner.serve.prompts import render_chat
 from runner.serve.rows import Ask
-from runner.serve.schemas import ChatRequest, CompletionRequest, LoadAdapter, ModelCard, Sampling, UnloadAdapter
+from runner.serve.schemas import (
+    ChatRequest,
+    CompletionRequest,
+    Health,
+    LoadAdapter,
+    ModelCard,
+    ModelDeleted,
+    Sampling,
+    UnloadAdapter,
+)
 
 router = APIRouter()
 
@@ -29,13 +39,49 @@ def _entry(request: Request, model: str) -> Entry:
     return found
 
 
+def _card(entry: Entry) -> ModelCard:
+    return ModelCard(id=entry.id, created=entry.created, parent=entry.parent,
+                     root=str(entry.adapter_dir if entry.adapter_dir is not None else entry.model_dir))
+
+
+@router.get("/health")
+def health(request: Request) -> Health:
+    """Open without the key (app.py): that the server is up and what it serves, from the last scan
+    (no store read, so a load balancer may ask often)."""
+    entries = request.app.state.registry.known()
+    return Health(status="ok", bases=sum(e.kind == "base" for e in entries),
+                  adapters=sum(e.kind == "adapter" for e in entries), jobs=hasattr(request.app.state, "jobs"))
+
+
 @router.get("/v1/models")
 def list_models(request: Request) -> dict[str, Any]:
     entries = request.app.state.registry.scan().values()
-    cards = [ModelCard(id=e.id, created=e.created, parent=e.parent,
-                       root=str(e.adapter_dir if e.adapter_dir is not None else e.model_dir)).model_dump()
-             for e in sorted(entries, key=lambda e: (e.kind != "base", e.id))]
+    cards = [_card(e).model_dump() for e in sorted(entries, key=lambda e: (e.kind != "base", e.id))]
     return {"object": "list", "data": cards}
+
+
+@router.get("/v1/models/{model_id:path}")
+def retrieve_model(model_id: str, request: Request) -> ModelCard:
+    return _card(_entry(request, model_id))
+
+
+@router.delete("/v1/models/{model_id:path}")
+def delete_model(model_id: str, request: Request) -> ModelDeleted:
+    """An adapter leaves the served list, across restarts too; its artifacts stay in the store until
+    `runner gc` (a later run of it serves it again). A base is not deleted: it serves its adapters."""
+    entry = _entry(request, model_id)
+    if entry.kind == "base":
+        raise HTTPException(400, f"{model_id!r} is a base model: it is served while the store holds a run of it; "
+                                 "delete its adapters, or remove its runs' records and run `runner gc`")
+    request.app.state.registry.delete(entry)
+    _forget(request, entry)
+    return ModelDeleted(id=entry.id)
+
+
+def _forget(request: Request, entry: Entry) -> None:
+    """Drop the adapter's weights from the worker, unless another id still serves the same folder."""
+    if all(e.adapter_dir != entry.adapter_dir for e in request.app.state.registry.scan().values()):
+        request.app.state.engine.forget(entry)
 
 
 @router.post("/v1/chat/completions", response_model=None)
@@ -119,7 +165,9 @@ def load_adapter(body: LoadAdapter, request: Request) -> dict[str, str]:
     if registry.get(body.lora_name) is not None:
         raise HTTPException(400, f"a model named {body.lora_name!r} is already served")
     entry = check_adapter(request.app.state.store, registry, body)
-    registry.add(entry)
+    # Kept in the served set, to load again at start; its path relative to the store, which a moved store still holds.
+    folder = Path(entry.adapter_dir or body.lora_path)
+    registry.add(entry, body.model_dump() | {"lora_path": str(folder.relative_to(request.app.state.store))})
     return {"status": "ok", "message": f"adapter {body.lora_name!r} loaded on {entry.parent}"}
 
 
@@ -132,5 +180,5 @@ def unload_adapter(body: UnloadAdapter, request: Request) -> dict[str, str]:
     if not registry.remove(body.lora_name):
         raise HTTPException(400, f"{body.lora_name!r} comes from a run record in the store; only adapters loaded "
                                  "with /v1/load_lora_adapter can be unloaded")
-    request.app.state.engine.forget(entry)
+    _forget(request, entry)
     return {"status": "ok", "message": f"adapter {body.lora_name!r} unloaded"}

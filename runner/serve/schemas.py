@@ -88,6 +88,19 @@ class ModelCard(BaseModel):
     parent: str | None = None
 
 
+
+class ModelDeleted(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    deleted: bool = True
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    bases: int  # base models served (as of the last look at the store)
+    adapters: int  # adapters served
+    jobs: bool  # whether the fine-tuning job API is on
+
 # The page's routes (runner/serve/specs.py, catalog.py, progress.py): our own names, as OpenAI has none.
 MAX_SPEC_CHARS = 1 << 20  # as runner.spec.MAX_SPEC_BYTES
 
