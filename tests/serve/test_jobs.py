@@ -124,8 +124,8 @@ def test_sigterm_to_the_server_stops_its_jobs_training_and_says_so(tmp_path: Pat
         try:
             process.send_signal(signal.SIGTERM)  # as `docker stop`, systemd or Ctrl-C's cousin
             stopped = time.time()
-            until(lambda: not alive(pid, job.id), "the job's runner run to stop", 45)
-            assert time.time() - stopped < 45
+            until(lambda: not alive(pid, job.id), "the job's runner run to stop", 20)  # a step, a checkpoint
+            print(f"the job's runner run stopped {time.time() - stopped:.1f} s after the server's SIGTERM")
             process.wait(timeout=60)
         finally:
             if alive(pid, job.id):

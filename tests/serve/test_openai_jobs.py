@@ -211,7 +211,7 @@ def test_a_job_from_openai_fields_trains_an_adapter_that_is_served(server: Serve
     with pytest.raises(openai.NotFoundError, match="no-such-model"):
         client.fine_tuning.jobs.create(model="no-such-model", training_file=uploaded.id)
     job = client.fine_tuning.jobs.create(model="serve-tiny", training_file=uploaded.id, suffix="oa",
-                                         hyperparameters={"n_epochs": 1, "batch_size": 4, "lora_r": 4, "lora_alpha": 8})  # type: ignore[typeddict-unknown-key]
+                                         hyperparameters={"n_epochs": 1, "batch_size": 4, "lora_r": 4, "lora_alpha": 8})  # type: ignore[arg-type]
     state = _ended(client, job.id)
     events = list(client.fine_tuning.jobs.list_events(job.id, limit=1000))
     assert state.status == "succeeded", [e.message for e in events][-20:]
@@ -236,3 +236,25 @@ def test_a_job_from_openai_fields_trains_an_adapter_that_is_served(server: Serve
     one = client.fine_tuning.jobs.list(limit=1)
     assert len(one.data) == 1 and one.has_more and one.data[0].id == job.id
     assert client.fine_tuning.jobs.list(limit=1, after=job.id).data[0].id != job.id
+
+
+def test_events_are_the_logs_lines_stamped_as_read_without_progress_bars(tmp_path: Path) -> None:
+    from runner.serve.job_outputs import Events, message
+
+    bar = " 39%|███▉      | 13/33 [00:04<00:06, 3.1it/s, loss=6.5587]"
+    assert message(f"\r{bar}\r{bar}") is None and message("\r  0%|          | 0/3 [00:00<?, ?it/s]") is None
+    assert message("Map: 100%|██████████| 16/16 [00:00<00:00, 120.1 examples/s]") is None
+    assert message(f"\r{bar}\r      \r[runner] train: done in 4.1s") == "[runner] train: done in 4.1s"
+    assert message("   ") is None and message("error: no rows") == "error: no rows"
+    events = Events(tmp_path, "ftjob-abc")
+    log = tmp_path / "ftjob-abc.log"
+    log.write_bytes(b"[runner] data: running 0123456789ab\n" + bar.encode() + b"\r")
+    events.pump()
+    log.write_bytes(log.read_bytes() + b"\n[runner] train: running\nhalf a li")
+    time.sleep(1.1)  # a second later: the next line's own time
+    events.pump()
+    events.pump(final=True)
+    listed = events.listed(0)
+    assert [e["message"] for e in listed] == ["[runner] data: running 0123456789ab", "[runner] train: running",
+                                             "half a li"]
+    assert listed[0]["created_at"] < listed[1]["created_at"] and listed[0]["id"] == "ftevent-abc-0"
