@@ -178,6 +178,13 @@ def test_the_server_refuses_unbounded_or_unknown_hyperparameters_naming_them(ser
         body = cast(dict[str, Any], caught.value.body)
         assert said in body["message"] and body["type"] == "invalid_request_error"
         assert body["message"].startswith("the job's fields are not valid")  # no spec was sent: not "the spec"
+    for evaluation, said in (({"nope": 1}, "evaluation.nope: not an `eval` key; the known ones are benchmarks"),
+                             ({"compare_base": "yes"}, "evaluation.compare_base: ")):
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.fine_tuning.jobs.create(model="serve-tiny", training_file=uploaded.id,
+                                           extra_body={"evaluation": evaluation})
+        message = cast(dict[str, Any], caught.value.body)["message"]
+        assert said in message and "(spec:" not in message, message
     assert not [j for j in client.fine_tuning.jobs.list(limit=1000) if j.training_file == uploaded.id]
 
 
