@@ -160,6 +160,9 @@ def create_app(store: Path, api_key: str | None = None, jobs: bool = True) -> An
         from runner.serve.progress import router as progress_router
 
         app.include_router(progress_router)
+        from runner.serve.files import router as files_router
+
+        app.include_router(files_router)
     _install_errors(app)
     return Guard(app, api_key)
 

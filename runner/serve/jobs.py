@@ -1,10 +1,11 @@
 """Fine-tuning jobs in OpenAI's shapes: each a `python -m runner run SPEC --store STORE` in its own
 process (the command line's locks, crash safety and run record), one at a time, kept as JSON under
-`<store>/jobs/` so a restarted server lists them. Uploads (/v1/files) are stored by content."""
+`<store>/jobs/` so a restarted server lists them. A job built from OpenAI's fields first checks its
+chat uploads (`validating_files`), then queues. Uploads are runner.serve.files'."""
 
 from __future__ import annotations
 
-import hashlib
+import asyncio
 import json
 import os
 import signal
@@ -13,18 +14,32 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import yaml
-from fastapi import APIRouter, HTTPException, Request, UploadFile
+from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 
-from runner.errors import SpecError
+from runner.serve.files import FileStore, page
+from runner.serve.job_outputs import Events, metric_rows, step_metrics, trained_tokens
+from runner.serve.job_specs import from_openai, spec_text
 from runner.serve.schemas import JobRequest
-from runner.spec import parse_spec
 
-router = APIRouter()
 ENDED = ("succeeded", "failed", "cancelled")
+STOP_WAIT = 30.0  # seconds a stopping server gives its job's `runner run` to save a checkpoint and exit
+STOPPED = "the server stopped while the job was running"
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    yield
+    queue = getattr(app.state, "jobs", None)
+    if isinstance(queue, JobQueue):  # SIGTERM or Ctrl-C to the server: no `runner run` left training unwatched
+        await asyncio.to_thread(queue.stop)
+
+
+router = APIRouter(lifespan=_lifespan)
 
 
 class JobQueue:
@@ -33,10 +48,12 @@ class JobQueue:
         self.store = store
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._running: tuple[str, subprocess.Popen[bytes]] | None = None
+        self._running: tuple[str, subprocess.Popen[bytes], Events] | None = None
+        self._stopping = False
+        self._thread: threading.Thread | None = None
         self.folder.mkdir(parents=True, exist_ok=True)
         for job in self.all():  # a job running when the server died: no process is watching it now
-            if job["status"] in ("running", "validating_files"):
+            if job["status"] == "running":
                 self._orphaned(job)
 
     def _orphaned(self, job: dict[str, Any]) -> None:
@@ -48,11 +65,36 @@ class JobQueue:
             os.kill(pid, signal.SIGINT)
             stopped = " (its training process was stopped at a checkpoint)"
         self._update(job["id"], status="failed", finished_at=int(time.time()),
-                     error={"code": "server_stopped", "message": "the server stopped while the job was running"
-                            f"{stopped}; submit the same spec again to resume from its checkpoint"})
+                     error={"code": "server_stopped", "param": None, "message": f"{STOPPED}{stopped}; submit the "
+                            "same spec again to resume from its checkpoint"})
 
     def start(self) -> None:
-        threading.Thread(target=self._loop, name="jobs", daemon=True).start()
+        self._thread = threading.Thread(target=self._loop, name="jobs", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """The server is stopping: the running job's `runner run` gets Ctrl-C's SIGINT (the training loop
+        saves a checkpoint, then exits; the store keeps every finished stage), is killed if it has not
+        exited within STOP_WAIT, and the job is marked failed with the reason. Queued jobs stay queued."""
+        with self._lock:
+            if self._stopping:
+                return
+            self._stopping = True
+        self._wake.set()
+        running = self._running
+        if running is None:
+            return
+        job_id, process, events = running
+        events.add(f"the server is stopping: job {job_id} is stopped at a checkpoint")
+        process.send_signal(signal.SIGINT)
+        try:
+            code = process.wait(STOP_WAIT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            code = process.wait()
+        if self._thread is not None:
+            self._thread.join(5)  # its last log lines become events before the record is written
+        self._finished(job_id, code, events, stopped=True)
 
     def path(self, job_id: str) -> Path:
         if not job_id.startswith("ftjob-") or not job_id[6:].isalnum():
@@ -73,25 +115,31 @@ class JobQueue:
                 jobs.append(json.loads(path.read_text("utf-8")))
             except (OSError, ValueError):
                 continue
-        return sorted(jobs, key=lambda j: j["created_at"], reverse=True)
+        return sorted(jobs, key=lambda j: (j["created_at"], j["id"]), reverse=True)
 
-    def _update(self, job_id: str, **fields: Any) -> dict[str, Any]:
+    def _update(self, job_id: str, only_if: tuple[str, ...] = (), **fields: Any) -> dict[str, Any]:
+        """The record with `fields` written (only while its status is one of `only_if`, when given)."""
         with self._lock:
-            job = self.get(job_id) | fields
+            job = self.get(job_id)
+            if only_if and job["status"] not in only_if:
+                return job
+            job |= fields
             tmp = self.path(job_id).with_suffix(".tmp")
             tmp.write_text(json.dumps(job, indent=1), "utf-8")
             os.replace(tmp, self.path(job_id))
             return job
 
-    def submit(self, spec_text: str, model: str, training_file: str | None,
-               shown: dict[str, Any] | None = None) -> dict[str, Any]:
+    def submit(self, spec_text: str, model: str, training_file: str | None, shown: dict[str, Any] | None = None,
+               checks: list[list[str]] | None = None) -> dict[str, Any]:
         job_id = f"ftjob-{uuid.uuid4().hex[:24]}"
         (self.folder / f"{job_id}.yaml").write_text(spec_text, "utf-8")
         job = {"id": job_id, "object": "fine_tuning.job", "model": model, "created_at": int(time.time()),
-               "status": "queued", "fine_tuned_model": None, "finished_at": None, "error": None,
-               "training_file": training_file, "validation_file": None, "hyperparameters": {},
-               "result_files": [], "trained_tokens": None, "organization_id": "runner", "seed": 0} | (shown or {})
+               "status": "validating_files" if checks else "queued", "fine_tuned_model": None, "finished_at": None,
+               "error": None, "training_file": training_file, "validation_file": None, "hyperparameters": {},
+               "result_files": [], "trained_tokens": None, "organization_id": "runner", "seed": 0,
+               "checks": checks or []} | (shown or {})
         self.path(job_id).write_text(json.dumps(job, indent=1), "utf-8")
+        Events(self.folder, job_id).add(f"Created fine-tuning job: {job_id}")
         self._wake.set()
         return job
 
@@ -103,54 +151,89 @@ class JobQueue:
         running = self._running
         if running and running[0] == job_id:
             running[1].send_signal(signal.SIGINT)  # as Ctrl-C: the training loop checkpoints, then exits
-        elif job["status"] == "queued":
-            job = self._update(job_id, status="cancelled", finished_at=int(time.time()))
+        else:
+            job = self._update(job_id, ("queued", "validating_files"), status="cancelled", finished_at=int(time.time()))
         return job
 
     def events(self, job_id: str) -> list[dict[str, Any]]:
-        job = self.get(job_id)
-        try:
-            lines = (self.folder / f"{job_id}.log").read_text("utf-8", errors="replace").splitlines()
-        except OSError:
-            lines = []
-        return [{"id": f"{job_id}-{i}", "object": "fine_tuning.job.event", "created_at": job["created_at"],
-                 "level": "error" if line.startswith("error") else "info", "message": line, "type": "message"}
-                for i, line in enumerate(lines) if line.strip()]
+        return Events(self.folder, job_id).listed(self.get(job_id)["created_at"])
 
     def _loop(self) -> None:
-        while True:
-            queued = [j for j in self.all() if j["status"] == "queued"]
-            if not queued:
+        while not self._stopping:
+            jobs = self.all()
+            checking = [j for j in jobs if j["status"] == "validating_files"]
+            queued = [j for j in jobs if j["status"] == "queued"]
+            if checking:
+                self._validate(min(checking, key=lambda j: j["created_at"]))
+            elif queued:
+                self._run(min(queued, key=lambda j: j["created_at"])["id"])
+            else:
                 self._wake.wait(1.0)
                 self._wake.clear()
-                continue
-            self._run(min(queued, key=lambda j: j["created_at"])["id"])
+
+    def _validate(self, job: dict[str, Any]) -> None:
+        """OpenAI's `validating_files`: every chat row must train (the runner would drop a bad one, and a
+        file of only bad rows would fail later with advice about a spec this user never wrote)."""
+        from runner.serve.openai_jobs import row_problem
+
+        events, uploads = Events(self.folder, job["id"]), FileStore(self.store)
+        for name, file_id in job.get("checks", []):
+            events.add(f"Validating {name}: {file_id}")
+            path = uploads.path(file_id)
+            problem = "the upload was deleted" if path is None else row_problem(path)
+            if problem:
+                message = f"{name} {file_id}: {problem}"
+                events.add(f"error: {message}")
+                self._update(job["id"], ("validating_files",), status="failed", finished_at=int(time.time()),
+                             error={"code": f"invalid_{name}", "param": name, "message": message})
+                return
+        events.add("Files validated, the job is queued")
+        self._update(job["id"], ("validating_files",), status="queued")
 
     def _run(self, job_id: str) -> None:
-        spec = self.folder / f"{job_id}.yaml"
+        spec, events = self.folder / f"{job_id}.yaml", Events(self.folder, job_id)
         with open(self.folder / f"{job_id}.log", "wb") as log:
             process = subprocess.Popen([sys.executable, "-m", "runner", "run", str(spec), "--store", str(self.store)],
                                        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-            self._running = (job_id, process)
+            self._running = (job_id, process, events)
             self._update(job_id, status="running", pid=process.pid)
-            code = process.wait()
+            events.add("Fine-tuning job started")
+            while process.poll() is None:
+                events.pump()  # each line stamped within half a second of its writing
+                time.sleep(0.5)
+            events.pump(final=True)
+        if self._stopping:
+            return  # stop() writes the record once the process is gone
         self._running = None
+        self._finished(job_id, process.returncode, events)
+
+    def _finished(self, job_id: str, code: int, events: Events, stopped: bool = False) -> None:
+        from runner.records import latest_record
+
         job = self.get(job_id)
         fields: dict[str, Any] = {"finished_at": int(time.time())}
         if job.get("cancel_requested"):
             fields["status"] = "cancelled"
         elif code == 0:
-            fields |= {"status": "succeeded", "fine_tuned_model": self._adapter(spec)}
+            record = latest_record(self.store, self.folder / f"{job_id}.yaml")
+            rows = metric_rows(self.store, record)
+            result = FileStore(self.store).save(step_metrics(rows), "step_metrics.csv", "fine-tune-results", ".csv")
+            fields |= {"status": "succeeded", "fine_tuned_model": self._adapter(record),
+                       "result_files": [result["id"]], "trained_tokens": trained_tokens(self.store, record, rows)}
+        elif stopped:
+            fields |= {"status": "failed", "error": {"code": "server_stopped", "param": None, "message":
+                       f"{STOPPED} (its training process was stopped at a checkpoint, exit code {code}); "
+                       "submit the same spec again to resume from its checkpoint"}}
         else:
-            tail = (self.folder / f"{job_id}.log").read_text("utf-8", errors="replace").strip().splitlines()[-1:]
-            fields |= {"status": "failed", "error": {"message": tail[0] if tail else f"exit code {code}"}}
-        self._update(job_id, **fields)
+            said = [e["message"] for e in events.listed(job["created_at"]) if e["level"] == "error"]
+            fields |= {"status": "failed", "error": {"code": "run_failed", "param": None,
+                                                     "message": said[-1] if said else f"exit code {code}"}}
+        events.add(f"The job {fields['status']}" + (f": {fields['error']['message']}" if "error" in fields else ""))
+        self._update(job_id, ("running",), **fields)
 
-    def _adapter(self, spec: Path) -> str | None:
-        from runner.records import latest_record
+    def _adapter(self, record: Any) -> str | None:
         from runner.serve.models import Registry
 
-        record = latest_record(self.store, spec)
         stage = record.stage("export") if record else None
         return Registry(self.store).adapter_for_export(stage["key"]) if stage else None
 
@@ -163,45 +246,6 @@ def _runs(pid: int, job_id: str) -> bool:
         return False  # gone (or no /proc): nothing left to stop
 
 
-def spec_text(body: JobRequest, base_dir: Path) -> str:
-    """The job's spec as YAML, checked as `runner validate` checks it: 400 with every problem."""
-    if body.spec is None:
-        raise HTTPException(400, "give `model` (a served base or adapter id) and `training_file`, or a `spec` "
-                                 "(YAML text or a JSON object, in extra_body)")
-    text = body.spec if isinstance(body.spec, str) else yaml.safe_dump(body.spec, sort_keys=False)
-    checked(text, base_dir)
-    return text
-
-
-def checked(text: str, base_dir: Path, problems: list[str] | None = None) -> None:
-    """400 listing `problems` and every problem `runner validate` finds in the spec `text`."""
-    problems = list(problems or [])
-    try:
-        parse_spec(text, source="spec", base_dir=base_dir)
-    except SpecError as exc:
-        problems += exc.problems
-    if problems:
-        raise HTTPException(400, "the spec is not valid: " + "; ".join(problems))
-
-
-def from_openai(body: JobRequest, request: Request, base_dir: Path) -> tuple[str, dict[str, Any]]:
-    """The spec OpenAI's fields ask for (runner.serve.openai_jobs), checked as a given spec is, and
-    what the job record shows of it."""
-    from runner.serve.openai_jobs import job_fields, mapped, stored_file
-
-    if not body.model:
-        spec_text(body, base_dir)  # neither `model` nor `spec`: the 400 that says what to give
-    entry = request.app.state.registry.get(body.model)
-    if entry is None:
-        raise HTTPException(404, f"model {body.model!r} does not exist: give a base or adapter id from /v1/models")
-    fields = body.model_dump(exclude_none=True)
-    store: Path = request.app.state.store
-    spec, problems = mapped(fields, entry, lambda file_id: stored_file(store, file_id))
-    text = yaml.safe_dump(spec, sort_keys=False)
-    checked(text, base_dir, problems)
-    return text, job_fields(fields, spec)
-
-
 def _queue(request: Request) -> JobQueue:
     jobs: JobQueue = request.app.state.jobs
     return jobs
@@ -211,14 +255,15 @@ def _queue(request: Request) -> JobQueue:
 def create_job(body: JobRequest, request: Request) -> dict[str, Any]:
     jobs = _queue(request)
     if body.spec is None:
-        text, shown = from_openai(body, request, jobs.folder)
-        return jobs.submit(text, str(body.model), body.training_file, shown)
-    return jobs.submit(spec_text(body, jobs.folder), body.model or "spec", body.training_file)
+        text, shown, checks = from_openai(body, request, jobs.folder)
+        return jobs.submit(text, str(body.model), body.training_file, shown, checks)
+    text, shown = spec_text(body, request, jobs.folder)
+    return jobs.submit(text, body.model or "spec", body.training_file, shown)
 
 
 @router.get("/v1/fine_tuning/jobs")
-def list_jobs(request: Request) -> dict[str, Any]:
-    return {"object": "list", "data": _queue(request).all(), "has_more": False}
+def list_jobs(request: Request, limit: int = Query(20, ge=1, le=1000), after: str | None = None) -> dict[str, Any]:
+    return page(_queue(request).all(), limit, after)
 
 
 @router.get("/v1/fine_tuning/jobs/{job_id}")
@@ -232,8 +277,9 @@ def cancel_job(job_id: str, request: Request) -> dict[str, Any]:
 
 
 @router.get("/v1/fine_tuning/jobs/{job_id}/events")
-def job_events(job_id: str, request: Request) -> dict[str, Any]:
-    return {"object": "list", "data": _queue(request).events(job_id), "has_more": False}
+def job_events(job_id: str, request: Request, limit: int = Query(20, ge=1, le=10000),
+               after: str | None = None) -> dict[str, Any]:
+    return page(_queue(request).events(job_id), limit, after)
 
 
 @router.get("/v1/fine_tuning/jobs/{job_id}/checkpoints")
@@ -245,28 +291,3 @@ def job_checkpoints(job_id: str, request: Request) -> dict[str, Any]:
     found = checkpoints(jobs.store, job_id, jobs.folder / f"{job_id}.yaml", jobs.folder / f"{job_id}.log")
     return {"object": "list", "data": found, "has_more": False,
             "first_id": found[0]["id"] if found else None, "last_id": found[-1]["id"] if found else None}
-
-
-@router.post("/v1/files")
-async def upload(request: Request, file: UploadFile, purpose: str = "fine-tune") -> dict[str, Any]:
-    from runner.serve.app import MAX_UPLOAD
-
-    data = await file.read(MAX_UPLOAD + 1)
-    if len(data) > MAX_UPLOAD:
-        raise HTTPException(413, f"upload over the {MAX_UPLOAD} byte limit")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise HTTPException(400, f"{file.filename}: not UTF-8 text (JSONL: one JSON object a line)") from None
-    for number, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                json.loads(line)
-            except ValueError:
-                raise HTTPException(400, f"{file.filename}: line {number} is not JSON (JSONL: one object a line)") from None
-    digest = hashlib.sha256(data).hexdigest()
-    folder = request.app.state.store / "files"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{digest}.jsonl").write_bytes(data)
-    return {"id": f"file-{digest[:24]}", "object": "file", "bytes": len(data), "created_at": int(time.time()),
-            "filename": file.filename or "upload.jsonl", "purpose": purpose, "status": "processed"}

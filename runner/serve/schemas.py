@@ -71,6 +71,7 @@ class JobRequest(BaseModel):
     suffix: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9._-]*$")
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
     spec: str | dict[str, Any] | None = None  # our own field (the client's extra_body): YAML text or JSON
+    evaluation: dict[str, Any] | None = None  # our own field: `eval` keys over the model's run's (openai_jobs)
 
 
 class Usage(BaseModel):
@@ -248,3 +249,31 @@ class JobProgress(BaseModel):
     fine_tuned_model: str | None
     error: dict[str, Any] | None
     report: str | None
+
+
+# The files routes (runner/serve/files.py), as OpenAI's file objects.
+
+
+class FileObject(BaseModel):
+    id: str  # "file-" and 24 hex digits, matched exactly
+    object: Literal["file"] = "file"
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: str  # "fine-tune" (uploads) or "fine-tune-results" (a job's step_metrics.csv)
+    status: Literal["uploaded", "processed", "error"] = "processed"
+    status_details: str | None = None
+
+
+class FileList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[FileObject]
+    has_more: bool
+    first_id: str | None
+    last_id: str | None
+
+
+class FileDeleted(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    deleted: bool

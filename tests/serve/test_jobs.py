@@ -4,6 +4,7 @@ after a restart, the running one failed with the reason (and its orphaned `runne
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -110,3 +111,29 @@ def test_a_server_killed_mid_job_lists_its_jobs_after_a_restart(tmp_path: Path) 
             import os
 
             os.kill(pid, signal.SIGKILL)  # exactly the job process this test's server started
+
+
+def test_sigterm_to_the_server_stops_its_jobs_training_and_says_so(tmp_path: Path) -> None:
+    store, log = tmp_path / "store", tmp_path / "serve.log"
+    with serving(store, log) as (process, client):
+        job = client.fine_tuning.jobs.create(model="x", training_file="unused",
+                                             extra_body={"spec": tiny_spec("serve-sigterm", max_steps=400)})
+        until(lambda: any("train: running" in e for e in events(client, job.id)), "training to start")
+        until(lambda: list((store / "train" / ".work").glob("*/checkpoints/checkpoint-*")), "a first checkpoint")
+        pid = client.fine_tuning.jobs.retrieve(job.id).model_extra["pid"]  # type: ignore[index]
+        try:
+            process.send_signal(signal.SIGTERM)  # as `docker stop`, systemd or Ctrl-C's cousin
+            stopped = time.time()
+            until(lambda: not alive(pid, job.id), "the job's runner run to stop", 20)  # a step, a checkpoint
+            print(f"the job's runner run stopped {time.time() - stopped:.1f} s after the server's SIGTERM")
+            process.wait(timeout=60)
+        finally:
+            if alive(pid, job.id):
+                import os
+
+                os.kill(pid, signal.SIGKILL)  # exactly the job process this test's server started
+    record = json.loads((store / "jobs" / f"{job.id}.json").read_text())
+    assert record["status"] == "failed" and record["error"]["code"] == "server_stopped"
+    assert "stopped at a checkpoint" in record["error"]["message"] and record["finished_at"] is not None
+    kept = sorted((store / "train" / ".work").glob("*/checkpoints/checkpoint-*"))
+    assert kept  # what it finished stays for the resume

@@ -82,7 +82,7 @@ async function cancel(id) {
 }
 
 async function refresh() {
-  const jobs = (await R.call("/v1/fine_tuning/jobs")).data;
+  const jobs = (await R.call("/v1/fine_tuning/jobs?limit=1000")).data;  // the page lists them all
   if (!R.selectedJob && jobs.length) R.selectedJob = jobs[0].id;
   $("#job-list").replaceChildren(...(jobs.length ? jobs.map((j) => el("li", {
     class: j.id === R.selectedJob ? "chosen" : "", "data-job": j.id,

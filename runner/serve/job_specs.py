@@ -1,0 +1,82 @@
+"""A job request's spec: a given `spec` checked as `runner validate` checks it (uploads named by id
+resolved to their stored files), or one built from OpenAI's fields (runner.serve.openai_jobs), with
+what the job record shows of each and the uploads to check before it may queue."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from fastapi import HTTPException, Request
+
+from runner.errors import SpecError
+from runner.serve.files import FileStore
+from runner.serve.schemas import JobRequest
+from runner.spec import Spec, parse_spec
+
+
+def spec_text(body: JobRequest, request: Request, base_dir: Path) -> tuple[str, dict[str, Any]]:
+    """The job's spec as YAML, checked as `runner validate` checks it (400 with every problem), and
+    what the record shows of it: the spec's own seed and training settings."""
+    from runner.serve.openai_jobs import file_ids_in, shown_hyperparameters
+
+    if body.spec is None:
+        raise HTTPException(400, "give `model` (a served base or adapter id) and `training_file`, or a `spec` "
+                                 "(YAML text or a JSON object, in extra_body)")
+    text = body.spec if isinstance(body.spec, str) else yaml.safe_dump(body.spec, sort_keys=False)
+    problems: list[str] = []
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError:
+        doc = None  # parse_spec says where
+    if isinstance(doc, dict):
+        uploads = FileStore(request.app.state.store)
+        resolved = file_ids_in(doc, uploads.path, problems)
+        if resolved != doc:  # only then rewritten: a spec's own text keeps its line numbers in problems
+            text = yaml.safe_dump(resolved, sort_keys=False)
+    spec = checked(text, base_dir, problems)
+    return text, {"seed": spec.seed, "hyperparameters": shown_hyperparameters(spec.as_dict())}
+
+
+def checked(text: str, base_dir: Path, problems: list[str] | None = None) -> Spec:
+    """The spec `text`; 400 listing `problems` and every problem `runner validate` finds in it."""
+    problems = list(problems or [])
+    try:
+        spec = parse_spec(text, source="spec", base_dir=base_dir)
+    except SpecError as exc:
+        problems += exc.problems
+    if problems:
+        raise HTTPException(400, "the spec is not valid: " + "; ".join(problems))
+    return spec
+
+
+def from_openai(body: JobRequest, request: Request, base_dir: Path) -> tuple[str, dict[str, Any], list[list[str]]]:
+    """The spec OpenAI's fields ask for, checked as a given spec is (its problems said in the fields'
+    names), what the job record shows of it, and the chat uploads to check before it queues."""
+    from runner.serve.openai_jobs import in_fields, job_fields, mapped
+
+    if not body.model:
+        spec_text(body, request, base_dir)  # neither `model` nor `spec`: the 400 that says what to give
+    entry = request.app.state.registry.get(body.model)
+    if entry is None:
+        raise HTTPException(404, f"model {body.model!r} does not exist: give a base or adapter id from /v1/models")
+    fields = body.model_dump(exclude_none=True)
+    uploads = FileStore(request.app.state.store)
+
+    def found(file_id: str) -> tuple[Path, str] | None:
+        path, kind = uploads.path(file_id), uploads.kind(file_id)
+        return (path, kind) if path is not None and kind is not None else None
+
+    spec, problems = mapped(fields, entry, found)
+    text = yaml.safe_dump(spec, sort_keys=False)
+    if not problems:
+        try:
+            parse_spec(text, source="spec", base_dir=base_dir)
+        except SpecError as exc:
+            problems = [in_fields(p) for p in exc.problems]
+    if problems:
+        raise HTTPException(400, "the job's fields are not valid: " + "; ".join(problems))
+    checks = [[name, str(fields[name])] for name in ("training_file", "validation_file")
+              if fields.get(name) and uploads.kind(str(fields[name])) == "jsonl"]
+    return text, job_fields(fields, spec), checks
