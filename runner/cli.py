@@ -202,6 +202,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"error: --host {args.host} listens beyond this machine: set --api-key (or RUNNER_API_KEY)",
               file=sys.stderr)
         return 2
+    from runner.extras import require_extra
+
+    require_extra("serve", "runner serve")  # one line naming the install, not a ModuleNotFoundError
     from runner.serve.app import serve
 
     return serve(args.store, args.host, args.port, args.api_key, args.engine)

@@ -76,9 +76,9 @@ def require_extras(spec: Spec, until: str | None = None) -> None:
         absent = missing(need.modules)
         if not absent or STAGE_NAMES.index(need.stage) > last:
             continue
-        if need.extra is None:
-            problems.append(f"{need.field}: {', '.join(absent)} is not installed; `pip install {absent[0]}` "
-                            f"(WANDB_MODE=offline keeps it local) or remove it from {need.field.split(':')[0]}")
+        if need.extra is None:  # wandb: a package of its own, no extra
+            how = f"`pip install {absent[0]}` (WANDB_MODE=offline keeps it local)"
+            problems.append(f"{need.field} needs the {absent[0]} package (not installed): {how}, or remove it from the spec")
         else:
             problems.append(f"{need.field} needs the `{need.extra}` extra ({', '.join(absent)} not installed): "
                             f"{install_hint(need.extra)}, or remove it from the spec")

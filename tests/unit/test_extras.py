@@ -75,7 +75,8 @@ def test_trackers_name_the_track_extra_and_wandb_its_package(monkeypatch: pytest
     assert found[0] == ("logging.report_to: tensorboard needs the `track` extra (tensorboard not installed): run "
                         "`make track` (or `pip install 'qlora-runner[track]'`), or remove it from the spec")
     assert found[1].startswith("logging.report_to: mlflow needs the `track` extra")
-    assert found[2].startswith("logging.report_to: wandb: wandb is not installed; `pip install wandb`")
+    assert found[2] == ("logging.report_to: wandb needs the wandb package (not installed): `pip install wandb` "
+                        "(WANDB_MODE=offline keeps it local), or remove it from the spec")
     assert "\n" not in str(err.value)
 
 
@@ -96,15 +97,27 @@ def test_every_extra_checked_is_an_extra_of_pyproject() -> None:
                for target in extras.TARGETS.values())
 
 
-def test_plan_stops_before_any_stage_through_the_cli(tmp_path: Path) -> None:
-    """`runner plan` in a process where llama_cpp is hidden: exit 3, one line, an untouched store."""
+def hidden_cli(argv: list[str], hidden: str) -> subprocess.CompletedProcess[str]:
+    """`runner ARGV` in a process where module `hidden` cannot be found."""
     code = ("import importlib.util as u, sys\n"
             "real = u.find_spec\n"
-            "u.find_spec = lambda name, package=None: None if name == 'llama_cpp' else real(name, package)\n"
+            f"u.find_spec = lambda name, package=None: None if name == {hidden!r} else real(name, package)\n"
             "from runner.cli import main\n"
-            f"sys.exit(main(['plan', {str(GGUF_SPEC)!r}, '--store', {str(tmp_path / 'store')!r}]))\n")
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+            f"sys.exit(main({argv!r}))\n")
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_plan_stops_before_any_stage_through_the_cli(tmp_path: Path) -> None:
+    """`runner plan` in a process where llama_cpp is hidden: exit 3, one line, an untouched store."""
+    done = hidden_cli(["plan", str(GGUF_SPEC), "--store", str(tmp_path / "store")], "llama_cpp")
     assert done.returncode == 3, done.stdout + done.stderr
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
     assert done.stderr.startswith("error: export.gguf needs the `gguf` extra") and "make gguf" in done.stderr
     assert done.stdout == "" and not (tmp_path / "store").exists()
+
+
+def test_serve_without_the_serve_extra_is_one_line() -> None:
+    done = hidden_cli(["serve", "--port", "0"], "fastapi")
+    assert done.returncode == 3 and "Traceback" not in done.stderr and done.stderr.count("\n") == 1
+    assert done.stderr == ("error: runner serve needs the `serve` extra (fastapi not installed): run `make extras` "
+                           "(or `pip install 'qlora-runner[serve]'`)\n")
