@@ -33,7 +33,7 @@ Finder = Callable[[str], ModuleSpec | None]
 class Need:
     field: str  # the spec field that asks, as the user wrote it
     stage: str  # the first stage that uses it: a run that stops before it does not need it
-    extra: str | None  # the extra that installs it; None for a package of no extra (wandb)
+    extra: str  # the extra of pyproject.toml that installs it
     modules: tuple[str, ...]
 
 
@@ -42,9 +42,10 @@ def needs(spec: Spec) -> list[Need]:
     found = []
     if spec.export.gguf is not None:
         found.append(Need("export.gguf", "export", "gguf", MODULES["gguf"]))
+    # wandb is no extra: the train and eval stages check it themselves (runner/stages/train/trackers.py).
     for tracker in spec.logging.report_to:
-        extra = None if tracker == "wandb" else "track"
-        found.append(Need(f"logging.report_to: {tracker}", "train", extra, (tracker,)))
+        if tracker != "wandb":
+            found.append(Need(f"logging.report_to: {tracker}", "train", "track", (tracker,)))
     return found
 
 
@@ -76,12 +77,8 @@ def require_extras(spec: Spec, until: str | None = None) -> None:
         absent = missing(need.modules)
         if not absent or STAGE_NAMES.index(need.stage) > last:
             continue
-        if need.extra is None:  # wandb: a package of its own, no extra
-            how = f"`pip install {absent[0]}` (WANDB_MODE=offline keeps it local)"
-            problems.append(f"{need.field} needs the {absent[0]} package (not installed): {how}, or remove it from the spec")
-        else:
-            problems.append(f"{need.field} needs the `{need.extra}` extra ({', '.join(absent)} not installed): "
-                            f"{install_hint(need.extra)}, or remove it from the spec")
+        problems.append(f"{need.field} needs the `{need.extra}` extra ({', '.join(absent)} not installed): "
+                        f"{install_hint(need.extra)}, or remove it from the spec")
     if problems:
         raise ProfileError("; ".join(problems))
 
