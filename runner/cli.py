@@ -14,14 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import ProfileError, RunnerError
+from runner.extras import MODULES as EXTRAS
+from runner.extras import PACKAGE, install_hint, require_extra
 from runner.stage import STAGE_NAMES
 from runner.summary import profile_line as profile_line  # the server's /v1/specs/plan prints it too
 from runner.summary import sharing
 
-PACKAGE = "qlora-runner"  # the distribution's name (pyproject), as `pip install` spells it
-# Each optional extra (pyproject's optional-dependencies) and the modules it brings, as imported.
-EXTRAS = {"serve": ("fastapi", "uvicorn", "sse_starlette", "python_multipart"), "docker": ("docker",),
-          "track": ("tensorboard", "mlflow"), "gguf": ("gguf", "llama_cpp", "sentencepiece")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,22 +51,9 @@ def missing_extra(exc: BaseException, what: str) -> str | None:
             top = seen.name.split(".")[0]
             extra = next((name for name, modules in EXTRAS.items() if top in modules), None)
             if extra is not None:
-                return f"{what} needs the {extra} extra (no {top} here): pip install '{PACKAGE}[{extra}]'"
+                return f"{what} needs the `{extra}` extra ({top} not installed): {install_hint(extra)}"
         seen = seen.__cause__  # `raise ... from`: what the error says it came from, not whatever was being handled
     return None
-
-
-def require_extra(extra: str, what: str) -> None:
-    """Stop with one line before importing what `extra` brings, rather than with an import's traceback."""
-    import importlib.util
-
-    for module in EXTRAS[extra]:
-        try:
-            found = importlib.util.find_spec(module) is not None
-        except (ImportError, ValueError):  # a finder that refuses it; a module set to None in sys.modules
-            found = False
-        if not found:
-            raise ProfileError(f"{what} needs the {extra} extra (no {module} here): pip install '{PACKAGE}[{extra}]'")
 
 
 def version() -> str:
@@ -281,7 +266,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"error: --host {args.host} listens beyond this machine: set --api-key (or RUNNER_API_KEY)",
               file=sys.stderr)
         return 2
-    require_extra("serve", "runner serve")
+    require_extra("serve", "runner serve")  # one line naming the install, not a ModuleNotFoundError
     from runner.serve.app import serve
 
     return serve(args.store, args.host, args.port, args.api_key, args.engine)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from runner import locks
 from runner.errors import RunnerError, StageError, StoreError
+from runner.extras import require_extras
 from runner.plan import Step, plan_stage
 from runner.profile import Profile
 from runner.records import RunRecord, done_before, latest_record, new_record, save_record
@@ -52,6 +53,7 @@ class Options:
 def run_spec(spec: Spec, spec_path: Path, profile: Profile, store: Store, log: Callable[[str], None],
              options: Options = Options()) -> tuple[list[Outcome], Path]:
     """Run every stage not already in the store. Returns what happened per stage and the record path."""
+    require_extras(spec, options.only)  # before the first stage, not in the export stage after training
     previous = latest_record(store.root, spec_path)
     record, record_path = new_record(store.root, spec_path, spec.as_dict(), asdict(profile), options.sets)
     save_record(record, record_path)

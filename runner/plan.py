@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from runner.extras import require_extras
 from runner.keys import diff_inputs, file_digest, stage_key
 from runner.profile import Profile
 from runner.records import RunRecord
@@ -84,6 +85,7 @@ def plan(stages: tuple[Stage, ...], spec: Spec, profile: Profile, store: Store,
          digest: Digest = file_digest) -> list[Step]:
     """The whole plan without running anything: stages after one that will run stay `pending`. `digest`
     hashes the local files (a server planning on each edit passes a cache of it)."""
+    require_extras(spec)  # a package the spec asks for and lacks: one line now, not a failed stage later
     done: dict[str, Manifest] = {}
     steps = []
     for stage in stages:

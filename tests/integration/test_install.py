@@ -43,3 +43,19 @@ def test_pip_install_then_run_from_another_directory(tiny: Tiny, tmp_path: Path)
     cli = subprocess.run([str(python), "-m", "runner", "plan", str(tiny.spec), "--store", str(drive)], cwd=elsewhere,
                          capture_output=True, text=True, env=env)
     assert [line.split()[2] for line in cli.stdout.splitlines() if line.startswith(("model ", "data "))] == ["cached"] * 2
+
+
+def test_run_without_an_extra_the_spec_asks_for_stops_before_the_model_stage(tmp_path: Path) -> None:
+    """`runner run` of a GGUF spec where llama_cpp cannot be found (a core-only `make run` install): one
+    line naming the install, exit 3, and no stage built (the export stage would meet it after training)."""
+    store = tmp_path / "store"
+    code = ("import importlib.util as u, sys\n"
+            "real = u.find_spec\n"
+            "u.find_spec = lambda name, package=None: None if name == 'llama_cpp' else real(name, package)\n"
+            "from runner.cli import main\n"
+            f"sys.exit(main(['run', {str(ROOT / 'specs' / 'smoke-export.yaml')!r}, '--store', {str(store)!r}]))\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 3, done.stdout[-2000:] + done.stderr[-2000:]
+    assert done.stderr.startswith("error: export.gguf needs the `gguf` extra (llama_cpp not installed): run `make gguf`")
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert not (store / "model").exists() and "model:" not in done.stdout

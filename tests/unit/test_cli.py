@@ -155,11 +155,12 @@ def test_a_missing_spec_says_the_current_directory_and_the_checkouts_copy(tmp_pa
 
 
 @pytest.mark.parametrize(("argv", "blocked", "line"), [
-    (["serve"], ("fastapi",), f"error: runner serve needs the serve extra (no fastapi here): pip install '{PACKAGE}[serve]'"),
-    (["serve"], ("sse_starlette",), "error: runner serve needs the serve extra (no sse_starlette here): "
-                                    f"pip install '{PACKAGE}[serve]'"),
+    (["serve"], ("fastapi",), "error: runner serve needs the `serve` extra (fastapi not installed): "
+                              f"run `make extras` (or `pip install '{PACKAGE}[serve]'`)"),
+    (["serve"], ("sse_starlette",), "error: runner serve needs the `serve` extra (sse_starlette not installed): "
+                                    f"run `make extras` (or `pip install '{PACKAGE}[serve]'`)"),
     (["run", "specs/smoke.yaml", "--image", "cpu"], ("docker",),
-     f"error: runner run --image needs the docker extra (no docker here): pip install '{PACKAGE}[docker]'"),
+     f"error: runner run --image needs the `docker` extra (docker not installed): run `pip install '{PACKAGE}[docker]'`"),
 ])
 def test_a_missing_extra_is_one_line_naming_it(argv: list[str], blocked: tuple[str, ...], line: str) -> None:
     done = cli(*argv, blocked=blocked)
@@ -174,8 +175,8 @@ def test_a_stage_that_met_a_missing_extra_says_which() -> None:
         except ModuleNotFoundError as exc:
             raise StageError("train failed: ModuleNotFoundError: No module named 'tensorboard'") from exc
     except StageError as exc:
-        assert missing_extra(exc, "runner run") == (f"runner run needs the track extra (no tensorboard here): "
-                                                   f"pip install '{PACKAGE}[track]'")
+        assert missing_extra(exc, "runner run") == ("runner run needs the `track` extra (tensorboard not installed): "
+                                                   f"run `make track` (or `pip install '{PACKAGE}[track]'`)")
     assert missing_extra(ModuleNotFoundError("No module named 'numpyy'", name="numpyy"), "runner run") is None
 
 

@@ -59,3 +59,69 @@ def test_this_environment_is_what_the_lock_pins() -> None:
     checked = subprocess.run([sys.executable, str(ROOT / "tools" / "lock.py"), "check"], capture_output=True,
                              text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def load_lock_tool():  # type: ignore[no-untyped-def]
+    import importlib.util
+
+    found = importlib.util.spec_from_file_location("lock_tool", ROOT / "tools" / "lock.py")
+    assert found is not None and found.loader is not None
+    module = importlib.util.module_from_spec(found)
+    found.loader.exec_module(module)
+    return module
+
+
+def test_check_compares_only_what_is_installed(tmp_path: Path) -> None:
+    """`make run` installs the core only: the extras' pins it lacks are no difference; a wrong or an
+    unpinned package still is."""
+    tool = load_lock_tool()
+    have = tool.installed()
+    lock = tmp_path / "requirements.lock"
+    lock.write_text("".join(f"{n}=={v}\n" for n, v in have.items()) + "not-installed-extra==1.0\n")
+    assert tool.differences(lock) == []
+    name = sorted(have)[0]
+    lock.write_text("".join(f"{n}=={'0.0.0' if n == name else v}\n" for n, v in have.items() if n != sorted(have)[1]))
+    assert tool.differences(lock) == [f"{name}: locked 0.0.0, installed {have[name]}",
+                                      f"{sorted(have)[1]}: installed {have[sorted(have)[1]]}, not in the lock"]
+
+
+def make_dry_run(target: str, torch: str) -> str:
+    """What `make TARGET` would run on a fresh clone (-B: as if nothing were installed), TORCH forced."""
+    import shutil
+
+    import pytest
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    done = subprocess.run(["make", "-nB", target, f"TORCH={torch}"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_make_run_installs_the_core_and_torch_only() -> None:
+    """A fresh `make run` compiles nothing: no extra (gguf builds llama.cpp from source), no test tools."""
+    commands = make_dry_run("run", "cpu")
+    installs = [line for line in commands.splitlines() if "pip install" in line]
+    assert any(line.endswith("-c requirements.lock -e .") for line in installs), installs
+    assert not re.search(r"\[|gguf|llama", "\n".join(installs)), installs
+    assert "tools/lock.py check" in commands and "-m runner run specs/smoke.yaml" in commands
+    for target in ("validate", "plan"):
+        assert "-e .[" not in make_dry_run(target, "cpu") and '-e ".[' not in make_dry_run(target, "cpu")
+
+
+def test_make_test_installs_every_extra_on_top_of_the_core() -> None:
+    commands = make_dry_run("test", "cpu")
+    assert '-e ".[test,lint,serve,track,gguf]"' in commands and commands.index("-e .\n") < commands.index('-e ".[')
+    assert '-e ".[gguf]"' in make_dry_run("gguf", "cpu")
+
+
+def test_torch_build_follows_the_machine_or_torch_variable() -> None:
+    cpu = make_dry_run("run", "cpu")
+    if sys.platform == "linux":  # a wheel at hand (find-links) first, else the CPU index; never PyPI's CUDA build
+        assert '--no-index "torch==' in cpu and "+cpu" in cpu
+        assert "--index-url https://download.pytorch.org/whl/cpu" in cpu
+    cuda = make_dry_run("run", "cuda")
+    assert "download.pytorch.org/whl/cpu" not in cuda and "torch.version.cuda" in cuda  # checked after install
+    wrong = subprocess.run(["make", "-n", "run", "TORCH=rocm"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert wrong.returncode != 0 and "TORCH=rocm: choose cpu or cuda" in wrong.stderr
