@@ -2,11 +2,15 @@
 """Predicted vs measured peak memory of a training step, on random-initialised Llamas.
 
     .venv/bin/python bench/memory.py [--sizes tiny,medium] [--json OUT] [--png OUT] [--allocator live|default]
+                                     [--packed] [--attention sdpa|eager]
 
 Each size runs in its own process: build the model, load it the way the train stage does (4-bit on
 CPU here; CUDA when present), wrap it in LoRA, count what the loaded model holds from its tensors,
 train a few steps on a padded batch, and compare held + the peak the steps add with runner.memory's
-estimate of weights, LoRA state, activations and logits.
+estimate of weights, LoRA state, activations and logits. With `--packed`, the batch is what the
+train stage's PackCollator makes of short examples under train.packing (rows of up to seq_len tokens,
+each holding several examples); `--attention eager` loads the model with eager attention, whose
+(heads, T, T) scores are quadratic in a row's width.
 
 On CUDA the peak is torch.cuda.max_memory_allocated (live tensors; the allocator's cache is not
 counted). On CPU it is the peak RSS, and by default (`--allocator live`) the children run with a
@@ -25,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -34,6 +39,8 @@ SIZES = {
     "tiny": (64, 2, 128, 4, 2, 2048, 8, 128),
     "medium": (768, 12, 2048, 12, 4, 32000, 2, 256),  # ~130M parameters
     "large": (1024, 16, 2816, 16, 8, 32000, 2, 256),  # ~270M parameters
+    # long rows, many heads, a small vocabulary: attention's share of the peak is large (eager, packing)
+    "wide": (128, 2, 256, 8, 2, 512, 4, 512),
 }
 
 
@@ -42,7 +49,8 @@ SIZES = {
 LIVE = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 
 
-def child(size: str, checkpointing: bool, quantization: str) -> dict[str, object]:
+def child(size: str, checkpointing: bool, quantization: str, packed: bool = False,
+          attention: str = "sdpa") -> dict[str, object]:
     import dataclasses
     import gc
 
@@ -66,19 +74,17 @@ def child(size: str, checkpointing: bool, quantization: str) -> dict[str, object
         gc.collect()
         (folder / "model.json").write_text(json.dumps({"source": "init"}))
         (folder / "t.jsonl").write_text("{}\n")
-        spec = parse_spec(f"model: {{source: init, quantization: {quantization}}}\ndata: {{train: {{path: t.jsonl}}}}\n",
+        spec = parse_spec(f"model: {{source: init, quantization: {quantization}}}\n"
+                          f"data: {{train: {{path: t.jsonl}}, max_length: {seq}}}\ntrain: {{packing: {str(packed).lower()}}}\n",
                           base_dir=folder)
-        profile = dataclasses.replace(resolve_profile(spec, probe_machine()), gradient_checkpointing=checkpointing)
+        profile = dataclasses.replace(resolve_profile(spec, probe_machine()), gradient_checkpointing=checkpointing,
+                                      attn_implementation=attention)
         cuda = profile.device == "cuda"
         model = attach_lora(load_base(folder, spec, profile), spec, checkpointing)
         model.train()
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
         device = "cuda" if cuda else "cpu"
-        # A padded batch, as the train stage's collator makes: the last row a quarter shorter
-        ids = torch.randint(10, vocab, (micro, seq), device=device)
-        mask = torch.ones_like(ids)
-        mask[-1, seq - seq // 4:] = 0
-        labels = ids.masked_fill(mask == 0, -100)
+        batch, examples, longest = _batch(vocab, micro, seq, packed, device)
         # Mixed precision as the Trainer runs it (bf16 / fp16 autocast on CUDA)
         autocast = torch.autocast("cuda", dtype=torch_dtype(profile.dtype), enabled=cuda and profile.dtype != "fp32")
         with torch.no_grad():  # page in the mmapped checkpoint: its first touch is not training's memory
@@ -97,7 +103,7 @@ def child(size: str, checkpointing: bool, quantization: str) -> dict[str, object
             before = _status("VmRSS")
         for _ in range(2):
             with autocast:
-                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+                loss = model(**batch).loss
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -105,14 +111,38 @@ def child(size: str, checkpointing: bool, quantization: str) -> dict[str, object
         config = json.loads((folder / "weights" / "config.json").read_text())
     shape = Shape.from_config(config)
     # the train stage's own setup, with this step's batch and torch's fp32 AdamW
-    est = estimate(shape, dataclasses.replace(setup_for(spec, profile, seq), micro_batch=micro, eight_bit_optimizer=False))
+    setup = setup_for(spec, profile, longest)
+    est = estimate(shape, dataclasses.replace(setup, micro_batch=examples, eight_bit_optimizer=False))
     held_predicted = est.weights + est.lora // 4  # LoRA: weights, not their gradients and Adam moments (fp32 each)
     return {"size": size, "parameters": shape.parameters(), "checkpointing": checkpointing, "quantization": quantization,
             "predicted_gib": est.total / 2**30, "measured_gib": (held + added) / 2**30,
             "predicted_held_gib": held_predicted / 2**30, "measured_held_gib": held / 2**30,
             "predicted_added_gib": (est.total - held_predicted) / 2**30, "measured_added_gib": added / 2**30,
             "estimate": est.describe(), "threads": os.cpu_count(), "device": profile.device,
-            "allocator": "live" if os.environ.get("MALLOC_MMAP_THRESHOLD_") else "default"}
+            "allocator": "live" if os.environ.get("MALLOC_MMAP_THRESHOLD_") else "default",
+            "packed": packed, "attention": attention, "examples": examples, "longest": longest,
+            "rows": int(batch["input_ids"].shape[0]), "width": int(batch["input_ids"].shape[1])}
+
+
+def _batch(vocab: int, micro: int, seq: int, packed: bool, device: str) -> tuple[dict[str, Any], int, int]:
+    """(model inputs, examples, longest example). Padded: `micro` rows of `seq` tokens, the last a quarter
+    shorter, as PadCollator makes them. Packed: 3 x `micro` examples of about seq / 3 tokens, which the
+    train stage's PackCollator packs into `micro` rows of exactly `seq` tokens (data.max_length): the
+    widest rows packing makes, which the estimate counts on (narrower rows cost more positions here)."""
+    import torch
+
+    from runner.stages.train.callbacks import PackCollator
+
+    if not packed:
+        ids = torch.randint(10, vocab, (micro, seq), device=device)
+        mask = torch.ones_like(ids)
+        mask[-1, seq - seq // 4:] = 0
+        return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}, micro, seq
+    third = -(-seq // 3)
+    lengths = [third, third, seq - 2 * third] * micro
+    tokens = [torch.randint(10, vocab, (n,)).tolist() for n in lengths]
+    batch = PackCollator(0, seq)([{"input_ids": t, "labels": t} for t in tokens])
+    return {k: v.to(device) for k, v in batch.items()}, len(lengths), max(lengths)
 
 
 def _nbytes(tensor: object) -> int:
@@ -143,10 +173,12 @@ def main() -> None:
                         help="the comparison as a picture (default bench/out/memory.png)")
     parser.add_argument("--allocator", choices=("live", "default"), default="live",
                         help="CPU: live (RSS follows live tensors) or glibc's default (freed blocks kept)")
+    parser.add_argument("--packed", action="store_true", help="train on rows packed as train.packing packs them")
+    parser.add_argument("--attention", choices=("sdpa", "eager"), default="sdpa", help="the attention implementation")
     parser.add_argument("--child", nargs=3, metavar=("SIZE", "CHECKPOINTING", "QUANT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child[0], args.child[1] == "1", args.child[2])))
+        print(json.dumps(child(args.child[0], args.child[1] == "1", args.child[2], args.packed, args.attention)))
         return
     env = {**os.environ, **LIVE} if args.allocator == "live" else {k: v for k, v in os.environ.items() if k not in LIVE}
     rows = []
@@ -154,7 +186,8 @@ def main() -> None:
           f"   model held / training added, predicted : measured (GiB)   [{args.allocator} allocator]")
     for size in args.sizes.split(","):
         for checkpointing in (False, True):
-            out = subprocess.run([sys.executable, __file__, "--child", size, "1" if checkpointing else "0", "nf4"],
+            flags = ["--attention", args.attention] + (["--packed"] if args.packed else [])
+            out = subprocess.run([sys.executable, __file__, "--child", size, "1" if checkpointing else "0", "nf4", *flags],
                                  capture_output=True, text=True, check=True, env=env).stdout
             row = json.loads(out.strip().splitlines()[-1])
             rows.append(row)

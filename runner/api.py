@@ -211,11 +211,12 @@ class Swept:
 
 def sweep(spec: str | Path, sets: Iterable[str] = (), variants: str | Path | None = None,
           store: str | Path = "artifacts", jobs: int = 1, plan_only: bool = False, write: str | Path | None = None,
-          against: str = "baseline", log: Callable[[str], None] = _log, show: Callable[[str], None] = print) -> Swept:
+          against: str = "baseline", log: Callable[[str], None] = _log, show: Callable[[str], None] = print,
+          max_variants: int | None = None) -> Swept:
     """Expand `spec` by a grid (`sets`: "lora.r=8,16") or a variants file, show every variant's plan,
     run them (`jobs` at once) and compare them. `write`: only write the variant specs there."""
     from runner.errors import SpecError
-    from runner.sweep import grid, parse_setting, read_variants, sweep_folder, write_variants
+    from runner.sweep import expand, sweep_folder, write_variants
 
     sets = list(sets)
     if bool(sets) == (variants is not None):
@@ -223,9 +224,10 @@ def sweep(spec: str | Path, sets: Iterable[str] = (), variants: str | Path | Non
     if jobs < 1:
         raise SpecError([f"sweep: --jobs {jobs}: run at least 1 variant at a time (--jobs 1, the default)"])
     base = validate(spec)
-    expanded = grid([parse_setting(s) for s in sets], base.name) if sets else read_variants(Path(variants or ""), base.name)
+    expanded = expand(sets, Path(variants) if variants is not None else None, base.name, max_variants)
     folder = Path(write) if write else sweep_folder(Path(store), Path(spec), expanded)
     written = write_variants(Path(spec), expanded, folder, write=not plan_only)  # a plan writes nothing
+    jobs = min(jobs, len(written))  # more slots than variants would hold nothing (and --jobs 2**70 no memory)
     if write:
         return Swept([w.path for w in written], [], {}, None)
     from runner.execute import registered_stages

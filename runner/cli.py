@@ -21,7 +21,6 @@ from runner.summary import profile_line as profile_line  # the server's /v1/spec
 from runner.summary import sharing
 
 
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -171,6 +170,8 @@ def _sweep_commands(command) -> None:  # type: ignore[no-untyped-def]
     sw.add_argument("--jobs", type=int, default=1, metavar="N",
                     help="run N variants at once, each a `runner run` process (on its own GPUs where there are several)")
     sw.add_argument("--write", type=Path, metavar="DIR", help="only write the variant specs to DIR (for a scheduler)")
+    sw.add_argument("--max-variants", type=int, metavar="N",
+                    help="refuse a sweep of more than N variants, counted before any is made (default 256)")
     sw.add_argument("--against", choices=("baseline", "best"), default="baseline",
                     help="test each variant against the first (baseline) or the most accurate one")
     cp = command("compare", cmd_compare, "one report over several runs: accuracy, paired tests (Holm), loss, cost",
@@ -227,7 +228,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     signals.install(hangup=True)  # SIGTERM and SIGHUP too stop the sweep's runs at a checkpoint
     swept = api.sweep(args.spec, args.set, args.variants, args.store, args.jobs, args.plan, args.write, args.against,
-                      show=lambda line: print(line, flush=True))
+                      show=lambda line: print(line, flush=True), max_variants=args.max_variants)
     if args.write:
         print("\n".join(str(path) for path in swept.specs))
     failed = [name for name, code in swept.codes.items() if code != 0]
@@ -247,7 +248,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_gc(args: argparse.Namespace) -> int:
     from runner.gc import collect
 
-    removed, freed = collect(args.store, dry_run=args.dry_run)
+    removed, freed = collect(args.store, dry_run=args.dry_run, note=print)
     verb = "would remove" if args.dry_run else "removed"
     for path in removed:
         print(f"{verb} {path}")

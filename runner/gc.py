@@ -5,13 +5,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from runner import locks
 from runner.errors import StoreError
+from runner.files import NotRegularFile, TooLarge, read_regular
 from runner.records import runs_dir
 from runner.stage import STAGE_NAMES
+
+# A record holds a resolved spec, a profile, keys and versions: tens of kB. Far past that it is no record.
+MAX_RECORD_BYTES = 64 * 2**20
 
 
 def _record_paths(store_root: Path) -> list[Path]:
@@ -32,15 +38,24 @@ def _record_paths(store_root: Path) -> list[Path]:
                          "since any artifact may be in use: fix the folder, then run gc again") from None
 
 
-def referenced_keys(store_root: Path) -> set[tuple[str, str]]:
+def referenced_keys(store_root: Path, note: Callable[[str], None] = lambda _: None) -> set[tuple[str, str]]:
     """(stage, key) of every stage any run record names. A record that cannot be read might name any
     artifact, so gc stops rather than treat it as naming none (records are written whole, by rename,
-    so an unreadable `.json` is damage, not a record being written)."""
+    so an unreadable `.json` is damage, not a record being written). A FIFO, a socket, a device or a
+    folder cannot be a record, and reading one may block: skipped, and `note` says so. A symbolic link
+    might lead to a record: it is not followed (it may lead to /dev/zero), and it stops gc."""
     keys: set[tuple[str, str]] = set()
     unreadable: list[tuple[Path, str]] = []
     for path in _record_paths(store_root):
         try:
-            keys |= _stage_keys(json.loads(path.read_text("utf-8")))
+            keys |= _stage_keys(json.loads(read_regular(path, MAX_RECORD_BYTES, follow_links=False).decode("utf-8")))
+        except NotRegularFile as exc:
+            if exc.kind == "a symbolic link":
+                unreadable.append((path, "a symbolic link; gc reads only records the runner wrote, which are files"))
+            else:
+                note(f"{path}: {exc.kind}, not a run record: skipped")
+        except TooLarge as exc:
+            unreadable.append((path, str(exc)))
         except RecursionError:
             unreadable.append((path, "nested too deeply"))
         except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
@@ -60,24 +75,53 @@ def _stage_keys(record: Any) -> set[tuple[str, str]]:
     return {(s["stage"], str(s["key"])) for s in stages if s.get("key")}
 
 
-def collect(store_root: Path, dry_run: bool = False) -> tuple[list[Path], int]:
+def collect(store_root: Path, dry_run: bool = False,
+            note: Callable[[str], None] = lambda _: None) -> tuple[list[Path], int]:
     """Folders removed (or that would be), and the bytes they held. Work folders that a live
-    process holds the lock of are never touched."""
-    keep = referenced_keys(store_root)
-    doomed: list[Path] = []
-    for stage in STAGE_NAMES:
-        folder = store_root / stage
-        if not folder.is_dir():
-            continue
-        for child in sorted(folder.iterdir()):
-            if not child.name.startswith(".") and (stage, child.name) not in keep:
-                doomed.append(child)
-        for work in sorted((folder / ".work").glob("*")):
-            lock = folder / ".locks" / f"{work.name}.lock"
-            if (stage, work.name) not in keep and not locks.is_held(lock):
-                doomed.append(work)
-    freed = sum(f.stat().st_size for d in doomed for f in d.rglob("*") if f.is_file())
+    process holds the lock of are never touched. `note` hears of entries skipped."""
+    keep = referenced_keys(store_root, note)
+    try:
+        doomed = [path for stage in STAGE_NAMES for path in _unreferenced(store_root / stage, stage, keep)]
+    except OSError as exc:
+        raise StoreError(f"{exc.filename}: cannot be listed ({exc.strerror or exc}); gc removed nothing: "
+                         "fix the folder, then run gc again") from None
+    freed = sum(_size(f) for d in doomed for f in (d.rglob("*") if _is_folder(d) else [d]))
     if not dry_run:
         for path in doomed:
-            shutil.rmtree(path, ignore_errors=True)
+            if _is_folder(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:  # a stray file, FIFO or link where an artifact's folder would be: the link, not its target
+                path.unlink(missing_ok=True)
     return doomed, freed
+
+
+def _unreferenced(folder: Path, stage: str, keep: set[tuple[str, str]]) -> list[Path]:
+    """A stage's artifacts no record names, and its work folders no live process holds."""
+    if not folder.is_dir():  # a stage folder may be a link to another disk, as the store itself may be
+        return []
+    doomed = [child for child in sorted(folder.iterdir()) if not child.name.startswith(".")
+              and (stage, child.name) not in keep]
+    work = folder / ".work"
+    for entry in sorted(work.iterdir()) if work.is_dir() else []:
+        if not entry.name.startswith(".") and (stage, entry.name) not in keep and not _held(folder / ".locks" / f"{entry.name}.lock"):
+            doomed.append(entry)
+    return doomed
+
+
+def _held(lock: Path) -> bool:
+    try:
+        return locks.is_held(lock)
+    except OSError:  # a lock that cannot be opened (a folder, say) may be anyone's: keep its work
+        return True
+
+
+def _is_folder(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink()
+
+
+def _size(path: Path) -> int:
+    try:
+        info = path.lstat()
+    except OSError:  # gone meanwhile
+        return 0
+    return info.st_size if stat.S_ISREG(info.st_mode) else 0

@@ -9,6 +9,12 @@ Pure arithmetic (no torch), so `plan` can show it. Counts what our train stage r
   layer's input when gradient checkpointing recomputes them), plus the transient dequantized weight;
 - logits: the (B, T, V) scores, the loss's fp32 log-softmax and the two gradients: for a 128k
   vocabulary this is often the largest single item.
+
+Under packing (train.packing) a micro-batch of B examples is packed into rows of up to data.max_length
+tokens. The packer computes no more positions than B x the longest example (it falls back to a row per
+example), so everything counted per token stays as it is; what grows is what each token attends over:
+the attention mask and, on the math path (eager, MPS), the (heads, T, T) scores are quadratic in the
+row's width, which is up to data.max_length, not the longest example.
 """
 
 from __future__ import annotations
@@ -78,6 +84,7 @@ class Setup:
     shards: int = 1  # FSDP processes: weights, LoRA parameters, gradients and optimizer states split over them
     autocast: bool = False  # mixed precision (the Trainer's bf16 / fp16 on CUDA): autocast casts per operation
     device: str = "cuda"  # dropout on CPU keeps an input-dtype noise tensor for backward; CUDA and MPS a 1-byte mask
+    packed_len: int = 0  # train.packing: the packed row's capacity (data.max_length); 0 when each example is a row
 
 
 @dataclass(frozen=True)
@@ -87,16 +94,18 @@ class Estimate:
     activations: int
     logits: int
     recompute: int = 0  # checkpointing: one layer's activations again, after the logits are freed
+    attention: int = 0  # the math path (eager, MPS): one layer's fp32 scores and their gradients while it runs
     load: int = 0  # FSDP: the whole model, which each process holds while loading, before sharding
 
     @property
     def total(self) -> int:
         # The logits peak at the loss; a checkpointed layer is recomputed later in the backward, once
-        # they are gone: the two never coexist.
-        return self.weights + self.lora + self.activations + max(self.logits, self.recompute)
+        # they are gone: the two never coexist. So is a layer's attention backward (measured on eager).
+        return self.weights + self.lora + self.activations + max(self.logits, self.recompute + self.attention)
 
     def describe(self) -> str:
-        names = ("weights", "lora", "activations", "logits") + (("recompute",) if self.recompute else ())
+        names = ("weights", "lora", "activations", "logits") + tuple(n for n in ("recompute", "attention")
+                                                                     if getattr(self, n))
         parts = ", ".join(f"{name} {getattr(self, name) / GIB:.2f}" for name in names)
         load = f"; {self.load / GIB:.2f} GiB while loading, before FSDP shards it" if self.load else ""
         return f"{self.total / GIB:.2f} GiB ({parts}){load}"
@@ -111,8 +120,9 @@ def estimate(shape: Shape, s: Setup) -> Estimate:
     if s.shards > 1:
         weights, lora, load = _sharded(shape, s, weights, lora)
     activations, recompute = _activations(shape, s, targeted)
+    attention = 0 if s.fused_attention else 2 * 4 * _scores(shape, s)  # fp32 scores and gradients, one layer
     return Estimate(weights=int(weights), lora=int(lora), activations=int(activations),
-                    logits=int(_logits(shape, s)), recompute=int(recompute), load=load)
+                    logits=int(_logits(shape, s)), recompute=int(recompute), load=load, attention=attention)
 
 
 def _upcast(s: Setup) -> bool:
@@ -173,23 +183,37 @@ def _activations(shape: Shape, s: Setup, targeted: dict[str, tuple[int, int]]) -
     return per_layer * shape.layers + dequantized, 0
 
 
+def row_len(s: Setup) -> int:
+    """The width of a row attention sees: the longest example, or under packing the packed row's
+    capacity (at least the longest example, and no wider than all of the micro-batch's tokens)."""
+    if not s.packed_len:
+        return s.seq_len
+    return min(max(s.packed_len, s.seq_len), s.micro_batch * s.seq_len)
+
+
 def _activations_per_layer(shape: Shape, s: Setup, targeted: dict[str, tuple[int, int]]) -> int:
     """Bytes one decoder block keeps for its backward over the whole micro-batch."""
     per_layer = s.micro_batch * s.seq_len * _per_token(shape, s, targeted)
-    if not s.fused_attention:  # the math path keeps (B, heads, T, T) scores, probabilities and their product
-        per_layer += 3 * s.micro_batch * shape.heads * s.seq_len * s.seq_len * _attention_bytes(s)
+    if not s.fused_attention:  # the math path keeps the (rows, heads, T, T) probabilities: softmax's fp32
+        # output, and its copy in the compute dtype for the product with the values (measured on eager)
+        per_layer += _scores(shape, s) * (4 + (_attention_bytes(s) if _attention_bytes(s) < 4 else 0))
     return per_layer
+
+
+def _scores(shape: Shape, s: Setup) -> int:
+    """Elements of one layer's attention scores: rows x heads x T x T = positions x heads x T."""
+    return s.micro_batch * s.seq_len * shape.heads * row_len(s)
 
 
 def _per_token(shape: Shape, s: Setup, targeted: dict[str, tuple[int, int]]) -> int:
     """Saved for backward in one block, per token, in bytes, as measured with autograd's saved-tensor
     hooks (fp32, and bf16 autocast): the two RMSNorms' inputs (2h) and the MLP's gate, up and
     activation (3i); the rotated queries, the keys and values as attention gets them (repeated to
-    every query head once a padding mask is present), its output (4q) and the mask (T); each
+    every query head once a padding mask is present), its output (4q) and the mask (a row's T); each
     adapter's r-wide middle; and the adapters' inputs."""
     h, inter, q = shape.hidden, shape.intermediate, shape.heads * shape.head_dim
     middles = (s.compute_bytes if s.autocast else 4) * s.lora_r * len(targeted)
-    per_token = _stream_bytes(s) * (2 * h + 3 * inter) + _attention_bytes(s) * (4 * q + s.seq_len) + middles
+    per_token = _stream_bytes(s) * (2 * h + 3 * inter) + _attention_bytes(s) * (4 * q + row_len(s)) + middles
     per_token += _adapter_inputs(shape, s, targeted)
     if s.lora_dropout > 0:  # and the dropout's mask for each adapter
         per_token += sum(inp for inp, _ in targeted.values()) * (4 if s.device == "cpu" else 1)
@@ -262,14 +286,15 @@ def halve(micro: int, batch_size: int) -> int:
 
 
 def setup_for(spec: Any, profile: Any, seq_len: int) -> Setup:
-    """The estimate's inputs from a spec and a resolved profile."""
+    """The estimate's inputs from a spec and a resolved profile; `seq_len` is the longest example."""
     return Setup(quantization=profile.quantization, double_quant=spec.model.double_quant,
                  compute_bytes=4 if profile.dtype == "fp32" else 2, lora_r=spec.lora.r,
                  lora_dropout=spec.lora.dropout, targets=spec.lora.target_modules,
                  eight_bit_optimizer="8bit" in profile.optimizer, micro_batch=profile.micro_batch_size,
                  seq_len=seq_len, checkpointing=profile.gradient_checkpointing,
                  fused_attention=profile.device != "mps" and profile.attn_implementation != "eager",
-                 autocast=profile.device == "cuda" and profile.dtype != "fp32", device=profile.device)
+                 autocast=profile.device == "cuda" and profile.dtype != "fp32", device=profile.device,
+                 packed_len=spec.data.max_length if spec.train.packing else 0)
 
 
 def fit_profile(spec: Any, profile: Any, config: dict[str, Any], seq_len: int) -> Fit:

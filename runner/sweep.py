@@ -12,6 +12,7 @@ import difflib
 import hashlib
 import itertools
 import json
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -20,15 +21,19 @@ from typing import Any
 
 import yaml
 
-from runner.errors import SpecError
+from runner.errors import SpecError, StoreError
+from runner.files import read_user_file
 from runner.schema import field_schema, value_problems
-from runner.spec import Spec, load_spec, parse_spec
+from runner.spec import MAX_SPEC_BYTES, Spec, load_spec, parse_spec
 from runner.yamlpos import YamlShapeError, clip, decode_spec, read_spec, read_yaml
 
 Path_ = tuple[str | int, ...]  # ("lora", "r"), ("eval", "benchmarks", 0, "limit")
 # Short names in variant names; any other field is named by its last part.
 SHORT = {"learning_rate": "lr", "epochs": "ep", "batch_size": "bs", "max_steps": "steps", "dropout": "do",
          "weight_decay": "wd", "warmup": "wu", "micro_batch_size": "mbs", "max_length": "len"}
+# Each variant is checked, written and planned (tens of ms each) before anything runs, and each run
+# trains: a grid past this is more often a typo than a plan. `runner sweep --max-variants N` raises it.
+MAX_VARIANTS = 256
 
 
 @dataclass(frozen=True)
@@ -88,7 +93,8 @@ def parse_override(text: str) -> tuple[Path_, Any]:
 def parse_path(text: str, what: str, named: bool = False) -> Path_:
     """`eval.benchmarks.0.limit` -> ('eval', 'benchmarks', 0, 'limit'), checked against the schema.
     `named`: `name` and `description` may be set (a run's, not a sweep's variants, which it names)."""
-    parts: list[str | int] = [int(p) if p.isdigit() else p for p in text.split(".")]
+    # ASCII digits only: str.isdigit() accepts '²', which int() refuses; a 10-digit index is no list's
+    parts: list[str | int] = [int(p) if p.isascii() and p.isdecimal() and len(p) < 10 else p for p in text.split(".")]
     if any(p == "" for p in parts):
         raise SpecError([f"{what}: not a dotted field path such as lora.r"])
     path = tuple(parts)
@@ -135,6 +141,22 @@ def check_value(path: Path_, value: Any, what: str) -> None:
         raise SpecError([f"{what}: {problems[0]}"])
 
 
+def expand(sets: list[str], variants: Path | None, base_name: str, limit: int | None = None) -> list[Variant]:
+    """A grid's (`--set` texts) or a variants file's variants, counted before any is made (limit: MAX_VARIANTS)."""
+    limit = MAX_VARIANTS if limit is None else limit
+    if variants is not None:
+        return read_variants(variants, base_name, limit)
+    counts = [len(split_values(text.partition("=")[2])) for text in sets]
+    _check_count(math.prod(counts), limit, " x ".join(str(n) for n in counts) + " values of --set")
+    return grid([parse_setting(s) for s in sets], base_name)
+
+
+def _check_count(count: int, limit: int, made: str) -> None:
+    if count > limit:  # said as the count, not minutes spent making them
+        raise SpecError([f"sweep: {made} make {count:,} variants, over the limit of {limit:,}: sweep fewer values, "
+                         f"or raise the limit with --max-variants {min(count, 10**6)}"])
+
+
 def grid(settings: list[Setting], base_name: str) -> list[Variant]:
     """Every combination of the settings' values, the first setting varying slowest. A mapping value
     (`lora={r: 4}`) sets its leaves, the base's other fields stay (a variant is named by the leaves)."""
@@ -174,24 +196,22 @@ def short(path: Path_) -> str:
     return SHORT.get(str(path[-1]), str(path[-1]))
 
 
-def _clean(raw: str) -> str:
+def _clean(raw: str, width: int = 24) -> str:
     """A value as part of a file name; a long one cut short with a digest of the whole, so two stay apart."""
     clean = re.sub(r"[^A-Za-z0-9.+-]+", "_", raw).strip("_")
-    return clean if len(clean) <= 24 else f"{clean[:16].rstrip('_')}-{hashlib.sha256(raw.encode()).hexdigest()[:7]}"
+    return clean if len(clean) <= width else f"{clean[:width - 8].rstrip('_')}-{hashlib.sha256(raw.encode()).hexdigest()[:7]}"
 
 
-def read_variants(path: Path, base_name: str) -> list[Variant]:
+def read_variants(path: Path, base_name: str, limit: int = MAX_VARIANTS) -> list[Variant]:
     """A sweep file: a YAML list of `{name: r8, set: {lora.r: 8, train.learning_rate: 1e-4}}`."""
-    try:
-        text = decode_spec(path.read_bytes(), str(path))
-    except OSError as exc:
-        raise SpecError([f"{path}: cannot read the variants file ({exc.strerror or exc})"]) from None
-    doc, positions = read_spec(text, str(path))
+    raw = read_user_file(path, MAX_SPEC_BYTES, "variants file", "give --variants a YAML file")
+    doc, positions = read_spec(decode_spec(raw, str(path)), str(path))
     if positions.problems:  # a key that is no string, say: where, and what
         _, line, column, problem = positions.problems[0]
         raise SpecError([f"{path}:{line}:{column}: {problem}"])
     if not isinstance(doc, list) or not doc:
         raise SpecError([f"{path}: a variants file is a YAML list of {{name: ..., set: {{PATH: VALUE}}}}"])
+    _check_count(len(doc), limit, f"{path}'s {len(doc):,} entries")
     variants, names = [], set()
     for i, item in enumerate(doc):
         at = f"{path}:{positions.where((i,))}"
@@ -273,9 +293,9 @@ def write_variants(spec_path: Path, variants: list[Variant], folder: Path, write
     spec_dir = spec_path.resolve().parent
     texts, problems, names = [], [], set()
     for variant in variants:
-        if variant.name in names:
-            problems.append(f"variant {variant.label}: the name {variant.name} is used twice; name each variant once")
-        names.add(variant.name)
+        if file_stem(variant.name) in names:
+            problems.append(f"variant {variant.label}: the name {clip(variant.name, 80)} is used twice; name each once")
+        names.add(file_stem(variant.name))
         text = yaml.safe_dump(variant_doc(base, variant, spec_dir), sort_keys=False, allow_unicode=True)
         try:
             parse_spec(text, source=f"variant {variant.label}", base_dir=spec_dir)
@@ -287,19 +307,35 @@ def write_variants(spec_path: Path, variants: list[Variant], folder: Path, write
     if problems:
         raise SpecError(problems)
     if not write:
-        return [Written(v, folder / f"{v.name}.yaml", parse_spec(text, str(folder / f"{v.name}.yaml"), folder.resolve()))
-                for v, text in zip(variants, texts)]
-    folder.mkdir(parents=True, exist_ok=True)
-    out = []
-    for variant, text in zip(variants, texts):
-        path = folder / f"{variant.name}.yaml"
-        path.write_text(f"# variant {variant.label} of {spec_path.resolve()} (written by runner sweep)\n{text}", "utf-8")
-        out.append(Written(variant, path, load_spec(path)))
+        paths = [folder / f"{file_stem(v.name)}.yaml" for v in variants]
+        return [Written(v, p, parse_spec(text, str(p), folder.resolve())) for v, p, text in zip(variants, paths, texts)]
+    return _write(spec_path, variants, texts, folder)
+
+
+def _write(spec_path: Path, variants: list[Variant], texts: list[str], folder: Path) -> list[Written]:
+    out, head = [], f"# variant {{}} of {spec_path.resolve()} (written by runner sweep)\n"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for variant, text in zip(variants, texts):
+            path = folder / f"{file_stem(variant.name)}.yaml"
+            path.write_text(head.format(variant.label) + text, "utf-8")
+            out.append(Written(variant, path, load_spec(path)))
+    except OSError as exc:
+        raise StoreError(f"sweep: cannot write the variant specs in {clip(str(folder), 120)} ({exc.strerror or exc}): "
+                         "give a folder you can write (--write DIR, or --store DIR)") from None
     return out
+
+
+def file_stem(name: str) -> str:
+    """A variant's name as a file name in its folder: the spec's `name` may hold anything (a slash,
+    `../`, 300 characters), and the file must land in the folder, under the file system's limit."""
+    return _clean(name, 120).lstrip(".") or "variant"
 
 
 def sweep_folder(store: Path, spec_path: Path, variants: list[Variant]) -> Path:
     """`<store>/sweeps/<spec>-<digest>`: the same sweep run again writes to the same place."""
+    if store.exists() and not store.is_dir():
+        raise StoreError(f"sweep: --store {clip(str(store), 120)} is not a folder: give the artifact store's folder")
     what = json.dumps([str(spec_path.resolve()), [[v.name, [[dotted(p), x] for p, x in v.overrides]] for v in variants]],
                       sort_keys=True, default=str)
-    return store / "sweeps" / f"{spec_path.stem}-{hashlib.sha256(what.encode()).hexdigest()[:8]}"
+    return store / "sweeps" / f"{file_stem(spec_path.stem)[:100]}-{hashlib.sha256(what.encode()).hexdigest()[:8]}"

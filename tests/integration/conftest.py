@@ -73,11 +73,11 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
     return Tiny(spec, store, folder, done.stdout + done.stderr, {k: Path(v) for k, v in found.items()})
 
 
-def memory_bench(sizes: str, tmp_path: Path) -> list[dict[str, object]]:
-    """Rows of bench/memory.py (predicted vs measured peak) for the given model sizes."""
+def memory_bench(sizes: str, tmp_path: Path, *flags: str) -> list[dict[str, object]]:
+    """Rows of bench/memory.py (predicted vs measured peak) for the given model sizes (and its flags)."""
     out = tmp_path / "memory.json"
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "memory.py"), "--sizes", sizes, "--json", str(out),
-                           "--png", str(tmp_path / "memory.png")],
+                           "--png", str(tmp_path / "memory.png"), *flags],
                           capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
     print(done.stdout)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 from runner.memory import GIB, Setup, Shape, estimate, fit
 
@@ -87,3 +88,47 @@ def test_fsdp_fits_only_when_one_gpu_can_load_the_whole_model() -> None:
     assert fit(shape, sharded, 1, int(0.8 * 80 * GIB)).fits  # two 80 GB GPUs
     tight = fit(shape, sharded, 1, int(0.8 * 40 * GIB))  # two 40 GB GPUs: shards fit, loading does not
     assert tight.estimate.total <= 0.8 * 40 * GIB < tight.estimate.load and not tight.fits
+
+
+def test_a_packed_row_attends_over_max_length_not_the_longest_example() -> None:
+    # 8 examples of at most 256 tokens, packed into rows of up to 2048 (data.max_length): the packer
+    # computes no more positions than 8 x 256, so what is counted per token stays; each token attends
+    # over its row, so the math path's (rows, heads, T, T) scores grow by 2048 / 256.
+    math_path = replace(QLORA, micro_batch=8, seq_len=256, fused_attention=False)
+    packed = replace(math_path, packed_len=2048)
+    plain, rows = estimate(LLAMA_32_3B, math_path), estimate(LLAMA_32_3B, packed)
+    assert rows.logits == plain.logits and rows.weights == plain.weights and rows.lora == plain.lora
+    scores = 3 * 8 * LLAMA_32_3B.heads * 256 * 256 * 2 * LLAMA_32_3B.layers  # bf16, every layer
+    mask = 8 * 256 * 256 * 2 * LLAMA_32_3B.layers  # the mask's row per token
+    assert rows.activations - plain.activations == 7 * (scores + mask)
+    # SDPA's fused kernels keep no scores: only the mask grows
+    fused = estimate(LLAMA_32_3B, replace(packed, fused_attention=True)).activations
+    assert fused - estimate(LLAMA_32_3B, replace(math_path, fused_attention=True)).activations == 7 * mask
+
+
+def test_a_packed_row_is_at_least_the_longest_example_and_at_most_the_micro_batch() -> None:
+    from runner.memory import row_len
+
+    assert row_len(replace(QLORA, seq_len=300)) == 300  # unpacked: a row is an example
+    assert row_len(replace(QLORA, seq_len=300, packed_len=2048)) == 1200  # 4 examples fill no more
+    assert row_len(replace(QLORA, seq_len=300, packed_len=256)) == 300  # the packer widens to the longest
+    assert row_len(replace(QLORA, micro_batch=16, seq_len=300, packed_len=2048)) == 2048
+    # packing at the same width as the longest example changes nothing
+    same = replace(QLORA, fused_attention=False, seq_len=512)
+    assert estimate(LLAMA_32_3B, same) == estimate(LLAMA_32_3B, replace(same, packed_len=512))
+
+
+def test_the_estimate_reads_train_packing_from_the_spec(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from runner.memory import setup_for
+    from runner.spec import parse_spec
+
+    (tmp_path / "t.jsonl").write_text("{}\n")
+    profile = SimpleNamespace(quantization="nf4", dtype="bf16", optimizer="paged_adamw_8bit", micro_batch_size=4,
+                              gradient_checkpointing=False, device="mps", attn_implementation="sdpa")
+    for packing, expected in (("false", 0), ("true", 1024)):
+        spec = parse_spec(f"model: {{source: init}}\ndata: {{train: {{path: t.jsonl}}, max_length: 1024}}\n"
+                          f"train: {{packing: {packing}}}\n", base_dir=tmp_path)
+        s = setup_for(spec, profile, 300)
+        assert (s.seq_len, s.packed_len, s.fused_attention) == (300, expected, False)  # MPS: the math path
