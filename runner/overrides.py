@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import SpecError
+from runner.fieldpaths import Path_, leaves, parse_override, set_fields
 from runner.spec import Spec, load_spec, read_spec_file, spec_of_doc
-from runner.sweep import Path_, leaves, parse_override, set_fields
 from runner.yamlpos import format_path, read_spec
 
 

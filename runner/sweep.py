@@ -7,14 +7,11 @@ stage keys: a sweep over LoRA settings builds the model and the data once. Light
 
 from __future__ import annotations
 
-import copy
-import difflib
 import hashlib
 import itertools
 import json
 import math
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,12 +19,12 @@ from typing import Any
 import yaml
 
 from runner.errors import SpecError, StoreError
+from runner.fieldpaths import Path_, check_value, dotted, leaves, parse_path, read_value, set_fields, split_values
 from runner.files import read_user_file
-from runner.schema import field_schema, value_problems
+from runner.schema import field_schema
 from runner.spec import MAX_SPEC_BYTES, Spec, load_spec, parse_spec
-from runner.yamlpos import YamlShapeError, clip, decode_spec, read_spec, read_yaml
+from runner.yamlpos import clip, decode_spec, read_spec
 
-Path_ = tuple[str | int, ...]  # ("lora", "r"), ("eval", "benchmarks", 0, "limit")
 # Short names in variant names; any other field is named by its last part.
 SHORT = {"learning_rate": "lr", "epochs": "ep", "batch_size": "bs", "max_steps": "steps", "dropout": "do",
          "weight_decay": "wd", "warmup": "wu", "micro_batch_size": "mbs", "max_length": "len"}
@@ -52,10 +49,6 @@ class Variant:
     origin: str = ""  # what made it, for messages: "--set lora.r=8" or "variants.yaml:3:3"
 
 
-def dotted(path: Path_) -> str:
-    return ".".join(str(p) for p in path)
-
-
 def parse_setting(text: str) -> Setting:
     """`lora.r=8,16,64` -> Setting; a wrong field or value is one line naming it."""
     where, sep, listed = text.partition("=")
@@ -70,75 +63,6 @@ def parse_setting(text: str) -> Setting:
     if len({json.dumps(v, sort_keys=True) for _, v in values}) < len(values):
         raise SpecError([f"--set {dotted(path)}: a value is listed twice"])
     return Setting(path, tuple(values))
-
-
-def parse_override(text: str) -> tuple[Path_, Any]:
-    """`train.epochs=1` (one value: `runner run/plan/validate --set`) -> (path, value), typed and checked
-    by the same rules as a sweep's `--set`; a wrong field or value is one line naming it."""
-    where, sep, raw = text.partition("=")
-    if not sep or not where.strip() or not raw.strip():
-        raise SpecError([f"--set {clip(text, 60)}: write PATH=VALUE, e.g. --set train.epochs=1"])
-    path = parse_path(where.strip(), f"--set {where.strip()}", named=True)
-    what = f"--set {dotted(path)}={clip(raw.strip(), 40)}"
-    value = read_value(raw.strip(), what)
-    try:
-        check_value(path, value, what)
-    except SpecError as exc:
-        if len(split_values(raw)) > 1 and not isinstance(value, list):  # a sweep's grid written on run
-            raise SpecError([f"{exc.problems[0]}; one value per --set (a grid of values is `runner sweep --set`)"]) from None
-        raise
-    return path, value
-
-
-def parse_path(text: str, what: str, named: bool = False) -> Path_:
-    """`eval.benchmarks.0.limit` -> ('eval', 'benchmarks', 0, 'limit'), checked against the schema.
-    `named`: `name` and `description` may be set (a run's, not a sweep's variants, which it names)."""
-    # ASCII digits only: str.isdigit() accepts '²', which int() refuses; a 10-digit index is no list's
-    parts: list[str | int] = [int(p) if p.isascii() and p.isdecimal() and len(p) < 10 else p for p in text.split(".")]
-    if any(p == "" for p in parts):
-        raise SpecError([f"{what}: not a dotted field path such as lora.r"])
-    path = tuple(parts)
-    if path[0] in ("name", "description") and not named:
-        raise SpecError([f"{what}: variants are named by the sweep; set a field that changes a result"])
-    found, depth, choices = field_schema(path)
-    if found is None:
-        close = difflib.get_close_matches(str(path[depth]), choices, n=1)
-        hint = (f"; did you mean {dotted(path[:depth] + (close[0],))}?" if close
-                else f"; {dotted(path[:depth])} has {', '.join(choices)}" if choices and depth else "")
-        raise SpecError([f"{what}: no such spec field{hint}"])
-    return path
-
-
-def split_values(text: str) -> list[str]:
-    """Split at commas outside brackets: `all-linear,[q_proj,v_proj]` is two values."""
-    out, depth, start = [], 0, 0
-    for i, char in enumerate(text):
-        depth += char in "[{"
-        depth -= char in "]}"
-        if char == "," and depth == 0:
-            out.append(text[start:i].strip())
-            start = i + 1
-    out.append(text[start:].strip())
-    return out
-
-
-def read_value(raw: str, what: str) -> Any:
-    """A value as the spec's own YAML reader reads it (3e-4 is a number)."""
-    if not raw:
-        raise SpecError([f"{what}: an empty value"])
-    try:
-        value, positions = read_yaml(raw)
-    except (yaml.YAMLError, YamlShapeError) as exc:
-        raise SpecError([f"{what}: not a YAML value ({clip(str(exc).splitlines()[0], 60)})"]) from None
-    if positions.problems:
-        raise SpecError([f"{what}: {positions.problems[0][3]}"])
-    return value
-
-
-def check_value(path: Path_, value: Any, what: str) -> None:
-    problems = value_problems(path, value)
-    if problems:
-        raise SpecError([f"{what}: {problems[0]}"])
 
 
 def expand(sets: list[str], variants: Path | None, base_name: str, limit: int | None = None) -> list[Variant]:
@@ -174,16 +98,6 @@ def grid(settings: list[Setting], base_name: str) -> list[Variant]:
         origin = " ".join(f"--set {dotted(s.path)}={raw}" for s, (raw, _) in zip(settings, combo))
         variants.append(Variant(f"{base_name}-{label}", label, tuple(overrides), origin))
     return variants
-
-
-def leaves(path: Path_, value: Any, what: str = "--set") -> list[tuple[Path_, Any]]:
-    """A mapping value as the fields it sets (`lora={r: 4}` is lora.r=4); any other value as it is."""
-    found = field_schema(path)[0] or {}
-    if not isinstance(value, dict) or "properties" not in found:
-        return [(path, value)]
-    if not value:
-        raise SpecError([f"{what} {dotted(path)}={{}}: sets no field; set one, e.g. {dotted(path)}.FIELD=VALUE"])
-    return [leaf for key, v in value.items() for leaf in leaves((*path, str(key)), v, what)]
 
 
 def _label(path: Path_, raw: str, value: Any) -> str:
@@ -240,29 +154,6 @@ def variant_doc(base: dict[str, Any], variant: Variant, spec_dir: Path) -> dict[
     doc["name"] = variant.name
     out: dict[str, Any] = absolute_paths(doc, spec_dir)
     return out
-
-
-def set_fields(base: dict[str, Any], overrides: Iterable[tuple[Path_, Any]], what: str) -> dict[str, Any]:
-    """A copy of the spec document `base` with each (path, value) set, as if the YAML said it; a list
-    item the spec does not have is an error naming `what` set it (a variant, a --set)."""
-    doc = copy.deepcopy(base)
-    for path, value in overrides:
-        node: Any = doc
-        for i, part in enumerate(path[:-1]):
-            if isinstance(part, int):
-                if not isinstance(node, list) or part >= len(node):
-                    raise SpecError([f"{what}: {dotted(path[: i + 1])}: the spec has no such item "
-                                      f"(it lists {len(node) if isinstance(node, list) else 0})"])
-                node = node[part]
-            else:
-                if not isinstance(node.get(part), (dict, list)):
-                    node[part] = {}  # a section the base spec leaves out (or sets to null)
-                node = node[part]
-        if isinstance(path[-1], int) and (not isinstance(node, list) or path[-1] >= len(node)):
-            raise SpecError([f"{what}: {dotted(path)}: the spec has no such item "
-                             f"(it lists {len(node) if isinstance(node, list) else 0})"])
-        node[path[-1]] = value
-    return doc
 
 
 def absolute_paths(doc: Any, spec_dir: Path, path: Path_ = ()) -> Any:

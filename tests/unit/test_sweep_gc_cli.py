@@ -41,8 +41,8 @@ def refused(*argv: str, code: int | None = None, timeout: float = 30) -> str:
 def base_spec(folder: Path, name: str = "base") -> Path:
     (folder / "t.jsonl").write_text('{"question": "q", "answer": "a"}\n')
     spec = folder / "base.yaml"
-    spec.write_text(f"name: {name!r}\nmodel: {{source: init}}\ndata: {{train: {{path: t.jsonl}}}}\n"
-                    "eval: {benchmarks: [{name: b, path: t.jsonl}]}\n")
+    spec.write_text(f"name: {name!r}\nmodel: {{source: init}}\ndata: {{train: {{path: t.jsonl}}, format: qa}}\n"
+                    "eval: {benchmarks: [{name: b, path: t.jsonl, format: qa}]}\n")
     return spec
 
 
