@@ -234,15 +234,16 @@ def _check_size(size: int, source: str) -> None:
                          "limit; a spec holds settings, data goes in files"])
 
 
-def parse_spec(text: str, source: str = "<spec>", base_dir: Path | str = ".") -> Spec:
+def parse_spec(text: str, source: str = "<spec>", base_dir: Path | str = ".", rows: bool = True) -> Spec:
     _check_size(len(text.encode("utf-8", "surrogatepass")), source)
     doc, positions = read_spec(text, source)
-    return spec_of_doc(doc, positions, source, base_dir)
+    return spec_of_doc(doc, positions, source, base_dir, rows)
 
 
-def spec_of_doc(doc: Any, positions: Positions, source: str, base_dir: Path | str) -> Spec:
+def spec_of_doc(doc: Any, positions: Positions, source: str, base_dir: Path | str, rows: bool = True) -> Spec:
     """The typed spec of a document read by `read_spec` (and perhaps changed since: `--set`), every
-    problem at once, each at its position in `source`."""
+    problem at once, each at its position in `source`. `rows`: also read the first rows of each local
+    data file for the fields the spec expects (off where the caller checks the rows in its own terms)."""
     if not isinstance(doc, dict) and not positions.problems:
         raise SpecError([f"{source}: a spec is a YAML mapping with at least `model` and `data`"])
     found = [(p, ln, col, "duplicate key, the later one would win") for p, ln, col in positions.duplicates]
@@ -254,7 +255,9 @@ def spec_of_doc(doc: Any, positions: Positions, source: str, base_dir: Path | st
     if problems:
         raise SpecError(problems)
     full = with_defaults(doc)
-    found2 = cross_field_problems(full, Path(base_dir)) + row_problems(full, Path(base_dir), positions.marks.__contains__)
+    found2 = cross_field_problems(full, Path(base_dir))
+    if rows:
+        found2 += row_problems(full, Path(base_dir), positions.marks.__contains__)
     found2 = sorted(found2, key=lambda p: (positions.locate(p[0]), p[1]))
     problems = [f"{format_path(p)}: {msg} ({source}:{positions.where(p)})" for p, msg in found2]
     if problems:

@@ -72,7 +72,8 @@ def from_openai(body: JobRequest, request: Request, base_dir: Path) -> tuple[str
     text = yaml.safe_dump(spec, sort_keys=False)
     if not problems:
         try:
-            parse_spec(text, source="spec", base_dir=base_dir)
+            # rows=False: the uploads are checked while the job is `validating_files`, in the rows' terms
+            parse_spec(text, source="spec", base_dir=base_dir, rows=False)
         except SpecError as exc:
             problems = [in_fields(p) for p in exc.problems]
     if problems:

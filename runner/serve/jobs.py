@@ -115,7 +115,7 @@ class JobQueue:
                 jobs.append(json.loads(path.read_text("utf-8")))
             except (OSError, ValueError):
                 continue
-        return sorted(jobs, key=lambda j: (j["created_at"], j["id"]), reverse=True)
+        return sorted(jobs, key=_created, reverse=True)
 
     def _update(self, job_id: str, only_if: tuple[str, ...] = (), **fields: Any) -> dict[str, Any]:
         """The record with `fields` written (only while its status is one of `only_if`, when given)."""
@@ -133,7 +133,7 @@ class JobQueue:
                checks: list[list[str]] | None = None) -> dict[str, Any]:
         job_id = f"ftjob-{uuid.uuid4().hex[:24]}"
         (self.folder / f"{job_id}.yaml").write_text(spec_text, "utf-8")
-        job = {"id": job_id, "object": "fine_tuning.job", "model": model, "created_at": int(time.time()),
+        job = {"id": job_id, "object": "fine_tuning.job", "model": model, "created_at": int(time.time()), "created_ns": time.time_ns(),
                "status": "validating_files" if checks else "queued", "fine_tuned_model": None, "finished_at": None,
                "error": None, "training_file": training_file, "validation_file": None, "hyperparameters": {},
                "result_files": [], "trained_tokens": None, "organization_id": "runner", "seed": 0,
@@ -164,9 +164,9 @@ class JobQueue:
             checking = [j for j in jobs if j["status"] == "validating_files"]
             queued = [j for j in jobs if j["status"] == "queued"]
             if checking:
-                self._validate(min(checking, key=lambda j: j["created_at"]))
+                self._validate(min(checking, key=_created))
             elif queued:
-                self._run(min(queued, key=lambda j: j["created_at"])["id"])
+                self._run(min(queued, key=_created)["id"])
             else:
                 self._wake.wait(1.0)
                 self._wake.clear()
@@ -291,3 +291,9 @@ def job_checkpoints(job_id: str, request: Request) -> dict[str, Any]:
     found = checkpoints(jobs.store, job_id, jobs.folder / f"{job_id}.yaml", jobs.folder / f"{job_id}.log")
     return {"object": "list", "data": found, "has_more": False,
             "first_id": found[0]["id"] if found else None, "last_id": found[-1]["id"] if found else None}
+
+
+def _created(job: dict[str, Any]) -> tuple[int, int]:
+    """Creation order: OpenAI's `created_at` is whole seconds, and two jobs sent within one must still
+    queue and list in the order they came (a record from before `created_ns` sorts first in its second)."""
+    return job["created_at"], job.get("created_ns", 0)
