@@ -34,7 +34,8 @@ Field = tuple[str, dict[str, Any]]
 
 
 def fields(node: dict[str, Any], path: str) -> Iterator[Field]:
-    """Every field below `node`, depth first in the schema's own order: (dotted path, its schema)."""
+    """Every field below `node`, depth first in the schema's own order: (dotted path, its schema). A
+    list of objects is a field of its own too (`path[]`), its items' fields below it."""
     for name, child in node.get("properties", {}).items():
         here = f"{path}.{name}" if path else name
         yield here, child
@@ -47,7 +48,33 @@ def fields(node: dict[str, Any], path: str) -> Iterator[Field]:
 def _items(node: dict[str, Any], path: str) -> Iterator[Field]:
     items = node.get("items")
     if isinstance(items, dict) and "properties" in items:
+        yield f"{path}[]", items
         yield from fields(items, f"{path}[]")
+
+
+def rows(section: str, node: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], str]]:
+    """A section's rows: (path, schema, note). An object whose fields repeat an earlier object's (a
+    mixture source's `fields` are `data.fields`) is one row saying so, not its fields again."""
+    if "properties" not in node and "items" not in node:
+        yield section, node, ""
+        return
+    every = [*fields(node, section), *_items(node, section)]
+    canonical: dict[str, str] = {}  # an object's fields -> where they are shown: the plainest path
+    for path, child in every:
+        if "properties" in child:
+            shape = json.dumps(child["properties"], sort_keys=True)
+            if shape not in canonical or path.count("[]") < canonical[shape].count("[]"):
+                canonical[shape] = path
+    collapsed: list[str] = []
+    for path, child in every:
+        if any(path.startswith((done + ".", done + "[")) for done in collapsed):
+            continue
+        home = canonical.get(json.dumps(child["properties"], sort_keys=True)) if "properties" in child else None
+        if home is not None and home != path:
+            collapsed.append(path)
+            yield path, child, f" Its fields are those of `{home}`."
+            continue
+        yield path, child, ""
 
 
 def type_of(node: dict[str, Any]) -> str:
@@ -106,16 +133,12 @@ def render(schema: dict[str, Any]) -> str:
     for section, node in schema["properties"].items():
         out.append(f"\n## `{section}`\n")
         out.append(("Required. " if section in required else "") + _cell(node.get("description", "")) + "\n")
-        rows = [(section, node)] if "properties" not in node else []
-        rows += list(fields(node, section)) + list(_items(node, section))
-        if not rows:
-            continue
         out.append("| field | type | default | allowed | description |")
         out.append("| --- | --- | --- | --- | --- |")
-        for path, child in rows:
+        for path, child, note in rows(section, node):
             needed = " (required)" if _is_required(schema, path) else ""
             out.append(f"| `{path}`{needed} | {_cell(type_of(child))} | {_cell(default_of(child))} | "
-                       f"{_cell(allowed(child))} | {_cell(child.get('description', ''))} |")
+                       f"{_cell(allowed(child))} | {_cell(child.get('description', '') + note)} |")
     return "\n".join(out) + "\n"
 
 
