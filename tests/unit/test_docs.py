@@ -104,20 +104,32 @@ def test_make_targets_shown_exist() -> None:
     assert not missing, f"make targets shown but not in the Makefile: {missing}"
 
 
+def _without_store(argv: list[str]) -> list[str]:
+    return [a for i, a in enumerate(argv) if a != "--store" and (i == 0 or argv[i - 1] != "--store")]
+
+
+def _cheap(argv: list[str]) -> bool:
+    """What runs in seconds without torch: validate and plan of a spec in this checkout, a sweep's plan,
+    a dry-run gc (the last three against an empty store of the test's own)."""
+    spec_here = len(argv) > 1 and (ROOT / argv[1]).is_file()
+    return ((argv[0] in ("validate", "plan") and spec_here) or (argv[0] == "sweep" and spec_here and "--plan" in argv)
+            or (argv[0] == "gc" and "--dry-run" in argv))
+
+
 def _cheap_commands() -> list[tuple[str, list[str]]]:
-    """validate and plan of the specs in this checkout, as the docs show them."""
+    """The cheap commands the docs show, each once, with where it is shown first."""
     found: dict[tuple[str, ...], str] = {}
     for block in SHELL:
         for line in docblocks.shell_lines(block.text):
             argv = docblocks.runner_argv(line)
-            if argv and argv[0] in ("validate", "plan") and len(argv) > 1 and (ROOT / argv[1]).is_file():
-                found.setdefault(tuple(argv[:2]), block.where())
+            if argv and _cheap(argv):
+                found.setdefault(tuple(_without_store(argv)), block.where())
     return [(where, list(argv)) for argv, where in sorted(found.items())]
 
 
 @pytest.mark.parametrize(("where", "argv"), _cheap_commands(), ids=lambda x: " ".join(x) if isinstance(x, list) else x)
-def test_validate_and_plan_shown_run(where: str, argv: list[str], tmp_path: Path) -> None:
-    store = ["--store", str(tmp_path)] if argv[0] == "plan" else []
+def test_cheap_commands_shown_run(where: str, argv: list[str], tmp_path: Path) -> None:
+    store = [] if argv[0] == "validate" else ["--store", str(tmp_path)]
     done = subprocess.run([sys.executable, "-m", "runner", *argv, *store], cwd=ROOT, capture_output=True,
                           text=True, env=_light_env(), timeout=120)
     assert done.returncode == 0, f"{where}: runner {' '.join(argv)}: {done.stderr[-2000:]}"
