@@ -80,7 +80,7 @@ class Notebook:
         process = subprocess.Popen(argv, cwd=self.cwd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    text=True, start_new_session=True)
         try:
-            out, _ = process.communicate(timeout=900)
+            out, _ = process.communicate(timeout=1800)  # a smoke run on a busy 2-core machine: 15 min
         finally:
             try:
                 os.killpg(process.pid, signal.SIGKILL)
