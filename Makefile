@@ -139,3 +139,8 @@ test-container: $(VENV)/.installed
 
 check-image-cuda: $(VENV)/.installed
 	RUNNER_CUDA_IMAGE_TESTS=1 $(PY) -m pytest -q -s tests/container/test_cuda_image.py
+
+# make docs    regenerate docs/spec-reference.md from the schema (tests/unit/test_docs.py fails while it is stale)
+.PHONY: docs
+docs:
+	$(PYTHON) tools/specref.py
