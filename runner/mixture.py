@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runner.errors import DataError
 from runner.rules import document_files, has_glob, source_name
 from runner.spec import Fields, Source, Spec
 
@@ -96,6 +97,10 @@ def quotas(sources: list[Resolved], kept: dict[str, int]) -> dict[str, int]:
             out[s.name] = round(pool * s.weight / total_weight)
         else:
             out[s.name] = kept[s.name]
+    for s in weighted:  # a weight so small beside the others that it rounds to nothing would vanish unseen
+        if kept[s.name] and not out[s.name]:
+            raise DataError(f"data.train: source {s.name}'s weight {s.weight:g} gives it 0 of its {kept[s.name]} rows "
+                            f"an epoch (the weights add up to {total_weight:g}); raise its weight or remove it")
     return {name: (q if kept[name] else 0) for name, q in out.items()}  # an empty source gives nothing
 
 
