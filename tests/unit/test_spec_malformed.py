@@ -132,6 +132,14 @@ def test_mixture_names_and_shares_are_bounded(folder: Path, extra: bytes, said: 
     assert one_problem(folder, mixture + BASE_TEXT[BASE_TEXT.index(b"eval:"):]).startswith(said)
 
 
+@pytest.mark.parametrize("fmt", [b"format: text\n  ", b""])
+def test_a_path_that_is_a_link_to_itself_is_one_line(folder: Path, fmt: bytes) -> None:
+    (folder / "loop").symlink_to("loop")  # was: RuntimeError: Symlink loop, a traceback
+    body = BASE_TEXT.replace(b"  validation:\n    path: train.jsonl\n", b"")  # a text format: no qa validation
+    line = one_problem(folder, body.replace(b"train:\n    path: train.jsonl", fmt + b"train:\n    path: loop"))
+    assert line.startswith("data.train.path: cannot use 'loop': a symbolic link loop"), line
+
+
 def test_a_push_repo_id_with_a_newline_is_refused(folder: Path) -> None:
     line = one_problem(folder, BASE_TEXT + b'export: {push: {repo_id: "me/model\\n"}}\n')
     assert line.startswith("export.push.repo_id: ")
