@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,14 +131,13 @@ def epoch_rows(kept: dict[str, int], quota: dict[str, int], replacement: bool, s
 
 
 def schedule(kept: dict[str, int], quota: dict[str, int], replacement: bool, seed: int,
-             epochs: float) -> list[list[tuple[str, int]]]:
-    """Every epoch's rows; a fractional last epoch (`train.epochs: 2.5`) takes the first part of its draw."""
-    out = []
+             epochs: float) -> Iterator[list[tuple[str, int]]]:
+    """Every epoch's rows, drawn one epoch at a time (memory: an epoch, not the run); a fractional last
+    epoch (`train.epochs: 2.5`) takes the first part of its draw."""
     for epoch in range(math.ceil(epochs)):
         rows = epoch_rows(kept, quota, replacement, seed, epoch)
         share = min(1.0, epochs - epoch)
-        out.append(rows[: round(len(rows) * share)])
-    return out
+        yield rows[: round(len(rows) * share)]
 
 
 def describe(spec: Spec, stats: dict[str, Any] | None) -> list[str]:

@@ -89,7 +89,7 @@ def test_epoch_sampling_is_seeded_and_new_each_epoch() -> None:
     assert sorted(b_rows.values()) == [2, 2, 2, 3]  # 9 of 4 rows: two whole passes and one more row
     drawn = epoch_rows({"a": 3}, {"a": 300}, True, 42, 0)
     assert len(drawn) == 300 and max(Counter(drawn).values()) > 100  # with replacement: independent draws
-    plan = schedule(kept, quota, False, 42, 2.5)
+    plan = list(schedule(kept, quota, False, 42, 2.5))
     assert [len(e) for e in plan] == [15, 15, 8] and plan[2] == epoch_rows(kept, quota, False, 42, 2)[:8]
 
 
