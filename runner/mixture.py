@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runner.errors import DataError
 from runner.rules import document_files, has_glob, source_name
 from runner.spec import Fields, Source, Spec
 
@@ -96,6 +98,10 @@ def quotas(sources: list[Resolved], kept: dict[str, int]) -> dict[str, int]:
             out[s.name] = round(pool * s.weight / total_weight)
         else:
             out[s.name] = kept[s.name]
+    for s in weighted:  # a weight so small beside the others that it rounds to nothing would vanish unseen
+        if kept[s.name] and not out[s.name]:
+            raise DataError(f"data.train: source {s.name}'s weight {s.weight:g} gives it 0 of its {kept[s.name]} rows "
+                            f"an epoch (the weights add up to {total_weight:g}); raise its weight or remove it")
     return {name: (q if kept[name] else 0) for name, q in out.items()}  # an empty source gives nothing
 
 
@@ -125,14 +131,13 @@ def epoch_rows(kept: dict[str, int], quota: dict[str, int], replacement: bool, s
 
 
 def schedule(kept: dict[str, int], quota: dict[str, int], replacement: bool, seed: int,
-             epochs: float) -> list[list[tuple[str, int]]]:
-    """Every epoch's rows; a fractional last epoch (`train.epochs: 2.5`) takes the first part of its draw."""
-    out = []
+             epochs: float) -> Iterator[list[tuple[str, int]]]:
+    """Every epoch's rows, drawn one epoch at a time (memory: an epoch, not the run); a fractional last
+    epoch (`train.epochs: 2.5`) takes the first part of its draw."""
     for epoch in range(math.ceil(epochs)):
         rows = epoch_rows(kept, quota, replacement, seed, epoch)
         share = min(1.0, epochs - epoch)
-        out.append(rows[: round(len(rows) * share)])
-    return out
+        yield rows[: round(len(rows) * share)]
 
 
 def describe(spec: Spec, stats: dict[str, Any] | None) -> list[str]:

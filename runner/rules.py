@@ -196,11 +196,13 @@ def document_files(base_dir: Path, path: str) -> list[Path]:
 
 
 def _local_path(path: str, where: tuple[Any, ...], base_dir: Path, want_dir: bool) -> list[tuple[tuple[Any, ...], str]]:
-    full = (base_dir / path).resolve()
     try:
+        full = (base_dir / path).resolve()  # a link to itself: RuntimeError("Symlink loop") before Python 3.13
         ok = full.is_dir() if want_dir else full.is_file()
     except OSError as exc:  # a name too long for the file system is not ignored by pathlib
         return [(where, f"cannot use {clip(repr(path))}: {exc.strerror or exc}")]
+    except RuntimeError:
+        return [(where, f"cannot use {clip(repr(path))}: a symbolic link loop; point it at a real folder")]
     if ok:
         return []
     kind = "folder" if want_dir else "file"

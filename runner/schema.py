@@ -72,6 +72,9 @@ def _describe(error: jsonschema.ValidationError) -> list[tuple[tuple[Any, ...], 
     if error.validator in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
         sign = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}
         return [(path, f"must be {sign[str(error.validator)]} {error.validator_value}, got {_show(error.instance)}")]
+    if error.validator == "pattern":  # the pattern as written for people: its guard against a final newline left out
+        allowed = str(error.validator_value).replace("(?!\\n)", "")
+        return [(path, f"must match {allowed} (letters, digits, '_', '.' and '-'), got {_show(error.instance)}")]
     if error.validator == "oneOf":
         return [(path, f"{_show(error.instance)} is not valid here: {error.schema.get('description', '')}")]
     return [(path, clip(" ".join(error.message.split()), 200))]  # jsonschema echoes the whole value

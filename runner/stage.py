@@ -7,7 +7,7 @@ through this interface and the one registry in `runner.stages`, never by name.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -29,6 +29,7 @@ class StageContext:
     upstream: dict[str, Path]  # upstream stage name -> its committed artifact folder
     files: dict[str, Path]  # local files the stage reads, by role (their digests are in the key)
     log: Log
+    digests: dict[str, str] = field(default_factory=dict)  # `files`' sha256 as the key took them
 
 
 class Gate(Protocol):

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from runner.errors import SpecError
+from runner.errors import DataError, SpecError
 from runner.formats import Dropped, document_text
 from runner.mixture import epoch_rows, local_paths, quotas, resolved, schedule
 from runner.spec import Spec, parse_spec
@@ -50,7 +50,7 @@ def test_mixture_mistakes_get_one_line_each(tmp_path: Path) -> None:
     assert "data.train[0]: give `weight` (a share of each epoch) or `rows` (a fixed count), not both" in _error(
         tmp_path, "[{path: a.jsonl, weight: 1, rows: 3}]")
     assert "data.train[1].name: a second source named 'a'" in _error(tmp_path, "[{path: a.jsonl}, {path: a.jsonl}]")
-    assert "data.train[0].weight: must be > 0, got integer 0" in _error(tmp_path, "[{path: a.jsonl, weight: 0}]")
+    assert "data.train[0].weight: must be >= 1e-06, got integer 0" in _error(tmp_path, "[{path: a.jsonl, weight: 0}]")
     assert "data.train.weight: unknown key" in _error(tmp_path, "{path: a.jsonl, weight: 1}")  # the one-source form has no share
     assert "data.validation[0]: validation sources are read whole" in _error(
         tmp_path, "[{path: a.jsonl}]", "  validation: [{path: b.jsonl, format: qa, rows: 2}]\n")
@@ -89,7 +89,7 @@ def test_epoch_sampling_is_seeded_and_new_each_epoch() -> None:
     assert sorted(b_rows.values()) == [2, 2, 2, 3]  # 9 of 4 rows: two whole passes and one more row
     drawn = epoch_rows({"a": 3}, {"a": 300}, True, 42, 0)
     assert len(drawn) == 300 and max(Counter(drawn).values()) > 100  # with replacement: independent draws
-    plan = schedule(kept, quota, False, 42, 2.5)
+    plan = list(schedule(kept, quota, False, 42, 2.5))
     assert [len(e) for e in plan] == [15, 15, 8] and plan[2] == epoch_rows(kept, quota, False, 42, 2)[:8]
 
 
@@ -137,3 +137,9 @@ def test_a_text_glob_or_folder_must_give_a_file_written_relative_or_absolute(tmp
     assert "no file matches" in _error(tmp_path, f"[{{path: a.jsonl}}, {{path: '{absent}', format: text}}]")
     (tmp_path / "empty").mkdir()
     assert "no .txt/.md file in the folder 'empty'" in _error(tmp_path, "[{path: a.jsonl}, {path: empty, format: text}]")
+
+
+def test_a_weight_that_rounds_to_no_rows_is_refused_not_silent(tmp_path: Path) -> None:
+    spec = _spec(tmp_path, "[{name: a, path: a.jsonl, weight: 1000000}, {name: b, path: b.jsonl, format: qa, weight: 0.000001}]")
+    with pytest.raises(DataError, match="source b's weight 1e-06 gives it 0 of its 20 rows"):
+        quotas(resolved(spec, "train"), {"a": 60, "b": 20})

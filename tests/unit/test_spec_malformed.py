@@ -113,6 +113,38 @@ def test_whole_floats_are_not_integers(folder: Path) -> None:
     assert one_problem(folder, body).startswith("model.init.hidden_size: must be an integer, got number 64.0")
 
 
+@pytest.mark.parametrize(("old", "new", "where"), [
+    (b"name: b", b"name: ..", "eval.benchmarks[0].name"),
+    (b"name: b", b'name: "b\\n"', "eval.benchmarks[0].name"),
+    (b"train:\n    path: train.jsonl", b"format: text\n  train:\n    path: ''", "data.train.path"),
+])
+def test_unsafe_names_and_empty_paths_are_refused(folder: Path, old: bytes, new: bytes, where: str) -> None:
+    assert old in BASE_TEXT
+    assert one_problem(folder, BASE_TEXT.replace(old, new, 1)).startswith(f"{where}: ")
+
+
+@pytest.mark.parametrize(("extra", "said"), [(b'name: "a\\n"', "data.train[0].name: "),
+                                             (b"rows: 1000000000", "data.train[0].rows: must be <= 10000000"),
+                                             (b"weight: 1.0e308", "data.train[0].weight: must be <= 1000000"),
+                                             (b"weight: 1.0e-300", "data.train[0].weight: must be >= 1e-06")])
+def test_mixture_names_and_shares_are_bounded(folder: Path, extra: bytes, said: str) -> None:
+    mixture = b"data:\n  train:\n  - {path: train.jsonl, %s}\n  - {path: train.jsonl, name: other}\n" % extra
+    assert one_problem(folder, mixture + BASE_TEXT[BASE_TEXT.index(b"eval:"):]).startswith(said)
+
+
+@pytest.mark.parametrize("fmt", [b"format: text\n  ", b""])
+def test_a_path_that_is_a_link_to_itself_is_one_line(folder: Path, fmt: bytes) -> None:
+    (folder / "loop").symlink_to("loop")  # was: RuntimeError: Symlink loop, a traceback
+    body = BASE_TEXT.replace(b"  validation:\n    path: train.jsonl\n", b"")  # a text format: no qa validation
+    line = one_problem(folder, body.replace(b"train:\n    path: train.jsonl", fmt + b"train:\n    path: loop"))
+    assert line.startswith("data.train.path: cannot use 'loop': a symbolic link loop"), line
+
+
+def test_a_push_repo_id_with_a_newline_is_refused(folder: Path) -> None:
+    line = one_problem(folder, BASE_TEXT + b'export: {push: {repo_id: "me/model\\n"}}\n')
+    assert line.startswith("export.push.repo_id: ")
+
+
 def test_alias_bombs_stop_fast(folder: Path) -> None:
     start = time.perf_counter()
     line = one_problem(folder, BASE_TEXT + LAUGHS.encode())
@@ -175,6 +207,10 @@ def _wrong_values(sub: dict[str, Any]) -> Iterator[Any]:
         yield "nope"
     if "string" in types:
         yield "a\0b"
+    if "minLength" in sub:
+        yield ""
+    if "pattern" in sub:  # Python's `$` matched before a final newline: "b\n" passed as a name
+        yield from ("b\n", "a/b\n", "..", ".")
 
 
 def _set(doc: dict[str, Any], path: tuple[Any, ...], value: Any) -> dict[str, Any]:
@@ -217,6 +253,16 @@ def _raw_cases() -> Iterator[tuple[str, bytes]]:
     for old in (b"path: train.jsonl\n  validation", b"ids: ids.txt", b"name: b"):
         new = old.replace(b"train.jsonl", b'"tr\\0ain.jsonl"').replace(b"ids.txt", b'"i\\0ds"').replace(b"b", b'"b\\0"')
         yield "nul", BASE_TEXT.replace(old, new)
+    # Issue 21's wrongly accepted classes: names used as file names, newlines in names, an empty text path,
+    # mixture shares past their bounds.
+    for name in ("..", ".", "'b\\n'", "'..\\n'", "a/b", "-b"):
+        yield f"benchmark name {name}", BASE_TEXT.replace(b"name: b", f"name: {name}".encode())
+    mixture = b"data:\n  train:\n  - {path: train.jsonl, %s}\n  - {path: train.jsonl, name: other}\n"
+    for extra in (b"name: \"a\\n\"", b"rows: 1000000000", b"rows: 1.0e9", b"weight: 1.0e308", b"weight: 1.0e-300",
+                  b"rows: 2.5"):
+        yield f"mixture {extra!r}", mixture % extra + BASE_TEXT[BASE_TEXT.index(b"eval:"):]
+    yield "empty text path", BASE_TEXT.replace(b"train:\n    path: train.jsonl", b"format: text\n  train:\n    path: ''")
+    yield "push repo_id newline", BASE_TEXT + b"export: {push: {repo_id: \"me/model\\n\"}}\n"
     yield "path too long", BASE_TEXT.replace(b"ids: ids.txt", b"ids: " + b"z" * 5000)
     yield "regex too deep", BASE_TEXT.replace(b"pattern: x", b"pattern: '" + b"(" * 1000 + b")" * 1000 + b"'")
     yield "regex repeat too big", BASE_TEXT.replace(b"pattern: x", b"pattern: 'a{99999999999}'")

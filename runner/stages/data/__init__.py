@@ -44,7 +44,17 @@ def spec_slice(spec: Spec) -> dict[str, Any]:
             "system_prompt": d.system_prompt, "max_length": d.max_length, "max_rows": d.max_rows,
             "fields": fields, "train": _source_slice(d.train),
             "validation": _source_slice(d.validation) if d.validation else None}
-    return {"data": data, "seed": spec.seed}
+    return {"data": data, "seed": spec.seed} | bounds_slice()
+
+
+def bounds_slice() -> dict[str, Any]:
+    """The row and document bounds, only where the environment moved them: what is dropped depends on
+    them, and keys taken with the defaults stay what they were."""
+    from runner.formats import ROW_BYTES, row_bytes
+    from runner.stages.data.reading import DOCUMENT_BYTES, document_bytes
+
+    bounds = {"row_bytes": row_bytes(), "document_bytes": document_bytes()}
+    return {"bounds": bounds} if bounds != {"row_bytes": ROW_BYTES, "document_bytes": DOCUMENT_BYTES} else {}
 
 
 def mixture_slice(spec: Spec) -> dict[str, Any]:
@@ -61,7 +71,7 @@ def mixture_slice(spec: Spec) -> dict[str, Any]:
             "max_length": d.max_length, "max_rows": d.max_rows, "replacement": d.replacement,
             "train": [one(s) for s in resolved(spec, "train")],
             "validation": [one(s) for s in resolved(spec, "validation")]}
-    return {"data": data, "seed": spec.seed, "epochs": spec.train.epochs}
+    return {"data": data, "seed": spec.seed, "epochs": spec.train.epochs} | bounds_slice()
 
 
 def _fields_key(fields: Fields, fmt: str) -> dict[str, Any]:
@@ -128,6 +138,7 @@ def run(ctx: StageContext) -> None:
     validation.close()
     if train_direct is not None:
         train_direct.close()
+    unchanged(ctx)
     if not any(t.kept["train"] for t in tallies.values()):
         dropped = {n: dict(sorted(t.dropped.items())) for n, t in tallies.items() if t.dropped}
         raise DataError(f"data: no usable training rows (dropped: {dropped}); check data.format and data.fields")
@@ -140,6 +151,22 @@ def run(ctx: StageContext) -> None:
     shutil.rmtree(parts)
     ctx.log(f"data: {stats['rows']['train']} train / {stats['rows']['validation']} validation rows, "
             f"{sum(stats['dropped'].values())} dropped {stats['dropped'] or ''}")
+
+
+def unchanged(ctx: StageContext) -> None:
+    """Every file read is still the one whose digest is in the key: a file appended, cut or swapped while
+    the stage read it would otherwise be stored under its old content's key, and reused as that."""
+    from runner.keys import file_digest
+
+    for role, path in sorted(ctx.files.items()):
+        want = ctx.digests.get(role)
+        try:
+            now = file_digest(path)
+        except OSError:
+            now = None
+        if want is not None and now != want:
+            raise DataError(f"data: {path} changed while the data stage read it; nothing was stored: run again "
+                            "once the file is written (write it elsewhere and move it into place)")
 
 
 def write_stats(out: Path, stats: dict[str, Any]) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import random
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,6 +124,7 @@ def build_source(src: Resolved, paths: list[Path], spec: Spec, tok: Any, held: b
         except Dropped as reason:
             tally.dropped[str(reason)] += 1
             continue
+        block = -1
         for block, row in enumerate(rows):
             sinks[part].add({**row, "source": src.name, "row": number, "block": block})
             tally.kept[part] += 1
@@ -131,15 +132,15 @@ def build_source(src: Resolved, paths: list[Path], spec: Spec, tok: Any, held: b
                 tally.lengths[len(row["input_ids"])] += 1
                 tally.tokens += len(row["input_ids"])
                 tally.answer += sum(1 for x in row["labels"] if x != -100)
+        if block < 0:
+            tally.dropped["text of one token"] += 1
 
 
-def _encode(example: Example | str, tok: Any, spec: Spec) -> list[Row]:
+def _encode(example: Example | str, tok: Any, spec: Spec) -> Iterable[Row]:
+    """A document's blocks as they are made (none: a text of one token), or an example's one row."""
     d = spec.data
     if isinstance(example, str):
-        blocks = text_blocks(example, tok, d.max_length)
-        if not blocks:
-            raise Dropped("text of one token")
-        return blocks
+        return text_blocks(example, tok, d.max_length)
     ids, labels = encode(example, tok, d.template, d.system_prompt)
     if len(ids) > d.max_length:
         raise Dropped(f"longer than data.max_length ({d.max_length} tokens)")

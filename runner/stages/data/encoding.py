@@ -5,11 +5,17 @@ never spans two documents (each document ends with EOS, and its last block is sh
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from runner.formats import Dropped, Example
 
 Row = dict[str, list[int]]
+
+# Characters of a document tokenized in one call: a fast tokenizer holds ~200 bytes per character while
+# it works (a 40 MB document took 8 GB and aborted the process where memory was bounded), so a longer
+# document goes in pieces cut after a newline. Shorter documents tokenize whole, as they always have.
+PIECE_CHARS = 1 << 20
 
 
 def encode(example: Example, tok: Any, template: str, system_prompt: str | None) -> tuple[list[int], list[int]]:
@@ -37,13 +43,30 @@ def encode(example: Example, tok: Any, template: str, system_prompt: str | None)
     return full, labels
 
 
-def text_blocks(text: str, tok: Any, max_length: int) -> list[Row]:
-    """One document as blocks of at most `max_length` tokens, loss on every token. The tokenizer's
-    own BOS (if it adds one) starts the document, EOS ends it; a 1-token tail has nothing to predict
-    from and is left out (the caller counts it)."""
-    ids = tok(text).input_ids + [tok.eos_token_id]
-    blocks = [ids[i : i + max_length] for i in range(0, len(ids), max_length)]
-    return [{"input_ids": b, "labels": list(b)} for b in blocks if len(b) > 1]
+def text_blocks(text: str, tok: Any, max_length: int) -> Iterator[Row]:
+    """One document as blocks of at most `max_length` tokens, loss on every token, made as its pieces
+    are tokenized (memory: a piece, not the document). The tokenizer's own BOS (if it adds one) starts
+    the document, EOS ends it; a 1-token tail has nothing to predict from and is left out (the caller
+    counts a document that gives no block)."""
+    ids: list[int] = []
+    for number, piece in enumerate(_pieces(text, PIECE_CHARS)):
+        ids += tok(piece, add_special_tokens=number == 0).input_ids
+        while len(ids) >= max_length:
+            yield {"input_ids": ids[:max_length], "labels": ids[:max_length]}
+            ids = ids[max_length:]
+    ids.append(tok.eos_token_id)
+    if len(ids) > 1:
+        yield {"input_ids": ids, "labels": list(ids)}
+
+
+def _pieces(text: str, size: int) -> Iterator[str]:
+    """`text` in pieces of at most `size` characters, each cut after a newline where there is one."""
+    start = 0
+    while len(text) - start > size:
+        cut = text.rfind("\n", start, start + size) + 1 or start + size
+        yield text[start:cut]
+        start = cut
+    yield text[start:]
 
 
 def _chat_ids(tok: Any, messages: list[dict[str, str]], generation_prompt: bool) -> list[int]:

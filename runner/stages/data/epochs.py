@@ -75,8 +75,9 @@ def _write_epochs(ctx: StageContext, kept: dict[str, int], quota: dict[str, int]
             line = {"epoch": epoch, "seed": epoch_seed(spec.seed, epoch), "rows": len(order), "by_source": by_source,
                     "order": origins}
             log.write(json.dumps(line, separators=(",", ":")) + "\n")
-            written.append(line)
+            written.append({k: v for k, v in line.items() if k != "order"})  # the order is on disk, not held
             ctx.log(f"data: epoch {epoch}: {len(order)} rows " + ", ".join(f"{k} {v}" for k, v in by_source.items()))
+            del origins, order, line  # before the next epoch is drawn: the peak is one epoch, not two
     out.close()
     return written
 

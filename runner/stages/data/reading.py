@@ -6,6 +6,7 @@ and a text source's documents (.txt/.md files read whole, or a column of a JSONL
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,14 @@ from runner.errors import DataError
 from runner.formats import TEXT_KEY, Dropped, read_local
 from runner.rules import TEXT_SUFFIXES
 from runner.spec import Benchmark, Source
+
+DOCUMENT_BYTES = 64 << 20  # one .txt/.md document at most: past it the file is dropped, never read whole
+
+
+def document_bytes() -> int:
+    """The bound on one document, `RUNNER_MAX_DOCUMENT_BYTES` where set (the tests lower it to stay fast)."""
+    value = os.environ.get("RUNNER_MAX_DOCUMENT_BYTES", "")
+    return int(value) if value.isdigit() and int(value) > 0 else DOCUMENT_BYTES
 
 
 def read_rows(src: Source | Benchmark, path: Path | None, limit: int | None) -> Iterable[dict[str, Any] | Dropped]:
@@ -57,11 +66,22 @@ def _documents(paths: list[Path]) -> Iterator[dict[str, Any] | Dropped]:
         if path.suffix.lower() not in TEXT_SUFFIXES:
             yield from read_local(path)
             continue
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise DataError(f"{path}: cannot be read ({exc.strerror or exc}); check the path in the spec") from exc
-        try:
-            yield {TEXT_KEY: data.decode("utf-8-sig")}
-        except UnicodeDecodeError:
-            yield Dropped("not UTF-8")
+        yield _document(path, document_bytes())
+
+
+def _document(path: Path, limit: int) -> dict[str, Any] | Dropped:
+    """One .txt/.md file as a document, or why it is not one: too big to read whole, not UTF-8, or
+    binary (a NUL byte: no text file holds one, and a NUL-filled file tokenizes into garbage)."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc.strerror or exc}); check the path in the spec") from exc
+    if len(data) > limit:
+        return Dropped(f"document over {limit} bytes")
+    if b"\x00" in data:
+        return Dropped("not text (NUL bytes)")
+    try:
+        return {TEXT_KEY: data.decode("utf-8-sig")}
+    except UnicodeDecodeError:
+        return Dropped("not UTF-8")
