@@ -73,7 +73,7 @@ def test_mlflow_holds_what_metrics_jsonl_holds(tracked: dict[str, object]) -> No
     train, folder = tracked["train"], tracked["folder"]
     assert isinstance(train, Path) and isinstance(folder, Path)
     assert "MLFLOW_ALLOW_FILE_STORE" not in os.environ  # the runner set it for its own calls only
-    os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"  # as a user opening the store does (see the README)
+    os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"  # as a user opening the store does (see docs/evaluation.md)
     try:
         client = MlflowClient(tracking_uri=(folder / "logs" / "mlruns").as_uri())
         experiment = client.get_experiment_by_name("tiny-test")

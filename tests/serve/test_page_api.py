@@ -164,7 +164,7 @@ def test_adapters_carry_the_eval_figures_and_their_report(server: Server) -> Non
 def test_the_adapter_card_carries_free_text_perplexity_and_calibration() -> None:
     from runner.serve.catalog import _figures, _perplexity, _text_figures
 
-    metrics = {  # the keys README "Metrics a clinical study reports" documents
+    metrics = {  # the keys docs/evaluation.md "Metrics a clinical study reports" documents
         "benchmarks": {"mc": {"base": {"acc": 0.5, "ci95": [0.3, 0.7], "n": 20}, "tuned": {"acc": 0.7, "n": 20},
                               "calibration": {"base": {"ece": 0.21, "brier": 0.6}, "tuned": {"ece": 0.08}}}},
         "free_text": {"qa": {"n": 12, "format": "qa", "base": {"rougeL": 10.5, "bleu": 1.2},
