@@ -6,6 +6,7 @@ absolute path."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -54,13 +55,16 @@ def test_report_files_are_only_the_stores_own(server: Server, tmp_path: Path) ->
 
 @pytest.fixture(scope="module")
 def keyless(server: Server) -> Iterator[str]:
-    """A second server over the same store, without a key (loopback only), reading the demo data folder."""
+    """A second server over the same store, without a key (loopback only), reading the folder `shared`."""
     port = free_port()
     log = server.folder / "keyless.log"
+    shared = server.folder / "shared"  # a folder only this server is given
+    shared.mkdir(exist_ok=True)
+    shutil.copyfile(server.folder / "data" / "medmc_train.jsonl", shared / "medmc_train.jsonl")
     env = {k: v for k, v in os.environ.items() if k != "RUNNER_API_KEY"}
     with open(log, "wb") as out:
         process = subprocess.Popen([sys.executable, "-m", "runner", "serve", "--store", str(server.store),
-                                    "--port", str(port), "--data-dir", str(server.folder / "data")], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
+                                    "--port", str(port), "--data-dir", str(shared)], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         _wait(url, process, log)
@@ -147,7 +151,7 @@ def test_spec_routes_read_only_the_store_and_data_dirs(server: Server, tmp_path:
 
 
 def test_a_data_dir_is_readable_and_only_on_the_server_given_it(server: Server, keyless: str) -> None:
-    spec = SPEC.format(path=str(server.folder / "data" / "medmc_train.jsonl")).replace("  format: text\n", "")
+    spec = SPEC.format(path=str(server.folder / "shared" / "medmc_train.jsonl")).replace("  format: text\n", "")
     given = httpx.post(f"{keyless}/v1/specs/validate", json={"spec": spec}, timeout=60)
     assert given.status_code == 200 and given.json()["valid"], given.text
     assert _post(server, "/v1/specs/validate", {"spec": spec}).status_code == 400
