@@ -155,3 +155,14 @@ def test_a_data_dir_is_readable_and_only_on_the_server_given_it(server: Server, 
     given = httpx.post(f"{keyless}/v1/specs/validate", json={"spec": spec}, timeout=60)
     assert given.status_code == 200 and given.json()["valid"], given.text
     assert _post(server, "/v1/specs/validate", {"spec": spec}).status_code == 400
+
+
+def test_no_answer_shows_the_stores_absolute_path(server: Server) -> None:
+    outside = _post(server, "/v1/load_lora_adapter", {"lora_name": "o", "lora_path": "/"})
+    missing = _post(server, "/v1/load_lora_adapter", {"lora_name": "m", "lora_path": "export/nope"})
+    relative = _post(server, "/v1/specs/validate", {"spec": SPEC.format(path="missing.txt").replace("  format: text\n", "")})
+    planned = _post(server, "/v1/specs/plan", {"spec": SPEC.format(path="missing.txt").replace("  format: text\n", "")})
+    assert outside.status_code == 400 and "<store>" in outside.text and missing.status_code == 404
+    assert "no such file" in relative.json()["text"] and "<store>/jobs/missing.txt" in relative.json()["text"]
+    for answer in (outside, missing, relative, planned):
+        assert str(server.store) not in answer.text and str(server.store.resolve()) not in answer.text, answer.text
