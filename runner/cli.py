@@ -125,6 +125,9 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--api-key", default=os.environ.get("RUNNER_API_KEY"),
                      help="require `Authorization: Bearer KEY` on every route (default: $RUNNER_API_KEY); "
                           "needed for any host but loopback")
+    srv.add_argument("--data-dir", type=Path, action="append", default=[], metavar="DIR",
+                     help="a folder whose files a client's spec may name (repeatable); the store and uploads "
+                          "always may, nothing else may")
     _sweep_commands(command)
     command("profile", cmd_profile, "show this machine and the profile a spec would get", spec=False).add_argument(
         "spec", type=Path, nargs="?", help="spec to resolve the profile for (default: specs/smoke.yaml settings)")
@@ -270,7 +273,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     require_extra("serve", "runner serve")  # one line naming the install, not a ModuleNotFoundError
     from runner.serve.app import serve
 
-    return serve(args.store, args.host, args.port, args.api_key, args.engine)
+    return serve(args.store, args.host, args.port, args.api_key, args.engine, tuple(args.data_dir))
 
 
 def cmd_profile(args: argparse.Namespace) -> int:

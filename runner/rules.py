@@ -5,7 +5,7 @@ path a model folder; a file the spec names must exist; a pattern must compile). 
 
 from __future__ import annotations
 
-import glob
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -181,18 +181,28 @@ TEXT_SUFFIXES = (".txt", ".md")  # a text source's folder gives its files of the
 def _documents(path: str, where: tuple[Any, ...], base_dir: Path) -> Problems:
     """A text source's glob or folder must give at least one file (an absolute pattern too: a sweep
     or a job writes the spec's paths absolute)."""
-    if document_files(base_dir, path):
-        return []
+    from runner.globwalk import GlobTooBig
+
+    try:
+        if document_files(base_dir, path):
+            return []
+    except GlobTooBig as exc:
+        return [(where, str(exc))]
     what = "no file matches" if has_glob(path) else f"no {'/'.join(TEXT_SUFFIXES)} file in the folder"
     return [(where, f"{what} {clip(repr(path))} (relative to the spec file)")]
 
 
 def document_files(base_dir: Path, path: str) -> list[Path]:
-    """A text source's files, sorted and resolved: what its glob matches, or its folder's .txt/.md files."""
+    """A text source's files, sorted: what its glob matches (resolved), or its folder's .txt/.md files.
+    Both walks are bounded (globwalk.py) and never follow a link out of their root."""
+    from runner.globwalk import Walk, split_glob
+
     full = base_dir / path
     if has_glob(path):
-        return sorted(Path(p).resolve() for p in glob.glob(str(full), recursive=True) if Path(p).is_file())
-    return sorted(p for p in full.resolve().rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
+        root, parts = split_glob(full)
+        return sorted({Path(os.path.realpath(p)) for p in Walk(root).match(root, parts) if p.is_file()})
+    root = Path(os.path.realpath(full))
+    return sorted(p for p in Walk(root).files(root) if p.suffix.lower() in TEXT_SUFFIXES)
 
 
 def _local_path(path: str, where: tuple[Any, ...], base_dir: Path, want_dir: bool) -> list[tuple[tuple[Any, ...], str]]:

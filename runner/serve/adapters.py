@@ -92,12 +92,17 @@ def check_adapter(store: Path, registry: Registry, body: LoadAdapter) -> Entry:
     if "\x00" in body.lora_path:  # no file system path holds one (and Path.resolve raises on it)
         raise HTTPException(400, "lora_path holds a NUL character")
     raw = Path(body.lora_path)
-    folder = (raw if raw.is_absolute() else store / raw).resolve()
-    if not folder.is_relative_to(store):
-        raise HTTPException(400, f"lora_path {body.lora_path!r} is outside the store {store}: only adapters in "
-                                 "the store are served")
-    if not folder.is_dir():
-        raise HTTPException(404, f"lora_path {body.lora_path!r} does not exist")
+    try:
+        folder = (raw if raw.is_absolute() else store / raw).resolve()
+        inside, exists = folder.is_relative_to(store), folder.is_dir()
+    except (OSError, RuntimeError) as exc:  # a name too long for the file system, a loop of links
+        raise HTTPException(400, f"lora_path {body.lora_path[:100]!r} is no usable path: "
+                                 f"{getattr(exc, 'strerror', None) or exc}") from None
+    if not inside:
+        raise HTTPException(400, f"lora_path {body.lora_path[:100]!r} is outside the store <store>: only adapters "
+                                 "in the store are served")
+    if not exists:
+        raise HTTPException(404, f"lora_path {body.lora_path[:100]!r} does not exist")
     config = _read(folder / "adapter_config.json")
     if config is None or config.get("peft_type") != "LORA":
         raise HTTPException(400, f"{body.lora_path!r} holds no LoRA adapter_config.json")

@@ -8,6 +8,8 @@ official client shows) without a traceback."""
 from __future__ import annotations
 
 import hmac
+import ipaddress
+import json
 import logging
 import sys
 from collections.abc import Mapping
@@ -40,24 +42,63 @@ class _TooLarge(Exception):
     pass
 
 
-class Guard:
-    """Pure ASGI: the key, then the body cap (the header, and the bytes as they arrive)."""
+LOOPBACK_NAMES = frozenset({"localhost", "::1"})
 
-    def __init__(self, app: Any, api_key: str | None) -> None:
-        self.app, self.key = app, (api_key.encode() if api_key else None)
+
+def host_name(header: str) -> str:
+    """The name of a `Host:` header without its port: `[::1]:8000` -> `::1`, `Localhost:80` -> `localhost`."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:header.find("]")] if "]" in header else header
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+def is_loopback(name: str) -> bool:
+    if name in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+class Guard:
+    """Pure ASGI: the `Host:` (without a key), the key, then the body cap (the header, and the bytes as
+    they arrive); every error answer with the store's absolute path shown as `<store>`."""
+
+    def __init__(self, app: Any, api_key: str | None, store: Path | None = None, host: str | None = None) -> None:
+        self.app, self.key, self.store = app, (api_key.encode() if api_key else None), store
+        self.hosts = {host_name(host)} if host else set()
+
+    def _refusal(self, scope: Any) -> JSONResponse | None:
+        """Why this request is refused before any route sees it: a name a keyless server does not answer
+        to (a web page reaching loopback by DNS rebinding sends its own name), or a wrong key."""
+        raw = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"]]
+        if self.key is None:
+            host = next((v for k, v in raw if k == "host"), None)
+            if host is not None and not (is_loopback(host_name(host)) or host_name(host) in self.hosts):
+                return error(403, f"a server without an API key answers only to loopback names (localhost, "
+                                  f"127.0.0.1, [::1]), not {host[:100]!r}: start it with --api-key to serve "
+                                  "other names", "permission_error")
+            return None
+        # The page's own files (runner/serve/page.py) are open: the page asks for the key and sends it.
+        if scope["path"] in OPEN | OPEN_API and scope["method"] in ("GET", "HEAD"):
+            return None
+        given = [v for k, v in raw if k == "authorization"]  # two headers: which one a proxy checked is unknown
+        token = given[0][7:].encode() if len(given) == 1 and given[0].lower().startswith("bearer ") else b""
+        if not hmac.compare_digest(token, self.key):
+            return error(401, "missing or wrong API key: send one `Authorization: Bearer KEY` header",
+                         "authentication_error")
+        return None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        refused = self._refusal(scope)
+        if refused is not None:
+            return await refused(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        # The page's own files (runner/serve/page.py) are open: the page asks for the key and sends it.
-        is_open = scope["path"] in OPEN | OPEN_API and scope["method"] in ("GET", "HEAD")
-        if self.key is not None and not is_open:
-            given = headers.get("authorization", "")
-            token = given[7:].encode() if given.lower().startswith("bearer ") else b""
-            if not hmac.compare_digest(token, self.key):
-                return await error(401, "missing or wrong API key: send `Authorization: Bearer KEY`",
-                                   "authentication_error")(scope, receive, send)
+        send = _Redacting(send, self.store) if self.store is not None else send
         cap = MAX_UPLOAD if scope["path"] == "/v1/files" else MAX_BODY
         too_large = error(413, f"request body over the {cap} byte limit")
         if int(headers.get("content-length") or 0) > cap:
@@ -90,6 +131,34 @@ class Guard:
                 await too_large(scope, receive, send)
 
 
+class _Redacting:
+    """An ASGI `send` that shows the store's absolute path as `<store>` in error answers (4xx, 5xx: a few
+    hundred bytes of JSON, held whole and sent once with their new length)."""
+
+    def __init__(self, send: Any, store: Path) -> None:
+        self.send, self.store = send, store
+        self.start: Any = None
+        self.body = b""
+
+    async def __call__(self, message: Any) -> None:
+        if message["type"] == "http.response.start" and message.get("status", 200) >= 400:
+            self.start = message
+            return
+        if self.start is None or message["type"] != "http.response.body":
+            return await self.send(message)
+        self.body += message.get("body", b"")
+        if message.get("more_body"):
+            return
+        from runner.serve.confine import redact
+
+        store = json.dumps(str(self.store))[1:-1]  # as it appears inside a JSON string
+        body = redact(self.body.decode("utf-8", "replace").replace(store, str(self.store)), self.store).encode()
+        headers = [(k, v) for k, v in self.start.get("headers", []) if k.lower() != b"content-length"]
+        await self.send(self.start | {"headers": [*headers, (b"content-length", str(len(body)).encode())]})
+        self.start = None
+        await self.send({"type": "http.response.body", "body": body})
+
+
 def _install_errors(app: FastAPI) -> None:
     # Starlette's class, not FastAPI's subclass: an unknown route (404) and a wrong method (405) raise it.
     @app.exception_handler(StarletteHTTPException)
@@ -115,6 +184,10 @@ def _install_errors(app: FastAPI) -> None:
                          for p in problems)
         return error(422, text or "invalid request")
 
+    @app.exception_handler(RecursionError)
+    async def too_deep(request: Request, exc: RecursionError) -> JSONResponse:
+        return error(400, "the request holds data nested too deep to read (JSON nested thousands of levels)")
+
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.error("unexpected %s on %s %s", type(exc).__name__, request.method, request.url.path)
@@ -131,7 +204,8 @@ def _not_json(request: Request) -> str | None:
     return f"`{given[:100]}`" if given else "none"
 
 
-def create_app(store: Path, api_key: str | None = None, jobs: bool = True) -> Any:
+def create_app(store: Path, api_key: str | None = None, jobs: bool = True, host: str | None = None,
+               data_dirs: tuple[Path, ...] = ()) -> Any:
     from runner.serve.engine import Engine
     from runner.serve.models import Registry
     from runner.serve.routes import router
@@ -139,6 +213,9 @@ def create_app(store: Path, api_key: str | None = None, jobs: bool = True) -> An
     app = FastAPI(title="runner serve", version="1")
     app.state.store = Path(store).resolve()
     app.state.registry = Registry(app.state.store)
+    from runner.serve.confine import roots_of
+
+    app.state.roots = roots_of(app.state.store, data_dirs)  # what a spec may read (runner/serve/confine.py)
     from runner.serve.adapters import restore
 
     app.state.registry.scan()  # what /health reports until the first request looks again
@@ -164,10 +241,11 @@ def create_app(store: Path, api_key: str | None = None, jobs: bool = True) -> An
 
         app.include_router(files_router)
     _install_errors(app)
-    return Guard(app, api_key)
+    return Guard(app, api_key, app.state.store, host)
 
 
-def serve(store: Path, host: str, port: int, api_key: str | None, engine: str = "runner") -> int:
+def serve(store: Path, host: str, port: int, api_key: str | None, engine: str = "runner",
+          data_dirs: tuple[Path, ...] = ()) -> int:
     """Serve until stopped; the exit code. `engine="vllm"` hands generation to `vllm serve` (vllm.py)."""
     if engine == "vllm":
         from runner.serve.vllm import VllmError, serve_vllm
@@ -180,7 +258,7 @@ def serve(store: Path, host: str, port: int, api_key: str | None, engine: str = 
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="[serve] %(message)s")
-    app = create_app(store, api_key)
+    app = create_app(store, api_key, host=host, data_dirs=data_dirs)
     # uvicorn's access log prints paths and statuses, never headers: the key is not in it.
     uvicorn.run(app, host=host, port=port, log_level="info")
     return 0

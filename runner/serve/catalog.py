@@ -7,6 +7,7 @@ under a model's spec, as the report shows them."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -121,13 +122,16 @@ def list_adapters(request: Request) -> AdapterList:
 def report_file(eval_key: str, name: str, request: Request) -> FileResponse:
     """A file of an eval artifact (report.html, report.md, its PNGs, metrics.json), read-only."""
     store: Path = request.app.state.store
-    folder = store / "eval" / eval_key
-    if not KEY.fullmatch(eval_key) or not (folder / "manifest.json").is_file():
+    folder = Path(os.path.realpath(store)) / "eval" / eval_key
+    if (not KEY.fullmatch(eval_key) or os.path.realpath(folder) != str(folder)
+            or not (folder / "manifest.json").is_file()):
         raise HTTPException(404, f"no eval artifact {eval_key[:70]!r} in the store")
-    path = folder / name
-    if not NAME.fullmatch(name) or not path.is_file():
+    # Links followed, the file must be the store's own: a link planted in the store (the file, or the
+    # eval key folder itself) to a file outside it is no file of the artifact.
+    real = Path(os.path.realpath(folder / name)) if NAME.fullmatch(name) else None
+    if real is None or not real.is_relative_to(folder) or not real.is_file():
         raise HTTPException(404, f"the eval artifact has no file {name[:100]!r}")
-    return FileResponse(path, headers=SANDBOXED)
+    return FileResponse(real, headers=SANDBOXED)
 
 
 @router.post("/v1/safety/flags")

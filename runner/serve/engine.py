@@ -8,11 +8,13 @@ per request mixes adapters between users (peft #804, #1378), so it is never call
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from runner.serve.prompts import prompt_ids
@@ -36,6 +38,8 @@ class Engine:
         self._queue: queue.Queue[Ask | None] = queue.Queue()
         self._bases: dict[str, Loaded] = {}
         self._thread = threading.Thread(target=self._loop, name="generation", daemon=True)
+        self._tokenizers: dict[str, Any] = {}  # model key -> the request threads' own tokenizer
+        self._lock = threading.Lock()
 
     def start(self) -> None:
         self._thread.start()
@@ -45,6 +49,27 @@ class Engine:
 
     def submit(self, ask: Ask) -> None:
         self._queue.put(ask)
+
+    def too_long(self, entry: Any, render: Any) -> str | None:
+        """Why the prompt cannot be answered, counted in the request's thread before the worker sees it:
+        longer than the model's context (a 200 kB prompt held the worker for half a minute)."""
+        context = context_length(entry.model_dir)
+        if context is None:
+            return None
+        with self._lock:
+            if entry.model_key not in self._tokenizers:
+                from runner.stages.model.loading import load_tokenizer
+
+                self._tokenizers[entry.model_key] = load_tokenizer(entry.model_dir)
+            tok = self._tokenizers[entry.model_key]
+        try:
+            count = len(prompt_ids(render(tok), tok))
+        except Exception:  # a chat template that refuses these messages: the worker says so (a 400)
+            return None
+        if count < context:
+            return None
+        return (f"the prompt is {count} tokens, longer than {entry.id}'s context of {context} tokens; "
+                "send a shorter prompt (fewer or shorter messages)")
 
     def forget(self, entry: Any) -> None:
         """Drop an adapter from its loaded base (in the worker, between batches)."""
@@ -165,6 +190,22 @@ def _prepared(group: list[Ask], tok: Any) -> tuple[list[Ask], list[list[int]]]:
         kept.append(ask)
         prompts.append(ids)
     return kept, prompts
+
+
+def context_length(model_dir: Path) -> int | None:
+    """The context the base was built for (its config.json, as eval's max_length_of reads it), or None."""
+    for path in (model_dir / "weights" / "config.json", model_dir / "config.json"):
+        try:
+            config = json.loads(path.read_text("utf-8"))
+        except (OSError, ValueError):
+            continue
+        config = (config.get("text_config") or config) if isinstance(config, dict) else None
+        if not isinstance(config, dict):
+            continue
+        for name in ("n_positions", "max_position_embeddings", "n_ctx"):
+            if isinstance(config.get(name), int) and config[name] > 0:
+                return int(config[name])
+    return None
 
 
 def _groups(asks: list[Ask]) -> list[list[Ask]]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from sse_starlette.sse import EventSourceResponse
 
 from runner.serve.adapters import check_adapter
@@ -104,6 +105,9 @@ async def _answer(request: Request, body: Sampling, entry: Entry, render: Callab
     def emit(kind: str, value: Any) -> None:
         loop.call_soon_threadsafe(events.put_nowait, (kind, value))
 
+    too_long = await run_in_threadpool(request.app.state.engine.too_long, entry, render)
+    if too_long is not None:
+        raise HTTPException(400, too_long)
     request.app.state.engine.submit(Ask(entry, render, body.token_limit(), body.temperature, body.top_p,
                                         body.stops(), body.seed, emit))
     head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", "created": int(time.time()),

@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, HTTPException, Request
 
 from runner.errors import RunnerError, SpecError
 from runner.records import RunRecord, runs_dir
+from runner.serve.confine import confine_doc, redact, roots_of
 from runner.serve.schemas import Planned, PlanStep, Problem, SpecCard, SpecList, SpecText, Validated
-from runner.spec import Spec, parse_spec
+from runner.spec import MAX_SPEC_BYTES, Spec, parse_spec, spec_of_doc
+from runner.yamlpos import format_path, read_spec
 
 router = APIRouter()
 SOURCE = "spec"  # the file name problems cite: "train.epochs: ... (spec:12:3)"
@@ -88,15 +90,35 @@ def problem(line: str) -> Problem:
     return Problem(message=line, line=line_number, column=column)
 
 
-def _parsed(text: str, folder: Path) -> tuple[Spec | None, Validated]:
+def _invalid(lines: list[str], store: Path) -> Validated:
+    lines = [redact(line, store) for line in lines]
+    return Validated(valid=False, text="error: " + "\n".join(lines), problems=[problem(p) for p in lines])
+
+
+def _parsed(text: str, request: Request) -> tuple[Spec | None, Validated]:
+    """The typed spec, or its problems; a path outside the folders the server reads is a 400 before
+    anything looks at it (so no answer says whether it exists)."""
     from runner.cli import valid_line
 
+    store: Path = request.app.state.store
+    folder = _folder(request)
     try:
-        spec = parse_spec(text, source=SOURCE, base_dir=folder)
+        if len(text.encode("utf-8", "surrogatepass")) > MAX_SPEC_BYTES:
+            parse_spec(text, source=SOURCE)  # its one-line refusal
+        doc, positions = read_spec(text, SOURCE)
+        outside = confine_doc(doc, folder, _roots(request), store)
+        if outside:  # refused as a request the server will not serve, not as a spec to fix in place
+            raise HTTPException(400, redact("; ".join(f"{format_path(p)}: {msg} ({SOURCE}:{positions.where(p)})"
+                                                      for p, msg in outside), store))
+        spec = spec_of_doc(doc, positions, SOURCE, folder)
     except SpecError as exc:
-        return None, Validated(valid=False, text="error: " + "\n".join(exc.problems),
-                               problems=[problem(p) for p in exc.problems])
+        return None, _invalid(exc.problems, store)
     return spec, Validated(valid=True, text=valid_line(SOURCE, spec), problems=[])
+
+
+def _roots(request: Request) -> list[Path]:
+    roots: list[Path] = getattr(request.app.state, "roots", None) or roots_of(request.app.state.store)
+    return roots
 
 
 def _folder(request: Request) -> Path:
@@ -106,7 +128,7 @@ def _folder(request: Request) -> Path:
 
 @router.post("/v1/specs/validate")
 def validate(body: SpecText, request: Request) -> Validated:
-    return _parsed(body.spec, _folder(request))[1]
+    return _parsed(body.spec, request)[1]
 
 
 def _records(store: Path) -> list[dict[str, Any]]:
@@ -142,7 +164,7 @@ def plan(body: SpecText, request: Request) -> Planned:
     from runner.store import Store
 
     store: Path = request.app.state.store
-    spec, checked = _parsed(body.spec, _folder(request))
+    spec, checked = _parsed(body.spec, request)
     if spec is None:
         return Planned(**checked.model_dump())
     try:
@@ -151,7 +173,7 @@ def plan(body: SpecText, request: Request) -> Planned:
                           digest=_digests(request))
         memory = memory_lines(steps, spec, profile)
     except (RunnerError, OSError) as exc:  # the machine cannot do what the spec asks, or a file cannot be read
-        said = str(exc) or type(exc).__name__  # the whole message, as `runner plan` prints it
+        said = redact(str(exc) or type(exc).__name__, store)  # the whole message, as `runner plan` prints it
         return Planned(valid=False, text=f"error: {said}", problems=[problem(line) for line in said.splitlines()])
     return Planned(valid=True, text=checked.text, problems=[],
                    profile=profile_line(profile),

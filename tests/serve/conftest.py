@@ -23,7 +23,7 @@ httpx = pytest.importorskip("httpx")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from spec import demo_data, tiny_spec  # noqa: E402
 
-from tests.integration.conftest import ROOT  # noqa: E402
+from tests.integration.conftest import DEMO, ROOT  # noqa: E402
 
 KEY = "test-key-not-secret"
 
@@ -71,7 +71,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     log = folder / "serve.log"
     with open(log, "wb") as out:
         process = subprocess.Popen([sys.executable, "-m", "runner", "serve", "--store", str(store), "--port", str(port),
-                                    "--api-key", KEY], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+                                    "--api-key", KEY, "--data-dir", str(folder / "data"), "--data-dir", str(DEMO)], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         _wait(url, process, log)
