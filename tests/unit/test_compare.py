@@ -133,7 +133,7 @@ def test_a_malformed_run_record_is_one_line_and_a_stray_file_is_skipped(tmp_path
     assert find_run(tmp_path / "a.yaml", tmp_path) == record
     preds = next((tmp_path / "eval").iterdir()) / "predictions.jsonl"
     preds.write_text('{"index": 0}\n')
-    with pytest.raises(CompareError, match="predictions.jsonl: a row without benchmark, answer and tuned"):
+    with pytest.raises(CompareError, match="predictions.jsonl line 1: a row without benchmark, answer and tuned"):
         load_run(record)
 
 
@@ -150,7 +150,7 @@ def test_a_path_field_naming_the_same_file_is_no_difference(tmp_path: Path) -> N
         record.write_text(json.dumps(data))
         runs.append(load_run(record))
     assert differences(runs[1], runs[0]) == ["lora.r=8"]
-    runs[1].record["spec"]["data"]["train"]["path"] = "other.jsonl"
+    runs[1].record.spec["data"]["train"]["path"] = "other.jsonl"
     assert differences(runs[1], runs[0]) == [f"data.train.path={tmp_path / 'sweeps' / 'other.jsonl'}", "lora.r=8"]
 
 
