@@ -153,6 +153,8 @@ def write_ggufs(source: Path, merged: Path, adapter: Path, base: Path, out: Path
     """Every asked type of the merged model, the adapter as a GGUF LoRA, and the base it applies to in
     f16 (llama.cpp's `-m base --lora adapter`, Ollama's FROM + ADAPTER). Returns the files by form name."""
     stop_leftover(work, log)  # before anything is written where a leftover converter could write
+    if out.exists():  # made by that leftover (a converter makes its output's folder): never trusted
+        shutil.rmtree(out)
     out.mkdir()
     files: dict[str, Path] = {}
     f16 = out / "model-f16.gguf" if "f16" in types else work / "model-f16.gguf"
