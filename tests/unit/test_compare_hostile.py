@@ -6,6 +6,7 @@ file broken per case."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +17,8 @@ import pytest
 from runner import cli
 from tests.unit.test_compare import make_run
 
-Case = Callable[[Path, Path], list[str] | None]  # (store, record of run b) -> extra CLI args, mutating files
+# (store, record of run b) -> extra CLI args (a first one not an option replaces run b), mutating files
+Case = Callable[[Path, Path], list[str] | None]
 
 
 def _record(store: Path) -> dict[str, Any]:
@@ -65,6 +67,16 @@ def out_at(folder: str) -> Case:
         (store / "a-file").write_text("x")
         return ["--out", folder.replace("STORE", str(store))]
     return case
+
+
+def fifo_beside_spec(store: Path, record: Path) -> list[str]:
+    """Compare by spec file: the run is found in runs/ without opening the FIFO there (it would hang)."""
+    os.mkfifo(store / "runs" / "fifo.json")
+    spec = store / "b.yaml"
+    spec.write_text("name: b\n")
+    data = _record(store)
+    record.write_text(json.dumps(data | {"spec_path": str(spec.resolve())}))
+    return [str(spec)]  # in place of run b's record
 
 
 DEEP = "[" * 100_000 + "]" * 100_000
@@ -137,13 +149,15 @@ CASES: dict[str, Case] = {
     "manifest info a list": raw(lambda s: _train(s) / "manifest.json", '{"info": []}'),
     "stats tokens a string": raw(lambda s: s / "data" / "datab".ljust(64, "0") / "stats.json",
                                  '{"train_tokens": {"total": "many"}}'),
+    "record a link to /dev/zero": lambda s, r: r.unlink() or r.symlink_to("/dev/zero"),  # type: ignore[func-returns-value]
+    "a FIFO in runs/ beside a spec's run": fifo_beside_spec,
     "--out a file": out_at("STORE/a-file"),
     "--out under a file": out_at("STORE/a-file/report"),
     "--out under /proc": out_at("/proc/report"),
     "--out with NUL": out_at("STORE/a\0b"),
 }
 # Odd but harmless: compare still writes its report (a NaN extra figure shown as "-", a long name cut).
-HARMLESS = {"spec name of 1 MB", "an extra figure NaN", "train rows without step", "train epoch Infinity",
+HARMLESS = {"spec name of 1 MB", "a FIFO in runs/ beside a spec's run", "an extra figure NaN", "train rows without step", "train epoch Infinity",
             "spec_path with NUL", "data path with NUL"}
 
 
@@ -154,7 +168,8 @@ def test_a_hostile_input_is_one_line_or_a_report(name: str, tmp_path: Path, caps
     b = make_run(store, "b", 8, {"x": [True, True, True, False]}, 2)
     extra = CASES[name](store, b) or []
     started = time.monotonic()
-    code = cli.main(["compare", str(a), str(b), "--store", str(store), *extra])
+    runs = [str(a), extra.pop(0) if extra and not extra[0].startswith("--") else str(b)]
+    code = cli.main(["compare", *runs, "--store", str(store), *extra])
     assert time.monotonic() - started < 10, "compare took too long"
     err = capsys.readouterr().err.strip()
     if name in HARMLESS:
