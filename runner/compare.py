@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from runner.errors import RunnerError
 from runner.outputs import (
+    MAX_BENCHMARKS,
     EvalMetrics,
     OutputError,
     Prediction,
@@ -191,6 +192,9 @@ def reference_for(runs: list[Run], bench: str, against: Literal["baseline", "bes
 def compare(runs: list[Run], against: Literal["baseline", "best"] = "baseline") -> list[Comparison]:
     """Each run against the reference on each benchmark, paired on the questions both answered,
     with Holm's correction over every test made."""
+    if len(benchmarks(runs)) > MAX_BENCHMARKS:  # each file is bounded, their union is too: a report stays readable
+        raise CompareError(f"the runs have {len(benchmarks(runs)):,} benchmarks together, more than the {MAX_BENCHMARKS} "
+                           "one report shows; compare fewer runs, or runs scored on the same benchmarks")
     found = []
     for bench in benchmarks(runs):
         reference = reference_for(runs, bench, against)
@@ -261,13 +265,15 @@ def write_report(runs: list[Run], found: list[Comparison], folder: Path,
 
     The one light module that reaches into the eval stage: for its document writer and plotting
     (matplotlib), so both reports read and look alike (tests/unit/test_layout.py names this exception)."""
+    if "\0" in str(folder):
+        raise CompareError(f"{cut(repr(str(folder)))}: a NUL in the report folder's name; give --out a folder you "
+                           "can write to")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         return _write(runs, found, folder, against)
-    except (OSError, ValueError) as exc:  # a file in the way, /proc, a full disk, a NUL in the name
-        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)[:120]
-        raise CompareError(f"{cut(str(folder))}: cannot write the report there ({why}); give --out a folder "
-                           "you can write to") from None
+    except OSError as exc:  # a file in the way, /proc, a full disk
+        raise CompareError(f"{cut(str(folder))}: cannot write the report there ({exc.strerror or exc}); give --out "
+                           "a folder you can write to") from None
 
 
 def _write(runs: list[Run], found: list[Comparison], folder: Path, against: str) -> Path:

@@ -198,6 +198,8 @@ def _score(entry: dict[str, Any], key: str, where: str) -> None:
     if (acc is not None or ci is not None) and (not isinstance(ci, list) or len(ci) != 2 or any(
             isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 <= x <= 1 for x in ci)):
         raise OutputError(f"{here}: ci95 is {shown(ci)}, not two fractions [low, high]; {DAMAGED}")
+    if acc is not None and not ci[0] <= acc <= ci[1]:  # type: ignore[index]  # checked above
+        raise OutputError(f"{here}: ci95 {shown(ci)} does not hold acc {acc}; {DAMAGED}")
 
 
 @dataclass(frozen=True)

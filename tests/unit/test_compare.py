@@ -30,7 +30,8 @@ def make_run(store: Path, name: str, r: int, right: dict[str, list[bool]], start
     for bench, marks in right.items():
         for i, ok in enumerate(marks):
             preds.append({"benchmark": bench, "index": i, "id": f"q{i}", "answer": 1, "base": 0, "tuned": 1 if ok else 2})
-        benches[bench] = {"tuned": {"n": len(marks), "acc": sum(marks) / len(marks), "ci95": [0.1, 0.9]},
+        acc = sum(marks) / len(marks)
+        benches[bench] = {"tuned": {"n": len(marks), "acc": acc, "ci95": [min(acc, 0.1), max(acc, 0.9)]},
                           "base": {"n": len(marks), "acc": 0.25, "ci95": [0.1, 0.5]}}
         benches[bench] |= (extra_metrics or {}).get("benchmarks", {}).get(bench, {})
     metrics = {"benchmarks": benches} | {k: v for k, v in (extra_metrics or {}).items() if k != "benchmarks"}

@@ -69,6 +69,13 @@ def out_at(folder: str) -> Case:
     return case
 
 
+def two_hundred_each(store: Path, record: Path) -> None:
+    """Each file within the bound, their union past it: refused before any plotting (400 took 9 s)."""
+    for run in ("a", "b"):
+        path = store / "eval" / f"eval{run}".ljust(64, "0") / "metrics.json"
+        path.write_text(json.dumps({"benchmarks": {f"{run}{i}": {} for i in range(200)}}))
+
+
 def fifo_beside_spec(store: Path, record: Path) -> list[str]:
     """Compare by spec file: the run is found in runs/ without opening the FIFO there (it would hang)."""
     os.mkfifo(store / "runs" / "fifo.json")
@@ -124,6 +131,8 @@ CASES: dict[str, Case] = {
     "acc true": tuned("acc", True),
     "ci95 a string": tuned("ci95", "wide"),
     "ci95 one number": tuned("ci95", [0.1]),
+    "ci95 not holding acc": tuned("ci95", [0.0, 0.1]),
+    "200 benchmarks in each of two runs": two_hundred_each,
     "ci95 missing": metrics_with(lambda m: m["benchmarks"]["x"]["tuned"].pop("ci95")),
     "n a string": tuned("n", "8"),
     "generative a list": metrics_with(lambda m: m["benchmarks"]["x"].__setitem__("generative", [])),
