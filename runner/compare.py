@@ -11,11 +11,25 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from runner.errors import RunnerError
+from runner.outputs import (
+    MAX_BENCHMARKS,
+    EvalMetrics,
+    OutputError,
+    Prediction,
+    RunRecord,
+    TrainRow,
+    TrainSummary,
+    cut,
+    optional_number,
+    shown,
+)
 from runner.records import runs_dir
 from runner.schema import field_schema
 from runner.stats import holm, paired
@@ -33,10 +47,19 @@ class CompareError(RunnerError):
 class Run:
     label: str
     record_path: Path
-    record: dict[str, Any]
+    record: RunRecord
     artifacts: dict[str, Path]  # stage -> folder in the store
-    metrics: dict[str, Any]  # the eval stage's metrics.json
+    metrics: dict[str, Any]  # the eval stage's metrics.json, checked by EvalMetrics
     outcomes: dict[str, dict[Any, tuple[Any, Any]]] = field(default_factory=dict)  # bench -> question -> (answer, tuned)
+
+
+@contextmanager
+def reading() -> Iterator[None]:
+    """A file that is not what its stage writes stops compare with one line naming it."""
+    try:
+        yield
+    except OutputError as exc:
+        raise CompareError(str(exc)) from None
 
 
 def find_run(ref: Path, store: Path) -> Path:
@@ -44,74 +67,37 @@ def find_run(ref: Path, store: Path) -> Path:
     if ref.suffix == ".json" and ref.is_file():
         return ref
     if not ref.is_file():
-        raise CompareError(f"{ref}: no such run record or spec file")
+        raise CompareError(f"{cut(str(ref))}: no such run record or spec file")
     wanted, newest = str(ref.resolve()), None
     for path in sorted(runs_dir(store).glob("*.json")) if runs_dir(store).is_dir() else []:
         try:
-            data = json.loads(path.read_text("utf-8"))
-        except (OSError, ValueError):
+            record = RunRecord.read(path)
+        except OutputError:
+            continue  # not a run record at all (a stray file, a FIFO): not this spec's
+        if record.spec_path != wanted:
             continue
-        if not isinstance(data, dict) or data.get("spec_path") != wanted or shape_problem(data):
-            continue  # another spec's run, or not a run record at all (a stray file): not this spec's
-        finished = data.get("status") == "completed" and any(s.get("stage") == "eval" for s in data["stages"])
-        started = data.get("started")
-        started = started if isinstance(started, (int, float)) and not isinstance(started, bool) else 0.0
-        if finished and (newest is None or started > newest[0]):
-            newest = (started, path)
+        finished = record.status == "completed" and any(stage == "eval" for stage, _ in record.stages)
+        if finished and (newest is None or record.started > newest[0]):
+            newest = (record.started, path)
     if newest is None:
         raise CompareError(f"{ref}: no completed run of this spec in {store}; run it first (runner run {ref})")
     return newest[1]
 
 
-def shape_problem(record: Any) -> str | None:
-    """What makes `record` no run record (runner.records writes an object with spec and stages)."""
-    if not isinstance(record, dict):
-        return f"a JSON {type(record).__name__}, not a run record (an object)"
-    if not isinstance(record.get("spec"), dict):
-        return "no spec in it"
-    stages = record.get("stages", [])
-    if not isinstance(stages, list) or not all(isinstance(s, dict) and isinstance(s.get("stage"), str) for s in stages):
-        return "its stages are not a list of {stage, key}"
-    return None
-
-
 def load_run(record_path: Path) -> Run:
-    try:
-        record = json.loads(record_path.read_text("utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CompareError(f"{record_path}: run record cannot be read ({exc})") from None
-    problem = shape_problem(record)
-    if problem:
-        raise CompareError(f"{record_path}: not a run record: {problem}; give a file from STORE/runs/ or a spec file")
-    store = record_path.resolve().parent.parent
-    artifacts = {s["stage"]: store / s["stage"] / str(s["key"]) for s in record.get("stages", []) if s.get("key")}
-    metrics = read_json(artifacts["eval"] / "metrics.json") if "eval" in artifacts else None
-    if not isinstance(metrics, dict) or not isinstance(metrics.get("benchmarks", {}), dict):
-        raise CompareError(f"{record_path}: the run has no eval metrics (status {record.get('status')}); "
-                           "compare needs runs that finished their eval stage")
-    run = Run(str(record["spec"].get("name", record_path.stem)), record_path, record, artifacts, metrics)
-    for row in read_jsonl(artifacts["eval"] / "predictions.jsonl"):
-        if not isinstance(row, dict) or not {"benchmark", "answer", "tuned"} <= set(row):
-            raise CompareError(f"{artifacts['eval'] / 'predictions.jsonl'}: a row without benchmark, answer and tuned; "
-                               "the eval artifact is damaged: run that spec with --force eval")
-        question = row["id"] if row.get("id") is not None else row.get("index")
-        run.outcomes.setdefault(str(row["benchmark"]), {})[question] = (row["answer"], row["tuned"])
+    with reading():
+        record = RunRecord.read(record_path)
+        store = record_path.resolve().parent.parent
+        artifacts = {stage: store / stage / key for stage, key in record.stages}
+        metrics_path = artifacts["eval"] / "metrics.json" if "eval" in artifacts else None
+        if metrics_path is None or not metrics_path.exists():
+            raise CompareError(f"{record_path}: the run has no eval metrics (status {shown(record.status)}); "
+                               "compare needs runs that finished their eval stage")
+        metrics = EvalMetrics.read(metrics_path).data
+        run = Run(record.name, record_path, record, artifacts, metrics)
+        for row in Prediction.read(artifacts["eval"] / "predictions.jsonl"):
+            run.outcomes.setdefault(row.benchmark, {})[row.question] = (row.answer, row.tuned)
     return run
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data: dict[str, Any] = json.loads(path.read_text("utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    try:
-        return [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
-    except (OSError, ValueError):
-        return []
 
 
 def distinct(records: list[Path], refs: list[Path]) -> None:
@@ -143,13 +129,16 @@ def differences(run: Run, reference: Run) -> list[str]:
 
 
 def spec_fields(run: Run) -> dict[str, Any]:
-    folder = Path(str(run.record.get("spec_path") or run.record_path)).parent
-    out = flatten(run.record["spec"])
+    folder = Path(run.record.spec_path or run.record_path).parent
+    out = flatten(run.record.spec)
     for key, value in out.items():
         if isinstance(value, str) and value:
             found = field_schema(tuple(int(p) if p.isdigit() else p for p in key.split(".")))[0]
             if found is not None and "relative to the spec" in found.get("description", ""):
-                out[key] = str((folder / value).resolve())
+                try:
+                    out[key] = str((folder / value).resolve())
+                except (OSError, ValueError):  # a NUL or a link loop: compared as written
+                    pass
     return out
 
 
@@ -203,6 +192,9 @@ def reference_for(runs: list[Run], bench: str, against: Literal["baseline", "bes
 def compare(runs: list[Run], against: Literal["baseline", "best"] = "baseline") -> list[Comparison]:
     """Each run against the reference on each benchmark, paired on the questions both answered,
     with Holm's correction over every test made."""
+    if len(benchmarks(runs)) > MAX_BENCHMARKS:  # each file is bounded, their union is too: a report stays readable
+        raise CompareError(f"the runs have {len(benchmarks(runs)):,} benchmarks together, more than the {MAX_BENCHMARKS} "
+                           "one report shows; compare fewer runs, or runs scored on the same benchmarks")
     found = []
     for bench in benchmarks(runs):
         reference = reference_for(runs, bench, against)
@@ -227,44 +219,44 @@ def compare(runs: list[Run], against: Literal["baseline", "best"] = "baseline") 
 def cost(run: Run) -> dict[str, Any]:
     """What the run's training took, from the train stage's summary, metrics log and manifest."""
     train = run.artifacts.get("train")
-    summary = read_json(train / "summary.json") if train else None
-    manifest = read_json(train / "manifest.json") if train else None
-    rows = read_jsonl(train / "metrics.jsonl") if train else []
-    stats = read_json(run.artifacts["data"] / "stats.json") if "data" in run.artifacts else None
-    memory = [r["memory_mib"] for r in rows if r.get("memory_mib") is not None]
-    out: dict[str, Any] = {"train_seconds": summary.get("seconds") if summary else None,
-                           "stage_seconds": (manifest or {}).get("info", {}).get("seconds"),
-                           "peak_memory_mib": max(memory) if memory else None,
-                           "device": run.record.get("profile", {}).get("device"),
-                           "trainable": summary.get("trainable_parameters") if summary else None,
-                           "total": summary.get("total_parameters") if summary else None,
-                           "steps": summary.get("steps") if summary else None, "tokens": None}
-    seen = [r["num_input_tokens_seen"] for r in rows if r.get("num_input_tokens_seen") is not None]
+    with reading():
+        summary = TrainSummary.read(train / "summary.json") if train else TrainSummary()
+        stage_seconds = optional_number(train / "manifest.json", "info", "seconds") if train else None
+        rows = TrainRow.read(train / "metrics.jsonl") if train else []
+        data = run.artifacts.get("data")
+        total = optional_number(data / "stats.json", "train_tokens", "total") if data else None
+    memory = [r.memory_mib for r in rows if r.memory_mib is not None]
+    out: dict[str, Any] = {"train_seconds": summary.seconds, "stage_seconds": stage_seconds,
+                           "peak_memory_mib": max(memory) if memory else None, "device": run.record.device,
+                           "trainable": summary.trainable, "total": summary.total, "steps": summary.steps, "tokens": None}
+    seen = [r.tokens_seen for r in rows if r.tokens_seen is not None]
     if seen:
-        out["tokens"] = seen[-1]
-    elif stats and isinstance(stats.get("train_tokens"), dict) and stats["train_tokens"].get("total"):
+        out["tokens"] = round(seen[-1])
+    elif total:
         # The data stage's token count of one epoch times the epochs trained: the Trainer's last logged
         # epoch, else the steps over the steps an epoch takes (its last batch partial, not full).
-        epochs = next((r["epoch"] for r in reversed(rows) if isinstance(r.get("epoch"), (int, float))), None)
-        batch = run.record["spec"].get("train", {}).get("batch_size")
-        if epochs is None and summary and summary.get("train_rows") and summary.get("steps") and batch:
-            epochs = summary["steps"] / math.ceil(summary["train_rows"] / batch)
-        out["tokens"] = round(stats["train_tokens"]["total"] * epochs) if epochs is not None else None
+        epochs = next((r.epoch for r in reversed(rows) if r.epoch is not None), None)
+        batch = run.record.batch_size
+        if epochs is None and summary.train_rows and summary.steps and batch:
+            epochs = summary.steps / math.ceil(summary.train_rows / batch)
+        out["tokens"] = round(total * epochs) if epochs is not None else None
     return out
 
 
 def loss_curves(run: Run) -> dict[str, list[tuple[float, float]]]:
     """Training loss per logged step, and validation loss before training, wherever logged, and after."""
     train = run.artifacts.get("train")
-    rows = read_jsonl(train / "metrics.jsonl") if train else []
-    summary = (read_json(train / "summary.json") if train else None) or {}
-    validation = [(r["step"], r["eval_loss"]) for r in rows if r.get("eval_loss") is not None]
-    if summary.get("eval_loss_before") is not None and not any(step == 0 for step, _ in validation):
-        validation.insert(0, (0, summary["eval_loss_before"]))
-    last = summary.get("steps")
-    if summary.get("eval_loss_after") is not None and last is not None and not any(s == last for s, _ in validation):
-        validation.append((last, summary["eval_loss_after"]))
-    return {"train": [(r["step"], r["loss"]) for r in rows if r.get("loss") is not None], "validation": validation}
+    with reading():
+        rows = TrainRow.read(train / "metrics.jsonl") if train else []
+        summary = TrainSummary.read(train / "summary.json") if train else TrainSummary()
+    validation = [(float(r.step), r.eval_loss) for r in rows if r.step is not None and r.eval_loss is not None]
+    if summary.eval_loss_before is not None and not any(step == 0 for step, _ in validation):
+        validation.insert(0, (0.0, summary.eval_loss_before))
+    last = summary.steps
+    if summary.eval_loss_after is not None and last is not None and not any(s == last for s, _ in validation):
+        validation.append((float(last), summary.eval_loss_after))
+    return {"train": [(float(r.step), r.loss) for r in rows if r.step is not None and r.loss is not None],
+            "validation": validation}
 
 
 def write_report(runs: list[Run], found: list[Comparison], folder: Path,
@@ -273,12 +265,23 @@ def write_report(runs: list[Run], found: list[Comparison], folder: Path,
 
     The one light module that reaches into the eval stage: for its document writer and plotting
     (matplotlib), so both reports read and look alike (tests/unit/test_layout.py names this exception)."""
+    if "\0" in str(folder):
+        raise CompareError(f"{cut(repr(str(folder)))}: a NUL in the report folder's name; give --out a folder you "
+                           "can write to")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        return _write(runs, found, folder, against)
+    except OSError as exc:  # a file in the way, /proc, a full disk
+        raise CompareError(f"{cut(str(folder))}: cannot write the report there ({exc.strerror or exc}); give --out "
+                           "a folder you can write to") from None
+
+
+def _write(runs: list[Run], found: list[Comparison], folder: Path, against: str) -> Path:
     from runner.comparedoc import sections
     from runner.stages.eval.curves import plot_loss_curves, plot_run_accuracy
     from runner.stages.eval.report import to_html, to_markdown
     from runner.stages.eval.reportdoc import Doc, Section
 
-    folder.mkdir(parents=True, exist_ok=True)
     pictures = {}
     table = {r.label: {b: accuracy(r, b) for b in benchmarks(runs)} for r in runs}
     if any(v for by_bench in table.values() for v in by_bench.values()):

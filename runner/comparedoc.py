@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from runner.compare import LEVEL, Comparison, Run, accuracy, benchmarks, cost, differences, loss_curves
@@ -89,7 +90,7 @@ def numbers(value: Any, prefix: str = "") -> dict[str, float]:
     if isinstance(value, bool):
         return {}
     if isinstance(value, (int, float)):
-        return {prefix: value}
+        return {prefix: value} if math.isfinite(value) else {}  # NaN: a figure the eval could not make
     if isinstance(value, dict):
         out: dict[str, float] = {}
         for k, v in value.items():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
@@ -59,11 +59,32 @@ def die_with_parent() -> None:
     parent = os.environ.pop(PARENT, None)  # popped: the run's own child processes are not the sweep's
     if parent is None or not sys.platform.startswith("linux"):
         return
-    import ctypes
-
-    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+    _prctl()(1, int(signal.SIGTERM), 0, 0, 0)  # 1: PR_SET_PDEATHSIG
     if os.getppid() != int(parent):  # the sweep died before the line above
         raise Interrupted(signal.SIGTERM, " (the sweep that started this run is gone)")
+
+
+def _prctl() -> Callable[..., int]:
+    import ctypes
+
+    found: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+    return found
+
+
+def child_dies_with_parent(signum: int = signal.SIGKILL) -> Callable[[], None] | None:
+    """A preexec_fn for a child process (llama.cpp's converter): the kernel sends it `signum` when this
+    process dies, even by SIGKILL, so no orphan goes on writing. Linux only (None elsewhere). The
+    signal follows the thread that starts the child: start it from the thread that lives longest."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl, parent = _prctl(), os.getpid()  # looked up before fork: the child only calls it
+
+    def tie() -> None:
+        prctl(1, signum, 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the line above
+            os._exit(128 + signum)
+
+    return tie
 
 
 def requested() -> int | None:

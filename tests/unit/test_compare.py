@@ -30,7 +30,8 @@ def make_run(store: Path, name: str, r: int, right: dict[str, list[bool]], start
     for bench, marks in right.items():
         for i, ok in enumerate(marks):
             preds.append({"benchmark": bench, "index": i, "id": f"q{i}", "answer": 1, "base": 0, "tuned": 1 if ok else 2})
-        benches[bench] = {"tuned": {"n": len(marks), "acc": sum(marks) / len(marks), "ci95": [0.1, 0.9]},
+        acc = sum(marks) / len(marks)
+        benches[bench] = {"tuned": {"n": len(marks), "acc": acc, "ci95": [min(acc, 0.1), max(acc, 0.9)]},
                           "base": {"n": len(marks), "acc": 0.25, "ci95": [0.1, 0.5]}}
         benches[bench] |= (extra_metrics or {}).get("benchmarks", {}).get(bench, {})
     metrics = {"benchmarks": benches} | {k: v for k, v in (extra_metrics or {}).items() if k != "benchmarks"}
@@ -133,7 +134,7 @@ def test_a_malformed_run_record_is_one_line_and_a_stray_file_is_skipped(tmp_path
     assert find_run(tmp_path / "a.yaml", tmp_path) == record
     preds = next((tmp_path / "eval").iterdir()) / "predictions.jsonl"
     preds.write_text('{"index": 0}\n')
-    with pytest.raises(CompareError, match="predictions.jsonl: a row without benchmark, answer and tuned"):
+    with pytest.raises(CompareError, match="predictions.jsonl line 1: a row without benchmark, answer and tuned"):
         load_run(record)
 
 
@@ -150,7 +151,7 @@ def test_a_path_field_naming_the_same_file_is_no_difference(tmp_path: Path) -> N
         record.write_text(json.dumps(data))
         runs.append(load_run(record))
     assert differences(runs[1], runs[0]) == ["lora.r=8"]
-    runs[1].record["spec"]["data"]["train"]["path"] = "other.jsonl"
+    runs[1].record.spec["data"]["train"]["path"] = "other.jsonl"
     assert differences(runs[1], runs[0]) == [f"data.train.path={tmp_path / 'sweeps' / 'other.jsonl'}", "lora.r=8"]
 
 

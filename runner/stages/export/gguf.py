@@ -10,17 +10,22 @@ licence are kept; nothing of llama.cpp is in this repository.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from runner.errors import StageError
+from runner.signals import child_dies_with_parent
 from runner.stage import Log
 
 CONVERTER = Path(__file__).with_name("converter.py")
@@ -28,6 +33,7 @@ DIRECT = ("f16", "bf16", "q8_0")  # the converter's own output types
 QUANTIZED = {"q6_k": "LLAMA_FTYPE_MOSTLY_Q6_K", "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
              "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}  # made by llama.cpp's quantizer from the f16 file
 KEEP = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "LICENSE", "conversion/", "gguf-py/")
+PIDFILE = "converter.pid"  # in the stage's work folder, while a converter runs
 DEMO_PRE_TOKENIZER = "gpt-2"  # our demo tokenizer: byte-level BPE with GPT-2's split pattern (model/tiny.py)
 
 
@@ -85,41 +91,90 @@ def check_supported(source: Path, config: dict[str, Any]) -> str:
     return arch
 
 
-def convert(source: Path, script: str, args: list[str], declared: str | None, log: Log) -> None:
+def convert(source: Path, script: str, args: list[str], declared: str | None, work: Path, log: Log) -> None:
+    """One converter process, tied to this one (killed with it, even by SIGKILL: no orphan goes on
+    writing), its pid kept in the work folder so a rerun can stop a leftover (see stop_leftover)."""
     cmd = [sys.executable, str(CONVERTER), str(source), script, declared or "-", "--", *args]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        lines = [line for line in done.stderr.strip().splitlines() if line.strip()] or ["no output"]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace",
+                          preexec_fn=child_dies_with_parent()) as proc:
+        try:
+            (work / PIDFILE).write_text(f"{proc.pid}\n", "utf-8")
+            _, stderr = proc.communicate()
+        except BaseException:  # Ctrl-C, SIGTERM, a full disk: the converter stops with us
+            proc.kill()
+            raise
+    (work / PIDFILE).unlink(missing_ok=True)
+    if proc.returncode != 0:
+        lines = [line for line in stderr.strip().splitlines() if line.strip()] or ["no output"]
+        if _disk_full(stderr, work):  # mapped by the runner to its disk-full line (exit 6)
+            raise OSError(errno.ENOSPC, f"No space left on device, in llama.cpp's {script}")
         raise StageError(f"export.gguf: llama.cpp's {script} failed: {lines[-1][:300]}")
-    for line in done.stderr.splitlines():
+    for line in stderr.splitlines():
         if line.startswith("converter:"):
             log(f"export: {line.removeprefix('converter: ')}")
+
+
+def _disk_full(stderr: str, folder: Path) -> bool:
+    """The converter's own words for a full disk (Python's OSError), or hardly any space left (the
+    quantizer's C code says only that it failed)."""
+    if any(words in stderr for words in ("No space left on device", "[Errno 28]", "Disk quota exceeded", "[Errno 122]")):
+        return True
+    try:
+        return shutil.disk_usage(folder).free < 16 * 2**20
+    except OSError:
+        return False
+
+
+def stop_leftover(work: Path, log: Log) -> None:
+    """A converter still running from a killed earlier build of this key (where the parent-death signal
+    is not there to stop it, or came too late): the stage's lock says no live build owns this work
+    folder, so it is stopped before anything is written here again."""
+    try:
+        pid = int((work / PIDFILE).read_text("utf-8").strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode("utf-8", "replace")
+    except (OSError, ValueError):
+        return  # none recorded, or gone (or no /proc): nothing is left to stop
+    if str(CONVERTER) not in cmdline or str(work) not in cmdline:
+        return  # the pid was reused by another process
+    log(f"export: stopping llama.cpp's converter (pid {pid}) left running by an earlier, killed run")
+    try:
+        os.kill(pid, signal.SIGKILL)
+        for _ in range(200):  # its new parent reaps it
+            if not Path(f"/proc/{pid}").exists() or "State:\tZ" in Path(f"/proc/{pid}/status").read_text():
+                break
+            time.sleep(0.05)
+    except OSError:
+        pass  # already gone
+    (work / PIDFILE).unlink(missing_ok=True)
 
 
 def write_ggufs(source: Path, merged: Path, adapter: Path, base: Path, out: Path, work: Path, types: tuple[str, ...],
                 declared: str | None, threads: int, log: Log) -> dict[str, Path]:
     """Every asked type of the merged model, the adapter as a GGUF LoRA, and the base it applies to in
     f16 (llama.cpp's `-m base --lora adapter`, Ollama's FROM + ADAPTER). Returns the files by form name."""
+    stop_leftover(work, log)  # before anything is written where a leftover converter could write
+    if out.exists():  # made by that leftover (a converter makes its output's folder): never trusted
+        shutil.rmtree(out)
     out.mkdir()
     files: dict[str, Path] = {}
     f16 = out / "model-f16.gguf" if "f16" in types else work / "model-f16.gguf"
     for kind in [t for t in DIRECT if t in types or (t == "f16" and set(types) & set(QUANTIZED))]:
         path = f16 if kind == "f16" else out / f"model-{kind}.gguf"
         log(f"export: converting the merged model to GGUF {kind}")
-        convert(source, "convert_hf_to_gguf.py", [str(merged), "--outfile", str(path), "--outtype", kind], declared, log)
+        convert(source, "convert_hf_to_gguf.py", [str(merged), "--outfile", str(path), "--outtype", kind], declared, work, log)
         if kind in types:
             files[kind] = path
     for kind in [t for t in types if t in QUANTIZED]:
         log(f"export: quantizing to GGUF {kind}")
-        convert(source, "quantize", [str(f16), str(out / f"model-{kind}.gguf"), QUANTIZED[kind], str(threads)], None, log)
+        convert(source, "quantize", [str(f16), str(out / f"model-{kind}.gguf"), QUANTIZED[kind], str(threads)], None, work, log)
         files[kind] = out / f"model-{kind}.gguf"
     log("export: converting the adapter to a GGUF LoRA")
     convert(source, "convert_lora_to_gguf.py", [str(adapter), "--base", str(merged), "--outtype", "f16",
-                                                "--outfile", str(out / "adapter-f16.gguf")], declared, log)
+                                                "--outfile", str(out / "adapter-f16.gguf")], declared, work, log)
     files["lora"] = out / "adapter-f16.gguf"
     log("export: converting the base the adapter applies to (dequantized when 4-bit) to GGUF f16")
     convert(source, "convert_hf_to_gguf.py", [str(base), "--outfile", str(out / "base-f16.gguf"), "--outtype", "f16"],
-            declared, log)
+            declared, work, log)
     files["base"] = out / "base-f16.gguf"
     return files
 
