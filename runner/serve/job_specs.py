@@ -11,6 +11,7 @@ import yaml
 from fastapi import HTTPException, Request
 
 from runner.errors import SpecError
+from runner.serve.confine import confine_doc, redact, roots_of
 from runner.serve.files import FileStore
 from runner.serve.schemas import JobRequest
 from runner.spec import Spec, parse_spec
@@ -35,6 +36,7 @@ def spec_text(body: JobRequest, request: Request, base_dir: Path) -> tuple[str, 
         resolved = file_ids_in(doc, uploads.path, problems)
         if resolved != doc:  # only then rewritten: a spec's own text keeps its line numbers in problems
             text = yaml.safe_dump(resolved, sort_keys=False)
+        _confined(resolved, request, base_dir)
     spec = checked(text, base_dir, problems)
     return text, {"seed": spec.seed, "hyperparameters": shown_hyperparameters(spec.as_dict())}
 
@@ -62,6 +64,8 @@ def from_openai(body: JobRequest, request: Request, base_dir: Path) -> tuple[str
     if entry is None:
         raise HTTPException(404, f"model {body.model!r} does not exist: give a base or adapter id from /v1/models")
     fields = body.model_dump(exclude_none=True)
+    if isinstance(fields.get("evaluation"), dict):  # the client's benchmark paths; the base run's are the operator's
+        _confined({"eval": fields["evaluation"]}, request, base_dir)
     uploads = FileStore(request.app.state.store)
 
     def found(file_id: str) -> tuple[Path, str] | None:
@@ -81,3 +85,15 @@ def from_openai(body: JobRequest, request: Request, base_dir: Path) -> tuple[str
     checks = [[name, str(fields[name])] for name in ("training_file", "validation_file")
               if fields.get(name) and uploads.kind(str(fields[name])) == "jsonl"]
     return text, job_fields(fields, spec), checks
+
+
+def _confined(doc: Any, request: Request, base_dir: Path) -> None:
+    """A 400 before anything reads a path the client named outside the store, its uploads and the
+    server's `--data-dir` folders (as the spec routes refuse it; the answer never says if it exists)."""
+    store: Path = request.app.state.store
+    roots = getattr(request.app.state, "roots", None) or roots_of(store)
+    outside = confine_doc(doc, base_dir, roots, store)
+    if outside:
+        from runner.yamlpos import format_path
+
+        raise HTTPException(400, redact("; ".join(f"{format_path(p)}: {msg}" for p, msg in outside), store))

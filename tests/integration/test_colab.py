@@ -113,5 +113,5 @@ def test_colab_guide_runs_as_written(tmp_path: Path) -> None:
     assert (content / "qlora-runner" / "specs" / "smoke.yaml").is_file()
     assert ": valid (" in out  # validate
     assert "summary (" in out and "report  " in out  # the run's summary, ending with the report's path
-    assert "('eval', 'reused')" in out  # api.run after the CLI's run: every stage reused
+    assert "ran nothing; reused model, data, train, export, eval" in out  # api.run after the CLI's run
     assert "'smoke'" in out  # the served adapter is listed

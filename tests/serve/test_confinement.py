@@ -166,3 +166,25 @@ def test_no_answer_shows_the_stores_absolute_path(server: Server) -> None:
     assert "no such file" in relative.json()["text"] and "<store>/jobs/missing.txt" in relative.json()["text"]
     for answer in (outside, missing, relative, planned):
         assert str(server.store) not in answer.text and str(server.store.resolve()) not in answer.text, answer.text
+
+
+def test_a_job_reads_only_the_store_and_data_dirs(server: Server, tmp_path: Path) -> None:
+    """A job's spec, and the `evaluation` a job from OpenAI's fields sends, are held to the same folders
+    as the spec routes: refused with a 400 before the job exists, whether or not the path is there."""
+    before = _get_jobs(server)
+    for path in ("/etc/passwd", str(tmp_path / "missing.txt"), "../../../../etc/hostname"):
+        answer = _post(server, "/v1/fine_tuning/jobs", {"model": "serve-tiny", "training_file": "unused",
+                                                         "spec": SPEC.format(path=path)})
+        assert answer.status_code == 400, (path, answer.text)
+        message = answer.json()["error"]["message"]
+        assert "outside the folders this server reads (<store>" in message and str(server.store) not in message
+    bench = {"benchmarks": [{"name": "leak", "format": "qa", "path": "/etc/passwd"}]}
+    answer = _post(server, "/v1/fine_tuning/jobs", {"model": "serve-tiny", "training_file": "file-" + "0" * 24,
+                                                     "evaluation": bench})
+    assert answer.status_code == 400 and "eval.benchmarks[0].path" in answer.json()["error"]["message"], answer.text
+    assert _get_jobs(server) == before
+
+
+def _get_jobs(server: Server) -> list[str]:
+    listed = httpx.get(f"{server.url}/v1/fine_tuning/jobs?limit=1000", headers=AUTH, timeout=30)
+    return [job["id"] for job in listed.json()["data"]]
