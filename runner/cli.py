@@ -128,6 +128,9 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--data-dir", type=Path, action="append", default=[], metavar="DIR",
                      help="a folder whose files a client's spec may name (repeatable); the store and uploads "
                           "always may, nothing else may")
+    srv.add_argument("--allow-push", action="store_true",
+                     help="let a job's spec push to the Hub (export.push) with this server's HF_TOKEN; without it "
+                          "such a job is refused and no job's process sees HF_TOKEN")
     _sweep_commands(command)
     command("profile", cmd_profile, "show this machine and the profile a spec would get", spec=False).add_argument(
         "spec", type=Path, nargs="?", help="spec to resolve the profile for (default: specs/smoke.yaml settings)")
@@ -273,7 +276,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     require_extra("serve", "runner serve")  # one line naming the install, not a ModuleNotFoundError
     from runner.serve.app import serve
 
-    return serve(args.store, args.host, args.port, args.api_key, args.engine, tuple(args.data_dir))
+    return serve(args.store, args.host, args.port, args.api_key, args.engine, tuple(args.data_dir), args.allow_push)
 
 
 def cmd_profile(args: argparse.Namespace) -> int:

@@ -205,7 +205,7 @@ def _not_json(request: Request) -> str | None:
 
 
 def create_app(store: Path, api_key: str | None = None, jobs: bool = True, host: str | None = None,
-               data_dirs: tuple[Path, ...] = ()) -> Any:
+               data_dirs: tuple[Path, ...] = (), allow_push: bool = False) -> Any:
     from runner.serve.engine import Engine
     from runner.serve.models import Registry
     from runner.serve.routes import router
@@ -231,7 +231,7 @@ def create_app(store: Path, api_key: str | None = None, jobs: bool = True, host:
         from runner.serve.jobs import JobQueue
         from runner.serve.jobs import router as job_router
 
-        app.state.jobs = JobQueue(app.state.store)
+        app.state.jobs = JobQueue(app.state.store, allow_push)
         app.state.jobs.start()
         app.include_router(job_router)
         from runner.serve.progress import router as progress_router
@@ -245,7 +245,7 @@ def create_app(store: Path, api_key: str | None = None, jobs: bool = True, host:
 
 
 def serve(store: Path, host: str, port: int, api_key: str | None, engine: str = "runner",
-          data_dirs: tuple[Path, ...] = ()) -> int:
+          data_dirs: tuple[Path, ...] = (), allow_push: bool = False) -> int:
     """Serve until stopped; the exit code. `engine="vllm"` hands generation to `vllm serve` (vllm.py)."""
     if engine == "vllm":
         from runner.serve.vllm import VllmError, serve_vllm
@@ -258,7 +258,7 @@ def serve(store: Path, host: str, port: int, api_key: str | None, engine: str = 
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="[serve] %(message)s")
-    app = create_app(store, api_key, host=host, data_dirs=data_dirs)
+    app = create_app(store, api_key, host=host, data_dirs=data_dirs, allow_push=allow_push)
     # uvicorn's access log prints paths and statuses, never headers: the key is not in it.
     uvicorn.run(app, host=host, port=port, log_level="info")
     return 0

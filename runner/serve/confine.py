@@ -7,6 +7,7 @@ about the server's disk. Also here: the store's absolute path, which clients are
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -95,3 +96,16 @@ def redact(text: str, store: Path | None) -> str:
         if len(form) > 1:
             text = text.replace(form, STORE)
     return text
+
+
+# Names of variables that hold secrets by convention (HF_TOKEN, RUNNER_API_KEY, WANDB_API_KEY, AWS_SECRET_...).
+SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
+
+
+def job_env(environ: Mapping[str, str], allow_push: bool) -> dict[str, str]:
+    """The environment a job's `runner run` gets: the server's, less every secret (the server's key, Hub
+    and tracker tokens). `HF_TOKEN` only where the operator started the server with `--allow-push`."""
+    env = {name: value for name, value in environ.items() if not SECRET_NAME.search(name)}
+    if allow_push and "HF_TOKEN" in environ:
+        env["HF_TOKEN"] = environ["HF_TOKEN"]
+    return env

@@ -38,6 +38,10 @@ def spec_text(body: JobRequest, request: Request, base_dir: Path) -> tuple[str, 
             text = yaml.safe_dump(resolved, sort_keys=False)
         _confined(resolved, request, base_dir)
     spec = checked(text, base_dir, problems)
+    if spec.export.push is not None and not getattr(request.app.state.jobs, "allow_push", False):
+        raise HTTPException(400, "export.push: this server does not push from jobs (the operator's Hub token would "
+                                 "publish where the client says); push after the run, or start the server with "
+                                 "--allow-push")
     return text, {"seed": spec.seed, "hyperparameters": shown_hyperparameters(spec.as_dict())}
 
 
@@ -73,6 +77,8 @@ def from_openai(body: JobRequest, request: Request, base_dir: Path) -> tuple[str
         return (path, kind) if path is not None and kind is not None else None
 
     spec, problems = mapped(fields, entry, found)
+    if isinstance(spec.get("export"), dict) and not getattr(request.app.state.jobs, "allow_push", False):
+        spec["export"]["push"] = None  # the base run's push is the operator's, not the client's job's
     text = yaml.safe_dump(spec, sort_keys=False)
     if not problems:
         try:

@@ -21,6 +21,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 
+from runner.serve.confine import job_env
 from runner.serve.files import FileStore, page
 from runner.serve.job_outputs import Events, metric_rows, step_metrics, trained_tokens
 from runner.serve.job_specs import from_openai, spec_text
@@ -43,9 +44,10 @@ router = APIRouter(lifespan=_lifespan)
 
 
 class JobQueue:
-    def __init__(self, store: Path) -> None:
+    def __init__(self, store: Path, allow_push: bool = False) -> None:
         self.folder = store / "jobs"
         self.store = store
+        self.allow_push = allow_push  # the operator's choice (`runner serve --allow-push`), never a client's
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._running: tuple[str, subprocess.Popen[bytes], Events] | None = None
@@ -194,7 +196,8 @@ class JobQueue:
         spec, events = self.folder / f"{job_id}.yaml", Events(self.folder, job_id)
         with open(self.folder / f"{job_id}.log", "wb") as log:
             process = subprocess.Popen([sys.executable, "-m", "runner", "run", str(spec), "--store", str(self.store)],
-                                       stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                       stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       env=job_env(os.environ, self.allow_push))
             self._running = (job_id, process, events)
             self._update(job_id, status="running", pid=process.pid)
             events.add("Fine-tuning job started")

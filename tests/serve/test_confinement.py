@@ -188,3 +188,44 @@ def test_a_job_reads_only_the_store_and_data_dirs(server: Server, tmp_path: Path
 def _get_jobs(server: Server) -> list[str]:
     listed = httpx.get(f"{server.url}/v1/fine_tuning/jobs?limit=1000", headers=AUTH, timeout=30)
     return [job["id"] for job in listed.json()["data"]]
+
+
+def test_a_job_gets_no_secret_and_pushes_only_where_the_operator_allows(server: Server, tmp_path: Path) -> None:
+    """The server's key and the Hub and tracker tokens stay out of a job's process (read from its
+    /proc/PID/environ while it trains); a job that asks to push is refused without `--allow-push`;
+    a spec job's training length is bounded."""
+    from spec import tiny_spec
+
+    port, store, log = free_port(), tmp_path / "store", tmp_path / "secrets.log"
+    env = dict(os.environ, RUNNER_API_KEY=KEY, HF_TOKEN="hf_secret_token", WANDB_API_KEY="wandb-secret")
+    with open(log, "wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "runner", "serve", "--store", str(store), "--port", str(port),
+                                    "--data-dir", str(server.folder / "data")], cwd=ROOT, stdout=out,
+                                   stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait(url, process, log)
+        spec = tiny_spec("secrets", max_steps=100000, data=server.folder / "data")
+        pushed = spec + "export: {push: {repo_id: someone/elsewhere}}\n"
+        refused = httpx.post(f"{url}/v1/fine_tuning/jobs", json={"model": "x", "training_file": "u", "spec": pushed},
+                             headers=AUTH, timeout=60)
+        assert refused.status_code == 400 and "--allow-push" in refused.json()["error"]["message"], refused.text
+        endless = spec.replace("epochs: 3", "epochs: 1e300")
+        assert httpx.post(f"{url}/v1/fine_tuning/jobs", json={"model": "x", "training_file": "u", "spec": endless},
+                          headers=AUTH, timeout=60).status_code == 400
+        job = httpx.post(f"{url}/v1/fine_tuning/jobs", json={"model": "x", "training_file": "u", "spec": spec},
+                         headers=AUTH, timeout=60).json()
+        deadline, seen = time.monotonic() + 300, None
+        while seen is None and time.monotonic() < deadline:
+            record = httpx.get(f"{url}/v1/fine_tuning/jobs/{job['id']}", headers=AUTH, timeout=30).json()
+            pid = record.get("pid")
+            if record["status"] == "running" and pid and Path(f"/proc/{pid}/environ").exists():
+                seen = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            time.sleep(0.2)
+        httpx.post(f"{url}/v1/fine_tuning/jobs/{job['id']}/cancel", headers=AUTH, timeout=30)
+        assert seen is not None, "the job never ran"
+        names = {entry.split(b"=", 1)[0].decode() for entry in seen if entry}
+        assert "PATH" in names and not names & {"RUNNER_API_KEY", "HF_TOKEN", "WANDB_API_KEY"}, sorted(names)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
