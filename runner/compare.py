@@ -137,7 +137,7 @@ def spec_fields(run: Run) -> dict[str, Any]:
             if found is not None and "relative to the spec" in found.get("description", ""):
                 try:
                     out[key] = str((folder / value).resolve())
-                except (OSError, ValueError):  # a NUL or a link loop: compared as written
+                except (OSError, ValueError, RuntimeError):  # a NUL or a link loop (RuntimeError before 3.13)
                     pass
     return out
 

@@ -151,7 +151,7 @@ def _build(stage: Stage, step: Step, spec: Spec, profile: Profile, store: Store,
         with store.build(stage.name, step.key, step.inputs, stage.volatile) as out:
             ctx = StageContext(spec=spec, profile=profile, out=out, work=store.work_dir(stage.name, step.key),
                                upstream=upstream, files=stage.local_files(spec), log=log,
-                               digests=step.inputs["files"])
+                               digests=step.inputs.get("files", {}))
             stage.run(ctx)
     except (RunnerError, KeyboardInterrupt):
         raise

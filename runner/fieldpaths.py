@@ -110,17 +110,24 @@ def set_fields(base: dict[str, Any], overrides: Iterable[tuple[Path_, Any]], wha
     for path, value in overrides:
         node: Any = doc
         for i, part in enumerate(path[:-1]):
-            if isinstance(part, int):
-                if not isinstance(node, list) or part >= len(node):
-                    raise SpecError([f"{what}: {dotted(path[: i + 1])}: the spec has no such item "
-                                      f"(it lists {len(node) if isinstance(node, list) else 0})"])
-                node = node[part]
-            else:
-                if not isinstance(node.get(part), (dict, list)):
-                    node[part] = {}  # a section the base spec leaves out (or sets to null)
-                node = node[part]
-        if isinstance(path[-1], int) and (not isinstance(node, list) or path[-1] >= len(node)):
-            raise SpecError([f"{what}: {dotted(path)}: the spec has no such item "
-                             f"(it lists {len(node) if isinstance(node, list) else 0})"])
+            _check_step(node, part, path[: i + 1], what)
+            if isinstance(part, str) and not isinstance(node.get(part), (dict, list)):
+                node[part] = {}  # a section the base spec leaves out (or sets to null)
+            node = node[part]
+        _check_step(node, path[-1], path, what)
         node[path[-1]] = value
     return doc
+
+
+def _check_step(node: Any, part: str | int, upto: Path_, what: str) -> None:
+    """One line where `part` cannot be taken from `node`: an item the list does not have, or a field
+    of a list (a spec that lists its sources: `data.train.0.path`, not `data.train.path`)."""
+    if isinstance(part, int):
+        if not isinstance(node, list) or part >= len(node):
+            raise SpecError([f"{what}: {dotted(upto)}: the spec has no such item "
+                             f"(it lists {len(node) if isinstance(node, list) else 0})"])
+    elif isinstance(node, list):
+        raise SpecError([f"{what}: {dotted(upto[:-1])} is a list in this spec: name an item, "
+                         f"e.g. {dotted((*upto[:-1], 0, part))}"])
+    elif not isinstance(node, dict):
+        raise SpecError([f"{what}: {dotted(upto[:-1])} is not a section in this spec"])

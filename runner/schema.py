@@ -74,6 +74,9 @@ def _describe(error: jsonschema.ValidationError) -> list[tuple[tuple[Any, ...], 
         return [(path, f"must be {sign[str(error.validator)]} {error.validator_value}, got {_show(error.instance)}")]
     if error.validator == "pattern":  # the pattern as written for people: its guard against a final newline left out
         allowed = str(error.validator_value).replace("(?!\\n)", "")
+        if path and path[-1] in ("hub", "id"):  # a Hub id, where a local path would read outside what a server allows
+            return [(path, f"must be a Hub id such as owner/name, got {_show(error.instance)}; a local file or folder "
+                           "goes in `path`")]
         return [(path, f"must match {allowed} (letters, digits, '_', '.' and '-'), got {_show(error.instance)}")]
     if error.validator == "oneOf":
         return [(path, f"{_show(error.instance)} is not valid here: {error.schema.get('description', '')}")]

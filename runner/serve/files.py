@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import APIRouter, Form, HTTPException, Query, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from runner.serve.schemas import FileDeleted, FileList, FileObject
@@ -161,7 +162,9 @@ async def upload(request: Request, file: UploadFile, purpose: str = Form("fine-t
     if len(data) > MAX_UPLOAD:
         raise HTTPException(413, f"upload over the {MAX_UPLOAD} byte limit")
     filename = file.filename or "upload.jsonl"
-    return FileObject(**files(request).save(data, filename, purpose, _checked(data, filename)))
+    # parsing every line and hashing up to 64 MiB: off the event loop, which streams everyone's answers
+    kind = await run_in_threadpool(_checked, data, filename)
+    return FileObject(**await run_in_threadpool(files(request).save, data, filename, purpose, kind))
 
 
 @router.get("/v1/files")

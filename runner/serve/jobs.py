@@ -194,12 +194,15 @@ class JobQueue:
 
     def _run(self, job_id: str) -> None:
         spec, events = self.folder / f"{job_id}.yaml", Events(self.folder, job_id)
+        if self._update(job_id, ("queued",), status="running")["status"] != "running":
+            return  # cancelled between the loop's look and now: it never starts
         with open(self.folder / f"{job_id}.log", "wb") as log:
             process = subprocess.Popen([sys.executable, "-m", "runner", "run", str(spec), "--store", str(self.store)],
                                        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                        env=job_env(os.environ, self.allow_push))
             self._running = (job_id, process, events)
-            self._update(job_id, status="running", pid=process.pid)
+            if self._update(job_id, pid=process.pid).get("cancel_requested"):
+                process.send_signal(signal.SIGINT)  # a cancel that came while it started found no process to stop
             events.add("Fine-tuning job started")
             while process.poll() is None:
                 events.pump()  # each line stamped within half a second of its writing
@@ -282,7 +285,8 @@ def cancel_job(job_id: str, request: Request) -> dict[str, Any]:
 @router.get("/v1/fine_tuning/jobs/{job_id}/events")
 def job_events(job_id: str, request: Request, limit: int = Query(20, ge=1, le=10000),
                after: str | None = None) -> dict[str, Any]:
-    return page(_queue(request).events(job_id), limit, after)
+    # newest first, as OpenAI lists them: the default page shows where a job is now, not how it began
+    return page(list(reversed(_queue(request).events(job_id))), limit, after)
 
 
 @router.get("/v1/fine_tuning/jobs/{job_id}/checkpoints")

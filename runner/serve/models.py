@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from runner.files import NotRegularFile, TooLarge, read_regular
 from runner.profile import Profile
 from runner.records import runs_dir
 from runner.spec import Spec, typed
@@ -48,16 +49,26 @@ def base_id(model_key: str) -> str:
     return f"base-{model_key[:SHORT]}"
 
 
+RECORD_BYTES = 64 * 2**20  # as runner gc reads them
+
+
+def _record(path: Path) -> Any:
+    """A run record's data: a bounded read of a regular file (a FIFO in runs/ must not hold a request)."""
+    return json.loads(read_regular(path, RECORD_BYTES).decode("utf-8"))
+
+
 def _records(store: Path) -> list[dict[str, Any]]:
     """Completed records with an export stage, oldest first."""
     found = []
     folder = runs_dir(store)
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         try:
-            data = json.loads(path.read_text("utf-8"))
-        except (OSError, ValueError):
+            data = _record(path)
+        except (OSError, ValueError, NotRegularFile, TooLarge):
             continue  # a record being written, or damaged: nothing to serve from it
-        keys = {s.get("stage"): s.get("key") for s in data.get("stages", [])}
+        if not isinstance(data, dict) or not isinstance(data.get("stages"), list):
+            continue
+        keys = {s.get("stage"): s.get("key") for s in data["stages"] if isinstance(s, dict)}
         if data.get("status") == "completed" and keys.get("export") and keys.get("model"):
             data["_keys"] = keys
             found.append(data)
@@ -71,8 +82,8 @@ def record_with(store: Path, stage: str, key: str) -> dict[str, Any] | None:
     folder = runs_dir(store)
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         try:
-            data = json.loads(path.read_text("utf-8"))
-        except (OSError, ValueError):
+            data = _record(path)
+        except (OSError, ValueError, NotRegularFile, TooLarge):
             continue
         if not isinstance(data, dict) or not isinstance(data.get("stages"), list):
             continue

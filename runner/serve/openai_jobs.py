@@ -213,18 +213,18 @@ def row_problem(path: Path) -> str | None:
 
 
 def _chat_problem(row: Any) -> str | None:
+    """Why the data stage would drop `row` as a chat row (its own reader, so the two never disagree)."""
+    from runner.formats import Dropped, to_example
+    from runner.spec import Fields
+
     if not isinstance(row, dict):
         return "not a JSON object"
-    messages = row.get("messages")
-    if not isinstance(messages, list) or not messages:
+    if not isinstance(row.get("messages"), list) and not isinstance(row.get("conversations"), list):
         return "no `messages` list (the row's fields: " + (", ".join(map(str, row)) or "none") + ")"
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant"):
-            return f"messages[{i}] has no role system, user or assistant"
-        if not isinstance(m.get("content"), str):
-            return f"messages[{i}] has no text `content`"
-    if not any(m["role"] == "assistant" for m in messages):
-        return "no assistant message to learn from"
+    try:
+        to_example(row, "chat", Fields())
+    except Dropped as why:
+        return str(why)
     return None
 
 

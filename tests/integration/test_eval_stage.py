@@ -95,9 +95,9 @@ def test_batched_generation_writes_what_one_question_at_a_time_writes(tiny: Tiny
     from peft import PeftModel
 
     from runner.benchmarks import benchmark_items
-    from runner.formats import read_local
     from runner.probe import probe_machine
     from runner.profile import resolve_profile
+    from runner.rowfiles import read_local
     from runner.spec import Benchmark, load_spec
     from runner.stages.eval.generation import generate_batch
     from runner.stages.eval.scoring import encoder

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from runner.benchmarks import Item, to_items
-from runner.formats import read_local
 from runner.probe import probe_machine
 from runner.profile import resolve_profile
+from runner.rowfiles import read_local
 from runner.spec import Fields, load_spec
 from runner.stages.eval.branches import shared_prompts
 from runner.stages.eval.scoring import max_length_of, plan_rows, predictions, requests_for, score

@@ -11,7 +11,7 @@ import pytest
 from runner.benchmarks import to_items
 from runner.contamination import normalise, overlaps, stop_if_found
 from runner.errors import DataError
-from runner.formats import read_local
+from runner.rowfiles import read_local
 from runner.spec import Fields, Spec, parse_spec
 from runner.stages.train.gate import before_training
 

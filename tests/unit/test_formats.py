@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from runner.formats import Dropped, Example, convert_rows, read_local, to_example, to_question
+from runner.formats import Dropped, Example, convert_rows, to_example, to_question
+from runner.rowfiles import read_local
 from runner.spec import Fields
 
 MEDQA = Fields()  # the defaults are MedQA's column names

@@ -10,7 +10,8 @@ import pytest
 
 from runner.benchmarks import benchmark_items
 from runner.errors import DataError, RunnerError
-from runner.formats import Dropped, read_local, to_example
+from runner.formats import Dropped, to_example
+from runner.rowfiles import read_local
 from runner.spec import Benchmark, Fields
 from runner.stages.data import read_rows
 

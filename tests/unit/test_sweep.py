@@ -243,3 +243,14 @@ def test_a_variant_stops_when_its_sweep_is_killed_outright(tmp_path: Path) -> No
             os.kill(child, signal.SIGKILL)  # only if the test failed: the orphan it started
         except ProcessLookupError:
             pass
+
+
+def test_a_field_of_a_list_of_sources_names_an_item_instead_of_crashing() -> None:
+    from runner.fieldpaths import set_fields
+
+    doc = {"data": {"train": [{"path": "a.jsonl"}, {"path": "b.jsonl"}]}}
+    with pytest.raises(SpecError) as caught:
+        set_fields(doc, [(("data", "train", "path"), "x.jsonl")], "--set in spec.yaml")
+    assert caught.value.problems == ["--set in spec.yaml: data.train is a list in this spec: name an item, "
+                                     "e.g. data.train.0.path"]
+    assert set_fields(doc, [(("data", "train", 1, "path"), "x.jsonl")], "--set")["data"]["train"][1] == {"path": "x.jsonl"}

@@ -50,7 +50,7 @@ def spec_slice(spec: Spec) -> dict[str, Any]:
 def bounds_slice() -> dict[str, Any]:
     """The row and document bounds, only where the environment moved them: what is dropped depends on
     them, and keys taken with the defaults stay what they were."""
-    from runner.formats import ROW_BYTES, row_bytes
+    from runner.rowfiles import ROW_BYTES, row_bytes
     from runner.stages.data.reading import DOCUMENT_BYTES, document_bytes
 
     bounds = {"row_bytes": row_bytes(), "document_bytes": document_bytes()}

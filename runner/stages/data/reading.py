@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import DataError
-from runner.formats import TEXT_KEY, Dropped, read_local
+from runner.formats import TEXT_KEY, Dropped
+from runner.rowfiles import read_local
 from runner.rules import TEXT_SUFFIXES
 from runner.spec import Benchmark, Source
 
