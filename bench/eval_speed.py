@@ -39,7 +39,7 @@ DATA = ROOT.parent / "shared" / "data"
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}  # never wait on the Hub
 
 from runner.benchmarks import benchmark_items  # noqa: E402  (needs sys.path)
-from runner.formats import read_local  # noqa: E402
+from runner.rowfiles import read_local  # noqa: E402
 from runner.spec import Benchmark, Fields  # noqa: E402
 
 TARGET_RATIO = 3.0

@@ -70,7 +70,8 @@ def serving(store: Path, log: Path) -> Iterator[tuple[subprocess.Popen[bytes], o
     port = free_port()
     with open(log, "ab") as out:
         process = subprocess.Popen([sys.executable, "-m", "runner", "serve", "--store", str(store), "--port", str(port),
-                                    "--api-key", KEY], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+                                    "--api-key", KEY, "--data-dir", str(ROOT / "data")],  # the demo data its specs name
+                                   cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     try:
         _wait(f"http://127.0.0.1:{port}", process, log)
         yield process, openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0, timeout=60)

@@ -200,7 +200,7 @@ def test_a_launched_job_draws_its_curve_live_and_succeeds(browser: object, serve
                                                           screens: Path) -> None:
     page = opened(browser, server, "train")
     page.wait_for_function("document.querySelector('#spec-editor').value.length > 0")
-    page.fill("#spec-editor", tiny_spec("serve-page", max_steps=STEPS, data=demo_data(server.folder / "page-data")))
+    page.fill("#spec-editor", tiny_spec("serve-page", max_steps=STEPS, data=demo_data(server.folder / "data" / "page")))
     page.wait_for_function("document.querySelector('#plan').innerText.includes('will run')")
     page.wait_for_selector("#launch:enabled")
     page.click("#launch")

@@ -132,9 +132,10 @@ def test_plan_applies_the_set(tmp_path: Path) -> None:
     assert "HEAVY: \n" in done.stdout  # planning with --set stays light
 
 
-def test_the_api_plan_summary_is_what_the_cli_prints(tmp_path: Path) -> None:
+def test_the_api_plan_summary_is_what_the_cli_prints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from runner import api
 
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # as `cli` runs it: the thread count is in the profile and the keys
     done = cli("plan", "specs/smoke.yaml", "--store", str(tmp_path))
     planned = api.plan(SMOKE, tmp_path)
     assert done.stdout.split("HEAVY:")[0] == planned.summary() + "\n" == repr(planned) + "\n"
