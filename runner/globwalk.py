@@ -23,14 +23,15 @@ class GlobTooBig(RunnerError):
     """A walk past one of the bounds: the pattern names too much, or the wrong folder."""
 
 
-def _magic(part: str) -> bool:
-    return any(ch in part for ch in "*?[")
+def has_glob(path: str) -> bool:
+    """Whether `path` (or one part of it) holds a wildcard."""
+    return any(ch in path for ch in "*?[")
 
 
 def split_glob(full: Path) -> tuple[Path, list[str]]:
     """(root, parts): the folder before the first wildcard, and the parts from there on."""
     parts = full.parts
-    first = next(i for i, part in enumerate(parts) if _magic(part))
+    first = next(i for i, part in enumerate(parts) if has_glob(part))
     return Path(*parts[:first]) if first else Path("."), list(parts[first:])
 
 
@@ -41,7 +42,8 @@ def _is_dir(entry: os.DirEntry[str]) -> bool:
         return False
 
 
-def _inside(real: str, root: str) -> bool:
+def within(real: str, root: str) -> bool:
+    """Whether the resolved path `real` is `root` or below it (both real paths)."""
     return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
 
 
@@ -79,10 +81,10 @@ class Walk:
         except OSError:
             return None
         real = os.path.realpath(path)
-        return real if _inside(real, self.root) and real not in chain else None
+        return real if within(real, self.root) and real not in chain else None
 
     def _keep(self, path: Path) -> bool:
-        return _inside(os.path.realpath(path), self.root)
+        return within(os.path.realpath(path), self.root)
 
     def match(self, folder: Path, parts: list[str], depth: int = 0,
               chain: frozenset[str] = frozenset()) -> Iterator[Path]:
@@ -97,7 +99,7 @@ class Walk:
         part, rest = parts[0], parts[1:]
         if part == "**":
             yield from self._any_depth(folder, rest, depth, chain)
-        elif _magic(part):
+        elif has_glob(part):
             for entry in self._entries(folder, depth):
                 if entry.name.startswith(".") and not part.startswith("."):
                     continue

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import DataError
-from runner.rules import document_files, has_glob, source_name
+from runner.globwalk import has_glob
+from runner.rules import document_files, source_name
 from runner.spec import Fields, Source, Spec
 
 

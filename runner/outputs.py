@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from runner.errors import RunnerError
+from runner.files import NotRegularFile, TooLarge, read_regular
 
 MAX_JSON_BYTES = 8 * 2**20  # a run record or metrics.json is a few kB; a few MB is already hostile
 MAX_JSONL_BYTES = 256 * 2**20  # predictions of a large benchmark suite stay far below
@@ -45,13 +44,11 @@ def cut(name: str, limit: int = MAX_NAME) -> str:
 def _regular_bytes(path: Path, limit: int) -> bytes:
     """The file's bytes, when it is a regular file under `limit` (a FIFO or /dev/zero would hang)."""
     try:
-        info = os.stat(path)
-        if not stat.S_ISREG(info.st_mode):
-            raise OutputError(f"{path}: not a regular file; give a file the runner wrote")
-        if info.st_size > limit:
-            raise OutputError(f"{path}: {info.st_size:,} bytes, more than the {limit:,} such a file can hold; {DAMAGED}")
-        with open(path, "rb") as handle:
-            return handle.read(limit + 1)
+        return read_regular(path, limit)
+    except NotRegularFile:
+        raise OutputError(f"{path}: not a regular file; give a file the runner wrote") from None
+    except TooLarge:
+        raise OutputError(f"{path}: more than the {limit:,} bytes such a file can hold; {DAMAGED}") from None
     except OSError as exc:
         raise OutputError(f"{path}: cannot be read ({exc.strerror or exc})") from None
 

@@ -18,7 +18,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from runner.rules import data_sources, has_glob
+from runner.globwalk import has_glob
+from runner.rules import data_sources
 from runner.yamlpos import clip, format_path
 
 FIRST_ROWS = 20

@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from runner.globwalk import has_glob
 from runner.yamlpos import clip
 
 
@@ -138,10 +139,6 @@ def source_name(path: str | None, hub: str | None) -> str:
         stem = Path(path.rstrip("/*")).stem or "source"
         return re.sub(r"[^A-Za-z0-9_.-]", "_", stem)
     return (hub or "source").rsplit("/", 1)[-1]
-
-
-def has_glob(path: str) -> bool:
-    return any(ch in path for ch in "*?[")
 
 
 def _regex(pattern: str | None, where: tuple[Any, ...]) -> list[tuple[tuple[Any, ...], str]]:

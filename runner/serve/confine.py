@@ -12,8 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from runner.globwalk import split_glob
-from runner.rules import has_glob
+from runner.globwalk import has_glob, split_glob, within
 from runner.spec import Spec
 from runner.yamlpos import clip
 
@@ -29,7 +28,7 @@ def roots_of(store: Path, data_dirs: Sequence[Path] = ()) -> list[Path]:
 def inside(path: Path, roots: Sequence[Path]) -> bool:
     """Whether `path`, every link followed, is one of `roots` or below one."""
     real = os.path.realpath(path)
-    return any(real == str(r) or real.startswith(str(r).rstrip(os.sep) + os.sep) for r in roots)
+    return any(within(real, str(r)) for r in roots)
 
 
 def _sources(value: Any) -> list[tuple[tuple[Any, ...], Any]]:

@@ -8,10 +8,11 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import openai
 import pytest
 
 pytest.importorskip("fastapi")
@@ -85,3 +86,21 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             process.wait()
         text = log.read_text(errors="replace")
         assert KEY not in text, "the API key was logged"
+
+
+ENDED = ("succeeded", "failed", "cancelled")
+
+
+def until(check: Callable[[], object], what: str, seconds: float = 300) -> object:
+    """`check()`'s first true answer, polled every half second; fails after `seconds`."""
+    deadline = time.time() + seconds
+    while not (found := check()):
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+    return found
+
+
+def ended(client: openai.OpenAI, job_id: str) -> object:
+    """The job once it has ended, else None (for `until`)."""
+    state = client.fine_tuning.jobs.retrieve(job_id)
+    return state if state.status in ENDED else None

@@ -9,33 +9,18 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import openai
 import pytest
-from conftest import KEY, ROOT, Server, _wait, free_port
+from conftest import KEY, ROOT, Server, _wait, ended, free_port, until
 from spec import tiny_spec
-
-ENDED = ("succeeded", "failed", "cancelled")
-
-
-def until(check: Callable[[], object], what: str, seconds: float = 300) -> object:
-    deadline = time.time() + seconds
-    while not (found := check()):
-        assert time.time() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.5)
-    return found
 
 
 def events(client: openai.OpenAI, job_id: str) -> list[str]:
     return [e.message for e in client.fine_tuning.jobs.list_events(job_id, limit=1000)]
-
-
-def ended(client: openai.OpenAI, job_id: str) -> object:
-    state = client.fine_tuning.jobs.retrieve(job_id)
-    return state if state.status in ENDED else None
 
 
 @pytest.fixture()

@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from conftest import KEY, ROOT, Server, _wait, free_port
+from conftest import KEY, ROOT, Server, _wait, ended, free_port, until
 from spec import QUERY, tiny_spec
 
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -28,19 +28,6 @@ ROWS = [{"messages": [{"role": "system", "content": "You answer in one word."},
                       {"role": "assistant", "content": ["Red", "Blue", "Green", "White"][i % 4]}]} for i in range(16)]
 CHAT = "".join(json.dumps(row) + "\n" for row in ROWS).encode()
 SHAPE = {"message", "type", "param", "code"}
-
-
-def until(check: Callable[[], object], what: str, seconds: float = 300) -> object:
-    deadline = time.time() + seconds
-    while not (found := check()):
-        assert time.time() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.5)
-    return found
-
-
-def ended(client: openai.OpenAI, job_id: str) -> object:
-    state = client.fine_tuning.jobs.retrieve(job_id)
-    return state if state.status in ("succeeded", "failed", "cancelled") else None
 
 
 @contextmanager
