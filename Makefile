@@ -29,12 +29,12 @@ TORCH_INDEX ?=
 TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
 UNAME := $(shell uname -s)
 # What `make test`, `make lint` and CI install besides the core: the test tools and every optional feature.
-EXTRAS := test,lint,serve,track,gguf
+EXTRAS := test,lint,serve,track,gguf,bench,cluster
 # The optional features, each a stamp of its own: `make gguf` after `make run` adds GGUF export.
-FEATURES := serve track gguf
+FEATURES := serve track gguf cluster
 LATEST := .venv-latest
 
-.PHONY: run test lint test-unit test-latest lock validate plan bench bench-eval clean gguf track extras
+.PHONY: run test lint test-unit test-latest lock validate plan bench bench-eval clean gguf track cluster extras
 
 # torch alone, the build TORCH names. cpu on Linux: a CPU wheel pip already has at hand (its find-links)
 # or else the CPU index; --no-deps because that index lacks some pinned versions of torch's own
@@ -71,6 +71,7 @@ $(FEATURES:%=$(VENV)/.extra-%): $(VENV)/.extra-%: $(VENV)/.core
 	touch $@
 
 gguf track: %: $(VENV)/.extra-%
+cluster: %: $(VENV)/.extra-%
 extras: $(FEATURES:%=$(VENV)/.extra-%)
 
 test-latest:
@@ -79,7 +80,7 @@ test-latest:
 	$(call install_torch,$(LATEST))
 	echo "torch==$(TORCH_VERSION)" > $(LATEST)/torch-pin.txt
 	$(LATEST)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -c $(LATEST)/torch-pin.txt \
-		-e ".[$(EXTRAS),bench]"
+		-e ".[$(EXTRAS)]"
 	$(LATEST)/bin/python tools/lock.py diff $(LOCK)
 	$(LATEST)/bin/python -m pytest -q
 
@@ -110,9 +111,8 @@ test-unit: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) bench/train_speed.py
 
-# lm-evaluation-harness beside the runner, at the lock's versions (bench/eval_speed.py's other side).
+# lm-evaluation-harness beside the runner (bench/eval_speed.py's other side; in the bench extra, which make test installs).
 bench-eval: $(VENV)/.installed
-	$(PY) -m pip install --quiet -c requirements.lock -e ".[$(EXTRAS),bench]"
 	$(PY) bench/eval_speed.py
 
 clean:

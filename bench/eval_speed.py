@@ -38,9 +38,9 @@ LOG = OUT / "eval_speed.log"
 DATA = ROOT.parent / "shared" / "data"
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}  # never wait on the Hub
 
-from runner.benchmarks import benchmark_items  # noqa: E402  (needs sys.path)
-from runner.rowfiles import read_local  # noqa: E402
-from runner.spec import Benchmark, Fields  # noqa: E402
+from runner.rows.rowfiles import read_local  # noqa: E402
+from runner.scoring.benchmarks import benchmark_items  # noqa: E402  (needs sys.path)
+from runner.spec.typed import Benchmark, Fields  # noqa: E402
 
 TARGET_RATIO = 3.0
 
@@ -143,7 +143,7 @@ def run_harness(lm: Any, fmt: str, path: Path, limit: int, task_manager: Any = N
 
 
 def run_runner(model: Any, tok: Any, fmt: str, path: Path, limit: int, batch_size: int) -> dict[str, Any]:
-    from runner.stages.eval.scoring import max_length_of, predictions, requests_for, score
+    from runner.scoring.loglik import max_length_of, predictions, requests_for, score
 
     fields = Fields(answer_key_type="index0")
     with Clock() as clock:
@@ -179,7 +179,7 @@ def main() -> None:
     from lm_eval.tasks import TaskManager
     from transformers import AutoModelForCausalLM
 
-    from runner.stages.model.loading import load_tokenizer
+    from runner.models.loading import load_tokenizer
 
     if args.threads:
         torch.set_num_threads(args.threads)

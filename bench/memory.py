@@ -6,7 +6,7 @@
 
 Each size runs in its own process: build the model, load it the way the train stage does (4-bit on
 CPU here; CUDA when present), wrap it in LoRA, count what the loaded model holds from its tensors,
-train a few steps on a padded batch, and compare held + the peak the steps add with runner.memory's
+train a few steps on a padded batch, and compare held + the peak the steps add with runner.machine.memory's
 estimate of weights, LoRA state, activations and logits. With `--packed`, the batch is what the
 train stage's PackCollator makes of short examples under train.packing (rows of up to seq_len tokens,
 each holding several examples); `--attention eager` loads the model with eager attention, whose
@@ -56,12 +56,12 @@ def child(size: str, checkpointing: bool, quantization: str, packed: bool = Fals
 
     import torch
 
-    from runner.memory import Shape, estimate, setup_for
-    from runner.probe import probe_machine
-    from runner.profile import resolve_profile
-    from runner.spec import ModelInit, parse_spec
-    from runner.stages.model.loading import load_base, torch_dtype
-    from runner.stages.model.tiny import build_model
+    from runner.machine.memory import Shape, estimate, setup_for
+    from runner.machine.probe import probe_machine
+    from runner.machine.profile import resolve_profile
+    from runner.models.loading import load_base, torch_dtype
+    from runner.models.tiny import build_model
+    from runner.spec.typed import ModelInit, parse_spec
     from runner.stages.train.trainer import attach_lora
 
     hidden, layers, inter, heads, kv, vocab, micro, seq = SIZES[size]
@@ -131,7 +131,7 @@ def _batch(vocab: int, micro: int, seq: int, packed: bool, device: str) -> tuple
     widest rows packing makes, which the estimate counts on (narrower rows cost more positions here)."""
     import torch
 
-    from runner.stages.train.callbacks import PackCollator
+    from runner.stages.train.batches import PackCollator
 
     if not packed:
         ids = torch.randint(10, vocab, (micro, seq), device=device)

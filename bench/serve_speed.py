@@ -147,8 +147,8 @@ def load_like_the_server(store: Path, models: list[str]) -> tuple[Any, Any, dict
     """The worker's setup: the registry's entries, the base as eval loads it, both adapters on it."""
     from peft import PeftModel
 
+    from runner.models.loading import load_base, load_tokenizer
     from runner.serve.models import Registry
-    from runner.stages.model.loading import load_base, load_tokenizer
 
     entries = Registry(store).scan()
     base = entries[models[0]]
@@ -190,7 +190,7 @@ def generate_one(model: Any, tok: Any, entry: Any, adapter: str, question: str, 
 
 
 def loop_side(store: Path, models: list[str], per_model: int, max_tokens: int) -> tuple[list[dict[str, Any]], float, int]:
-    from runner.stages.model.loading import cpu_threads
+    from runner.models.loading import cpu_threads
 
     with open(LOG, "a") as log, contextlib.redirect_stderr(log):  # loading's progress bars and notices
         model, tok, entries, profile = load_like_the_server(store, models)

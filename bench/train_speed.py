@@ -36,9 +36,9 @@ LOG = OUT / "train_speed.log"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local; never wait on the Hub
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from runner.probe import probe_machine  # noqa: E402  (needs sys.path)
-from runner.profile import Profile, resolve_profile  # noqa: E402  (needs sys.path)
-from runner.spec import Spec, load_spec  # noqa: E402
+from runner.machine.probe import probe_machine  # noqa: E402  (needs sys.path)
+from runner.machine.profile import Profile, resolve_profile  # noqa: E402  (needs sys.path)
+from runner.spec.typed import Spec, load_spec  # noqa: E402
 
 TARGETS = {"noop_rerun_s": 1.5, "validate_s": 0.3}
 GOALS = {"runner-packed/hand-written": 1.5, "runner-packed/trl-packed": 1.2}  # issue 13
@@ -172,10 +172,10 @@ def run_runner(spec: Spec, profile: Profile, upstream: dict[str, Path], steps: i
                packing: bool = False) -> Result:
     """(a, b) The runner's own train stage, packed or padded, unchanged but for the token-counting
     hook on its model."""
-    from runner.stage import StageContext
+    from runner.core.stage import StageContext
     from runner.stages import train as stage
     from runner.stages.train import loop
-    from runner.stages.train.callbacks import read_metrics, training_rows
+    from runner.stages.train.batches import read_metrics, training_rows
     counter, original = TokenCounter(), loop.attach_lora
     loop.attach_lora = lambda *a, **k: counter.attach(original(*a, **k))
     try:
@@ -297,7 +297,7 @@ def mix_spec(spec_path: Path, folder: Path, rows: int, size: str) -> Path:
     small: a larger random Llama than the smoke model."""
     import yaml
 
-    from runner.yamlpos import read_spec
+    from runner.spec.yamlpos import read_spec
     doc, _ = read_spec(spec_path.read_text("utf-8"), str(spec_path))  # 3e-3 read as a number, as the runner reads it
     length_mix(folder / "mix.jsonl", rows, doc.get("seed", 42))
     doc["name"] = f"{doc.get('name', 'bench')}-length-mix"

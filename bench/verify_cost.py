@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from runner.store import Manifest, Store, read_manifest
+from runner.core.store import Manifest, Store, read_manifest
 
 CHUNK = 64 * 2**20
 MERGED_8B = 16e9  # bytes of a merged 8B model in bf16: what a user would re-hash

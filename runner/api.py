@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runner.errors import SpecError
-from runner.profile import Profile
-from runner.spec import Spec
+from runner.core.errors import SpecError
+from runner.machine.profile import Profile
+from runner.spec.typed import Spec
 
 
 def _log(message: str) -> None:
@@ -46,7 +46,7 @@ def spec_file(spec: str | Path) -> Path:
 
 def validate(spec: str | Path, sets: Sequence[str] = ()) -> Spec:
     """The typed spec, with `sets` ("train.epochs=1") applied; raises SpecError listing every problem."""
-    from runner.overrides import load_spec_with
+    from runner.spec.overrides import load_spec_with
 
     return load_spec_with(spec_file(spec), sets)
 
@@ -74,7 +74,7 @@ class Planned(_Shown):
 
     def summary(self) -> str:
         """What `runner plan` prints: the profile and why, then the stages."""
-        from runner.summary import plan_lines
+        from runner.core.recap import plan_lines
 
         return "\n".join(plan_lines(self.profile, self.lines))
 
@@ -82,13 +82,13 @@ class Planned(_Shown):
 def plan(spec: str | Path, store: str | Path = "artifacts", force: Iterable[str] = (), verify: bool = False,
          sets: Sequence[str] = ()) -> Planned:
     """What `run` would do, without doing it (with `sets` applied, as `run` would apply them)."""
-    from runner.execute import registered_stages
-    from runner.plan import memory_lines, mixture_lines
-    from runner.plan import plan as make_plan
-    from runner.probe import probe_machine
-    from runner.profile import resolve_profile
-    from runner.records import latest_record
-    from runner.store import Store
+    from runner.core.execute import registered_stages
+    from runner.core.plan import memory_lines, mixture_lines
+    from runner.core.plan import plan as make_plan
+    from runner.core.records import latest_record
+    from runner.core.store import Store
+    from runner.machine.probe import probe_machine
+    from runner.machine.profile import resolve_profile
 
     path = spec_file(spec)
     typed = validate(path, sets)
@@ -100,13 +100,13 @@ def plan(spec: str | Path, store: str | Path = "artifacts", force: Iterable[str]
 
 @dataclass(frozen=True, repr=False)
 class Result(_Shown):
-    outcomes: list  # list[runner.execute.Outcome]
+    outcomes: list  # list[runner.core.execute.Outcome]
     record: Path
     seconds: float
 
     def summary(self) -> str:
         """What `runner run` prints at the end."""
-        from runner.summary import summary_lines
+        from runner.core.recap import summary_lines
 
         return "\n".join(summary_lines(self.outcomes, self.record, self.seconds))
 
@@ -153,11 +153,11 @@ def run(spec: str | Path, store: str | Path = "artifacts", only: str | None = No
     """Run every stage that is not cached; artifacts go to `store` (a mounted Drive survives a disconnect).
     `again`: repeat a push an earlier run already made of the same export to the same place.
     `sets`: fields to set as if the YAML said them ("train.epochs=1"), recorded in the run record."""
-    from runner.execute import Options, run_spec
-    from runner.probe import probe_machine
-    from runner.profile import resolve_profile
-    from runner.quiet import quiet_known_warnings
-    from runner.store import Store
+    from runner.core.execute import Options, run_spec
+    from runner.core.quiet import quiet_known_warnings
+    from runner.core.store import Store
+    from runner.machine.probe import probe_machine
+    from runner.machine.profile import resolve_profile
 
     quiet_known_warnings()
     started = time.time()
@@ -182,9 +182,8 @@ def compare(runs: Iterable[str | Path], store: str | Path = "artifacts", against
     first is the baseline, or each is tested against the most accurate (`against="best"`)."""
     import hashlib
 
-    from runner.compare import compare as paired_tests
-    from runner.compare import distinct, find_run, load_run, unique_labels, write_report
-    from runner.comparedoc import summary_lines
+    from runner.experiments.compare import compare as paired_tests
+    from runner.experiments.compare import distinct, find_run, load_run, summary_lines, unique_labels, write_report
 
     if against not in ("baseline", "best"):
         raise ValueError(f"against: 'baseline' or 'best', got {against!r}")
@@ -215,8 +214,8 @@ def sweep(spec: str | Path, sets: Iterable[str] = (), variants: str | Path | Non
           max_variants: int | None = None) -> Swept:
     """Expand `spec` by a grid (`sets`: "lora.r=8,16") or a variants file, show every variant's plan,
     run them (`jobs` at once) and compare them. `write`: only write the variant specs there."""
-    from runner.errors import SpecError
-    from runner.sweep import expand, sweep_folder, write_variants
+    from runner.core.errors import SpecError
+    from runner.experiments.variants import expand, sweep_folder, write_variants
 
     sets = list(sets)
     if bool(sets) == (variants is not None):
@@ -230,10 +229,10 @@ def sweep(spec: str | Path, sets: Iterable[str] = (), variants: str | Path | Non
     jobs = min(jobs, len(written))  # more slots than variants would hold nothing (and --jobs 2**70 no memory)
     if write:
         return Swept([w.path for w in written], [], {}, None)
-    from runner.execute import registered_stages
-    from runner.probe import probe_machine
-    from runner.store import Store
-    from runner.sweeprun import device_slots, plan_lines, plan_variants, run_variants, visible_gpus
+    from runner.core.execute import registered_stages
+    from runner.core.store import Store
+    from runner.experiments.sweep import device_slots, plan_lines, plan_variants, run_variants, visible_gpus
+    from runner.machine.probe import probe_machine
 
     probe = probe_machine()
     slots = device_slots(jobs, visible_gpus(dict(os.environ), probe))

@@ -13,12 +13,12 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from runner.errors import ProfileError, RunnerError
-from runner.extras import MODULES as EXTRAS
-from runner.extras import PACKAGE, install_hint, require_extra
-from runner.stage import STAGE_NAMES
-from runner.summary import profile_line as profile_line  # the server's /v1/specs/plan prints it too
-from runner.summary import sharing
+from runner.core.errors import ProfileError, RunnerError
+from runner.core.recap import profile_line as profile_line  # the server's /v1/specs/plan prints it too
+from runner.core.recap import sharing
+from runner.core.stage import STAGE_NAMES
+from runner.spec.extras import MODULES as EXTRAS
+from runner.spec.extras import PACKAGE, install_hint, require_extra
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,10 +72,10 @@ def exit_codes() -> str:
     """The exit codes, from the error classes themselves (each class's exit_code and docstring)."""
     import signal
 
-    from runner.signals import STOPS
+    from runner.core.signals import STOPS
 
     classes, todo = [], [RunnerError]
-    while todo:  # runner.errors' classes; signals.Interrupted's code is the signal's, listed below
+    while todo:  # runner.core.errors' classes; signals.Interrupted's code is the signal's, listed below
         cls = todo.pop()
         classes += [cls] if cls.__module__ == RunnerError.__module__ else []
         todo += cls.__subclasses__()
@@ -199,7 +199,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def valid_line(source: object, spec: Any) -> str:
     """What `validate` prints for a valid spec (the server's /v1/specs/validate says the same)."""
-    from runner.mixture import is_mixture
+    from runner.rows.mixture import is_mixture
 
     what = (f"a mixture of {len(spec.data.train)} sources" if is_mixture(spec)
             else f"{spec.data.format} data")
@@ -216,11 +216,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     if args.image:  # the same command inside a container; this process never imports torch
         require_extra("docker", "runner run --image")
-        from runner.docker import run_in_image
+        from runner.containers.launch import run_in_image
 
         return run_in_image(args)
-    from runner import api, signals
-    from runner.summary import print_summary
+    from runner import api
+    from runner.core import signals
+    from runner.core.recap import print_summary
 
     signals.install()
     result = api.run(args.spec, args.store, args.only, args.force, args.verify, again=args.push, sets=args.set)
@@ -229,8 +230,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from runner import api, signals
-    from runner.errors import StageError
+    from runner import api
+    from runner.core import signals
+    from runner.core.errors import StageError
 
     signals.install(hangup=True)  # SIGTERM and SIGHUP too stop the sweep's runs at a checkpoint
     swept = api.sweep(args.spec, args.set, args.variants, args.store, args.jobs, args.plan, args.write, args.against,
@@ -252,7 +254,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    from runner.gc import collect
+    from runner.core.cleanup import collect
 
     removed, freed = collect(args.store, dry_run=args.dry_run, note=print)
     verb = "would remove" if args.dry_run else "removed"
@@ -280,9 +282,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from runner.probe import probe_machine
-    from runner.profile import resolve_profile
-    from runner.spec import load_spec
+    from runner.machine.probe import probe_machine
+    from runner.machine.profile import resolve_profile
+    from runner.spec.typed import load_spec
 
     probe = probe_machine()
     for gpu in probe.gpus:

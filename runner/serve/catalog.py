@@ -16,7 +16,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse
 from pydantic import ValidationError
 
-from runner.safety import flags, rules_of
+from runner.scoring.safety import flags, rules_of
 from runner.serve.models import Entry, _records
 from runner.serve.schemas import AdapterCard, AdapterList, Figure, Flag, FlagList, FlagRequest, Perplexity, TextFigure
 

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from runner.records import runs_dir
+from runner.core.records import runs_dir
 
 
 def train_keys(store: Path, spec_path: Path) -> list[str]:

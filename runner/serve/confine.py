@@ -12,11 +12,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from runner.globwalk import has_glob, split_glob, within
-from runner.spec import Spec
-from runner.yamlpos import clip
+from runner.core.globwalk import has_glob, split_glob, within
+from runner.spec.typed import Spec
+from runner.spec.yamlpos import clip
 
-Problem = tuple[tuple[Any, ...], str]  # (path in the spec document, message), as runner/rules.py gives them
+Problem = tuple[tuple[Any, ...], str]  # (path in the spec document, message), as runner/spec/rules.py gives them
 STORE = "<store>"
 
 

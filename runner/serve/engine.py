@@ -58,7 +58,7 @@ class Engine:
             return None
         with self._lock:
             if entry.model_key not in self._tokenizers:
-                from runner.stages.model.loading import load_tokenizer
+                from runner.models.loading import load_tokenizer
 
                 self._tokenizers[entry.model_key] = load_tokenizer(entry.model_dir)
             tok = self._tokenizers[entry.model_key]
@@ -116,7 +116,7 @@ class Engine:
             loaded.model.eval()
 
     def _load(self, entry: Any) -> Loaded:
-        from runner.stages.model.loading import load_base, load_tokenizer
+        from runner.models.loading import load_base, load_tokenizer
 
         loaded = self._bases.get(entry.model_key)
         if loaded is None:
@@ -143,7 +143,7 @@ class Engine:
     def _run(self, group: list[Ask]) -> None:
         import torch
 
-        from runner.stages.model.loading import cpu_threads
+        from runner.models.loading import cpu_threads
 
         entry = group[0].entry
         loaded = self._load(entry)

@@ -10,11 +10,11 @@ from typing import Any
 import yaml
 from fastapi import HTTPException, Request
 
-from runner.errors import SpecError
+from runner.core.errors import SpecError
 from runner.serve.confine import confine_doc, redact, roots_of
 from runner.serve.files import FileStore
 from runner.serve.schemas import JobRequest
-from runner.spec import Spec, parse_spec
+from runner.spec.typed import Spec, parse_spec
 
 
 def spec_text(body: JobRequest, request: Request, base_dir: Path) -> tuple[str, dict[str, Any]]:
@@ -100,6 +100,6 @@ def _confined(doc: Any, request: Request, base_dir: Path) -> None:
     roots = getattr(request.app.state, "roots", None) or roots_of(store)
     outside = confine_doc(doc, base_dir, roots, store)
     if outside:
-        from runner.yamlpos import format_path
+        from runner.spec.yamlpos import format_path
 
         raise HTTPException(400, redact("; ".join(f"{format_path(p)}: {msg}" for p, msg in outside), store))

@@ -214,7 +214,7 @@ class JobQueue:
         self._finished(job_id, process.returncode, events)
 
     def _finished(self, job_id: str, code: int, events: Events, stopped: bool = False) -> None:
-        from runner.records import latest_record
+        from runner.core.records import latest_record
 
         job = self.get(job_id)
         fields: dict[str, Any] = {"finished_at": int(time.time())}

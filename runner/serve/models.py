@@ -23,10 +23,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from runner.files import NotRegularFile, TooLarge, read_regular
-from runner.profile import Profile
-from runner.records import runs_dir
-from runner.spec import Spec, typed
+from runner.core.files import NotRegularFile, TooLarge, read_regular
+from runner.core.records import runs_dir
+from runner.machine.profile import Profile
+from runner.spec.typed import Spec, typed
 
 SHORT = 8
 

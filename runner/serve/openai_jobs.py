@@ -25,7 +25,7 @@ from fastapi import HTTPException
 
 from runner.serve.files import FILE_ID
 from runner.serve.models import Entry
-from runner.spec import Spec
+from runner.spec.typed import Spec
 
 # OpenAI's hyperparameter -> (spec section, key, integer?, lowest, highest, lowest allowed?): OpenAI's
 # own bounds where it has them (n_epochs 1-50, batch_size up to 256); a LoRA rank past 256 no longer
@@ -46,7 +46,7 @@ CHAT_ROW = '{"messages": [{"role": "user", "content": "..."}, {"role": "assistan
 def plain_spec(typed: Spec) -> dict[str, Any]:
     """A resolved spec as JSON-shaped data (lists, not tuples), its relative paths made absolute so
     the job's spec file, kept elsewhere, still finds them."""
-    from runner.sweep import absolute_paths
+    from runner.experiments.variants import absolute_paths
 
     spec: dict[str, Any] = absolute_paths(json.loads(json.dumps(typed.as_dict())), Path(typed.base_dir))
     return spec
@@ -214,8 +214,8 @@ def row_problem(path: Path) -> str | None:
 
 def _chat_problem(row: Any) -> str | None:
     """Why the data stage would drop `row` as a chat row (its own reader, so the two never disagree)."""
-    from runner.formats import Dropped, to_example
-    from runner.spec import Fields
+    from runner.rows.formats import Dropped, to_example
+    from runner.spec.typed import Fields
 
     if not isinstance(row, dict):
         return "not a JSON object"
@@ -231,7 +231,7 @@ def _chat_problem(row: Any) -> str | None:
 def file_ids_in(doc: Any, resolve: Callable[[str], Path | None], problems: list[str], at: tuple[Any, ...] = ()) -> Any:
     """`doc` (a spec as data) with every path field that names an upload by id (`path: file-...`)
     replaced by the upload's stored path; an id that names no upload is a problem."""
-    from runner.schema import field_schema
+    from runner.spec.schema import field_schema
 
     if isinstance(doc, dict):
         return {k: file_ids_in(v, resolve, problems, (*at, k)) for k, v in doc.items()}

@@ -13,8 +13,8 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from runner.core.stage import STAGE_NAMES
 from runner.serve.schemas import JobProgress
-from runner.stage import STAGE_NAMES
 
 router = APIRouter()
 MAX_POINTS = 2000  # a long run's curve is thinned to this many points, evenly

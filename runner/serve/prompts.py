@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from runner.spec import Spec
+from runner.spec.typed import Spec
 
 
 def render_chat(messages: list[dict[str, str]], tok: Any, spec: Spec) -> str:

@@ -103,7 +103,7 @@ class Health(BaseModel):
     jobs: bool  # whether the fine-tuning job API is on
 
 # The page's routes (runner/serve/specs.py, catalog.py, progress.py): our own names, as OpenAI has none.
-MAX_SPEC_CHARS = 1 << 20  # as runner.spec.MAX_SPEC_BYTES
+MAX_SPEC_CHARS = 1 << 20  # as runner.spec.typed.MAX_SPEC_BYTES
 
 
 class SpecText(BaseModel):

@@ -17,12 +17,12 @@ from typing import Any
 import yaml
 from fastapi import APIRouter, HTTPException, Request
 
-from runner.errors import RunnerError, SpecError
-from runner.records import RunRecord, runs_dir
+from runner.core.errors import RunnerError, SpecError
+from runner.core.records import RunRecord, runs_dir
 from runner.serve.confine import confine_doc, redact, roots_of
 from runner.serve.schemas import Planned, PlanStep, Problem, SpecCard, SpecList, SpecText, Validated
-from runner.spec import MAX_SPEC_BYTES, Spec, parse_spec, spec_of_doc
-from runner.yamlpos import format_path, read_spec
+from runner.spec.typed import MAX_SPEC_BYTES, Spec, parse_spec, spec_of_doc
+from runner.spec.yamlpos import format_path, read_spec
 
 router = APIRouter()
 SOURCE = "spec"  # the file name problems cite: "train.epochs: ... (spec:12:3)"
@@ -50,7 +50,7 @@ eval:
 class DigestCache:
     """A file's sha256 kept by (path, size, mtime_ns): the editor plans after each pause in typing, and a
     gigabyte of training data is hashed once, not on every keystroke. A changed file (size or mtime)
-    is hashed again; the CLI's plan hashes every time (runner/plan.py)."""
+    is hashed again; the CLI's plan hashes every time (runner/core/plan.py)."""
 
     def __init__(self, compute: Callable[[Path], str], size: int = 256) -> None:
         self.compute, self.size = compute, size
@@ -73,7 +73,7 @@ class DigestCache:
 
 
 def _digests(request: Request) -> DigestCache:
-    from runner.keys import file_digest
+    from runner.core.keys import file_digest
 
     state = request.app.state
     if getattr(state, "digests", None) is None:
@@ -156,12 +156,12 @@ def _previous(store: Path, name: str) -> RunRecord | None:
 @router.post("/v1/specs/plan")
 def plan(body: SpecText, request: Request) -> Planned:
     from runner.cli import profile_line
-    from runner.execute import registered_stages
-    from runner.plan import memory_lines
-    from runner.plan import plan as make_plan
-    from runner.probe import probe_machine
-    from runner.profile import resolve_profile
-    from runner.store import Store
+    from runner.core.execute import registered_stages
+    from runner.core.plan import memory_lines
+    from runner.core.plan import plan as make_plan
+    from runner.core.store import Store
+    from runner.machine.probe import probe_machine
+    from runner.machine.profile import resolve_profile
 
     store: Path = request.app.state.store
     spec, checked = _parsed(body.spec, request)

@@ -62,7 +62,7 @@ def vllm_command(base: Entry, adapters: list[tuple[Entry, int]], host: str, port
 
 
 def _local_weights(model_dir: Path) -> Path | None:
-    from runner.plan import local_weights
+    from runner.core.plan import local_weights
 
     return local_weights(model_dir)
 

@@ -28,7 +28,7 @@ SECRET = "hf_container_test_secret_9f3a"
 
 def test_light_commands_do_not_import_the_sdk(root: Path) -> None:
     code = ("import sys; from runner.cli import main; main(['validate', 'specs/smoke.yaml']); "
-            "print('LOADED:', [m for m in ('docker', 'runner.docker') if m in sys.modules])")
+            "print('LOADED:', [m for m in ('docker', 'runner.containers.launch') if m in sys.modules])")
     done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
     assert "LOADED: []" in done.stdout, done.stdout + done.stderr
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.docker import LABEL, source_digest
+from runner.containers.launch import LABEL, source_digest
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = ROOT / "specs" / "smoke.yaml"

@@ -58,10 +58,10 @@ def test_fsdp_leaves_the_rotary_frequencies_out_of_its_mixed_precision(tiny: Tin
 
     from accelerate.utils import FullyShardedDataParallelPlugin
 
-    from runner.probe import probe_machine
-    from runner.profile import resolve_profile
-    from runner.spec import load_spec
-    from runner.stages.model.loading import load_base
+    from runner.machine.probe import probe_machine
+    from runner.machine.profile import resolve_profile
+    from runner.models.loading import load_base
+    from runner.spec.typed import load_spec
     from runner.stages.train.trainer import attach_lora
 
     for name, value in sharing_environment("fsdp").items():

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from runner import api
-from runner.errors import SpecError
+from runner.core.errors import SpecError
 from tests.integration.conftest import Tiny, runner, statuses
 
 STAGES = ["model", "data", "train", "export", "eval"]

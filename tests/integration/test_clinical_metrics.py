@@ -129,10 +129,10 @@ def test_perplexity_is_the_training_losss_count(tracked: dict[str, object]) -> N
     import torch
     from peft import PeftModel
 
-    from runner.probe import probe_machine
-    from runner.profile import resolve_profile
-    from runner.spec import load_spec
-    from runner.stages.model.loading import load_base, load_tokenizer
+    from runner.machine.probe import probe_machine
+    from runner.machine.profile import resolve_profile
+    from runner.models.loading import load_base, load_tokenizer
+    from runner.spec.typed import load_spec
 
     folder = tracked["folder"]
     assert isinstance(folder, Path)

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from runner.errors import StoreError
-from runner.execute import _build
-from runner.plan import Step
-from runner.stage import StageContext
-from runner.store import Store
+from runner.core.errors import StoreError
+from runner.core.execute import _build
+from runner.core.plan import Step
+from runner.core.stage import StageContext
+from runner.core.store import Store
 from tests.integration.conftest import ROOT, Tiny, runner, statuses, tmpfs
 
 STAGES = ("model", "data", "train", "export", "eval")

@@ -57,7 +57,7 @@ def test_huge_rows_and_bad_documents_are_dropped_by_reason(tmp_path: Path, store
 RACE = """
 import os, sys
 from pathlib import Path
-import runner.stages.data.reading as reading
+import runner.rows.reading as reading
 from runner.cli import main
 
 how, target = sys.argv[1], Path(sys.argv[2])

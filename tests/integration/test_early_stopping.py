@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from runner.probe import probe_machine
-from runner.profile import resolve_profile
-from runner.spec import EarlyStopping, load_spec
-from runner.stage import StageContext
+from runner.core.stage import StageContext
+from runner.machine.probe import probe_machine
+from runner.machine.profile import resolve_profile
+from runner.spec.typed import EarlyStopping, load_spec
 from runner.stages import train as stage
 from tests.integration.conftest import Tiny, runner
 from tests.integration.test_crash import copy_store, digests, glob_any, start, wait_for

@@ -94,14 +94,14 @@ def test_the_report_is_cosmetic_and_a_rerun_reuses_everything(evaluated: tuple[P
 def test_batched_generation_writes_what_one_question_at_a_time_writes(tiny: Tiny, shared_data: Path) -> None:
     from peft import PeftModel
 
-    from runner.benchmarks import benchmark_items
-    from runner.probe import probe_machine
-    from runner.profile import resolve_profile
-    from runner.rowfiles import read_local
-    from runner.spec import Benchmark, load_spec
+    from runner.machine.probe import probe_machine
+    from runner.machine.profile import resolve_profile
+    from runner.models.loading import load_base, load_tokenizer
+    from runner.rows.rowfiles import read_local
+    from runner.scoring.benchmarks import benchmark_items
+    from runner.scoring.loglik import encoder
+    from runner.spec.typed import Benchmark, load_spec
     from runner.stages.eval.generation import generate_batch
-    from runner.stages.eval.scoring import encoder
-    from runner.stages.model.loading import load_base, load_tokenizer
 
     spec = load_spec(tiny.spec)
     model_dir = tiny.artifacts["model"]

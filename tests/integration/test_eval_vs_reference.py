@@ -11,14 +11,13 @@ from typing import Any
 import pytest
 import torch
 
-from runner.benchmarks import Item, to_items
-from runner.probe import probe_machine
-from runner.profile import resolve_profile
-from runner.rowfiles import read_local
-from runner.spec import Fields, load_spec
-from runner.stages.eval.branches import shared_prompts
-from runner.stages.eval.scoring import max_length_of, plan_rows, predictions, requests_for, score
-from runner.stages.model.loading import load_base, load_tokenizer
+from runner.machine.probe import probe_machine
+from runner.machine.profile import resolve_profile
+from runner.models.loading import load_base, load_tokenizer
+from runner.rows.rowfiles import read_local
+from runner.scoring.benchmarks import Item, to_items
+from runner.scoring.loglik import max_length_of, plan_rows, predictions, requests_for, score, shared_prompts
+from runner.spec.typed import Fields, load_spec
 from tests.integration.conftest import Tiny
 
 
@@ -153,7 +152,7 @@ def test_branches_only_where_every_layer_attends_to_the_whole_prompt() -> None:
         Qwen2ForCausalLM,
     )
 
-    from runner.stages.eval.branches import cache_argument, can_branch
+    from runner.scoring.loglik import cache_argument, can_branch
 
     # The branch path follows the forward's cache argument: `cache` from transformers 5.24, before it
     # `past_key_values`; under whatever is installed, Llama must branch (5.24 silently lost it).

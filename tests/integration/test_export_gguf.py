@@ -16,8 +16,8 @@ import pytest
 from gguf import GGUFReader
 from llama_cpp import Llama
 
-from runner.benchmarks import benchmark_items
-from runner.spec import load_spec
+from runner.scoring.benchmarks import benchmark_items
+from runner.spec.typed import load_spec
 from runner.stages.data import read_rows
 from tests.integration.conftest import TINY, Tiny, runner
 
@@ -132,7 +132,7 @@ def test_a_form_past_its_tolerance_stops_the_stage_naming_it(tiny: Tiny) -> None
 
 
 def test_a_model_the_converter_does_not_know_is_refused_before_any_work(tmp_path: Path) -> None:
-    from runner.errors import StageError
+    from runner.core.errors import StageError
     from runner.stages.export.gguf import check_supported, llama_cpp_source
 
     source = llama_cpp_source(print)

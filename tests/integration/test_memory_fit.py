@@ -9,10 +9,10 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from runner.probe import probe_machine
-from runner.profile import resolve_profile
-from runner.spec import load_spec
-from runner.stages.model.loading import load_base, load_tokenizer
+from runner.machine.probe import probe_machine
+from runner.machine.profile import resolve_profile
+from runner.models.loading import load_base, load_tokenizer
+from runner.spec.typed import load_spec
 from runner.stages.train.loop import train_with_retries
 from runner.stages.train.trainer import attach_lora, build_trainer
 from tests.integration.conftest import Tiny, memory_bench
@@ -89,7 +89,7 @@ def _saved_bytes_per_token(layers: int, dropout: float, autocast: bool, tmp_path
     precision (here on CPU, which casts the same operations)."""
     from transformers import BitsAndBytesConfig, LlamaConfig, LlamaForCausalLM
 
-    from runner.spec import parse_spec
+    from runner.spec.typed import parse_spec
 
     folder = tmp_path / f"l{layers}"
     torch.manual_seed(0)
@@ -123,7 +123,7 @@ def _saved_bytes_per_token(layers: int, dropout: float, autocast: bool, tmp_path
 
 
 def test_estimated_activations_per_layer_match_what_autograd_saves(tmp_path: Path) -> None:
-    from runner.memory import Setup, Shape, estimate
+    from runner.machine.memory import Setup, Shape, estimate
 
     shape = Shape(vocab=1000, hidden=512, layers=1, intermediate=1408, heads=8, kv_heads=2, head_dim=80, tied=False)
     for dropout in (0.0, 0.05):

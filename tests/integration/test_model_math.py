@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import torch
 
-from runner.probe import probe_machine
-from runner.profile import resolve_profile
-from runner.spec import load_spec
-from runner.stages.model.loading import load_base
+from runner.machine.probe import probe_machine
+from runner.machine.profile import resolve_profile
+from runner.models.loading import load_base
+from runner.spec.typed import load_spec
 from tests.integration.conftest import Tiny
 
 

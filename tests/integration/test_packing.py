@@ -12,11 +12,11 @@ import pytest
 import torch
 from datasets import Dataset
 
-from runner.probe import probe_machine
-from runner.profile import resolve_profile
-from runner.spec import Spec, load_spec
-from runner.stages.model.loading import load_base, load_tokenizer
-from runner.stages.train.callbacks import PackCollator, PadCollator
+from runner.machine.probe import probe_machine
+from runner.machine.profile import resolve_profile
+from runner.models.loading import load_base, load_tokenizer
+from runner.spec.typed import Spec, load_spec
+from runner.stages.train.batches import PackCollator, PadCollator
 from runner.stages.train.trainer import attach_lora, build_trainer
 from runner.stages.train.validation import validation_loss
 from tests.integration.conftest import Tiny
@@ -131,7 +131,7 @@ def test_validation_is_computed_alike_packed_or_not_and_per_source(tiny: Tiny, t
 def test_rows_hold_every_example_once_within_max_length_and_pad_less() -> None:
     import random
 
-    from runner.stages.train.callbacks import pack_rows
+    from runner.stages.train.batches import pack_rows
 
     rng = random.Random(0)
     for _ in range(300):

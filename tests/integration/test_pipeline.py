@@ -11,7 +11,7 @@ from tests.integration.conftest import DEMO, Tiny, runner, statuses
 def test_first_run_writes_every_stage_output(tiny: Tiny) -> None:
     assert "ran model, data, train, export, eval" in tiny.output
     assert "RANDOM-INITIALISED" in tiny.output  # the demo model says plainly what it is
-    # No library deprecation noise: the known messages are filtered exactly (runner/quiet.py).
+    # No library deprecation noise: the known messages are filtered exactly (runner/core/quiet.py).
     assert "Warning" not in tiny.output and "deprecated" not in tiny.output, tiny.output
     assert "Failed to load CPU gemm_4bit_forward" not in tiny.output
     model = tiny.artifacts["model"]

@@ -173,7 +173,7 @@ def test_validate_names_a_column_no_row_has_before_any_stage(tiny: Tiny, tmp_pat
 def test_every_preset_renders_in_transformers_as_in_the_unit_tests(tiny: Tiny) -> None:
     from transformers import AutoTokenizer
 
-    from runner.templates import PRESETS
+    from runner.rows.templates import PRESETS
     from tests.unit.test_chat_templates import CHAT, render
 
     tok = AutoTokenizer.from_pretrained(str(tiny.artifacts["model"] / "tokenizer"))
@@ -187,7 +187,7 @@ def test_every_preset_renders_in_transformers_as_in_the_unit_tests(tiny: Tiny) -
 def test_a_preset_is_the_template_the_model_stage_stores(tiny: Tiny, tmp_path: Path) -> None:
     from transformers import AutoTokenizer
 
-    from runner.templates import PRESETS
+    from runner.rows.templates import PRESETS
 
     text = tiny.spec.read_text().replace("  template: plain\n", "  chat_template: chatml\n")
     (tmp_path / "preset.yaml").write_text(text)

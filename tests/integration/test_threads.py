@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from runner.profile import Profile
-from runner.spec import load_spec
-from runner.stage import StageContext
+from runner.core.stage import StageContext
+from runner.machine.profile import Profile
+from runner.spec.typed import load_spec
 from runner.stages.train.launch import write_context
 from tests.integration.conftest import ROOT, Tiny, runner, statuses
 
@@ -40,7 +40,7 @@ def test_the_default_thread_count_is_torchs() -> None:
     """The probe counts cores without importing torch; torch, asked in a fresh process, agrees."""
     if hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) < (os.cpu_count() or 1):
         pytest.skip("pinned to some CPUs: the profile counts only those, torch counts them all")
-    check = ("import torch; from runner.probe import probe_machine; from runner.profile import resolve_profile; from runner.spec import load_spec;"
+    check = ("import torch; from runner.machine.probe import probe_machine; from runner.machine.profile import resolve_profile; from runner.spec.typed import load_spec;"
              "print(torch.get_num_threads(), resolve_profile(load_spec('specs/smoke.yaml'), probe_machine()).threads)")
     done = subprocess.run([sys.executable, "-c", check], cwd=ROOT, env=default_env(), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

@@ -20,7 +20,7 @@ from runner.serve.files import router as files_router
 from runner.serve.jobs import JobQueue, router
 from runner.serve.models import Entry
 from runner.serve.openai_jobs import HYPERPARAMETERS, in_fields, job_fields, spec_from_openai
-from runner.spec import parse_spec
+from runner.spec.typed import parse_spec
 
 ROWS = [{"messages": [{"role": "system", "content": "Answer briefly."},
                       {"role": "user", "content": f"What is {i} plus {i}?"},

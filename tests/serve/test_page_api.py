@@ -97,14 +97,14 @@ def test_plan_says_what_runner_plan_says_when_the_machine_cannot(server: Server,
 
 
 def test_the_plan_hashes_a_data_file_once_until_it_changes(server: Server, tmp_path: Path) -> None:
-    from runner.execute import registered_stages
-    from runner.keys import file_digest
-    from runner.plan import plan
-    from runner.probe import probe_machine
-    from runner.profile import resolve_profile
+    from runner.core.execute import registered_stages
+    from runner.core.keys import file_digest
+    from runner.core.plan import plan
+    from runner.core.store import Store
+    from runner.machine.probe import probe_machine
+    from runner.machine.profile import resolve_profile
     from runner.serve.specs import DigestCache
-    from runner.spec import parse_spec
-    from runner.store import Store
+    from runner.spec.typed import parse_spec
 
     hashed: list[str] = []
     cache = DigestCache(lambda path: hashed.append(path.name) or file_digest(path))

@@ -6,7 +6,14 @@ import math
 
 import pytest
 
-from runner.calibration import argmax, brier, calibration, expected_calibration_error, selective_accuracy, softmax
+from runner.scoring.calibration import (
+    argmax,
+    brier,
+    calibration,
+    expected_calibration_error,
+    selective_accuracy,
+    softmax,
+)
 
 
 def test_softmax_of_log_probabilities_gives_them_back_and_does_not_overflow() -> None:

@@ -7,8 +7,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from runner.formats import Dropped
-from runner.spec import Benchmark, parse_spec
+from runner.rows.formats import Dropped
+from runner.spec.typed import Benchmark, parse_spec
 from runner.stages.eval.freetext import free_text_examples, prompt_ids
 
 SHAREGPT = {"conversations": [{"from": "system", "value": "Answer in one line."},

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from runner.formats import Dropped, Example, convert_rows, count_reasons, prompt_text, scored_turns, to_example
-from runner.spec import Fields
+from runner.rows.formats import Dropped, Example, convert_rows, count_reasons, prompt_text, scored_turns, to_example
+from runner.spec.typed import Fields
 
 # Shaped as ShareGPT dumps (and LLaMA-Factory's sharegpt examples) are: an id, `from`/`value` turns.
 SHAREGPT = {"id": "identity_0", "conversations": [

@@ -14,9 +14,9 @@ import jinja2
 import pytest
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from runner.errors import SpecError
-from runner.spec import parse_spec
-from runner.templates import PRESETS, chosen_template
+from runner.core.errors import SpecError
+from runner.rows.templates import PRESETS, chosen_template
+from runner.spec.typed import parse_spec
 
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What treats scurvy?"},
         {"role": "assistant", "content": "Vitamin C."}]
@@ -61,7 +61,7 @@ EXPECTED: dict[str, tuple[str, str]] = {  # (the whole chat, system + user with 
 
 
 def test_every_schema_preset_has_a_template_and_an_expected_rendering() -> None:
-    from runner.schema import load_schema
+    from runner.spec.schema import load_schema
 
     enum = load_schema()["properties"]["data"]["properties"]["chat_template"]["enum"]
     assert set(PRESETS) == set(EXPECTED) == {e for e in enum if e is not None}

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from runner import errors
 from runner.cli import EXTRAS, PACKAGE, _parser, exit_codes, missing_extra
-from runner.errors import SpecError, StageError
-from runner.overrides import load_spec_with
-from runner.spec import load_spec
+from runner.core import errors
+from runner.core.errors import SpecError, StageError
+from runner.spec.overrides import load_spec_with
+from runner.spec.typed import load_spec
 from tests.unit.test_keys import keys
 
 ROOT = Path(__file__).resolve().parents[2]

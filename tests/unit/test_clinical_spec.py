@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.errors import SpecError
-from runner.spec import Logging, parse_spec
+from runner.core.errors import SpecError
+from runner.spec.typed import Logging, parse_spec
 
 BASE = """
 model: {source: init}
@@ -47,7 +47,7 @@ def test_a_wrong_field_is_one_line_naming_it(tmp_path: Path, extra: str, message
 
 
 def test_a_container_run_mounts_the_corpus_and_the_trackers_folder(tmp_path: Path) -> None:
-    from runner.docker import container_inputs
+    from runner.containers.launch import container_inputs
 
     (tmp_path / "corpora").mkdir()
     (tmp_path / "corpora" / "med.txt").write_text("held-out text\n")

@@ -11,9 +11,8 @@ from typing import Any
 
 import pytest
 
-from runner.compare import CompareError, compare, cost, find_run, load_run
-from runner.comparedoc import extra, sections, summary_lines
-from runner.stats import holm, paired
+from runner.experiments.compare import CompareError, compare, cost, extra, find_run, load_run, sections, summary_lines
+from runner.scoring.significance import holm, paired
 
 
 def _write(path: Path, data: Any) -> None:
@@ -139,7 +138,7 @@ def test_a_malformed_run_record_is_one_line_and_a_stray_file_is_skipped(tmp_path
 
 
 def test_a_path_field_naming_the_same_file_is_no_difference(tmp_path: Path) -> None:
-    from runner.compare import differences
+    from runner.experiments.compare import differences
 
     runs = []
     for name, r, where, spec_dir in (("base", 16, "../data/t.jsonl", tmp_path / "specs"),  # as the base spec has it
@@ -171,7 +170,7 @@ def test_tokens_seen_count_each_epoch_once_whatever_its_last_batch(tmp_path: Pat
 
 def test_a_run_is_compared_once_and_every_clashing_label_is_told_apart(tmp_path: Path) -> None:
     from runner import api
-    from runner.compare import unique_labels
+    from runner.experiments.compare import unique_labels
 
     record = make_run(tmp_path, "a", 4, {"x": [True]}, 1)
     (tmp_path / "a.yaml").write_text("name: a\n")

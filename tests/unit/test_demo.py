@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from runner import demo
+from runner.rows import demo
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "demo"
 LETTERS = {"A", "B", "C", "D"}

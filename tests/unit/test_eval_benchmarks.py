@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from runner.benchmarks import FORMATS, Item, benchmark_items, extract_choice, read_ids, to_items
-from runner.rowfiles import read_local
-from runner.spec import Benchmark, Fields
+from runner.rows.rowfiles import read_local
+from runner.scoring.benchmarks import FORMATS, Item, benchmark_items, extract_choice, read_ids, to_items
+from runner.spec.typed import Benchmark, Fields
 from runner.stages.data import read_rows
 
 

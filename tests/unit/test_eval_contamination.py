@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from runner.benchmarks import to_items
-from runner.contamination import normalise, overlaps, stop_if_found
-from runner.errors import DataError
-from runner.rowfiles import read_local
-from runner.spec import Fields, Spec, parse_spec
+from runner.core.errors import DataError
+from runner.rows.contamination import normalise, overlaps, stop_if_found
+from runner.rows.rowfiles import read_local
+from runner.scoring.benchmarks import to_items
+from runner.spec.typed import Fields, Spec, parse_spec
 from runner.stages.train.gate import before_training
 
 DEMO = Path(__file__).resolve().parents[2] / "data" / "demo"

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from runner.errors import DataError
-from runner.formats import Dropped
-from runner.spec import Benchmark
-from runner.stages.eval.freetext import free_text_examples, score_texts
+from runner.core.errors import DataError
+from runner.rows.formats import Dropped
+from runner.scoring.texts import score_texts
+from runner.spec.typed import Benchmark
+from runner.stages.eval.freetext import free_text_examples
 
 
 def test_identical_answers_score_100_and_disjoint_ones_0() -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.errors import DataError
+from runner.core.errors import DataError
 from runner.stages.eval.perplexity import read_corpus, windows
 
 

@@ -7,12 +7,12 @@ import dataclasses
 import re
 from pathlib import Path
 
-from runner.probe import Probe
-from runner.profile import resolve_profile
-from runner.spec import parse_spec
-from runner.stages.eval.report import Inputs, plot_accuracy, to_html, to_markdown
-from runner.stages.eval.reportdoc import document
-from runner.stats import summarize
+from runner.machine.probe import Probe
+from runner.machine.profile import resolve_profile
+from runner.report.render import Inputs, plot_accuracy, to_html, to_markdown
+from runner.report.sections import document
+from runner.scoring.significance import summarize
+from runner.spec.typed import parse_spec
 
 SPEC = """
 name: report-test
@@ -80,7 +80,7 @@ def test_html_is_one_self_contained_page(tmp_path: Path) -> None:
 
 
 def test_the_training_table_shows_validation_per_source_and_early_stopping(tmp_path: Path) -> None:
-    from runner.summary import training_notes
+    from runner.core.recap import training_notes
 
     base = inputs(tmp_path)
     stopping = {"stopped_early": True, "stopped_at_step": 18, "best_step": 14, "best_eval_loss": 6.1548,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from runner.safety import BUILTIN, flags, rules_of
-from runner.spec import Safety, SafetyRule
+from runner.scoring.safety import BUILTIN, flags, rules_of
+from runner.spec.typed import Safety, SafetyRule
 
 
 @pytest.mark.parametrize("text, rule", [

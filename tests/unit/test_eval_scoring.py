@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from runner.benchmarks import Item
-from runner.stages.eval.scoring import Request, encoder, max_length_of, plan_rows, predictions, requests_for
+from runner.scoring.benchmarks import Item
+from runner.scoring.loglik import Request, encoder, max_length_of, plan_rows, predictions, requests_for
 
 
 class WordTokenizer:

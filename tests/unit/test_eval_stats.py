@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from runner.stats import accuracy, mcnemar_exact, paired, paired_difference, summarize, wilson
+from runner.scoring.significance import accuracy, mcnemar_exact, paired, paired_difference, summarize, wilson
 
 
 def test_wilson_known_values() -> None:

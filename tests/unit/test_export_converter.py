@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.errors import StageError
+from runner.core.errors import StageError
 from runner.stages.export import gguf
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")

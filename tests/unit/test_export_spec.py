@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.errors import SpecError
-from runner.spec import Gguf, Push, Q4Tolerance, parse_spec
+from runner.core.errors import SpecError
+from runner.spec.typed import Gguf, Push, Q4Tolerance, parse_spec
 from runner.stages import export
 
 BASE = """

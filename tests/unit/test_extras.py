@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from runner import extras
-from runner.errors import ProfileError
-from runner.spec import Spec, load_spec, parse_spec
+from runner.core.errors import ProfileError
+from runner.spec import extras
+from runner.spec.typed import Spec, load_spec, parse_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 GGUF_SPEC = ROOT / "specs" / "smoke-export.yaml"

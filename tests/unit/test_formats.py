@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from runner.formats import Dropped, Example, convert_rows, to_example, to_question
-from runner.rowfiles import read_local
-from runner.spec import Fields
+from runner.rows.formats import Dropped, Example, convert_rows, to_example, to_question
+from runner.rows.rowfiles import read_local
+from runner.spec.typed import Fields
 
 MEDQA = Fields()  # the defaults are MedQA's column names
 MEDMCQA_HF = Fields(options=("opa", "opb", "opc", "opd"), answer_key="cop", answer_key_type="index0")

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from runner.errors import StoreError
-from runner.gc import collect
-from runner.store import Store
+from runner.core.cleanup import collect
+from runner.core.errors import StoreError
+from runner.core.store import Store
 
 
 def commit(store: Store, stage: str, key: str) -> Path:

@@ -1,4 +1,4 @@
-"""Text-source globs (runner/globwalk.py): glob.glob's matches for ordinary patterns, but bounded, and
+"""Text-source globs (runner/core/globwalk.py): glob.glob's matches for ordinary patterns, but bounded, and
 never through a link out of the pattern's root or round a loop of links."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from runner import globwalk
-from runner.globwalk import GlobTooBig, Walk, split_glob
-from runner.rules import document_files
+from runner.core import globwalk
+from runner.core.globwalk import GlobTooBig, Walk, split_glob
+from runner.spec.rules import document_files
 
 
 def _tree(root: Path) -> None:

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from runner.keys import canonical_json
-from runner.spec import Spec, parse_spec
+from runner.core.keys import canonical_json
+from runner.spec.typed import Spec, parse_spec
 from runner.stages import all_stages
 
 # Named in a stage's spec_slice (some only when what reads them is on: generative.*, the queries'

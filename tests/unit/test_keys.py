@@ -6,11 +6,11 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from runner.keys import canonical_json, diff_inputs, stage_key
-from runner.plan import stage_inputs
-from runner.probe import Probe
-from runner.profile import resolve_profile
-from runner.spec import Logging, Spec, load_spec
+from runner.core.keys import canonical_json, diff_inputs, stage_key
+from runner.core.plan import stage_inputs
+from runner.machine.probe import Probe
+from runner.machine.profile import resolve_profile
+from runner.spec.typed import Logging, Spec, load_spec
 from runner.stages import all_stages
 
 CPU = Probe(cpu_count=2, cores=2, ram_mib=24000, torch="2.13.0+cpu", bitsandbytes="0.50.2")

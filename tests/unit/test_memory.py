@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from runner.memory import GIB, Setup, Shape, estimate, fit
+from runner.machine.memory import GIB, Setup, Shape, estimate, fit
 
 LLAMA_32_3B = Shape.from_config({"vocab_size": 128256, "hidden_size": 3072, "num_hidden_layers": 28,
                                  "intermediate_size": 8192, "num_attention_heads": 24, "num_key_value_heads": 8,
@@ -107,7 +107,7 @@ def test_a_packed_row_attends_over_max_length_not_the_longest_example() -> None:
 
 
 def test_a_packed_row_is_at_least_the_longest_example_and_at_most_the_micro_batch() -> None:
-    from runner.memory import row_len
+    from runner.machine.memory import row_len
 
     assert row_len(replace(QLORA, seq_len=300)) == 300  # unpacked: a row is an example
     assert row_len(replace(QLORA, seq_len=300, packed_len=2048)) == 1200  # 4 examples fill no more
@@ -121,8 +121,8 @@ def test_a_packed_row_is_at_least_the_longest_example_and_at_most_the_micro_batc
 def test_the_estimate_reads_train_packing_from_the_spec(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from runner.memory import setup_for
-    from runner.spec import parse_spec
+    from runner.machine.memory import setup_for
+    from runner.spec.typed import parse_spec
 
     (tmp_path / "t.jsonl").write_text("{}\n")
     profile = SimpleNamespace(quantization="nf4", dtype="bf16", optimizer="paged_adamw_8bit", micro_batch_size=4,

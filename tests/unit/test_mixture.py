@@ -11,11 +11,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from runner.errors import DataError, SpecError
-from runner.formats import Dropped, document_text
-from runner.mixture import epoch_rows, local_paths, quotas, resolved, schedule
-from runner.spec import Spec, parse_spec
-from runner.stages.data.reading import read_source
+from runner.core.errors import DataError, SpecError
+from runner.rows.formats import Dropped, document_text
+from runner.rows.mixture import epoch_rows, local_paths, quotas, resolved, schedule
+from runner.rows.reading import read_source
+from runner.spec.typed import Spec, parse_spec
 from tests.unit.test_keys import keys
 
 ROW = '{"question": "q?", "options": {"A": "a", "B": "b"}, "answer_idx": "A"}\n'

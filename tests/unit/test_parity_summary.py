@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from runner.benchmarks import Item
-from runner.errors import StageError
-from runner.spec import parse_spec
+from runner.core.errors import StageError
+from runner.scoring.benchmarks import Item
+from runner.spec.typed import parse_spec
 from runner.stages.export.parity import judge, summarize
 
 ITEMS = [Item(f"q{i}? Answer:", ("A", "B"), 0, None, None) for i in range(3)]

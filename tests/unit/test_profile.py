@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from runner.errors import ProfileError
-from runner.probe import Gpu, Probe, probe_machine
-from runner.profile import resolve_profile
-from runner.spec import parse_spec
+from runner.core.errors import ProfileError
+from runner.machine.probe import Gpu, Probe, probe_machine
+from runner.machine.profile import resolve_profile
+from runner.spec.typed import parse_spec
 
 CUDA_TORCH, BNB = "2.13.0", "0.50.2"
 T4 = Probe(gpus=(Gpu("Tesla T4", (7, 5), 15360, 15000),), cpu_count=2, ram_mib=12000, torch=CUDA_TORCH, bitsandbytes=BNB)
@@ -150,7 +150,7 @@ def test_how_several_processes_share_training(tmp_path: Path) -> None:
     (CPU, False, True),  # fp32; CPU's SDPA is a flash kernel
 ])
 def test_the_memory_estimate_sees_what_the_profile_runs(tmp_path: Path, probe: Probe, autocast: bool, fused: bool) -> None:
-    from runner.memory import setup_for
+    from runner.machine.memory import setup_for
 
     p = resolve_profile(spec(tmp_path), probe)
     s = setup_for(spec(tmp_path), p, 512)

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from runner.benchmarks import benchmark_items
-from runner.errors import DataError, RunnerError
-from runner.formats import Dropped, to_example
-from runner.rowfiles import read_local
-from runner.spec import Benchmark, Fields
+from runner.core.errors import DataError, RunnerError
+from runner.rows.formats import Dropped, to_example
+from runner.rows.rowfiles import read_local
+from runner.scoring.benchmarks import benchmark_items
+from runner.spec.typed import Benchmark, Fields
 from runner.stages.data import read_rows
 
 # The shape of MedMCQA's original release (`dev.json`): one object a line, `cop` 1-based.

@@ -7,13 +7,12 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
-from runner.benchmarks import Item
-from runner.probe import Probe
-from runner.profile import resolve_profile
-from runner.spec import parse_spec
-from runner.stages.eval.report import Inputs, sample_answers, to_html, to_markdown
-from runner.stages.eval.reportdoc import document
-from runner.stages.eval.reportmetrics import free_text_contamination
+from runner.machine.probe import Probe
+from runner.machine.profile import resolve_profile
+from runner.report.render import Inputs, sample_answers, to_html, to_markdown
+from runner.report.sections import document, free_text_contamination
+from runner.scoring.benchmarks import Item
+from runner.spec.typed import parse_spec
 
 SPEC = """
 name: free-only

@@ -9,10 +9,10 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from runner.probe import Probe
-from runner.profile import resolve_profile
+from runner.machine.probe import Probe
+from runner.machine.profile import resolve_profile
 from runner.serve.models import Registry
-from runner.spec import load_spec
+from runner.spec.typed import load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 CPU = Probe(cpu_count=2, cores=2, ram_mib=24000, torch="2.13.0+cpu", bitsandbytes="0.50.2")

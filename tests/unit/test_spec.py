@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from runner.errors import SpecError
-from runner.schema import load_schema
-from runner.spec import Spec, load_spec, parse_spec
+from runner.core.errors import SpecError
+from runner.spec.schema import load_schema
+from runner.spec.typed import Spec, load_spec, parse_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -159,7 +159,7 @@ def test_packing_and_early_stopping_fields(folder: Path) -> None:
 def test_a_resolved_spec_validates_again(path: Path) -> None:
     """Run records, sweeps and serve's jobs write `as_dict()` back as a spec: it must be one (the
     one-source form without a mixture's keys, paths made absolute)."""
-    from runner.sweep import absolute_paths
+    from runner.experiments.variants import absolute_paths
 
     spec = load_spec(path)
     again = parse_spec(yaml.safe_dump(absolute_paths(spec.as_dict(), path.parent.resolve())), "again", path.parent)

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from runner.cli import main
-from runner.schema import load_schema
+from runner.spec.schema import load_schema
 
 BASE: dict[str, Any] = {
     "model": {"source": "init", "init": {"hidden_size": 64}},
@@ -322,8 +322,8 @@ def test_the_real_cli_prints_one_line_and_exits_2(root: Path, folder: Path, body
 
 
 def test_a_model_folder_with_too_many_files_is_refused_not_hashed(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from runner.errors import SpecError
-    from runner.spec import load_spec
+    from runner.core.errors import SpecError
+    from runner.spec.typed import load_spec
     from runner.stages import model
 
     for i in range(4):

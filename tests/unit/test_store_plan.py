@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from runner.keys import stage_key
-from runner.plan import plan, stage_inputs
-from runner.probe import Probe
-from runner.profile import resolve_profile
-from runner.records import RunRecord
-from runner.spec import Spec, load_spec
+from runner.core.keys import stage_key
+from runner.core.plan import plan, stage_inputs
+from runner.core.records import RunRecord
+from runner.core.store import Store
+from runner.machine.probe import Probe
+from runner.machine.profile import resolve_profile
+from runner.spec.typed import Spec, load_spec
 from runner.stages import all_stages
-from runner.store import Store
 
 CPU = Probe(cpu_count=2, ram_mib=24000, torch="2.13.0+cpu", bitsandbytes="0.50.2")
 

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from runner.errors import SpecError
-from runner.probe import Gpu, Probe
-from runner.stats import holm
-from runner.store import Store
-from runner.sweep import grid, parse_setting, read_variants, variant_doc, write_variants
-from runner.sweeprun import device_slots, plan_lines, plan_variants, visible_gpus
+from runner.core.errors import SpecError
+from runner.core.store import Store
+from runner.experiments.sweep import device_slots, plan_lines, plan_variants, visible_gpus
+from runner.experiments.variants import grid, parse_setting, read_variants, variant_doc, write_variants
+from runner.machine.probe import Gpu, Probe
+from runner.scoring.significance import holm
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "specs" / "smoke.yaml"
@@ -160,7 +160,7 @@ def test_gpu_slots() -> None:
 
 
 def test_the_plan_says_what_variants_share_and_what_the_sweep_costs(tmp_path: Path) -> None:
-    from runner.execute import registered_stages
+    from runner.core.execute import registered_stages
 
     written = write_variants(SMOKE, grid([parse_setting("lora.r=8,16,32")], "smoke"), tmp_path / "v")
     plans = plan_variants(registered_stages(), written, Store(tmp_path / "store"), Probe(cores=2, ram_mib=8000), None)
@@ -206,7 +206,7 @@ __import__("time").sleep(60)
 """
 CHILD = """
 import sys, time
-from runner import signals
+from runner.core import signals
 signals.install()
 try:
     print("ready", flush=True)
@@ -246,7 +246,7 @@ def test_a_variant_stops_when_its_sweep_is_killed_outright(tmp_path: Path) -> No
 
 
 def test_a_field_of_a_list_of_sources_names_an_item_instead_of_crashing() -> None:
-    from runner.fieldpaths import set_fields
+    from runner.spec.fieldpaths import set_fields
 
     doc = {"data": {"train": [{"path": "a.jsonl"}, {"path": "b.jsonl"}]}}
     with pytest.raises(SpecError) as caught:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from runner.errors import SpecError
-from runner.preview import FIRST_ROWS, MAX_BYTES, first_columns
-from runner.spec import parse_spec
+from runner.core.errors import SpecError
+from runner.spec.preview import FIRST_ROWS, MAX_BYTES, first_columns
+from runner.spec.typed import parse_spec
 
 ALPACA = {"instruction": "Name the antidote.", "input": "Paracetamol", "output": "N-acetylcysteine"}
 

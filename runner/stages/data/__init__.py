@@ -5,7 +5,7 @@ answer (assistant) tokens only: everything else gets label -100 (a `text` source
 
 Rows stream from each source into Arrow files a batch at a time (runner.stages.data.building), so
 memory does not grow with the data. A mixture (`data.train` as a list) is written as every epoch's
-rows in training order, each epoch drawn with its own seed (runner.mixture), and `epochs.jsonl`
+rows in training order, each epoch drawn with its own seed (runner.rows.mixture), and `epochs.jsonl`
 says which row of which source each one is; the train stage reads train.arrow once, in order.
 """
 
@@ -16,11 +16,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from runner.errors import DataError
-from runner.mixture import Resolved, file_roles, is_mixture, local_paths, resolved
-from runner.spec import Benchmark, Fields, Source, Spec
-from runner.stage import StageContext
-from runner.stages.data.reading import read_rows
+from runner.core.errors import DataError
+from runner.core.stage import StageContext
+from runner.rows.mixture import Resolved, file_roles, is_mixture, local_paths, resolved
+from runner.rows.reading import read_rows
+from runner.spec.typed import Benchmark, Fields, Source, Spec
 
 __all__ = ["read_rows"]
 
@@ -50,8 +50,8 @@ def spec_slice(spec: Spec) -> dict[str, Any]:
 def bounds_slice() -> dict[str, Any]:
     """The row and document bounds, only where the environment moved them: what is dropped depends on
     them, and keys taken with the defaults stay what they were."""
-    from runner.rowfiles import ROW_BYTES, row_bytes
-    from runner.stages.data.reading import DOCUMENT_BYTES, document_bytes
+    from runner.rows.reading import DOCUMENT_BYTES, document_bytes
+    from runner.rows.rowfiles import ROW_BYTES, row_bytes
 
     bounds = {"row_bytes": row_bytes(), "document_bytes": document_bytes()}
     return {"bounds": bounds} if bounds != {"row_bytes": ROW_BYTES, "document_bytes": DOCUMENT_BYTES} else {}
@@ -108,9 +108,9 @@ def local_files(spec: Spec) -> dict[str, Path]:
 
 
 def run(ctx: StageContext) -> None:
+    from runner.models.loading import load_tokenizer, require_chat_template
     from runner.stages.data.building import ArrowRows, Tally, build_source, held_out
     from runner.stages.data.epochs import finish
-    from runner.stages.model.loading import load_tokenizer, require_chat_template
 
     spec = ctx.spec
     tok = load_tokenizer(ctx.upstream["model"])
@@ -156,7 +156,7 @@ def run(ctx: StageContext) -> None:
 def unchanged(ctx: StageContext) -> None:
     """Every file read is still the one whose digest is in the key: a file appended, cut or swapped while
     the stage read it would otherwise be stored under its old content's key, and reused as that."""
-    from runner.keys import file_digest
+    from runner.core.keys import file_digest
 
     for role, path in sorted(ctx.files.items()):
         want = ctx.digests.get(role)

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runner.formats import Dropped, Example, document_text, to_example
-from runner.mixture import Resolved
-from runner.spec import Spec
+from runner.rows.formats import Dropped, Example, document_text, to_example
+from runner.rows.mixture import Resolved
+from runner.rows.reading import read_source
+from runner.spec.typed import Spec
 from runner.stages.data.encoding import Row, encode, text_blocks
-from runner.stages.data.reading import read_source
 
 BATCH = 1024  # rows per Arrow record batch at most: the unit of memory while writing...
 BATCH_TOKENS = 65536  # ...or fewer when rows are long: a buffered token is a Python int (~36 bytes)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from runner.formats import Dropped, Example
+from runner.rows.formats import Dropped, Example
 
 Row = dict[str, list[int]]
 

@@ -9,8 +9,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from runner.mixture import Resolved, epoch_seed, is_mixture, quotas, schedule
-from runner.stage import StageContext
+from runner.core.stage import StageContext
+from runner.rows.mixture import Resolved, epoch_seed, is_mixture, quotas, schedule
 from runner.stages.data.building import ArrowRows, Tally, token_summary
 from runner.stages.data.encoding import samples
 

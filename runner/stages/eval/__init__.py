@@ -15,14 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from runner.benchmarks import HARNESS_TASKS, Item, benchmark_items
-from runner.mixture import file_roles, is_mixture, resolved
-from runner.sections import FREE_TEXT  # benchmark formats answered in free text, scored by ROUGE-L and BLEU
-from runner.spec import Benchmark, Spec
-from runner.stage import StageContext, benchmark_ids_role, benchmark_role
+from runner.core.stage import StageContext, benchmark_ids_role, benchmark_role
+from runner.rows.mixture import file_roles, is_mixture, resolved
+from runner.scoring.benchmarks import HARNESS_TASKS, Item, benchmark_items
+from runner.scoring.significance import summarize
+from runner.spec.typed import (
+    FREE_TEXT,  # benchmark formats answered in free text, scored by ROUGE-L and BLEU
+    Benchmark,
+    Spec,
+)
 from runner.stages.data import fields_slice, hub_slice, mixture_slice, read_rows
 from runner.stages.model import quantization_slice
-from runner.stats import summarize
 
 PERPLEXITY_ROLE = "perplexity"
 
@@ -97,7 +100,7 @@ def local_files(spec: Spec) -> dict[str, Path]:
 
 
 def run(ctx: StageContext) -> None:
-    from runner.stages.model.loading import cpu_threads
+    from runner.models.loading import cpu_threads
 
     with cpu_threads(ctx.profile.threads):  # in the key on CPU: the scores' float sums follow it
         _evaluate(ctx)
@@ -131,11 +134,11 @@ def read_inputs(ctx: StageContext) -> Loaded:
 def _evaluate(ctx: StageContext) -> None:
     from peft import PeftModel
 
+    from runner.models.loading import load_base, load_tokenizer
+    from runner.report.trackers import require_trackers
     from runner.stages.eval.freetext import score_free_text
     from runner.stages.eval.generation import answer_queries
-    from runner.stages.model.loading import load_base, load_tokenizer
     from runner.stages.train.gate import training_texts_of
-    from runner.stages.train.trackers import require_trackers
 
     spec = ctx.spec
     require_trackers(spec)  # a missing tracker package stops the stage before scoring, not after
@@ -173,8 +176,8 @@ def _finish(ctx: StageContext, metrics: dict[str, Any], answers: list[dict[str, 
             train_texts: list[str]) -> None:
     """metrics.json, the report (it also shows sample answers and the free-text benchmarks' contamination:
     prose, out of the digest), and the trackers the spec names (a side effect, after the outputs)."""
-    from runner.stages.eval.report import write_report
-    from runner.stages.train.trackers import log_eval
+    from runner.report.render import write_report
+    from runner.report.trackers import log_eval
 
     (ctx.out / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True), "utf-8")
     write_report(ctx, metrics, answers, loaded, train_texts)
@@ -199,7 +202,7 @@ def score_benchmark(ctx: StageContext, model: Any, tok: Any, bench: Benchmark,
                     loaded: tuple[list[Item], dict[str, int]], labels: tuple[str, ...], preds_file: TextIO,
                     train_texts: list[str]) -> dict[str, Any]:
     """Score one benchmark's items with each model; write its predictions; return its summary."""
-    from runner.stages.eval.scoring import max_length_of, predictions, requests_for, score
+    from runner.scoring.loglik import max_length_of, predictions, requests_for, score
 
     spec = ctx.spec
     items, dropped = loaded
@@ -236,7 +239,7 @@ def score_benchmark(ctx: StageContext, model: Any, tok: Any, bench: Benchmark,
 
 def calibration_of(items: list[Item], requests: list[Any], logliks: dict[str, list[float]]) -> dict[str, Any]:
     """ECE, Brier and selective accuracy per model, from the choices' scores (requests are in item, choice order)."""
-    from runner.calibration import BINS, PROBABILITIES, calibration
+    from runner.scoring.calibration import BINS, PROBABILITIES, calibration
 
     out: dict[str, Any] = {"probabilities": PROBABILITIES, "bins": BINS}
     for label, scores in logliks.items():
@@ -250,8 +253,8 @@ def calibration_of(items: list[Item], requests: list[Any], logliks: dict[str, li
 def generate_answers(ctx: StageContext, model: Any, tok: Any, items: list[Any], requests: list[Any],
                      labels: tuple[str, ...]) -> dict[str, list[str]]:
     """Each model's greedy answer to each question, after the very prompt tokens the scoring used."""
+    from runner.scoring.loglik import max_length_of
     from runner.stages.eval.generation import generate_batch
-    from runner.stages.eval.scoring import max_length_of
 
     gen = ctx.spec.eval.generative
     room = max(1, max_length_of(model, tok) - gen.max_new_tokens)  # left-truncated, as scoring does
@@ -270,8 +273,8 @@ def generate_answers(ctx: StageContext, model: Any, tok: Any, items: list[Any], 
 
 def generative_summary(items: list[Any], written: dict[str, list[str]], max_new_tokens: int) -> dict[str, Any]:
     """Accuracy of the answers read off the generated text; an unreadable answer counts as wrong."""
-    from runner.benchmarks import extract_choice
-    from runner.stats import accuracy, paired
+    from runner.scoring.benchmarks import extract_choice
+    from runner.scoring.significance import accuracy, paired
 
     out: dict[str, Any] = {"max_new_tokens": max_new_tokens, "decoding": "greedy"}
     correct = {}
@@ -293,8 +296,8 @@ def _first_line(text: str) -> str:
 def contamination(items: list[Any], scored: dict[str, list[int]], train_texts: list[str],
                   similarity: float) -> dict[str, Any]:
     """Benchmark questions found in the training data, and the accuracy on the others."""
-    from runner.contamination import overlaps
-    from runner.stats import accuracy
+    from runner.rows.contamination import overlaps
+    from runner.scoring.significance import accuracy
 
     found = overlaps(train_texts, [it.prompt for it in items], similarity)
     seen = {o.item for o in found}

@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 from typing import Any, TextIO
 
-from runner.errors import DataError
-from runner.formats import Example, convert_rows, count_reasons, prompt_text, scored_turns, to_example
-from runner.spec import Benchmark, Spec
+from runner.core.errors import DataError
+from runner.rows.formats import Example, convert_rows, count_reasons, prompt_text, scored_turns, to_example
+from runner.scoring.texts import score_texts
+from runner.spec.typed import Benchmark, Spec
 
 
 def free_text_examples(bench: Benchmark, rows: Any) -> tuple[list[Example], dict[str, int]]:
@@ -38,24 +39,13 @@ def prompt_ids(example: Example, tok: Any, spec: Spec) -> list[int]:
     return ids
 
 
-def score_texts(answers: list[str], references: list[str]) -> dict[str, float]:
-    """Mean ROUGE-L F1 (stemmed, as the rouge-score default for English) and corpus BLEU, both 0-100."""
-    import sacrebleu
-    from rouge_score import rouge_scorer
-
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    rouge = [scorer.score(ref, ans)["rougeL"].fmeasure for ans, ref in zip(answers, references)]
-    bleu = sacrebleu.corpus_bleu(answers, [references]).score
-    return {"rougeL": round(100 * sum(rouge) / len(rouge), 2) if rouge else 0.0, "bleu": round(bleu, 2)}
-
-
 def score_free_text(ctx: Any, model: Any, tok: Any, bench: Benchmark, loaded: tuple[list[Example], dict[str, int]],
                     labels: tuple[str, ...], rows_file: TextIO) -> dict[str, Any]:
     """Both models' greedy answers to one free-text benchmark, their scores, and a row per question."""
+    from runner.models.loading import require_chat_template
+    from runner.scoring.loglik import max_length_of
     from runner.stages.eval import adapter_off
     from runner.stages.eval.generation import generate_batch
-    from runner.stages.eval.scoring import max_length_of
-    from runner.stages.model.loading import require_chat_template
 
     if ctx.spec.data.template == "chat":
         require_chat_template(tok, "eval")

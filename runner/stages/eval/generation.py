@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from runner.safety import flags, rules_of
-from runner.spec import Spec
+from runner.scoring.safety import flags, rules_of
+from runner.spec.typed import Spec
 
 
 def render_query(query: str, tok: Any, spec: Spec) -> str:

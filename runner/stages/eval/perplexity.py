@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from runner.errors import DataError
+from runner.core.errors import DataError
 
 
 def read_corpus(path: Path, field: str, max_texts: int | None) -> list[str]:

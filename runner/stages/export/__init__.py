@@ -16,8 +16,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from runner.spec import Spec
-from runner.stage import StageContext, benchmark_ids_role, benchmark_role
+from runner.core.stage import StageContext, benchmark_ids_role, benchmark_role
+from runner.spec.typed import Spec
 from runner.stages.eval import benchmark_slice
 from runner.stages.export import push
 from runner.stages.export.card import model_card
@@ -54,7 +54,7 @@ def local_files(spec: Spec) -> dict[str, Path]:
 
 
 def run(ctx: StageContext) -> None:
-    from runner.stages.model.loading import cpu_threads
+    from runner.models.loading import cpu_threads
 
     with cpu_threads(ctx.profile.threads):  # in the key on CPU: the merge's float sums follow it
         _export(ctx)
@@ -83,8 +83,8 @@ def _export(ctx: StageContext) -> None:
 
 def _gguf_toolchain(ctx: StageContext) -> Path:
     """llama.cpp's converter, and the base model's architecture checked against it, before any work."""
+    from runner.models.loading import weights_path
     from runner.stages.export.gguf import check_supported, llama_cpp_source
-    from runner.stages.model.loading import weights_path
 
     source = llama_cpp_source(ctx.log)
     config = json.loads((Path(weights_path(ctx.upstream["model"])) / "config.json").read_text("utf-8"))
@@ -94,8 +94,8 @@ def _gguf_toolchain(ctx: StageContext) -> Path:
 
 def export_gguf(ctx: StageContext, source: Path) -> None:
     """The GGUF files and the Ollama Modelfile, then the parity gate over every form written."""
+    from runner.models.loading import load_tokenizer
     from runner.stages.export import gguf, parity
-    from runner.stages.model.loading import load_tokenizer
 
     assert ctx.spec.export.gguf is not None  # the caller checked
     types = ctx.spec.export.gguf.types
@@ -112,7 +112,7 @@ def export_gguf(ctx: StageContext, source: Path) -> None:
 def merge(ctx: StageContext) -> None:
     from peft import PeftModel
 
-    from runner.stages.model.loading import load_base, load_tokenizer, torch_dtype
+    from runner.models.loading import load_base, load_tokenizer, torch_dtype
 
     spec, profile = ctx.spec, ctx.profile
     dtype_name = profile.dtype if spec.export.merged_dtype == "auto" else spec.export.merged_dtype

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from runner.spec import Spec
+from runner.spec.typed import Spec
 
 
 def model_card(spec: Spec, metadata: dict[str, Any]) -> str:

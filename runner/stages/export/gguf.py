@@ -24,9 +24,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from runner.errors import StageError
-from runner.signals import child_dies_with_parent
-from runner.stage import Log
+from runner.core.errors import StageError
+from runner.core.signals import child_dies_with_parent
+from runner.core.stage import Log
 
 CONVERTER = Path(__file__).with_name("converter.py")
 DIRECT = ("f16", "bf16", "q8_0")  # the converter's own output types

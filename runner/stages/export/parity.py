@@ -15,10 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from runner.benchmarks import Item, benchmark_items
-from runner.errors import StageError
-from runner.spec import Spec
-from runner.stage import StageContext, benchmark_ids_role, benchmark_role
+from runner.core.errors import StageError
+from runner.core.stage import StageContext, benchmark_ids_role, benchmark_role
+from runner.scoring.benchmarks import Item, benchmark_items
+from runner.spec.typed import Spec
 from runner.stages.data import read_rows
 
 TIERS = {"merged": "unquantized", "lora": "unquantized", "f16": "unquantized", "bf16": "unquantized",
@@ -36,7 +36,7 @@ def sample(ctx: StageContext) -> list[Item]:
 
 def check(ctx: StageContext, model_dir: Path, ggufs: dict[str, Path]) -> dict[str, Any]:
     """Score every form, write parity.json, and stop (or warn) past the spec's tolerance."""
-    from runner.stages.model.loading import load_tokenizer
+    from runner.models.loading import load_tokenizer
 
     items = sample(ctx)
     if not items:
@@ -78,7 +78,7 @@ def _prompting(spec: Spec, tok: Any) -> tuple[Callable[[str], str], str]:
 
 def _transformers_scores(model: Any, items: list[Item], tok: Any, render: Callable[[str], str], delimiter: str,
                          batch: int) -> dict[str, Any]:
-    from runner.stages.eval.scoring import max_length_of, predictions, requests_for, score
+    from runner.scoring.loglik import max_length_of, predictions, requests_for, score
 
     requests = requests_for(items, tok, render, delimiter)
     logliks = score(model, requests, batch, tok.pad_token_id, max_length_of(model, tok))
@@ -89,7 +89,7 @@ def _transformers_scores(model: Any, items: list[Item], tok: Any, render: Callab
 def _adapter(ctx: StageContext, items: list[Item], tok: Any, render: Callable[[str], str], delimiter: str) -> dict[str, Any]:
     from peft import PeftModel
 
-    from runner.stages.model.loading import load_base
+    from runner.models.loading import load_base
 
     ctx.log(f"export: parity, {len(items)} questions, adapter over its base (as eval scores it)")
     model = PeftModel.from_pretrained(load_base(ctx.upstream["model"], ctx.spec, ctx.profile), str(ctx.out / "adapter"))

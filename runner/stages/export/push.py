@@ -14,10 +14,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from runner.errors import StageError
-from runner.mixture import resolved
-from runner.spec import Spec
-from runner.stage import Log
+from runner.core.errors import StageError
+from runner.core.stage import Log
+from runner.rows.mixture import resolved
+from runner.spec.typed import Spec
 
 
 class HubPush:

@@ -11,9 +11,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from runner.spec import Model, Spec
-from runner.stage import StageContext
-from runner.templates import chosen_template
+from runner.core.stage import StageContext
+from runner.rows.templates import chosen_template
+from runner.spec.typed import Model, Spec
 
 name = "model"
 version = 1
@@ -64,7 +64,7 @@ def local_files(spec: Spec) -> dict[str, Path]:
         if p.is_file():
             files[f"model/{p.relative_to(folder).as_posix()}"] = p
             if len(files) > MAX_MODEL_FILES:
-                from runner.errors import SpecError
+                from runner.core.errors import SpecError
 
                 raise SpecError([f"model.path: {str(folder)[:80]} holds more than {MAX_MODEL_FILES} files; "
                                  "point it at the model's own folder (config.json, tokenizer, weights)"])
@@ -76,8 +76,8 @@ def run(ctx: StageContext) -> None:
     tokenizer_dir = ctx.out / "tokenizer"
     info: dict[str, Any] = {"source": m.source}
     if m.source == "init":
-        from runner import demo
-        from runner.stages.model.tiny import build_model, build_tokenizer
+        from runner.models.tiny import build_model, build_tokenizer
+        from runner.rows import demo
 
         ctx.log("model: building a tiny RANDOM-INITIALISED Llama (demo/test model: it knows nothing until trained)")
         build_tokenizer(m.init.vocab_size, demo.corpus(), tokenizer_dir)
@@ -112,7 +112,7 @@ def _copy_tokenizer(folder: Path, tokenizer_dir: Path) -> None:
     tokenizer_dir.mkdir(parents=True)
     found = [f for f in TOKENIZER_FILES if (folder / f).is_file()]
     if not any(f in found for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):
-        from runner.errors import StageError
+        from runner.core.errors import StageError
 
         raise StageError(f"model: no tokenizer files in {folder} (expected tokenizer.json or tokenizer.model)")
     for file in found:

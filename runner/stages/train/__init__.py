@@ -12,10 +12,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from runner.errors import ProfileError
-from runner.profile import Profile
-from runner.spec import Spec
-from runner.stage import StageContext
+from runner.core.errors import ProfileError
+from runner.core.stage import StageContext
+from runner.machine.profile import Profile
+from runner.spec.typed import Spec
 from runner.stages.model import quantization_slice
 from runner.stages.train.gate import check_before_training
 from runner.stages.train.launch import launch
@@ -68,8 +68,8 @@ def run(ctx: StageContext) -> None:
 def fit_memory(ctx: StageContext) -> Profile:
     """The profile with micro-batch and checkpointing fitted to the device, for the model's shape and
     the longest training example; logs what was changed."""
-    from runner.memory import GIB, MEMORY_BUDGET, fit_profile
-    from runner.stages.model.loading import weights_path
+    from runner.machine.memory import GIB, MEMORY_BUDGET, fit_profile
+    from runner.models.loading import weights_path
 
     config = json.loads((Path(weights_path(ctx.upstream["model"])) / "config.json").read_text("utf-8"))
     stats = json.loads((ctx.upstream["data"] / "stats.json").read_text("utf-8"))

@@ -1,7 +1,7 @@
 """The train stage's gate: benchmark questions found in the training data before training starts.
 
 The gate reads rows (the training source, each benchmark) the way the data and eval stages read
-them, so it lives among the stages; what it compares and logs is `runner.contamination`'s, pure.
+them, so it lives among the stages; what it compares and logs is `runner.rows.contamination`'s, pure.
 """
 
 from __future__ import annotations
@@ -9,16 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from runner.benchmarks import Item, benchmark_items
-from runner.contamination import found_in_training, stop_if_found, training_texts
-from runner.errors import DataError
-from runner.formats import convert_rows, prompt_text, scored_turns, to_example
-from runner.mixture import is_mixture, local_paths, resolved
-from runner.sections import FREE_TEXT
-from runner.spec import Benchmark, Spec
-from runner.stage import Log
+from runner.core.errors import DataError
+from runner.core.stage import Log
+from runner.rows.contamination import found_in_training, stop_if_found, training_texts
+from runner.rows.formats import convert_rows, prompt_text, scored_turns, to_example
+from runner.rows.mixture import is_mixture, local_paths, resolved
+from runner.rows.reading import read_source
+from runner.scoring.benchmarks import Item, benchmark_items
+from runner.spec.typed import FREE_TEXT, Benchmark, Spec
 from runner.stages.data import read_rows
-from runner.stages.data.reading import read_source
 
 
 def before_training(spec: Spec, log: Log) -> dict[str, Any]:

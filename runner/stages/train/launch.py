@@ -18,10 +18,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from runner.errors import StageError
-from runner.profile import Profile
-from runner.spec import Spec, typed
-from runner.stage import StageContext
+from runner.core.errors import StageError
+from runner.core.stage import StageContext
+from runner.machine.profile import Profile
+from runner.spec.typed import Spec, typed
 
 
 def rank(local: bool = False) -> int:
@@ -49,7 +49,7 @@ def launch(ctx: StageContext) -> None:
     process = subprocess.Popen(command, env=env)
     try:
         code = process.wait()
-    except BaseException:  # Ctrl-C, SIGTERM (runner.signals), or anything else while they train
+    except BaseException:  # Ctrl-C, SIGTERM (runner.core.signals), or anything else while they train
         _stop(process)
         raise
     if code != 0:

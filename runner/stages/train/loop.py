@@ -17,9 +17,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from runner.errors import StageError
-from runner.stage import StageContext
-from runner.stages.model.loading import cpu_threads
+from runner.core.errors import StageError
+from runner.core.stage import StageContext
+from runner.models.loading import cpu_threads
 from runner.stages.train.launch import is_main_process
 from runner.stages.train.trainer import attach_lora, build_trainer, close_progress
 
@@ -52,7 +52,7 @@ class Trained:
 def train_here(ctx: StageContext) -> None:
     """Train in this process (one of several when launched by accelerate), on exactly the profile's
     CPU threads: the count is in the key on CPU, so it must not be whatever the environment says."""
-    from runner import signals
+    from runner.core import signals
 
     # Graceful from the start: a Ctrl-C during setup waits for a point where stopping loses nothing
     # (raised inside transformers' loading it could be swallowed, and the run trained on).
@@ -81,7 +81,7 @@ def _setup_data(ctx: StageContext) -> tuple[int, Any, Any]:
     """(the pad id the collator pads with, training rows, validation rows), as the data stage wrote them."""
     from datasets import Dataset
 
-    from runner.stages.model.loading import load_tokenizer
+    from runner.models.loading import load_tokenizer
 
     tok = load_tokenizer(ctx.upstream["model"])
     train_rows = Dataset.from_file(str(ctx.upstream["data"] / "train.arrow"))
@@ -91,7 +91,7 @@ def _setup_data(ctx: StageContext) -> tuple[int, Any, Any]:
 
 def _setup_model(ctx: StageContext) -> tuple[Any, int, int]:
     """(the base model with its adapters, trainable parameters, all parameters)."""
-    from runner.stages.model.loading import load_base
+    from runner.models.loading import load_base
 
     sharded = ctx.profile.distributed == "fsdp"
     base = load_base(ctx.upstream["model"], ctx.spec, ctx.profile, sharded=sharded)
@@ -103,7 +103,7 @@ def _setup_model(ctx: StageContext) -> tuple[Any, int, int]:
 
 def _setup_metrics(ctx: StageContext) -> Path:
     """The metrics log: emptied for a fresh start; a resumed attempt keeps the rows up to its checkpoint."""
-    from runner.stages.train.callbacks import keep_metrics_until
+    from runner.stages.train.batches import keep_metrics_until
 
     metrics = ctx.work / "metrics.jsonl"
     checkpoint = last_checkpoint(ctx.work / "checkpoints")
@@ -163,7 +163,7 @@ def train_with_retries(make_trainer: Callable[[int, int], Any], micro: int, batc
 
 
 def _train_once(trainer: Any, checkpoints: Path, before: dict[str, float] | None, sharded: bool) -> Trained:
-    from runner import signals
+    from runner.core import signals
     from runner.stages.train.validation import restore_best
 
     with signals.graceful():  # Ctrl-C / SIGTERM: checkpoint at the end of the step, then stop
@@ -180,7 +180,7 @@ def _train_once(trainer: Any, checkpoints: Path, before: dict[str, float] | None
 
 def _measure(trainer: Any) -> dict[str, float]:
     """The validation loss overall and per source (validation.py); the Trainer's own under FSDP."""
-    from runner.stages.train.trackers import TrackerLog
+    from runner.report.trackers import TrackerLog
 
     if hasattr(trainer, "measure"):
         measured: dict[str, float] = trainer.measure()  # outside the Trainer's logging: the trackers are told here
@@ -194,7 +194,7 @@ def _measure(trainer: Any) -> dict[str, float]:
 def _smaller_after_oom(micro: int, batch_size: int, checkpoints: Path, log: Callable[[str], None],
                        sharded: bool) -> int:
     """The micro-batch to retry with after an out-of-memory error, or a StageError saying what to do."""
-    from runner.memory import halve
+    from runner.machine.memory import halve
 
     if sharded:
         raise StageError("train: out of memory under FSDP: lower train.micro_batch_size or data.max_length, "
@@ -223,7 +223,7 @@ def _free_memory() -> None:
 def save(ctx: StageContext, ready: Ready, trained: Trained) -> None:
     """The artifact: adapter, metrics log, loss picture and summary, written by rank 0 (the weights
     are the same in every process)."""
-    from runner.stages.train.callbacks import plot_curves, read_metrics
+    from runner.stages.train.batches import plot_curves, read_metrics
 
     if ready.sharded:
         # Every process takes part: the adapter's full weights are gathered from the shards and the
@@ -258,7 +258,7 @@ def _save_adapter(ctx: StageContext, ready: Ready) -> None:
 
 
 def _write_summary(ctx: StageContext, ready: Ready, trained: Trained, rows: list[dict[str, Any]]) -> None:
-    from runner.stages.train.callbacks import training_rows
+    from runner.stages.train.batches import training_rows
 
     rows = training_rows(rows)
     summary = {"trainable_parameters": ready.trainable, "total_parameters": ready.total,

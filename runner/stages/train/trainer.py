@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from runner.mixture import is_mixture
-from runner.profile import Profile
-from runner.spec import Spec
+from runner.machine.profile import Profile
+from runner.rows.mixture import is_mixture
+from runner.spec.typed import Spec
 
 
 def attach_lora(model: Any, spec: Spec, checkpointing: bool, sharded: bool = False) -> Any:
@@ -42,8 +42,8 @@ def build_trainer(model: Any, spec: Spec, profile: Profile, work: Path, train_ro
     from transformers import EarlyStoppingCallback, Trainer
     from transformers.trainer_callback import ProgressCallback
 
-    from runner.stages.train.callbacks import MetricsLog, PackCollator, PadCollator, QuietProgress, StopOnSignal
-    from runner.stages.train.trackers import tracker_log
+    from runner.report.trackers import tracker_log
+    from runner.stages.train.batches import MetricsLog, PackCollator, PadCollator, QuietProgress, StopOnSignal
     from runner.stages.train.validation import KeepBest, ValidatingTrainer
 
     sharded = profile.distributed == "fsdp"
@@ -69,7 +69,7 @@ def build_trainer(model: Any, spec: Spec, profile: Profile, work: Path, train_ro
 
 def close_progress(trainer: Any) -> None:
     """Close the bar, else it redraws after (and below) an error message."""
-    from runner.stages.train.callbacks import QuietProgress
+    from runner.stages.train.batches import QuietProgress
 
     for callback in trainer.callback_handler.callbacks:
         if isinstance(callback, QuietProgress) and callback.training_bar is not None:

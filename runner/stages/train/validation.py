@@ -26,7 +26,7 @@ def validation_loss(model: Any, rows: Any, pad_id: int, micro: int) -> dict[str,
     """{"eval_loss": overall, "eval_loss/<source>": per source (when rows have a `source` column)}."""
     import torch
 
-    from runner.stages.train.callbacks import PadCollator
+    from runner.stages.train.batches import PadCollator
 
     collate = PadCollator(pad_id)
     sources = rows["source"] if "source" in rows.column_names else [None] * len(rows)

@@ -11,7 +11,7 @@ from runner.stages.train.loop import train_here
 if __name__ == "__main__":
     import torch
 
-    from runner.quiet import quiet_known_warnings
+    from runner.core.quiet import quiet_known_warnings
 
     quiet_known_warnings()
     if torch.cuda.is_available():  # before any model loads: each process on its own GPU, not all on GPU 0

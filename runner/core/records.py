@@ -1,0 +1,131 @@
+"""Run records: one JSON file per `runner run`, enough to trace any result to what made it."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from runner.core.errors import StoreError
+from runner.core.store import write_error
+
+LIBRARIES = ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate", "tokenizers")
+
+
+@dataclass
+class RunRecord:
+    spec_path: str
+    spec: dict[str, Any]
+    profile: dict[str, Any]
+    started: float = field(default_factory=time.time)
+    finished: float | None = None
+    status: str = "running"  # running | completed | failed
+    error: str | None = None
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    versions: dict[str, str | None] = field(default_factory=dict)
+    git_commit: str | None = None
+    gates: dict[str, Any] = field(default_factory=dict)  # what each stage's gate found (contamination: per benchmark)
+    side_effects: dict[str, Any] = field(default_factory=dict)  # what the run did outside the store (a push)
+    sets: list[str] = field(default_factory=list)  # `--set PATH=VALUE` as given (`spec` holds their result)
+
+    def stage(self, name: str) -> dict[str, Any] | None:
+        return next((s for s in self.stages if s["stage"] == name), None)
+
+
+def runs_dir(store_root: Path) -> Path:
+    return store_root / "runs"
+
+
+def new_record(store_root: Path, spec_path: Path, spec: dict[str, Any], profile: dict[str, Any],
+               sets: Sequence[str] = ()) -> tuple[RunRecord, Path]:
+    record = RunRecord(spec_path=str(spec_path.resolve()), spec=spec, profile=profile, sets=list(sets),
+                       versions=library_versions(), git_commit=git_commit(spec_path.resolve().parent))
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(record.started))
+    name = "".join(c if c.isalnum() or c in "-_" else "_" for c in str(spec.get("name", "run")))[:40]
+    path = runs_dir(store_root) / f"{stamp}-{os.getpid()}-{name}.json"
+    return record, path
+
+
+def save_record(record: RunRecord, path: Path) -> None:
+    """Write-then-rename, so a reader (or a kill) never meets half a record."""
+    tmp = path.with_suffix(".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(asdict(record), indent=1, sort_keys=True), "utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        _remove(tmp)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StoreError(f"disk full while writing the run record to {path.parent}; free some space "
+                             "(`runner gc` removes unused artifacts) and run again: finished stages are kept") from exc
+        raise write_error(path.parent.parent, exc) from exc
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass  # under a file or on a read-only mount there is nothing to remove
+
+
+def latest_record(store_root: Path, spec_path: Path) -> RunRecord | None:
+    """The newest run record of the same spec file, to explain what changed since."""
+    folder = runs_dir(store_root)
+    try:
+        if not folder.is_dir():
+            return None
+        paths = sorted(folder.glob("*.json"))
+    except OSError as exc:  # a store folder this user may not enter: is_dir() raises EACCES
+        raise StoreError(f"store {store_root} cannot be read ({exc.strerror or exc}); point --store (or "
+                         "RUNNER_STORE) at a folder you can read and write") from None
+    wanted = str(spec_path.resolve())
+    newest: dict[str, Any] | None = None
+    for path in paths:
+        try:
+            data = json.loads(path.read_text("utf-8"))
+        except (OSError, ValueError):
+            continue  # a record being written by another run, or damaged: not evidence
+        if data.get("spec_path") == wanted and (newest is None or data["started"] > newest["started"]):
+            newest = data
+    return RunRecord(**newest) if newest else None
+
+
+def done_before(store_root: Path, name: str, identity: dict[str, Any]) -> dict[str, Any] | None:
+    """A side effect `name` with this identity (stage key included) that an earlier run of any spec did."""
+    try:
+        paths = sorted(runs_dir(store_root).glob("*.json"))
+    except OSError:
+        return None
+    for path in reversed(paths):
+        try:
+            done = json.loads(path.read_text("utf-8")).get("side_effects", {}).get(name)
+        except (OSError, ValueError):
+            continue
+        if isinstance(done, dict) and done.get("identity") == identity and done.get("result"):
+            return dict(done)
+    return None
+
+
+def library_versions() -> dict[str, str | None]:
+    found: dict[str, str | None] = {}
+    for name in LIBRARIES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def git_commit(folder: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None

@@ -1,0 +1,1 @@
+"""Experiments over many runs: a sweep's variants, running them, and the comparison report."""

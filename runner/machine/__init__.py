@@ -1,0 +1,1 @@
+"""The machine: a probe of what is there, the profile resolved from it, the memory estimate."""

@@ -1,0 +1,1 @@
+"""Models below the stages: a base model loaded as the profile says, and the tiny offline model."""
