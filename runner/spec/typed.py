@@ -244,6 +244,30 @@ class EarlyStopping:
 
 
 @dataclass(frozen=True)
+class InitAdapter:
+    spec: str | None = None  # a spec whose train stage gives the adapter (runner.core.chain)
+    path: str | None = None  # or a PEFT adapter folder
+
+
+@dataclass(frozen=True)
+class Reward:
+    name: str
+    weight: float = 1.0
+    path: str | None = None  # a local file defining `name`: user code, only with trust_reward_code
+
+
+@dataclass(frozen=True)
+class Grpo:
+    num_generations: int = 8
+    max_completion_length: int = 256
+    temperature: float = 1.0
+    beta: float = 0.0
+    vllm: bool = False
+    trust_reward_code: bool = False
+    rewards: tuple[Reward, ...] = (Reward("answer_correct", 1.0),)
+
+
+@dataclass(frozen=True)
 class Train:
     epochs: float = 3
     max_steps: int | None = None
@@ -261,6 +285,9 @@ class Train:
     packing: bool = False
     eval_steps: int = 50
     early_stopping: EarlyStopping | None = None
+    method: Literal["sft", "dpo", "orpo", "kto", "grpo"] = "sft"
+    init_adapter: InitAdapter | None = None
+    grpo: Grpo = field(default_factory=Grpo)
 
 
 @dataclass(frozen=True)

@@ -47,12 +47,39 @@ def spec_slice(spec: Spec) -> dict[str, Any]:
     if t.early_stopping is not None:
         train["early_stopping"] = {"patience": t.early_stopping.patience, "min_delta": t.early_stopping.min_delta,
                                    "eval_steps": t.eval_steps}
+    train |= method_slice(spec)
     return {"lora": {"r": lora.r, "alpha": lora.alpha, "dropout": lora.dropout, "target_modules": lora.target_modules},
             "train": train, "seed": spec.seed, "model": quantization_slice(spec.model)}
 
 
+def method_slice(spec: Spec) -> dict[str, Any]:
+    """train.method and what it reads, and train.init_adapter, only when set away from supervised
+    training from fresh adapters (their files' digests come in through local_files)."""
+    t, found = spec.train, {}
+    if t.method != "sft":
+        found["method"] = t.method
+    if t.method == "grpo":
+        g = t.grpo
+        found["grpo"] = {"num_generations": g.num_generations, "max_completion_length": g.max_completion_length,
+                         "temperature": g.temperature, "beta": g.beta, "vllm": g.vllm,
+                         "rewards": [{"name": r.name, "weight": r.weight, "file": r.path is not None} for r in g.rewards]}
+    if t.init_adapter is not None:
+        found["init_adapter"] = True
+    return found
+
+
 def local_files(spec: Spec) -> dict[str, Path]:
-    return {}
+    """The starting adapter's files (train.init_adapter; a spec's is found by runner.core.chain first)
+    and the files of user-written GRPO rewards."""
+    from runner.stages.train.chaining import init_adapter_files
+
+    found: dict[str, Path] = {}
+    start = spec.train.init_adapter
+    if start is not None and start.path is not None:
+        found |= init_adapter_files(spec.resolve(start.path))
+    if spec.train.method == "grpo":
+        found |= {f"reward/{r.name}": spec.resolve(r.path) for r in spec.train.grpo.rewards if r.path is not None}
+    return found
 
 
 def run(ctx: StageContext) -> None:
