@@ -74,13 +74,13 @@ def grpo_args(spec: Spec, profile: Profile, output_dir: Path) -> Any:
     kept = {k: v for k, v in base.items() if k not in drop and not k.startswith("_")
             and k in GRPOConfig.__dataclass_fields__ and GRPOConfig.__dataclass_fields__[k].init}
     g = spec.train.grpo
-    return GRPOConfig(**kept, **vllm_settings(spec, profile), num_generations=g.num_generations,
-                      max_completion_length=g.max_completion_length, temperature=g.temperature, beta=g.beta,
-                      reward_weights=[r.weight for r in g.rewards], data_seed=spec.seed,
-                      gradient_checkpointing=False,  # enabled on the model, as for SFT (trainer.attach_lora)
-                      log_completions=False, logging_steps=spec.train.logging_steps,
-                      # the model trains with use_cache off (attach_lora); generation wants its KV cache
-                      generation_kwargs={"use_cache": True})
+    own = {"num_generations": g.num_generations, "max_completion_length": g.max_completion_length,
+           "temperature": g.temperature, "beta": g.beta, "reward_weights": [r.weight for r in g.rewards],
+           "data_seed": spec.seed, "log_completions": False,
+           "gradient_checkpointing": False,  # enabled on the model, as for SFT (trainer.attach_lora)
+           # the model trains with use_cache off (attach_lora); generation wants its KV cache
+           "generation_kwargs": {"use_cache": True}}
+    return GRPOConfig(**(kept | own | vllm_settings(spec, profile)))
 
 
 def vllm_settings(spec: Spec, profile: Profile) -> dict[str, Any]:
