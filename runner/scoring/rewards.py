@@ -18,6 +18,7 @@ from typing import Any
 
 from runner.scoring.benchmarks import extract_choice
 from runner.spec.rlrules import BUILT_IN
+from runner.spec.typed import Spec
 
 RewardFn = Callable[..., list[float]]
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -118,3 +119,19 @@ def from_file(path: Path, name: str) -> RewardFn:
         return [float(r) for r in fn(*args, **kwargs)]
     named.__name__ = name
     return named
+
+
+def reward_functions(spec: Spec) -> tuple[list[RewardFn], list[float]]:
+    """The spec's rewards (built-in, or from a local file the spec opted into) and their weights."""
+    g = spec.train.grpo
+    funcs = []
+    for r in g.rewards:
+        if r.path is None:
+            funcs.append(built_in(r.name, g.max_completion_length))
+        elif not g.trust_reward_code:  # the schema rule says so too; a spec built in code skips it
+            from runner.core.errors import SpecError
+
+            raise SpecError([f"train.grpo.rewards: {r.path} is code: set train.grpo.trust_reward_code: true"])
+        else:
+            funcs.append(from_file(spec.resolve(r.path), r.name))
+    return funcs, [r.weight for r in g.rewards]

@@ -1,9 +1,11 @@
 """GRPO on the tiny model, started from an SFT adapter through train.init_adapter (a chain of two specs).
 
-The task is one the tiny model can learn in a few dozen CPU steps and the reward can verify: SFT on
-questions whose answers are spread evenly over A-D teaches the answer format ("B. word") and no
-preference among the letters; the GRPO questions' key is always B. So the answer_correct reward
-starts near a quarter and GRPO must raise it: measured in the metrics log, not mocked.
+The task is one the tiny model can learn in a few dozen CPU steps and the reward can verify. SFT
+teaches the answer format on the same prompts (as qa rows whose question holds the options, so the
+prompt renders exactly as the multiple_choice one, and whose answer is the bare letter: a one-token
+answer the tiny model learns in seconds), with the answers spread evenly over A-D, so no preference
+among the letters. The GRPO questions' key is always B: the answer_correct reward starts near a
+quarter and GRPO must raise it, measured from the metrics log, not mocked.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import pytest
 from tests.integration.conftest import runner
 
 WORDS = ("apple", "river", "stone", "cloud", "maple", "ember", "frost", "grain", "harbor", "island", "jade", "kelp")
-MODEL = "{source: init, init: {hidden_size: 32, intermediate_size: 64, num_layers: 2, num_heads: 4, " \
+MODEL = "{source: init, init: {hidden_size: 64, intermediate_size: 128, num_layers: 2, num_heads: 4, " \
         "num_kv_heads: 2, vocab_size: 1024, initializer_range: 0.1}, quantization: nf4}"
 
 
@@ -34,19 +36,25 @@ def questions(n: int, key: str | None, seed: int) -> list[dict[str, object]]:
     return rows
 
 
+def as_qa(row: dict[str, object]) -> dict[str, object]:
+    """The multiple_choice row as a qa row whose prompt renders the same and whose answer is the letter."""
+    options = "\n".join(f"{k}. {v}" for k, v in row["options"].items())  # type: ignore[attr-defined]
+    return {"question": f"{row['question']}\n{options}", "answer": row["answer_idx"]}
+
+
 def write_chain(folder: Path, grpo: str = "") -> tuple[Path, Path]:
     """sft.yaml (SFT on evenly spread answers) and grpo.yaml (GRPO from its adapter, key always B)."""
-    for name, key in (("sft.jsonl", None), ("grpo.jsonl", "B")):
-        (folder / name).write_text("".join(json.dumps(r) + "\n" for r in questions(32, key, 3)))
-    common = f"seed: 5\nmodel: {MODEL}\nlora: {{r: 8, alpha: 16, dropout: 0.0}}\nexport: {{merged: false}}\n"
+    (folder / "sft.jsonl").write_text("".join(json.dumps(as_qa(r)) + "\n" for r in questions(32, None, 3)))
+    (folder / "grpo.jsonl").write_text("".join(json.dumps(r) + "\n" for r in questions(32, "B", 3)))
+    common = f"seed: 5\nmodel: {MODEL}\nlora: {{r: 16, alpha: 32, dropout: 0.0}}\nexport: {{merged: false}}\n"
     sft = folder / "sft.yaml"
-    sft.write_text(common + "name: sft\ndata: {train: {path: sft.jsonl}, template: plain, validation_fraction: 0}\n"
-                   "train: {max_steps: 60, learning_rate: 1e-2, batch_size: 8, save_steps: 100, warmup: 0}\n")
+    sft.write_text(common + "name: sft\ndata: {train: {path: sft.jsonl}, format: qa, template: plain, validation_fraction: 0}\n"
+                   "train: {max_steps: 80, learning_rate: 1e-2, batch_size: 8, save_steps: 100, warmup: 0}\n")
     spec = folder / "grpo.yaml"
     spec.write_text(common + "name: grpo\ndata: {train: {path: grpo.jsonl}, template: plain, validation_fraction: 0}\n"
                     "train:\n  method: grpo\n  init_adapter: {spec: sft.yaml}\n  max_steps: 24\n"
                     "  learning_rate: 1e-2\n  batch_size: 8\n  scheduler: constant\n  warmup: 0\n  save_steps: 8\n"
-                    "  grpo: {num_generations: 4, max_completion_length: 3, temperature: 1.0" + grpo + "}\n")
+                    "  grpo: {num_generations: 4, max_completion_length: 2, temperature: 1.0" + grpo + "}\n")
     return sft, spec
 
 
@@ -80,7 +88,7 @@ def test_grpo_raises_the_correct_answer_reward(chained: tuple[Path, Path, Path, 
                  "rewards/answer_correct/share_unreadable", "kl", "completions/mean_length"):
         assert name in rows[-1], name
     adapter = json.loads((train / "adapter" / "adapter_config.json").read_text())
-    assert adapter["r"] == 8 and not (train / "adapter" / "ref").exists()
+    assert adapter["r"] == 16 and not (train / "adapter" / "ref").exists()
 
 
 def test_plan_shows_the_chain_cached_and_a_changed_sft_moves_the_grpo_key(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,35 @@ def test_grpo_needs_prompts_with_a_checkable_answer(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match="multiple_choice or qa source, got text"):
         parse_spec("model: {source: init}\ndata: {train: {path: train.jsonl}, format: text}\ntrain: {method: grpo}\n",
                    base_dir=tmp_path)
+
+
+def test_a_user_reward_runs_only_with_the_opt_in_and_its_file_digest_is_in_the_train_key(tmp_path: Path) -> None:
+    from runner.core.keys import stage_key
+    from runner.core.plan import stage_inputs
+    from runner.machine.probe import Probe
+    from runner.machine.profile import resolve_profile
+    from runner.scoring.rewards import reward_functions
+    from runner.stages import all_stages
+
+    (tmp_path / "mine.py").write_text("def mine(completions, **kw):\n    return [0.0] * len(completions)\n")
+    text = grpo_spec(tmp_path, "{method: grpo, grpo: {trust_reward_code: true, rewards: [{name: mine, path: mine.py}]}}")
+    [train] = [s for s in all_stages() if s.name == "train"]
+    probe = Probe(cpu_count=2, cores=2, ram_mib=24000, torch="2.13.0+cpu", bitsandbytes="0.50.2")
+
+    def key() -> str:
+        spec = parse_spec(text, base_dir=tmp_path)
+        upstream = dict.fromkeys(train.upstream, "0" * 64)
+        return stage_key(stage_inputs(train, spec, resolve_profile(spec, probe), upstream))
+
+    before = key()
+    assert key() == before
+    (tmp_path / "mine.py").write_text("def mine(completions, **kw):\n    return [1.0] * len(completions)\n")
+    assert key() != before  # the file's content, not its name, is in the key
+    # A spec built in code skips the schema's rule: the trainer's own check refuses the file too.
+    trusted = parse_spec(text, base_dir=tmp_path)
+    untrusted = dataclasses.replace(trusted, train=dataclasses.replace(
+        trusted.train, grpo=dataclasses.replace(trusted.train.grpo, trust_reward_code=False)))
+    with pytest.raises(SpecError, match="is code: set train.grpo.trust_reward_code: true"):
+        reward_functions(untrusted)
+    funcs, weights = reward_functions(trusted)
+    assert [f.__name__ for f in funcs] == ["mine"] and weights == [1.0] and funcs[0](["a", "b"]) == [1.0, 1.0]

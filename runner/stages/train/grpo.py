@@ -13,11 +13,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-from runner.core.errors import ProfileError, SpecError
 from runner.machine.profile import Profile
-from runner.scoring.rewards import LETTER, TEXT, RewardFn, built_in, from_file
+from runner.scoring.rewards import LETTER, TEXT, reward_functions
 from runner.spec.typed import Spec
 from runner.stages.train.batches import MetricsLog
+from runner.stages.train.engine import vllm_settings
 
 OPTION = re.compile(r"^([A-Z])\. ", re.MULTILINE)  # an option line of the multiple-choice prompt (formats.to_question)
 # What metrics.jsonl keeps of GRPO's logs, beside SFT's loss, learning rate and grad norm.
@@ -48,20 +48,6 @@ def key_of(prompt: str, answer: str) -> dict[str, Any]:
     return {"prompt": prompt, "answer": answer, "kind": TEXT, "choices": 0}
 
 
-def reward_functions(spec: Spec) -> tuple[list[RewardFn], list[float]]:
-    """The spec's rewards (built-in, or from a local file the spec opted into) and their weights."""
-    g = spec.train.grpo
-    funcs = []
-    for r in g.rewards:
-        if r.path is None:
-            funcs.append(built_in(r.name, g.max_completion_length))
-        elif not g.trust_reward_code:  # the schema rule says so too; a spec built in code skips it
-            raise SpecError([f"train.grpo.rewards: {r.path} is code: set train.grpo.trust_reward_code: true"])
-        else:
-            funcs.append(from_file(spec.resolve(r.path), r.name))
-    return funcs, [r.weight for r in g.rewards]
-
-
 def grpo_args(spec: Spec, profile: Profile, output_dir: Path) -> Any:
     """GRPOConfig with the supervised trainer's settings (training_args) and the spec's GRPO section."""
     from trl import GRPOConfig
@@ -81,23 +67,6 @@ def grpo_args(spec: Spec, profile: Profile, output_dir: Path) -> Any:
            # the model trains with use_cache off (attach_lora); generation wants its KV cache
            "generation_kwargs": {"use_cache": True}}
     return GRPOConfig(**(kept | own | vllm_settings(spec, profile)))
-
-
-def vllm_settings(spec: Spec, profile: Profile) -> dict[str, Any]:
-    """TRL's vLLM generation, colocated in the training process, when the spec asks: a CUDA profile and
-    vllm installed, else one line saying what to change. Nothing when it does not ask (HF generate)."""
-    import importlib.util
-
-    if not spec.train.grpo.vllm:
-        return {}
-    if profile.device != "cuda":
-        raise ProfileError(f"train.grpo.vllm: needs a CUDA device, this profile is {profile.device}: "
-                           "set train.grpo.vllm: false to generate with transformers")
-    if importlib.util.find_spec("vllm") is None:
-        raise ProfileError("train.grpo.vllm: vllm is not installed: `pip install vllm`, or set train.grpo.vllm: false")
-    # Colocated: generation shares the GPU with training (no second server); leave most memory to training.
-    return {"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.3,
-            "vllm_enable_sleep_mode": False}
 
 
 class GrpoMetricsLog(MetricsLog):
