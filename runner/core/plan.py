@@ -164,11 +164,18 @@ def memory_lines(steps: list[Step], spec: Spec, profile: Profile) -> list[str]:
     seq_len = spec.data.max_length
     if data is not None:
         seq_len = json.loads((data.path / "stats.json").read_text("utf-8"))["train_tokens"]["max"]
+    prompt_len = seq_len
+    if spec.train.method == "grpo":  # the step's rows: a prompt and a generated completion
+        seq_len += spec.train.grpo.max_completion_length
     fitted = fit_profile(spec, profile, config, seq_len)
     budget = profile.memory_mib * 2**20 * MEMORY_BUDGET / GIB
     lines = [f"memory: {fitted.estimate.describe()} at micro-batch {fitted.micro_batch}, {seq_len} tokens; "
              f"budget {budget:.1f} GiB" + ("" if fitted.fits else ": DOES NOT FIT, training would stop")]
     lines += [f"  - {note}" for note in fitted.notes]
+    if spec.train.method == "grpo":
+        from runner.machine.grpomemory import grpo_memory_line
+
+        lines.append(grpo_memory_line(spec, profile, config, prompt_len))
     return lines
 
 

@@ -25,12 +25,13 @@ MODEL = "{source: init, init: {hidden_size: 64, intermediate_size: 128, num_laye
 
 
 def questions(n: int, key: str | None, seed: int) -> list[dict[str, object]]:
-    """Multiple-choice rows; the answer is `key`, or an even spread over A-D when None."""
+    """Multiple-choice rows; the answer is `key`, or when None B for half of them and A, C, D in turn
+    for the rest (so sampling finds B in most groups of completions from the start, and is not bound to)."""
     rng = random.Random(seed)
     rows = []
     for i in range(n):
         options = rng.sample(WORDS, 4)
-        answer = key or "ABCD"[i % 4]
+        answer = key or ("B" if i % 2 == 0 else "ACD"[i // 2 % 3])
         rows.append({"question": f"Which word is number {i}?", "options": dict(zip("ABCD", options)),
                      "answer_idx": answer, "id": str(i)})
     return rows
@@ -53,8 +54,8 @@ def write_chain(folder: Path, grpo: str = "") -> tuple[Path, Path]:
     spec = folder / "grpo.yaml"
     spec.write_text(common + "name: grpo\ndata: {train: {path: grpo.jsonl}, template: plain, validation_fraction: 0}\n"
                     "train:\n  method: grpo\n  init_adapter: {spec: sft.yaml}\n  max_steps: 24\n"
-                    "  learning_rate: 1e-2\n  batch_size: 8\n  scheduler: constant\n  warmup: 0\n  save_steps: 8\n"
-                    "  grpo: {num_generations: 4, max_completion_length: 2, temperature: 1.0" + grpo + "}\n")
+                    "  learning_rate: 1e-2\n  batch_size: 16\n  scheduler: constant\n  warmup: 0\n  save_steps: 8\n"
+                    "  grpo: {num_generations: 8, max_completion_length: 2, temperature: 1.0" + grpo + "}\n")
     return sft, spec
 
 
