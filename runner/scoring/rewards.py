@@ -94,7 +94,8 @@ def built_in(name: str, max_tokens: int) -> RewardFn:
     """A built-in reward by its spec name, named so TRL logs it as rewards/<name>/mean and /std."""
     if name not in BUILT_IN:
         raise ValueError(f"unknown reward {name!r}")
-    fn: RewardFn = {"answer_correct": answer_correct, "format": format_reward}.get(name) or length_penalty(max_tokens)
+    fixed: dict[str, RewardFn] = {"answer_correct": answer_correct, "format": format_reward}
+    fn = fixed.get(name) or length_penalty(max_tokens)
 
     def named(*args: Any, **kwargs: Any) -> list[float]:
         return fn(*args, **kwargs)

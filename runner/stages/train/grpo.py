@@ -93,7 +93,7 @@ def build_grpo_trainer(model: Any, spec: Spec, profile: Profile, work: Path, tra
     from runner.report.trackers import tracker_log
     from runner.stages.train.batches import QuietProgress, StopOnSignal
 
-    funcs, _ = reward_functions(spec)
+    funcs: list[Any] = reward_functions(spec)[0]  # TRL types a reward as returning list[float | None]
     tracked = tracker_log(spec, work)
     callbacks = [GrpoMetricsLog(metrics, profile.device, tracked.row if tracked else None), StopOnSignal()]
     callbacks += [tracked] if tracked else []
