@@ -30,12 +30,15 @@ SLICED: dict[str, set[str]] = {
              "system_prompt", "max_length", "max_rows", "replacement"},
     "Source": {"hub", "config", "split", "revision", "name", "format", "fields", "weight", "rows"},
     "Fields": {"question", "options", "answer_key", "answer_key_type", "context", "answer", "instruction", "input",
-               "output", "messages", "text"},
-    "Lora": {"r", "alpha", "dropout", "target_modules"},
+               "output", "messages", "text", "prompt", "chosen", "rejected", "completion", "label"},
+    "Lora": {"r", "alpha", "dropout", "target_modules", "use_dora", "use_rslora", "modules_to_save", "init"},
     "Train": {"epochs", "max_steps", "learning_rate", "batch_size", "micro_batch_size", "scheduler", "warmup",
               "weight_decay", "max_grad_norm", "optimizer", "gradient_checkpointing", "packing", "eval_steps",
-              "early_stopping"},
+              "early_stopping", "method", "dpo", "orpo", "kto"},
     "EarlyStopping": {"patience", "min_delta"},
+    "Dpo": {"beta", "loss_type", "label_smoothing"},  # only under their method (train.method_slice)
+    "Orpo": {"beta"},
+    "Kto": {"beta", "desirable_weight", "undesirable_weight"},
     "Export": {"merged", "merged_dtype", "gguf", "parity"},
     "Gguf": {"types"},
     "Parity": {"samples", "on_fail", "unquantized", "q8", "q4"},  # on_fail: a failed gate keeps no output
@@ -139,6 +142,12 @@ data:
   validation: [{name: v, path: train.jsonl}]
 eval: {benchmarks: [{name: local, path: test.jsonl}]}
 """
+# The preference methods: their sections, and the fields of their formats, are read only under them.
+METHODS = """
+model: {source: init}
+data: {train: {path: train.jsonl}, format: %s}
+train: {method: %s}
+"""
 ROW = '{"question": "q?", "options": {"A": "a", "B": "b"}, "answer_idx": "A"}\n'
 
 
@@ -154,7 +163,9 @@ def specs(tmp_path: Path) -> list[Spec]:
     mixture = parse_spec(MIXTURE, base_dir=tmp_path)
     # A Hub model's slice reads id, revision and trust_remote_code; an init one its shape; a mixture
     # its sources' names, formats, fields and shares, the sampling and the epochs.
-    return [full, hub, mixture]
+    methods = [parse_spec(METHODS % pair, base_dir=tmp_path) for pair in
+               (("preference", "dpo"), ("preference", "orpo"), ("kto", "kto"))]
+    return [full, hub, mixture, *methods]
 
 
 def slices(spec: Spec) -> str:

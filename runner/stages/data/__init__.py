@@ -78,6 +78,10 @@ def _fields_key(fields: Fields, fmt: str) -> dict[str, Any]:
     """The fields that shape the rows; `text` only for a text source, so other keys stay as they were. A chat
     source also names its reader: ShareGPT rows and role names, once dropped, are read since it changed."""
     extra = {"text": fields.text} if fmt == "text" else {"chat_rows": "openai+sharegpt"} if fmt == "chat" else {}
+    if fmt == "preference":
+        extra = {"prompt": fields.prompt, "chosen": fields.chosen, "rejected": fields.rejected}
+    elif fmt == "kto":
+        extra = {"prompt": fields.prompt, "completion": fields.completion, "label": fields.label}
     return fields_slice(fields) | extra
 
 
@@ -121,14 +125,15 @@ def run(ctx: StageContext) -> None:
         require_chat_template(tok, "data")
     parts = ctx.out / ".parts"  # a mixture's tokenized sources, sampled into train.arrow, then removed
     parts.mkdir()
-    validation = ArrowRows(ctx.out / "validation.arrow")
-    train_direct = None if mixture else ArrowRows(ctx.out / "train.arrow")
+    kind = row_kind(spec)
+    validation = ArrowRows(ctx.out / "validation.arrow", kind=kind)
+    train_direct = None if mixture else ArrowRows(ctx.out / "train.arrow", kind=kind)
     tallies: dict[str, Tally] = {}
     for src in sources:
         paths = local_paths(spec, src)
         split = src.role == "train" and spec.data.validation is None
         held = held_out(src, paths, spec.data.max_rows, spec.data.validation_fraction, spec.seed) if split else None
-        train = train_direct or ArrowRows(parts / f"{src.name}.arrow", extra=True, random_access=True)
+        train = train_direct or ArrowRows(parts / f"{src.name}.arrow", extra=True, random_access=True, kind=kind)
         tally = tallies.setdefault(src.name if src.role == "train" else f"validation/{src.name}", Tally())
         build_source(src, paths, spec, tok, held, {"train": train, "validation": validation}, tally)
         if train is not train_direct:
@@ -151,6 +156,13 @@ def run(ctx: StageContext) -> None:
     shutil.rmtree(parts)
     ctx.log(f"data: {stats['rows']['train']} train / {stats['rows']['validation']} validation rows, "
             f"{sum(stats['dropped'].values())} dropped {stats['dropped'] or ''}")
+
+
+def row_kind(spec: Spec) -> str:
+    """What a row of train.arrow holds: a pair (`preference`), a labelled completion (`kto`) or an
+    example (`sft`); the method's rules keep every source of a spec in one of them."""
+    formats = {src.format for role in ("train", "validation") for src in resolved(spec, role)}
+    return next((f for f in ("preference", "kto") if f in formats), "sft")
 
 
 def unchanged(ctx: StageContext) -> None:

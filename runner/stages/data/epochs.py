@@ -62,7 +62,9 @@ def _write_epochs(ctx: StageContext, kept: dict[str, int], quota: dict[str, int]
     spec = ctx.spec
     tables = {n: pa.ipc.open_file(pa.memory_map(str(parts / f"{n}.arrow"))).read_all() for n in kept if kept[n]}
     plan = schedule(kept, quota, spec.data.replacement, spec.seed, spec.train.epochs)
-    out = ArrowRows(ctx.out / "train.arrow")
+    from runner.stages.data import row_kind
+
+    out = ArrowRows(ctx.out / "train.arrow", kind=row_kind(spec))
     written = []
     with open(ctx.out / "epochs.jsonl", "w", encoding="utf-8") as log:
         for epoch, order in enumerate(plan):

@@ -8,7 +8,7 @@ slower per step on CPU and doubled memory there.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +47,27 @@ def spec_slice(spec: Spec) -> dict[str, Any]:
     if t.early_stopping is not None:
         train["early_stopping"] = {"patience": t.early_stopping.patience, "min_delta": t.early_stopping.min_delta,
                                    "eval_steps": t.eval_steps}
-    return {"lora": {"r": lora.r, "alpha": lora.alpha, "dropout": lora.dropout, "target_modules": lora.target_modules},
-            "train": train, "seed": spec.seed, "model": quantization_slice(spec.model)}
+    train |= method_slice(spec)
+    return {"lora": {"r": lora.r, "alpha": lora.alpha, "dropout": lora.dropout, "target_modules": lora.target_modules}
+            | lora_variant_slice(spec), "train": train, "seed": spec.seed, "model": quantization_slice(spec.model)}
+
+
+def method_slice(spec: Spec) -> dict[str, Any]:
+    """train.method and its section, only away from sft: SFT specs keep the keys they had."""
+    t = spec.train
+    if t.method == "sft":
+        return {}
+    settings = {"dpo": t.dpo, "orpo": t.orpo, "kto": t.kto}.get(t.method)
+    return {"method": t.method} | ({t.method: asdict(settings)} if settings is not None else {})
+
+
+def lora_variant_slice(spec: Spec) -> dict[str, Any]:
+    """Each LoRA variant only when set away from its default, so earlier keys stay what they were."""
+    lora = spec.lora
+    variants = {"use_dora": lora.use_dora, "use_rslora": lora.use_rslora, "modules_to_save": list(lora.modules_to_save),
+                "init": lora.init}
+    defaults = {"use_dora": False, "use_rslora": False, "modules_to_save": [], "init": "default"}
+    return {k: v for k, v in variants.items() if v != defaults[k]}
 
 
 def local_files(spec: Spec) -> dict[str, Path]:

@@ -13,7 +13,7 @@ import json
 import math
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,8 @@ from runner.core.errors import StageError
 from runner.core.stage import StageContext
 from runner.models.loading import cpu_threads
 from runner.stages.train.launch import is_main_process
-from runner.stages.train.trainer import attach_lora, build_trainer, close_progress
+from runner.stages.train.methods import build_method_trainer, method_summary
+from runner.stages.train.trainer import attach_lora, close_progress
 
 
 @dataclass(frozen=True)
@@ -120,9 +121,7 @@ def _setup_metrics(ctx: StageContext) -> Path:
 
 def train(ctx: StageContext, ready: Ready) -> Trained:
     def make_trainer(micro: int, accumulation: int) -> Any:
-        profile = replace(ctx.profile, micro_batch_size=micro, gradient_accumulation=accumulation)
-        return build_trainer(ready.model, ctx.spec, profile, ctx.work, ready.train_rows, ready.val_rows,
-                             ready.pad_id, ready.metrics)
+        return build_method_trainer(ctx, ready, micro, accumulation)  # by train.method (methods.py)
 
     if ready.sharded and ctx.spec.train.early_stopping is not None:
         raise StageError("train.early_stopping: not supported under FSDP yet; remove it or train in one process "
@@ -269,6 +268,7 @@ def _write_summary(ctx: StageContext, ready: Ready, trained: Trained, rows: list
                "packing": ctx.spec.train.packing, "early_stopping": trained.stopping,
                "seconds": round(trained.result.metrics.get("train_runtime", math.nan), 2),
                "train_rows": len(ready.train_rows), "validation_rows": len(ready.val_rows)}
+    summary |= method_summary(ctx.spec.train.method, trained.eval_before, trained.eval_after)
     (ctx.out / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True), "utf-8")
 
 
