@@ -86,7 +86,8 @@ def to_pair(row: dict[str, Any], fields: Fields) -> Pair:
     return Pair(before_c, chosen, rejected)
 
 
-LABELS = {True: True, False: False, "true": True, "false": False, 1: True, 0: False, "1": True, "0": False}
+# True and False also match 1 and 0 (equal, same hash); 1.0 and 0.0 are made ints first.
+LABELS = {True: True, False: False, "true": True, "false": False, "1": True, "0": False}
 
 
 def to_labelled(row: dict[str, Any], fields: Fields) -> Labelled:

@@ -254,6 +254,30 @@ class EarlyStopping:
 
 
 @dataclass(frozen=True)
+class InitAdapter:
+    spec: str | None = None  # a spec whose train stage gives the adapter (runner.core.chain)
+    path: str | None = None  # or a PEFT adapter folder
+
+
+@dataclass(frozen=True)
+class Reward:
+    name: str
+    weight: float = 1.0
+    path: str | None = None  # a local file defining `name`: user code, only with trust_reward_code
+
+
+@dataclass(frozen=True)
+class Grpo:
+    num_generations: int = 8
+    max_completion_length: int = 256
+    temperature: float = 1.0
+    beta: float = 0.0
+    vllm: bool = False
+    trust_reward_code: bool = False
+    rewards: tuple[Reward, ...] = (Reward("answer_correct", 1.0),)
+
+
+@dataclass(frozen=True)
 class Dpo:
     beta: float = 0.1
     loss_type: Literal["sigmoid", "hinge", "ipo", "robust", "bco_pair", "sppo_hard", "nca_pair", "apo_zero",
@@ -295,6 +319,8 @@ class Train:
     eval_steps: int = 50
     early_stopping: EarlyStopping | None = None
     method: Method = "sft"
+    init_adapter: InitAdapter | None = None
+    grpo: Grpo = field(default_factory=Grpo)
     dpo: Dpo = field(default_factory=Dpo)
     orpo: Orpo = field(default_factory=Orpo)
     kto: Kto = field(default_factory=Kto)

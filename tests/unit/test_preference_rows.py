@@ -84,7 +84,7 @@ def test_dropped_rows_are_counted_by_reason() -> None:
 
 def _spec(tmp_path: Path, body: str) -> object:
     (tmp_path / "pairs.jsonl").write_text(json.dumps({"prompt": "q?", "chosen": "a", "rejected": "b"}) + "\n")
-    return parse_spec("model: {source: init}\ndata: {train: {path: pairs.jsonl}, format: %s}\n" % body,
+    return parse_spec("model: {source: init}\ndata: {train: {path: pairs.jsonl}, format: " + body + "}\n",
                       base_dir=tmp_path)
 
 

@@ -53,12 +53,23 @@ def spec_slice(spec: Spec) -> dict[str, Any]:
 
 
 def method_slice(spec: Spec) -> dict[str, Any]:
-    """train.method and its section, only away from sft: SFT specs keep the keys they had."""
-    t = spec.train
-    if t.method == "sft":
-        return {}
-    settings = {"dpo": t.dpo, "orpo": t.orpo, "kto": t.kto}.get(t.method)
-    return {"method": t.method} | ({t.method: asdict(settings)} if settings is not None else {})
+    """train.method and what it reads, and train.init_adapter, only when set away from supervised
+    training from fresh adapters (their files' digests come in through local_files): SFT specs keep
+    the keys they had, and a method's section enters only under that method."""
+    t, found = spec.train, {}
+    if t.method != "sft":
+        found["method"] = t.method
+    if t.method == "grpo":
+        g = t.grpo
+        found["grpo"] = {"num_generations": g.num_generations, "max_completion_length": g.max_completion_length,
+                         "temperature": g.temperature, "beta": g.beta, "vllm": g.vllm,
+                         "rewards": [{"name": r.name, "weight": r.weight, "file": r.path is not None} for r in g.rewards]}
+    preference = {"dpo": t.dpo, "orpo": t.orpo, "kto": t.kto}.get(t.method)
+    if preference is not None:
+        found[t.method] = asdict(preference)
+    if t.init_adapter is not None:
+        found["init_adapter"] = True
+    return found
 
 
 def lora_variant_slice(spec: Spec) -> dict[str, Any]:
@@ -71,7 +82,17 @@ def lora_variant_slice(spec: Spec) -> dict[str, Any]:
 
 
 def local_files(spec: Spec) -> dict[str, Path]:
-    return {}
+    """The starting adapter's files (train.init_adapter; a spec's is found by runner.core.chain first)
+    and the files of user-written GRPO rewards."""
+    from runner.stages.train.chaining import init_adapter_files
+
+    found: dict[str, Path] = {}
+    start = spec.train.init_adapter
+    if start is not None and start.path is not None:
+        found |= init_adapter_files(spec.resolve(start.path))
+    if spec.train.method == "grpo":
+        found |= {f"reward/{r.name}": spec.resolve(r.path) for r in spec.train.grpo.rewards if r.path is not None}
+    return found
 
 
 def run(ctx: StageContext) -> None:

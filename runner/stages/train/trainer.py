@@ -99,7 +99,7 @@ def training_kwargs(spec: Spec, profile: Profile, output_dir: Path, eval_on_star
     # A mixture's data stage wrote every epoch's rows, each epoch drawn with its own seed, in training
     # order (see runner.stages.data): one pass over them, in that order, is the spec's epochs.
     mixture = is_mixture(spec)
-    return dict(
+    return dict(  # noqa: C408 (keywords: the arguments read as TrainingArguments' own)
         output_dir=str(output_dir), seed=spec.seed, data_seed=spec.seed,
         per_device_train_batch_size=profile.micro_batch_size, per_device_eval_batch_size=profile.micro_batch_size,
         gradient_accumulation_steps=profile.gradient_accumulation,

@@ -1,9 +1,10 @@
-"""The training methods (train.method) behind the train stage's one loop: which trainer each builds.
+"""The preference methods (train.method dpo, orpo, kto): TRL's DPOTrainer, ORPOTrainer and KTOTrainer,
+built by the train loop's one dispatch on train.method (runner.stages.train.loop.train).
 
-`sft` is our own Trainer (runner.stages.train.trainer); `dpo`, `orpo` and `kto` are TRL's trainers,
-given the same model (the QLoRA base with the spec's adapters), the same arguments from the spec and
-the fitted profile, and the same callbacks (metrics log, signals, trackers, progress), so
-checkpoints, resume, out-of-memory retries and the run record are the loop's, whatever the method.
+Each is given what SFT's Trainer is given: the same model (the QLoRA base with the spec's adapters),
+the same arguments from the spec and the fitted profile, and the same callbacks (metrics log,
+signals, trackers, progress), so checkpoints, resume, out-of-memory retries and the run record are
+the loop's, whatever the method.
 
 The data stage has tokenized the rows (runner.stages.data.encoding.encode_pair), with the chat
 template and masking SFT uses: each trainer's own tokenizing is skipped, and the rows are only cut
@@ -14,7 +15,6 @@ functions (see runner.stages.train.loop).
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 from runner.core.stage import StageContext
@@ -24,24 +24,6 @@ PREFERENCE_METHODS = ("dpo", "orpo", "kto")
 # TRL's evaluation metrics under the names our summary keeps (no "/": a "/" names a source there).
 MEASURED = {"eval_rewards/accuracies": "eval_preference_accuracy", "eval_rewards/margins": "eval_reward_margin",
             "eval_log_odds_ratio": "eval_log_odds_ratio", "eval_kl": "eval_kl"}
-
-
-def build_method_trainer(ctx: StageContext, ready: Any, micro: int, accumulation: int) -> Any:
-    """The one place that picks the trainer by train.method, at this micro-batch and accumulation."""
-    profile = replace(ctx.profile, micro_batch_size=micro, gradient_accumulation=accumulation)
-    method = ctx.spec.train.method
-    if method == "sft":
-        from runner.stages.train.trainer import build_trainer
-
-        return build_trainer(ready.model, ctx.spec, profile, ctx.work, ready.train_rows, ready.val_rows,
-                             ready.pad_id, ready.metrics)
-    if method == "grpo":
-        # GRPO (generation, rewards, init_adapter chaining) lives in runner/stages/train/grpo.py, written
-        # beside this module (issue 23's GRPO half); it takes what the other methods take.
-        from runner.stages.train.grpo import build_grpo_trainer  # type: ignore[import-not-found,unused-ignore]
-
-        return build_grpo_trainer(ctx, ready, profile)
-    return build_preference_trainer(ctx, ready, profile)
 
 
 def build_preference_trainer(ctx: StageContext, ready: Any, profile: Profile) -> Any:
@@ -204,7 +186,7 @@ def orpo_row(prompt: list[int], chosen: list[int], rejected: list[int]) -> dict[
     return row
 
 
-def method_summary(method: str, before: dict[str, float] | None, after: dict[str, float] | None) -> dict[str, Any]:
+def preference_summary(method: str, before: dict[str, float] | None, after: dict[str, float] | None) -> dict[str, Any]:
     """The summary's lines of a preference method: held-out preference accuracy and reward margin (DPO,
     KTO's rewards), before and after training; {} for SFT, whose summary has not changed."""
     if method not in PREFERENCE_METHODS:
