@@ -303,20 +303,23 @@ KTO_FILE = "kto_train.jsonl"
 
 
 def _wrong(row: dict) -> str:
-    """A distractor of the question: the option after the answer's, so every letter is used."""
+    """A hedged wrong answer: the option after the answer's (so every letter is used), said unsurely.
+    Every answer is also some other question's distractor, and a 2-layer random model cannot learn which
+    answer goes with an unseen wording (smoke.yaml's held-out accuracy stays near chance), so the hedge
+    is the preference it can carry to held-out pairs; the content is what a real model learns as well."""
     letters = sorted(row["options"])
-    return str(row["options"][letters[(letters.index(row["answer_idx"]) + 1) % len(letters)]])
+    return "not sure, maybe " + str(row["options"][letters[(letters.index(row["answer_idx"]) + 1) % len(letters)]])
 
 
 def preference_rows(train: list[dict]) -> list[dict]:
-    """Every training question as a preference pair (the answer over a distractor), for DPO and ORPO."""
+    """Every training question as a preference pair (the answer over a hedged distractor), for DPO and ORPO."""
     return [{"prompt": f"Question: {row['question']}\nAnswer:", "chosen": row["answer"], "rejected": _wrong(row),
              "id": row["id"]} for row in train]
 
 
 def kto_rows(train: list[dict]) -> list[dict]:
-    """Every training question with one completion, desirable (the answer) and undesirable (a distractor)
-    in turn, for KTO."""
+    """Every training question with one completion, desirable (the answer) and undesirable (a hedged
+    distractor) in turn, for KTO."""
     return [{"prompt": f"Question: {row['question']}\nAnswer:", "completion": row["answer"] if i % 2 == 0
              else _wrong(row), "label": i % 2 == 0, "id": row["id"]} for i, row in enumerate(train)]
 
