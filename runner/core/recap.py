@@ -90,12 +90,17 @@ def clinical_lines(metrics: dict[str, Any]) -> list[str]:
 
 
 def training_notes(train: dict[str, Any]) -> list[str]:
-    """Validation loss per source (a mixture's) and what early stopping did, a line each."""
+    """Validation loss per source (a mixture's), a preference method's held-out figures and what early
+    stopping did, a line each."""
     lines = []
     by_source = train.get("eval_loss_by_source") or {}
     if by_source:
         lines.append("  validation by source: " + ", ".join(
             f"{name} {_loss(v['before'])} -> {_loss(v['after'])}" for name, v in by_source.items()))
+    held_out = train.get("held_out") or {}  # dpo, orpo, kto: the held-out pairs, untrained adapter -> trained
+    if held_out:
+        lines.append(f"  {train['method']} held-out pairs: " + ", ".join(
+            f"{name.replace('_', ' ')} {_loss(v['before'])} -> {_loss(v['after'])}" for name, v in held_out.items()))
     stopping = train.get("early_stopping")
     if stopping:
         best = f"best step {stopping['best_step']}, validation {_loss(stopping['best_eval_loss'])}"

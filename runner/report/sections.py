@@ -167,8 +167,12 @@ def training(inputs: Any) -> Section:
                 ["training loss, first -> last logged step", f"{_num(t['train_loss_first'])} -> {_num(t['train_loss_last'])}"]]
         if t.get("eval_loss_after") is not None:
             before, after = t["eval_loss_before"], t["eval_loss_after"]
-            rows.append(["validation loss, before -> after", f"{_num(before)} -> {_num(after)}"])
-            rows.append(["validation perplexity (answer tokens), before -> after", f"{_num(math.exp(before), 1)} -> {_num(math.exp(after), 1)}"])
+            method = f" ({t['method']})" if "held_out" in t else ""  # a preference loss: no perplexity
+            rows.append([f"validation loss{method}, before -> after", f"{_num(before)} -> {_num(after)}"])
+            if not method:
+                rows.append(["validation perplexity (answer tokens), before -> after", f"{_num(math.exp(before), 1)} -> {_num(math.exp(after), 1)}"])
+            for name, v in (t.get("held_out") or {}).items():  # dpo, orpo, kto: held-out pairs (train/preference.py)
+                rows.append([f"held-out {name.replace('_', ' ')}, before -> after", f"{_num(v['before'])} -> {_num(v['after'])}"])
             for name, v in (t.get("eval_loss_by_source") or {}).items():
                 rows.append([f"validation loss, source {name}, before -> after", f"{_num(v['before'])} -> {_num(v['after'])}"])
         if t.get("early_stopping"):

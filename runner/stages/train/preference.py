@@ -45,7 +45,7 @@ def build_preference_trainer(ctx: StageContext, ready: Any, profile: Profile) ->
     trainer = trainer_cls(model=ready.model, args=args, train_dataset=train_rows, eval_dataset=val_rows,
                           processing_class=tok, callbacks=callbacks_for(spec, profile, ctx.work, ready.metrics),
                           **kwargs)
-    _reference_is_the_base(ready.model)
+    _reference_is_the_base(ready.model, spec.train.init_adapter is not None)
     _keep_dtypes(ready.model, dtypes)
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(QuietProgress())
@@ -121,11 +121,13 @@ def measured(metrics: dict[str, float]) -> dict[str, float]:
     return out
 
 
-def _reference_is_the_base(model: Any) -> None:
-    """TRL gives a PEFT model a frozen copy of its adapter, "ref", as the reference. Ours starts at zero
-    (LoRA's B), so the base with the adapter disabled is the same reference without the copy: its
-    memory, its forward passes, and an adapter saved beside ours."""
-    if "ref" in getattr(model, "peft_config", {}):
+def _reference_is_the_base(model: Any, chained: bool) -> None:
+    """TRL gives a PEFT model a frozen copy of its adapter, "ref", as the reference. A fresh adapter
+    starts at zero (LoRA's B), so the base with the adapter disabled is the same reference without the
+    copy: its memory, its forward passes, and an adapter saved beside ours. A chained one
+    (train.init_adapter, e.g. SFT then DPO) keeps the copy: its reference is where it started, and
+    the adapter written is the trained one alone (loop._save_adapter drops the copy)."""
+    if not chained and "ref" in getattr(model, "peft_config", {}):
         model.delete_adapter("ref")
 
 
