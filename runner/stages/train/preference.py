@@ -45,7 +45,7 @@ def build_preference_trainer(ctx: StageContext, ready: Any, profile: Profile) ->
     trainer = trainer_cls(model=ready.model, args=args, train_dataset=train_rows, eval_dataset=val_rows,
                           processing_class=tok, callbacks=callbacks_for(spec, profile, ctx.work, ready.metrics),
                           **kwargs)
-    _reference_is_the_base(ready.model, spec.train.init_adapter is not None)
+    _reference_is_the_base(ready.model, spec)
     _keep_dtypes(ready.model, dtypes)
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(QuietProgress())
@@ -121,13 +121,18 @@ def measured(metrics: dict[str, float]) -> dict[str, float]:
     return out
 
 
-def _reference_is_the_base(model: Any, chained: bool) -> None:
-    """TRL gives a PEFT model a frozen copy of its adapter, "ref", as the reference. A fresh adapter
-    starts at zero (LoRA's B), so the base with the adapter disabled is the same reference without the
-    copy: its memory, its forward passes, and an adapter saved beside ours. A chained one
-    (train.init_adapter, e.g. SFT then DPO) keeps the copy: its reference is where it started, and
-    the adapter written is the trained one alone (loop._save_adapter drops the copy)."""
-    if not chained and "ref" in getattr(model, "peft_config", {}):
+def _reference_is_the_base(model: Any, spec: Any) -> None:
+    """TRL gives a PEFT model a frozen copy of its adapter, "ref", as the reference. A fresh LoRA adapter
+    starts at zero (B is zero), so the base with the adapter disabled is the same reference without the
+    copy: its memory, its forward passes, and an adapter saved beside ours. The copy is kept where the
+    start is not exactly the base: a chained adapter (train.init_adapter, e.g. SFT then DPO: the
+    reference is where it started), DoRA (its magnitude rescales the 4-bit base's output by a ratio
+    only close to 1) and the orthogonal init (B A is zero only up to rounding); measured on the tiny
+    model, their held-out reward margin before any step is then exactly 0, as a fresh LoRA's is.
+    loop._save_adapter drops the copy: the adapter written is the trained one alone."""
+    lora = spec.lora
+    keep = spec.train.init_adapter is not None or lora.use_dora or lora.init == "orthogonal"
+    if not keep and "ref" in getattr(model, "peft_config", {}):
         model.delete_adapter("ref")
 
 
@@ -138,6 +143,11 @@ def _keep_dtypes(model: Any, dtypes: dict[str, Any]) -> None:
     for name, param in model.named_parameters():
         if name in dtypes and param.dtype != dtypes[name]:
             param.data = param.data.to(dtypes[name])
+    # The reference copy (if kept, see _reference_is_the_base) was cast too: rounded to bf16 it was no
+    # longer the adapter it copies (a margin of -0.003 before any step); copied again, it is.
+    for name, param in model.named_parameters():
+        if ".ref." in name:
+            param.data = model.get_parameter(name.replace(".ref.", ".default.")).data.detach().clone()
 
 
 def _prompt_length(labels: list[int]) -> int:
