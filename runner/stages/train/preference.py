@@ -41,12 +41,12 @@ def build_preference_trainer(ctx: StageContext, ready: Any, profile: Profile) ->
     train_rows = trl_rows(ready.train_rows, method)
     val_rows = trl_rows(ready.val_rows, method) if len(ready.val_rows) else None
     kwargs: dict[str, Any] = {"ref_model": None} if method != "orpo" else {}
-    dtypes = {name: p.dtype for name, p in ready.model.named_parameters() if p.requires_grad}
+    start = {name: p.detach().clone() for name, p in ready.model.named_parameters() if p.requires_grad}
     trainer = trainer_cls(model=ready.model, args=args, train_dataset=train_rows, eval_dataset=val_rows,
                           processing_class=tok, callbacks=callbacks_for(spec, profile, ctx.work, ready.metrics),
                           **kwargs)
     _reference_is_the_base(ready.model, spec)
-    _keep_dtypes(ready.model, dtypes)
+    _keep_start(ready.model, start)
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(QuietProgress())
     return trainer
@@ -136,15 +136,16 @@ def _reference_is_the_base(model: Any, spec: Any) -> None:
         model.delete_adapter("ref")
 
 
-def _keep_dtypes(model: Any, dtypes: dict[str, Any]) -> None:
-    """The adapter's weights in the dtypes SFT trains them in. TRL casts them to bf16 over a 4-bit base
-    (the QLoRA paper's choice on GPUs); on a CPU that made each step some ten times slower, and the
-    same spec would train other numbers under another method."""
+def _keep_start(model: Any, start: dict[str, Any]) -> None:
+    """The trainable weights as SFT starts from them, values and dtypes. TRL rounds them to bf16 over
+    a 4-bit base (the QLoRA paper's choice on GPUs): on a CPU that made each step some ten times
+    slower, the same spec would train other numbers under another method, and a start that was the
+    base no longer was (a modules_to_save copy of embed_tokens rounded to bf16 gave a held-out margin
+    of -0.001 and 33% accuracy before any step)."""
     for name, param in model.named_parameters():
-        if name in dtypes and param.dtype != dtypes[name]:
-            param.data = param.data.to(dtypes[name])
-    # The reference copy (if kept, see _reference_is_the_base) was cast too: rounded to bf16 it was no
-    # longer the adapter it copies (a margin of -0.003 before any step); copied again, it is.
+        if name in start:
+            param.data = start[name]
+    # The reference copy (if kept, see _reference_is_the_base) is the adapter as it starts.
     for name, param in model.named_parameters():
         if ".ref." in name:
             param.data = model.get_parameter(name.replace(".ref.", ".default.")).data.detach().clone()
