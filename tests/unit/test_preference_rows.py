@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from runner.core.errors import SpecError
 from runner.rows.formats import Dropped, convert_rows, to_example
 from runner.rows.pairs import Labelled, Pair, to_labelled, to_pair
-from runner.spec.typed import Fields, parse_spec
+from runner.spec.typed import Fields, Spec, parse_spec
 from runner.stages import all_stages
 
 F = Fields()
@@ -71,9 +72,10 @@ def test_kto_rows_read_their_label() -> None:
     assert to_labelled({"prompt": "q?", "completion": "a", "label": True}, F) == Labelled((("user", "q?"),), "a", True)
     for value, want in (("false", False), (0, False), (1.0, True), ("True", True)):
         assert to_labelled({"prompt": "q?", "completion": "a", "label": value}, F).desirable is want
-    for value in (None, "maybe", 2, [True]):
+    bad: tuple[object, ...] = (None, "maybe", 2, [True])
+    for wrong in bad:
         with pytest.raises(Dropped, match=r"^label is not true or false \(label\)$"):
-            to_labelled({"prompt": "q?", "completion": "a", "label": value}, F)
+            to_labelled({"prompt": "q?", "completion": "a", "label": wrong}, F)
 
 
 def test_dropped_rows_are_counted_by_reason() -> None:
@@ -82,7 +84,7 @@ def test_dropped_rows_are_counted_by_reason() -> None:
     assert len(kept) == 1 and dropped == ["chosen and rejected are the same"]
 
 
-def _spec(tmp_path: Path, body: str) -> object:
+def _spec(tmp_path: Path, body: str) -> Spec:
     (tmp_path / "pairs.jsonl").write_text(json.dumps({"prompt": "q?", "chosen": "a", "rejected": "b"}) + "\n")
     return parse_spec("model: {source: init}\ndata: {train: {path: pairs.jsonl}, format: " + body + "}\n",
                       base_dir=tmp_path)
@@ -96,7 +98,7 @@ def test_method_and_format_must_agree(tmp_path: Path) -> None:
         _spec(tmp_path, "kto}\ntrain: {method: dpo")
     with pytest.raises(SpecError, match="train.method kto reads kto rows, got multiple_choice"):
         _spec(tmp_path, "multiple_choice}\ntrain: {method: kto")
-    assert _spec(tmp_path, "preference}\ntrain: {method: dpo").train.method == "dpo"  # type: ignore[attr-defined]
+    assert _spec(tmp_path, "preference}\ntrain: {method: dpo").train.method == "dpo"
 
 
 def test_lora_variants_refused_where_they_cannot_work(tmp_path: Path) -> None:
@@ -108,9 +110,9 @@ def test_lora_variants_refused_where_they_cannot_work(tmp_path: Path) -> None:
         _spec(tmp_path, "preference}\ntrain: {method: dpo}\nlora: {modules_to_save: [lm_head]")
 
 
-def _train_slice(spec: object) -> dict:
+def _train_slice(spec: Spec) -> dict[str, Any]:
     stage = next(s for s in all_stages() if s.name == "train")
-    return stage.spec_slice(spec)  # type: ignore[no-any-return]
+    return stage.spec_slice(spec)
 
 
 def test_sft_slice_has_no_method_keys_and_variants_enter_only_when_set(tmp_path: Path) -> None:

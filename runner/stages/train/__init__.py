@@ -15,7 +15,7 @@ from typing import Any
 from runner.core.errors import ProfileError
 from runner.core.stage import StageContext
 from runner.machine.profile import Profile
-from runner.spec.typed import Spec
+from runner.spec.typed import Dpo, Kto, Orpo, Spec
 from runner.stages.model import quantization_slice
 from runner.stages.train.gate import check_before_training
 from runner.stages.train.launch import launch
@@ -56,7 +56,7 @@ def method_slice(spec: Spec) -> dict[str, Any]:
     """train.method and what it reads, and train.init_adapter, only when set away from supervised
     training from fresh adapters (their files' digests come in through local_files): SFT specs keep
     the keys they had, and a method's section enters only under that method."""
-    t, found = spec.train, {}
+    t, found = spec.train, dict[str, Any]()
     if t.method != "sft":
         found["method"] = t.method
     if t.method == "grpo":
@@ -64,7 +64,8 @@ def method_slice(spec: Spec) -> dict[str, Any]:
         found["grpo"] = {"num_generations": g.num_generations, "max_completion_length": g.max_completion_length,
                          "temperature": g.temperature, "beta": g.beta, "vllm": g.vllm,
                          "rewards": [{"name": r.name, "weight": r.weight, "file": r.path is not None} for r in g.rewards]}
-    preference = {"dpo": t.dpo, "orpo": t.orpo, "kto": t.kto}.get(t.method)
+    sections: dict[str, Dpo | Orpo | Kto] = {"dpo": t.dpo, "orpo": t.orpo, "kto": t.kto}
+    preference = sections.get(t.method)
     if preference is not None:
         found[t.method] = asdict(preference)
     if t.init_adapter is not None:
