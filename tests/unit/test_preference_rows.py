@@ -128,3 +128,18 @@ def test_sft_slice_has_no_method_keys_and_variants_enter_only_when_set(tmp_path:
     dpo = _train_slice(_spec(tmp_path, "preference}\ntrain: {method: dpo, dpo: {beta: 0.2}"))
     assert dpo["train"]["method"] == "dpo" and dpo["train"]["dpo"] == {"beta": 0.2, "loss_type": "sigmoid",
                                                                        "label_smoothing": 0.0}
+
+
+def test_held_out_figures_reach_the_summary_and_its_printed_line() -> None:
+    from runner.core.recap import training_notes
+    from runner.stages.train.preference import measured, preference_summary
+
+    before = measured({"eval_loss": 0.693, "eval_rewards/accuracies": 0.0, "eval_rewards/margins": 0.0})
+    after = measured({"eval_loss": 0.02, "eval_rewards/accuracies": 1.0, "eval_rewards/margins": 4.0,
+                      "eval_rewards/chosen": 2.0})
+    summary = preference_summary("dpo", before, after)
+    assert summary == {"method": "dpo", "held_out": {"preference_accuracy": {"before": 0.0, "after": 1.0},
+                                                     "reward_margin": {"before": 0.0, "after": 4.0}}}
+    assert preference_summary("sft", before, after) == {}  # an SFT summary is what it was
+    assert training_notes(summary) == ["  dpo held-out pairs: preference accuracy 0.000 -> 1.000, "
+                                       "reward margin 0.000 -> 4.000"]
