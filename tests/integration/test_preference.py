@@ -40,9 +40,10 @@ def write_spec(folder: Path, method: str, epochs: int = 2) -> Path:
     return spec
 
 
-def train(folder: Path, method: str) -> tuple[dict, Path, str]:
+def train(folder: Path, method: str, *sets: str) -> tuple[dict, Path, str]:
     """(the train summary, the train artifact, the printed summary) of the method's tiny run."""
-    done = runner("run", str(write_spec(folder, method)), "--store", str(folder / "store"), "--only", "train")
+    flags = [arg for value in sets for arg in ("--set", value)]
+    done = runner("run", str(write_spec(folder, method)), "--store", str(folder / "store"), "--only", "train", *flags)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     artifact = Path(re.findall(r"^  train\s+(/\S+)$", done.stdout, re.MULTILINE)[0])
     return json.loads((artifact / "summary.json").read_text()), artifact, done.stdout
@@ -63,6 +64,21 @@ def test_dpo_raises_held_out_preference_accuracy_and_margin(tmp_path: Path) -> N
     assert (adapter / "adapter_model.safetensors").is_file() and not (adapter / "ref").exists()
     assert re.search(r"^  dpo held-out pairs: preference accuracy 0\.000 -> \d\.\d{3}, reward margin", printed,
                      re.MULTILINE), printed[-2000:]
+
+
+def test_lora_variants_train_from_exactly_the_base(tmp_path: Path) -> None:
+    """rsLoRA, a Gaussian init and a trained copy of the embeddings, under DPO: PEFT gets each, and the
+    start is the reference (the base, adapter off) exactly: TRL's bf16 rounding of the trainable weights
+    once moved the modules_to_save copy off the base (margin -0.001 before any step). (DoRA keeps TRL's
+    adapter copy as its reference: docs/preference-tuning.md.)"""
+    summary, artifact, _ = train(tmp_path, "dpo", "lora.use_rslora=true", "lora.init=gaussian",
+                                 "lora.modules_to_save=[embed_tokens]", "train.max_steps=3")
+    config = json.loads((artifact / "adapter" / "adapter_config.json").read_text())
+    assert config["use_rslora"] and config["init_lora_weights"] == "gaussian"
+    assert config["modules_to_save"] == ["embed_tokens"]
+    assert summary["held_out"]["reward_margin"]["before"] == 0.0
+    assert summary["held_out"]["preference_accuracy"]["before"] == 0.0
+    assert summary["eval_loss_before"] == pytest.approx(0.693147, abs=1e-6)
 
 
 @pytest.mark.parametrize("method", ["orpo", "kto"])
