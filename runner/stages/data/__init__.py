@@ -11,12 +11,12 @@ says which row of which source each one is; the train stage reads train.arrow on
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 from runner.core.errors import DataError
+from runner.core.outputs import DataStats
 from runner.core.stage import StageContext
 from runner.rows.mixture import Resolved, file_roles, is_mixture, local_paths, resolved
 from runner.rows.reading import read_rows
@@ -170,4 +170,4 @@ def unchanged(ctx: StageContext) -> None:
 
 
 def write_stats(out: Path, stats: dict[str, Any]) -> None:
-    (out / "stats.json").write_text(json.dumps(stats, indent=1, sort_keys=True), "utf-8")
+    DataStats.of(stats).write(out / "stats.json")
