@@ -187,7 +187,7 @@ def reference_for(runs: list[Run], bench: str, against: Literal["baseline", "bes
         return None
     if against == "baseline":
         return runs[0] if runs[0] in scored else None
-    return max(scored, key=lambda r: accuracy(r, bench).acc)  # type: ignore[union-attr]  # scored: not None
+    return max(scored, key=lambda r: accuracy(r, bench).acc or 0.0)  # type: ignore[union-attr]  # scored: not None
 
 
 def compare(runs: list[Run], against: Literal["baseline", "best"] = "baseline") -> list[Comparison]:
