@@ -41,6 +41,8 @@ class DataStats(JsonFile):
     sources: dict[str, SourceStats]
     epochs: int | None  # a mixture's epochs drawn; None for a single source
     VERSION = 1
+    STAGE = "data"
+    REQUIRED = ("train_tokens",)  # what train and compare read
 
     @property
     def mixture(self) -> bool:

@@ -3,6 +3,7 @@ generative accuracy, calibration; free-text scores; perplexity) and predictions.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,7 +184,9 @@ class EvalMetrics(JsonFile):
     free_text: dict[str, FreeText]
     perplexity: Perplexity | None
     chat_template: bool | None
-    VERSION = 6  # the eval stage's metrics layout (runner/stages/eval: version 6 added calibration)
+    VERSION = 6  # the eval stage's version (6 added calibration); older layouts have fewer fields, all optional here
+    STAGE = "eval"
+    REQUIRED = ("benchmarks",)
 
     @property
     def data(self) -> dict[str, Any]:
@@ -216,6 +219,7 @@ class Prediction:
     question: Question  # the row's id, else its index
     answer: str | int
     tuned: str | int | None
+    raw: dict[str, Any] = field(default_factory=dict, kw_only=True, repr=False, compare=False)  # the row as written
 
     @classmethod
     def read(cls, path: Path) -> list[Prediction]:
@@ -224,13 +228,24 @@ class Prediction:
     @classmethod
     def rows(cls, path: Path) -> Iterator[Prediction]:
         for number_, row in jsonl_objects(path):
-            where = f"{path} line {number_}"
-            if not {"benchmark", "answer", "tuned"} <= set(row):
-                raise OutputError(f"{where}: a row without benchmark, answer and tuned; {DAMAGED}")
-            question = row["id"] if row.get("id") is not None else row.get("index")
-            values = {"benchmark": row["benchmark"], "answer": row["answer"], "tuned": row["tuned"], "id": question}
-            for key, value in values.items():
-                if not (value is None and key in ("tuned", "id")) and (
-                        isinstance(value, bool) or not isinstance(value, (str, int)) or (key == "benchmark" and not isinstance(value, str))):
-                    raise OutputError(f"{where}: {key} is {shown(value)}, not text or a whole number; {DAMAGED}")
-            yield cls(row["benchmark"], question, row["answer"], row["tuned"])
+            yield cls.of(row, f"{path} line {number_}")
+
+    @classmethod
+    def of(cls, row: dict[str, Any], where: str = "Prediction") -> Prediction:
+        if not {"benchmark", "answer", "tuned"} <= set(row):
+            raise OutputError(f"{where}: a row without benchmark, answer and tuned; {DAMAGED}")
+        question = row["id"] if row.get("id") is not None else row.get("index")
+        values = {"benchmark": row["benchmark"], "answer": row["answer"], "tuned": row["tuned"], "id": question}
+        for key, value in values.items():
+            if not (value is None and key in ("tuned", "id")) and (
+                    isinstance(value, bool) or not isinstance(value, (str, int)) or (key == "benchmark" and not isinstance(value, str))):
+                raise OutputError(f"{where}: {key} is {shown(value)}, not text or a whole number; {DAMAGED}")
+        return cls(row["benchmark"], question, row["answer"], row["tuned"], raw=row)
+
+    def line(self) -> str:
+        """The row as the eval stage writes it (json.dumps, non-ASCII kept, keys in the order scored)."""
+        return json.dumps(self.raw, ensure_ascii=False) + "\n"
+
+    @classmethod
+    def write(cls, path: Path, rows: list[Prediction]) -> None:
+        path.write_text("".join(row.line() for row in rows), "utf-8")

@@ -38,6 +38,9 @@ class ExportMetadata(JsonFile):
     eval_loss_before: float | None
     eval_loss_after: float | None
     VERSION = 2  # the export stage's version 2: every train field in `spec`
+    STAGE = "export"
+    DEPTH = 1  # adapter/metadata.json
+    REQUIRED = ("base_model", "metrics")
 
     @classmethod
     def parse(cls, data: dict[str, Any], where: str) -> ExportMetadata:
@@ -66,7 +69,9 @@ class ParityReport(JsonFile):
     questions: int | None
     reference: str | None
     forms: dict[str, FormParity]
-    VERSION = 1
+    VERSION = 2  # the export stage's version
+    STAGE = "export"
+    REQUIRED = ("forms",)
     SORT_KEYS = False
 
     @classmethod

@@ -185,15 +185,36 @@ def dumps(data: Any, indent: int = 1, sort_keys: bool = True) -> str:
 OutputT = TypeVar("OutputT", bound="JsonFile")
 
 
+def stage_version(path: Path, stage: str, depth: int) -> int | None:
+    """The version of the stage that wrote the file at `path`, from its artifact's manifest.json
+    (`depth` folders up: 0 for stats.json, 1 for adapter/metadata.json); None outside an artifact of
+    `stage` (a work folder, a file made by hand) or in a manifest that does not record one."""
+    folder = path.parents[depth] if depth < len(path.parents) else path.parent
+    manifest = folder / "manifest.json"
+    if not manifest.is_file():
+        return None
+    data = load_object(manifest)
+    inputs = mapping(data, "inputs", str(manifest))
+    if data.get("stage") != stage or "version" not in inputs:
+        return None
+    return integer(inputs, "version", f"{manifest}: inputs")
+
+
 @dataclass(frozen=True)
 class JsonFile:
     """One JSON object a stage writes: `raw` is the object as written (its bytes are in the stage's
     digest, so writing never reorders or reformats it); the subclass's fields are its checked, typed
-    reading. VERSION is the layout's version: it moves with the writing stage's version, and is not
-    written into the file (the bytes stay those a stage of that version always wrote)."""
+    reading. VERSION is the version of the STAGE that writes the layout (a test keeps the two equal): it
+    is not written into the file, whose bytes (and so every downstream key) stay what they were; the
+    artifact's manifest records it, and `read` refuses a file of a stage version outside OLDEST..VERSION
+    (a newer runner's layout) and a file without one of REQUIRED's keys, in one line."""
 
     raw: dict[str, Any] = field(kw_only=True, repr=False, compare=False)
     VERSION: ClassVar[int] = 1
+    OLDEST: ClassVar[int] = 1  # the oldest stage version whose file this reader still reads
+    STAGE: ClassVar[str | None] = None  # the stage that writes it (None: no stage, no manifest)
+    DEPTH: ClassVar[int] = 0  # folders between the file and its artifact's folder
+    REQUIRED: ClassVar[tuple[str, ...]] = ()  # keys every version of the stage writes
     SORT_KEYS: ClassVar[bool] = True
 
     @classmethod
@@ -201,13 +222,32 @@ class JsonFile:
         raise NotImplementedError
 
     @classmethod
+    def checked(cls: type[OutputT], data: dict[str, Any], where: str) -> OutputT:
+        missing = [key for key in cls.REQUIRED if key not in data]
+        if missing:
+            raise OutputError(f"{where}: no {missing[0]} in it, which the {cls.STAGE} stage always writes; the file is "
+                              f"damaged or was not written by this runner: run that spec again with --force {cls.STAGE}")
+        return cls.parse(data, where)
+
+    @classmethod
     def of(cls: type[OutputT], data: dict[str, Any]) -> OutputT:
         """What a stage is about to write, checked as a reader will check it."""
-        return cls.parse(data, cls.__name__)
+        return cls.checked(data, cls.__name__)
 
     @classmethod
     def read(cls: type[OutputT], path: Path) -> OutputT:
-        return cls.parse(load_object(path), str(path))
+        cls.check_version(path)
+        return cls.checked(load_object(path), str(path))
+
+    @classmethod
+    def check_version(cls, path: Path) -> None:
+        found = stage_version(path, cls.STAGE, cls.DEPTH) if cls.STAGE else None
+        if found is not None and not cls.OLDEST <= found <= cls.VERSION:
+            newer = found > cls.VERSION
+            raise OutputError(f"{path}: written by the {cls.STAGE} stage version {found}, and this runner reads "
+                              f"{cls.__name__} of versions {cls.OLDEST} to {cls.VERSION}; "
+                              + ("read it with the runner that wrote it" if newer else
+                                 f"run that spec again with --force {cls.STAGE}"))
 
     def dumped(self) -> str:
         return dumps(self.raw, sort_keys=self.SORT_KEYS)

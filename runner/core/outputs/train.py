@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,16 +20,26 @@ class TrainRow:
     memory_mib: float | None
     tokens_seen: float | None
     epoch: float | None
+    raw: dict[str, Any] = field(default_factory=dict, kw_only=True, repr=False, compare=False)  # the row as written
+
+    @classmethod
+    def of(cls, row: dict[str, Any], where: str = "TrainRow") -> TrainRow:
+        return cls(integer(row, "step", where), number(row, "loss", where, finite=False),
+                   number(row, "eval_loss", where, finite=False), number(row, "memory_mib", where, finite=False),
+                   number(row, "num_input_tokens_seen", where, finite=False), number(row, "epoch", where, finite=False),
+                   raw=row)
 
     @classmethod
     def read(cls, path: Path) -> list[TrainRow]:
-        out = []
-        for number_, row in jsonl_objects(path):
-            where = f"{path} line {number_}"
-            out.append(cls(integer(row, "step", where), number(row, "loss", where, finite=False),
-                           number(row, "eval_loss", where, finite=False), number(row, "memory_mib", where, finite=False),
-                           number(row, "num_input_tokens_seen", where, finite=False), number(row, "epoch", where, finite=False)))
-        return out
+        return [cls.of(row, f"{path} line {number_}") for number_, row in jsonl_objects(path)]
+
+    def line(self) -> str:
+        """The row as the train stage's MetricsLog writes it (json.dumps, keys in the order logged)."""
+        return json.dumps(self.raw) + "\n"
+
+    @classmethod
+    def write(cls, path: Path, rows: list[TrainRow]) -> None:
+        path.write_text("".join(row.line() for row in rows), "utf-8")
 
 
 @dataclass(frozen=True)
@@ -63,7 +74,9 @@ class TrainSummary(JsonFile):
     by_source: dict[str, SourceLoss] | None = None
     early_stopping: EarlyStopping | None = None
     raw: dict[str, Any] = field(default_factory=dict, kw_only=True, repr=False, compare=False)  # TrainSummary(): no training
-    VERSION = 1
+    VERSION = 4  # the train stage's version; summary.json's layout is that of version 1 with fields added
+    STAGE = "train"
+    REQUIRED = ("steps",)
 
     @classmethod
     def read(cls, path: Path) -> TrainSummary:
