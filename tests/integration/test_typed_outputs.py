@@ -55,6 +55,21 @@ def test_every_artifact_reads_through_its_type_and_writes_back_the_same_bytes(sm
     assert seen == {"stats.json": 2, "summary.json": 2, "metrics.json": 3, "adapter/metadata.json": 3, "parity.json": 1}
 
 
+def test_the_row_files_and_run_records_read_and_write_back_the_same_bytes(smoke_store: Path, tmp_path: Path) -> None:
+    again, seen = tmp_path / "again", {"metrics.jsonl": 0, "predictions.jsonl": 0, "runs": 0}
+    for stage, name, kind in (("train", "metrics.jsonl", TrainRow), ("eval", "predictions.jsonl", Prediction)):
+        for folder in sorted(f for f in (smoke_store / stage).iterdir() if len(f.name) == 64):
+            rows = kind.read(folder / name)
+            assert rows, folder / name
+            kind.write(again, rows)  # type: ignore[arg-type]  # each kind writes its own rows
+            assert again.read_bytes() == (folder / name).read_bytes(), folder / name
+            seen[name] += 1
+    for path in sorted((smoke_store / "runs").glob("*.json")):
+        assert RunRecord.read(path).dumped() == path.read_text("utf-8"), path
+        seen["runs"] += 1
+    assert seen == {"metrics.jsonl": 2, "predictions.jsonl": 3, "runs": 3}
+
+
 def test_the_typed_figures_agree_across_stages(smoke_store: Path) -> None:
     records = [RunRecord.read(path) for path in sorted((smoke_store / "runs").glob("*.json"))]
     assert sorted(r.name for r in records) == sorted(["smoke", "smoke-mix", "smoke-export"])
