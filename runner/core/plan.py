@@ -104,7 +104,7 @@ def mixture_lines(steps: list[Step], spec: Spec) -> list[str]:
     if not is_mixture(spec):
         return []
     data = {s.stage: s for s in steps}["data"].manifest
-    stats = DataStats.read(data.path / "stats.json").raw if data is not None else None  # describe() reads its sources
+    stats = DataStats.read(data.path / "stats.json") if data is not None else None
     return [f"mixture: {len(resolved(spec, 'train'))} sources, sampled {'with' if spec.data.replacement else 'without'} "
             "replacement, a new draw each epoch"] + describe(spec, stats)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from runner.core.outputs.jsonio import JsonFile, integer, mapping, real, text
+from runner.core.outputs.jsonio import JsonFile, integer, mapping, plain_name, real, text
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,7 @@ class ExportMetadata(JsonFile):
     train_loss_last: float | None
     eval_loss_before: float | None
     eval_loss_after: float | None
+    stage_keys: dict[str, str]  # the keys of the model and train stages it was exported from
     VERSION = 2  # the export stage's version 2: every train field in `spec`
     STAGE = "export"
     DEPTH = 1  # adapter/metadata.json
@@ -45,11 +46,13 @@ class ExportMetadata(JsonFile):
     @classmethod
     def parse(cls, data: dict[str, Any], where: str) -> ExportMetadata:
         m, here = mapping(data, "metrics", where), f"{where}: metrics"
+        keys = mapping(data, "stage_keys", where)
         return cls(BaseModel.parse(mapping(data, "base_model", where), f"{where}: base_model"),
                    text(mapping(data, "profile", where), "quantization", f"{where}: profile"),
                    integer(m, "steps", here), integer(m, "trainable_parameters", here),
                    real(m, "train_loss_first", here), real(m, "train_loss_last", here),
-                   real(m, "eval_loss_before", here), real(m, "eval_loss_after", here), raw=data)
+                   real(m, "eval_loss_before", here), real(m, "eval_loss_after", here),
+                   {stage: plain_name(key, f"{where}: stage_keys", stage) for stage, key in keys.items()}, raw=data)
 
 
 @dataclass(frozen=True)
