@@ -166,7 +166,7 @@ def contamination(inputs: Any) -> Section:
     if checked:
         rows = []
         for name, c in checked.items():
-            n = inputs.metrics.raw["benchmarks"][name]["tuned"]["n"]
+            n = inputs.metrics.benchmarks[name].tuned.n
             clean = c["clean"]
             rows.append([name, str(n), str(c["exact"]), str(c["near"]), pct((c["exact"] + c["near"]) / n if n else None),
                          with_ci(clean.get("base")), with_ci(clean["tuned"])])
