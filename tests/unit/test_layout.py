@@ -8,8 +8,6 @@ Read from the source with `ast` (and radon), so a new module is checked the day 
 from __future__ import annotations
 
 import ast
-import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -271,6 +269,90 @@ def test_files_and_functions_stay_small(path: Path) -> None:
             assert length <= MAX_FUNCTION_LINES or "# long:" in head, (
                 f"{relative(path)}:{node.lineno} {node.name} is {length} lines; split it into named steps "
                 f"or say why it must be long (`# long: ...`)")
+
+
+def complex_functions(where: str, text: str) -> list[str]:
+    """Functions (methods and closures too) radon grades D or worse (cyclomatic complexity over 20) in the
+    source `text` of the file `where`, but those that say why in a `# complex:` comment on their first
+    lines, or that are being rewritten."""
+    from radon.complexity import cc_rank, cc_visit
+
+    lines = text.splitlines()
+    todo, wrong, seen = list(cc_visit(text)), [], set()
+    while todo:
+        block = todo.pop()
+        todo += [*getattr(block, "methods", []), *getattr(block, "closures", []), *getattr(block, "inner_classes", [])]
+        if (block.lineno, block.name) in seen:  # radon lists a method both alone and in its class
+            continue
+        seen.add((block.lineno, block.name))
+        if hasattr(block, "methods") or block.complexity <= 20 or (where, block.name) in BEING_REWRITTEN:
+            continue  # a class is graded by its methods
+        if "# complex:" not in "\n".join(lines[block.lineno - 1 : block.lineno + 3]):
+            wrong.append(f"{where}:{block.lineno} {block.name} grades {cc_rank(block.complexity)} "
+                         f"({block.complexity} paths)")
+    return wrong
+
+
+def test_no_function_is_too_complex() -> None:
+    """Radon's D (21-30 independent paths) or worse: split it into named steps, or say why in `# complex: ...`."""
+    pytest.importorskip("radon", reason="radon comes with the lint extra (make test installs it)")
+    wrong = [line for path in modules() for line in complex_functions(relative(path), path.read_text("utf-8"))]
+    assert not wrong, "split these into named steps, or say why they must branch so (`# complex: ...`): " + "; ".join(wrong)
+
+
+def test_the_complexity_check_sees_a_complex_function() -> None:
+    pytest.importorskip("radon", reason="radon comes with the lint extra (make test installs it)")
+    branches = "".join(f"    if x == {i}:\n        return {i}\n" for i in range(21))
+    plain = f"def f(x):\n{branches}    return -1\n"
+    assert complex_functions("runner/probe.py", plain) == ["runner/probe.py:1 f grades D (22 paths)"]
+    assert complex_functions("runner/probe.py", plain.replace("(x):", "(x):  # complex: a table, read as one")) == []
+    method = "class C:\n" + "".join(f"    {line}\n" for line in plain.splitlines())
+    assert complex_functions("runner/probe.py", method) == ["runner/probe.py:2 f grades D (22 paths)"]
+
+
+def mapped(text: str) -> tuple[dict[str, str], set[str]]:
+    """What the map in docs/code-layout.md lists: {module path: its line's description} and the folders,
+    as paths from the repository root. The map is the first ``` block; two spaces of indent per level."""
+    block = text.split("```")[1].strip("\n").splitlines()
+    assert block and block[0] == "runner/", "the map starts with `runner/`"
+    files: dict[str, str] = {}
+    folders: set[str] = set()
+    stack: list[str] = []
+    for line in block:
+        depth = (len(line) - len(line.lstrip(" "))) // 2
+        entry, _, about = line.strip().partition(" ")
+        path = "/".join([*stack[:depth], entry.rstrip("/")])
+        if entry.endswith("/"):
+            stack[depth:] = [entry.rstrip("/")]
+            folders.add(path)
+        else:
+            files[path] = about.strip()
+    return files, folders
+
+
+def on_the_map(path: Path) -> bool:
+    """Every module is on the map but a package's `__init__.py` that holds only its docstring (the
+    folder's line says it)."""
+    body = ast.parse(path.read_text("utf-8")).body
+    return path.name != "__init__.py" or not all(isinstance(node, ast.Expr) for node in body)
+
+
+def test_the_map_in_the_docs_matches_the_tree() -> None:
+    files, folders = mapped(MAP.read_text("utf-8"))
+    missing = sorted(relative(path) for path in modules() if on_the_map(path) and relative(path) not in files)
+    assert not missing, (f"add a line for each to the map in {relative(MAP)} (under its folder: the module and "
+                         f"what it holds): " + ", ".join(missing))
+    gone = sorted(path for path in [*files, *folders] if not (ROOT / path).exists())
+    assert not gone, f"{relative(MAP)} lists what is not in the tree (moved or removed?): " + ", ".join(gone)
+    unsaid = sorted(path for path, about in files.items() if not about)
+    assert not unsaid, f"{relative(MAP)}: say in a few words what each holds: " + ", ".join(unsaid)
+
+
+def test_the_map_reader_reads_folders_and_modules() -> None:
+    files, folders = mapped("x\n```\nrunner/\n  cli.py   commands\n  core/   spine\n    keys.py  keys\n"
+                            "  spec/\n    typed.py\n```\n")
+    assert files == {"runner/cli.py": "commands", "runner/core/keys.py": "keys", "runner/spec/typed.py": ""}
+    assert folders == {"runner", "runner/core", "runner/spec"}
 
 
 def test_the_registry_holds_the_stages_in_the_order_the_cli_names_them() -> None:
