@@ -8,24 +8,24 @@ artifact is upstream for its loss curve and summary, which only the report reads
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 from runner.core.stage import StageContext, benchmark_ids_role, benchmark_role
+from runner.models.adapter import adapter_off
 from runner.rows.mixture import file_roles, is_mixture, resolved
+from runner.rows.reading import read_rows
+from runner.rows.slices import mixture_slice
 from runner.scoring.benchmarks import HARNESS_TASKS, Item, benchmark_items
 from runner.scoring.significance import summarize
+from runner.spec.slices import benchmark_slice, fields_slice, hub_slice, quantization_slice
 from runner.spec.typed import (
     FREE_TEXT,  # benchmark formats answered in free text, scored by ROUGE-L and BLEU
     Benchmark,
     Spec,
 )
-from runner.stages.data import fields_slice, hub_slice, mixture_slice, read_rows
-from runner.stages.model import quantization_slice
 
 PERPLEXITY_ROLE = "perplexity"
 
@@ -75,12 +75,6 @@ def spec_slice(spec: Spec) -> dict[str, Any]:
         out["eval"]["perplexity"] = {"field": ev.perplexity.field, "max_texts": ev.perplexity.max_texts,
                                      "max_length": spec.data.max_length, "batch_size": ev.batch_size}
     return out
-
-
-def benchmark_slice(b: Benchmark) -> dict[str, Any]:
-    # Local files (a benchmark's rows, its ids) enter the key through their digests, not their paths.
-    return ({"name": b.name, "format": b.format} | hub_slice(b) | {"fields": fields_slice(b.fields), "limit": b.limit}
-            | ({"ids": "local"} if b.ids is not None else {}))
 
 
 def _safety_slice(spec: Spec) -> dict[str, Any]:
@@ -136,9 +130,9 @@ def _evaluate(ctx: StageContext) -> None:
 
     from runner.models.loading import load_base, load_tokenizer
     from runner.report.trackers import require_trackers
+    from runner.rows.training_texts import training_texts_of
     from runner.stages.eval.freetext import score_free_text
     from runner.stages.eval.generation import answer_queries
-    from runner.stages.train.gate import training_texts_of
 
     spec = ctx.spec
     require_trackers(spec)  # a missing tracker package stops the stage before scoring, not after
@@ -305,13 +299,6 @@ def contamination(items: list[Any], scored: dict[str, list[int]], train_texts: l
     return {"exact": sum(o.similarity == 1.0 for o in found), "near": sum(o.similarity < 1.0 for o in found),
             "similarity": similarity, "pairs": [vars(o) for o in found[:50]],
             "clean": {label: accuracy([preds[i] == items[i].answer for i in clean]) for label, preds in scored.items()}}
-
-
-@contextlib.contextmanager
-def adapter_off(model: Any, off: bool) -> Iterator[None]:
-    """The base model is the same model with the adapter switched off."""
-    with model.disable_adapter() if off else contextlib.nullcontext():
-        yield
 
 
 def _renderer(tok: Any) -> Any:
