@@ -21,6 +21,7 @@ EVAL = """eval:
   queries: ["What is the first-line treatment for anaphylaxis?"]
   generation: {{max_new_tokens: 12}}
   generative: {{enabled: true, max_new_tokens: 6}}
+  abstain: {{signal: loglik, threshold: 0.3}}
   batch_size: 4
 """
 
@@ -64,6 +65,18 @@ def test_metrics_predictions_and_answers(evaluated: tuple[Path, str]) -> None:
         assert g["max_new_tokens"] == 6 and g["tuned"]["n"] == g["base"]["n"] == bench["tuned"]["n"], name
         assert 0 <= g["tuned"]["unreadable"] <= g["tuned"]["n"] and "delta" in g["paired"]
     assert all(isinstance(r["tuned_generated"], str) and isinstance(r["base_generated"], str) for r in rows)
+    # Every answer carries its confidence signals; metrics.json scores them and the spec's rule.
+    assert all(set(r["signals"]) == {"base", "tuned"} and set(r["signals"]["tuned"]) == {"loglik", "token_prob"}
+               for r in rows)
+    assert all(r["signals"]["tuned"]["loglik"]["correct"] == (r["tuned"] == r["answer"]) for r in rows)
+    assert all(0 < r["signals"]["base"]["token_prob"]["confidence"] <= 1 for r in rows if r["base_generated"].strip())
+    u = medqa["uncertainty"]
+    assert u["tuned"]["loglik"]["acc"] == medqa["tuned"]["acc"] and u["tuned"]["loglik"]["n"] == 16
+    assert u["tuned"]["token_prob"]["acc"] == medqa["generative"]["tuned"]["acc"]
+    assert 0 <= u["base"]["loglik"]["aurc"] <= 1 and u["tuned"]["loglik"]["curve"][-1][0] == 1.0
+    rule = u["abstain"]
+    assert rule["signal"] == "loglik" and rule["tuned"]["answered"] == sum(
+        r["signals"]["tuned"]["loglik"]["confidence"] >= 0.3 for r in rows if r["benchmark"] == "medqa")
     (answer,) = [json.loads(line) for line in (folder / "generations.jsonl").read_text().splitlines()]
     assert set(answer["answers"]) == set(answer["flags"]) == {"base", "tuned"}
     assert answer["prompt"] == "Question: What is the first-line treatment for anaphylaxis?\nAnswer:"
@@ -73,14 +86,15 @@ def test_metrics_predictions_and_answers(evaluated: tuple[Path, str]) -> None:
 def test_the_report_renders_with_tables_and_pictures(evaluated: tuple[Path, str]) -> None:
     folder = evaluated[0]
     md = (folder / "report.md").read_text()
-    for heading in ("## Results", "### Generative accuracy", "## By group", "## Calibration and selective accuracy", "## Benchmark questions in the training data", "## Training", "## Answers to the spec's queries",
+    for heading in ("## Results", "### Generative accuracy", "## By group", "## Calibration and selective accuracy",
+                    "## When not to answer: confidence signals", "### The spec's abstention rule", "## Benchmark questions in the training data", "## Training", "## Answers to the spec's queries",
                     "### Safety flags", "## Spec", "## Hardware profile", "## Where everything is"):
         assert heading in md, heading
     assert re.search(r"^\| medqa \| `medqa_4options` \| 16 \| [\d.]+% \[", md, re.MULTILINE)
     for picture in re.findall(r"!\[[^]]*\]\(([^)]+)\)", md):
-        assert (folder / picture).stat().st_size > 5000  # loss.png (from train), accuracy.png, calibration.png
+        assert (folder / picture).stat().st_size > 5000  # loss (from train), accuracy, calibration, risk_coverage
     page = (folder / "report.html").read_text()
-    assert page.count('src="data:image/png;base64,') == 3 and "<th>McNemar p</th>" in page
+    assert page.count('src="data:image/png;base64,') == 4 and "<th>McNemar p</th>" in page
 
 
 def test_the_report_is_cosmetic_and_a_rerun_reuses_everything(evaluated: tuple[Path, str], tiny: Tiny) -> None:
