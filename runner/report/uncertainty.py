@@ -32,7 +32,8 @@ def plot_risk_coverage(benchmarks: dict[str, Any], path: Path) -> bool:
     found = _found(benchmarks)
     if not found:
         return False
-    fig = Figure(figsize=(3.9 * len(found), 3.9))
+    lines = max(sum(len(_signals(u, label)) for label, _, _ in MODELS) for u in found.values())
+    fig = Figure(figsize=(3.9 * len(found), 3.6 + 0.16 * lines))  # the legends sit below the plots
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(found), squeeze=False)[0]
     for ax, (name, u) in zip(axes, found.items()):
@@ -45,10 +46,14 @@ def plot_risk_coverage(benchmarks: dict[str, Any], path: Path) -> bool:
             if rule and rule["answered"]:
                 ax.plot([1 - rule["abstained"]], [1 - rule["acc_answered"]], marker="o", color=colour,
                         markeredgecolor="black", linestyle="none")
-        ax.set(xlim=(0, 1.02), ylim=(0, 1), xlabel="coverage (share answered)", ylabel="risk (error rate answered)",
-               title=name)
+        if u.get("abstain"):
+            ax.plot([], [], marker="o", color="white", markeredgecolor="black", linestyle="none",
+                    label=f"answered at {u['abstain']['signal']} >= {u['abstain']['threshold']}")
+        # a little room past 0 and 1: a curve at risk 1 (every answer wrong) must not hide in the frame
+        ax.set(xlim=(0, 1.03), ylim=(-0.03, 1.05), xlabel="coverage (share answered)",
+               ylabel="risk (error rate answered)", title=name)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6.5, loc="upper left")
+        ax.legend(fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.17), frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return True
@@ -75,6 +80,8 @@ def uncertainty_section(inputs: Any) -> Section:
     rules = {name: u["abstain"] for name, u in found.items() if u.get("abstain")}
     if rules:
         s.blocks.append(("h3", "The spec's abstention rule"))
+        s.blocks.append(("p", "Answer only when the signal is at least the threshold, abstain below: the accuracy "
+                              "on what is answered and the share abstained (the dots on the curves)."))
         s.blocks.append(("table", ["benchmark", "model", "rule", "answered", "abstained", "accuracy answered",
                                    "accuracy if all answered"],
                          [[name, shown, f"{r['signal']} >= {r['threshold']}", f"{r[label]['answered']} / {r[label]['n']}",

@@ -83,7 +83,7 @@ def curve(confidences: Sequence[float], correct: Sequence[bool], points: int = C
         return []
     errors = cumulative_errors(confidences, correct)
     ks = sorted({max(1, math.ceil(j * n / points - 1e-9)) for j in range(1, points + 1)})
-    return [[_round(k / n), _round(risk_at(errors, k))] for k in ks]
+    return [[round(k / n, 4), round(risk_at(errors, k), 4)] for k in ks]
 
 
 def abstain(confidences: Sequence[float], correct: Sequence[bool], threshold: float) -> dict[str, Any]:

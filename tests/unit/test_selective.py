@@ -99,3 +99,49 @@ def test_rows_with_signals_are_scored_per_model_and_signal() -> None:
 def test_mismatched_lengths_are_refused() -> None:
     with pytest.raises(ValueError, match="3 confidences but 2"):
         cumulative_errors([0.1, 0.2, 0.3], [True, False])
+
+
+def _metrics() -> dict[str, object]:
+    rows = [{"signals": {label: {"loglik": {"confidence": c, "correct": y}} for label in ("base", "tuned")}}
+            for c, y in zip(CONF, [True, False, True, False])]
+    return {"benchmarks": {"medqa": {"uncertainty": uncertainty(rows, ("loglik", 0.7))}}}
+
+
+def test_the_report_section_and_the_summary_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from types import SimpleNamespace
+
+    from runner.core.recap import clinical_lines
+    from runner.report.uncertainty import plot_risk_coverage, uncertainty_section
+
+    metrics = _metrics()
+    assert plot_risk_coverage(metrics["benchmarks"], tmp_path / "rc.png")  # type: ignore[arg-type]
+    assert (tmp_path / "rc.png").stat().st_size > 5000
+    section = uncertainty_section(SimpleNamespace(metrics=metrics, pictures={"risk_coverage": "rc.png"}))
+    header, rows = next(b[1:] for b in section.blocks if b[0] == "table")
+    assert header[:6] == ["benchmark", "model", "signal", "n", "accuracy", "AURC"]
+    # 0.9 T, 0.8 F, 0.7 T, 0.6 F: risks 0, 1/2, 1/3, 1/2 -> AURC 1/3
+    assert rows[0][:6] == ["medqa", "base", "log-likelihood softmax", "4", "50.0%", "0.333"]
+    rule = [b for b in section.blocks if b[0] == "table"][1][2]
+    assert rule[1] == ["medqa", "fine-tuned", "loglik >= 0.7", "3 / 4", "25.0%", "66.7%", "50.0%"]
+    assert ("img", "rc.png", "risk-coverage curves, base vs fine-tuned") in section.blocks
+    (line,) = [x for x in clinical_lines(metrics) if "abstaining" in x]  # type: ignore[arg-type]
+    assert line == "  medqa abstaining below loglik 0.7: accuracy answered base 66.7% -> fine-tuned 66.7%; " \
+                   "abstained base 25.0% -> fine-tuned 25.0%"
+    assert not plot_risk_coverage({"x": {}}, tmp_path / "none.png")
+
+
+def test_abstain_is_checked_and_keyed_only_when_set(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from runner.core.errors import RunnerError
+    from runner.spec.typed import parse_spec
+    from runner.stages.eval import spec_slice
+
+    (tmp_path / "t.jsonl").write_text('{"question": "q?", "options": {"A": "a", "B": "b"}, "answer_idx": "A"}\n')
+    base = "model: {source: init}\ndata: {train: {path: t.jsonl}}\neval:\n  benchmarks: [{name: b, path: t.jsonl}]\n"
+    plain = parse_spec(base, base_dir=tmp_path)
+    assert "abstain" not in spec_slice(plain)["eval"]
+    ruled = parse_spec(base + "  abstain: {signal: loglik, threshold: 0.6}\n", base_dir=tmp_path)
+    assert spec_slice(ruled)["eval"]["abstain"] == {"signal": "loglik", "threshold": 0.6}
+    with pytest.raises(RunnerError, match=r"eval.abstain.signal.*generative.enabled: true"):
+        parse_spec(base + "  abstain: {signal: token_prob, threshold: 0.6}\n", base_dir=tmp_path)
+    with pytest.raises(RunnerError, match="threshold"):
+        parse_spec(base + "  abstain: {signal: loglik, threshold: 1.5}\n", base_dir=tmp_path)

@@ -224,7 +224,7 @@ def score_benchmark(ctx: StageContext, model: Any, tok: Any, bench: Benchmark,
     signals = answer_signals(ctx, model, tok, items, requests, logliks, scored, written)
     rows = []
     for i, item in enumerate(items):
-        row = {"benchmark": bench.name, "index": i, "id": item.id, "group": item.group, "answer": item.answer,
+        row: dict[str, Any] = {"benchmark": bench.name, "index": i, "id": item.id, "group": item.group, "answer": item.answer,
                **{label: preds[i] for label, preds in scored.items()}}
         for label, texts in written.items():
             row[f"{label}_generated"] = texts[i]
