@@ -130,6 +130,41 @@ def test_batched_generation_writes_what_one_question_at_a_time_writes(tiny: Tiny
     assert batched == alone and all(batched)
 
 
+def test_token_prob_is_the_generated_answers_mean_token_log_softmax(evaluated: tuple[Path, str], tiny: Tiny,
+                                                                     shared_data: Path) -> None:
+    import math
+
+    import torch
+    from peft import PeftModel
+
+    from runner.machine.probe import probe_machine
+    from runner.machine.profile import resolve_profile
+    from runner.models.loading import load_base, load_tokenizer
+    from runner.rows.rowfiles import read_local
+    from runner.scoring.benchmarks import benchmark_items
+    from runner.scoring.loglik import requests_for
+    from runner.spec.typed import Benchmark, load_spec
+
+    spec = load_spec(tiny.spec)
+    model = PeftModel.from_pretrained(load_base(tiny.artifacts["model"], spec, resolve_profile(spec, probe_machine())),
+                                      str(tiny.artifacts["export"] / "adapter")).eval()
+    tok = load_tokenizer(tiny.artifacts["model"])
+    items, _ = benchmark_items(Benchmark(name="m", format="medqa", limit=16), read_local(shared_data / "medqa" / "test.jsonl"))
+    contexts = {r.item: list(r.context) for r in requests_for(items, tok, lambda prompt: prompt, " ")}
+    rows = [json.loads(line) for line in (evaluated[0] / "predictions.jsonl").read_text().splitlines()]
+    checked = 0
+    for row in (r for r in rows if r["benchmark"] == "medqa" and r["tuned_generated"].strip()):
+        answer = tok(row["tuned_generated"].rstrip(), add_special_tokens=False).input_ids
+        ids = contexts[row["index"]] + answer
+        with torch.inference_mode():
+            lp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), dim=-1)
+        start = len(ids) - len(answer)
+        mean = sum(float(lp[start - 1 + j, t]) for j, t in enumerate(answer)) / len(answer)
+        assert row["signals"]["tuned"]["token_prob"]["confidence"] == pytest.approx(math.exp(mean), abs=1e-4)
+        checked += 1
+    assert checked >= 3
+
+
 FREE_ONLY = """eval:
   benchmarks:
     - {{name: demo-qa, format: qa, path: {demo}/medmc_test.jsonl, limit: 4}}
