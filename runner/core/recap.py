@@ -80,6 +80,11 @@ def clinical_lines(metrics: dict[str, Any]) -> list[str]:
             lines.append(f"  {bench} calibration: ECE {pair(c, lambda m: m['ece'], '.3f')}; Brier "
                          f"{pair(c, lambda m: m['brier'], '.3f')}; acc at 20% coverage "
                          f"{pair(c, lambda m: m['selective_acc'].get('20'), '.1%')}")
+        rule = (r.get("uncertainty") or {}).get("abstain")
+        if rule:  # the spec's abstention rule: what answering only above the threshold buys
+            lines.append(f"  {bench} abstaining below {rule['signal']} {rule['threshold']}: accuracy answered "
+                         f"{pair(rule, lambda m: m['acc_answered'], '.1%')}; abstained "
+                         f"{pair(rule, lambda m: m['abstained'], '.1%')}")
     for bench, r in metrics.get("free_text", {}).items():
         lines.append(f"  {bench} (free text, n={r['n']}): ROUGE-L {pair(r, lambda m: m['rougeL'], '.1f')}; "
                      f"BLEU {pair(r, lambda m: m['bleu'], '.1f')}")

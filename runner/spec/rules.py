@@ -67,6 +67,10 @@ def _eval_problems(doc: dict[str, Any], base_dir: Path) -> Problems:
     perplexity = doc["eval"]["perplexity"]
     if perplexity is not None:
         found += _local_path(perplexity["path"], ("eval", "perplexity", "path"), base_dir, want_dir=False)
+    rule = doc["eval"]["abstain"]
+    if rule is not None and rule["signal"] != "loglik" and not doc["eval"]["generative"]["enabled"]:
+        found.append((("eval", "abstain", "signal"), f"{rule['signal']!r} is a signal of generated answers: set "
+                      "`eval.generative.enabled: true`, or abstain on `loglik`"))
     names = [b["name"] for b in doc["eval"]["benchmarks"]]
     for i, name in enumerate(names):
         if name in names[:i]:

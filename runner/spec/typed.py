@@ -143,6 +143,12 @@ class Perplexity:
 
 
 @dataclass(frozen=True)
+class Abstain:
+    signal: Literal["loglik", "token_prob", "vote"]
+    threshold: float
+
+
+@dataclass(frozen=True)
 class Eval:
     benchmarks: tuple[Benchmark, ...] = ()
     compare_base: bool = True
@@ -154,6 +160,7 @@ class Eval:
     contamination: Contamination = field(default_factory=Contamination)
     generative: Generative = field(default_factory=Generative)
     perplexity: Perplexity | None = None
+    abstain: Abstain | None = None  # answer only above a confidence: scored, never changes an answer
 
 
 @dataclass(frozen=True)

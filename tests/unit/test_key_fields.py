@@ -43,7 +43,7 @@ SLICED: dict[str, set[str]] = {
     "Q8Tolerance": {"min_agreement", "max_logprob_diff"},
     "Q4Tolerance": {"min_agreement", "max_logprob_diff"},
     "Eval": {"benchmarks", "compare_base", "batch_size", "chat_template", "queries", "generation", "safety",
-             "contamination", "generative", "perplexity"},
+             "contamination", "generative", "perplexity", "abstain"},
     "Benchmark": {"name", "format", "hub", "config", "split", "revision", "fields", "limit"},
     "Generation": {"max_new_tokens", "temperature", "top_p"},
     "Safety": {"builtin", "rules"},
@@ -51,6 +51,7 @@ SLICED: dict[str, set[str]] = {
     "Contamination": {"check", "similarity"},
     "Generative": {"enabled", "max_new_tokens"},
     "Perplexity": {"field", "max_texts"},
+    "Abstain": {"signal", "threshold"},
 }
 # Enter a key through the digests of the files they name (local_files), never as a path: moving a
 # file reruns nothing. (A slice may say that a local file is used, as data's `local` does.)
@@ -127,6 +128,7 @@ eval:
   safety: {rules: [{name: r, pattern: p}]}
   generative: {enabled: true}
   perplexity: {path: corpus.txt}
+  abstain: {signal: token_prob, threshold: 0.6}
 export: {merged: true, gguf: {types: [f16]}, push: {repo_id: someone/adapter}}
 """
 MIXTURE = """

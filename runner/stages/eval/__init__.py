@@ -51,6 +51,8 @@ def spec_slice(spec: Spec) -> dict[str, Any]:
         # Batched greedy decoding pads each batch its own way: a rounding-level change can change a text.
         out["eval"]["generative"] = {"enabled": ev.generative.enabled, "max_new_tokens": ev.generative.max_new_tokens,
                                      "batch_size": ev.batch_size}
+    if ev.abstain is not None:  # left out when unset: only what metrics.json counts as answered changes
+        out["eval"]["abstain"] = {"signal": ev.abstain.signal, "threshold": ev.abstain.threshold}
     if ev.contamination.check:  # what the check reads of the training data
         d = spec.data
         if isinstance(d.train, tuple):  # a mixture: every training source, as the data stage reads it
@@ -213,22 +215,50 @@ def score_benchmark(ctx: StageContext, model: Any, tok: Any, bench: Benchmark,
     written: dict[str, list[str]] = {}
     if spec.eval.generative.enabled:
         written = generate_answers(ctx, model, tok, items, requests, labels)
+    signals = answer_signals(ctx, model, tok, items, requests, logliks, scored, written)
+    rows = []
     for i, item in enumerate(items):
-        row = {"benchmark": bench.name, "index": i, "id": item.id, "group": item.group, "answer": item.answer,
+        row: dict[str, Any] = {"benchmark": bench.name, "index": i, "id": item.id, "group": item.group, "answer": item.answer,
                **{label: preds[i] for label, preds in scored.items()}}
         for label, texts in written.items():
             row[f"{label}_generated"] = texts[i]
+        row["signals"] = {label: per_item[i] for label, per_item in signals.items()}
+        rows.append(row)
         preds_file.write(json.dumps(row, ensure_ascii=False) + "\n")
     summary = summarize([it.answer for it in items], [it.group for it in items], scored, dropped)
     if written:
         summary["generative"] = generative_summary(items, written, spec.eval.generative.max_new_tokens)
     summary["calibration"] = calibration_of(items, requests, logliks)
+    summary["uncertainty"] = uncertainty_of(spec, rows)
     summary["format"] = bench.format
     summary["harness_task"] = HARNESS_TASKS.get(bench.format)
     summary["chance"] = round(sum(1 / len(it.choices) for it in items) / len(items), 4) if items else None
     if spec.eval.contamination.check:
         summary["contamination"] = contamination(items, scored, train_texts, spec.eval.contamination.similarity)
     return summary
+
+
+def answer_signals(ctx: StageContext, model: Any, tok: Any, items: list[Item], requests: list[Any],
+                   logliks: dict[str, list[float]], scored: dict[str, list[int]],
+                   written: dict[str, list[str]]) -> dict[str, list[dict[str, Any]]]:
+    """Each answer's confidence signals, per model and item (see confidence.py)."""
+    from runner.stages.eval.confidence import loglik_signals, merged, token_signals
+
+    found = [("loglik", loglik_signals(items, requests, logliks, scored))]
+    if written:
+        ctx.log(f"eval: scoring the generated answers' token probabilities, {len(items)} questions")
+        picked = {label: picked_of(items, texts) for label, texts in written.items()}
+        found.append(("token_prob", token_signals(model, tok, items, requests, written, picked,
+                                                  ctx.spec.eval.batch_size, adapter_off)))
+    return merged(*found)
+
+
+def uncertainty_of(spec: Spec, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Risk-coverage, AURC, ECE and Brier per model and signal; the spec's abstention rule when it has one."""
+    from runner.scoring.selective import uncertainty
+
+    rule = spec.eval.abstain
+    return uncertainty(rows, (rule.signal, rule.threshold) if rule is not None else None)
 
 
 def calibration_of(items: list[Item], requests: list[Any], logliks: dict[str, list[float]]) -> dict[str, Any]:
@@ -267,18 +297,24 @@ def generate_answers(ctx: StageContext, model: Any, tok: Any, items: list[Any], 
 
 def generative_summary(items: list[Any], written: dict[str, list[str]], max_new_tokens: int) -> dict[str, Any]:
     """Accuracy of the answers read off the generated text; an unreadable answer counts as wrong."""
-    from runner.scoring.benchmarks import extract_choice
     from runner.scoring.significance import accuracy, paired
 
     out: dict[str, Any] = {"max_new_tokens": max_new_tokens, "decoding": "greedy"}
     correct = {}
     for label, texts in written.items():
-        picked = [extract_choice(_first_line(t), it.choices) for t, it in zip(texts, items)]
+        picked = picked_of(items, texts)
         correct[label] = [p == it.answer for p, it in zip(picked, items)]
         out[label] = accuracy(correct[label]) | {"unreadable": sum(p is None for p in picked)}
     if "base" in correct:
         out["paired"] = paired(correct["base"], correct["tuned"])
     return out
+
+
+def picked_of(items: list[Any], texts: list[str]) -> list[int | None]:
+    """The choice read off each generated text (None: unreadable)."""
+    from runner.scoring.benchmarks import extract_choice
+
+    return [extract_choice(_first_line(t), it.choices) for t, it in zip(texts, items)]
 
 
 def _first_line(text: str) -> str:
