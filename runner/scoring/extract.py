@@ -63,10 +63,6 @@ PRESETS: dict[str, tuple[Step, ...]] = {
     # GPQA's "flexible-extract": the last "(X)", else a choice's text, else ": X".
     "flexible": (Step("multi_choice_regex", regex_pattern=r"(\([A-Z]\))", group_select=-1, ignore_case=True,
                       ignore_punctuation=True), Step("take_first")),
-    # A vote over the samples of the last stated answer (self-consistency).
-    "last-answer-vote": (Step("after_thinking"),
-                         Step("regex", regex_pattern=r"[Aa]nswer(?: is)?\s*:?\s*\(?([{letters}{lower}])\)?", group_select=-1),
-                         Step("majority_vote")),
 }
 
 
