@@ -70,3 +70,19 @@ def test_per_question_and_paired_compare() -> None:
     c = compare(base, tuned, ["A", "C"])
     assert c["vote"]["only_tuned_right"] == 1 and c["vote"]["only_base_right"] == 0
     assert c["single"]["only_base_right"] == 1  # question 2: base's first sample right, tuned's wrong
+
+
+def test_report_and_summary_show_vote_single_pass_and_failures() -> None:
+    from runner.core.recap import consistency_lines
+    from runner.report.sections import consistency_blocks
+
+    c = consistency([["A", "A", "B"], ["B", "C", "C"], [None, None, "D"], [None, None, None]], ["A", "C", "A", "B"])
+    g = {"samples": 3, "decoding": "sampled", "temperature": 0.7, "max_new_tokens": 64, "thinking_budget": 32,
+         "extract": "last-answer", "consistency": {"tuned": c}}
+    (line,) = consistency_lines("medqa", g)
+    assert line == ("  medqa (vote of 3): fine-tuned vote 50.0%, one sample 25.0%, pass@3 50.0%, agreement 0.42, "
+                    "failed extractions 5 of 12 samples")
+    heading, table, prose = consistency_blocks({"medqa": g})
+    assert heading == ("h3", "Self-consistency") and table[2][0][:3] == ["medqa", "tuned", "3"]
+    assert table[2][0][-1] == "5 / 12" and "up to 32 thinking tokens" in prose[1]
+    assert consistency_lines("medqa", g | {"consistency": {"tuned": c | {"samples": 1}}}) == []
