@@ -78,6 +78,22 @@ def _eval_problems(doc: dict[str, Any], base_dir: Path) -> Problems:
     for i, rule in enumerate(doc["eval"]["safety"]["rules"]):
         for part in ("pattern", "unless"):
             found += _regex(rule[part], ("eval", "safety", "rules", i, part))
+    return found + _generative_problems(doc["eval"]["generative"])
+
+
+def _generative_problems(gen: dict[str, Any]) -> Problems:
+    found: Problems = []
+    if gen["samples"] > 1 and gen["temperature"] == 0:
+        found.append((("eval", "generative", "samples"), f"{gen['samples']} samples of greedy decoding are one answer "
+                      "repeated: set eval.generative.temperature > 0 (0.7 is usual) or samples: 1"))
+    steps = gen["filters"]
+    for i, step in enumerate(steps):
+        if step["function"] == "take_first" and i != len(steps) - 1:
+            found.append((("eval", "generative", "filters", i, "function"), "take_first chooses among samples: "
+                          "make it the last step"))
+        for j, pattern in enumerate([step["regex_pattern"], *step["regexes_to_ignore"]]):
+            where = ("regex_pattern",) if j == 0 else ("regexes_to_ignore", j - 1)
+            found += _regex(pattern, ("eval", "generative", "filters", i, *where))
     return found
 
 

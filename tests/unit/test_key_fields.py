@@ -49,7 +49,10 @@ SLICED: dict[str, set[str]] = {
     "Safety": {"builtin", "rules"},
     "SafetyRule": {"name", "pattern", "unless"},
     "Contamination": {"check", "similarity"},
-    "Generative": {"enabled", "max_new_tokens"},
+    "Generative": {"enabled", "max_new_tokens", "samples", "temperature", "top_p", "thinking_budget", "think_end",
+                   "stop", "extract", "filters"},
+    "FilterStep": {"function", "regex_pattern", "group_select", "fallback", "ignore_case", "ignore_punctuation",
+                   "regexes_to_ignore"},
     "Perplexity": {"field", "max_texts"},
     "Abstain": {"signal", "threshold"},
 }
@@ -126,7 +129,7 @@ eval:
   queries: ["what?"]
   generation: {temperature: 0.5}
   safety: {rules: [{name: r, pattern: p}]}
-  generative: {enabled: true}
+  generative: {enabled: true, filters: [{function: regex, regex_pattern: "x"}]}
   perplexity: {path: corpus.txt}
   abstain: {signal: token_prob, threshold: 0.6}
 export: {merged: true, gguf: {types: [f16]}, push: {repo_id: someone/adapter}}
