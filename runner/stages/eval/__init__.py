@@ -236,19 +236,8 @@ def score_benchmark(ctx: StageContext, model: Any, tok: Any, bench: Benchmark,
     elif spec.eval.generative.enabled:
         written = generate_answers(ctx, model, tok, items, requests, labels)
     signals = answer_signals(ctx, model, tok, items, requests, logliks, scored, written)
-    rows = []
-    for i, item in enumerate(items):
-        row: dict[str, Any] = {"benchmark": bench.name, "index": i, "id": item.id, "group": item.group, "answer": item.answer,
-               **{label: preds[i] for label, preds in scored.items()}}
-        for label, texts in written.items():
-            row[f"{label}_generated"] = texts[i]
-        for extra in sampled.get("rows", {}).values():
-            row |= extra[i]
-        row["signals"] = {label: per_item[i] for label, per_item in signals.items()}
-        for label in sampled.get("rows", {}):  # the vote's agreement: a confidence the samples give for free
-            row["signals"][label]["vote"] = {"confidence": row[f"{label}_agreement"],
-                                             "correct": row[f"{label}_vote"] == item.choices[item.answer]}
-        rows.append(row)
+    rows = prediction_rows(bench, items, scored, written, sampled, signals)
+    for row in rows:
         preds_file.write(json.dumps(row, ensure_ascii=False) + "\n")
     summary = summarize([it.answer for it in items], [it.group for it in items], scored, dropped)
     if written:
@@ -263,6 +252,25 @@ def score_benchmark(ctx: StageContext, model: Any, tok: Any, bench: Benchmark,
     if spec.eval.contamination.check:
         summary["contamination"] = contamination(items, scored, train_texts, spec.eval.contamination.similarity)
     return summary
+
+
+def prediction_rows(bench: Benchmark, items: list[Item], scored: dict[str, list[int]], written: dict[str, list[str]],
+                    sampled: dict[str, Any], signals: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One predictions.jsonl row per item: the picks, the texts written, the samples and their vote, the signals."""
+    rows = []
+    for i, item in enumerate(items):
+        row: dict[str, Any] = {"benchmark": bench.name, "index": i, "id": item.id, "group": item.group, "answer": item.answer,
+               **{label: preds[i] for label, preds in scored.items()}}
+        for label, texts in written.items():
+            row[f"{label}_generated"] = texts[i]
+        for extra in sampled.get("rows", {}).values():
+            row |= extra[i]
+        row["signals"] = {label: per_item[i] for label, per_item in signals.items()}
+        for label in sampled.get("rows", {}):  # the vote's agreement: a confidence the samples give for free
+            row["signals"][label]["vote"] = {"confidence": row[f"{label}_agreement"],
+                                             "correct": row[f"{label}_vote"] == item.choices[item.answer]}
+        rows.append(row)
+    return rows
 
 
 def answer_signals(ctx: StageContext, model: Any, tok: Any, items: list[Item], requests: list[Any],
