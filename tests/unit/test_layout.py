@@ -219,7 +219,9 @@ def test_no_stage_imports_another() -> None:
 def test_every_module_has_a_layer_and_imports_only_go_down() -> None:
     place = {name: layer_of(path) for name, path in NAMES.items()}
     wrong = upward(import_graph(), place)
-    assert not wrong, "move the imported piece down to a layer below its users (see LAYERS): " + "; ".join(wrong)
+    assert not wrong, ("move the imported piece down to a layer below its users, or, for a module of core/ (a room "
+                       "split across layers), give it its own entry in LAYERS where its imports put it: "
+                       + "; ".join(wrong))
 
 
 def test_the_layer_check_sees_an_import_going_up() -> None:
@@ -330,6 +332,21 @@ def mapped(text: str) -> tuple[dict[str, str], set[str]]:
     return files, folders
 
 
+def map_line(path: Path) -> str:
+    """A draft of the map's line for a module or folder: indented to its depth, described by the first
+    sentence of its docstring (a folder's: its __init__.py's), the description at column 23 as above."""
+    rel = path.relative_to(PACKAGE)
+    source = path / "__init__.py" if path.is_dir() else path
+    doc = (ast.get_docstring(ast.parse(source.read_text("utf-8"))) or "") if source.exists() else ""
+    about = " ".join(doc.split("\n\n")[0].split(". ")[0].split()).rstrip(".")
+    if len(about) > 100:  # a draft: the map's lines say it in a few words
+        about = about[:100].rsplit(" ", 1)[0] + " ..."
+    if not any(c.isupper() for c in about.split(" ")[0][1:]):  # "The ..." but not "OpenAI's ..."
+        about = about[:1].lower() + about[1:]
+    entry = "  " * len(rel.parts) + path.name + ("/" if path.is_dir() else "")
+    return f"{entry.ljust(21)}  {about}   <- {relative(path)}"
+
+
 def on_the_map(path: Path) -> bool:
     """Every module is on the map but a package's `__init__.py` that holds only its docstring (the
     folder's line says it)."""
@@ -339,9 +356,13 @@ def on_the_map(path: Path) -> bool:
 
 def test_the_map_in_the_docs_matches_the_tree() -> None:
     files, folders = mapped(MAP.read_text("utf-8"))
-    missing = sorted(relative(path) for path in modules() if on_the_map(path) and relative(path) not in files)
-    assert not missing, (f"add a line for each to the map in {relative(MAP)} (under its folder: the module and "
-                         f"what it holds): " + ", ".join(missing))
+    missing = sorted(path for path in modules() if on_the_map(path) and relative(path) not in files)
+    new_folders = sorted({folder for path in missing for folder in path.relative_to(ROOT).parents
+                          if folder.parts and folder.as_posix() not in folders})
+    assert not missing, (f"add a line for each to the map in {relative(MAP)}, under its folder, saying what it holds "
+                         "(drafted from its docstring; a new folder gets a line of its own):\n"
+                         + "\n".join(map_line(ROOT / folder) for folder in new_folders)
+                         + ("\n" if new_folders else "") + "\n".join(map_line(path) for path in missing))
     gone = sorted(path for path in [*files, *folders] if not (ROOT / path).exists())
     assert not gone, f"{relative(MAP)} lists what is not in the tree (moved or removed?): " + ", ".join(gone)
     unsaid = sorted(path for path, about in files.items() if not about)
@@ -353,6 +374,14 @@ def test_the_map_reader_reads_folders_and_modules() -> None:
                             "  spec/\n    typed.py\n```\n")
     assert files == {"runner/cli.py": "commands", "runner/core/keys.py": "keys", "runner/spec/typed.py": ""}
     assert folders == {"runner", "runner/core", "runner/spec"}
+
+
+def test_a_missing_modules_line_is_drafted_where_the_map_wants_it() -> None:
+    line = map_line(PACKAGE / "core" / "keys.py")
+    assert line.startswith("    keys.py") and line.index("stage keys") == 23 and line.endswith("<- runner/core/keys.py")
+    assert map_line(PACKAGE / "serve").index("`runner serve`: ") == 23  # a folder: its __init__.py's docstring
+    text = MAP.read_text("utf-8")
+    assert "\n    keys.py            stage keys: " in text  # the map's own column
 
 
 def test_the_registry_holds_the_stages_in_the_order_the_cli_names_them() -> None:
