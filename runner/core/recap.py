@@ -79,6 +79,7 @@ def benchmark_lines(name: str, r: Benchmark) -> list[str]:
                                if score is not None)
         lines.append(f"  {name} (generated answers): {gbase}fine-tuned {_pct(g.tuned.acc)} "
                      f"(no answer letter: {unreadable} of {g.tuned.n})")
+        lines += consistency_lines(name, r.raw.get("generative") or {})
     return lines
 
 
@@ -101,12 +102,24 @@ def _pair(values: dict[str, float | None], fmt: str) -> str:
 
 def clinical_lines(metrics: EvalMetrics) -> list[str]:
     """Calibration, free-text scores and perplexity, base -> fine-tuned, one line each."""
-    lines = [calibration_line(name, r.calibration) for name, r in metrics.benchmarks.items() if r.calibration and r.tuned.n]
+    lines = [line for name, r in metrics.benchmarks.items() for line in uncertainty_lines(name, r)]
     lines += [f"  {name} (free text, n={f.n}): ROUGE-L {_pair({k: s['rougeL'] for k, s in f.scores.items()}, '.1f')}; "
               f"BLEU {_pair({k: s['bleu'] for k, s in f.scores.items()}, '.1f')}" for name, f in metrics.free_text.items()]
     p = metrics.perplexity
     if p is not None:
         lines.append(f"  perplexity ({p.path}, {p.tokens:,} tokens): {_pair(p.ppl, '.2f')}")
+    return lines
+
+
+def uncertainty_lines(name: str, r: Benchmark) -> list[str]:
+    """Calibration, then the spec's abstention rule: what answering only above the threshold buys."""
+    lines = [calibration_line(name, r.calibration)] if r.calibration and r.tuned.n else []
+    rule = (r.raw.get("uncertainty") or {}).get("abstain")  # untyped yet: eval.abstain came after runner.core.outputs
+    if rule:
+        pair = {label: rule[label] for label in ("base", "tuned") if label in rule}
+        lines.append(f"  {name} abstaining below {rule['signal']} {rule['threshold']}: accuracy answered "
+                     f"{_pair({k: m['acc_answered'] for k, m in pair.items()}, '.1%')}; abstained "
+                     f"{_pair({k: m['abstained'] for k, m in pair.items()}, '.1%')}")
     return lines
 
 
@@ -156,3 +169,16 @@ def plan_lines(profile: Any, steps: Sequence[str]) -> list[str]:
     """What `runner plan` prints: the profile and why, then a line per stage and the estimates."""
     return [f"profile: {profile_line(profile)}{sharing(profile)}", *(f"  - {reason}" for reason in profile.reasons),
             *steps]
+
+
+def consistency_lines(bench: str, g: dict[str, Any]) -> list[str]:
+    """The sampled mode's figures: the vote of k, one sample, pass@k, failed extractions (fine-tuned).
+    Read from the generative entry as written: eval's sampled mode came after runner.core.outputs."""
+    c = g.get("consistency", {}).get("tuned")
+    if not c or c.get("samples", 1) < 2:
+        return []
+    k = str(c["samples"])
+    return [f"  {bench} (vote of {k}): fine-tuned vote {100 * c['vote']['acc']:.1f}%, one sample "
+            f"{100 * c['single']['acc']:.1f}%, pass@{k} {100 * c['pass_at_k'][k]['mean']:.1f}%, "
+            f"agreement {c['agreement']['mean']:.2f}, failed extractions {c['failed_samples']} of "
+            f"{c['vote']['n'] * c['samples']} samples"]

@@ -19,6 +19,7 @@ from typing import Any
 from runner.core.outputs import EvalMetrics, ParityReport, TrainSummary
 from runner.core.stage import StageContext
 from runner.report.sections import Doc, document, plot_reliability
+from runner.report.uncertainty import plot_risk_coverage, with_uncertainty
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,8 @@ def write_report(ctx: StageContext, metrics: EvalMetrics, answers: list[dict[str
         pictures["accuracy"] = "accuracy.png"
     if plot_reliability(metrics.raw["benchmarks"], ctx.out / "calibration.png"):
         pictures["calibration"] = "calibration.png"
+    if plot_risk_coverage(metrics.raw["benchmarks"], ctx.out / "risk_coverage.png"):
+        pictures["risk_coverage"] = "risk_coverage.png"
     inputs = Inputs(spec=ctx.spec, profile=ctx.profile, metrics=metrics, answers=answers,
                     model_info=_json(ctx.upstream["model"] / "model.json") or {},
                     train_summary=TrainSummary.read(train / "summary.json")
@@ -66,7 +69,7 @@ def write_report(ctx: StageContext, metrics: EvalMetrics, answers: list[dict[str
                     samples=sample_answers(ctx.out, loaded) if loaded is not None else {},
                     free_contamination=free_text_contamination(ctx.spec, _jsonl(ctx.out / "free_text.jsonl"), train_texts)
                     if ctx.spec.eval.contamination.check and metrics.free_text else {})
-    doc = document(inputs)
+    doc = with_uncertainty(document(inputs), inputs)
     (ctx.out / "report.md").write_text(to_markdown(doc), "utf-8")
     (ctx.out / "report.html").write_text(to_html(doc, ctx.out), "utf-8")
 
