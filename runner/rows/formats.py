@@ -111,10 +111,6 @@ def to_example(row: dict[str, Any], fmt: str, fields: Fields) -> Example:
         extra = row.get(fields.input)
         prompt = f"{instruction}\n\n{str(extra).strip()}" if extra and str(extra).strip() else instruction
         return Example((("user", prompt), ("assistant", _text(row, fields.output, "output"))))
-    if fmt in ("preference", "kto"):  # the conversation with the chosen (or the only) answer
-        from runner.rows.pairs import to_labelled, to_pair
-
-        return (to_pair(row, fields) if fmt == "preference" else to_labelled(row, fields)).example()
     return _chat(row, fields)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from runner.rows.formats import Dropped, Example, _turn
+from runner.rows.formats import Dropped, Example, _turn, to_example
 from runner.spec.typed import Fields
 
 Turns = tuple[tuple[str, str], ...]
@@ -104,3 +104,13 @@ def to_labelled(row: dict[str, Any], fields: Fields) -> Labelled:
     if isinstance(key, (list, dict)) or key not in LABELS:
         raise Dropped(f"label is not true or false ({fields.label})")
     return Labelled(before, completion, LABELS[key])
+
+
+def example_of(row: dict[str, Any], fmt: str, fields: Fields) -> Example:
+    """Any format's row as a conversation (runner.rows.formats.to_example), a pair's or a KTO row's with its
+    chosen (or only) answer: what the contamination check reads of the training data."""
+    if fmt == "preference":
+        return to_pair(row, fields).example()
+    if fmt == "kto":
+        return to_labelled(row, fields).example()
+    return to_example(row, fmt, fields)

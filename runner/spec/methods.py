@@ -15,14 +15,12 @@ PREFERENCE_METHODS = ("dpo", "orpo", "kto")
 
 def method_problems(doc: dict[str, Any]) -> Problems:
     """Every training and validation source in a format its method trains on."""
-    from runner.spec.rules import data_sources
-
     method = doc["train"]["method"]
     allowed = FORMATS.get(method)
     if allowed is None:
         return []
     found: Problems = []
-    for where, src in data_sources(doc["data"]):
+    for where, src in _sources(doc["data"]):
         fmt = src.get("format") or doc["data"]["format"]
         if fmt not in allowed:
             want = " or ".join(allowed) if method != "sft" else "one of " + ", ".join(allowed)
@@ -54,6 +52,17 @@ def lora_problems(doc: dict[str, Any]) -> Problems:
         found.append((("lora", "modules_to_save"), f"train.method {doc['train']['method']}: TRL computes "
                       "log-probabilities from lm_head's own weight, so a trained copy would be ignored: remove lm_head"))
     return found
+
+
+def _sources(data: dict[str, Any]) -> list[tuple[tuple[Any, ...], Any]]:
+    """(path, source) of every training and validation source (as runner.spec.rules.data_sources, which
+    imports this module)."""
+    out: list[tuple[tuple[Any, ...], Any]] = []
+    for role in ("train", "validation"):
+        value = data[role]
+        out += [(("data", role, i), src) for i, src in enumerate(value)] if isinstance(value, list) else (
+            [(("data", role), value)] if value is not None else [])
+    return out
 
 
 def _unique(found: Problems) -> Problems:

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from runner.core.errors import SpecError
-from runner.rows.formats import Dropped, convert_rows, to_example
-from runner.rows.pairs import Labelled, Pair, to_labelled, to_pair
+from runner.rows.formats import Dropped, convert_rows
+from runner.rows.pairs import Labelled, Pair, example_of, to_labelled, to_pair
 from runner.spec.typed import Fields, Spec, parse_spec
 from runner.stages import all_stages
 
@@ -21,7 +21,7 @@ USER = {"role": "user", "content": "Which drug for CML?"}
 def test_text_pair_renders_as_one_user_turn_and_two_answers() -> None:
     pair = to_pair({"prompt": "Which drug for CML?", "chosen": "imatinib", "rejected": "aspirin"}, F)
     assert pair == Pair((("user", "Which drug for CML?"),), "imatinib", "aspirin")
-    assert to_example({"prompt": "q?", "chosen": "a", "rejected": "b"}, "preference", F).messages == (
+    assert example_of({"prompt": "q?", "chosen": "a", "rejected": "b"}, "preference", F).messages == (
         ("user", "q?"), ("assistant", "a"))
 
 
@@ -131,6 +131,7 @@ def test_sft_slice_has_no_method_keys_and_variants_enter_only_when_set(tmp_path:
 
 
 def test_held_out_figures_reach_the_summary_and_its_printed_line() -> None:
+    from runner.core.outputs import TrainSummary
     from runner.core.recap import training_notes
     from runner.stages.train.preference import measured, preference_summary
 
@@ -141,5 +142,6 @@ def test_held_out_figures_reach_the_summary_and_its_printed_line() -> None:
     assert summary == {"method": "dpo", "held_out": {"preference_accuracy": {"before": 0.0, "after": 1.0},
                                                      "reward_margin": {"before": 0.0, "after": 4.0}}}
     assert preference_summary("sft", before, after) == {}  # an SFT summary is what it was
-    assert training_notes(summary) == ["  dpo held-out pairs: preference accuracy 0.000 -> 1.000, "
-                                       "reward margin 0.000 -> 4.000"]
+    typed = TrainSummary.of({"steps": 28} | summary)  # as the train stage writes it, as recap reads it
+    assert training_notes(typed) == ["  dpo held-out pairs: preference accuracy 0.000 -> 1.000, "
+                                     "reward margin 0.000 -> 4.000"]

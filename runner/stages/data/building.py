@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.rows.formats import Dropped, Example, document_text, to_example
-from runner.rows.mixture import Resolved
+from runner.rows.mixture import Resolved, resolved
 from runner.rows.pairs import Labelled, Pair, to_labelled, to_pair
 from runner.rows.reading import read_source
 from runner.spec.typed import Spec
@@ -24,6 +24,13 @@ from runner.stages.data.encoding import encode, encode_pair, text_blocks
 
 BATCH = 1024  # rows per Arrow record batch at most: the unit of memory while writing...
 BATCH_TOKENS = 65536  # ...or fewer when rows are long: a buffered token is a Python int (~36 bytes)
+
+
+def row_kind(spec: Spec) -> str:
+    """What a row of train.arrow holds: a pair (`preference`), a labelled completion (`kto`) or an
+    example (`sft`); the method's rules keep every source of a spec in one of them."""
+    formats = {src.format for role in ("train", "validation") for src in resolved(spec, role)}
+    return next((f for f in ("preference", "kto") if f in formats), "sft")
 
 
 class ArrowRows:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.core.errors import StageError
+from runner.core.outputs import TrainSummary
 from runner.core.stage import StageContext
 from runner.models.loading import cpu_threads
 from runner.stages.train.launch import is_main_process
@@ -293,7 +294,7 @@ def _write_summary(ctx: StageContext, ready: Ready, trained: Trained, rows: list
 
         summary |= {"method": "grpo", "rewards": reward_summary(read_metrics(ctx.out / "metrics.jsonl"))}
     summary |= preference_summary(ctx.spec.train.method, trained.eval_before, trained.eval_after)  # {} unless dpo/orpo/kto
-    (ctx.out / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True), "utf-8")
+    TrainSummary.of(summary).write(ctx.out / "summary.json")
 
 
 def _by_source(before: dict[str, float] | None, after: dict[str, float] | None) -> dict[str, dict[str, float | None]]:
