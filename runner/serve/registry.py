@@ -381,7 +381,7 @@ def _two(block: Any, field: str) -> tuple[Any, Any]:
     return base, tuned
 
 
-def _eval_keys(store: Path) -> dict[str, str]:
+def eval_keys(store: Path) -> dict[str, str]:
     """export key -> the eval key of the newest completed run that made it."""
     return {d["_keys"]["export"]: d["_keys"]["eval"] for d in _records(store) if d["_keys"].get("eval")}
 
@@ -429,7 +429,7 @@ def _perplexity(metrics: dict[str, Any]) -> Perplexity | None:
         return None
 
 
-def _card(store: Path, entry: Entry, eval_key: str | None, loaded: bool) -> AdapterCard:
+def adapter_card(store: Path, entry: Entry, eval_key: str | None, loaded: bool) -> AdapterCard:
     metrics: dict[str, Any] = {}
     folder = store / "eval" / eval_key if eval_key else None
     if folder is not None and (folder / "manifest.json").is_file():

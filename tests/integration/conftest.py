@@ -120,7 +120,7 @@ logging: {{report_to: [tensorboard, mlflow], dir: logs}}
 """
 
 
-def spec_text(logging: bool = True) -> str:
+def tracked_spec(logging: bool = True) -> str:
     text = TINY.replace("train: {epochs: 2,", "train: {max_steps: 6,").replace("max_rows: 96", "max_rows: 64")
     text = text.replace("limit: 24}]", f"limit: 24}}, {{name: demo-qa, format: qa, path: {DEMO / 'medmc_test.jsonl'}, limit: 6}}]")
     return text + (EXTRA if logging else EXTRA.split("logging:")[0])
@@ -129,12 +129,8 @@ def spec_text(logging: bool = True) -> str:
 @pytest.fixture(scope="session")
 def tracked(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     folder = tmp_path_factory.mktemp("tracked")
-    (folder / "spec.yaml").write_text(spec_text())
+    (folder / "spec.yaml").write_text(tracked_spec())
     done = runner("run", str(folder / "spec.yaml"), "--store", str(folder / "store"))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     found = dict(re.findall(r"^  (train|eval)\s+(/\S+)$", done.stdout, re.MULTILINE))
     return {"folder": folder, "stdout": done.stdout, "train": Path(found["train"]), "eval": Path(found["eval"])}
-
-
-def _rows(train: Path) -> list[dict[str, float]]:
-    return [json.loads(line) for line in (train / "metrics.jsonl").read_text().splitlines()]

@@ -11,7 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import _rows, runner, spec_text, statuses
+from tests.integration.conftest import runner, statuses, tracked_spec
+
+
+def _rows(train: Path) -> list[dict[str, float]]:
+    return [json.loads(line) for line in (train / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_tensorboard_holds_what_metrics_jsonl_holds(tracked: dict[str, object]) -> None:
@@ -68,7 +72,7 @@ def test_mlflow_holds_what_metrics_jsonl_holds(tracked: dict[str, object]) -> No
 def test_logging_is_in_no_key(tracked: dict[str, object]) -> None:
     folder = tracked["folder"]
     assert isinstance(folder, Path)
-    (folder / "quiet.yaml").write_text(spec_text(logging=False))
+    (folder / "quiet.yaml").write_text(tracked_spec(logging=False))
     done = runner("plan", str(folder / "quiet.yaml"), "--store", str(folder / "store"))
     assert set(statuses(done.stdout).values()) == {"cached"}, done.stdout
 
@@ -82,7 +86,7 @@ def test_wandb_asked_for_but_not_installed_is_one_line(tracked: dict[str, object
         pass
     folder = tracked["folder"]
     assert isinstance(folder, Path)
-    (folder / "wandb.yaml").write_text(spec_text().replace("[tensorboard, mlflow]", "[wandb]"))
+    (folder / "wandb.yaml").write_text(tracked_spec().replace("[tensorboard, mlflow]", "[wandb]"))
     for stage in ("train", "eval"):  # each stops before its work
         done = runner("run", str(folder / "wandb.yaml"), "--store", str(folder / "store"), "--force", stage)
         assert done.returncode == 3, done.stdout[-2000:] + done.stderr[-2000:]
@@ -98,7 +102,7 @@ def test_two_processes_log_once(tracked: dict[str, object], tmp_path: Path) -> N
     folder = tracked["folder"]
     assert isinstance(folder, Path)
     spec = tmp_path / "two.yaml"
-    spec.write_text(spec_text().replace("seed: 7", "seed: 7\nhardware: {processes: 2}").replace("dir: logs", f"dir: {tmp_path / 'logs'}"))
+    spec.write_text(tracked_spec().replace("seed: 7", "seed: 7\nhardware: {processes: 2}").replace("dir: logs", f"dir: {tmp_path / 'logs'}"))
     store = tmp_path / "store"
     for stage in ("model", "data"):  # the module's own: same keys
         (store / stage).mkdir(parents=True)

@@ -8,10 +8,11 @@ from pathlib import Path
 from fastapi import APIRouter, HTTPException, Request
 
 from runner.serve.registry import check_adapter
-from runner.serve.routes.models import _forget
+from runner.serve.routes.models import forget
 from runner.serve.schemas import LoadAdapter, UnloadAdapter
 
 router = APIRouter()
+
 
 @router.post("/v1/load_lora_adapter")
 def load_adapter(body: LoadAdapter, request: Request) -> dict[str, str]:
@@ -34,5 +35,5 @@ def unload_adapter(body: UnloadAdapter, request: Request) -> dict[str, str]:
     if not registry.remove(body.lora_name):
         raise HTTPException(400, f"{body.lora_name!r} comes from a run record in the store; only adapters loaded "
                                  "with /v1/load_lora_adapter can be unloaded")
-    _forget(request, entry)
+    forget(request, entry)
     return {"status": "ok", "message": f"adapter {body.lora_name!r} unloaded"}

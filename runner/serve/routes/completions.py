@@ -16,22 +16,23 @@ from sse_starlette.sse import EventSourceResponse
 
 from runner.serve.prompts import render_chat
 from runner.serve.registry import Entry
-from runner.serve.routes.models import _entry
+from runner.serve.routes.models import served_entry
 from runner.serve.rows import Ask
 from runner.serve.schemas import ChatRequest, CompletionRequest, Sampling
 
 router = APIRouter()
 
+
 @router.post("/v1/chat/completions", response_model=None)
 async def chat(body: ChatRequest, request: Request) -> Any:
-    entry = _entry(request, body.model)
+    entry = served_entry(request, body.model)
     messages = [m.model_dump() for m in body.messages]
     return await _answer(request, body, entry, lambda tok: render_chat(messages, tok, entry.spec), chat=True)
 
 
 @router.post("/v1/completions", response_model=None)
 async def complete(body: CompletionRequest, request: Request) -> Any:
-    entry = _entry(request, body.model)
+    entry = served_entry(request, body.model)
     return await _answer(request, body, entry, lambda tok: body.prompt, chat=False)
 
 

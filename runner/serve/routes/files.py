@@ -15,6 +15,7 @@ from runner.serve.uploads import DOCUMENTS, MAX_UPLOAD, MEDIA, PURPOSES, FileSto
 
 router = APIRouter()
 
+
 def files(request: Request) -> FileStore:
     return FileStore(request.app.state.store)
 

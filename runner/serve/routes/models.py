@@ -12,7 +12,7 @@ from runner.serve.schemas import Health, ModelCard, ModelDeleted
 router = APIRouter()
 
 
-def _entry(request: Request, model: str) -> Entry:
+def served_entry(request: Request, model: str) -> Entry:
     found: Entry | None = request.app.state.registry.get(model)
     if found is None:
         raise HTTPException(404, f"model {model!r} does not exist; GET /v1/models lists what is served")
@@ -42,23 +42,23 @@ def list_models(request: Request) -> dict[str, Any]:
 
 @router.get("/v1/models/{model_id:path}")
 def retrieve_model(model_id: str, request: Request) -> ModelCard:
-    return _card(_entry(request, model_id))
+    return _card(served_entry(request, model_id))
 
 
 @router.delete("/v1/models/{model_id:path}")
 def delete_model(model_id: str, request: Request) -> ModelDeleted:
     """An adapter leaves the served list, across restarts too; its artifacts stay in the store until
     `runner gc` (a later run of it serves it again). A base is not deleted: it serves its adapters."""
-    entry = _entry(request, model_id)
+    entry = served_entry(request, model_id)
     if entry.kind == "base":
         raise HTTPException(400, f"{model_id!r} is a base model: it is served while the store holds a run of it; "
                                  "delete its adapters, or remove its runs' records and run `runner gc`")
     request.app.state.registry.delete(entry)
-    _forget(request, entry)
+    forget(request, entry)
     return ModelDeleted(id=entry.id)
 
 
-def _forget(request: Request, entry: Entry) -> None:
+def forget(request: Request, entry: Entry) -> None:
     """Drop the adapter's weights from the worker, unless another id still serves the same folder."""
     if all(e.adapter_dir != entry.adapter_dir for e in request.app.state.registry.scan().values()):
         request.app.state.engine.forget(entry)

@@ -16,7 +16,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse
 
 from runner.scoring.safety import flags, rules_of
-from runner.serve.registry import Entry, _card, _eval_keys
+from runner.serve.registry import Entry, adapter_card, eval_keys
 from runner.serve.schemas import AdapterList, Flag, FlagList, FlagRequest
 
 router = APIRouter()
@@ -50,11 +50,11 @@ def list_adapters(request: Request) -> AdapterList:
     store: Path = request.app.state.store
     registry = request.app.state.registry
     entries = registry.scan()
-    evals = _eval_keys(store)
+    evals = eval_keys(store)
     extra = registry.loaded()
-    cards = [_card(store, e, evals.get(e.export_key or ""), e.id in extra)
+    cards = [adapter_card(store, e, evals.get(e.export_key or ""), e.id in extra)
              for e in sorted(entries.values(), key=lambda e: -e.created) if e.kind == "adapter"]
-    bases = [_card(store, e, None, False) for e in entries.values() if e.kind == "base"]
+    bases = [adapter_card(store, e, None, False) for e in entries.values() if e.kind == "base"]
     return AdapterList(data=cards, bases=bases)
 
 
