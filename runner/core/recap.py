@@ -55,6 +55,7 @@ def summary_lines(outcomes: Sequence[Outcome], record_path: Path, seconds: float
                                    for label, shown in (("base", "base"), ("tuned", "fine-tuned")) if label in g)
             lines.append(f"  {bench} (generated answers): {gbase}fine-tuned {100 * g['tuned']['acc']:.1f}% "
                          f"(no answer letter: {unreadable} of {g['tuned']['n']})")
+            lines += consistency_lines(bench, g)
     lines += clinical_lines(metrics or {})
     for o in outcomes:
         if o.path is not None:
@@ -80,6 +81,11 @@ def clinical_lines(metrics: dict[str, Any]) -> list[str]:
             lines.append(f"  {bench} calibration: ECE {pair(c, lambda m: m['ece'], '.3f')}; Brier "
                          f"{pair(c, lambda m: m['brier'], '.3f')}; acc at 20% coverage "
                          f"{pair(c, lambda m: m['selective_acc'].get('20'), '.1%')}")
+        rule = (r.get("uncertainty") or {}).get("abstain")
+        if rule:  # the spec's abstention rule: what answering only above the threshold buys
+            lines.append(f"  {bench} abstaining below {rule['signal']} {rule['threshold']}: accuracy answered "
+                         f"{pair(rule, lambda m: m['acc_answered'], '.1%')}; abstained "
+                         f"{pair(rule, lambda m: m['abstained'], '.1%')}")
     for bench, r in metrics.get("free_text", {}).items():
         lines.append(f"  {bench} (free text, n={r['n']}): ROUGE-L {pair(r, lambda m: m['rougeL'], '.1f')}; "
                      f"BLEU {pair(r, lambda m: m['bleu'], '.1f')}")
@@ -130,3 +136,15 @@ def plan_lines(profile: Any, steps: Sequence[str]) -> list[str]:
     """What `runner plan` prints: the profile and why, then a line per stage and the estimates."""
     return [f"profile: {profile_line(profile)}{sharing(profile)}", *(f"  - {reason}" for reason in profile.reasons),
             *steps]
+
+
+def consistency_lines(bench: str, g: dict[str, Any]) -> list[str]:
+    """The sampled mode's figures: the vote of k, one sample, pass@k, failed extractions (fine-tuned)."""
+    c = g.get("consistency", {}).get("tuned")
+    if not c or c.get("samples", 1) < 2:
+        return []
+    k = str(c["samples"])
+    return [f"  {bench} (vote of {k}): fine-tuned vote {100 * c['vote']['acc']:.1f}%, one sample "
+            f"{100 * c['single']['acc']:.1f}%, pass@{k} {100 * c['pass_at_k'][k]['mean']:.1f}%, "
+            f"agreement {c['agreement']['mean']:.2f}, failed extractions {c['failed_samples']} of "
+            f"{c['vote']['n'] * c['samples']} samples"]

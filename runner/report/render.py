@@ -18,6 +18,7 @@ from typing import Any
 
 from runner.core.stage import StageContext
 from runner.report.sections import Doc, document, plot_reliability
+from runner.report.uncertainty import plot_risk_coverage, with_uncertainty
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ def write_report(ctx: StageContext, metrics: dict[str, Any], answers: list[dict[
         pictures["accuracy"] = "accuracy.png"
     if plot_reliability(metrics["benchmarks"], ctx.out / "calibration.png"):
         pictures["calibration"] = "calibration.png"
+    if plot_risk_coverage(metrics["benchmarks"], ctx.out / "risk_coverage.png"):
+        pictures["risk_coverage"] = "risk_coverage.png"
     inputs = Inputs(spec=ctx.spec, profile=ctx.profile, metrics=metrics, answers=answers,
                     model_info=_json(ctx.upstream["model"] / "model.json") or {},
                     train_summary=_json(train / "summary.json") if train is not None else None,
@@ -64,7 +67,7 @@ def write_report(ctx: StageContext, metrics: dict[str, Any], answers: list[dict[
                     samples=sample_answers(ctx.out, loaded) if loaded is not None else {},
                     free_contamination=free_text_contamination(ctx.spec, _jsonl(ctx.out / "free_text.jsonl"), train_texts)
                     if ctx.spec.eval.contamination.check and metrics.get("free_text") else {})
-    doc = document(inputs)
+    doc = with_uncertainty(document(inputs), inputs)
     (ctx.out / "report.md").write_text(to_markdown(doc), "utf-8")
     (ctx.out / "report.html").write_text(to_html(doc, ctx.out), "utf-8")
 

@@ -101,10 +101,7 @@ def results(inputs: Any) -> Section:
         s.blocks.append(("h3", "Generative accuracy"))
         s.blocks.append(("table", ["benchmark", "n", "base [95% CI]", "fine-tuned [95% CI]", "change [95% CI]",
                                    "McNemar p", "unreadable (base / tuned)"], rows))
-        tokens = next(iter(generative.values()))["max_new_tokens"]
-        s.blocks.append(("p", f"The same prompts answered by greedy decoding ({tokens} new tokens), the choice read off "
-                              f"the first line of the text (\"B\", \"(B)\", \"The answer is B\"; yes/no/maybe). An "
-                              f"answer no choice could be read from counts as wrong. Every text is in predictions.jsonl."))
+        s.blocks += generative_blocks(generative)
     dropped = {name: r["dropped"] for name, r in metrics["benchmarks"].items() if r["dropped"]}
     for name, reasons in dropped.items():
         listed = ", ".join(f"{reason}: {count}" for reason, count in reasons.items())
@@ -411,3 +408,35 @@ def plot_reliability(benchmarks: dict[str, Any], path: Path) -> bool:
     fig.tight_layout(rect=(0, 0.05, 1, 1))  # room for the legend below
     fig.savefig(path, dpi=110)
     return True
+
+
+def generative_blocks(generative: dict[str, dict[str, Any]]) -> list[Any]:
+    if any("consistency" in g for g in generative.values()):
+        return consistency_blocks(generative)
+    tokens = next(iter(generative.values()))["max_new_tokens"]
+    return [("p", f"The same prompts answered by greedy decoding ({tokens} new tokens), the choice read off the first "
+                  f"line of the text (\"B\", \"(B)\", \"The answer is B\"; yes/no/maybe). An answer no choice could "
+                  f"be read from counts as wrong. Every text is in predictions.jsonl.")]
+
+
+def consistency_blocks(generative: dict[str, dict[str, Any]]) -> list[Any]:
+    """The sampled mode: per benchmark and model the vote, one sample, pass@k, agreement, failures."""
+    rows = []
+    for name, g in generative.items():
+        for label, c in g.get("consistency", {}).items():
+            k = str(c["samples"])
+            rows.append([name, label, k, with_ci(c["vote"]), with_ci(c["single"]),
+                         f"{pct(c['pass_at_k'][k]['mean'])} [{pct(c['pass_at_k'][k]['ci95'][0])}, "
+                         f"{pct(c['pass_at_k'][k]['ci95'][1])}]", f"{c['agreement']['mean']:.2f}",
+                         f"{c['failed_samples']} / {c['vote']['n'] * c['samples']}"])
+    g0 = next(iter(generative.values()))
+    budget = f", up to {g0['thinking_budget']} thinking tokens first" if g0.get("thinking_budget") else ""
+    return [("h3", "Self-consistency"),
+            ("table", ["benchmark", "model", "k", "vote [95% CI]", "one sample [95% CI]", "pass@k [95% CI]",
+                       "agreement", "failed extractions"], rows),
+            ("p", f"Each question answered {g0['samples']} time(s) ({g0['decoding']}, temperature {g0['temperature']}, "
+                  f"{g0['max_new_tokens']} new tokens{budget}); the answer read by `{g0['extract']}`; the majority "
+                  f"vote is the accuracy above (failed extractions do not vote; a tie goes to the answer sampled "
+                  f"first). One sample: sample 1. pass@k: the unbiased estimator (Chen et al. 2021). Agreement: the "
+                  f"vote's share of the samples. A failed extraction counts as wrong. Every text is in "
+                  f"predictions.jsonl.")]

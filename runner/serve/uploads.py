@@ -18,8 +18,6 @@ from typing import Any, Literal
 
 from fastapi import HTTPException
 
-MAX_UPLOAD = 64 << 20  # /v1/files: training data
-
 FILE_ID = re.compile(r"^file-[0-9a-f]{24}$")
 DOCUMENTS = (".md", ".txt")  # a raw document: trains as a `format: text` source
 SUFFIXES = {"jsonl": ".jsonl", "text": ".md", "csv": ".csv"}

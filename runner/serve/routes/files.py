@@ -10,8 +10,9 @@ from fastapi import APIRouter, Form, HTTPException, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
+from runner.serve.limits import MAX_UPLOAD
 from runner.serve.schemas import FileDeleted, FileList, FileObject
-from runner.serve.uploads import DOCUMENTS, MAX_UPLOAD, MEDIA, PURPOSES, FileStore, page, rows_problem
+from runner.serve.uploads import DOCUMENTS, MEDIA, PURPOSES, FileStore, page, rows_problem
 
 router = APIRouter()
 

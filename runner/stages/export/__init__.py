@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from runner.core.stage import StageContext, benchmark_ids_role, benchmark_role
+from runner.spec.slices import benchmark_slice, quantization_slice
 from runner.spec.typed import Spec
-from runner.stages.eval import benchmark_slice
 from runner.stages.export import push
 from runner.stages.export.card import model_card
-from runner.stages.model import quantization_slice
 
 name = "export"
 version = 2  # 2: metadata.json records every train field (packing, eval_steps, early_stopping). GGUF and parity enter

@@ -17,9 +17,9 @@ from typing import Any
 
 from runner.core.errors import StageError
 from runner.core.stage import StageContext, benchmark_ids_role, benchmark_role
+from runner.rows.reading import read_rows
 from runner.scoring.benchmarks import Item, benchmark_items
 from runner.spec.typed import Spec
-from runner.stages.data import read_rows
 
 TIERS = {"merged": "unquantized", "lora": "unquantized", "f16": "unquantized", "bf16": "unquantized",
          "q8_0": "q8", "q6_k": "q8", "q5_k_m": "q4", "q4_k_m": "q4"}

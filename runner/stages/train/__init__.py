@@ -15,8 +15,8 @@ from typing import Any
 from runner.core.errors import ProfileError
 from runner.core.stage import StageContext
 from runner.machine.profile import Profile
+from runner.spec.slices import quantization_slice
 from runner.spec.typed import Spec
-from runner.stages.model import quantization_slice
 from runner.stages.train.gate import check_before_training
 from runner.stages.train.launch import launch
 from runner.stages.train.loop import train_here
