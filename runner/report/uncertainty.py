@@ -61,7 +61,7 @@ def plot_risk_coverage(benchmarks: dict[str, Any], path: Path) -> bool:
 
 def uncertainty_section(inputs: Any) -> Section:
     s = Section(TITLE)
-    found = _found(inputs.metrics["benchmarks"])
+    found = _found(inputs.metrics.raw["benchmarks"])  # untyped yet: eval.uncertainty came after runner.core.outputs
     if not found:
         return s
     rows = [[name, shown, SHOWN.get(signal, signal), str(f["n"]), pct(f["acc"]), _num(f["aurc"]), _num(f["eaurc"]),

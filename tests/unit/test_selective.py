@@ -110,13 +110,15 @@ def _metrics() -> dict[str, object]:
 def test_the_report_section_and_the_summary_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from types import SimpleNamespace
 
+    from runner.core.outputs import EvalMetrics
     from runner.core.recap import clinical_lines
     from runner.report.uncertainty import plot_risk_coverage, uncertainty_section
 
     metrics = _metrics()
     assert plot_risk_coverage(metrics["benchmarks"], tmp_path / "rc.png")  # type: ignore[arg-type]
     assert (tmp_path / "rc.png").stat().st_size > 5000
-    section = uncertainty_section(SimpleNamespace(metrics=metrics, pictures={"risk_coverage": "rc.png"}))
+    typed = EvalMetrics.of(metrics)  # as the eval stage hands it to the report and the summary reads it
+    section = uncertainty_section(SimpleNamespace(metrics=typed, pictures={"risk_coverage": "rc.png"}))
     header, rows = next(b[1:] for b in section.blocks if b[0] == "table")
     assert header[:6] == ["benchmark", "model", "signal", "n", "accuracy", "AURC"]
     # 0.9 T, 0.8 F, 0.7 T, 0.6 F: risks 0, 1/2, 1/3, 1/2 -> AURC 1/3
@@ -124,7 +126,7 @@ def test_the_report_section_and_the_summary_line(tmp_path) -> None:  # type: ign
     rule = [b for b in section.blocks if b[0] == "table"][1][2]
     assert rule[1] == ["medqa", "fine-tuned", "loglik >= 0.7", "3 / 4", "25.0%", "66.7%", "50.0%"]
     assert ("img", "rc.png", "risk-coverage curves, base vs fine-tuned") in section.blocks
-    (line,) = [x for x in clinical_lines(metrics) if "abstaining" in x]  # type: ignore[arg-type]
+    (line,) = [x for x in clinical_lines(typed) if "abstaining" in x]
     assert line == "  medqa abstaining below loglik 0.7: accuracy answered base 66.7% -> fine-tuned 66.7%; " \
                    "abstained base 25.0% -> fine-tuned 25.0%"
     assert not plot_risk_coverage({"x": {}}, tmp_path / "none.png")

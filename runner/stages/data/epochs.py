@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from runner.core.outputs import DataStats
 from runner.core.stage import StageContext
 from runner.rows.mixture import Resolved, epoch_seed, is_mixture, quotas, schedule
 from runner.stages.data.building import ArrowRows, Tally, token_summary
@@ -113,5 +114,6 @@ def _first_rows(path: Path, n: int) -> list[dict[str, list[int]]]:
 
 
 def write_stats(out: Path, stats: dict[str, Any]) -> None:
-    """stats.json, its keys sorted: the same stats are the same bytes (the file is in the artifact's digest)."""
-    (out / "stats.json").write_text(json.dumps(stats, indent=1, sort_keys=True), "utf-8")
+    """stats.json through its type (checked as its readers check it), its keys sorted: the same stats are the
+    same bytes (the file is in the artifact's digest)."""
+    DataStats.of(stats).write(out / "stats.json")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from runner.core.outputs import EvalMetrics
 from runner.core.stage import StageContext, benchmark_ids_role, benchmark_role
 from runner.models.adapter import adapter_off
 from runner.rows.mixture import file_roles, is_mixture, resolved
@@ -192,8 +193,9 @@ def _finish(ctx: StageContext, metrics: dict[str, Any], answers: list[dict[str, 
     from runner.report.render import write_report
     from runner.report.trackers import log_eval
 
-    (ctx.out / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True), "utf-8")
-    write_report(ctx, metrics, answers, loaded, train_texts)
+    written = EvalMetrics.of(metrics)
+    written.write(ctx.out / "metrics.json")
+    write_report(ctx, written, answers, loaded, train_texts)
     log_eval(ctx, metrics)
 
 
