@@ -36,7 +36,7 @@ class Step:
         return f"{self.stage:<7} {key}  {words[self.status]}{why}"
 
 
-Digest = Callable[[Path], str]  # a file's sha256: `file_digest`, or a cache of it (the server's, runner/serve/specs.py)
+Digest = Callable[[Path], str]  # a file's sha256: `file_digest`, or a cache of it (the server's, runner/serve/routes/specs.py)
 
 
 def stage_inputs(stage: Stage, spec: Spec, profile: Profile, upstream: dict[str, str],

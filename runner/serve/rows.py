@@ -22,7 +22,7 @@ GREEDY_BELOW = 1e-5
 class Ask:
     """A generation request as the worker sees it."""
 
-    entry: Any  # runner.serve.models.Entry
+    entry: Any  # runner.serve.registry.Entry
     render: Callable[[Any], str]  # tokenizer -> prompt text
     max_tokens: int
     temperature: float

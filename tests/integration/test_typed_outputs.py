@@ -94,15 +94,15 @@ def test_the_typed_figures_agree_across_stages(smoke_store: Path) -> None:
 def test_the_servers_readers_go_through_the_types(smoke_store: Path) -> None:
     # serve reads stats.json and the run records through runner.core.outputs too
     from runner.core.records import latest_record
-    from runner.serve.checkpoints import train_keys
-    from runner.serve.job_outputs import trained_tokens
+    from runner.serve.jobs.checkpoints import train_keys
+    from runner.serve.jobs.outputs import trained_tokens
 
     for path in sorted((smoke_store / "runs").glob("*.json")):
         record = RunRecord.read(path)
         keys, spec_path = dict(record.stages), Path(str(record.spec_path))
         assert train_keys(smoke_store, spec_path) == [keys["train"]]
         metadata = ExportMetadata.read(smoke_store / "export" / keys["export"] / "adapter" / "metadata.json")
-        assert metadata.stage_keys == {"model": keys["model"], "train": keys["train"]}  # what serve's adapters look up
+        assert metadata.stage_keys == {"model": keys["model"], "train": keys["train"]}  # what serve's registry looks up
         rows = [row.raw for row in TrainRow.read(smoke_store / "train" / keys["train"] / "metrics.jsonl")]
         total = DataStats.read(smoke_store / "data" / keys["data"] / "stats.json").train_tokens.total
         epochs = max(row["epoch"] for row in rows if "epoch" in row)

@@ -21,7 +21,7 @@ def client(server: Server) -> openai.OpenAI:
 
 
 def entries(server: Server) -> dict[str, Any]:
-    from runner.serve.models import Registry
+    from runner.serve.registry import Registry
 
     return Registry(server.store).scan()
 

@@ -1,11 +1,11 @@
 """Fine-tuning jobs in OpenAI's shapes: each a `python -m runner run SPEC --store STORE` in its own
 process (the command line's locks, crash safety and run record), one at a time, kept as JSON under
 `<store>/jobs/` so a restarted server lists them. A job built from OpenAI's fields first checks its
-chat uploads (`validating_files`), then queues. Uploads are runner.serve.files'."""
+chat uploads (`validating_files`), then queues. Uploads are runner.serve.uploads'; the routes are
+runner/serve/routes/jobs.py."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -14,33 +14,18 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
+from fastapi import HTTPException
 
 from runner.serve.confine import job_env
-from runner.serve.files import FileStore, page
-from runner.serve.job_outputs import Events, metric_rows, step_metrics, trained_tokens
-from runner.serve.job_specs import from_openai, spec_text
-from runner.serve.schemas import JobRequest
+from runner.serve.jobs.outputs import Events, metric_rows, step_metrics, trained_tokens
+from runner.serve.uploads import FileStore
 
 ENDED = ("succeeded", "failed", "cancelled")
 STOP_WAIT = 30.0  # seconds a stopping server gives its job's `runner run` to save a checkpoint and exit
 STOPPED = "the server stopped while the job was running"
-
-
-@asynccontextmanager
-async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    yield
-    queue = getattr(app.state, "jobs", None)
-    if isinstance(queue, JobQueue):  # SIGTERM or Ctrl-C to the server: no `runner run` left training unwatched
-        await asyncio.to_thread(queue.stop)
-
-
-router = APIRouter(lifespan=_lifespan)
 
 
 class JobQueue:
@@ -176,7 +161,7 @@ class JobQueue:
     def _validate(self, job: dict[str, Any]) -> None:
         """OpenAI's `validating_files`: every chat row must train (the runner would drop a bad one, and a
         file of only bad rows would fail later with advice about a spec this user never wrote)."""
-        from runner.serve.openai_jobs import row_problem
+        from runner.serve.jobs.openai_fields import row_problem
 
         events, uploads = Events(self.folder, job["id"]), FileStore(self.store)
         for name, file_id in job.get("checks", []):
@@ -238,7 +223,7 @@ class JobQueue:
         self._update(job_id, ("running",), **fields)
 
     def _adapter(self, record: Any) -> str | None:
-        from runner.serve.models import Registry
+        from runner.serve.registry import Registry
 
         stage = record.stage("export") if record else None
         return Registry(self.store).adapter_for_export(stage["key"]) if stage else None
@@ -250,54 +235,6 @@ def _runs(pid: int, job_id: str) -> bool:
         return job_id in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
     except OSError:
         return False  # gone (or no /proc): nothing left to stop
-
-
-def _queue(request: Request) -> JobQueue:
-    jobs: JobQueue = request.app.state.jobs
-    return jobs
-
-
-@router.post("/v1/fine_tuning/jobs")
-def create_job(body: JobRequest, request: Request) -> dict[str, Any]:
-    jobs = _queue(request)
-    if body.spec is None:
-        text, shown, checks = from_openai(body, request, jobs.folder)
-        return jobs.submit(text, str(body.model), body.training_file, shown, checks)
-    text, shown = spec_text(body, request, jobs.folder)
-    return jobs.submit(text, body.model or "spec", body.training_file, shown)
-
-
-@router.get("/v1/fine_tuning/jobs")
-def list_jobs(request: Request, limit: int = Query(20, ge=1, le=1000), after: str | None = None) -> dict[str, Any]:
-    return page(_queue(request).all(), limit, after)
-
-
-@router.get("/v1/fine_tuning/jobs/{job_id}")
-def get_job(job_id: str, request: Request) -> dict[str, Any]:
-    return _queue(request).get(job_id)
-
-
-@router.post("/v1/fine_tuning/jobs/{job_id}/cancel")
-def cancel_job(job_id: str, request: Request) -> dict[str, Any]:
-    return _queue(request).cancel(job_id)
-
-
-@router.get("/v1/fine_tuning/jobs/{job_id}/events")
-def job_events(job_id: str, request: Request, limit: int = Query(20, ge=1, le=10000),
-               after: str | None = None) -> dict[str, Any]:
-    # newest first, as OpenAI lists them: the default page shows where a job is now, not how it began
-    return page(list(reversed(_queue(request).events(job_id))), limit, after)
-
-
-@router.get("/v1/fine_tuning/jobs/{job_id}/checkpoints")
-def job_checkpoints(job_id: str, request: Request) -> dict[str, Any]:
-    from runner.serve.checkpoints import checkpoints
-
-    jobs = _queue(request)
-    jobs.get(job_id)  # 404 for a job that does not exist
-    found = checkpoints(jobs.store, job_id, jobs.folder / f"{job_id}.yaml", jobs.folder / f"{job_id}.log")
-    return {"object": "list", "data": found, "has_more": False,
-            "first_id": found[0]["id"] if found else None, "last_id": found[-1]["id"] if found else None}
 
 
 def _created(job: dict[str, Any]) -> tuple[int, int]:

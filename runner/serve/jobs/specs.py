@@ -1,5 +1,5 @@
 """A job request's spec: a given `spec` checked as `runner validate` checks it (uploads named by id
-resolved to their stored files), or one built from OpenAI's fields (runner.serve.openai_jobs), with
+resolved to their stored files), or one built from OpenAI's fields (runner.serve.jobs.openai_fields), with
 what the job record shows of each and the uploads to check before it may queue."""
 
 from __future__ import annotations
@@ -12,15 +12,15 @@ from fastapi import HTTPException, Request
 
 from runner.core.errors import SpecError
 from runner.serve.confine import confine_doc, redact, roots_of
-from runner.serve.files import FileStore
 from runner.serve.schemas import JobRequest
+from runner.serve.uploads import FileStore
 from runner.spec.typed import Spec, parse_spec
 
 
 def spec_text(body: JobRequest, request: Request, base_dir: Path) -> tuple[str, dict[str, Any]]:
     """The job's spec as YAML, checked as `runner validate` checks it (400 with every problem), and
     what the record shows of it: the spec's own seed and training settings."""
-    from runner.serve.openai_jobs import file_ids_in, shown_hyperparameters
+    from runner.serve.jobs.openai_fields import file_ids_in, shown_hyperparameters
 
     if body.spec is None:
         raise HTTPException(400, "give `model` (a served base or adapter id) and `training_file`, or a `spec` "
@@ -60,7 +60,7 @@ def checked(text: str, base_dir: Path, problems: list[str] | None = None) -> Spe
 def from_openai(body: JobRequest, request: Request, base_dir: Path) -> tuple[str, dict[str, Any], list[list[str]]]:
     """The spec OpenAI's fields ask for, checked as a given spec is (its problems said in the fields'
     names), what the job record shows of it, and the chat uploads to check before it queues."""
-    from runner.serve.openai_jobs import in_fields, job_fields, mapped
+    from runner.serve.jobs.openai_fields import in_fields, job_fields, mapped
 
     if not body.model:
         spec_text(body, request, base_dir)  # neither `model` nor `spec`: the 400 that says what to give

@@ -1,5 +1,6 @@
 """Uploads in OpenAI's shapes (/v1/files): training data (JSONL rows, or a raw `.md`/`.txt` document
-that trains as `format: text`) and a job's result files, stored by content under `<store>/files/`.
+that trains as `format: text`) and a job's result files, stored by content under `<store>/files/`;
+the routes are runner/serve/routes/files.py.
 
 Each file is `<sha256><suffix>` beside its card `<id>.json`; an id is `file-` and 24 hex digits,
 matched exactly, and its path is rebuilt from the card's digest inside the folder, so a card can
@@ -15,14 +16,8 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from fastapi import APIRouter, Form, HTTPException, Query, Request, UploadFile
-from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import Response
+from fastapi import HTTPException
 
-from runner.serve.limits import MAX_UPLOAD
-from runner.serve.schemas import FileDeleted, FileList, FileObject
-
-router = APIRouter()
 FILE_ID = re.compile(r"^file-[0-9a-f]{24}$")
 DOCUMENTS = (".md", ".txt")  # a raw document: trains as a `format: text` source
 SUFFIXES = {"jsonl": ".jsonl", "text": ".md", "csv": ".csv"}
@@ -130,65 +125,3 @@ def page(items: list[dict[str, Any]], limit: int, after: str | None) -> dict[str
     chosen = items[start:start + limit]
     return {"object": "list", "data": chosen, "has_more": start + limit < len(items),
             "first_id": chosen[0]["id"] if chosen else None, "last_id": chosen[-1]["id"] if chosen else None}
-
-
-def files(request: Request) -> FileStore:
-    return FileStore(request.app.state.store)
-
-
-def _checked(data: bytes, filename: str) -> str:
-    """The upload's suffix once its text is checked: 400 naming what is wrong with its rows."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise HTTPException(400, f"{filename}: not UTF-8 text (JSONL rows, or a .md/.txt document)") from None
-    suffix = Path(filename).suffix.lower()
-    if suffix in DOCUMENTS:
-        if not text.strip():
-            raise HTTPException(400, f"{filename}: empty: a document to train on needs some text")
-        return suffix
-    problem = rows_problem(text)
-    if problem:
-        raise HTTPException(400, f"{filename}: {problem}")
-    return ".jsonl"
-
-
-@router.post("/v1/files")
-async def upload(request: Request, file: UploadFile, purpose: str = Form("fine-tune")) -> FileObject:
-    if purpose not in PURPOSES:
-        raise HTTPException(400, f"purpose: {purpose!r} is not supported; this server takes {PURPOSES[0]!r} uploads")
-    data = await file.read(MAX_UPLOAD + 1)
-    if len(data) > MAX_UPLOAD:
-        raise HTTPException(413, f"upload over the {MAX_UPLOAD} byte limit")
-    filename = file.filename or "upload.jsonl"
-    # parsing every line and hashing up to 64 MiB: off the event loop, which streams everyone's answers
-    kind = await run_in_threadpool(_checked, data, filename)
-    return FileObject(**await run_in_threadpool(files(request).save, data, filename, purpose, kind))
-
-
-@router.get("/v1/files")
-def list_files(request: Request, limit: int = Query(10000, ge=1, le=10000), after: str | None = None,
-               purpose: str | None = None, order: Literal["asc", "desc"] = "desc") -> FileList:
-    cards = files(request).all(purpose)
-    return FileList(**page(cards if order == "desc" else cards[::-1], limit, after))
-
-
-@router.get("/v1/files/{file_id}")
-def get_file(file_id: str, request: Request) -> FileObject:
-    return FileObject(**files(request).get(file_id))
-
-
-@router.get("/v1/files/{file_id}/content")
-def file_content(file_id: str, request: Request) -> Response:
-    store = files(request)
-    store.get(file_id)  # 404 for a file that does not exist
-    path = store.path(file_id)
-    if path is None:
-        raise HTTPException(404, f"file {file_id!r} has no content left in the store")
-    return Response(path.read_bytes(), media_type=MEDIA[path.suffix])
-
-
-@router.delete("/v1/files/{file_id}")
-def delete_file(file_id: str, request: Request) -> FileDeleted:
-    files(request).delete(file_id)
-    return FileDeleted(id=file_id, deleted=True)

@@ -1,4 +1,5 @@
-"""Issue 14's spec fields: logging, eval.perplexity, free-text benchmarks; their errors are one line each."""
+"""The spec fields of the trackers and the clinical metrics: logging, eval.perplexity, free-text benchmarks;
+their errors are one line each."""
 
 from __future__ import annotations
 

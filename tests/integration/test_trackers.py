@@ -1,42 +1,17 @@
-"""Issue 14's trackers and clinical metrics on a real tiny run of its own (a fresh store, 6 steps):
-TensorBoard and MLflow logs read back with their own readers and compared with metrics.jsonl;
-calibration, free-text scores and perplexity in metrics.json, the summary and the report; the
-perplexity checked against transformers' own loss; logging in no key; wandb asked for but absent.
+"""Trackers on a real tiny run of its own (conftest's `tracked`): TensorBoard and MLflow logs read back
+with their own readers and compared with metrics.jsonl; logging in no key; wandb asked for but absent
+is one line; two processes log once.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
-import re
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import DEMO, TINY, runner, statuses
-
-EXTRA = f"""
-  perplexity: {{path: {DEMO / "medmc_test.jsonl"}, field: question, max_texts: 10}}
-  generation: {{max_new_tokens: 8}}
-logging: {{report_to: [tensorboard, mlflow], dir: logs}}
-"""
-
-
-def spec_text(logging: bool = True) -> str:
-    text = TINY.replace("train: {epochs: 2,", "train: {max_steps: 6,").replace("max_rows: 96", "max_rows: 64")
-    text = text.replace("limit: 24}]", f"limit: 24}}, {{name: demo-qa, format: qa, path: {DEMO / 'medmc_test.jsonl'}, limit: 6}}]")
-    return text + (EXTRA if logging else EXTRA.split("logging:")[0])
-
-
-@pytest.fixture(scope="module")
-def tracked(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    folder = tmp_path_factory.mktemp("tracked")
-    (folder / "spec.yaml").write_text(spec_text())
-    done = runner("run", str(folder / "spec.yaml"), "--store", str(folder / "store"))
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    found = dict(re.findall(r"^  (train|eval)\s+(/\S+)$", done.stdout, re.MULTILINE))
-    return {"folder": folder, "stdout": done.stdout, "train": Path(found["train"]), "eval": Path(found["eval"])}
+from tests.integration.conftest import runner, statuses, tracked_spec
 
 
 def _rows(train: Path) -> list[dict[str, float]]:
@@ -94,73 +69,10 @@ def test_mlflow_holds_what_metrics_jsonl_holds(tracked: dict[str, object]) -> No
         del os.environ["MLFLOW_ALLOW_FILE_STORE"]
 
 
-def test_clinical_metrics_in_metrics_json_summary_and_report(tracked: dict[str, object]) -> None:
-    folder = tracked["eval"]
-    assert isinstance(folder, Path)
-    metrics = json.loads((folder / "metrics.json").read_text())
-    cal = metrics["benchmarks"]["demo"]["calibration"]
-    assert cal["bins"] == 10 and "softmax" in cal["probabilities"]
-    for label in ("base", "tuned"):
-        m = cal[label]
-        assert m["n"] == 24 and 0 <= m["ece"] <= 1 and 0 <= m["brier"] <= 2 and 0.25 <= m["confidence"] <= 1
-        assert set(m["selective_acc"]) == {"100", "80", "60", "40", "20"}  # coverage in percent
-        assert m["selective_acc"]["100"] == metrics["benchmarks"]["demo"][label]["acc"]  # all answered: plain accuracy
-        assert sum(b["n"] for b in m["reliability"]) == 24
-    assert "demo-qa" not in metrics["benchmarks"]  # free text is scored apart
-    qa = metrics["free_text"]["demo-qa"]
-    assert qa["n"] == 6 and qa["format"] == "qa"
-    assert all(0 <= qa[label][k] <= 100 for label in ("base", "tuned") for k in ("rougeL", "bleu"))
-    rows = [json.loads(line) for line in (folder / "free_text.jsonl").read_text().splitlines()]
-    assert len(rows) == 6 and rows[0]["reference"] == "imatinib" and isinstance(rows[0]["tuned"], str)
-    ppl = metrics["perplexity"]
-    assert ppl["texts"] == 10 and ppl["tuned"]["ppl"] == pytest.approx(math.exp(ppl["tuned"]["nll"]), rel=1e-4)
-    out = str(tracked["stdout"])
-    assert re.search(r"demo calibration: ECE base [\d.]+ -> fine-tuned [\d.]+; Brier", out), out[-2000:]
-    assert "demo-qa (free text, n=6): ROUGE-L base" in out and "perplexity (" in out
-    md = (folder / "report.md").read_text()
-    for heading in ("## Calibration and selective accuracy", "## Free-text answers", "## Perplexity on a held-out corpus"):
-        assert heading in md
-    assert "![reliability diagrams, base vs fine-tuned](calibration.png)" in md
-    assert (folder / "calibration.png").stat().st_size > 5000
-    assert (folder / "report.html").read_text().count('src="data:image/png;base64,') == 3
-
-
-def test_perplexity_is_the_training_losss_count(tracked: dict[str, object]) -> None:
-    import torch
-    from peft import PeftModel
-
-    from runner.machine.probe import probe_machine
-    from runner.machine.profile import resolve_profile
-    from runner.models.loading import load_base, load_tokenizer
-    from runner.spec.typed import load_spec
-
-    folder = tracked["folder"]
-    assert isinstance(folder, Path)
-    spec = load_spec(folder / "spec.yaml")
-    store = folder / "store"
-    model_dir = next(p for p in (store / "model").iterdir() if (p / "manifest.json").is_file())
-    export_dir = next(p for p in (store / "export").iterdir() if (p / "manifest.json").is_file())
-    model = PeftModel.from_pretrained(load_base(model_dir, spec, resolve_profile(spec, probe_machine())),
-                                      str(export_dir / "adapter")).eval()
-    tok = load_tokenizer(model_dir)
-    texts = [json.loads(line)["question"] for line in (DEMO / "medmc_test.jsonl").read_text().splitlines()[:10]]
-    metrics = json.loads((tracked["eval"] / "metrics.json").read_text())  # type: ignore[operator]
-    for label in ("tuned", "base"):
-        total, count = 0.0, 0
-        with torch.inference_mode(), (model.disable_adapter() if label == "base" else torch.inference_mode()):
-            for text in texts:  # one at a time, no padding: transformers' own shifted cross-entropy
-                ids = torch.tensor([tok(text).input_ids])
-                loss = model(input_ids=ids, labels=ids).loss
-                total += float(loss) * (ids.shape[1] - 1)
-                count += ids.shape[1] - 1
-        assert metrics["perplexity"][label]["tokens"] == count
-        assert metrics["perplexity"][label]["nll"] == pytest.approx(total / count, abs=2e-4)
-
-
 def test_logging_is_in_no_key(tracked: dict[str, object]) -> None:
     folder = tracked["folder"]
     assert isinstance(folder, Path)
-    (folder / "quiet.yaml").write_text(spec_text(logging=False))
+    (folder / "quiet.yaml").write_text(tracked_spec(logging=False))
     done = runner("plan", str(folder / "quiet.yaml"), "--store", str(folder / "store"))
     assert set(statuses(done.stdout).values()) == {"cached"}, done.stdout
 
@@ -174,7 +86,7 @@ def test_wandb_asked_for_but_not_installed_is_one_line(tracked: dict[str, object
         pass
     folder = tracked["folder"]
     assert isinstance(folder, Path)
-    (folder / "wandb.yaml").write_text(spec_text().replace("[tensorboard, mlflow]", "[wandb]"))
+    (folder / "wandb.yaml").write_text(tracked_spec().replace("[tensorboard, mlflow]", "[wandb]"))
     for stage in ("train", "eval"):  # each stops before its work
         done = runner("run", str(folder / "wandb.yaml"), "--store", str(folder / "store"), "--force", stage)
         assert done.returncode == 3, done.stdout[-2000:] + done.stderr[-2000:]
@@ -190,7 +102,7 @@ def test_two_processes_log_once(tracked: dict[str, object], tmp_path: Path) -> N
     folder = tracked["folder"]
     assert isinstance(folder, Path)
     spec = tmp_path / "two.yaml"
-    spec.write_text(spec_text().replace("seed: 7", "seed: 7\nhardware: {processes: 2}").replace("dir: logs", f"dir: {tmp_path / 'logs'}"))
+    spec.write_text(tracked_spec().replace("seed: 7", "seed: 7\nhardware: {processes: 2}").replace("dir: logs", f"dir: {tmp_path / 'logs'}"))
     store = tmp_path / "store"
     for stage in ("model", "data"):  # the module's own: same keys
         (store / stage).mkdir(parents=True)

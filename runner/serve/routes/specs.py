@@ -184,8 +184,8 @@ def plan(body: SpecText, request: Request) -> Planned:
 
 def _text(data: dict[str, Any]) -> str | None:
     """The record's resolved spec as YAML, its relative paths made absolute (a job's spec lives elsewhere)."""
-    from runner.serve.models import spec_of
-    from runner.serve.openai_jobs import plain_spec
+    from runner.serve.jobs.openai_fields import plain_spec
+    from runner.serve.registry import spec_of
 
     try:
         plain = plain_spec(spec_of(data))

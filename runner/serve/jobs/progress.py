@@ -11,12 +11,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Request
-
 from runner.core.stage import STAGE_NAMES
-from runner.serve.schemas import JobProgress
 
-router = APIRouter()
 MAX_POINTS = 2000  # a long run's curve is thinned to this many points, evenly
 STAGE_LINE = re.compile(r"\[runner\] (\w+): (running|cached|done in|built meanwhile by another run, reusing) ?([0-9a-f]{12})?")
 # tqdm: " 39%|███▉      | 13/33 [00:04<00:06, 3.1it/s, loss=6.5587]"
@@ -102,10 +98,3 @@ def progress(store: Path, job: dict[str, Any], log: Path) -> dict[str, Any]:
             "time_left_s": 0.0 if job["status"] == "succeeded" else left,
             "fine_tuned_model": job.get("fine_tuned_model"), "error": job.get("error"),
             "report": f"/v1/reports/{evaluated.name}/report.html" if report and evaluated else None}
-
-
-@router.get("/v1/fine_tuning/jobs/{job_id}/progress")
-def job_progress(job_id: str, request: Request) -> JobProgress:
-    jobs = request.app.state.jobs
-    job = jobs.get(job_id)  # 404 for a job that does not exist
-    return JobProgress(**progress(jobs.store, job, jobs.folder / f"{job_id}.log"))

@@ -23,8 +23,8 @@ from typing import Any
 
 from fastapi import HTTPException
 
-from runner.serve.files import FILE_ID
-from runner.serve.models import Entry
+from runner.serve.registry import Entry
+from runner.serve.uploads import FILE_ID
 from runner.spec.typed import Spec
 
 # OpenAI's hyperparameter -> (spec section, key, integer?, lowest, highest, lowest allowed?): OpenAI's
@@ -38,7 +38,7 @@ HYPERPARAMETERS: dict[str, tuple[str, str, bool, float, float, bool]] = {
     "lora_alpha": ("lora", "alpha", False, 0, 1024, False),
     "lora_dropout": ("lora", "dropout", False, 0, 0.9, True),
 }
-# A file's kind (runner.serve.files.FileStore.kind) -> the data format its rows are read as
+# A file's kind (runner.serve.uploads.FileStore.kind) -> the data format its rows are read as
 FORMATS = {"jsonl": "chat", "text": "text"}
 CHAT_ROW = '{"messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]}'
 
