@@ -23,6 +23,7 @@ from typing import Any
 
 from runner.core.errors import SpecError
 from runner.machine.profile import Profile
+from runner.machine.world import Nodes
 from runner.spec.typed import Spec
 
 
@@ -158,16 +159,29 @@ def run(spec: str | Path, store: str | Path = "artifacts", only: str | None = No
     from runner.core.store import Store
     from runner.machine.probe import probe_machine
     from runner.machine.profile import resolve_profile
+    from runner.machine.world import nodes_from_environment
 
     quiet_known_warnings()
     started = time.time()
     path = spec_file(spec)
     typed = validate(path, sets)
-    profile = resolve_profile(typed, probe_machine())
+    profile = resolve_profile(typed, nodes_from_environment().cluster_probe(probe_machine()))
     log(f"profile: {profile.device} {profile.dtype}, quantization {profile.quantization}")
     outcomes, record = run_spec(typed, path, profile, Store(Path(store)), log,
                                 Options(only=only, force=frozenset(force), verify=verify, again=again, sets=tuple(sets)))
     return Result(outcomes, record, time.time() - started)
+
+
+def follow(spec: str | Path, store: str | Path, nodes: Nodes, log: Callable[[str], None] = _log,
+           sets: Sequence[str] = ()) -> str:
+    """`runner run --node-rank R` (R > 0): join node 0's training of this spec; node 0 writes the store."""
+    from runner.core.follow import follow as join
+    from runner.core.store import Store
+    from runner.machine.probe import probe_machine
+    from runner.machine.profile import resolve_profile
+
+    typed = validate(spec_file(spec), sets)
+    return join(typed, resolve_profile(typed, nodes.cluster_probe(probe_machine())), Store(Path(store)), nodes, log)
 
 
 @dataclass(frozen=True)

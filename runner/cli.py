@@ -162,6 +162,16 @@ def _spec_commands(command) -> None:  # type: ignore[no-untyped-def]
             p.add_argument("--image", choices=("cpu", "cuda", "auto"),
                            help="run inside the CPU or CUDA container image (built when missing; "
                                 "auto: cuda when an NVIDIA GPU is present)")
+            _node_arguments(p)
+
+
+def _node_arguments(p) -> None:  # type: ignore[no-untyped-def]
+    """Training across machines, as torchrun says it (docs/scale-out.md)."""
+    p.add_argument("--nodes", type=int, metavar="N", help="train across N machines, each running this same "
+                   "command with its --node-rank (hardware.processes is the total over all of them)")
+    p.add_argument("--node-rank", type=int, metavar="R", help="this machine's rank, 0 to N-1; node 0 runs the "
+                   "stages and writes the store, the others join its training")
+    p.add_argument("--master", metavar="HOST:PORT", help="node 0's address and a free port (torch's c10d rendezvous)")
 
 
 def _sweep_commands(command) -> None:  # type: ignore[no-untyped-def]
@@ -222,8 +232,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from runner import api
     from runner.core import signals
     from runner.core.recap import print_summary
+    from runner.machine.world import nodes_given
 
     signals.install()
+    nodes = nodes_given(args.nodes, args.node_rank, args.master)
+    os.environ.update(nodes.environment() if nodes.many else {})  # the train stage reads them there
+    if nodes.rank > 0:
+        print(api.follow(args.spec, args.store, nodes, sets=args.set), flush=True)
+        return 0
     result = api.run(args.spec, args.store, args.only, args.force, args.verify, again=args.push, sets=args.set)
     print_summary(result.outcomes, result.record, result.seconds)
     return 0

@@ -34,6 +34,9 @@ class RunRecord:
     gates: dict[str, Any] = field(default_factory=dict)  # what each stage's gate found (contamination: per benchmark)
     side_effects: dict[str, Any] = field(default_factory=dict)  # what the run did outside the store (a push)
     sets: list[str] = field(default_factory=list)  # `--set PATH=VALUE` as given (`spec` holds their result)
+    # The world the trainer really used (world_size, nodes, processes_per_node, backend, sharding,
+    # device), read back from the train artifact's summary: not what the spec asked for.
+    world: dict[str, Any] | None = None
 
     def stage(self, name: str) -> dict[str, Any] | None:
         return next((s for s in self.stages if s["stage"] == name), None)
@@ -73,6 +76,15 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
     except OSError:
         pass  # under a file or on a read-only mount there is nothing to remove
+
+
+def trained_world(artifact: Path | None) -> dict[str, Any] | None:
+    """The world that trained an artifact, as its summary.json says (the train stage writes it)."""
+    try:
+        world = json.loads((artifact / "summary.json").read_text("utf-8")).get("world") if artifact else None
+    except (OSError, ValueError, AttributeError):
+        return None
+    return world if isinstance(world, dict) else None
 
 
 def latest_record(store_root: Path, spec_path: Path) -> RunRecord | None:
