@@ -184,6 +184,19 @@ def follow(spec: str | Path, store: str | Path, nodes: Nodes, log: Callable[[str
     return join(typed, resolve_profile(typed, nodes.cluster_probe(probe_machine())), Store(Path(store)), nodes, log)
 
 
+def _run_on(on: str, written: list[Any], store: Path, jobs: int, slots: list[str | None], address: str | None,
+            folder: Path, gpus: int, log: Callable[[str], None]) -> dict[str, int]:
+    """Each variant's exit code, run here (`jobs` at once) or through a cluster's engine."""
+    from runner.experiments import cluster
+    from runner.experiments.sweep import run_variants
+
+    if on == "ray":
+        return cluster.run_on_ray(written, store, address, log)
+    if on == "slurm":
+        return cluster.run_on_slurm(written, store, folder, min(gpus, 1), log)
+    return run_variants(written, store, jobs, slots, log)
+
+
 @dataclass(frozen=True)
 class Compared:
     report: Path  # report.html; report.md, the pictures and comparison.json beside it
@@ -225,9 +238,10 @@ class Swept:
 def sweep(spec: str | Path, sets: Iterable[str] = (), variants: str | Path | None = None,
           store: str | Path = "artifacts", jobs: int = 1, plan_only: bool = False, write: str | Path | None = None,
           against: str = "baseline", log: Callable[[str], None] = _log, show: Callable[[str], None] = print,
-          max_variants: int | None = None) -> Swept:
+          max_variants: int | None = None, on: str = "local", address: str | None = None) -> Swept:
     """Expand `spec` by a grid (`sets`: "lora.r=8,16") or a variants file, show every variant's plan,
-    run them (`jobs` at once) and compare them. `write`: only write the variant specs there."""
+    run them (`jobs` at once; `on` "ray" or "slurm": all at once on a cluster, docs/scale-out.md) and
+    compare them. `write`: only write the variant specs there."""
     from runner.core.errors import SpecError
     from runner.experiments.variants import expand, sweep_folder, write_variants
 
@@ -236,6 +250,8 @@ def sweep(spec: str | Path, sets: Iterable[str] = (), variants: str | Path | Non
         raise SpecError(["sweep: give --set PATH=V1,V2 (a grid) or --variants FILE, one of the two"])
     if jobs < 1:
         raise SpecError([f"sweep: --jobs {jobs}: run at least 1 variant at a time (--jobs 1, the default)"])
+    if address is not None and on != "ray":
+        raise SpecError([f"sweep: --address is a Ray cluster's: add --on ray (or leave --address out for --on {on})"])
     base = validate(spec)
     expanded = expand(sets, Path(variants) if variants is not None else None, base.name, max_variants)
     folder = Path(write) if write else sweep_folder(Path(store), Path(spec), expanded)
@@ -245,7 +261,7 @@ def sweep(spec: str | Path, sets: Iterable[str] = (), variants: str | Path | Non
         return Swept([w.path for w in written], [], {}, None)
     from runner.core.execute import registered_stages
     from runner.core.store import Store
-    from runner.experiments.sweep import device_slots, plan_lines, plan_variants, run_variants, visible_gpus
+    from runner.experiments.sweep import device_slots, plan_lines, plan_variants, visible_gpus
     from runner.machine.probe import probe_machine
 
     probe = probe_machine()
@@ -255,7 +271,7 @@ def sweep(spec: str | Path, sets: Iterable[str] = (), variants: str | Path | Non
         show(line)
     if plan_only:
         return Swept([w.path for w in written], planned, {}, None)
-    codes = run_variants(written, Path(store), jobs, slots, log)
+    codes = _run_on(on, written, Path(store), jobs, slots, address, folder, len(probe.gpus), log)
     done = [w.path for w in written if codes.get(w.variant.name) == 0]
     compared = compare(done, store, against, folder / "compare") if done else None
     for line in compared.lines if compared else []:

@@ -185,6 +185,10 @@ def _sweep_commands(command) -> None:  # type: ignore[no-untyped-def]
     sw.add_argument("--plan", action="store_true", help="show every variant's plan and the sweep's cost; run nothing")
     sw.add_argument("--jobs", type=int, default=1, metavar="N",
                     help="run N variants at once, each a `runner run` process (on its own GPUs where there are several)")
+    sw.add_argument("--on", choices=("local", "ray", "slurm"), default="local",
+                    help="where the variants run: here (default), each a Ray task, or one SLURM array job (submitit)")
+    sw.add_argument("--address", metavar="HOST:PORT",
+                    help="with --on ray: the Ray cluster to join (default: a local Ray started for the sweep)")
     sw.add_argument("--write", type=Path, metavar="DIR", help="only write the variant specs to DIR (for a scheduler)")
     sw.add_argument("--max-variants", type=int, metavar="N",
                     help="refuse a sweep of more than N variants, counted before any is made (default 256)")
@@ -252,7 +256,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     signals.install(hangup=True)  # SIGTERM and SIGHUP too stop the sweep's runs at a checkpoint
     swept = api.sweep(args.spec, args.set, args.variants, args.store, args.jobs, args.plan, args.write, args.against,
-                      show=lambda line: print(line, flush=True), max_variants=args.max_variants)
+                      show=lambda line: print(line, flush=True), max_variants=args.max_variants, on=args.on,
+                      address=args.address)
     if args.write:
         print("\n".join(str(path) for path in swept.specs))
     failed = [name for name, code in swept.codes.items() if code != 0]
