@@ -37,6 +37,8 @@ def run_variant(spec: str, store: str) -> int:
 def run_on_ray(written: list[Written], store: Path, address: str | None, log: Callable[[str], None]) -> dict[str, int]:
     """Each variant a Ray task on the cluster at `address` (None: a Ray started here for the sweep),
     with a GPU where the cluster has GPUs; returns each variant's exit code."""
+    # Ray folds lines that look alike from several tasks into one: the variants' own lines, all shown.
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     import ray
 
     ray.init(address=address, log_to_driver=True, include_dashboard=False, configure_logging=False)
