@@ -43,10 +43,11 @@ def run_on_ray(written: list[Written], store: Path, address: str | None, log: Ca
 
     ray.init(address=address, log_to_driver=True, include_dashboard=False, configure_logging=False)
     try:
-        gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+        resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
+        gpus = 1 if resources.get("GPU", 0) >= 1 else 0
         task = ray.remote(run_variant).options(num_cpus=1, num_gpus=gpus, max_retries=RETRIES)
         log(f"sweep: {len(written)} variant(s) as Ray tasks on {address or 'a local Ray'} "
-            f"({ray.cluster_resources().get('CPU', 0):.0f} CPUs, {gpus} GPU each)")
+            f"({resources.get('CPU', 0):.0f} CPUs, {gpus} GPU each)")
         pending = {task.remote(str(w.path.resolve()), str(store.resolve())): w.variant.name for w in written}
         codes: dict[str, int] = {}
         try:
@@ -76,9 +77,9 @@ def _code(ray: Any, ref: Any, retries: int) -> int:
 def slurm_parameters(variants: int, gpus: int, cpus: int, hours: float) -> dict[str, Any]:
     """submitit's settings for the sweep's array job: one task per variant, all at once, each on one
     node with its GPUs; USR2 shortly before the time limit, which submitit turns into a requeue."""
-    return {"timeout_min": int(hours * 60), "nodes": 1, "tasks_per_node": 1, "gpus_per_node": gpus,
-            "cpus_per_task": cpus, "name": "runner-sweep", "slurm_array_parallelism": variants,
-            "slurm_signal_delay_s": 120}
+    where = {"gpus_per_node": gpus} if gpus else {}  # a CPU partition may refuse any GPU request, 0 included
+    return {"timeout_min": int(hours * 60), "nodes": 1, "tasks_per_node": 1, **where, "cpus_per_task": cpus,
+            "name": "runner-sweep", "slurm_array_parallelism": variants, "slurm_signal_delay_s": 120}
 
 
 def sbatch_script(folder: Path, variants: int, parameters: dict[str, Any]) -> str:
