@@ -3,11 +3,13 @@ the `accelerate launch` each node runs, and the SLURM array job a sweep would su
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from runner.core.errors import ProfileError
+from runner.core.records import trained_world
 from runner.experiments.cluster import sbatch_script, slurm_parameters
 from runner.machine.probe import Gpu, Probe
 from runner.machine.world import Nodes, launch_command, launch_failure, nodes_from_environment, nodes_given
@@ -74,3 +76,13 @@ def test_the_sweep_s_slurm_job_is_one_array_of_its_variants_with_a_requeue_signa
         assert line in script.splitlines(), line
     assert "srun" in script and "-m submitit.core._submit" in script
     assert "--gpus-per-node" not in sbatch_script(tmp_path, 2, slurm_parameters(2, gpus=0, cpus=2, hours=1))
+
+
+def test_the_run_record_takes_the_world_from_the_train_artifact_and_nothing_else(tmp_path: Path) -> None:
+    world = {"world_size": 2, "nodes": 2, "processes_per_node": 1, "backend": "gloo", "sharding": "ddp", "device": "cpu"}
+    (tmp_path / "summary.json").write_text(json.dumps({"seconds": 3.0, "world": world}))
+    assert trained_world(tmp_path) == world
+    for hostile in ("[]", '{"world": [2]}', "{", '{"seconds": 1}'):
+        (tmp_path / "summary.json").write_text(hostile)
+        assert trained_world(tmp_path) is None, hostile
+    assert trained_world(None) is None and trained_world(tmp_path / "absent") is None
