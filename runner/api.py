@@ -165,7 +165,9 @@ def run(spec: str | Path, store: str | Path = "artifacts", only: str | None = No
     started = time.time()
     path = spec_file(spec)
     typed = validate(path, sets)
-    profile = resolve_profile(typed, nodes_from_environment().cluster_probe(probe_machine()))
+    nodes = nodes_from_environment()
+    profile = resolve_profile(typed, nodes.cluster_probe(probe_machine()))
+    nodes.per_node(profile.processes)  # a world that cannot be split over the nodes: one line before any stage
     log(f"profile: {profile.device} {profile.dtype}, quantization {profile.quantization}")
     outcomes, record = run_spec(typed, path, profile, Store(Path(store)), log,
                                 Options(only=only, force=frozenset(force), verify=verify, again=again, sets=tuple(sets)))
@@ -181,7 +183,9 @@ def follow(spec: str | Path, store: str | Path, nodes: Nodes, log: Callable[[str
     from runner.machine.profile import resolve_profile
 
     typed = validate(spec_file(spec), sets)
-    return join(typed, resolve_profile(typed, nodes.cluster_probe(probe_machine())), Store(Path(store)), nodes, log)
+    profile = resolve_profile(typed, nodes.cluster_probe(probe_machine()))
+    nodes.per_node(profile.processes)  # the same line node 0 stops with, before waiting for it
+    return join(typed, profile, Store(Path(store)), nodes, log)
 
 
 def _run_on(on: str, written: list[Any], store: Path, jobs: int, slots: list[str | None], address: str | None,

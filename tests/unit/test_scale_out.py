@@ -4,6 +4,9 @@ the `accelerate launch` each node runs, and the SLURM array job a sweep would su
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,8 @@ from runner.core.records import trained_world
 from runner.experiments.cluster import sbatch_script, slurm_parameters
 from runner.machine.probe import Gpu, Probe
 from runner.machine.world import Nodes, launch_command, launch_failure, nodes_from_environment, nodes_given
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_one_node_when_nothing_is_said() -> None:
@@ -86,3 +91,14 @@ def test_the_run_record_takes_the_world_from_the_train_artifact_and_nothing_else
         (tmp_path / "summary.json").write_text(hostile)
         assert trained_world(tmp_path) is None, hostile
     assert trained_world(None) is None and trained_world(tmp_path / "absent") is None
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_world_the_nodes_cannot_split_stops_every_node_before_any_stage(rank: int, tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "runner", "run", "specs/smoke.yaml", "--store", str(tmp_path),
+                           "--set", "hardware.processes=1", "--nodes", "2", "--node-rank", str(rank),
+                           "--master", "127.0.0.1:29500"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 3 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "hardware.processes 1 cannot be split evenly over --nodes 2" in done.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "model").exists()  # nothing built, and node 1 did not wait for node 0
