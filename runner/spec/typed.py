@@ -130,9 +130,37 @@ class Contamination:
 
 
 @dataclass(frozen=True)
+class FilterStep:
+    """One step of an lm-evaluation-harness filter pipeline (runner/scoring/extract.py runs it)."""
+
+    function: Literal["regex", "multi_choice_regex", "remove_whitespace", "lowercase", "uppercase", "after_thinking",
+                      "take_first"]
+    regex_pattern: str | None = None
+    group_select: int = 0
+    fallback: str = "[invalid]"
+    ignore_case: bool = False
+    ignore_punctuation: bool = False
+    regexes_to_ignore: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Generative:
     enabled: bool = False
     max_new_tokens: int = 8
+    samples: int = 1
+    temperature: float = 0
+    top_p: float = 1.0
+    thinking_budget: int | None = None
+    think_end: str = "</think>"
+    stop: tuple[str, ...] = ()
+    extract: Literal["first-line", "last-answer", "answer-is", "flexible"] = "first-line"
+    filters: tuple[FilterStep, ...] = ()
+
+    @property
+    def reasoning(self) -> bool:
+        """Anything beyond greedy decoding read off the first line is asked for: the sampled, checkpointed path."""
+        return (self.samples, self.temperature, self.top_p, self.thinking_budget, self.think_end, self.stop,
+                self.extract, self.filters) != (1, 0, 1.0, None, "</think>", (), "first-line", ())
 
 
 @dataclass(frozen=True)
@@ -140,6 +168,12 @@ class Perplexity:
     path: str
     field: str = "text"
     max_texts: int | None = None
+
+
+@dataclass(frozen=True)
+class Abstain:
+    signal: Literal["loglik", "token_prob", "vote"]
+    threshold: float
 
 
 @dataclass(frozen=True)
@@ -154,6 +188,7 @@ class Eval:
     contamination: Contamination = field(default_factory=Contamination)
     generative: Generative = field(default_factory=Generative)
     perplexity: Perplexity | None = None
+    abstain: Abstain | None = None  # answer only above a confidence: scored, never changes an answer
 
 
 @dataclass(frozen=True)

@@ -43,14 +43,18 @@ SLICED: dict[str, set[str]] = {
     "Q8Tolerance": {"min_agreement", "max_logprob_diff"},
     "Q4Tolerance": {"min_agreement", "max_logprob_diff"},
     "Eval": {"benchmarks", "compare_base", "batch_size", "chat_template", "queries", "generation", "safety",
-             "contamination", "generative", "perplexity"},
+             "contamination", "generative", "perplexity", "abstain"},
     "Benchmark": {"name", "format", "hub", "config", "split", "revision", "fields", "limit"},
     "Generation": {"max_new_tokens", "temperature", "top_p"},
     "Safety": {"builtin", "rules"},
     "SafetyRule": {"name", "pattern", "unless"},
     "Contamination": {"check", "similarity"},
-    "Generative": {"enabled", "max_new_tokens"},
+    "Generative": {"enabled", "max_new_tokens", "samples", "temperature", "top_p", "thinking_budget", "think_end",
+                   "stop", "extract", "filters"},
+    "FilterStep": {"function", "regex_pattern", "group_select", "fallback", "ignore_case", "ignore_punctuation",
+                   "regexes_to_ignore"},
     "Perplexity": {"field", "max_texts"},
+    "Abstain": {"signal", "threshold"},
 }
 # Enter a key through the digests of the files they name (local_files), never as a path: moving a
 # file reruns nothing. (A slice may say that a local file is used, as data's `local` does.)
@@ -125,8 +129,9 @@ eval:
   queries: ["what?"]
   generation: {temperature: 0.5}
   safety: {rules: [{name: r, pattern: p}]}
-  generative: {enabled: true}
+  generative: {enabled: true, filters: [{function: regex, regex_pattern: "x"}]}
   perplexity: {path: corpus.txt}
+  abstain: {signal: token_prob, threshold: 0.6}
 export: {merged: true, gguf: {types: [f16]}, push: {repo_id: someone/adapter}}
 """
 MIXTURE = """

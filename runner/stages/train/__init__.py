@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from runner.core.errors import ProfileError
+from runner.core.outputs import DataStats
 from runner.core.stage import StageContext
 from runner.machine.profile import Profile
+from runner.spec.slices import quantization_slice
 from runner.spec.typed import Spec
-from runner.stages.model import quantization_slice
 from runner.stages.train.gate import check_before_training
 from runner.stages.train.launch import launch
 from runner.stages.train.loop import train_here
@@ -72,9 +73,10 @@ def fit_memory(ctx: StageContext) -> Profile:
     from runner.models.loading import weights_path
 
     config = json.loads((Path(weights_path(ctx.upstream["model"])) / "config.json").read_text("utf-8"))
-    stats = json.loads((ctx.upstream["data"] / "stats.json").read_text("utf-8"))
+    longest = DataStats.read(ctx.upstream["data"] / "stats.json").train_tokens.max
+    assert longest is not None  # the data stage counts every training example
     profile = ctx.profile
-    fitted = fit_profile(ctx.spec, profile, config, stats["train_tokens"]["max"])
+    fitted = fit_profile(ctx.spec, profile, config, longest)
     budget = profile.memory_mib * 2**20 * MEMORY_BUDGET / GIB
     ctx.log(f"train: memory estimate {fitted.estimate.describe()}, budget {budget:.1f} GiB "
             f"({MEMORY_BUDGET:.0%} of {profile.device})")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.core.errors import StageError
+from runner.core.outputs import TrainSummary
 from runner.core.stage import StageContext
 from runner.models.loading import cpu_threads
 from runner.stages.train.launch import is_main_process, world_of
@@ -270,7 +271,7 @@ def _write_summary(ctx: StageContext, ready: Ready, trained: Trained, rows: list
                "seconds": round(trained.result.metrics.get("train_runtime", math.nan), 2),
                "train_rows": len(ready.train_rows), "validation_rows": len(ready.val_rows),
                "world": world_of(trained.trainer)}  # what trained it, as the Trainer saw it
-    (ctx.out / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True), "utf-8")
+    TrainSummary.of(summary).write(ctx.out / "summary.json")
 
 
 def _by_source(before: dict[str, float] | None, after: dict[str, float] | None) -> dict[str, dict[str, float | None]]:
