@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -54,7 +55,10 @@ def _wait_for_context(spec: Spec, profile: Profile, store: Store, nodes: Nodes, 
         step = next(s for s in plan(stages, spec, profile, store, None) if s.stage == "train")
         if step.status == "cached":
             return None
-        if step.key is not None and (context := store.work_dir("train", step.key) / "launch.json").is_file():
+        context = store.work_dir("train", step.key) / "launch.json" if step.key is not None else None
+        # A launch.json left by an earlier, stopped try is there before node 0 gets back to training:
+        # node 0's launcher listening at --master is what says this try's context is written.
+        if context is not None and context.is_file() and _listening(nodes.address, nodes.port):
             return context
         if not told:
             log(f"node {nodes.rank}: waiting for node 0 to reach the train stage in {store.root}")
@@ -63,3 +67,12 @@ def _wait_for_context(spec: Spec, profile: Profile, store: Store, nodes: Nodes, 
             raise StageError(f"node {nodes.rank}: node 0 did not start training in {store.root} within {patience:.0f} s; "
                              "is node 0 running, and is --store on a filesystem every node sees (the same path on each)?")
         time.sleep(1)
+
+
+def _listening(address: str, port: int) -> bool:
+    """Whether node 0's rendezvous (the c10d store its launcher hosts) accepts connections yet."""
+    try:
+        with socket.create_connection((address, port), timeout=2):
+            return True
+    except OSError:
+        return False

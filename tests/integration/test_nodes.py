@@ -54,7 +54,10 @@ def test_two_nodes_give_the_adapter_two_processes_on_one_node_give(tiny: Tiny, t
     started = time.time()
     follower = _node(spec, two, 1, port)
     leader = _node(spec, two, 0, port)
-    out0, out1 = leader.communicate(timeout=600)[0], follower.communicate(timeout=120)[0]
+    try:
+        out0, out1 = leader.communicate(timeout=600)[0], follower.communicate(timeout=120)[0]
+    finally:
+        _kill_trees(leader, follower)
     two_nodes = time.time() - started
     assert leader.returncode == 0 and follower.returncode == 0, out0[-3000:] + out1[-3000:]
     assert "launching 1 of 2 processes on node 0 of 2" in out0 and "trained in 2 processes (gloo) on 2 nodes" in out0
@@ -87,6 +90,14 @@ def _tree(root: int) -> list[int]:
     return found
 
 
+def _kill_trees(*nodes: subprocess.Popen[str]) -> None:
+    """Each node still running, with everything it started (a failed assertion leaves none behind)."""
+    for proc in nodes:
+        for pid in reversed(_tree(proc.pid)) if proc.poll() is None else []:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
 def test_a_node_killed_mid_run_stops_the_other_with_one_line_and_the_rerun_resumes(tiny: Tiny, tmp_path: Path) -> None:
     spec = _two_process_spec(tiny, tmp_path, epochs=3)
     store = _store(tiny, tmp_path / "store")
@@ -104,10 +115,7 @@ def test_a_node_killed_mid_run_stops_the_other_with_one_line_and_the_rerun_resum
         out = leader.communicate(timeout=120)[0]
         print(f"node 0 stopped {time.time() - killed:.1f} s after node 1 was killed")
     finally:
-        for proc in (leader, follower):
-            for pid in reversed(_tree(proc.pid)) if proc.poll() is None else []:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+        _kill_trees(leader, follower)
     follower.communicate(timeout=30)
     errors = [line for line in out.splitlines() if line.startswith("error")]
     assert leader.returncode == 5 and len(errors) == 1, out[-3000:]
@@ -115,7 +123,10 @@ def test_a_node_killed_mid_run_stops_the_other_with_one_line_and_the_rerun_resum
     port = free_port()
     follower, leader = _node(spec, store, 1, port), _node(spec, store, 0, port)
     started = time.time()
-    out0, out1 = leader.communicate(timeout=600)[0], follower.communicate(timeout=120)[0]
+    try:
+        out0, out1 = leader.communicate(timeout=600)[0], follower.communicate(timeout=120)[0]
+    finally:
+        _kill_trees(leader, follower)
     print(f"rerun: {time.time() - started:.1f} s")
     assert leader.returncode == 0 and follower.returncode == 0, out0[-3000:] + out1[-3000:]
     assert "train: resuming from checkpoint-" in out0, out0[-3000:]
