@@ -87,14 +87,53 @@ def plan(stages: tuple[Stage, ...], spec: Spec, profile: Profile, store: Store,
     """The whole plan without running anything: stages after one that will run stay `pending`. `digest`
     hashes the local files (a server planning on each edit passes a cache of it)."""
     require_extras(spec)  # a package the spec asks for and lacks: one line now, not a failed stage later
+    spec, waiting = _resolve_chain(stages, spec, store, verify, digest)
     done: dict[str, Manifest] = {}
     steps = []
     for stage in stages:
+        if waiting is not None and stage.name == "train":  # the chained spec's adapter is not built yet
+            steps.append(Step(stage.name, "pending", None, (waiting,)))
+            continue
         step = plan_stage(stage, spec, profile, store, done, previous, stage.name in force, verify, digest)
         if step.manifest is not None:
             done[stage.name] = step.manifest
         steps.append(step)
     return steps
+
+
+def _resolve_chain(stages: tuple[Stage, ...], spec: Spec, store: Store, verify: bool,
+                   digest: Digest) -> tuple[Spec, str | None]:
+    """train.init_adapter.spec (runner.core.chain): the spec with the chained adapter's folder when that
+    spec's train stage is in the store, else the spec and why its train stage must wait."""
+    from runner.core.chain import chained_spec, link_profile, waiting_reason, with_adapter
+    from runner.core.records import latest_record
+
+    link = chained_spec(spec)
+    if link is None:
+        return spec, None
+    linked, path = link
+    steps = plan(stages, linked, link_profile(linked), store, latest_record(store.root, path), verify=verify,
+                 digest=digest)
+    train = next(s for s in steps if s.stage == "train")
+    if train.manifest is None:
+        return spec, waiting_reason(path)
+    return with_adapter(spec, train.manifest.path), None
+
+
+def chain_lines(stages: tuple[Stage, ...], spec: Spec, store: Store) -> list[str]:
+    """For `runner plan`: each spec of the chain this one starts from, and its stages up to train."""
+    from runner.core.chain import chained_spec, link_profile
+    from runner.core.records import latest_record
+
+    lines: list[str] = []
+    link = chained_spec(spec)
+    while link is not None:
+        linked, path = link
+        steps = plan(stages, linked, link_profile(linked), store, latest_record(store.root, path))
+        shown = [s for s in steps if s.stage in ("model", "data", "train")]
+        lines = [f"chain: train.init_adapter starts from {path} ({linked.name}):"] + [f"  {s.line()}" for s in shown] + lines
+        link = chained_spec(linked)
+    return lines
 
 
 def mixture_lines(steps: list[Step], spec: Spec) -> list[str]:

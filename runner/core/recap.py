@@ -130,11 +130,16 @@ def calibration_line(name: str, by_model: dict[str, Calibrated]) -> str:
 
 
 def training_notes(train: TrainSummary) -> list[str]:
-    """Validation loss per source (a mixture's) and what early stopping did, a line each."""
+    """Validation loss per source (a mixture's), a preference method's held-out figures and what early
+    stopping did, a line each."""
     lines = []
     if train.by_source:
         lines.append("  validation by source: " + ", ".join(
             f"{name} {_loss(v.before)} -> {_loss(v.after)}" for name, v in train.by_source.items()))
+    held_out = train.raw.get("held_out") or {}  # dpo, orpo, kto (untyped yet: came after runner.core.outputs)
+    if held_out:
+        lines.append(f"  {train.raw['method']} held-out pairs: " + ", ".join(
+            f"{name.replace('_', ' ')} {_loss(v['before'])} -> {_loss(v['after'])}" for name, v in held_out.items()))
     stopping = train.early_stopping
     if stopping:
         best = f"best step {stopping.best_step}, validation {_loss(stopping.best_eval_loss)}"

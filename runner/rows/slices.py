@@ -43,6 +43,10 @@ def fields_key(fields: Fields, fmt: str) -> dict[str, Any]:
     """The fields that shape the rows; `text` only for a text source, so other keys stay as they were. A chat
     source also names its reader: ShareGPT rows and role names, once dropped, are read since it changed."""
     extra = {"text": fields.text} if fmt == "text" else {"chat_rows": "openai+sharegpt"} if fmt == "chat" else {}
+    if fmt == "preference":  # train.method dpo, orpo (runner.rows.pairs)
+        extra = {"prompt": fields.prompt, "chosen": fields.chosen, "rejected": fields.rejected}
+    elif fmt == "kto":
+        extra = {"prompt": fields.prompt, "completion": fields.completion, "label": fields.label}
     return fields_slice(fields) | extra
 
 

@@ -57,7 +57,7 @@ def local_files(spec: Spec) -> dict[str, Path]:
 
 def run(ctx: StageContext) -> None:
     from runner.models.loading import load_tokenizer, require_chat_template
-    from runner.stages.data.building import ArrowRows, Tally, build_source, held_out
+    from runner.stages.data.building import ArrowRows, Tally, build_source, held_out, row_kind
     from runner.stages.data.epochs import finish
 
     spec = ctx.spec
@@ -69,14 +69,15 @@ def run(ctx: StageContext) -> None:
         require_chat_template(tok, "data")
     parts = ctx.out / ".parts"  # a mixture's tokenized sources, sampled into train.arrow, then removed
     parts.mkdir()
-    validation = ArrowRows(ctx.out / "validation.arrow")
-    train_direct = None if mixture else ArrowRows(ctx.out / "train.arrow")
+    kind = row_kind(spec)
+    validation = ArrowRows(ctx.out / "validation.arrow", kind=kind)
+    train_direct = None if mixture else ArrowRows(ctx.out / "train.arrow", kind=kind)
     tallies: dict[str, Tally] = {}
     for src in sources:
         paths = local_paths(spec, src)
         split = src.role == "train" and spec.data.validation is None
         held = held_out(src, paths, spec.data.max_rows, spec.data.validation_fraction, spec.seed) if split else None
-        train = train_direct or ArrowRows(parts / f"{src.name}.arrow", extra=True, random_access=True)
+        train = train_direct or ArrowRows(parts / f"{src.name}.arrow", extra=True, random_access=True, kind=kind)
         tally = tallies.setdefault(src.name if src.role == "train" else f"validation/{src.name}", Tally())
         build_source(src, paths, spec, tok, held, {"train": train, "validation": validation}, tally)
         if train is not train_direct:

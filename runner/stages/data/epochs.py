@@ -12,7 +12,7 @@ from typing import Any
 from runner.core.outputs import DataStats
 from runner.core.stage import StageContext
 from runner.rows.mixture import Resolved, epoch_seed, is_mixture, quotas, schedule
-from runner.stages.data.building import ArrowRows, Tally, token_summary
+from runner.stages.data.building import ArrowRows, Tally, row_kind, token_summary
 from runner.stages.data.encoding import samples
 
 CHUNK = 4096  # rows gathered from the sources' files at a time
@@ -65,7 +65,7 @@ def _write_epochs(ctx: StageContext, kept: dict[str, int], quota: dict[str, int]
     spec = ctx.spec
     tables = {n: pa.ipc.open_file(pa.memory_map(str(parts / f"{n}.arrow"))).read_all() for n in kept if kept[n]}
     plan = schedule(kept, quota, spec.data.replacement, spec.seed, spec.train.epochs)
-    out = ArrowRows(ctx.out / "train.arrow")
+    out = ArrowRows(ctx.out / "train.arrow", kind=row_kind(spec))
     written = []
     with open(ctx.out / "epochs.jsonl", "w", encoding="utf-8") as log:
         for epoch, order in enumerate(plan):
