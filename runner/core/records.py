@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import subprocess
 import time
@@ -35,6 +36,9 @@ class RunRecord:
     gates: dict[str, Any] = field(default_factory=dict)  # what each stage's gate found (contamination: per benchmark)
     side_effects: dict[str, Any] = field(default_factory=dict)  # what the run did outside the store (a push)
     sets: list[str] = field(default_factory=list)  # `--set PATH=VALUE` as given (`spec` holds their result)
+    # The world the trainer really used (world_size, nodes, processes_per_node, backend, sharding,
+    # device), read back from the train artifact's summary: not what the spec asked for.
+    world: dict[str, Any] | None = None
 
     def stage(self, name: str) -> dict[str, Any] | None:
         return next((s for s in self.stages if s["stage"] == name), None)
@@ -63,6 +67,15 @@ def save_record(record: RunRecord, path: Path) -> None:
             raise StoreError(f"disk full while writing the run record to {path.parent}; free some space "
                              "(`runner gc` removes unused artifacts) and run again: finished stages are kept") from exc
         raise write_error(path.parent.parent, exc) from exc
+
+
+def trained_world(artifact: Path | None) -> dict[str, Any] | None:
+    """The world that trained an artifact, as its summary.json says (the train stage writes it)."""
+    try:
+        world = json.loads((artifact / "summary.json").read_text("utf-8")).get("world") if artifact else None
+    except (OSError, ValueError, AttributeError):
+        return None
+    return world if isinstance(world, dict) else None
 
 
 def latest_record(store_root: Path, spec_path: Path) -> RunRecord | None:

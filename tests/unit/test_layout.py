@@ -37,7 +37,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("models", "scoring"),  # base models loaded as the profile says; scoring answers
     ("report",),  # the run's report, its pictures, trackers
     ("stages",),  # the five stages: recipes over the rooms below
-    ("core/execute.py", "core/recap.py"),  # the executor (the registry) and what a run prints
+    ("core/execute.py", "core/recap.py", "core/follow.py"),  # the executor (the registry), what a run prints, a node joining node 0
     ("experiments", "containers"),  # sweeps and compare over runs; `run --image`
     ("serve",),  # the server over the store
     ("api.py",),  # the Python API

@@ -21,7 +21,7 @@ from runner.core.errors import StageError
 from runner.core.outputs import TrainSummary
 from runner.core.stage import StageContext
 from runner.models.loading import cpu_threads
-from runner.stages.train.launch import is_main_process
+from runner.stages.train.launch import is_main_process, world_of
 from runner.stages.train.preference import PREFERENCE_METHODS, build_preference_trainer, preference_summary
 from runner.stages.train.trainer import attach_lora, build_trainer, close_progress
 
@@ -146,10 +146,10 @@ def train(ctx: StageContext, ready: Ready) -> Trained:
     per_process = ctx.spec.train.batch_size // ctx.profile.processes
     trained = train_with_retries(make_trainer, ctx.profile.micro_batch_size, per_process, ctx.work / "checkpoints",
                                  ctx.log, sharded=ready.sharded)
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        ctx.log(f"train: trained in {dist.get_world_size()} processes ({dist.get_backend()})")
+    world = world_of(trained.trainer)
+    if world["world_size"] > 1:
+        ctx.log(f"train: trained in {world['world_size']} processes ({world['backend']})"
+                + (f" on {world['nodes']} nodes" if world["nodes"] > 1 else ""))
     return trained
 
 
@@ -287,7 +287,8 @@ def _write_summary(ctx: StageContext, ready: Ready, trained: Trained, rows: list
                "eval_loss_by_source": _by_source(trained.eval_before, trained.eval_after),
                "packing": ctx.spec.train.packing, "early_stopping": trained.stopping,
                "seconds": round(trained.result.metrics.get("train_runtime", math.nan), 2),
-               "train_rows": len(ready.train_rows), "validation_rows": len(ready.val_rows)}
+               "train_rows": len(ready.train_rows), "validation_rows": len(ready.val_rows),
+               "world": world_of(trained.trainer)}  # what trained it, as the Trainer saw it
     if ctx.spec.train.method == "grpo":
         from runner.stages.train.batches import read_metrics
         from runner.stages.train.grpo import reward_summary
