@@ -44,7 +44,7 @@ def spec_slice(spec: Spec) -> dict[str, Any]:
             "system_prompt": d.system_prompt, "max_length": d.max_length, "max_rows": d.max_rows,
             "fields": fields, "train": _source_slice(d.train),
             "validation": _source_slice(d.validation) if d.validation else None}
-    return {"data": data, "seed": spec.seed} | bounds_slice()
+    return {"data": data | reasoning_slice(spec, [d.format]), "seed": spec.seed} | bounds_slice()
 
 
 def bounds_slice() -> dict[str, Any]:
@@ -71,13 +71,24 @@ def mixture_slice(spec: Spec) -> dict[str, Any]:
             "max_length": d.max_length, "max_rows": d.max_rows, "replacement": d.replacement,
             "train": [one(s) for s in resolved(spec, "train")],
             "validation": [one(s) for s in resolved(spec, "validation")]}
-    return {"data": data, "seed": spec.seed, "epochs": spec.train.epochs} | bounds_slice()
+    formats = [s.format for role in ("train", "validation") for s in resolved(spec, role)]
+    return {"data": data | reasoning_slice(spec, formats), "seed": spec.seed, "epochs": spec.train.epochs} | bounds_slice()
+
+
+def reasoning_slice(spec: Spec, formats: list[str]) -> dict[str, Any]:
+    """How traces are written and cut, only where a source is in the reasoning format (other keys stay)."""
+    r = spec.data.reasoning
+    if "reasoning" not in formats:
+        return {}
+    return {"reasoning": {"think_start": r.think_start, "think_end": r.think_end, "too_long": r.too_long}}
 
 
 def _fields_key(fields: Fields, fmt: str) -> dict[str, Any]:
     """The fields that shape the rows; `text` only for a text source, so other keys stay as they were. A chat
     source also names its reader: ShareGPT rows and role names, once dropped, are read since it changed."""
     extra = {"text": fields.text} if fmt == "text" else {"chat_rows": "openai+sharegpt"} if fmt == "chat" else {}
+    if fmt == "reasoning":
+        extra = {"trace": fields.trace}
     return fields_slice(fields) | extra
 
 
@@ -134,7 +145,8 @@ def run(ctx: StageContext) -> None:
         if train is not train_direct:
             train.close()
         ctx.log(f"data: {src.role} source {src.name}: {tally.read} rows read, {sum(tally.kept.values())} kept, "
-                f"{sum(tally.dropped.values())} dropped")
+                f"{sum(tally.dropped.values())} dropped" +
+                (f", {tally.truncated} with the trace cut to data.max_length" if tally.truncated else ""))
     validation.close()
     if train_direct is not None:
         train_direct.close()
