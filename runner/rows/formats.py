@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from runner.spec.typed import Fields, Reasoning
 
 LETTERS = string.ascii_uppercase
+THINKING = Reasoning()  # the schema's delimiters, where a caller reads rows without a spec's data section
 T = TypeVar("T")
 
 
@@ -96,7 +97,7 @@ def to_question(row: dict[str, Any], fields: Fields) -> Question:
     return Question("\n".join(lines), tuple(options), answer, str(group) if group is not None else None)
 
 
-def to_example(row: dict[str, Any], fmt: str, fields: Fields, thinking: Reasoning = Reasoning()) -> Example:
+def to_example(row: dict[str, Any], fmt: str, fields: Fields, thinking: Reasoning = THINKING) -> Example:
     """One training example, or Dropped with the reason. `thinking`: the delimiters of a `reasoning` trace."""
     if fmt == "reasoning":
         return reasoning_example(row, fields, thinking)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runner.rows.formats import Dropped, Example, document_text, to_example
+from runner.rows.formats import THINKING, Dropped, Example, document_text, to_example
 from runner.rows.mixture import Resolved
 from runner.rows.reading import read_source
 from runner.spec.typed import Reasoning, Spec
@@ -85,7 +85,7 @@ class Tally:
 
 
 def _examples(src: Resolved, paths: list[Path], limit: int | None, tally: Tally | None,
-              thinking: Reasoning = Reasoning()) -> Iterator[Any]:
+              thinking: Reasoning = THINKING) -> Iterator[Any]:
     """(row number, example or document text) of every row that converts; the others counted in `tally`.
     `thinking`: how a reasoning source writes its traces."""
     for number, row in enumerate(read_source(src.source, paths, src.format, limit)):
