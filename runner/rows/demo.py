@@ -276,6 +276,25 @@ def corpus() -> list[str]:
     return lines
 
 
+# How each category's fact reads in a reasoning trace: "<subject> <link> <answer>".
+LINKS = {"pharmacology": "is treated first with", "microbiology": "is caused by",
+         "adverse_effects": "is classically complicated by", "nutrition": "comes from a lack of",
+         "toxicology": "is reversed by", "neuroanatomy": "injury gives"}
+
+
+def reasoning_rows(train: list[dict]) -> list[dict]:
+    """The training questions again with a short reasoning trace that recalls the fact and names the
+    option: the `reasoning` source of specs/smoke-reasoning.yaml (column `reasoning`)."""
+    facts = {(c.name, n): f for c in CATEGORIES for n, f in enumerate(c.facts)}
+    out = []
+    for row in train:
+        fact = facts[(row["meta_info"], int(row["id"].split("-")[-2]))]
+        trace = (f"The question is about {fact.subject}. {fact.subject[0].upper() + fact.subject[1:]} "
+                 f"{LINKS[row['meta_info']]} {fact.answer}. That is option {row['answer_idx']}.")
+        out.append(row | {"reasoning": trace})
+    return out
+
+
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
     text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     # newline="\n" keeps the bytes identical on every platform.
@@ -284,15 +303,16 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def write(out_dir: Path, seed: int = 0) -> list[Path]:
-    """Write the train, test and instruction JSONL files into ``out_dir``; return their paths."""
+    """Write the train, test, instruction and reasoning JSONL files into ``out_dir``; return their paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     train, test = generate(seed)
     # Every second training fact again as an instruction: the alpaca source of specs/smoke-mix.yaml.
     alpaca = [{"instruction": "Answer the medical question in a few words.", "input": row["question"],
                "output": row["answer"][0].upper() + row["answer"][1:] + "."} for row in train[::2]]
-    paths = [out_dir / TRAIN_FILE, out_dir / TEST_FILE, out_dir / "alpaca_train.jsonl"]
-    for path, rows in zip(paths, (train, test, alpaca)):
+    paths = [out_dir / TRAIN_FILE, out_dir / TEST_FILE, out_dir / "alpaca_train.jsonl",
+             out_dir / "reasoning_train.jsonl"]
+    for path, rows in zip(paths, (train, test, alpaca, reasoning_rows(train))):
         _write_jsonl(path, rows)
     return paths
 
