@@ -284,6 +284,8 @@ def malformed_specs() -> Iterator[tuple[str, bytes]]:
     for path, sub in _fields(load_schema()):
         # An optional section with a required field (eval.perplexity.path) is tried inside a valid one.
         base = _set(BASE, ("eval", "perplexity"), {"path": "train.jsonl"}) if path[:2] == ("eval", "perplexity") else BASE
+        if path[:3] == ("eval", "generative", "filters"):  # a filter step's fields, inside a step with its function
+            base = _set(BASE, ("eval", "generative"), {"filters": [{"function": "regex", "regex_pattern": "x"}]})
         if "properties" in sub:
             yield f"{path} unknown key", yaml.safe_dump(_set(base, path + ("bogus_key",), 1)).encode()
         for value in _wrong_values(sub):
