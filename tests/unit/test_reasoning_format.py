@@ -150,3 +150,27 @@ def test_too_long_examples_are_counted_as_the_spec_says(tmp_path: Path, too_long
 def test_example_type_is_the_chat_one() -> None:
     """A reasoning example is an ordinary two-turn Example: mixtures, packing and contamination read it as any."""
     assert isinstance(to_example(O1, "reasoning", O1_FIELDS), Example)
+
+
+def test_the_contamination_check_reads_a_reasoning_source_by_its_prompts() -> None:
+    from runner.rows.contamination import training_texts
+
+    texts = training_texts([MEDMCQA, {"question": "no options, no trace"}], "reasoning", MEDMCQA_FIELDS)
+    assert texts == [to_example(MEDMCQA, "reasoning", MEDMCQA_FIELDS).messages[0][1]]  # the trace is not a prompt
+
+
+def test_a_reasoning_source_in_a_mixture_keys_its_trace_column_and_delimiters(tmp_path: Path) -> None:
+    from runner.stages import data
+
+    (tmp_path / "t.jsonl").write_text('{"question": "q?", "answer": "a", "why": "because"}\n')
+    text = ("model: {source: init}\ndata:\n  train:\n    - {name: plain, path: t.jsonl, format: qa}\n"
+            "    - {name: thoughts, path: t.jsonl, format: reasoning, fields: {trace: why}}\n")
+    spec = parse_spec(text, base_dir=tmp_path)
+    sliced = data.spec_slice(spec)["data"]
+    assert [s["fields"].get("trace") for s in sliced["train"]] == [None, "why"]
+    assert sliced["reasoning"] == {"think_start": "<think>", "think_end": "</think>", "too_long": "drop"}
+    alone = parse_spec(text.split("    - {name: thoughts")[0].replace("    - {name: plain, path: t.jsonl, format: qa}\n",
+                                                                     "    - {name: plain, path: t.jsonl, format: qa}\n"
+                                                                     "    - {name: more, path: t.jsonl, format: qa}\n"),
+                       base_dir=tmp_path)
+    assert "reasoning" not in data.spec_slice(alone)["data"]  # keys of specs without a reasoning source stay
