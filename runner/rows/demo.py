@@ -276,21 +276,15 @@ def corpus() -> list[str]:
     return lines
 
 
-# How each category's fact reads in a reasoning trace: "<subject> <link> <answer>".
-LINKS = {"pharmacology": "is treated first with", "microbiology": "is caused by",
-         "adverse_effects": "is classically complicated by", "nutrition": "comes from a lack of",
-         "toxicology": "is reversed by", "neuroanatomy": "injury gives"}
-
-
 def reasoning_rows(train: list[dict]) -> list[dict]:
     """The training questions again with a short reasoning trace that recalls the fact and names the
-    option: the `reasoning` source of specs/smoke-reasoning.yaml (column `reasoning`)."""
+    option: the `reasoning` source of specs/smoke-reasoning.yaml (column `reasoning`). Written in the
+    demo tokenizer's own words (corpus()), so a trace is a few tokens a tiny model can learn quickly."""
     facts = {(c.name, n): f for c in CATEGORIES for n, f in enumerate(c.facts)}
     out = []
     for row in train:
         fact = facts[(row["meta_info"], int(row["id"].split("-")[-2]))]
-        trace = (f"The question is about {fact.subject}. {fact.subject[0].upper() + fact.subject[1:]} "
-                 f"{LINKS[row['meta_info']]} {fact.answer}. That is option {row['answer_idx']}.")
+        trace = f"{fact.subject}: {fact.answer}. The answer is {row['answer_idx']}."
         out.append(row | {"reasoning": trace})
     return out
 
