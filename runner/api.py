@@ -83,7 +83,7 @@ def plan(spec: str | Path, store: str | Path = "artifacts", force: Iterable[str]
          sets: Sequence[str] = ()) -> Planned:
     """What `run` would do, without doing it (with `sets` applied, as `run` would apply them)."""
     from runner.core.execute import registered_stages
-    from runner.core.plan import memory_lines, mixture_lines
+    from runner.core.plan import chain_lines, memory_lines, mixture_lines
     from runner.core.plan import plan as make_plan
     from runner.core.records import latest_record
     from runner.core.store import Store
@@ -95,7 +95,9 @@ def plan(spec: str | Path, store: str | Path = "artifacts", force: Iterable[str]
     profile = resolve_profile(typed, probe_machine())
     steps = make_plan(registered_stages(), typed, profile, Store(Path(store)), latest_record(Path(store), path),
                       frozenset(force), verify)
-    return Planned(profile, [step.line() for step in steps] + mixture_lines(steps, typed) + memory_lines(steps, typed, profile))
+    chain = chain_lines(registered_stages(), typed, Store(Path(store)))  # train.init_adapter's spec, if any
+    return Planned(profile, chain + [step.line() for step in steps] + mixture_lines(steps, typed)
+                   + memory_lines(steps, typed, profile))
 
 
 @dataclass(frozen=True, repr=False)

@@ -11,12 +11,11 @@ import re
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
 
 from runner.core.errors import ProfileError, RunnerError
-from runner.core.recap import profile_line as profile_line  # the server's /v1/specs/plan prints it too
+from runner.core.names import STAGE_NAMES
 from runner.core.recap import sharing
-from runner.core.stage import STAGE_NAMES
+from runner.spec.describe import valid_line
 from runner.spec.extras import MODULES as EXTRAS
 from runner.spec.extras import PACKAGE, install_hint, require_extra
 
@@ -195,15 +194,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     print(valid_line(args.spec, api.validate(args.spec, args.set)))
     return 0
-
-
-def valid_line(source: object, spec: Any) -> str:
-    """What `validate` prints for a valid spec (the server's /v1/specs/validate says the same)."""
-    from runner.rows.mixture import is_mixture
-
-    what = (f"a mixture of {len(spec.data.train)} sources" if is_mixture(spec)
-            else f"{spec.data.format} data")
-    return f"{source}: valid ({spec.name}: {spec.model.source} model, {what}, {len(spec.eval.benchmarks)} benchmark(s))"
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

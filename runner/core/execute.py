@@ -54,6 +54,7 @@ def run_spec(spec: Spec, spec_path: Path, profile: Profile, store: Store, log: C
              options: Options = Options()) -> tuple[list[Outcome], Path]:
     """Run every stage not already in the store. Returns what happened per stage and the record path."""
     require_extras(spec, options.only)  # before the first stage, not in the export stage after training
+    spec = _run_chain(spec, store, log, options)
     previous = latest_record(store.root, spec_path)
     record, record_path = new_record(store.root, spec_path, spec.as_dict(), asdict(profile), options.sets)
     save_record(record, record_path)
@@ -88,6 +89,22 @@ def run_spec(spec: Spec, spec_path: Path, profile: Profile, store: Store, log: C
     record.status, record.finished = "completed", time.time()
     save_record(record, record_path)
     return outcomes, record_path
+
+
+def _run_chain(spec: Spec, store: Store, log: Callable[[str], None], options: Options) -> Spec:
+    """train.init_adapter.spec: that spec's stages up to train first, as its own run (runner.core.chain);
+    the spec returned starts from the adapter they made."""
+    from runner.core.chain import chained_spec, link_profile, with_adapter
+
+    link = chained_spec(spec)
+    if link is None or options.only in ("model", "data"):
+        return spec
+    linked, path = link
+    log(f"chain: {path.name} up to train first (train.init_adapter)")
+    outcomes, _ = run_spec(linked, path, link_profile(linked), store, log, Options(only="train", verify=options.verify))
+    trained = next(o.path for o in outcomes if o.stage == "train")
+    assert trained is not None
+    return with_adapter(spec, trained)
 
 
 def _side_effect(stage: Stage, spec: Spec, store: Store, done: dict[str, Manifest], record: RunRecord,

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from runner.core.keys import diff_inputs, file_digest, stage_key
+from runner.core.outputs import DataStats
 from runner.core.records import RunRecord
 from runner.core.stage import Stage, upstream_part, upstream_stage
 from runner.core.store import Manifest, Store
@@ -86,9 +87,13 @@ def plan(stages: tuple[Stage, ...], spec: Spec, profile: Profile, store: Store,
     """The whole plan without running anything: stages after one that will run stay `pending`. `digest`
     hashes the local files (a server planning on each edit passes a cache of it)."""
     require_extras(spec)  # a package the spec asks for and lacks: one line now, not a failed stage later
+    spec, waiting = _resolve_chain(stages, spec, store, verify, digest)
     done: dict[str, Manifest] = {}
     steps = []
     for stage in stages:
+        if waiting is not None and stage.name == "train":  # the chained spec's adapter is not built yet
+            steps.append(Step(stage.name, "pending", None, (waiting,)))
+            continue
         step = plan_stage(stage, spec, profile, store, done, previous, stage.name in force, verify, digest)
         if step.manifest is not None:
             done[stage.name] = step.manifest
@@ -96,16 +101,49 @@ def plan(stages: tuple[Stage, ...], spec: Spec, profile: Profile, store: Store,
     return steps
 
 
+def _resolve_chain(stages: tuple[Stage, ...], spec: Spec, store: Store, verify: bool,
+                   digest: Digest) -> tuple[Spec, str | None]:
+    """train.init_adapter.spec (runner.core.chain): the spec with the chained adapter's folder when that
+    spec's train stage is in the store, else the spec and why its train stage must wait."""
+    from runner.core.chain import chained_spec, link_profile, waiting_reason, with_adapter
+    from runner.core.records import latest_record
+
+    link = chained_spec(spec)
+    if link is None:
+        return spec, None
+    linked, path = link
+    steps = plan(stages, linked, link_profile(linked), store, latest_record(store.root, path), verify=verify,
+                 digest=digest)
+    train = next(s for s in steps if s.stage == "train")
+    if train.manifest is None:
+        return spec, waiting_reason(path)
+    return with_adapter(spec, train.manifest.path), None
+
+
+def chain_lines(stages: tuple[Stage, ...], spec: Spec, store: Store) -> list[str]:
+    """For `runner plan`: each spec of the chain this one starts from, and its stages up to train."""
+    from runner.core.chain import chained_spec, link_profile
+    from runner.core.records import latest_record
+
+    lines: list[str] = []
+    link = chained_spec(spec)
+    while link is not None:
+        linked, path = link
+        steps = plan(stages, linked, link_profile(linked), store, latest_record(store.root, path))
+        shown = [s for s in steps if s.stage in ("model", "data", "train")]
+        lines = [f"chain: train.init_adapter starts from {path} ({linked.name}):"] + [f"  {s.line()}" for s in shown] + lines
+        link = chained_spec(linked)
+    return lines
+
+
 def mixture_lines(steps: list[Step], spec: Spec) -> list[str]:
     """A mixture, one line per source: its format and share, with the data stage's counts once it ran."""
-    import json
-
     from runner.rows.mixture import describe, is_mixture, resolved
 
     if not is_mixture(spec):
         return []
     data = {s.stage: s for s in steps}["data"].manifest
-    stats = json.loads((data.path / "stats.json").read_text("utf-8")) if data is not None else None
+    stats = DataStats.read(data.path / "stats.json") if data is not None else None
     return [f"mixture: {len(resolved(spec, 'train'))} sources, sampled {'with' if spec.data.replacement else 'without'} "
             "replacement, a new draw each epoch"] + describe(spec, stats)
 
@@ -113,8 +151,6 @@ def mixture_lines(steps: list[Step], spec: Spec) -> list[str]:
 def memory_lines(steps: list[Step], spec: Spec, profile: Profile) -> list[str]:
     """The training memory estimate for `plan`: from the model's config.json once the model stage
     has run (or the spec's init shape), and the longest tokenized example once data has run."""
-    import json
-
     from runner.machine.memory import GIB, MEMORY_BUDGET, fit_profile
 
     by_stage = {s.stage: s for s in steps}
@@ -124,7 +160,8 @@ def memory_lines(steps: list[Step], spec: Spec, profile: Profile) -> list[str]:
         return ["memory: estimated once the model stage has run (it needs the model's config.json)"]
     seq_len = spec.data.max_length
     if data is not None:
-        seq_len = json.loads((data.path / "stats.json").read_text("utf-8"))["train_tokens"]["max"]
+        longest = DataStats.read(data.path / "stats.json").train_tokens.max
+        seq_len = longest if longest is not None else seq_len
     fitted = fit_profile(spec, profile, config, seq_len)
     budget = profile.memory_mib * 2**20 * MEMORY_BUDGET / GIB
     lines = [f"memory: {fitted.estimate.describe()} at micro-batch {fitted.micro_batch}, {seq_len} tokens; "

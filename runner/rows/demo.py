@@ -305,10 +305,36 @@ def write(out_dir: Path, seed: int = 0) -> list[Path]:
     alpaca = [{"instruction": "Answer the medical question in a few words.", "input": row["question"],
                "output": row["answer"][0].upper() + row["answer"][1:] + "."} for row in train[::2]]
     paths = [out_dir / TRAIN_FILE, out_dir / TEST_FILE, out_dir / "alpaca_train.jsonl",
-             out_dir / "reasoning_train.jsonl"]
-    for path, rows in zip(paths, (train, test, alpaca, reasoning_rows(train))):
+             out_dir / PREFERENCE_FILE, out_dir / KTO_FILE, out_dir / "reasoning_train.jsonl"]
+    for path, rows in zip(paths, (train, test, alpaca, preference_rows(train), kto_rows(train), reasoning_rows(train))):
         _write_jsonl(path, rows)
     return paths
+
+
+PREFERENCE_FILE = "preference_train.jsonl"  # specs/smoke-dpo.yaml
+KTO_FILE = "kto_train.jsonl"
+
+
+def _wrong(row: dict) -> str:
+    """A hedged wrong answer: the option after the answer's (so every letter is used), said unsurely.
+    Every answer is also some other question's distractor, and a 2-layer random model cannot learn which
+    answer goes with an unseen wording (smoke.yaml's held-out accuracy stays near chance), so the hedge
+    is the preference it can carry to held-out pairs; the content is what a real model learns as well."""
+    letters = sorted(row["options"])
+    return "not sure, maybe " + str(row["options"][letters[(letters.index(row["answer_idx"]) + 1) % len(letters)]])
+
+
+def preference_rows(train: list[dict]) -> list[dict]:
+    """Every training question as a preference pair (the answer over a hedged distractor), for DPO and ORPO."""
+    return [{"prompt": f"Question: {row['question']}\nAnswer:", "chosen": row["answer"], "rejected": _wrong(row),
+             "id": row["id"]} for row in train]
+
+
+def kto_rows(train: list[dict]) -> list[dict]:
+    """Every training question with one completion, desirable (the answer) and undesirable (a hedged
+    distractor) in turn, for KTO."""
+    return [{"prompt": f"Question: {row['question']}\nAnswer:", "completion": row["answer"] if i % 2 == 0
+             else _wrong(row), "label": i % 2 == 0, "id": row["id"]} for i, row in enumerate(train)]
 
 
 def main(argv: list[str] | None = None) -> None:

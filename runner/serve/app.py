@@ -21,11 +21,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from runner.serve.limits import MAX_BODY, MAX_UPLOAD
 from runner.serve.page import OPEN
 
 log = logging.getLogger("runner.serve")
-MAX_BODY = 1 << 20  # a chat request is kilobytes; a megabyte is already abuse
-MAX_UPLOAD = 64 << 20  # /v1/files: training data
 
 
 OPEN_API = frozenset({"/health"})  # open as the page's files are: it says only that the server is up

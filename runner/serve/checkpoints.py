@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from runner.core.outputs import OutputError, RunRecord
 from runner.core.records import runs_dir
 
 
@@ -21,14 +22,12 @@ def train_keys(store: Path, spec_path: Path) -> list[str]:
     found: list[tuple[float, str]] = []
     for path in folder.glob("*.json") if folder.is_dir() else []:
         try:
-            data = json.loads(path.read_text("utf-8"))
-        except (OSError, ValueError):
+            record = RunRecord.read(path)
+        except OutputError:
             continue  # a record being written: the next call sees it
-        if data.get("spec_path") != wanted:
-            continue
-        key = next((s.get("key") for s in data.get("stages", []) if s.get("stage") == "train"), None)
-        if key:
-            found.append((float(data.get("started") or 0), str(key)))
+        key = dict(record.stages).get("train")
+        if record.spec_path == wanted and key:
+            found.append((record.started, key))
     return [key for _, key in sorted(found, reverse=True)]
 
 

@@ -19,6 +19,7 @@ from fastapi import APIRouter, Form, HTTPException, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
+from runner.serve.limits import MAX_UPLOAD
 from runner.serve.schemas import FileDeleted, FileList, FileObject
 
 router = APIRouter()
@@ -154,8 +155,6 @@ def _checked(data: bytes, filename: str) -> str:
 
 @router.post("/v1/files")
 async def upload(request: Request, file: UploadFile, purpose: str = Form("fine-tune")) -> FileObject:
-    from runner.serve.app import MAX_UPLOAD
-
     if purpose not in PURPOSES:
         raise HTTPException(400, f"purpose: {purpose!r} is not supported; this server takes {PURPOSES[0]!r} uploads")
     data = await file.read(MAX_UPLOAD + 1)

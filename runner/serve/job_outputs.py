@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from runner.core.outputs import DataStats, OutputError
+
 # tqdm's bars: " 39%|███▉      | 13/33 [00:04<00:06, 3.1it/s, loss=6.5]", "Map: 100%|...", "13it [00:04, 3.1it/s]"
 BAR = re.compile(r"\d+%\|.*\||\|\s*\d+/\d+ \[|^\s*\d+it \[")
 
@@ -119,9 +121,10 @@ def trained_tokens(store: Path, record: Any, rows: list[dict[str, Any]]) -> int 
     metrics row's epoch, so a run stopped by max_steps or early stopping counts what it did)."""
     folder = _stage_folder(store, record, "data")
     try:
-        stats = json.loads((folder / "stats.json").read_text("utf-8")) if folder else {}
-        total = float(stats["train_tokens"]["total"])
-    except (OSError, ValueError, KeyError, TypeError):
+        total = DataStats.read(folder / "stats.json").train_tokens.total if folder else None
+    except OutputError:
+        return None
+    if total is None:
         return None
     epochs = max((float(r["epoch"]) for r in rows if isinstance(r.get("epoch"), (int, float))), default=None)
     return round(total * epochs) if epochs is not None else None

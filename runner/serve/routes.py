@@ -16,6 +16,7 @@ from fastapi.concurrency import run_in_threadpool
 from sse_starlette.sse import EventSourceResponse
 
 from runner.serve.adapters import check_adapter
+from runner.serve.logprobs import openai_logprobs
 from runner.serve.models import Entry
 from runner.serve.prompts import render_chat
 from runner.serve.rows import Ask
@@ -108,8 +109,9 @@ async def _answer(request: Request, body: Sampling, entry: Entry, render: Callab
     too_long = await run_in_threadpool(request.app.state.engine.too_long, entry, render)
     if too_long is not None:
         raise HTTPException(400, too_long)
-    request.app.state.engine.submit(Ask(entry, render, body.token_limit(), body.temperature, body.top_p,
-                                        body.stops(), body.seed, emit))
+    wanted = body.logprob_count()
+    ask = Ask(entry, render, body.token_limit(), body.temperature, body.top_p, body.stops(), body.seed, emit, wanted)
+    request.app.state.engine.submit(ask)
     head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", "created": int(time.time()),
             "model": entry.id}
     kind, value = await events.get()  # "start" once the worker has the prompt, before any status is sent
@@ -126,7 +128,8 @@ async def _answer(request: Request, body: Sampling, entry: Entry, render: Callab
             raise HTTPException(500 if kind == "error" else 400, value)
         if kind == "done":
             reason, counts, text = value
-            choice = ({"message": {"role": "assistant", "content": text}} if chat else {"text": text, "logprobs": None})
+            choice: dict[str, Any] = ({"message": {"role": "assistant", "content": text}} if chat else {"text": text})
+            choice["logprobs"] = openai_logprobs(ask.picked, chat) if wanted is not None else None
             return head | {"object": "chat.completion" if chat else "text_completion", "usage": counts,
                            "choices": [{"index": 0, "finish_reason": reason} | choice]}
 

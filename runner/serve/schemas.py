@@ -41,13 +41,26 @@ class Sampling(BaseModel):
     def token_limit(self) -> int:
         return self.max_completion_tokens or self.max_tokens or 64
 
+    def logprob_count(self) -> int | None:
+        """None: no logprobs; k: each answer token's log-probability and the k likeliest tokens'."""
+        return None
+
 
 class ChatRequest(Sampling):
     messages: list[Message] = Field(min_length=1)
+    logprobs: bool = False  # each answer token's log-probability (the model's log-softmax), docs/uncertainty.md
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)  # and the k likeliest tokens at each step
+
+    def logprob_count(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 class CompletionRequest(Sampling):
     prompt: str
+    logprobs: int | None = Field(default=None, ge=0, le=5)  # OpenAI's legacy shape: the k likeliest per token
+
+    def logprob_count(self) -> int | None:
+        return self.logprobs
 
 
 class LoadAdapter(BaseModel):

@@ -98,7 +98,7 @@ def _invalid(lines: list[str], store: Path) -> Validated:
 def _parsed(text: str, request: Request) -> tuple[Spec | None, Validated]:
     """The typed spec, or its problems; a path outside the folders the server reads is a 400 before
     anything looks at it (so no answer says whether it exists)."""
-    from runner.cli import valid_line
+    from runner.spec.describe import valid_line
 
     store: Path = request.app.state.store
     folder = _folder(request)
@@ -155,10 +155,10 @@ def _previous(store: Path, name: str) -> RunRecord | None:
 
 @router.post("/v1/specs/plan")
 def plan(body: SpecText, request: Request) -> Planned:
-    from runner.cli import profile_line
     from runner.core.execute import registered_stages
     from runner.core.plan import memory_lines
     from runner.core.plan import plan as make_plan
+    from runner.core.recap import profile_line
     from runner.core.store import Store
     from runner.machine.probe import probe_machine
     from runner.machine.profile import resolve_profile

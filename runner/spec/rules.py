@@ -11,13 +11,16 @@ from pathlib import Path
 from typing import Any
 
 from runner.core.globwalk import has_glob
+from runner.spec.methods import lora_problems, method_problems
+from runner.spec.rlrules import rl_problems
 from runner.spec.yamlpos import clip
 
 
 def cross_field_problems(doc: dict[str, Any], base_dir: Path) -> list[tuple[tuple[Any, ...], str]]:
     """Rules one schema property cannot express. Returns (path, message) pairs."""
     return (_model_problems(doc["model"], base_dir, doc["data"]["chat_template"]) + _source_problems(doc, base_dir)
-            + _eval_problems(doc, base_dir) + _train_problems(doc) + _export_problems(doc))
+            + _eval_problems(doc, base_dir) + _train_problems(doc) + _export_problems(doc) + method_problems(doc)
+            + lora_problems(doc) + rl_problems(doc, base_dir))  # runner.spec.methods, runner.spec.rlrules
 
 
 Problems = list[tuple[tuple[Any, ...], str]]
@@ -67,6 +70,10 @@ def _eval_problems(doc: dict[str, Any], base_dir: Path) -> Problems:
     perplexity = doc["eval"]["perplexity"]
     if perplexity is not None:
         found += _local_path(perplexity["path"], ("eval", "perplexity", "path"), base_dir, want_dir=False)
+    rule = doc["eval"]["abstain"]
+    if rule is not None and rule["signal"] != "loglik" and not doc["eval"]["generative"]["enabled"]:
+        found.append((("eval", "abstain", "signal"), f"{rule['signal']!r} is a signal of generated answers: set "
+                      "`eval.generative.enabled: true`, or abstain on `loglik`"))
     names = [b["name"] for b in doc["eval"]["benchmarks"]]
     for i, name in enumerate(names):
         if name in names[:i]:

@@ -34,11 +34,17 @@ class Fields:
     output: str = "output"
     messages: str = "messages"
     text: str = "text"
+    prompt: str = "prompt"
+    chosen: str = "chosen"
+    rejected: str = "rejected"
+    completion: str = "completion"
+    label: str = "label"
     trace: str = "reasoning"
 
 
-Format = Literal["multiple_choice", "qa", "alpaca", "chat", "text",
+Format = Literal["multiple_choice", "qa", "alpaca", "chat", "text", "preference", "kto",
                  "reasoning"]
+PAIRED = ("preference", "kto")  # formats of the preference methods: rows the SFT path cannot train on
 FREE_TEXT = ("qa", "alpaca", "chat")  # benchmark formats answered in free text, scored by ROUGE-L and BLEU
 
 
@@ -173,6 +179,12 @@ class Perplexity:
 
 
 @dataclass(frozen=True)
+class Abstain:
+    signal: Literal["loglik", "token_prob", "vote"]
+    threshold: float
+
+
+@dataclass(frozen=True)
 class Eval:
     benchmarks: tuple[Benchmark, ...] = ()
     compare_base: bool = True
@@ -184,6 +196,7 @@ class Eval:
     contamination: Contamination = field(default_factory=Contamination)
     generative: Generative = field(default_factory=Generative)
     perplexity: Perplexity | None = None
+    abstain: Abstain | None = None  # answer only above a confidence: scored, never changes an answer
 
 
 @dataclass(frozen=True)
@@ -275,12 +288,63 @@ class Lora:
     alpha: float = 32
     dropout: float = 0.05
     target_modules: str | tuple[str, ...] = "all-linear"
+    use_dora: bool = False
+    use_rslora: bool = False
+    modules_to_save: tuple[str, ...] = ()
+    init: Literal["default", "gaussian", "orthogonal", "pissa", "olora"] = "default"
 
 
 @dataclass(frozen=True)
 class EarlyStopping:
     patience: int = 3
     min_delta: float = 0.0
+
+
+@dataclass(frozen=True)
+class InitAdapter:
+    spec: str | None = None  # a spec whose train stage gives the adapter (runner.core.chain)
+    path: str | None = None  # or a PEFT adapter folder
+
+
+@dataclass(frozen=True)
+class Reward:
+    name: str
+    weight: float = 1.0
+    path: str | None = None  # a local file defining `name`: user code, only with trust_reward_code
+
+
+@dataclass(frozen=True)
+class Grpo:
+    num_generations: int = 8
+    max_completion_length: int = 256
+    temperature: float = 1.0
+    beta: float = 0.0
+    vllm: bool = False
+    trust_reward_code: bool = False
+    rewards: tuple[Reward, ...] = (Reward("answer_correct", 1.0),)
+
+
+@dataclass(frozen=True)
+class Dpo:
+    beta: float = 0.1
+    loss_type: Literal["sigmoid", "hinge", "ipo", "robust", "bco_pair", "sppo_hard", "nca_pair", "apo_zero",
+                       "apo_down", "exo_pair", "discopop", "sft"] = "sigmoid"
+    label_smoothing: float = 0.0
+
+
+@dataclass(frozen=True)
+class Orpo:
+    beta: float = 0.1
+
+
+@dataclass(frozen=True)
+class Kto:
+    beta: float = 0.1
+    desirable_weight: float = 1.0
+    undesirable_weight: float = 1.0
+
+
+Method = Literal["sft", "dpo", "orpo", "kto", "grpo"]
 
 
 @dataclass(frozen=True)
@@ -301,6 +365,12 @@ class Train:
     packing: bool = False
     eval_steps: int = 50
     early_stopping: EarlyStopping | None = None
+    method: Method = "sft"
+    init_adapter: InitAdapter | None = None
+    grpo: Grpo = field(default_factory=Grpo)
+    dpo: Dpo = field(default_factory=Dpo)
+    orpo: Orpo = field(default_factory=Orpo)
+    kto: Kto = field(default_factory=Kto)
 
 
 @dataclass(frozen=True)

@@ -8,27 +8,28 @@ artifact is upstream for its loss curve and summary, which only the report reads
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from runner.core.outputs import EvalMetrics
 from runner.core.stage import StageContext, benchmark_ids_role, benchmark_role
+from runner.models.adapter import adapter_off
 from runner.rows.mixture import file_roles, is_mixture, resolved
+from runner.rows.reading import read_rows
+from runner.rows.slices import mixture_slice
 from runner.scoring.benchmarks import HARNESS_TASKS, Item, benchmark_items
 from runner.scoring.significance import summarize
+from runner.spec.slices import benchmark_slice, fields_slice, hub_slice, quantization_slice
 from runner.spec.typed import (
     FREE_TEXT,  # benchmark formats answered in free text, scored by ROUGE-L and BLEU
     Benchmark,
     Generative,
     Spec,
 )
-from runner.stages.data import fields_slice, hub_slice, mixture_slice, read_rows
-from runner.stages.model import quantization_slice
 
 PERPLEXITY_ROLE = "perplexity"
 
@@ -56,6 +57,8 @@ def spec_slice(spec: Spec) -> dict[str, Any]:
                                      "batch_size": ev.batch_size} | reasoning_slice(spec)
         if ev.generative.temperature > 0:
             out["seed"] = spec.seed  # the samples draw from it
+    if ev.abstain is not None:  # left out when unset: only what metrics.json counts as answered changes
+        out["eval"]["abstain"] = {"signal": ev.abstain.signal, "threshold": ev.abstain.threshold}
     if ev.contamination.check:  # what the check reads of the training data
         d = spec.data
         if isinstance(d.train, tuple):  # a mixture: every training source, as the data stage reads it
@@ -92,12 +95,6 @@ def reasoning_slice(spec: Spec) -> dict[str, Any]:
     if "stop" in out:
         out["stop"] = list(gen.stop)
     return out
-
-
-def benchmark_slice(b: Benchmark) -> dict[str, Any]:
-    # Local files (a benchmark's rows, its ids) enter the key through their digests, not their paths.
-    return ({"name": b.name, "format": b.format} | hub_slice(b) | {"fields": fields_slice(b.fields), "limit": b.limit}
-            | ({"ids": "local"} if b.ids is not None else {}))
 
 
 def _safety_slice(spec: Spec) -> dict[str, Any]:
@@ -153,9 +150,9 @@ def _evaluate(ctx: StageContext) -> None:
 
     from runner.models.loading import load_base, load_tokenizer
     from runner.report.trackers import require_trackers
+    from runner.rows.training_texts import training_texts_of
     from runner.stages.eval.freetext import score_free_text
     from runner.stages.eval.generation import answer_queries
-    from runner.stages.train.gate import training_texts_of
 
     spec = ctx.spec
     require_trackers(spec)  # a missing tracker package stops the stage before scoring, not after
@@ -196,8 +193,9 @@ def _finish(ctx: StageContext, metrics: dict[str, Any], answers: list[dict[str, 
     from runner.report.render import write_report
     from runner.report.trackers import log_eval
 
-    (ctx.out / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True), "utf-8")
-    write_report(ctx, metrics, answers, loaded, train_texts)
+    written = EvalMetrics.of(metrics)
+    written.write(ctx.out / "metrics.json")
+    write_report(ctx, written, answers, loaded, train_texts)
     log_eval(ctx, metrics)
 
 
@@ -239,13 +237,9 @@ def score_benchmark(ctx: StageContext, model: Any, tok: Any, bench: Benchmark,
         sampled = sampled_answers(ctx, model, tok, bench, items, requests, labels)
     elif spec.eval.generative.enabled:
         written = generate_answers(ctx, model, tok, items, requests, labels)
-    for i, item in enumerate(items):
-        row = {"benchmark": bench.name, "index": i, "id": item.id, "group": item.group, "answer": item.answer,
-               **{label: preds[i] for label, preds in scored.items()}}
-        for label, texts in written.items():
-            row[f"{label}_generated"] = texts[i]
-        for extra in sampled.get("rows", {}).values():
-            row |= extra[i]
+    signals = answer_signals(ctx, model, tok, items, requests, logliks, scored, written)
+    rows = prediction_rows(bench, items, scored, written, sampled, signals)
+    for row in rows:
         preds_file.write(json.dumps(row, ensure_ascii=False) + "\n")
     summary = summarize([it.answer for it in items], [it.group for it in items], scored, dropped)
     if written:
@@ -253,12 +247,55 @@ def score_benchmark(ctx: StageContext, model: Any, tok: Any, bench: Benchmark,
     if sampled:
         summary["generative"] = sampled["summary"]
     summary["calibration"] = calibration_of(items, requests, logliks)
+    summary["uncertainty"] = uncertainty_of(spec, rows)
     summary["format"] = bench.format
     summary["harness_task"] = HARNESS_TASKS.get(bench.format)
     summary["chance"] = round(sum(1 / len(it.choices) for it in items) / len(items), 4) if items else None
     if spec.eval.contamination.check:
         summary["contamination"] = contamination(items, scored, train_texts, spec.eval.contamination.similarity)
     return summary
+
+
+def prediction_rows(bench: Benchmark, items: list[Item], scored: dict[str, list[int]], written: dict[str, list[str]],
+                    sampled: dict[str, Any], signals: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One predictions.jsonl row per item: the picks, the texts written, the samples and their vote, the signals."""
+    rows = []
+    for i, item in enumerate(items):
+        row: dict[str, Any] = {"benchmark": bench.name, "index": i, "id": item.id, "group": item.group, "answer": item.answer,
+               **{label: preds[i] for label, preds in scored.items()}}
+        for label, texts in written.items():
+            row[f"{label}_generated"] = texts[i]
+        for extra in sampled.get("rows", {}).values():
+            row |= extra[i]
+        row["signals"] = {label: per_item[i] for label, per_item in signals.items()}
+        for label in sampled.get("rows", {}):  # the vote's agreement: a confidence the samples give for free
+            row["signals"][label]["vote"] = {"confidence": row[f"{label}_agreement"],
+                                             "correct": row[f"{label}_vote"] == item.choices[item.answer]}
+        rows.append(row)
+    return rows
+
+
+def answer_signals(ctx: StageContext, model: Any, tok: Any, items: list[Item], requests: list[Any],
+                   logliks: dict[str, list[float]], scored: dict[str, list[int]],
+                   written: dict[str, list[str]]) -> dict[str, list[dict[str, Any]]]:
+    """Each answer's confidence signals, per model and item (see confidence.py)."""
+    from runner.stages.eval.confidence import loglik_signals, merged, token_signals
+
+    found = [("loglik", loglik_signals(items, requests, logliks, scored))]
+    if written:
+        ctx.log(f"eval: scoring the generated answers' token probabilities, {len(items)} questions")
+        picked = {label: picked_of(items, texts) for label, texts in written.items()}
+        found.append(("token_prob", token_signals(model, tok, items, requests, written, picked,
+                                                  ctx.spec.eval.batch_size, adapter_off)))
+    return merged(*found)
+
+
+def uncertainty_of(spec: Spec, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Risk-coverage, AURC, ECE and Brier per model and signal; the spec's abstention rule when it has one."""
+    from runner.scoring.selective import uncertainty
+
+    rule = spec.eval.abstain
+    return uncertainty(rows, (rule.signal, rule.threshold) if rule is not None else None)
 
 
 def calibration_of(items: list[Item], requests: list[Any], logliks: dict[str, list[float]]) -> dict[str, Any]:
@@ -334,18 +371,24 @@ def _generation_prompts(model: Any, tok: Any, requests: list[Any], new_tokens: i
 
 def generative_summary(items: list[Any], written: dict[str, list[str]], max_new_tokens: int) -> dict[str, Any]:
     """Accuracy of the answers read off the generated text; an unreadable answer counts as wrong."""
-    from runner.scoring.benchmarks import extract_choice
     from runner.scoring.significance import accuracy, paired
 
     out: dict[str, Any] = {"max_new_tokens": max_new_tokens, "decoding": "greedy"}
     correct = {}
     for label, texts in written.items():
-        picked = [extract_choice(_first_line(t), it.choices) for t, it in zip(texts, items)]
+        picked = picked_of(items, texts)
         correct[label] = [p == it.answer for p, it in zip(picked, items)]
         out[label] = accuracy(correct[label]) | {"unreadable": sum(p is None for p in picked)}
     if "base" in correct:
         out["paired"] = paired(correct["base"], correct["tuned"])
     return out
+
+
+def picked_of(items: list[Any], texts: list[str]) -> list[int | None]:
+    """The choice read off each generated text (None: unreadable)."""
+    from runner.scoring.benchmarks import extract_choice
+
+    return [extract_choice(_first_line(t), it.choices) for t, it in zip(texts, items)]
 
 
 def _first_line(text: str) -> str:
@@ -366,13 +409,6 @@ def contamination(items: list[Any], scored: dict[str, list[int]], train_texts: l
     return {"exact": sum(o.similarity == 1.0 for o in found), "near": sum(o.similarity < 1.0 for o in found),
             "similarity": similarity, "pairs": [vars(o) for o in found[:50]],
             "clean": {label: accuracy([preds[i] == items[i].answer for i in clean]) for label, preds in scored.items()}}
-
-
-@contextlib.contextmanager
-def adapter_off(model: Any, off: bool) -> Iterator[None]:
-    """The base model is the same model with the adapter switched off."""
-    with model.disable_adapter() if off else contextlib.nullcontext():
-        yield
 
 
 def _renderer(tok: Any) -> Any:

@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from runner.core.errors import StageError
+from runner.core.outputs import TrainSummary
 from runner.core.stage import StageContext
 from runner.models.loading import cpu_threads
 from runner.stages.train.launch import is_main_process
+from runner.stages.train.preference import PREFERENCE_METHODS, build_preference_trainer, preference_summary
 from runner.stages.train.trainer import attach_lora, build_trainer, close_progress
 
 
@@ -95,7 +97,12 @@ def _setup_model(ctx: StageContext) -> tuple[Any, int, int]:
 
     sharded = ctx.profile.distributed == "fsdp"
     base = load_base(ctx.upstream["model"], ctx.spec, ctx.profile, sharded=sharded)
-    model = attach_lora(base, ctx.spec, ctx.profile.gradient_checkpointing, sharded=sharded)
+    if ctx.spec.train.init_adapter is not None:  # chaining: the earlier run's adapter, trained on
+        from runner.stages.train.chaining import attach_init_adapter
+
+        model = attach_init_adapter(base, ctx, ctx.profile.gradient_checkpointing)
+    else:
+        model = attach_lora(base, ctx.spec, ctx.profile.gradient_checkpointing, sharded=sharded)
     trainable, total = model.get_nb_trainable_parameters()  # before FSDP flattens the parameters
     ctx.log(f"train: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
     return model, trainable, total
@@ -121,6 +128,15 @@ def _setup_metrics(ctx: StageContext) -> Path:
 def train(ctx: StageContext, ready: Ready) -> Trained:
     def make_trainer(micro: int, accumulation: int) -> Any:
         profile = replace(ctx.profile, micro_batch_size=micro, gradient_accumulation=accumulation)
+        method = ctx.spec.train.method  # the one dispatch on train.method
+        if method == "grpo":
+            from runner.models.loading import load_tokenizer
+            from runner.stages.train.grpo import build_grpo_trainer
+
+            return build_grpo_trainer(ready.model, ctx.spec, profile, ctx.work, ready.train_rows,
+                                      load_tokenizer(ctx.upstream["model"]), ready.metrics)
+        if method in PREFERENCE_METHODS:  # dpo, orpo, kto: TRL's trainers (preference.py)
+            return build_preference_trainer(ctx, ready, profile)
         return build_trainer(ready.model, ctx.spec, profile, ctx.work, ready.train_rows, ready.val_rows,
                              ready.pad_id, ready.metrics)
 
@@ -247,6 +263,9 @@ def _save_adapter(ctx: StageContext, ready: Ready) -> None:
     if ready.sharded:  # the Trainer saved it (see save)
         (folder / "training_args.bin").unlink(missing_ok=True)  # the Trainer's, not the adapter's
     else:
+        from runner.stages.train.grpo import drop_reference
+
+        drop_reference(ready.model)  # GRPO's KL reference copy of a starting adapter is not the result
         ready.model.save_pretrained(str(folder), safe_serialization=True)
     config_path = folder / "adapter_config.json"
     config = json.loads(config_path.read_text("utf-8"))
@@ -269,7 +288,13 @@ def _write_summary(ctx: StageContext, ready: Ready, trained: Trained, rows: list
                "packing": ctx.spec.train.packing, "early_stopping": trained.stopping,
                "seconds": round(trained.result.metrics.get("train_runtime", math.nan), 2),
                "train_rows": len(ready.train_rows), "validation_rows": len(ready.val_rows)}
-    (ctx.out / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True), "utf-8")
+    if ctx.spec.train.method == "grpo":
+        from runner.stages.train.batches import read_metrics
+        from runner.stages.train.grpo import reward_summary
+
+        summary |= {"method": "grpo", "rewards": reward_summary(read_metrics(ctx.out / "metrics.jsonl"))}
+    summary |= preference_summary(ctx.spec.train.method, trained.eval_before, trained.eval_after)  # {} unless dpo/orpo/kto
+    TrainSummary.of(summary).write(ctx.out / "summary.json")
 
 
 def _by_source(before: dict[str, float] | None, after: dict[str, float] | None) -> dict[str, dict[str, float | None]]:
