@@ -36,7 +36,16 @@ def mixture_slice(spec: Spec) -> dict[str, Any]:
             "max_length": d.max_length, "max_rows": d.max_rows, "replacement": d.replacement,
             "train": [one(s) for s in resolved(spec, "train")],
             "validation": [one(s) for s in resolved(spec, "validation")]}
-    return {"data": data, "seed": spec.seed, "epochs": spec.train.epochs} | bounds_slice()
+    formats = [s.format for role in ("train", "validation") for s in resolved(spec, role)]
+    return {"data": data | reasoning_slice(spec, formats), "seed": spec.seed, "epochs": spec.train.epochs} | bounds_slice()
+
+
+def reasoning_slice(spec: Spec, formats: list[str]) -> dict[str, Any]:
+    """How traces are written and cut, only where a source is in the reasoning format (other keys stay)."""
+    r = spec.data.reasoning
+    if "reasoning" not in formats:
+        return {}
+    return {"reasoning": {"think_start": r.think_start, "think_end": r.think_end, "too_long": r.too_long}}
 
 
 def fields_key(fields: Fields, fmt: str) -> dict[str, Any]:
@@ -47,6 +56,8 @@ def fields_key(fields: Fields, fmt: str) -> dict[str, Any]:
         extra = {"prompt": fields.prompt, "chosen": fields.chosen, "rejected": fields.rejected}
     elif fmt == "kto":
         extra = {"prompt": fields.prompt, "completion": fields.completion, "label": fields.label}
+    elif fmt == "reasoning":
+        extra = {"trace": fields.trace}
     return fields_slice(fields) | extra
 
 

@@ -8,7 +8,7 @@ from typing import Any
 Problems = list[tuple[tuple[Any, ...], str]]
 
 # The record formats each method reads; grpo's are the GRPO rules' to say (the prompt and the key it checks).
-FORMATS = {"sft": ("multiple_choice", "qa", "alpaca", "chat", "text"), "dpo": ("preference",),
+FORMATS = {"sft": ("multiple_choice", "qa", "alpaca", "chat", "text", "reasoning"), "dpo": ("preference",),
            "orpo": ("preference",), "kto": ("kto",)}
 PREFERENCE_METHODS = ("dpo", "orpo", "kto")
 

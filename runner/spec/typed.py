@@ -39,9 +39,11 @@ class Fields:
     rejected: str = "rejected"
     completion: str = "completion"
     label: str = "label"
+    trace: str = "reasoning"
 
 
-Format = Literal["multiple_choice", "qa", "alpaca", "chat", "text", "preference", "kto"]
+Format = Literal["multiple_choice", "qa", "alpaca", "chat", "text", "preference", "kto",
+                 "reasoning"]
 PAIRED = ("preference", "kto")  # formats of the preference methods: rows the SFT path cannot train on
 FREE_TEXT = ("qa", "alpaca", "chat")  # benchmark formats answered in free text, scored by ROUGE-L and BLEU
 
@@ -256,6 +258,15 @@ MIXTURE_ONLY = ("name", "format", "fields", "weight", "rows")  # Source fields a
 
 
 @dataclass(frozen=True)
+class Reasoning:
+    """How the `reasoning` format writes a trace, and what it does with a trace too long for max_length."""
+
+    think_start: str = "<think>"
+    think_end: str = "</think>"
+    too_long: Literal["drop", "truncate"] = "drop"
+
+
+@dataclass(frozen=True)
 class Data:
     train: Source | tuple[Source, ...]  # one source (the original form) or a mixture
     validation: Source | tuple[Source, ...] | None = None
@@ -268,6 +279,7 @@ class Data:
     max_length: int = 1024
     max_rows: int | None = None
     replacement: bool = False
+    reasoning: Reasoning = field(default_factory=Reasoning)
 
 
 @dataclass(frozen=True)

@@ -27,10 +27,13 @@ SLICED: dict[str, set[str]] = {
     "ModelInit": {"vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
                   "max_position_embeddings", "initializer_range"},
     "Data": {"train", "validation", "validation_fraction", "format", "fields", "template", "chat_template",
-             "system_prompt", "max_length", "max_rows", "replacement"},
+             "system_prompt", "max_length", "max_rows", "replacement",
+             "reasoning"},  # only where a source is in the reasoning format
+    "Reasoning": {"think_start", "think_end", "too_long"},
     "Source": {"hub", "config", "split", "revision", "name", "format", "fields", "weight", "rows"},
     "Fields": {"question", "options", "answer_key", "answer_key_type", "context", "answer", "instruction", "input",
-               "output", "messages", "text", "prompt", "chosen", "rejected", "completion", "label"},
+               "output", "messages", "text", "prompt", "chosen", "rejected", "completion", "label",
+               "trace"},  # trace: only for a reasoning source
     "Lora": {"r", "alpha", "dropout", "target_modules", "use_dora", "use_rslora", "modules_to_save", "init"},
     "Train": {"epochs", "max_steps", "learning_rate", "batch_size", "micro_batch_size", "scheduler", "warmup",
               "weight_decay", "max_grad_norm", "optimizer", "gradient_checkpointing", "packing", "eval_steps",
@@ -149,6 +152,7 @@ data:
     - {path: train.jsonl, weight: 2}
     - {path: notes.txt, format: text, rows: 3, fields: {text: body}}
     - {name: hubqa, hub: someone/qa, format: qa}
+    - {name: thoughts, path: train.jsonl, format: reasoning, fields: {trace: question}}
   validation: [{name: v, path: train.jsonl}]
 eval: {benchmarks: [{name: local, path: test.jsonl}]}
 """

@@ -19,7 +19,7 @@ from runner.core.errors import DataError
 from runner.core.stage import StageContext
 from runner.rows.mixture import file_roles, is_mixture, local_paths, resolved
 from runner.rows.reading import read_rows
-from runner.rows.slices import bounds_slice, fields_key, mixture_slice, source_slice
+from runner.rows.slices import bounds_slice, fields_key, mixture_slice, reasoning_slice, source_slice
 from runner.spec.typed import Source, Spec
 
 __all__ = ["read_rows"]  # tests read rows as the stage does
@@ -44,7 +44,7 @@ def spec_slice(spec: Spec) -> dict[str, Any]:
             "system_prompt": d.system_prompt, "max_length": d.max_length, "max_rows": d.max_rows,
             "fields": fields, "train": source_slice(d.train),
             "validation": source_slice(d.validation) if d.validation else None}
-    return {"data": data, "seed": spec.seed} | bounds_slice()
+    return {"data": data | reasoning_slice(spec, [d.format]), "seed": spec.seed} | bounds_slice()
 
 
 def local_files(spec: Spec) -> dict[str, Path]:
@@ -82,8 +82,7 @@ def run(ctx: StageContext) -> None:
         build_source(src, paths, spec, tok, held, {"train": train, "validation": validation}, tally)
         if train is not train_direct:
             train.close()
-        ctx.log(f"data: {src.role} source {src.name}: {tally.read} rows read, {sum(tally.kept.values())} kept, "
-                f"{sum(tally.dropped.values())} dropped")
+        ctx.log(f"data: {src.role} source {src.name}: {tally.line()}")
     validation.close()
     if train_direct is not None:
         train_direct.close()

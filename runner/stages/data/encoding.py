@@ -8,8 +8,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from runner.rows.formats import Dropped, Example
+from runner.rows.formats import Dropped, Example, split_thought, thought
 from runner.rows.pairs import Labelled, Pair
+from runner.spec.typed import Reasoning
 
 Row = dict[str, list[int]]
 
@@ -42,6 +43,27 @@ def encode(example: Example, tok: Any, template: str, system_prompt: str | None)
     if all(label == -100 for label in labels):
         raise Dropped("no answer tokens after applying the chat template")
     return full, labels
+
+
+def fit_trace(example: Example, tok: Any, template: str, system_prompt: str | None, thinking: Reasoning,
+              max_length: int) -> tuple[list[int], list[int], bool]:
+    """A reasoning example's ids and labels with the end of its trace cut until the whole fits `max_length`
+    (the delimiters and the answer kept: an answer is what the trace was for), and whether it was cut.
+    Dropped when even an empty trace leaves it too long."""
+    ids, labels = encode(example, tok, template, system_prompt)
+    if len(ids) <= max_length:
+        return ids, labels, False
+    trace, answer = split_thought(example.messages[-1][1], thinking)
+    pieces = tok(trace, add_special_tokens=False).input_ids
+    keep = len(pieces)
+    while len(ids) > max_length:
+        if keep == 0:
+            raise Dropped(f"longer than data.max_length ({max_length} tokens) even with its trace cut")
+        keep = max(0, keep - (len(ids) - max_length))  # at least the overflow: the loop ends
+        cut = tok.decode(pieces[:keep]).strip()
+        ids, labels = encode(Example(example.messages[:-1] + (("assistant", thought(cut, answer, thinking)),)),
+                             tok, template, system_prompt)
+    return ids, labels, True
 
 
 def encode_answer(prompt: tuple[tuple[str, str], ...], answer: str, tok: Any, template: str,

@@ -50,6 +50,8 @@ def _stats(names: list[str], tallies: dict[str, Tally], quota: dict[str, int],
         "validation_sources": {n.removeprefix("validation/"): t.as_dict(0.0) for n, t in tallies.items()
                                if n.startswith("validation/")},
     }
+    if any(t.truncated for t in every):  # reasoning examples kept with their trace cut: said, not silent
+        stats["truncated"] = {n: t.truncated for n, t in tallies.items() if t.truncated}
     if epochs:
         stats["epochs"] = [{k: e[k] for k in ("epoch", "seed", "rows", "by_source")} for e in epochs]
     return stats
