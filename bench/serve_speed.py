@@ -148,7 +148,7 @@ def load_like_the_server(store: Path, models: list[str]) -> tuple[Any, Any, dict
     from peft import PeftModel
 
     from runner.models.loading import load_base, load_tokenizer
-    from runner.serve.models import Registry
+    from runner.serve.registry import Registry
 
     entries = Registry(store).scan()
     base = entries[models[0]]

@@ -23,6 +23,7 @@ from typing import Any
 
 from runner.core.errors import SpecError
 from runner.machine.profile import Profile
+from runner.machine.world import Nodes
 from runner.spec.typed import Spec
 
 
@@ -160,16 +161,46 @@ def run(spec: str | Path, store: str | Path = "artifacts", only: str | None = No
     from runner.core.store import Store
     from runner.machine.probe import probe_machine
     from runner.machine.profile import resolve_profile
+    from runner.machine.world import nodes_from_environment
 
     quiet_known_warnings()
     started = time.time()
     path = spec_file(spec)
     typed = validate(path, sets)
-    profile = resolve_profile(typed, probe_machine())
+    nodes = nodes_from_environment()
+    profile = resolve_profile(typed, nodes.cluster_probe(probe_machine()))
+    nodes.per_node(profile.processes)  # a world that cannot be split over the nodes: one line before any stage
     log(f"profile: {profile.device} {profile.dtype}, quantization {profile.quantization}")
     outcomes, record = run_spec(typed, path, profile, Store(Path(store)), log,
                                 Options(only=only, force=frozenset(force), verify=verify, again=again, sets=tuple(sets)))
     return Result(outcomes, record, time.time() - started)
+
+
+def follow(spec: str | Path, store: str | Path, nodes: Nodes, log: Callable[[str], None] = _log,
+           sets: Sequence[str] = ()) -> str:
+    """`runner run --node-rank R` (R > 0): join node 0's training of this spec; node 0 writes the store."""
+    from runner.core.follow import follow as join
+    from runner.core.store import Store
+    from runner.machine.probe import probe_machine
+    from runner.machine.profile import resolve_profile
+
+    typed = validate(spec_file(spec), sets)
+    profile = resolve_profile(typed, nodes.cluster_probe(probe_machine()))
+    nodes.per_node(profile.processes)  # the same line node 0 stops with, before waiting for it
+    return join(typed, profile, Store(Path(store)), nodes, log)
+
+
+def _run_on(on: str, written: list[Any], store: Path, jobs: int, slots: list[str | None], address: str | None,
+            folder: Path, gpus: int, log: Callable[[str], None]) -> dict[str, int]:
+    """Each variant's exit code, run here (`jobs` at once) or through a cluster's engine."""
+    from runner.experiments import cluster
+    from runner.experiments.sweep import run_variants
+
+    if on == "ray":
+        return cluster.run_on_ray(written, store, address, log)
+    if on == "slurm":
+        return cluster.run_on_slurm(written, store, folder, min(gpus, 1), log)
+    return run_variants(written, store, jobs, slots, log)
 
 
 @dataclass(frozen=True)
@@ -213,9 +244,10 @@ class Swept:
 def sweep(spec: str | Path, sets: Iterable[str] = (), variants: str | Path | None = None,
           store: str | Path = "artifacts", jobs: int = 1, plan_only: bool = False, write: str | Path | None = None,
           against: str = "baseline", log: Callable[[str], None] = _log, show: Callable[[str], None] = print,
-          max_variants: int | None = None) -> Swept:
+          max_variants: int | None = None, on: str = "local", address: str | None = None) -> Swept:
     """Expand `spec` by a grid (`sets`: "lora.r=8,16") or a variants file, show every variant's plan,
-    run them (`jobs` at once) and compare them. `write`: only write the variant specs there."""
+    run them (`jobs` at once; `on` "ray" or "slurm": all at once on a cluster, docs/scale-out.md) and
+    compare them. `write`: only write the variant specs there."""
     from runner.core.errors import SpecError
     from runner.experiments.variants import expand, sweep_folder, write_variants
 
@@ -224,6 +256,8 @@ def sweep(spec: str | Path, sets: Iterable[str] = (), variants: str | Path | Non
         raise SpecError(["sweep: give --set PATH=V1,V2 (a grid) or --variants FILE, one of the two"])
     if jobs < 1:
         raise SpecError([f"sweep: --jobs {jobs}: run at least 1 variant at a time (--jobs 1, the default)"])
+    if address is not None and on != "ray":
+        raise SpecError([f"sweep: --address is a Ray cluster's: add --on ray (or leave --address out for --on {on})"])
     base = validate(spec)
     expanded = expand(sets, Path(variants) if variants is not None else None, base.name, max_variants)
     folder = Path(write) if write else sweep_folder(Path(store), Path(spec), expanded)
@@ -233,7 +267,7 @@ def sweep(spec: str | Path, sets: Iterable[str] = (), variants: str | Path | Non
         return Swept([w.path for w in written], [], {}, None)
     from runner.core.execute import registered_stages
     from runner.core.store import Store
-    from runner.experiments.sweep import device_slots, plan_lines, plan_variants, run_variants, visible_gpus
+    from runner.experiments.sweep import device_slots, plan_lines, plan_variants, visible_gpus
     from runner.machine.probe import probe_machine
 
     probe = probe_machine()
@@ -243,7 +277,7 @@ def sweep(spec: str | Path, sets: Iterable[str] = (), variants: str | Path | Non
         show(line)
     if plan_only:
         return Swept([w.path for w in written], planned, {}, None)
-    codes = run_variants(written, Path(store), jobs, slots, log)
+    codes = _run_on(on, written, Path(store), jobs, slots, address, folder, len(probe.gpus), log)
     done = [w.path for w in written if codes.get(w.variant.name) == 0]
     compared = compare(done, store, against, folder / "compare") if done else None
     for line in compared.lines if compared else []:

@@ -11,12 +11,11 @@ import re
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
 
 from runner.core.errors import ProfileError, RunnerError
-from runner.core.recap import profile_line as profile_line  # the server's /v1/specs/plan prints it too
+from runner.core.names import STAGE_NAMES
 from runner.core.recap import sharing
-from runner.core.stage import STAGE_NAMES
+from runner.spec.describe import valid_line
 from runner.spec.extras import MODULES as EXTRAS
 from runner.spec.extras import PACKAGE, install_hint, require_extra
 
@@ -162,6 +161,16 @@ def _spec_commands(command) -> None:  # type: ignore[no-untyped-def]
             p.add_argument("--image", choices=("cpu", "cuda", "auto"),
                            help="run inside the CPU or CUDA container image (built when missing; "
                                 "auto: cuda when an NVIDIA GPU is present)")
+            _node_arguments(p)
+
+
+def _node_arguments(p) -> None:  # type: ignore[no-untyped-def]
+    """Training across machines, as torchrun says it (docs/scale-out.md)."""
+    p.add_argument("--nodes", type=int, metavar="N", help="train across N machines, each running this same "
+                   "command with its --node-rank (hardware.processes is the total over all of them)")
+    p.add_argument("--node-rank", type=int, metavar="R", help="this machine's rank, 0 to N-1; node 0 runs the "
+                   "stages and writes the store, the others join its training")
+    p.add_argument("--master", metavar="HOST:PORT", help="node 0's address and a free port (torch's c10d rendezvous)")
 
 
 def _sweep_commands(command) -> None:  # type: ignore[no-untyped-def]
@@ -175,6 +184,10 @@ def _sweep_commands(command) -> None:  # type: ignore[no-untyped-def]
     sw.add_argument("--plan", action="store_true", help="show every variant's plan and the sweep's cost; run nothing")
     sw.add_argument("--jobs", type=int, default=1, metavar="N",
                     help="run N variants at once, each a `runner run` process (on its own GPUs where there are several)")
+    sw.add_argument("--on", choices=("local", "ray", "slurm"), default="local",
+                    help="where the variants run: here (default), each a Ray task, or one SLURM array job (submitit)")
+    sw.add_argument("--address", metavar="HOST:PORT",
+                    help="with --on ray: the Ray cluster to join (default: a local Ray started for the sweep)")
     sw.add_argument("--write", type=Path, metavar="DIR", help="only write the variant specs to DIR (for a scheduler)")
     sw.add_argument("--max-variants", type=int, metavar="N",
                     help="refuse a sweep of more than N variants, counted before any is made (default 256)")
@@ -197,15 +210,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def valid_line(source: object, spec: Any) -> str:
-    """What `validate` prints for a valid spec (the server's /v1/specs/validate says the same)."""
-    from runner.rows.mixture import is_mixture
-
-    what = (f"a mixture of {len(spec.data.train)} sources" if is_mixture(spec)
-            else f"{spec.data.format} data")
-    return f"{source}: valid ({spec.name}: {spec.model.source} model, {what}, {len(spec.eval.benchmarks)} benchmark(s))"
-
-
 def cmd_plan(args: argparse.Namespace) -> int:
     from runner import api
 
@@ -222,8 +226,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from runner import api
     from runner.core import signals
     from runner.core.recap import print_summary
+    from runner.machine.world import nodes_given
 
     signals.install()
+    nodes = nodes_given(args.nodes, args.node_rank, args.master)
+    os.environ.update(nodes.environment() if nodes.many else {})  # the train stage reads them there
+    if nodes.rank > 0:
+        print(api.follow(args.spec, args.store, nodes, sets=args.set), flush=True)
+        return 0
     result = api.run(args.spec, args.store, args.only, args.force, args.verify, again=args.push, sets=args.set)
     print_summary(result.outcomes, result.record, result.seconds)
     return 0
@@ -236,7 +246,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     signals.install(hangup=True)  # SIGTERM and SIGHUP too stop the sweep's runs at a checkpoint
     swept = api.sweep(args.spec, args.set, args.variants, args.store, args.jobs, args.plan, args.write, args.against,
-                      show=lambda line: print(line, flush=True), max_variants=args.max_variants)
+                      show=lambda line: print(line, flush=True), max_variants=args.max_variants, on=args.on,
+                      address=args.address)
     if args.write:
         print("\n".join(str(path) for path in swept.specs))
     failed = [name for name, code in swept.codes.items() if code != 0]

@@ -17,7 +17,7 @@ from pathlib import Path
 from runner.core import locks
 from runner.core.errors import RunnerError, StageError, StoreError
 from runner.core.plan import Step, plan_stage
-from runner.core.records import RunRecord, done_before, latest_record, new_record, save_record
+from runner.core.records import RunRecord, done_before, latest_record, new_record, save_record, trained_world
 from runner.core.stage import Stage, StageContext, upstream_stage
 from runner.core.store import Manifest, Store
 from runner.machine.profile import Profile
@@ -78,6 +78,7 @@ def run_spec(spec: Spec, spec_path: Path, profile: Profile, store: Store, log: C
             record.stages.append({"stage": stage.name, "key": step.key, "action": outcome.action,
                                   "seconds": round(outcome.seconds, 3), "reasons": list(step.reasons),
                                   "inputs": step.inputs})
+            record.world = trained_world(outcome.path) or record.world
             save_record(record, record_path)
             if stage.name == options.only:
                 break  # like `dvc repro STAGE`: the stage and what it needs, nothing after it

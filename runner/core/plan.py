@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from runner.core.keys import diff_inputs, file_digest, stage_key
+from runner.core.outputs import DataStats
 from runner.core.records import RunRecord
 from runner.core.stage import Stage, upstream_part, upstream_stage
 from runner.core.store import Manifest, Store
@@ -35,7 +36,7 @@ class Step:
         return f"{self.stage:<7} {key}  {words[self.status]}{why}"
 
 
-Digest = Callable[[Path], str]  # a file's sha256: `file_digest`, or a cache of it (the server's, runner/serve/specs.py)
+Digest = Callable[[Path], str]  # a file's sha256: `file_digest`, or a cache of it (the server's, runner/serve/routes/specs.py)
 
 
 def stage_inputs(stage: Stage, spec: Spec, profile: Profile, upstream: dict[str, str],
@@ -137,14 +138,12 @@ def chain_lines(stages: tuple[Stage, ...], spec: Spec, store: Store) -> list[str
 
 def mixture_lines(steps: list[Step], spec: Spec) -> list[str]:
     """A mixture, one line per source: its format and share, with the data stage's counts once it ran."""
-    import json
-
     from runner.rows.mixture import describe, is_mixture, resolved
 
     if not is_mixture(spec):
         return []
     data = {s.stage: s for s in steps}["data"].manifest
-    stats = json.loads((data.path / "stats.json").read_text("utf-8")) if data is not None else None
+    stats = DataStats.read(data.path / "stats.json") if data is not None else None
     return [f"mixture: {len(resolved(spec, 'train'))} sources, sampled {'with' if spec.data.replacement else 'without'} "
             "replacement, a new draw each epoch"] + describe(spec, stats)
 
@@ -152,8 +151,6 @@ def mixture_lines(steps: list[Step], spec: Spec) -> list[str]:
 def memory_lines(steps: list[Step], spec: Spec, profile: Profile) -> list[str]:
     """The training memory estimate for `plan`: from the model's config.json once the model stage
     has run (or the spec's init shape), and the longest tokenized example once data has run."""
-    import json
-
     from runner.machine.memory import GIB, MEMORY_BUDGET, fit_profile
 
     by_stage = {s.stage: s for s in steps}
@@ -163,7 +160,8 @@ def memory_lines(steps: list[Step], spec: Spec, profile: Profile) -> list[str]:
         return ["memory: estimated once the model stage has run (it needs the model's config.json)"]
     seq_len = spec.data.max_length
     if data is not None:
-        seq_len = json.loads((data.path / "stats.json").read_text("utf-8"))["train_tokens"]["max"]
+        longest = DataStats.read(data.path / "stats.json").train_tokens.max
+        seq_len = longest if longest is not None else seq_len
     prompt_len = seq_len
     if spec.train.method == "grpo":  # the step's rows: a prompt and a generated completion
         seq_len += spec.train.grpo.max_completion_length

@@ -3,104 +3,148 @@ and by `runner plan` (the profile, then each stage). The Python API's results sh
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from runner.core.outputs import Benchmark, Calibrated, DataStats, EvalMetrics, Paired, TrainSummary
 
 if TYPE_CHECKING:  # light: `runner --help` and `plan` import this module
     from runner.core.execute import Outcome
 
 
-def _read(path: Path | None, name: str) -> dict[str, Any] | None:
-    if path is None or not (path / name).is_file():
-        return None
-    data: dict[str, Any] = json.loads((path / name).read_text("utf-8"))
-    return data
+Output = TypeVar("Output", DataStats, TrainSummary, EvalMetrics)
+
+
+def _read(kind: type[Output], folder: Path | None, name: str) -> Output | None:
+    return kind.read(folder / name) if folder is not None and (folder / name).is_file() else None
 
 
 def summary_lines(outcomes: Sequence[Outcome], record_path: Path, seconds: float) -> list[str]:
-    ran = [o.stage for o in outcomes if o.action == "ran"]
-    reused = [o.stage for o in outcomes if o.action == "reused"]
-    lines = [f"summary ({seconds:.1f} s): ran {', '.join(ran) or 'nothing'}; reused {', '.join(reused) or 'nothing'}"]
-    by_stage = {o.stage: o for o in outcomes}
-    data = _read(by_stage["data"].path if "data" in by_stage else None, "stats.json")
-    if data and "epochs" in data:  # a mixture: what each source gave
-        lines.append(f"  mixture: {data['rows']['train']} rows over {len(data['epochs'])} epoch(s)")
-        lines += [f"    {name}: {s['read']} read -> {s['kept']} kept, {s['dropped_total']} dropped, {s['tokens']} tokens, "
-                  f"{100 * s['share']:.1f}% of an epoch" for name, s in data["sources"].items()]
-    train = _read(by_stage["train"].path if "train" in by_stage else None, "summary.json")
-    if train:
-        lines.append(f"  loss: train {train['train_loss_first']:.3f} -> {train['train_loss_last']:.3f}"
-                     + (f", validation {train['eval_loss_before']:.3f} -> {train['eval_loss_after']:.3f}"
-                        if train.get("eval_loss_after") is not None else ""))
-        lines += training_notes(train)
-    metrics = _read(by_stage["eval"].path if "eval" in by_stage else None, "metrics.json")
-    for bench, r in (metrics or {}).get("benchmarks", {}).items():
-        if not r["tuned"]["n"]:
-            lines.append(f"  {bench}: no usable questions (dropped: {r.get('dropped')})")
-            continue
-        base = f"base {100 * r['base']['acc']:.1f}% -> " if "base" in r else ""
-        p = r.get("paired")
-        change = ""
-        if p and p.get("delta") is not None:
-            pv = "p<0.001" if p["mcnemar_p"] < 0.001 else f"p={p['mcnemar_p']:.3f}"
-            change = (f", change {100 * p['delta']:+.1f} pt [{100 * p['ci95'][0]:+.1f}, {100 * p['ci95'][1]:+.1f}],"
-                      f" McNemar {pv}")
-        lines.append(f"  {bench}: {base}fine-tuned {100 * r['tuned']['acc']:.1f}% (n={r['tuned']['n']}{change})")
-        if "generative" in r:
-            g = r["generative"]
-            gbase = f"base {100 * g['base']['acc']:.1f}% -> " if "base" in g else ""
-            unreadable = ", ".join(f"{shown} {g[label]['unreadable']}"
-                                   for label, shown in (("base", "base"), ("tuned", "fine-tuned")) if label in g)
-            lines.append(f"  {bench} (generated answers): {gbase}fine-tuned {100 * g['tuned']['acc']:.1f}% "
-                         f"(no answer letter: {unreadable} of {g['tuned']['n']})")
-    lines += clinical_lines(metrics or {})
-    for o in outcomes:
-        if o.path is not None:
-            lines.append(f"  {o.stage:<7} {o.path}")
-    report = by_stage["eval"].path / "report.html" if "eval" in by_stage and by_stage["eval"].path else None
-    if report is not None and report.is_file():
-        lines.append(f"  report  {report}")
-    lines.append(f"  record  {record_path}")
+    folders = {o.stage: o.path for o in outcomes}
+    return [f"summary ({seconds:.1f} s): ran {_stages(outcomes, 'ran')}; reused {_stages(outcomes, 'reused')}",
+            *result_lines(folders), *where_lines(outcomes), f"  record  {record_path}"]
+
+
+def _stages(outcomes: Sequence[Outcome], action: str) -> str:
+    return ", ".join(o.stage for o in outcomes if o.action == action) or "nothing"
+
+
+def where_lines(outcomes: Sequence[Outcome]) -> list[str]:
+    """Each stage's folder, then the eval report when it was written."""
+    lines = [f"  {o.stage:<7} {o.path}" for o in outcomes if o.path is not None]
+    report = next((o.path / "report.html" for o in outcomes if o.stage == "eval" and o.path), None)
+    return lines + ([f"  report  {report}"] if report is not None and report.is_file() else [])
+
+
+def result_lines(folders: dict[str, Path | None]) -> list[str]:
+    """What the data, train and eval stages wrote, as far as they ran."""
+    stats = _read(DataStats, folders.get("data"), "stats.json")
+    train = _read(TrainSummary, folders.get("train"), "summary.json")
+    metrics = _read(EvalMetrics, folders.get("eval"), "metrics.json")
+    lines = mixture_lines(stats) if stats is not None else []
+    lines += loss_lines(train) if train is not None else []
+    if metrics is not None:
+        lines += [line for name, bench in metrics.benchmarks.items() for line in benchmark_lines(name, bench)]
+        lines += clinical_lines(metrics)
     return lines
 
 
-def clinical_lines(metrics: dict[str, Any]) -> list[str]:
+def mixture_lines(stats: DataStats) -> list[str]:
+    """A mixture: what each source gave (a single source says nothing here)."""
+    if not stats.mixture:
+        return []
+    return [f"  mixture: {stats.train_rows} rows over {stats.epochs} epoch(s)"] + [
+        f"    {name}: {s.read} read -> {s.kept} kept, {s.dropped_total} dropped, {s.tokens} tokens, "
+        f"{_pct(s.share)} of an epoch" for name, s in stats.sources.items()]
+
+
+def loss_lines(train: TrainSummary) -> list[str]:
+    validation = (f", validation {_loss(train.eval_loss_before)} -> {_loss(train.eval_loss_after)}"
+                  if train.eval_loss_after is not None else "")
+    return [f"  loss: train {_loss(train.train_loss_first)} -> {_loss(train.train_loss_last)}{validation}",
+            *training_notes(train)]
+
+
+def benchmark_lines(name: str, r: Benchmark) -> list[str]:
+    """Base -> fine-tuned accuracy with the paired test; generated answers' accuracy when scored."""
+    if not r.tuned.n:
+        return [f"  {name}: no usable questions (dropped: {r.dropped})"]
+    base = f"base {_pct(r.base.acc)} -> " if r.base is not None else ""
+    lines = [f"  {name}: {base}fine-tuned {_pct(r.tuned.acc)} (n={r.tuned.n}{_change(r.paired)})"]
+    g = r.generative
+    if g is not None:
+        gbase = f"base {_pct(g.base.acc)} -> " if g.base is not None else ""
+        unreadable = ", ".join(f"{shown} {score.unreadable}" for shown, score in (("base", g.base), ("fine-tuned", g.tuned))
+                               if score is not None)
+        lines.append(f"  {name} (generated answers): {gbase}fine-tuned {_pct(g.tuned.acc)} "
+                     f"(no answer letter: {unreadable} of {g.tuned.n})")
+        lines += consistency_lines(name, r.raw.get("generative") or {})
+    return lines
+
+
+def _change(p: Paired | None) -> str:
+    if p is None or p.delta is None or p.mcnemar_p is None or p.ci95 is None:
+        return ""
+    pv = "p<0.001" if p.mcnemar_p < 0.001 else f"p={p.mcnemar_p:.3f}"
+    return f", change {100 * p.delta:+.1f} pt [{100 * p.ci95[0]:+.1f}, {100 * p.ci95[1]:+.1f}], McNemar {pv}"
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _pair(values: dict[str, float | None], fmt: str) -> str:
+    """Base -> fine-tuned, each as given (a model not scored is left out; a figure it lacks is '-')."""
+    shown = {"base": "base ", "tuned": "fine-tuned "}
+    return " -> ".join(f"{shown[label]}{'-' if v is None else format(v, fmt)}" for label, v in values.items())
+
+
+def clinical_lines(metrics: EvalMetrics) -> list[str]:
     """Calibration, free-text scores and perplexity, base -> fine-tuned, one line each."""
-    lines = []
-
-    def pair(r: dict[str, Any], get: Any, fmt: str) -> str:
-        values = [(shown, get(r[label])) for label, shown in (("base", "base "), ("tuned", "fine-tuned ")) if label in r]
-        return " -> ".join(f"{shown}{'-' if v is None else format(v, fmt)}" for shown, v in values)
-
-    for bench, r in metrics.get("benchmarks", {}).items():
-        c = r.get("calibration")
-        if c and r["tuned"]["n"]:
-            lines.append(f"  {bench} calibration: ECE {pair(c, lambda m: m['ece'], '.3f')}; Brier "
-                         f"{pair(c, lambda m: m['brier'], '.3f')}; acc at 20% coverage "
-                         f"{pair(c, lambda m: m['selective_acc'].get('20'), '.1%')}")
-    for bench, r in metrics.get("free_text", {}).items():
-        lines.append(f"  {bench} (free text, n={r['n']}): ROUGE-L {pair(r, lambda m: m['rougeL'], '.1f')}; "
-                     f"BLEU {pair(r, lambda m: m['bleu'], '.1f')}")
-    p = metrics.get("perplexity")
-    if p:
-        lines.append(f"  perplexity ({p['path']}, {p['tokens']:,} tokens): {pair(p, lambda m: m['ppl'], '.2f')}")
+    lines = [line for name, r in metrics.benchmarks.items() for line in uncertainty_lines(name, r)]
+    lines += [f"  {name} (free text, n={f.n}): ROUGE-L {_pair({k: s['rougeL'] for k, s in f.scores.items()}, '.1f')}; "
+              f"BLEU {_pair({k: s['bleu'] for k, s in f.scores.items()}, '.1f')}" for name, f in metrics.free_text.items()]
+    p = metrics.perplexity
+    if p is not None:
+        lines.append(f"  perplexity ({p.path}, {p.tokens:,} tokens): {_pair(p.ppl, '.2f')}")
     return lines
 
 
-def training_notes(train: dict[str, Any]) -> list[str]:
-    """Validation loss per source (a mixture's) and what early stopping did, a line each."""
+def uncertainty_lines(name: str, r: Benchmark) -> list[str]:
+    """Calibration, then the spec's abstention rule: what answering only above the threshold buys."""
+    lines = [calibration_line(name, r.calibration)] if r.calibration and r.tuned.n else []
+    rule = (r.raw.get("uncertainty") or {}).get("abstain")  # untyped yet: eval.abstain came after runner.core.outputs
+    if rule:
+        pair = {label: rule[label] for label in ("base", "tuned") if label in rule}
+        lines.append(f"  {name} abstaining below {rule['signal']} {rule['threshold']}: accuracy answered "
+                     f"{_pair({k: m['acc_answered'] for k, m in pair.items()}, '.1%')}; abstained "
+                     f"{_pair({k: m['abstained'] for k, m in pair.items()}, '.1%')}")
+    return lines
+
+
+def calibration_line(name: str, by_model: dict[str, Calibrated]) -> str:
+    return (f"  {name} calibration: ECE {_pair({k: c.ece for k, c in by_model.items()}, '.3f')}; Brier "
+            f"{_pair({k: c.brier for k, c in by_model.items()}, '.3f')}; acc at 20% coverage "
+            f"{_pair({k: c.selective_acc.get('20') for k, c in by_model.items()}, '.1%')}")
+
+
+def training_notes(train: TrainSummary) -> list[str]:
+    """Validation loss per source (a mixture's), a preference method's held-out figures and what early
+    stopping did, a line each."""
     lines = []
-    by_source = train.get("eval_loss_by_source") or {}
-    if by_source:
+    if train.by_source:
         lines.append("  validation by source: " + ", ".join(
-            f"{name} {_loss(v['before'])} -> {_loss(v['after'])}" for name, v in by_source.items()))
-    stopping = train.get("early_stopping")
+            f"{name} {_loss(v.before)} -> {_loss(v.after)}" for name, v in train.by_source.items()))
+    held_out = train.raw.get("held_out") or {}  # dpo, orpo, kto (untyped yet: came after runner.core.outputs)
+    if held_out:
+        lines.append(f"  {train.raw['method']} held-out pairs: " + ", ".join(
+            f"{name.replace('_', ' ')} {_loss(v['before'])} -> {_loss(v['after'])}" for name, v in held_out.items()))
+    stopping = train.early_stopping
     if stopping:
-        best = f"best step {stopping['best_step']}, validation {_loss(stopping['best_eval_loss'])}"
-        lines.append(f"  early stopping: {stopping['reason']}; the adapter is the {best}" if stopping["best_step"]
-                     else f"  early stopping: {stopping['reason']}; no evaluation came before the end")
+        best = f"best step {stopping.best_step}, validation {_loss(stopping.best_eval_loss)}"
+        lines.append(f"  early stopping: {stopping.reason}; the adapter is the {best}" if stopping.best_step
+                     else f"  early stopping: {stopping.reason}; no evaluation came before the end")
     return lines
 
 
@@ -130,3 +174,16 @@ def plan_lines(profile: Any, steps: Sequence[str]) -> list[str]:
     """What `runner plan` prints: the profile and why, then a line per stage and the estimates."""
     return [f"profile: {profile_line(profile)}{sharing(profile)}", *(f"  - {reason}" for reason in profile.reasons),
             *steps]
+
+
+def consistency_lines(bench: str, g: dict[str, Any]) -> list[str]:
+    """The sampled mode's figures: the vote of k, one sample, pass@k, failed extractions (fine-tuned).
+    Read from the generative entry as written: eval's sampled mode came after runner.core.outputs."""
+    c = g.get("consistency", {}).get("tuned")
+    if not c or c.get("samples", 1) < 2:
+        return []
+    k = str(c["samples"])
+    return [f"  {bench} (vote of {k}): fine-tuned vote {100 * c['vote']['acc']:.1f}%, one sample "
+            f"{100 * c['single']['acc']:.1f}%, pass@{k} {100 * c['pass_at_k'][k]['mean']:.1f}%, "
+            f"agreement {c['agreement']['mean']:.2f}, failed extractions {c['failed_samples']} of "
+            f"{c['vote']['n'] * c['samples']} samples"]

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from runner.core.errors import StoreError
+from runner.core.outputs import OutputError
+from runner.core.outputs import RunRecord as Written  # the file as read and written; RunRecord below is the run's own
 from runner.core.store import write_error
 
 LIBRARIES = ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate", "tokenizers")
@@ -34,6 +36,9 @@ class RunRecord:
     gates: dict[str, Any] = field(default_factory=dict)  # what each stage's gate found (contamination: per benchmark)
     side_effects: dict[str, Any] = field(default_factory=dict)  # what the run did outside the store (a push)
     sets: list[str] = field(default_factory=list)  # `--set PATH=VALUE` as given (`spec` holds their result)
+    # The world the trainer really used (world_size, nodes, processes_per_node, backend, sharding,
+    # device), read back from the train artifact's summary: not what the spec asked for.
+    world: dict[str, Any] | None = None
 
     def stage(self, name: str) -> dict[str, Any] | None:
         return next((s for s in self.stages if s["stage"] == name), None)
@@ -54,25 +59,23 @@ def new_record(store_root: Path, spec_path: Path, spec: dict[str, Any], profile:
 
 
 def save_record(record: RunRecord, path: Path) -> None:
-    """Write-then-rename, so a reader (or a kill) never meets half a record."""
-    tmp = path.with_suffix(".tmp")
+    """Write-then-rename (outputs.RunRecord.write), so a reader (or a kill) never meets half a record."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(asdict(record), indent=1, sort_keys=True), "utf-8")
-        os.replace(tmp, path)
+        Written.parse_at(asdict(record), path).write(path)
     except OSError as exc:
-        _remove(tmp)
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise StoreError(f"disk full while writing the run record to {path.parent}; free some space "
                              "(`runner gc` removes unused artifacts) and run again: finished stages are kept") from exc
         raise write_error(path.parent.parent, exc) from exc
 
 
-def _remove(path: Path) -> None:
+def trained_world(artifact: Path | None) -> dict[str, Any] | None:
+    """The world that trained an artifact, as its summary.json says (the train stage writes it)."""
     try:
-        path.unlink(missing_ok=True)
-    except OSError:
-        pass  # under a file or on a read-only mount there is nothing to remove
+        world = json.loads((artifact / "summary.json").read_text("utf-8")).get("world") if artifact else None
+    except (OSError, ValueError, AttributeError):
+        return None
+    return world if isinstance(world, dict) else None
 
 
 def latest_record(store_root: Path, spec_path: Path) -> RunRecord | None:
@@ -86,15 +89,15 @@ def latest_record(store_root: Path, spec_path: Path) -> RunRecord | None:
         raise StoreError(f"store {store_root} cannot be read ({exc.strerror or exc}); point --store (or "
                          "RUNNER_STORE) at a folder you can read and write") from None
     wanted = str(spec_path.resolve())
-    newest: dict[str, Any] | None = None
+    newest: Written | None = None
     for path in paths:
         try:
-            data = json.loads(path.read_text("utf-8"))
-        except (OSError, ValueError):
+            found = Written.read(path)
+        except OutputError:
             continue  # a record being written by another run, or damaged: not evidence
-        if data.get("spec_path") == wanted and (newest is None or data["started"] > newest["started"]):
-            newest = data
-    return RunRecord(**newest) if newest else None
+        if found.spec_path == wanted and (newest is None or found.started > newest.started):
+            newest = found
+    return RunRecord(**newest.raw) if newest else None
 
 
 def done_before(store_root: Path, name: str, identity: dict[str, Any]) -> dict[str, Any] | None:
@@ -105,8 +108,8 @@ def done_before(store_root: Path, name: str, identity: dict[str, Any]) -> dict[s
         return None
     for path in reversed(paths):
         try:
-            done = json.loads(path.read_text("utf-8")).get("side_effects", {}).get(name)
-        except (OSError, ValueError):
+            done = Written.read(path).side_effect(name)
+        except OutputError:
             continue
         if isinstance(done, dict) and done.get("identity") == identity and done.get("result"):
             return dict(done)

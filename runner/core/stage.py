@@ -11,11 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from runner.core.names import STAGE_NAMES as STAGE_NAMES  # the stages in the order they run
 from runner.machine.profile import Profile
 from runner.spec.typed import Spec
-
-# The stages in the order they run; `runner.stages.all_stages()` returns exactly these (a test checks).
-STAGE_NAMES = ("model", "data", "train", "export", "eval")
 
 Log = Callable[[str], None]
 

@@ -24,13 +24,12 @@ from runner.core.outputs import (
     OutputError,
     Prediction,
     RunRecord,
-    TrainRow,
-    TrainSummary,
+    Score,
     cut,
-    optional_number,
     shown,
 )
 from runner.core.records import runs_dir
+from runner.experiments.costs import Cost, curves, training_cost
 from runner.scoring.significance import holm, paired
 from runner.spec.schema import field_schema
 
@@ -49,7 +48,7 @@ class Run:
     record_path: Path
     record: RunRecord
     artifacts: dict[str, Path]  # stage -> folder in the store
-    metrics: dict[str, Any]  # the eval stage's metrics.json, checked by EvalMetrics
+    metrics: EvalMetrics  # the eval stage's metrics.json
     outcomes: dict[str, dict[Any, tuple[Any, Any]]] = field(default_factory=dict)  # bench -> question -> (answer, tuned)
 
 
@@ -93,7 +92,7 @@ def load_run(record_path: Path) -> Run:
         if metrics_path is None or not metrics_path.exists():
             raise CompareError(f"{record_path}: the run has no eval metrics (status {shown(record.status)}); "
                                "compare needs runs that finished their eval stage")
-        metrics = EvalMetrics.read(metrics_path).data
+        metrics = EvalMetrics.read(metrics_path)
         run = Run(record.name, record_path, record, artifacts, metrics)
         for row in Prediction.read(artifacts["eval"] / "predictions.jsonl"):
             run.outcomes.setdefault(row.benchmark, {})[row.question] = (row.answer, row.tuned)
@@ -170,13 +169,15 @@ class Comparison:
 def benchmarks(runs: list[Run]) -> list[str]:
     names: list[str] = []
     for run in runs:
-        names += [b for b in run.metrics.get("benchmarks", {}) if b not in names]
+        names += [b for b in run.metrics.benchmarks if b not in names]
     return names
 
 
-def accuracy(run: Run, bench: str, label: str = "tuned") -> dict[str, Any] | None:
-    found: dict[str, Any] | None = run.metrics.get("benchmarks", {}).get(bench, {}).get(label)
-    return found if found and found.get("acc") is not None else None
+def accuracy(run: Run, bench: str, label: Literal["tuned", "base"] = "tuned") -> Score | None:
+    """The run's accuracy on `bench` (the fine-tuned model's, or the base's), None where it has none."""
+    entry = run.metrics.benchmarks.get(bench)
+    found = None if entry is None else entry.tuned if label == "tuned" else entry.base
+    return found if found is not None and found.acc is not None else None
 
 
 def reference_for(runs: list[Run], bench: str, against: Literal["baseline", "best"]) -> Run | None:
@@ -186,7 +187,7 @@ def reference_for(runs: list[Run], bench: str, against: Literal["baseline", "bes
         return None
     if against == "baseline":
         return runs[0] if runs[0] in scored else None
-    return max(scored, key=lambda r: accuracy(r, bench)["acc"])  # type: ignore[index]  # scored: not None
+    return max(scored, key=lambda r: accuracy(r, bench).acc or 0.0)  # type: ignore[union-attr]  # scored: not None
 
 
 def compare(runs: list[Run], against: Literal["baseline", "best"] = "baseline") -> list[Comparison]:
@@ -216,47 +217,16 @@ def compare(runs: list[Run], against: Literal["baseline", "best"] = "baseline") 
     return out
 
 
-def cost(run: Run) -> dict[str, Any]:
+def cost(run: Run) -> Cost:
     """What the run's training took, from the train stage's summary, metrics log and manifest."""
-    train = run.artifacts.get("train")
     with reading():
-        summary = TrainSummary.read(train / "summary.json") if train else TrainSummary()
-        stage_seconds = optional_number(train / "manifest.json", "info", "seconds") if train else None
-        rows = TrainRow.read(train / "metrics.jsonl") if train else []
-        data = run.artifacts.get("data")
-        total = optional_number(data / "stats.json", "train_tokens", "total") if data else None
-    memory = [r.memory_mib for r in rows if r.memory_mib is not None]
-    out: dict[str, Any] = {"train_seconds": summary.seconds, "stage_seconds": stage_seconds,
-                           "peak_memory_mib": max(memory) if memory else None, "device": run.record.device,
-                           "trainable": summary.trainable, "total": summary.total, "steps": summary.steps, "tokens": None}
-    seen = [r.tokens_seen for r in rows if r.tokens_seen is not None]
-    if seen:
-        out["tokens"] = round(seen[-1])
-    elif total:
-        # The data stage's token count of one epoch times the epochs trained: the Trainer's last logged
-        # epoch, else the steps over the steps an epoch takes (its last batch partial, not full).
-        epochs = next((r.epoch for r in reversed(rows) if r.epoch is not None), None)
-        batch = run.record.batch_size
-        if epochs is None and summary.train_rows and summary.steps and batch:
-            epochs = summary.steps / math.ceil(summary.train_rows / batch)
-        out["tokens"] = round(total * epochs) if epochs is not None else None
-    return out
+        return training_cost(run.artifacts, run.record)
 
 
 def loss_curves(run: Run) -> dict[str, list[tuple[float, float]]]:
     """Training loss per logged step, and validation loss before training, wherever logged, and after."""
-    train = run.artifacts.get("train")
     with reading():
-        rows = TrainRow.read(train / "metrics.jsonl") if train else []
-        summary = TrainSummary.read(train / "summary.json") if train else TrainSummary()
-    validation = [(float(r.step), r.eval_loss) for r in rows if r.step is not None and r.eval_loss is not None]
-    if summary.eval_loss_before is not None and not any(step == 0 for step, _ in validation):
-        validation.insert(0, (0.0, summary.eval_loss_before))
-    last = summary.steps
-    if summary.eval_loss_after is not None and last is not None and not any(s == last for s, _ in validation):
-        validation.append((float(last), summary.eval_loss_after))
-    return {"train": [(float(r.step), r.loss) for r in rows if r.step is not None and r.loss is not None],
-            "validation": validation}
+        return curves(run.artifacts)
 
 
 def write_report(runs: list[Run], found: list[Comparison], folder: Path,
@@ -282,7 +252,7 @@ def _write(runs: list[Run], found: list[Comparison], folder: Path, against: str)
     from runner.report.sections import Doc, Section
 
     pictures = {}
-    table = {r.label: {b: accuracy(r, b) for b in benchmarks(runs)} for r in runs}
+    table = {r.label: {b: _plotted(accuracy(r, b)) for b in benchmarks(runs)} for r in runs}
     if any(v for by_bench in table.values() for v in by_bench.values()):
         plot_run_accuracy(table, folder / "accuracy.png")
         pictures["accuracy"] = "accuracy.png"
@@ -305,11 +275,16 @@ KNOWN = {"n", "correct", "acc", "ci95", "unreadable", "max_new_tokens"}  # accur
 SKIP = {"paired", "groups", "contamination", "dropped", "generative"}  # shown elsewhere, or not per run
 
 
-def pct(r: dict[str, Any] | None) -> str:
-    if r is None or r.get("acc") is None:
+def _plotted(r: Score | None) -> dict[str, Any] | None:
+    """An accuracy as the plot reads it ({acc, ci95})."""
+    return None if r is None or r.ci95 is None else {"acc": r.acc, "ci95": list(r.ci95)}
+
+
+def pct(r: Score | None) -> str:
+    if r is None or r.acc is None or r.ci95 is None:
         return "-"
-    lo, hi = r["ci95"]
-    return f"{100 * r['acc']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
+    lo, hi = r.ci95
+    return f"{100 * r.acc:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
 
 
 def p_text(p: float | None) -> str:
@@ -334,47 +309,72 @@ def runs_section(runs: list[Run], against: str) -> Section:
 
 
 def accuracy_section(runs: list[Run], found: list[Comparison], against: str, pictures: dict[str, str]) -> Section:
-    blocks: list[tuple[Any, ...]] = []
-    for bench in benchmarks(runs):
-        tests = {c.run: c for c in found if c.benchmark == bench}
-        reference = next(iter(tests.values())).reference if tests else None
-        rows = [_accuracy_row(r, bench, tests.get(r.label), reference) for r in runs]
-        bases = {pct(accuracy(r, bench, "base")) for r in runs} - {"-"}
-        said = ([f"base model {next(iter(bases))}"] if len(bases) == 1 else []) + ([f"reference {reference}"] if reference else [])
-        blocks.append(("h3", bench + (f" ({', '.join(said)})" if said else "")))
-        # A column only where it says something: the base when runs have different bases (a model-size
-        # sweep), generative accuracy when some run scored generated answers.
-        # The questions a test paired, when that is not every question the run answered (sets that differ).
-        keep = [h for h in rows[0] if h not in ("base model [95% CI]", "generative [95% CI]", "paired n")
-                or (h.startswith("base") and len(bases) > 1) or (h.startswith("gen") and any(r[h] != "-" for r in rows))
-                or (h == "paired n" and any(r[h] not in ("-", r["n"]) for r in rows))]
-        blocks.append(("table", keep, [[row[h] for h in keep] for row in rows]))
-    m = sum(c.holm_p is not None for c in found)
-    blocks.append(("p", f"Accuracy: the eval stage's zero-shot log-likelihood score of the fine-tuned model, with "
-                        f"Wilson 95% intervals (generative: the answer read off greedy text, where scored). Change: "
-                        f"the run minus the reference on the questions both answered, with Newcombe's 95% interval "
-                        f"for paired data; p: exact McNemar test on the questions only one of the two got right, as "
-                        f"the eval stage tests base vs fine-tuned. Holm p: corrected for the {m} comparison{'s' if m != 1 else ''} "
-                        f"in this report; a difference survives when it is below {LEVEL:g}. Discordant: the questions "
-                        f"only the reference, or only the run, answered right. Paired n, shown where the runs' question "
-                        f"sets differ: the questions a test paired."))
+    blocks = [block for bench in benchmarks(runs) for block in benchmark_blocks(runs, found, bench)]
+    blocks.append(("p", _accuracy_note(sum(c.holm_p is not None for c in found))))
     if "accuracy" in pictures:
         blocks.append(("img", pictures["accuracy"], "accuracy per run and benchmark, 95% intervals"))
     return ("Accuracy", blocks)
 
 
+def benchmark_blocks(runs: list[Run], found: list[Comparison], bench: str) -> list[tuple[Any, ...]]:
+    """The benchmark's heading (the base model's accuracy where all runs share it) and its table."""
+    tests = {c.run: c for c in found if c.benchmark == bench}
+    reference = next(iter(tests.values())).reference if tests else None
+    rows = [_accuracy_row(r, bench, tests.get(r.label), reference) for r in runs]
+    bases = {pct(accuracy(r, bench, "base")) for r in runs} - {"-"}
+    keep = [h for h in rows[0] if _shown(h, rows, len(bases))]
+    return [("h3", _heading(bench, bases, reference)), ("table", keep, [[row[h] for h in keep] for row in rows])]
+
+
+def _heading(bench: str, bases: set[str], reference: str | None) -> str:
+    said = ([f"base model {next(iter(bases))}"] if len(bases) == 1 else []) + ([f"reference {reference}"] if reference else [])
+    return bench + (f" ({', '.join(said)})" if said else "")
+
+
+def _shown(column: str, rows: list[dict[str, str]], bases: int) -> bool:
+    """A column only where it says something: the base when runs have different bases (a model-size
+    sweep), generative accuracy when some run scored generated answers, the questions a test paired
+    when that is not every question the run answered (sets that differ)."""
+    if column == "base model [95% CI]":
+        return bases > 1
+    if column == "generative [95% CI]":
+        return any(r[column] != "-" for r in rows)
+    if column == "paired n":
+        return any(r[column] not in ("-", r["n"]) for r in rows)
+    return True
+
+
+def _accuracy_note(m: int) -> str:
+    return (f"Accuracy: the eval stage's zero-shot log-likelihood score of the fine-tuned model, with "
+            f"Wilson 95% intervals (generative: the answer read off greedy text, where scored). Change: "
+            f"the run minus the reference on the questions both answered, with Newcombe's 95% interval "
+            f"for paired data; p: exact McNemar test on the questions only one of the two got right, as "
+            f"the eval stage tests base vs fine-tuned. Holm p: corrected for the {m} comparison{'s' if m != 1 else ''} "
+            f"in this report; a difference survives when it is below {LEVEL:g}. Discordant: the questions "
+            f"only the reference, or only the run, answered right. Paired n, shown where the runs' question "
+            f"sets differ: the questions a test paired.")
+
+
 def _accuracy_row(r: Run, bench: str, c: Comparison | None, reference: str | None) -> dict[str, str]:
-    entry = r.metrics["benchmarks"].get(bench, {})
-    t = c.test if c else None
-    change = (f"{100 * t['delta']:+.1f} pt [{100 * t['ci95'][0]:+.1f}, {100 * t['ci95'][1]:+.1f}]"
-              if t and t.get("delta") is not None else "(reference)" if r.label == reference else "-")
-    return {"run": r.label, "n": str(entry.get("tuned", {}).get("n", "-")),
+    entry = r.metrics.benchmarks.get(bench)
+    n = entry.tuned.n if entry is not None else None
+    generative = entry.generative.tuned if entry and entry.generative else None
+    return {"run": r.label, "n": "-" if n is None else str(n),
             "base model [95% CI]": pct(accuracy(r, bench, "base")), "accuracy [95% CI]": pct(accuracy(r, bench)),
-            "generative [95% CI]": pct(entry.get("generative", {}).get("tuned")), "paired n": str(c.n) if c else "-",
-            "change [95% CI]": change,
-            "McNemar p": p_text(t["mcnemar_p"] if t else None), "Holm p": p_text(c.holm_p if c else None),
-            "survives": "-" if c is None or c.holm_p is None else "**yes**" if c.survives else "no",
-            "discordant: only ref / only run right": f"{t['only_base_right']} / {t['only_tuned_right']}" if t else "-"}
+            "generative [95% CI]": pct(generative), **_test_columns(c, r.label == reference)}
+
+
+def _test_columns(c: Comparison | None, is_reference: bool) -> dict[str, str]:
+    """The paired test against the reference, Holm's correction and whether the difference survives."""
+    t = c.test if c else None
+    if c is None or t is None:
+        return {"paired n": str(c.n) if c else "-", "change [95% CI]": "(reference)" if is_reference else "-",
+                "McNemar p": "-", "Holm p": "-", "survives": "-", "discordant: only ref / only run right": "-"}
+    change = (f"{100 * t['delta']:+.1f} pt [{100 * t['ci95'][0]:+.1f}, {100 * t['ci95'][1]:+.1f}]"
+              if t.get("delta") is not None else "(reference)" if is_reference else "-")
+    return {"paired n": str(c.n), "change [95% CI]": change, "McNemar p": p_text(t["mcnemar_p"]),
+            "Holm p": p_text(c.holm_p), "survives": "-" if c.holm_p is None else "**yes**" if c.survives else "no",
+            "discordant: only ref / only run right": f"{t['only_base_right']} / {t['only_tuned_right']}"}
 
 
 def numbers(value: Any, prefix: str = "") -> dict[str, float]:
@@ -402,22 +402,31 @@ def extra(entry: dict[str, Any]) -> dict[str, float]:
 
 
 def more_metrics(runs: list[Run]) -> Section:
-    blocks: list[tuple[Any, ...]] = []
-    scopes = [(b, [r.metrics["benchmarks"].get(b, {}) for r in runs]) for b in benchmarks(runs)]
-    free = list(dict.fromkeys(name for r in runs for name in r.metrics.get("free_text", {})))  # qa / alpaca sets
-    scopes += [(f"{name} (free text)", [r.metrics.get("free_text", {}).get(name, {}) for r in runs]) for name in free]
-    scopes.append(("whole run", [{k: v for k, v in r.metrics.items() if k not in ("benchmarks", "free_text")}
-                                 for r in runs]))
-    for scope, entries in scopes:
-        found = [extra(e) for e in entries]
-        names = list(dict.fromkeys(k for f in found for k in f))
-        if names:
-            rows = [[name] + [_num(f.get(name)) for f in found] for name in names]
-            blocks += [("h3", scope), ("table", ["fine-tuned"] + [r.label for r in runs], rows)]
+    """Per benchmark, free-text set and the whole run: the further figures each run's eval wrote."""
+    blocks = [block for scope, entries in metric_scopes(runs) for block in _metric_table(scope, entries, runs)]
     if blocks:
         blocks.append(("p", "Further figures the eval stage wrote for the fine-tuned models, as written in each "
                             "run's metrics.json."))
     return ("More metrics", blocks)
+
+
+def metric_scopes(runs: list[Run]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """(scope, each run's entry there): the benchmarks, the free-text sets, then the run's own figures.
+    Read from `raw`: these are whatever figures the eval stage wrote, shown as written."""
+    raws = [r.metrics.raw for r in runs]
+    free = list(dict.fromkeys(name for raw in raws for name in raw.get("free_text", {})))  # qa / alpaca sets
+    return ([(b, [raw["benchmarks"].get(b, {}) for raw in raws]) for b in benchmarks(runs)]
+            + [(f"{name} (free text)", [raw.get("free_text", {}).get(name, {}) for raw in raws]) for name in free]
+            + [("whole run", [{k: v for k, v in raw.items() if k not in ("benchmarks", "free_text")} for raw in raws])])
+
+
+def _metric_table(scope: str, entries: list[dict[str, Any]], runs: list[Run]) -> list[tuple[Any, ...]]:
+    found = [extra(e) for e in entries]
+    names = list(dict.fromkeys(k for f in found for k in f))
+    if not names:
+        return []
+    rows = [[name] + [_num(f.get(name)) for f in found] for name in names]
+    return [("h3", scope), ("table", ["fine-tuned"] + [r.label for r in runs], rows)]
 
 
 def loss_section(runs: list[Run], pictures: dict[str, str]) -> Section:
@@ -441,11 +450,10 @@ def cost_section(runs: list[Run]) -> Section:
     rows = []
     for r in runs:
         c = cost(r)
-        params = (f"{c['trainable']:,} ({100 * c['trainable'] / c['total']:.2f}%)" if c["trainable"] and c["total"]
-                  else "-")
-        memory = f"{c['peak_memory_mib']:,.0f} MiB ({c['device']})" if c["peak_memory_mib"] is not None else "-"
-        rows.append([r.label, _secs(c["train_seconds"]), _secs(c["stage_seconds"]), memory, params,
-                     f"{c['tokens']:,}" if c["tokens"] is not None else "-", str(c["steps"] or "-")])
+        params = f"{c.trainable:,} ({100 * c.trainable / c.total:.2f}%)" if c.trainable and c.total else "-"
+        memory = f"{c.peak_memory_mib:,.0f} MiB ({c.device})" if c.peak_memory_mib is not None else "-"
+        rows.append([r.label, _secs(c.train_seconds), _secs(c.stage_seconds), memory, params,
+                     f"{c.tokens:,}" if c.tokens is not None else "-", str(c.steps or "-")])
     return ("Cost", [("table", ["run", "training", "train stage", "peak memory", "trainable parameters",
                                 "tokens seen", "steps"], rows),
                      ("p", "From each run's train artifact: the Trainer's runtime and the whole stage's time "
@@ -477,7 +485,7 @@ def summary_lines(runs: list[Run], found: list[Comparison]) -> list[str]:
             vs = ""
             if c is not None and c.test is not None and c.test.get("delta") is not None:
                 verdict = "survives Holm" if c.survives else "not significant after Holm"
-                on = f" on {c.n} shared questions" if str(c.n) != str(r.metrics["benchmarks"][bench].get("tuned", {}).get("n")) else ""
+                on = f" on {c.n} shared questions" if c.n != r.metrics.benchmarks[bench].tuned.n else ""
                 vs = (f"; vs {c.reference} {100 * c.test['delta']:+.1f} pt{on}, McNemar p{_eq(c.test['mcnemar_p'])}, "
                       f"Holm p{_eq(c.holm_p)}: {verdict}")
             lines.append(f"    {r.label:<28} {pct(accuracy(r, bench))}{vs}")

@@ -83,22 +83,31 @@ def plan_lines(plans: list[VariantPlan]) -> list[str]:
     for p in plans:
         for stage, ident in p.ids.items():
             sharers.setdefault((stage, ident), []).append(p.written.variant.label)
-    lines = []
-    for p in plans:
-        lines.append(f"{p.written.variant.name}  ({p.written.path})")
-        for step in p.steps:
-            others = [label for label in sharers[(step.stage, p.ids[step.stage])] if label != p.written.variant.label]
-            shared = (f"shared by all {len(plans)}" if len(others) == len(plans) - 1 and others
-                      else f"shared with {_names(others)}" if others else "own")
-            lines.append(f"  {step.line():<60}  {shared}")
-    runs = {(s.stage, p.ids[s.stage]) for p in plans for s in p.steps if s.status != "cached"}
-    per_stage = {step.stage: sum(1 for stage, _ in runs if stage == step.stage) for step in plans[0].steps}
-    naive = sum(1 for p in plans for s in p.steps if s.status != "cached")
-    cached = sum(1 for p in plans for s in p.steps if s.status == "cached")
-    lines.append(f"cost: {len(runs)} stage execution(s) "
-                 f"({', '.join(f'{stage} {n}' for stage, n in per_stage.items())}) for {len(plans)} variant(s); "
-                 f"{naive} without sharing; {cached} of {len(plans) * len(plans[0].steps)} cached")
+    lines = [line for p in plans for line in variant_lines(p, sharers, len(plans))]
+    return lines + [cost_line(plans)]
+
+
+def variant_lines(p: VariantPlan, sharers: dict[tuple[str, str], list[str]], count: int) -> list[str]:
+    """The variant's path, then each stage's plan line and who shares its output."""
+    lines = [f"{p.written.variant.name}  ({p.written.path})"]
+    for step in p.steps:
+        others = [label for label in sharers[(step.stage, p.ids[step.stage])] if label != p.written.variant.label]
+        shared = (f"shared by all {count}" if len(others) == count - 1 and others
+                  else f"shared with {_names(others)}" if others else "own")
+        lines.append(f"  {step.line():<60}  {shared}")
     return lines
+
+
+def cost_line(plans: list[VariantPlan]) -> str:
+    """Stage executions once shared outputs run once, against running every variant alone."""
+    steps = [(p, s) for p in plans for s in p.steps]
+    runs = {(s.stage, p.ids[s.stage]) for p, s in steps if s.status != "cached"}
+    per_stage = {step.stage: [stage for stage, _ in runs].count(step.stage) for step in plans[0].steps}
+    cached = [s.status for _, s in steps].count("cached")
+    naive = len(steps) - cached
+    return (f"cost: {len(runs)} stage execution(s) "
+            f"({', '.join(f'{stage} {n}' for stage, n in per_stage.items())}) for {len(plans)} variant(s); "
+            f"{naive} without sharing; {cached} of {len(plans) * len(plans[0].steps)} cached")
 
 
 def _names(labels: list[str]) -> str:

@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runner.core.outputs import EvalMetrics, ParityReport, TrainSummary
 from runner.core.stage import StageContext
 from runner.report.sections import Doc, document, plot_reliability
+from runner.report.uncertainty import plot_risk_coverage, with_uncertainty
 
 
 @dataclass(frozen=True)
@@ -26,13 +28,13 @@ class Inputs:
 
     spec: Any
     profile: Any
-    metrics: dict[str, Any]
+    metrics: EvalMetrics
     answers: list[dict[str, Any]]
     model_info: dict[str, Any]
-    train_summary: dict[str, Any] | None
+    train_summary: TrainSummary | None
     artifacts: dict[str, str]  # stage -> folder
     pictures: dict[str, str]  # name -> file name beside the report
-    parity: dict[str, Any] | None = None  # the export's parity.json, when it converted to GGUF
+    parity: ParityReport | None = None  # the export's parity.json, when it converted to GGUF
     samples: dict[str, dict[str, Any]] = field(default_factory=dict)  # benchmark -> {kind, rows}: sample answers
     free_contamination: dict[str, Any] = field(default_factory=dict)  # free-text benchmark -> what was found
 
@@ -40,7 +42,7 @@ class Inputs:
 SAMPLES = 3  # questions per benchmark shown with both models' answers: enough to see what each writes
 
 
-def write_report(ctx: StageContext, metrics: dict[str, Any], answers: list[dict[str, Any]], loaded: Any = None,
+def write_report(ctx: StageContext, metrics: EvalMetrics, answers: list[dict[str, Any]], loaded: Any = None,
                  train_texts: Sequence[str] = ()) -> None:
     """report.md and report.html in the stage's folder, from metrics.json's figures, the answers in
     predictions.jsonl and free_text.jsonl (written before), and `loaded`: the questions the stage read."""
@@ -51,26 +53,33 @@ def write_report(ctx: StageContext, metrics: dict[str, Any], answers: list[dict[
     if train is not None and (train / "loss.png").is_file():
         shutil.copyfile(train / "loss.png", ctx.out / "loss.png")
         pictures["loss"] = "loss.png"
-    if metrics["benchmarks"]:
-        plot_accuracy(metrics["benchmarks"], ctx.out / "accuracy.png")
+    if metrics.benchmarks:
+        plot_accuracy(metrics.raw["benchmarks"], ctx.out / "accuracy.png")
         pictures["accuracy"] = "accuracy.png"
-    if plot_reliability(metrics["benchmarks"], ctx.out / "calibration.png"):
+    if plot_reliability(metrics.raw["benchmarks"], ctx.out / "calibration.png"):
         pictures["calibration"] = "calibration.png"
+    if plot_risk_coverage(metrics.raw["benchmarks"], ctx.out / "risk_coverage.png"):
+        pictures["risk_coverage"] = "risk_coverage.png"
     inputs = Inputs(spec=ctx.spec, profile=ctx.profile, metrics=metrics, answers=answers,
                     model_info=_json(ctx.upstream["model"] / "model.json") or {},
-                    train_summary=_json(train / "summary.json") if train is not None else None,
+                    train_summary=TrainSummary.read(train / "summary.json")
+                    if train is not None and (train / "summary.json").is_file() else None,
                     artifacts={stage: str(path) for stage, path in ctx.upstream.items()}, pictures=pictures,
-                    parity=_json(ctx.upstream["export"] / "parity.json") if "export" in ctx.upstream else None,
+                    parity=_parity(ctx.upstream["export"] / "parity.json") if "export" in ctx.upstream else None,
                     samples=sample_answers(ctx.out, loaded) if loaded is not None else {},
                     free_contamination=free_text_contamination(ctx.spec, _jsonl(ctx.out / "free_text.jsonl"), train_texts)
-                    if ctx.spec.eval.contamination.check and metrics.get("free_text") else {})
-    doc = document(inputs)
+                    if ctx.spec.eval.contamination.check and metrics.free_text else {})
+    doc = with_uncertainty(document(inputs), inputs)
     (ctx.out / "report.md").write_text(to_markdown(doc), "utf-8")
     (ctx.out / "report.html").write_text(to_html(doc, ctx.out), "utf-8")
 
 
 def _json(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text("utf-8")) if path.is_file() else None
+
+
+def _parity(path: Path) -> ParityReport | None:
+    return ParityReport.read(path) if path.is_file() else None
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:

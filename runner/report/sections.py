@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runner.core.outputs import Benchmark, EvalMetrics, Paired, ParityReport, Score, TrainSummary
 from runner.rows.mixture import describe
 
 Block = tuple[Any, ...]  # ("p", text) ("note", text) ("h3", text) ("pre", text) ("img", file, alt) ("table", header, rows)
@@ -71,50 +72,76 @@ def results(inputs: Any) -> Section:
     if inputs.model_info.get("random_init"):
         s.blocks.append(("note", "The base model is a **random-initialised demo model**: it knows no medicine. "
                                  "These numbers show the machinery working, not clinical ability."))
-    if not metrics["benchmarks"]:
-        scored = [what for what, there in (("free-text scores", metrics.get("free_text")),
-                                          ("perplexity", metrics.get("perplexity"))) if there]
+    if not metrics.benchmarks:
+        scored = [what for what, there in (("free-text scores", metrics.free_text),
+                                          ("perplexity", metrics.perplexity)) if there]
         s.blocks.append(("p", "No multiple-choice benchmark in the spec (`eval.benchmarks`)"
                               + (f": the {' and '.join(scored)} follow." if scored else ".")))
         return s
-    rows = []
-    for name, r in metrics["benchmarks"].items():
-        p = r.get("paired")
-        task = f"`{r['harness_task']}`" if r.get("harness_task") else r["format"]
-        discordant = f"{p['only_base_right']} / {p['only_tuned_right']}" if p else "-"
-        rows.append([name, task, str(r["tuned"]["n"]), with_ci(r.get("base")), with_ci(r["tuned"]),
-                     change(p), p_value(p), discordant, pct(r.get("chance"))])
-    s.blocks.append(("table", ["benchmark", "task", "n", "base [95% CI]", "fine-tuned [95% CI]",
-                               "change [95% CI]", "McNemar p", "only base / only tuned right", "chance"], rows))
-    template = "the model's chat template around each prompt" if metrics["chat_template"] else "no chat template"
-    s.blocks.append(("p", f"Zero-shot, scored by the log-likelihood of each choice after the prompt, exactly as "
-                          f"lm-evaluation-harness scores the named task ({template}). Intervals: Wilson 95%. Change: "
-                          f"fine-tuned minus base on the same questions, with Newcombe's 95% interval for paired "
-                          f"data; p: exact McNemar test on the questions only one of the two got right."))
-    if "accuracy" in inputs.pictures:
-        s.blocks.append(("img", inputs.pictures["accuracy"], "accuracy, base vs fine-tuned"))
-    generative = {name: r["generative"] for name, r in metrics["benchmarks"].items() if "generative" in r}
-    if generative:
-        rows = [[name, str(g["tuned"]["n"]), with_ci(g.get("base")), with_ci(g["tuned"]), change(g.get("paired")),
-                 p_value(g.get("paired")), " / ".join(str(g[k]["unreadable"]) for k in ("base", "tuned") if k in g)]
-                for name, g in generative.items()]
-        s.blocks.append(("h3", "Generative accuracy"))
-        s.blocks.append(("table", ["benchmark", "n", "base [95% CI]", "fine-tuned [95% CI]", "change [95% CI]",
-                                   "McNemar p", "unreadable (base / tuned)"], rows))
-        tokens = next(iter(generative.values()))["max_new_tokens"]
-        s.blocks.append(("p", f"The same prompts answered by greedy decoding ({tokens} new tokens), the choice read off "
-                              f"the first line of the text (\"B\", \"(B)\", \"The answer is B\"; yes/no/maybe). An "
-                              f"answer no choice could be read from counts as wrong. Every text is in predictions.jsonl."))
-    dropped = {name: r["dropped"] for name, r in metrics["benchmarks"].items() if r["dropped"]}
-    for name, reasons in dropped.items():
-        listed = ", ".join(f"{reason}: {count}" for reason, count in reasons.items())
-        s.blocks.append(("p", f"{name}: rows left out ({listed})."))
+    s.blocks += accuracy_blocks(metrics, inputs.pictures) + generative_blocks(metrics.benchmarks)
+    s.blocks += [("p", f"{name}: rows left out ({', '.join(f'{reason}: {count}' for reason, count in r.dropped.items())}).")
+                 for name, r in metrics.benchmarks.items() if r.dropped]
     return s
+
+
+def accuracy_blocks(metrics: EvalMetrics, pictures: dict[str, str]) -> list[Block]:
+    """The multiple-choice table, base vs fine-tuned with the paired test, and how it was scored."""
+    rows = [[name, f"`{r.harness_task}`" if r.harness_task else str(r.format), str(r.tuned.n), score_ci(r.base),
+             score_ci(r.tuned), paired_change(r.paired), paired_p(r.paired), _discordant(r.paired), pct(r.chance)]
+            for name, r in metrics.benchmarks.items()]
+    template = "the model's chat template around each prompt" if metrics.chat_template else "no chat template"
+    blocks: list[Block] = [
+        ("table", ["benchmark", "task", "n", "base [95% CI]", "fine-tuned [95% CI]", "change [95% CI]", "McNemar p",
+                   "only base / only tuned right", "chance"], rows),
+        ("p", f"Zero-shot, scored by the log-likelihood of each choice after the prompt, exactly as "
+              f"lm-evaluation-harness scores the named task ({template}). Intervals: Wilson 95%. Change: "
+              f"fine-tuned minus base on the same questions, with Newcombe's 95% interval for paired "
+              f"data; p: exact McNemar test on the questions only one of the two got right.")]
+    if "accuracy" in pictures:
+        blocks.append(("img", pictures["accuracy"], "accuracy, base vs fine-tuned"))
+    return blocks
+
+
+def generative_blocks(benchmarks: dict[str, Benchmark]) -> list[Block]:
+    """Accuracy of the answers read off greedy text, where eval.generative scored them."""
+    generative = {name: r.generative for name, r in benchmarks.items() if r.generative is not None}
+    if not generative:
+        return []
+    rows = [[name, str(g.tuned.n), score_ci(g.base), score_ci(g.tuned), paired_change(g.paired), paired_p(g.paired),
+             " / ".join(str(m.unreadable) for m in (g.base, g.tuned) if m is not None)] for name, g in generative.items()]
+    return [("h3", "Generative accuracy"),
+            ("table", ["benchmark", "n", "base [95% CI]", "fine-tuned [95% CI]", "change [95% CI]",
+                       "McNemar p", "unreadable (base / tuned)"], rows),
+            *generative_note({name: benchmarks[name].raw["generative"] for name in generative})]
+
+
+def score_ci(r: Score | None) -> str:
+    if r is None or r.acc is None or r.ci95 is None:
+        return "-"
+    lo, hi = r.ci95
+    return f"{pct(r.acc)} [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
+def paired_change(p: Paired | None) -> str:
+    if p is None or p.delta is None or p.ci95 is None:
+        return "-"
+    lo, hi = p.ci95
+    return f"{100 * p.delta:+.1f} pt [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+
+
+def paired_p(p: Paired | None) -> str:
+    if p is None or p.mcnemar_p is None:
+        return "-"
+    return "< 0.001" if p.mcnemar_p < 0.001 else f"{p.mcnemar_p:.3f}"
+
+
+def _discordant(p: Paired | None) -> str:
+    return "-" if p is None else f"{p.only_base_right} / {p.only_tuned_right}"
 
 
 def groups(inputs: Any) -> Section:
     s = Section("By group")
-    for name, r in inputs.metrics["benchmarks"].items():
+    for name, r in inputs.metrics.raw["benchmarks"].items():
         if not r.get("groups"):
             continue
         rows = [[group, str(g["tuned"]["n"]), with_ci(g.get("base")), with_ci(g["tuned"]), change(g.get("paired")),
@@ -127,7 +154,7 @@ def groups(inputs: Any) -> Section:
 
 def contamination(inputs: Any) -> Section:
     s = Section("Benchmark questions in the training data")
-    checked = {name: r["contamination"] for name, r in inputs.metrics["benchmarks"].items() if "contamination" in r}
+    checked = {name: r["contamination"] for name, r in inputs.metrics.raw["benchmarks"].items() if "contamination" in r}
     free = getattr(inputs, "free_contamination", None) or {}
     if not checked and not free:
         return s
@@ -136,7 +163,7 @@ def contamination(inputs: Any) -> Section:
     if checked:
         rows = []
         for name, c in checked.items():
-            n = inputs.metrics["benchmarks"][name]["tuned"]["n"]
+            n = inputs.metrics.benchmarks[name].tuned.n
             clean = c["clean"]
             rows.append([name, str(n), str(c["exact"]), str(c["near"]), pct((c["exact"] + c["near"]) / n if n else None),
                          with_ci(clean.get("base")), with_ci(clean["tuned"])])
@@ -159,38 +186,47 @@ def contamination(inputs: Any) -> Section:
 
 def training(inputs: Any) -> Section:
     s = Section("Training")
-    t = inputs.train_summary
+    t: TrainSummary | None = inputs.train_summary
     if "loss" in inputs.pictures:
         s.blocks.append(("img", inputs.pictures["loss"], "training loss and learning rate per step"))
-    if t:
-        rows = [["optimizer steps", str(t["steps"])],
-                ["training loss, first -> last logged step", f"{_num(t['train_loss_first'])} -> {_num(t['train_loss_last'])}"]]
-        if t.get("eval_loss_after") is not None:
-            before, after = t["eval_loss_before"], t["eval_loss_after"]
-            rows.append(["validation loss, before -> after", f"{_num(before)} -> {_num(after)}"])
-            rows.append(["validation perplexity (answer tokens), before -> after", f"{_num(math.exp(before), 1)} -> {_num(math.exp(after), 1)}"])
-            for name, v in (t.get("eval_loss_by_source") or {}).items():
-                rows.append([f"validation loss, source {name}, before -> after", f"{_num(v['before'])} -> {_num(v['after'])}"])
-        if t.get("early_stopping"):
-            e = t["early_stopping"]
-            best = f"; the adapter is step {e['best_step']}'s (validation {_num(e['best_eval_loss'])})" if e["best_step"] else ""
-            rows.append(["early stopping", e["reason"] + best])
-        rows += [["rows: train / validation", f"{t['train_rows']} / {t['validation_rows']}"],
-                 ["trainable parameters", f"{t['trainable_parameters']:,} of {t['total_parameters']:,} "
-                                          f"({100 * t['trainable_parameters'] / t['total_parameters']:.2f}%)"],
-                 ["training time", f"{t['seconds']:.0f} s"]]
-        s.blocks.append(("table", ["", "value"], rows))
+    if t is not None:
+        s.blocks.append(("table", ["", "value"], training_rows(t)))
     return s
+
+
+def training_rows(t: TrainSummary) -> list[list[str]]:
+    rows = [["optimizer steps", str(t.steps)],
+            ["training loss, first -> last logged step", f"{_num(t.train_loss_first)} -> {_num(t.train_loss_last)}"]]
+    if t.eval_loss_after is not None and t.eval_loss_before is not None:
+        before, after = t.eval_loss_before, t.eval_loss_after
+        held_out = t.raw.get("held_out") or {}  # dpo, orpo, kto (untyped yet): a preference loss, no perplexity
+        method = f" ({t.raw['method']})" if held_out else ""
+        rows.append([f"validation loss{method}, before -> after", f"{_num(before)} -> {_num(after)}"])
+        if not held_out:
+            rows.append(["validation perplexity (answer tokens), before -> after", f"{_num(math.exp(before), 1)} -> {_num(math.exp(after), 1)}"])
+        for name, v in held_out.items():
+            rows.append([f"held-out {name.replace('_', ' ')}, before -> after", f"{_num(v['before'])} -> {_num(v['after'])}"])
+        for name, v in (t.by_source or {}).items():
+            rows.append([f"validation loss, source {name}, before -> after", f"{_num(v.before)} -> {_num(v.after)}"])
+    e = t.early_stopping
+    if e:
+        best = f"; the adapter is step {e.best_step}'s (validation {_num(e.best_eval_loss)})" if e.best_step else ""
+        rows.append(["early stopping", e.reason + best])
+    trainable, total = t.trainable or 0, t.total or 0
+    seconds = t.seconds if t.seconds is not None else math.nan  # no runtime from the Trainer: said as nan, as written
+    return rows + [["rows: train / validation", f"{t.train_rows} / {t.validation_rows}"],
+                   ["trainable parameters", f"{trainable:,} of {total:,} ({100 * trainable / total:.2f}%)"],
+                   ["training time", f"{seconds:.0f} s"]]
 
 
 def parity(inputs: Any) -> Section:
     """The export's forms scored against the adapter (export.parity): what each exported file computes."""
     s = Section("Export parity")
-    report = getattr(inputs, "parity", None)
+    report: ParityReport | None = getattr(inputs, "parity", None)
     if report:
-        rows = [[form, pct(f["agreement"]), f"{f['max_logprob_diff']:.4g}", pct(f["accuracy"]),
-                 pct(f.get("tokens_identical"))] for form, f in report["forms"].items()]
-        s.blocks.append(("p", f"The first {report['questions']} benchmark questions through each exported form, against "
+        rows = [[form, pct(f.agreement), f"{f.max_logprob_diff:.4g}", pct(f.accuracy), pct(f.tokens_identical)]
+                for form, f in report.forms.items()]
+        s.blocks.append(("p", f"The first {report.questions} benchmark questions through each exported form, against "
                               "the adapter over its base (what this report scores)."))
         s.blocks.append(("table", ["form", "same prediction", "max log-likelihood difference", "accuracy",
                                    "same tokens (llama.cpp)"], rows))
@@ -299,7 +335,7 @@ MODELS = (("base", "base", "#9a9a9a"), ("tuned", "fine-tuned", "#1f77b4"))
 
 def calibration(inputs: Any) -> Section:
     s = Section("Calibration and selective accuracy")
-    found = {name: r["calibration"] for name, r in inputs.metrics["benchmarks"].items() if r.get("calibration")}
+    found = {name: r["calibration"] for name, r in inputs.metrics.raw["benchmarks"].items() if r.get("calibration")}
     if not found:
         return s
     # metrics.json sorts its keys ("100" < "20"): most coverage first, by number.
@@ -328,15 +364,15 @@ def calibration(inputs: Any) -> Section:
 
 def free_text(inputs: Any) -> Section:
     s = Section("Free-text answers")
-    found = inputs.metrics.get("free_text") or {}
+    found = inputs.metrics.free_text
     if not found:
         return s
-    rows = [[name, r["format"], str(r["n"]), *[_num(r[label][k], 1) if label in r else "-"
-                                               for k in ("rougeL", "bleu") for label in ("base", "tuned")]]
+    rows = [[name, str(r.format), str(r.n), *[_num(r.scores[label][k], 1) if label in r.scores else "-"
+                                              for k in ("rougeL", "bleu") for label in ("base", "tuned")]]
             for name, r in found.items()]
     s.blocks.append(("table", ["benchmark", "format", "n", "ROUGE-L base", "ROUGE-L fine-tuned", "BLEU base",
                                "BLEU fine-tuned"], rows))
-    tokens = next(iter(found.values()))["max_new_tokens"]
+    tokens = next(iter(found.values())).max_new_tokens
     s.blocks.append(("p", f"Greedy answers (at most {tokens} new tokens) to prompts rendered as in training, against "
                           "the references: ROUGE-L F1 (rouge-score, stemmed), mean over questions, x 100; corpus BLEU "
                           "(sacrebleu, default 13a tokenization). Every answer is in `free_text.jsonl`."))
@@ -366,13 +402,13 @@ def free_text_contamination(spec: Any, rows: list[dict[str, Any]], train_texts: 
 
 def perplexity(inputs: Any) -> Section:
     s = Section("Perplexity on a held-out corpus")
-    p = inputs.metrics.get("perplexity")
-    if not p:
+    p = inputs.metrics.perplexity
+    if p is None:
         return s
-    rows = [[shown, _num(p[label]["ppl"], 2), _num(p[label]["nll"], 4)] for label, shown, _ in MODELS if label in p]
+    rows = [[shown, _num(p.ppl[label], 2), _num(p.nll[label], 4)] for label, shown, _ in MODELS if label in p.ppl]
     s.blocks.append(("table", ["model", "perplexity", "mean NLL per token"], rows))
-    s.blocks.append(("p", f"`{p['path']}`: {p['texts']} texts, {p['tokens']:,} predicted tokens in windows of "
-                          f"{p['max_length']} tokens, counted as the training loss counts them (every token after "
+    s.blocks.append(("p", f"`{p.path}`: {p.texts} texts, {p.tokens:,} predicted tokens in windows of "
+                          f"{p.max_length} tokens, counted as the training loss counts them (every token after "
                           "the first of a window); perplexity = exp(mean NLL)."))
     return s
 
@@ -411,3 +447,37 @@ def plot_reliability(benchmarks: dict[str, Any], path: Path) -> bool:
     fig.tight_layout(rect=(0, 0.05, 1, 1))  # room for the legend below
     fig.savefig(path, dpi=110)
     return True
+
+
+def generative_note(generative: dict[str, dict[str, Any]]) -> list[Any]:
+    """How the generative answers were made: greedy (a note), or sampled (the self-consistency table). Read
+    from the entries as written: eval's sampled mode came after runner.core.outputs."""
+    if any("consistency" in g for g in generative.values()):
+        return consistency_blocks(generative)
+    tokens = next(iter(generative.values()))["max_new_tokens"]
+    return [("p", f"The same prompts answered by greedy decoding ({tokens} new tokens), the choice read off the first "
+                  f"line of the text (\"B\", \"(B)\", \"The answer is B\"; yes/no/maybe). An answer no choice could "
+                  f"be read from counts as wrong. Every text is in predictions.jsonl.")]
+
+
+def consistency_blocks(generative: dict[str, dict[str, Any]]) -> list[Any]:
+    """The sampled mode: per benchmark and model the vote, one sample, pass@k, agreement, failures."""
+    rows = []
+    for name, g in generative.items():
+        for label, c in g.get("consistency", {}).items():
+            k = str(c["samples"])
+            rows.append([name, label, k, with_ci(c["vote"]), with_ci(c["single"]),
+                         f"{pct(c['pass_at_k'][k]['mean'])} [{pct(c['pass_at_k'][k]['ci95'][0])}, "
+                         f"{pct(c['pass_at_k'][k]['ci95'][1])}]", f"{c['agreement']['mean']:.2f}",
+                         f"{c['failed_samples']} / {c['vote']['n'] * c['samples']}"])
+    g0 = next(iter(generative.values()))
+    budget = f", up to {g0['thinking_budget']} thinking tokens first" if g0.get("thinking_budget") else ""
+    return [("h3", "Self-consistency"),
+            ("table", ["benchmark", "model", "k", "vote [95% CI]", "one sample [95% CI]", "pass@k [95% CI]",
+                       "agreement", "failed extractions"], rows),
+            ("p", f"Each question answered {g0['samples']} time(s) ({g0['decoding']}, temperature {g0['temperature']}, "
+                  f"{g0['max_new_tokens']} new tokens{budget}); the answer read by `{g0['extract']}`; the majority "
+                  f"vote is the accuracy above (failed extractions do not vote; a tie goes to the answer sampled "
+                  f"first). One sample: sample 1. pass@k: the unbiased estimator (Chen et al. 2021). Agreement: the "
+                  f"vote's share of the samples. A failed extraction counts as wrong. Every text is in "
+                  f"predictions.jsonl.")]

@@ -28,6 +28,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from runner.core.errors import ProfileError
+from runner.core.outputs import TrainSummary
 from runner.spec.typed import Spec
 
 KEY_TAG = "runner.train_key"
@@ -186,14 +187,12 @@ def tracker_log(spec: Spec, work: Path) -> TrackerLog | None:
 
 def log_eval(ctx: Any, metrics: dict[str, Any]) -> None:
     """The eval stage's results, to the run of the training they evaluate, at its last step."""
-    import json
-
     spec = ctx.spec
     if not spec.logging.report_to or "train" not in ctx.upstream:
         return
     train = ctx.upstream["train"]
     summary = train / "summary.json"
-    step = json.loads(summary.read_text("utf-8"))["steps"] if summary.is_file() else 0
+    step = (TrainSummary.read(summary).steps or 0) if summary.is_file() else 0
     trackers = Trackers(spec, train.name, tracker_folder(spec, ctx.work.parents[2]))
     trackers.log(eval_scalars(metrics), step)
     trackers.close()

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from runner.core.errors import DataError
-from runner.rows.formats import Dropped, convert_rows, document_text, to_example
+from runner.rows.formats import Dropped, convert_rows, document_text
+from runner.rows.pairs import example_of
 from runner.spec.typed import Fields, Spec
 
 SHINGLE = 8  # words: long enough that shared boilerplate ("which of the following is") rarely matches
@@ -78,7 +79,7 @@ def training_texts(rows: Iterable[dict[str, Any] | Dropped], fmt: str, fields: F
     if fmt == "text":
         texts, _ = convert_rows(rows, lambda row: document_text(row, fields.text))
         return texts
-    examples, _ = convert_rows(rows, lambda row: to_example(row, fmt, fields))
+    examples, _ = convert_rows(rows, lambda row: example_of(row, fmt, fields))  # preference, kto: runner.rows.pairs
     return ["\n".join(content for role, content in e.messages if role != "assistant") for e in examples]
 
 

@@ -276,6 +276,19 @@ def corpus() -> list[str]:
     return lines
 
 
+def reasoning_rows(train: list[dict]) -> list[dict]:
+    """The training questions again with a short reasoning trace that recalls the fact and names the
+    option: the `reasoning` source of specs/smoke-reasoning.yaml (column `reasoning`). Written in the
+    demo tokenizer's own words (corpus()), so a trace is a few tokens a tiny model can learn quickly."""
+    facts = {(c.name, n): f for c in CATEGORIES for n, f in enumerate(c.facts)}
+    out = []
+    for row in train:
+        fact = facts[(row["meta_info"], int(row["id"].split("-")[-2]))]
+        trace = f"{fact.subject}: {fact.answer}. The answer is {row['answer_idx']}."
+        out.append(row | {"reasoning": trace})
+    return out
+
+
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
     text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     # newline="\n" keeps the bytes identical on every platform.
@@ -284,17 +297,44 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def write(out_dir: Path, seed: int = 0) -> list[Path]:
-    """Write the train, test and instruction JSONL files into ``out_dir``; return their paths."""
+    """Write the train, test, instruction and reasoning JSONL files into ``out_dir``; return their paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     train, test = generate(seed)
     # Every second training fact again as an instruction: the alpaca source of specs/smoke-mix.yaml.
     alpaca = [{"instruction": "Answer the medical question in a few words.", "input": row["question"],
                "output": row["answer"][0].upper() + row["answer"][1:] + "."} for row in train[::2]]
-    paths = [out_dir / TRAIN_FILE, out_dir / TEST_FILE, out_dir / "alpaca_train.jsonl"]
-    for path, rows in zip(paths, (train, test, alpaca)):
+    paths = [out_dir / TRAIN_FILE, out_dir / TEST_FILE, out_dir / "alpaca_train.jsonl",
+             out_dir / PREFERENCE_FILE, out_dir / KTO_FILE, out_dir / "reasoning_train.jsonl"]
+    for path, rows in zip(paths, (train, test, alpaca, preference_rows(train), kto_rows(train), reasoning_rows(train))):
         _write_jsonl(path, rows)
     return paths
+
+
+PREFERENCE_FILE = "preference_train.jsonl"  # specs/smoke-dpo.yaml
+KTO_FILE = "kto_train.jsonl"
+
+
+def _wrong(row: dict) -> str:
+    """A hedged wrong answer: the option after the answer's (so every letter is used), said unsurely.
+    Every answer is also some other question's distractor, and a 2-layer random model cannot learn which
+    answer goes with an unseen wording (smoke.yaml's held-out accuracy stays near chance), so the hedge
+    is the preference it can carry to held-out pairs; the content is what a real model learns as well."""
+    letters = sorted(row["options"])
+    return "not sure, maybe " + str(row["options"][letters[(letters.index(row["answer_idx"]) + 1) % len(letters)]])
+
+
+def preference_rows(train: list[dict]) -> list[dict]:
+    """Every training question as a preference pair (the answer over a hedged distractor), for DPO and ORPO."""
+    return [{"prompt": f"Question: {row['question']}\nAnswer:", "chosen": row["answer"], "rejected": _wrong(row),
+             "id": row["id"]} for row in train]
+
+
+def kto_rows(train: list[dict]) -> list[dict]:
+    """Every training question with one completion, desirable (the answer) and undesirable (a hedged
+    distractor) in turn, for KTO."""
+    return [{"prompt": f"Question: {row['question']}\nAnswer:", "completion": row["answer"] if i % 2 == 0
+             else _wrong(row), "label": i % 2 == 0, "id": row["id"]} for i, row in enumerate(train)]
 
 
 def main(argv: list[str] | None = None) -> None:

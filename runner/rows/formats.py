@@ -12,9 +12,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from runner.spec.typed import Fields
+from runner.spec.typed import Fields, Reasoning
 
 LETTERS = string.ascii_uppercase
+THINKING = Reasoning()  # the schema's delimiters, where a caller reads rows without a spec's data section
 T = TypeVar("T")
 
 
@@ -96,8 +97,10 @@ def to_question(row: dict[str, Any], fields: Fields) -> Question:
     return Question("\n".join(lines), tuple(options), answer, str(group) if group is not None else None)
 
 
-def to_example(row: dict[str, Any], fmt: str, fields: Fields) -> Example:
-    """One training example, or Dropped with the reason."""
+def to_example(row: dict[str, Any], fmt: str, fields: Fields, thinking: Reasoning = THINKING) -> Example:
+    """One training example, or Dropped with the reason. `thinking`: the delimiters of a `reasoning` trace."""
+    if fmt == "reasoning":
+        return reasoning_example(row, fields, thinking)
     if fmt == "multiple_choice":
         q = to_question(row, fields)
         return Example((("user", q.prompt), ("assistant", f"{LETTERS[q.answer]}. {q.choices[q.answer]}")))
@@ -112,6 +115,34 @@ def to_example(row: dict[str, Any], fmt: str, fields: Fields) -> Example:
         prompt = f"{instruction}\n\n{str(extra).strip()}" if extra and str(extra).strip() else instruction
         return Example((("user", prompt), ("assistant", _text(row, fields.output, "output"))))
     return _chat(row, fields)
+
+
+def reasoning_example(row: dict[str, Any], fields: Fields, thinking: Reasoning) -> Example:
+    """A question (with its options and context), then the trace between the delimiters and the answer.
+    With options (MedMCQA and its `exp`) the prompt is the multiple-choice one and the answer `B. text`, as
+    `multiple_choice` trains it, so the first line after the trace is what the evaluation reads."""
+    has_options = isinstance(fields.options, tuple) or fields.options in row
+    if has_options:
+        q = to_question(row, fields)
+        prompt, answer = q.prompt, f"{LETTERS[q.answer]}. {q.choices[q.answer]}"
+    else:
+        prompt = f"Question: {_text(row, fields.question, 'question')}\nAnswer:"
+        if fields.context is not None:
+            prompt = f"Context: {_text(row, fields.context, 'context')}\n{prompt}"
+        answer = _text(row, fields.answer, "answer").strip()
+    trace = _text(row, fields.trace, "reasoning trace").strip()
+    return Example((("user", prompt), ("assistant", thought(trace, answer, thinking))))
+
+
+def thought(trace: str, answer: str, thinking: Reasoning) -> str:
+    """The assistant turn of a reasoning example; `split_thought` reads it back."""
+    return f"{thinking.think_start}\n{trace}\n{thinking.think_end}\n\n{answer}"
+
+
+def split_thought(content: str, thinking: Reasoning) -> tuple[str, str]:
+    """(trace, answer) of a turn `thought` wrote."""
+    head, answer = content.rsplit(f"\n{thinking.think_end}\n\n", 1)
+    return head[len(thinking.think_start) + 1 :], answer
 
 
 # Role names as the common chat layouts write them (OpenAI `role`, ShareGPT `from`), to the three

@@ -13,10 +13,10 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from runner.core.errors import DataError
 from runner.core.globwalk import has_glob
+from runner.core.outputs import DataStats
 from runner.spec.rules import document_files, source_name
 from runner.spec.typed import Fields, Source, Spec
 
@@ -141,7 +141,7 @@ def schedule(kept: dict[str, int], quota: dict[str, int], replacement: bool, see
         yield rows[: round(len(rows) * share)]
 
 
-def describe(spec: Spec, stats: dict[str, Any] | None) -> list[str]:
+def describe(spec: Spec, stats: DataStats | None) -> list[str]:
     """One line per training source for `plan` and the summary; with the data stage's counts once it ran."""
     lines = []
     for src in resolved(spec, "train"):
@@ -149,9 +149,9 @@ def describe(spec: Spec, stats: dict[str, Any] | None) -> list[str]:
         share = (f"weight {src.weight:g}" if src.weight is not None
                  else f"{src.rows} rows an epoch" if src.rows is not None else "every row")
         line = f"  {src.name}: {src.format}, {share}, {where}"
-        got = (stats or {}).get("sources", {}).get(src.name)
-        if got:
-            line += (f"; {got['read']} read -> {got['kept']} kept, {got['dropped_total']} dropped, "
-                     f"{got['tokens']} tokens, {100 * got['share']:.1f}% of an epoch")
+        got = stats.sources.get(src.name) if stats is not None else None
+        if got is not None:
+            line += (f"; {got.read} read -> {got.kept} kept, {got.dropped_total} dropped, "
+                     f"{got.tokens} tokens, {100 * (got.share or 0):.1f}% of an epoch")
         lines.append(line)
     return lines

@@ -1,4 +1,4 @@
-"""The FastAPI application: auth, caps and clean errors around the routes of routes.py and jobs.py.
+"""The FastAPI application: auth, caps and clean errors around the routes of runner/serve/routes/.
 
 Safe by default: every route checks the key when one is set (in constant time), bodies are capped
 (413, with or without a Content-Length), and every error, an unknown route's and an unexpected one's
@@ -21,11 +21,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from runner.serve.page import OPEN
+from runner.serve.limits import MAX_BODY, MAX_UPLOAD
+from runner.serve.routes.page import OPEN
 
 log = logging.getLogger("runner.serve")
-MAX_BODY = 1 << 20  # a chat request is kilobytes; a megabyte is already abuse
-MAX_UPLOAD = 64 << 20  # /v1/files: training data
 
 
 OPEN_API = frozenset({"/health"})  # open as the page's files are: it says only that the server is up
@@ -81,7 +80,7 @@ class Guard:
                                   f"127.0.0.1, [::1]), not {host[:100]!r}: start it with --api-key to serve "
                                   "other names", "permission_error")
             return None
-        # The page's own files (runner/serve/page.py) are open: the page asks for the key and sends it.
+        # The page's own files (runner/serve/routes/page.py) are open: the page asks for the key and sends it.
         if scope["path"] in OPEN | OPEN_API and scope["method"] in ("GET", "HEAD"):
             return None
         given = [v for k, v in raw if k == "authorization"]  # two headers: which one a proxy checked is unknown
@@ -207,8 +206,7 @@ def _not_json(request: Request) -> str | None:
 def create_app(store: Path, api_key: str | None = None, jobs: bool = True, host: str | None = None,
                data_dirs: tuple[Path, ...] = (), allow_push: bool = False) -> Any:
     from runner.serve.engine import Engine
-    from runner.serve.models import Registry
-    from runner.serve.routes import router
+    from runner.serve.registry import Registry
 
     app = FastAPI(title="runner serve", version="1")
     app.state.store = Path(store).resolve()
@@ -216,30 +214,26 @@ def create_app(store: Path, api_key: str | None = None, jobs: bool = True, host:
     from runner.serve.confine import roots_of
 
     app.state.roots = roots_of(app.state.store, data_dirs)  # what a spec may read (runner/serve/confine.py)
-    from runner.serve.adapters import restore
+    from runner.serve.registry import restore
 
     app.state.registry.scan()  # what /health reports until the first request looks again
     restore(app.state.store, app.state.registry)  # adapters loaded at run time before a restart
     app.state.engine = Engine()
     app.state.engine.start()
-    app.include_router(router)
-    from runner.serve import catalog, page, specs
+    from runner.serve.routes import adapters, completions, models, page, specs
 
-    for extra in (page.router, specs.router, catalog.router):
-        app.include_router(extra)
+    # In this order, the OpenAPI document's: the page's own files are left out of it.
+    for routes in (models, completions, adapters, specs, page):
+        app.include_router(routes.router)
     if jobs:
-        from runner.serve.jobs import JobQueue
-        from runner.serve.jobs import router as job_router
+        from runner.serve.jobs.jobqueue import JobQueue
+        from runner.serve.routes import files as file_routes
+        from runner.serve.routes import jobs as job_routes
 
         app.state.jobs = JobQueue(app.state.store, allow_push)
         app.state.jobs.start()
-        app.include_router(job_router)
-        from runner.serve.progress import router as progress_router
-
-        app.include_router(progress_router)
-        from runner.serve.files import router as files_router
-
-        app.include_router(files_router)
+        app.include_router(job_routes.router)
+        app.include_router(file_routes.router)
     _install_errors(app)
     return Guard(app, api_key, app.state.store, host)
 

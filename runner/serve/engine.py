@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runner.serve.logprobs import record_step
 from runner.serve.prompts import prompt_ids
 from runner.serve.rows import Ask, Row
 
@@ -156,9 +157,12 @@ class Engine:
         eos = _eos_ids(loaded.model, tok)
         rows = [Row(ask, len(ids), eos) for ask, ids in zip(group, prompts)]
         ids, mask = _left_padded(prompts, tok)
+        streamer = _Streamer(rows, tok)
         kwargs = _sampling(group[0]) | {"pad_token_id": tok.pad_token_id, "attention_mask": mask,
                                         "max_new_tokens": max(a.max_tokens for a in group),
-                                        "streamer": _Streamer(rows, tok), "stopping_criteria": _stopper(rows)}
+                                        "streamer": streamer, "stopping_criteria": _stopper(rows)}
+        if any(a.logprobs is not None for a in group):  # the step's log-softmax, read by the streamer
+            kwargs["logits_processor"] = _recorder(streamer)
         if loaded.names:  # a PeftModel: each row names its adapter
             kwargs["adapter_names"] = [loaded.names.get(str(a.entry.adapter_dir), "__base__") if a.entry.kind == "adapter"
                                        else "__base__" for a in group]
@@ -254,16 +258,36 @@ class _Streamer:
 
     def __init__(self, rows: list[Row], tok: Any) -> None:
         self.rows, self.decode, self.prompt_seen = rows, _decoder(tok), False
+        self.logprobs: Any = None  # (B, V) log-softmax of this step's logits, when a row asked for logprobs
+        self.token_text = lambda ids: tok.decode(ids)  # a token as OpenAI shows it (special tokens too)
 
     def put(self, value: Any) -> None:
         if not self.prompt_seen:
             self.prompt_seen = True
             return
-        for row, token in zip(self.rows, value.reshape(len(self.rows), -1)[:, -1].tolist()):
+        tokens = value.reshape(len(self.rows), -1)[:, -1].tolist()
+        if self.logprobs is not None:
+            record_step(self.rows, [int(t) for t in tokens], self.logprobs, self.token_text)
+        for row, token in zip(self.rows, tokens):
             row.step(int(token), self.decode)
 
     def end(self) -> None:
         pass
+
+
+def _recorder(streamer: _Streamer) -> Any:
+    """A logits processor that changes nothing and keeps the step's log-softmax for the streamer.
+    transformers runs a caller's processors after its own (none by default) and before temperature and
+    top-p, so these are the model's own log-probabilities."""
+    import torch
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    class Record(LogitsProcessor):  # type: ignore[misc]
+        def __call__(self, input_ids: Any, scores: Any) -> Any:
+            streamer.logprobs = torch.log_softmax(scores.float(), dim=-1)
+            return scores
+
+    return LogitsProcessorList([Record()])
 
 
 def _stopper(rows: list[Row]) -> Any:

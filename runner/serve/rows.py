@@ -22,7 +22,7 @@ GREEDY_BELOW = 1e-5
 class Ask:
     """A generation request as the worker sees it."""
 
-    entry: Any  # runner.serve.models.Entry
+    entry: Any  # runner.serve.registry.Entry
     render: Callable[[Any], str]  # tokenizer -> prompt text
     max_tokens: int
     temperature: float
@@ -30,6 +30,10 @@ class Ask:
     stops: list[str]
     seed: int | None
     emit: Emit
+    logprobs: int | None = None  # None: not asked; k: each token's log-probability and the k likeliest
+    # (token text, log-probability, [(text, log-probability) of the k likeliest]) per answer token, EOS not
+    # included; filled by the worker before it emits "done"
+    picked: list[tuple[str, float, list[tuple[str, float]]]] = field(default_factory=list)
 
     @property
     def greedy(self) -> bool:

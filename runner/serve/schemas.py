@@ -41,13 +41,26 @@ class Sampling(BaseModel):
     def token_limit(self) -> int:
         return self.max_completion_tokens or self.max_tokens or 64
 
+    def logprob_count(self) -> int | None:
+        """None: no logprobs; k: each answer token's log-probability and the k likeliest tokens'."""
+        return None
+
 
 class ChatRequest(Sampling):
     messages: list[Message] = Field(min_length=1)
+    logprobs: bool = False  # each answer token's log-probability (the model's log-softmax), docs/uncertainty.md
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)  # and the k likeliest tokens at each step
+
+    def logprob_count(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 class CompletionRequest(Sampling):
     prompt: str
+    logprobs: int | None = Field(default=None, ge=0, le=5)  # OpenAI's legacy shape: the k likeliest per token
+
+    def logprob_count(self) -> int | None:
+        return self.logprobs
 
 
 class LoadAdapter(BaseModel):
@@ -71,7 +84,7 @@ class JobRequest(BaseModel):
     suffix: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9._-]*$")
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
     spec: str | dict[str, Any] | None = None  # our own field (the client's extra_body): YAML text or JSON
-    evaluation: dict[str, Any] | None = None  # our own field: `eval` keys over the model's run's (openai_jobs)
+    evaluation: dict[str, Any] | None = None  # our own field: `eval` keys over the model's run's (jobs/openai_fields)
 
 
 class Usage(BaseModel):
@@ -102,7 +115,7 @@ class Health(BaseModel):
     adapters: int  # adapters served
     jobs: bool  # whether the fine-tuning job API is on
 
-# The page's routes (runner/serve/specs.py, catalog.py, progress.py): our own names, as OpenAI has none.
+# The page's routes (runner/serve/routes/specs.py, page.py, jobs.py): our own names, as OpenAI has none.
 MAX_SPEC_CHARS = 1 << 20  # as runner.spec.typed.MAX_SPEC_BYTES
 
 
@@ -251,7 +264,7 @@ class JobProgress(BaseModel):
     report: str | None
 
 
-# The files routes (runner/serve/files.py), as OpenAI's file objects.
+# The files routes (runner/serve/routes/files.py), as OpenAI's file objects.
 
 
 class FileObject(BaseModel):

@@ -14,7 +14,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from runner.serve.models import Entry, Registry
+from runner.serve.registry import Entry, Registry
 
 # vLLM takes only these as --max-lora-rank (its MaxLoRARanks); the store's largest rank is rounded up.
 VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from importlib.machinery import ModuleSpec
 
 from runner.core.errors import ProfileError
-from runner.core.stage import STAGE_NAMES
+from runner.core.names import STAGE_NAMES
 from runner.spec.typed import Spec
 
 PACKAGE = "qlora-runner"  # the distribution's name (pyproject), as `pip install` spells it

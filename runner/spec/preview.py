@@ -55,7 +55,8 @@ def row_problems(doc: dict[str, Any], base_dir: Path, written: Callable[[tuple[A
 def _source_needs(fmt: str, fields: dict[str, Any], at: tuple[Any, ...]) -> list[Need]:
     """The columns a training format reads through `fields` (optional ones, like alpaca's input, left out)."""
     names = {"multiple_choice": ["question", "options", "answer_key", "context"], "qa": ["question", "answer", "context"],
-             "alpaca": ["instruction", "output"], "text": ["text"]}
+             "alpaca": ["instruction", "output"], "text": ["text"],
+             "reasoning": ["question", "trace", "context"]}
     if fmt == "chat":  # a row is read from the named key, or from `messages` or `conversations`
         keys = tuple(dict.fromkeys((fields["messages"], "messages", "conversations")))
         return [(at + ("messages",), format_path(at + ("messages",)), keys)]

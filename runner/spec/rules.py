@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.core.globwalk import has_glob
+from runner.spec.methods import lora_problems, method_problems
 from runner.spec.rlrules import rl_problems
 from runner.spec.yamlpos import clip
 
@@ -18,8 +19,8 @@ from runner.spec.yamlpos import clip
 def cross_field_problems(doc: dict[str, Any], base_dir: Path) -> list[tuple[tuple[Any, ...], str]]:
     """Rules one schema property cannot express. Returns (path, message) pairs."""
     return (_model_problems(doc["model"], base_dir, doc["data"]["chat_template"]) + _source_problems(doc, base_dir)
-            + _eval_problems(doc, base_dir) + _train_problems(doc) + _export_problems(doc)
-            + rl_problems(doc, base_dir))  # train.method grpo, train.init_adapter (runner.spec.rlrules)
+            + _eval_problems(doc, base_dir) + _train_problems(doc) + _export_problems(doc) + method_problems(doc)
+            + lora_problems(doc) + rl_problems(doc, base_dir))  # runner.spec.methods, runner.spec.rlrules
 
 
 Problems = list[tuple[tuple[Any, ...], str]]
@@ -69,6 +70,10 @@ def _eval_problems(doc: dict[str, Any], base_dir: Path) -> Problems:
     perplexity = doc["eval"]["perplexity"]
     if perplexity is not None:
         found += _local_path(perplexity["path"], ("eval", "perplexity", "path"), base_dir, want_dir=False)
+    rule = doc["eval"]["abstain"]
+    if rule is not None and rule["signal"] != "loglik" and not doc["eval"]["generative"]["enabled"]:
+        found.append((("eval", "abstain", "signal"), f"{rule['signal']!r} is a signal of generated answers: set "
+                      "`eval.generative.enabled: true`, or abstain on `loglik`"))
     names = [b["name"] for b in doc["eval"]["benchmarks"]]
     for i, name in enumerate(names):
         if name in names[:i]:
@@ -76,6 +81,22 @@ def _eval_problems(doc: dict[str, Any], base_dir: Path) -> Problems:
     for i, rule in enumerate(doc["eval"]["safety"]["rules"]):
         for part in ("pattern", "unless"):
             found += _regex(rule[part], ("eval", "safety", "rules", i, part))
+    return found + _generative_problems(doc["eval"]["generative"])
+
+
+def _generative_problems(gen: dict[str, Any]) -> Problems:
+    found: Problems = []
+    if gen["samples"] > 1 and gen["temperature"] == 0:
+        found.append((("eval", "generative", "samples"), f"{gen['samples']} samples of greedy decoding are one answer "
+                      "repeated: set eval.generative.temperature > 0 (0.7 is usual) or samples: 1"))
+    steps = gen["filters"]
+    for i, step in enumerate(steps):
+        if step["function"] == "take_first" and i != len(steps) - 1:
+            found.append((("eval", "generative", "filters", i, "function"), "take_first chooses among samples: "
+                          "make it the last step"))
+        for j, pattern in enumerate([step["regex_pattern"], *step["regexes_to_ignore"]]):
+            where = ("regex_pattern",) if j == 0 else ("regexes_to_ignore", j - 1)
+            found += _regex(pattern, ("eval", "generative", "filters", i, *where))
     return found
 
 

@@ -34,9 +34,17 @@ class Fields:
     output: str = "output"
     messages: str = "messages"
     text: str = "text"
+    prompt: str = "prompt"
+    chosen: str = "chosen"
+    rejected: str = "rejected"
+    completion: str = "completion"
+    label: str = "label"
+    trace: str = "reasoning"
 
 
-Format = Literal["multiple_choice", "qa", "alpaca", "chat", "text"]
+Format = Literal["multiple_choice", "qa", "alpaca", "chat", "text", "preference", "kto",
+                 "reasoning"]
+PAIRED = ("preference", "kto")  # formats of the preference methods: rows the SFT path cannot train on
 FREE_TEXT = ("qa", "alpaca", "chat")  # benchmark formats answered in free text, scored by ROUGE-L and BLEU
 
 
@@ -130,9 +138,37 @@ class Contamination:
 
 
 @dataclass(frozen=True)
+class FilterStep:
+    """One step of an lm-evaluation-harness filter pipeline (runner/scoring/extract.py runs it)."""
+
+    function: Literal["regex", "multi_choice_regex", "remove_whitespace", "lowercase", "uppercase", "after_thinking",
+                      "take_first"]
+    regex_pattern: str | None = None
+    group_select: int = 0
+    fallback: str = "[invalid]"
+    ignore_case: bool = False
+    ignore_punctuation: bool = False
+    regexes_to_ignore: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Generative:
     enabled: bool = False
     max_new_tokens: int = 8
+    samples: int = 1
+    temperature: float = 0
+    top_p: float = 1.0
+    thinking_budget: int | None = None
+    think_end: str = "</think>"
+    stop: tuple[str, ...] = ()
+    extract: Literal["first-line", "last-answer", "answer-is", "flexible"] = "first-line"
+    filters: tuple[FilterStep, ...] = ()
+
+    @property
+    def reasoning(self) -> bool:
+        """Anything beyond greedy decoding read off the first line is asked for: the sampled, checkpointed path."""
+        return (self.samples, self.temperature, self.top_p, self.thinking_budget, self.think_end, self.stop,
+                self.extract, self.filters) != (1, 0, 1.0, None, "</think>", (), "first-line", ())
 
 
 @dataclass(frozen=True)
@@ -140,6 +176,12 @@ class Perplexity:
     path: str
     field: str = "text"
     max_texts: int | None = None
+
+
+@dataclass(frozen=True)
+class Abstain:
+    signal: Literal["loglik", "token_prob", "vote"]
+    threshold: float
 
 
 @dataclass(frozen=True)
@@ -154,6 +196,7 @@ class Eval:
     contamination: Contamination = field(default_factory=Contamination)
     generative: Generative = field(default_factory=Generative)
     perplexity: Perplexity | None = None
+    abstain: Abstain | None = None  # answer only above a confidence: scored, never changes an answer
 
 
 @dataclass(frozen=True)
@@ -215,6 +258,15 @@ MIXTURE_ONLY = ("name", "format", "fields", "weight", "rows")  # Source fields a
 
 
 @dataclass(frozen=True)
+class Reasoning:
+    """How the `reasoning` format writes a trace, and what it does with a trace too long for max_length."""
+
+    think_start: str = "<think>"
+    think_end: str = "</think>"
+    too_long: Literal["drop", "truncate"] = "drop"
+
+
+@dataclass(frozen=True)
 class Data:
     train: Source | tuple[Source, ...]  # one source (the original form) or a mixture
     validation: Source | tuple[Source, ...] | None = None
@@ -227,6 +279,7 @@ class Data:
     max_length: int = 1024
     max_rows: int | None = None
     replacement: bool = False
+    reasoning: Reasoning = field(default_factory=Reasoning)
 
 
 @dataclass(frozen=True)
@@ -235,6 +288,10 @@ class Lora:
     alpha: float = 32
     dropout: float = 0.05
     target_modules: str | tuple[str, ...] = "all-linear"
+    use_dora: bool = False
+    use_rslora: bool = False
+    modules_to_save: tuple[str, ...] = ()
+    init: Literal["default", "gaussian", "orthogonal", "pissa", "olora"] = "default"
 
 
 @dataclass(frozen=True)
@@ -268,6 +325,29 @@ class Grpo:
 
 
 @dataclass(frozen=True)
+class Dpo:
+    beta: float = 0.1
+    loss_type: Literal["sigmoid", "hinge", "ipo", "robust", "bco_pair", "sppo_hard", "nca_pair", "apo_zero",
+                       "apo_down", "exo_pair", "discopop", "sft"] = "sigmoid"
+    label_smoothing: float = 0.0
+
+
+@dataclass(frozen=True)
+class Orpo:
+    beta: float = 0.1
+
+
+@dataclass(frozen=True)
+class Kto:
+    beta: float = 0.1
+    desirable_weight: float = 1.0
+    undesirable_weight: float = 1.0
+
+
+Method = Literal["sft", "dpo", "orpo", "kto", "grpo"]
+
+
+@dataclass(frozen=True)
 class Train:
     epochs: float = 3
     max_steps: int | None = None
@@ -285,9 +365,12 @@ class Train:
     packing: bool = False
     eval_steps: int = 50
     early_stopping: EarlyStopping | None = None
-    method: Literal["sft", "dpo", "orpo", "kto", "grpo"] = "sft"
+    method: Method = "sft"
     init_adapter: InitAdapter | None = None
     grpo: Grpo = field(default_factory=Grpo)
+    dpo: Dpo = field(default_factory=Dpo)
+    orpo: Orpo = field(default_factory=Orpo)
+    kto: Kto = field(default_factory=Kto)
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ import pytest
 
 docker = pytest.importorskip("docker")
 
-from runner import docker as driver  # noqa: E402
 from runner.cli import _parser  # noqa: E402
+from runner.containers import launch as driver  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "hf_container_test_secret_9f3a"

@@ -109,3 +109,28 @@ def tmpfs(mount: Path, options: str) -> Iterator[Path]:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+# A tiny run of its own with trackers and the clinical metrics on (a fresh store, 6 steps), once per session:
+# test_trackers.py reads its TensorBoard and MLflow logs, test_eval_metrics.py its metrics.json.
+EXTRA = f"""
+  perplexity: {{path: {DEMO / "medmc_test.jsonl"}, field: question, max_texts: 10}}
+  generation: {{max_new_tokens: 8}}
+logging: {{report_to: [tensorboard, mlflow], dir: logs}}
+"""
+
+
+def tracked_spec(logging: bool = True) -> str:
+    text = TINY.replace("train: {epochs: 2,", "train: {max_steps: 6,").replace("max_rows: 96", "max_rows: 64")
+    text = text.replace("limit: 24}]", f"limit: 24}}, {{name: demo-qa, format: qa, path: {DEMO / 'medmc_test.jsonl'}, limit: 6}}]")
+    return text + (EXTRA if logging else EXTRA.split("logging:")[0])
+
+
+@pytest.fixture(scope="session")
+def tracked(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    folder = tmp_path_factory.mktemp("tracked")
+    (folder / "spec.yaml").write_text(tracked_spec())
+    done = runner("run", str(folder / "spec.yaml"), "--store", str(folder / "store"))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    found = dict(re.findall(r"^  (train|eval)\s+(/\S+)$", done.stdout, re.MULTILINE))
+    return {"folder": folder, "stdout": done.stdout, "train": Path(found["train"]), "eval": Path(found["eval"])}

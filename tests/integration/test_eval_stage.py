@@ -21,6 +21,7 @@ EVAL = """eval:
   queries: ["What is the first-line treatment for anaphylaxis?"]
   generation: {{max_new_tokens: 12}}
   generative: {{enabled: true, max_new_tokens: 6}}
+  abstain: {{signal: loglik, threshold: 0.3}}
   batch_size: 4
 """
 
@@ -64,6 +65,18 @@ def test_metrics_predictions_and_answers(evaluated: tuple[Path, str]) -> None:
         assert g["max_new_tokens"] == 6 and g["tuned"]["n"] == g["base"]["n"] == bench["tuned"]["n"], name
         assert 0 <= g["tuned"]["unreadable"] <= g["tuned"]["n"] and "delta" in g["paired"]
     assert all(isinstance(r["tuned_generated"], str) and isinstance(r["base_generated"], str) for r in rows)
+    # Every answer carries its confidence signals; metrics.json scores them and the spec's rule.
+    assert all(set(r["signals"]) == {"base", "tuned"} and set(r["signals"]["tuned"]) == {"loglik", "token_prob"}
+               for r in rows)
+    assert all(r["signals"]["tuned"]["loglik"]["correct"] == (r["tuned"] == r["answer"]) for r in rows)
+    assert all(0 < r["signals"]["base"]["token_prob"]["confidence"] <= 1 for r in rows if r["base_generated"].strip())
+    u = medqa["uncertainty"]
+    assert u["tuned"]["loglik"]["acc"] == medqa["tuned"]["acc"] and u["tuned"]["loglik"]["n"] == 16
+    assert u["tuned"]["token_prob"]["acc"] == medqa["generative"]["tuned"]["acc"]
+    assert 0 <= u["base"]["loglik"]["aurc"] <= 1 and u["tuned"]["loglik"]["curve"][-1][0] == 1.0
+    rule = u["abstain"]
+    assert rule["signal"] == "loglik" and rule["tuned"]["answered"] == sum(
+        r["signals"]["tuned"]["loglik"]["confidence"] >= 0.3 for r in rows if r["benchmark"] == "medqa")
     (answer,) = [json.loads(line) for line in (folder / "generations.jsonl").read_text().splitlines()]
     assert set(answer["answers"]) == set(answer["flags"]) == {"base", "tuned"}
     assert answer["prompt"] == "Question: What is the first-line treatment for anaphylaxis?\nAnswer:"
@@ -73,14 +86,15 @@ def test_metrics_predictions_and_answers(evaluated: tuple[Path, str]) -> None:
 def test_the_report_renders_with_tables_and_pictures(evaluated: tuple[Path, str]) -> None:
     folder = evaluated[0]
     md = (folder / "report.md").read_text()
-    for heading in ("## Results", "### Generative accuracy", "## By group", "## Calibration and selective accuracy", "## Benchmark questions in the training data", "## Training", "## Answers to the spec's queries",
+    for heading in ("## Results", "### Generative accuracy", "## By group", "## Calibration and selective accuracy",
+                    "## When not to answer: confidence signals", "### The spec's abstention rule", "## Benchmark questions in the training data", "## Training", "## Answers to the spec's queries",
                     "### Safety flags", "## Spec", "## Hardware profile", "## Where everything is"):
         assert heading in md, heading
     assert re.search(r"^\| medqa \| `medqa_4options` \| 16 \| [\d.]+% \[", md, re.MULTILINE)
     for picture in re.findall(r"!\[[^]]*\]\(([^)]+)\)", md):
-        assert (folder / picture).stat().st_size > 5000  # loss.png (from train), accuracy.png, calibration.png
+        assert (folder / picture).stat().st_size > 5000  # loss (from train), accuracy, calibration, risk_coverage
     page = (folder / "report.html").read_text()
-    assert page.count('src="data:image/png;base64,') == 3 and "<th>McNemar p</th>" in page
+    assert page.count('src="data:image/png;base64,') == 4 and "<th>McNemar p</th>" in page
 
 
 def test_the_report_is_cosmetic_and_a_rerun_reuses_everything(evaluated: tuple[Path, str], tiny: Tiny) -> None:
@@ -114,6 +128,41 @@ def test_batched_generation_writes_what_one_question_at_a_time_writes(tiny: Tiny
     batched = generate_batch(model, tok, prompts, 6, batch_size=6)
     alone = [generate_batch(model, tok, [p], 6, batch_size=1)[0] for p in prompts]
     assert batched == alone and all(batched)
+
+
+def test_token_prob_is_the_generated_answers_mean_token_log_softmax(evaluated: tuple[Path, str], tiny: Tiny,
+                                                                     shared_data: Path) -> None:
+    import math
+
+    import torch
+    from peft import PeftModel
+
+    from runner.machine.probe import probe_machine
+    from runner.machine.profile import resolve_profile
+    from runner.models.loading import load_base, load_tokenizer
+    from runner.rows.rowfiles import read_local
+    from runner.scoring.benchmarks import benchmark_items
+    from runner.scoring.loglik import requests_for
+    from runner.spec.typed import Benchmark, load_spec
+
+    spec = load_spec(tiny.spec)
+    model = PeftModel.from_pretrained(load_base(tiny.artifacts["model"], spec, resolve_profile(spec, probe_machine())),
+                                      str(tiny.artifacts["export"] / "adapter")).eval()
+    tok = load_tokenizer(tiny.artifacts["model"])
+    items, _ = benchmark_items(Benchmark(name="m", format="medqa", limit=16), read_local(shared_data / "medqa" / "test.jsonl"))
+    contexts = {r.item: list(r.context) for r in requests_for(items, tok, lambda prompt: prompt, " ")}
+    rows = [json.loads(line) for line in (evaluated[0] / "predictions.jsonl").read_text().splitlines()]
+    checked = 0
+    for row in (r for r in rows if r["benchmark"] == "medqa" and r["tuned_generated"].strip()):
+        answer = tok(row["tuned_generated"].rstrip(), add_special_tokens=False).input_ids
+        ids = contexts[row["index"]] + answer
+        with torch.inference_mode():
+            lp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), dim=-1)
+        start = len(ids) - len(answer)
+        mean = sum(float(lp[start - 1 + j, t]) for j, t in enumerate(answer)) / len(answer)
+        assert row["signals"]["tuned"]["token_prob"]["confidence"] == pytest.approx(math.exp(mean), abs=1e-4)
+        checked += 1
+    assert checked >= 3
 
 
 FREE_ONLY = """eval:

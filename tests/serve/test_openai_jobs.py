@@ -16,10 +16,11 @@ from fastapi import FastAPI, HTTPException
 from fastapi.testclient import TestClient
 from spec import tiny_spec
 
-from runner.serve.files import router as files_router
-from runner.serve.jobs import JobQueue, router
-from runner.serve.models import Entry
-from runner.serve.openai_jobs import HYPERPARAMETERS, in_fields, job_fields, spec_from_openai
+from runner.serve.jobs.jobqueue import JobQueue
+from runner.serve.jobs.openai_fields import HYPERPARAMETERS, in_fields, job_fields, spec_from_openai
+from runner.serve.registry import Entry
+from runner.serve.routes.files import router as files_router
+from runner.serve.routes.jobs import router
 from runner.spec.typed import parse_spec
 
 ROWS = [{"messages": [{"role": "system", "content": "Answer briefly."},
@@ -246,7 +247,7 @@ def test_a_job_from_openai_fields_trains_an_adapter_that_is_served(server: Serve
 
 
 def test_events_are_the_logs_lines_stamped_as_read_without_progress_bars(tmp_path: Path) -> None:
-    from runner.serve.job_outputs import Events, message
+    from runner.serve.jobs.outputs import Events, message
 
     bar = " 39%|███▉      | 13/33 [00:04<00:06, 3.1it/s, loss=6.5587]"
     assert message(f"\r{bar}\r{bar}") is None and message("\r  0%|          | 0/3 [00:00<?, ?it/s]") is None

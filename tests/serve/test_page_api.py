@@ -39,7 +39,7 @@ def raw_get(server: Server, path: str) -> int:
 
 
 def test_only_the_pages_own_files_are_open_without_the_key(server: Server) -> None:
-    from runner.serve.page import FOLDER, TYPES
+    from runner.serve.routes.page import FOLDER, TYPES
 
     page = get(server, "/", auth=False)
     assert page.status_code == 200 and "text/html" in page.headers["content-type"] and "/static/app.js" in page.text
@@ -103,7 +103,7 @@ def test_the_plan_hashes_a_data_file_once_until_it_changes(server: Server, tmp_p
     from runner.core.store import Store
     from runner.machine.probe import probe_machine
     from runner.machine.profile import resolve_profile
-    from runner.serve.specs import DigestCache
+    from runner.serve.routes.specs import DigestCache
     from runner.spec.typed import parse_spec
 
     hashed: list[str] = []
@@ -162,7 +162,7 @@ def test_adapters_carry_the_eval_figures_and_their_report(server: Server) -> Non
 
 
 def test_the_adapter_card_carries_free_text_perplexity_and_calibration() -> None:
-    from runner.serve.catalog import _figures, _perplexity, _text_figures
+    from runner.serve.registry import _figures, _perplexity, _text_figures
 
     metrics = {  # the keys docs/evaluation.md "Metrics a clinical study reports" documents
         "benchmarks": {"mc": {"base": {"acc": 0.5, "ci95": [0.3, 0.7], "n": 20}, "tuned": {"acc": 0.7, "n": 20},
@@ -204,7 +204,7 @@ LOG = (  # the shape of a real job log (`runner run` output, the trainer's bar r
 
 
 def test_progress_reads_the_stages_the_step_and_the_time_left_from_the_log(tmp_path: Path) -> None:
-    from runner.serve.progress import progress
+    from runner.serve.jobs.progress import progress
 
     (tmp_path / "train" / ".work" / "b13dc601ee1a0000").mkdir(parents=True)
     rows = [{"step": 1, "loss": 6.9, "learning_rate": 0.0, "seconds": 0.4},

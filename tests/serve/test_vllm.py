@@ -18,7 +18,7 @@ import pytest
 from conftest import ROOT, Server, free_port
 
 from runner.serve.app import serve
-from runner.serve.models import Entry, Registry
+from runner.serve.registry import Entry, Registry
 from runner.serve.vllm import VllmError, adapter_rank, max_lora_rank, plan, vllm_command
 
 

@@ -5,12 +5,14 @@ test for a store the stages wrote themselves)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from runner.core.outputs import EvalMetrics
 from runner.experiments.compare import CompareError, compare, cost, extra, find_run, load_run, sections, summary_lines
 from runner.scoring.significance import holm, paired
 
@@ -82,11 +84,11 @@ def test_cost_and_further_metrics_are_read_as_written(tmp_path: Path) -> None:
             "free_text": {"notes": {"tuned": {"n": 5, "rougeL": 31.5, "bleu": 12.25, "max_new_tokens": 64}}},
             "perplexity": {"tuned": {"ppl": 40.5, "nll": 3.7}, "path": "corpus.txt"}, "flags": 2}
     run = load_run(make_run(tmp_path, "a", 4, {"x": [True, False]}, 1, more))
-    assert extra(run.metrics["benchmarks"]["x"]) == {"calibration ece": 0.12, "calibration brier": 0.6,
+    assert extra(run.metrics.raw["benchmarks"]["x"]) == {"calibration ece": 0.12, "calibration brier": 0.6,
                                                      "calibration selective_acc 80": 0.5}
-    assert extra(run.metrics["free_text"]["notes"]) == {"rougeL": 31.5, "bleu": 12.25}
-    assert extra(run.metrics) == {"perplexity ppl": 40.5, "perplexity nll": 3.7}
-    assert cost(run) == {"train_seconds": 12.5, "stage_seconds": 20.0, "peak_memory_mib": 510, "device": "cpu",
+    assert extra(run.metrics.raw["free_text"]["notes"]) == {"rougeL": 31.5, "bleu": 12.25}
+    assert extra(run.metrics.raw) == {"perplexity ppl": 40.5, "perplexity nll": 3.7}
+    assert dataclasses.asdict(cost(run)) == {"train_seconds": 12.5, "stage_seconds": 20.0, "peak_memory_mib": 510, "device": "cpu",
                          "trainable": 4000, "total": 100000, "steps": 10, "tokens": 3000 * 10 * 4 // 20}
     titles = [title for title, _ in sections([run], [], "baseline", {})]
     assert titles == ["Runs", "Accuracy", "More metrics", "Loss", "Cost"]
@@ -114,7 +116,8 @@ def test_the_base_column_appears_only_when_the_runs_bases_differ(tmp_path: Path)
         return next(b[1] for b in blocks if b[0] == "table")
 
     assert "base model [95% CI]" not in header() and "generative [95% CI]" not in header()
-    runs[1].metrics["benchmarks"]["x"]["base"]["acc"] = 0.5  # another base model (a model-size sweep)
+    runs[1].metrics.raw["benchmarks"]["x"]["base"]["acc"] = 0.5  # another base model (a model-size sweep)
+    runs[1].metrics = EvalMetrics.of(runs[1].metrics.raw)
     assert header()[:4] == ["run", "n", "base model [95% CI]", "accuracy [95% CI]"]
 
 
@@ -161,11 +164,11 @@ def test_tokens_seen_count_each_epoch_once_whatever_its_last_batch(tmp_path: Pat
     train = load_run(record).artifacts["train"]
     summary = json.loads((train / "summary.json").read_text())
     _write(train / "summary.json", summary | {"train_rows": 18})
-    assert cost(load_run(record))["tokens"] == 6000
+    assert cost(load_run(record)).tokens == 6000
     # Where the Trainer logged its epoch, that is the count (here the run stopped half into the third).
     (train / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0, "epoch": s / 4}) + "\n"
                                                  for s in range(1, 11)))
-    assert cost(load_run(record))["tokens"] == 7500
+    assert cost(load_run(record)).tokens == 7500
 
 
 def test_a_run_is_compared_once_and_every_clashing_label_is_told_apart(tmp_path: Path) -> None:
@@ -201,5 +204,6 @@ def test_the_paired_n_is_shown_when_the_runs_question_sets_differ(tmp_path: Path
     assert rows[1][1] == "4" and rows[1][header.index("paired n")] == "3"
     assert "on 3 shared questions" in summary_lines(runs, compare(runs))[2]
     runs[1].outcomes["x"].pop("q3")
-    runs[1].metrics["benchmarks"]["x"]["tuned"]["n"] = 3
+    runs[1].metrics.raw["benchmarks"]["x"]["tuned"]["n"] = 3
+    runs[1].metrics = EvalMetrics.of(runs[1].metrics.raw)
     assert "paired n" not in table()[0] and "shared questions" not in summary_lines(runs, compare(runs))[2]

@@ -19,7 +19,8 @@ def _load(name: str) -> list[dict]:
 def test_regenerated_files_match_committed(tmp_path: Path) -> None:
     # Guards against editing the fact table without regenerating (or vice versa).
     paths = demo.write(tmp_path)
-    assert [p.name for p in paths] == [demo.TRAIN_FILE, demo.TEST_FILE, "alpaca_train.jsonl"]
+    assert [p.name for p in paths] == [demo.TRAIN_FILE, demo.TEST_FILE, "alpaca_train.jsonl",
+                                     demo.PREFERENCE_FILE, demo.KTO_FILE, "reasoning_train.jsonl"]
     for path in paths:
         assert path.read_bytes() == (DATA_DIR / path.name).read_bytes()
 

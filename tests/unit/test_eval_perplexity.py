@@ -1,4 +1,4 @@
-"""The perplexity corpus and its windows (the model's part is in tests/integration/test_clinical_metrics.py)."""
+"""The perplexity corpus and its windows (the model's part is in tests/integration/test_eval_metrics.py)."""
 
 from __future__ import annotations
 

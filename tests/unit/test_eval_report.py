@@ -7,6 +7,7 @@ import dataclasses
 import re
 from pathlib import Path
 
+from runner.core.outputs import EvalMetrics, TrainSummary
 from runner.machine.probe import Probe
 from runner.machine.profile import resolve_profile
 from runner.report.render import Inputs, plot_accuracy, to_html, to_markdown
@@ -46,8 +47,9 @@ def inputs(tmp_path: Path) -> Inputs:
     summary = {"steps": 30, "train_loss_first": 7.9, "train_loss_last": 2.5, "eval_loss_before": 7.8,
                "eval_loss_after": 3.0, "train_rows": 200, "validation_rows": 20, "trainable_parameters": 10,
                "total_parameters": 1000, "seconds": 42.0}
-    return Inputs(spec=spec, profile=profile, metrics=metrics, answers=generated,
-                  model_info={"source": "init", "random_init": True, "parameters": 336192}, train_summary=summary,
+    return Inputs(spec=spec, profile=profile, metrics=EvalMetrics.of(metrics), answers=generated,
+                  model_info={"source": "init", "random_init": True, "parameters": 336192},
+                  train_summary=TrainSummary.of(summary),
                   artifacts={"model": "/store/model/abc", "train": "/store/train/def"},
                   pictures={"loss": "loss.png", "accuracy": "accuracy.png"})
 
@@ -86,8 +88,8 @@ def test_the_training_table_shows_validation_per_source_and_early_stopping(tmp_p
     stopping = {"stopped_early": True, "stopped_at_step": 18, "best_step": 14, "best_eval_loss": 6.1548,
                 "evaluations": 9, "reason": "stopped at step 18: the validation loss did not improve on the best "
                                             "by more than 0 for 2 evaluations in a row"}
-    summary = base.train_summary | {"early_stopping": stopping, "eval_loss_by_source": {
-        "medqa": {"before": 7.5, "after": 2.5}, "notes": {"before": 8.0, "after": 4.0}}}
+    summary = TrainSummary.of(base.train_summary.raw | {"early_stopping": stopping, "eval_loss_by_source": {
+        "medqa": {"before": 7.5, "after": 2.5}, "notes": {"before": 8.0, "after": 4.0}}})
     md = to_markdown(document(dataclasses.replace(base, train_summary=summary)))
     assert "| validation loss, source medqa, before -> after | 7.500 -> 2.500 |" in md
     assert "| validation loss, source notes, before -> after | 8.000 -> 4.000 |" in md

@@ -27,17 +27,23 @@ SLICED: dict[str, set[str]] = {
     "ModelInit": {"vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
                   "max_position_embeddings", "initializer_range"},
     "Data": {"train", "validation", "validation_fraction", "format", "fields", "template", "chat_template",
-             "system_prompt", "max_length", "max_rows", "replacement"},
+             "system_prompt", "max_length", "max_rows", "replacement",
+             "reasoning"},  # only where a source is in the reasoning format
+    "Reasoning": {"think_start", "think_end", "too_long"},
     "Source": {"hub", "config", "split", "revision", "name", "format", "fields", "weight", "rows"},
     "Fields": {"question", "options", "answer_key", "answer_key_type", "context", "answer", "instruction", "input",
-               "output", "messages", "text"},
-    "Lora": {"r", "alpha", "dropout", "target_modules"},
+               "output", "messages", "text", "prompt", "chosen", "rejected", "completion", "label",
+               "trace"},  # trace: only for a reasoning source
+    "Lora": {"r", "alpha", "dropout", "target_modules", "use_dora", "use_rslora", "modules_to_save", "init"},
     "Train": {"epochs", "max_steps", "learning_rate", "batch_size", "micro_batch_size", "scheduler", "warmup",
               "weight_decay", "max_grad_norm", "optimizer", "gradient_checkpointing", "packing", "eval_steps",
-              "early_stopping", "method", "init_adapter", "grpo"},
+              "early_stopping", "method", "init_adapter", "grpo", "dpo", "orpo", "kto"},
     "EarlyStopping": {"patience", "min_delta"},
     "Grpo": {"num_generations", "max_completion_length", "temperature", "beta", "vllm", "rewards"},
     "Reward": {"name", "weight"},
+    "Dpo": {"beta", "loss_type", "label_smoothing"},  # only under their method (train.method_slice)
+    "Orpo": {"beta"},
+    "Kto": {"beta", "desirable_weight", "undesirable_weight"},
     "Export": {"merged", "merged_dtype", "gguf", "parity"},
     "Gguf": {"types"},
     "Parity": {"samples", "on_fail", "unquantized", "q8", "q4"},  # on_fail: a failed gate keeps no output
@@ -45,14 +51,18 @@ SLICED: dict[str, set[str]] = {
     "Q8Tolerance": {"min_agreement", "max_logprob_diff"},
     "Q4Tolerance": {"min_agreement", "max_logprob_diff"},
     "Eval": {"benchmarks", "compare_base", "batch_size", "chat_template", "queries", "generation", "safety",
-             "contamination", "generative", "perplexity"},
+             "contamination", "generative", "perplexity", "abstain"},
     "Benchmark": {"name", "format", "hub", "config", "split", "revision", "fields", "limit"},
     "Generation": {"max_new_tokens", "temperature", "top_p"},
     "Safety": {"builtin", "rules"},
     "SafetyRule": {"name", "pattern", "unless"},
     "Contamination": {"check", "similarity"},
-    "Generative": {"enabled", "max_new_tokens"},
+    "Generative": {"enabled", "max_new_tokens", "samples", "temperature", "top_p", "thinking_budget", "think_end",
+                   "stop", "extract", "filters"},
+    "FilterStep": {"function", "regex_pattern", "group_select", "fallback", "ignore_case", "ignore_punctuation",
+                   "regexes_to_ignore"},
     "Perplexity": {"field", "max_texts"},
+    "Abstain": {"signal", "threshold"},
 }
 # Enter a key through the digests of the files they name (local_files), never as a path: moving a
 # file reruns nothing. (A slice may say that a local file is used, as data's `local` does.)
@@ -130,8 +140,9 @@ eval:
   queries: ["what?"]
   generation: {temperature: 0.5}
   safety: {rules: [{name: r, pattern: p}]}
-  generative: {enabled: true}
+  generative: {enabled: true, filters: [{function: regex, regex_pattern: "x"}]}
   perplexity: {path: corpus.txt}
+  abstain: {signal: token_prob, threshold: 0.6}
 export: {merged: true, gguf: {types: [f16]}, push: {repo_id: someone/adapter}}
 """
 MIXTURE = """
@@ -141,6 +152,7 @@ data:
     - {path: train.jsonl, weight: 2}
     - {path: notes.txt, format: text, rows: 3, fields: {text: body}}
     - {name: hubqa, hub: someone/qa, format: qa}
+    - {name: thoughts, path: train.jsonl, format: reasoning, fields: {trace: question}}
   validation: [{name: v, path: train.jsonl}]
 eval: {benchmarks: [{name: local, path: test.jsonl}]}
 """
@@ -151,6 +163,12 @@ train:
   method: grpo
   init_adapter: {path: adapter}
   grpo: {trust_reward_code: true, rewards: [{name: answer_correct}, {name: mine, path: mine.py}]}
+"""
+# The preference methods: their sections, and the fields of their formats, are read only under them.
+METHODS = """
+model: {source: init}
+data: {train: {path: train.jsonl}, format: %s}
+train: {method: %s}
 """
 ROW = '{"question": "q?", "options": {"A": "a", "B": "b"}, "answer_idx": "A"}\n'
 
@@ -169,9 +187,11 @@ def specs(tmp_path: Path) -> list[Spec]:
     (tmp_path / "adapter" / "adapter_config.json").write_text("{}")
     (tmp_path / "mine.py").write_text("def mine(completions, **kw):\n    return [0.0] * len(completions)\n")
     grpo = parse_spec(GRPO, base_dir=tmp_path)
+    methods = [parse_spec(METHODS % pair, base_dir=tmp_path) for pair in
+               (("preference", "dpo"), ("preference", "orpo"), ("kto", "kto"))]
     # A Hub model's slice reads id, revision and trust_remote_code; an init one its shape; a mixture
     # its sources' names, formats, fields and shares, the sampling and the epochs.
-    return [full, hub, mixture, grpo]
+    return [full, hub, mixture, grpo, *methods]
 
 
 def slices(spec: Spec) -> str:

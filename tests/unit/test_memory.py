@@ -132,3 +132,41 @@ def test_the_estimate_reads_train_packing_from_the_spec(tmp_path: Path) -> None:
                           f"train: {{packing: {packing}}}\n", base_dir=tmp_path)
         s = setup_for(spec, profile, 300)
         assert (s.seq_len, s.packed_len, s.fused_attention) == (300, expected, False)  # MPS: the math path
+
+
+def test_a_packed_estimate_is_never_below_the_unpacked_one() -> None:
+    # Packing only widens the rows attention sees: over every path the estimate counts, what is counted
+    # per token (and the weights, LoRA, logits) stays, and nothing shrinks.
+    for fused in (True, False):
+        for checkpointing in (False, True):
+            for device, autocast in (("cuda", True), ("cuda", False), ("mps", False), ("cpu", False)):
+                for micro, longest, capacity in ((1, 700, 2048), (4, 300, 2048), (16, 128, 1024), (8, 512, 256)):
+                    plain = replace(QLORA, fused_attention=fused, checkpointing=checkpointing, device=device,
+                                    autocast=autocast, micro_batch=micro, seq_len=longest)
+                    a, b = estimate(LLAMA_32_3B, plain), estimate(LLAMA_32_3B, replace(plain, packed_len=capacity))
+                    case = (fused, checkpointing, device, micro, longest, capacity)
+                    assert (b.weights, b.lora, b.logits) == (a.weights, a.lora, a.logits), case
+                    assert b.activations >= a.activations and b.total >= a.total, case
+                    widened = min(capacity, micro * longest) > longest
+                    grew = b.activations + b.recompute > a.activations + a.recompute  # kept, or recomputed
+                    assert grew == widened, case  # the mask's row, at least
+                    if not fused and widened:
+                        assert b.attention > a.attention, case
+
+
+def test_under_eager_attention_a_packed_row_costs_the_square_of_max_length() -> None:
+    # A micro-batch that fills one packed row of max_length L: the math path keeps (heads, L, L) softmax
+    # probabilities per layer and, in a layer's backward, its fp32 scores and their gradients; doubling L
+    # (the examples with it) quadruples both. The fused kernels keep no scores.
+    heads, layers = LLAMA_32_3B.heads, LLAMA_32_3B.layers
+    kept = {}
+    for length in (1024, 2048, 4096):
+        row = replace(QLORA, micro_batch=4, seq_len=length // 4, fused_attention=False, packed_len=length)
+        eager, fused = estimate(LLAMA_32_3B, row), estimate(LLAMA_32_3B, replace(row, fused_attention=True))
+        assert eager.attention == 2 * 4 * heads * length * length and fused.attention == 0
+        kept[length] = eager.activations - fused.activations
+        assert kept[length] == layers * heads * length * length * (4 + 2)  # fp32 softmax and its bf16 copy
+        # unpacked, the same examples attend within themselves only: a quarter of the row's square
+        unpacked = estimate(LLAMA_32_3B, replace(row, packed_len=0))
+        assert unpacked.attention * 4 == eager.attention
+    assert kept[2048] == 4 * kept[1024] and kept[4096] == 4 * kept[2048]

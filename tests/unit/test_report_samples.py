@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+from runner.core.outputs import EvalMetrics
 from runner.machine.probe import Probe
 from runner.machine.profile import resolve_profile
 from runner.report.render import Inputs, sample_answers, to_html, to_markdown
@@ -41,7 +42,7 @@ def free_text_run(tmp_path: Path) -> tuple[Inputs, list[str]]:
         "format": "qa", "n": 4, "max_new_tokens": 16, "decoding": "greedy", "dropped": {},
         "base": {"rougeL": 20.0, "bleu": 1.0}, "tuned": {"rougeL": 100.0, "bleu": 100.0}}}}
     profile = resolve_profile(spec, Probe(cpu_count=2, ram_mib=16000, torch="2.13.0+cpu", bitsandbytes="0.50.2"))
-    inputs = Inputs(spec=spec, profile=profile, metrics=metrics, answers=[], model_info={}, train_summary=None,
+    inputs = Inputs(spec=spec, profile=profile, metrics=EvalMetrics.of(metrics), answers=[], model_info={}, train_summary=None,
                     artifacts={}, pictures={}, samples=sample_answers(tmp_path, SimpleNamespace(choice={})),
                     free_contamination=found)
     return inputs, train_texts

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from runner.machine.probe import Probe
 from runner.machine.profile import resolve_profile
-from runner.serve.models import Registry
+from runner.serve.registry import Registry
 from runner.spec.typed import load_spec
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -279,11 +279,19 @@ def _raw_cases() -> Iterator[tuple[str, bytes]]:
         yield "whole", whole
 
 
+# Sections whose fields are required: a wrong value of one field is tried inside an otherwise valid section.
+VALID_SECTIONS: dict[tuple[Any, ...], Any] = {
+    ("eval", "perplexity"): {"path": "train.jsonl"},
+    ("eval", "abstain"): {"signal": "loglik", "threshold": 0.5},
+    ("eval", "generative", "filters"): [{"function": "take_first"}],
+}
+
+
 def malformed_specs() -> Iterator[tuple[str, bytes]]:
     """(what is wrong, the spec's bytes): every one must fail with one line."""
     for path, sub in _fields(load_schema()):
         # An optional section with a required field (eval.perplexity.path) is tried inside a valid one.
-        base = _set(BASE, ("eval", "perplexity"), {"path": "train.jsonl"}) if path[:2] == ("eval", "perplexity") else BASE
+        base = next((_set(BASE, at, stub) for at, stub in VALID_SECTIONS.items() if path[:len(at)] == at), BASE)
         if "properties" in sub:
             yield f"{path} unknown key", yaml.safe_dump(_set(base, path + ("bogus_key",), 1)).encode()
         for value in _wrong_values(sub):

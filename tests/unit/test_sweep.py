@@ -27,7 +27,7 @@ def test_values_are_yaml_scalars_typed_by_the_schema() -> None:
 
 
 @pytest.mark.parametrize(("given", "message"), [
-    ("lora.rank=8", "--set lora.rank: no such spec field; lora has alpha, dropout, r, target_modules"),
+    ("lora.rank=8", "--set lora.rank: no such spec field; lora has alpha, dropout, init, modules_to_save, r, target_modules, use_dora, use_rslora"),
     ("train.learnig_rate=1e-4", "--set train.learnig_rate: no such spec field; did you mean train.learning_rate?"),
     ("lora.r=abc", '--set lora.r=abc: must be an integer, got string "abc"'),
     ("lora.r=8.0", "--set lora.r=8.0: must be an integer, got number 8.0"),

@@ -11,18 +11,18 @@ says which row of which source each one is; the train stage reads train.arrow on
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 from runner.core.errors import DataError
 from runner.core.stage import StageContext
-from runner.rows.mixture import Resolved, file_roles, is_mixture, local_paths, resolved
+from runner.rows.mixture import file_roles, is_mixture, local_paths, resolved
 from runner.rows.reading import read_rows
-from runner.spec.typed import Benchmark, Fields, Source, Spec
+from runner.rows.slices import bounds_slice, fields_key, mixture_slice, reasoning_slice, source_slice
+from runner.spec.typed import Source, Spec
 
-__all__ = ["read_rows"]
+__all__ = ["read_rows"]  # tests read rows as the stage does
 
 name = "data"
 version = 1
@@ -38,65 +38,13 @@ def spec_slice(spec: Spec) -> dict[str, Any]:
     if is_mixture(spec):
         return mixture_slice(spec)
     # Field by field, so a new spec field enters the key only when someone writes it here.
-    fields = _fields_key(d.fields, d.format)
+    fields = fields_key(d.fields, d.format)
     assert isinstance(d.train, Source) and not isinstance(d.validation, tuple)
     data = {"validation_fraction": d.validation_fraction, "format": d.format, "template": d.template,
             "system_prompt": d.system_prompt, "max_length": d.max_length, "max_rows": d.max_rows,
-            "fields": fields, "train": _source_slice(d.train),
-            "validation": _source_slice(d.validation) if d.validation else None}
-    return {"data": data, "seed": spec.seed} | bounds_slice()
-
-
-def bounds_slice() -> dict[str, Any]:
-    """The row and document bounds, only where the environment moved them: what is dropped depends on
-    them, and keys taken with the defaults stay what they were."""
-    from runner.rows.reading import DOCUMENT_BYTES, document_bytes
-    from runner.rows.rowfiles import ROW_BYTES, row_bytes
-
-    bounds = {"row_bytes": row_bytes(), "document_bytes": document_bytes()}
-    return {"bounds": bounds} if bounds != {"row_bytes": ROW_BYTES, "document_bytes": DOCUMENT_BYTES} else {}
-
-
-def mixture_slice(spec: Spec) -> dict[str, Any]:
-    """A mixture: each source as resolved (its format and fields, the `data` ones where it gives none),
-    the sampling, and the epochs, since the stage writes every epoch's rows."""
-    d = spec.data
-
-    def one(src: Resolved) -> dict[str, Any]:
-        fields = _fields_key(src.fields, src.format)
-        return (_source_slice(src.source) | {"name": src.name, "format": src.format, "fields": fields,
-                                             "weight": src.weight, "rows": src.rows})
-
-    data = {"validation_fraction": d.validation_fraction, "template": d.template, "system_prompt": d.system_prompt,
-            "max_length": d.max_length, "max_rows": d.max_rows, "replacement": d.replacement,
-            "train": [one(s) for s in resolved(spec, "train")],
-            "validation": [one(s) for s in resolved(spec, "validation")]}
-    return {"data": data, "seed": spec.seed, "epochs": spec.train.epochs} | bounds_slice()
-
-
-def _fields_key(fields: Fields, fmt: str) -> dict[str, Any]:
-    """The fields that shape the rows; `text` only for a text source, so other keys stay as they were. A chat
-    source also names its reader: ShareGPT rows and role names, once dropped, are read since it changed."""
-    extra = {"text": fields.text} if fmt == "text" else {"chat_rows": "openai+sharegpt"} if fmt == "chat" else {}
-    return fields_slice(fields) | extra
-
-
-def _source_slice(src: Source) -> dict[str, Any]:
-    # Local paths enter the key through their file digests, so moving a file reruns nothing.
-    return hub_slice(src) | {"local": src.path is not None}
-
-
-def hub_slice(src: Source | Benchmark) -> dict[str, Any]:
-    """Where a source's rows come from when it is not a local file: for every key that reads rows."""
-    return {"hub": src.hub, "config": src.config, "split": src.split, "revision": src.revision}
-
-
-def fields_slice(fields: Fields) -> dict[str, Any]:
-    """The column mapping, for every key that reads rows through it."""
-    return {"question": fields.question, "options": fields.options, "answer_key": fields.answer_key,
-            "answer_key_type": fields.answer_key_type, "context": fields.context, "answer": fields.answer,
-            "instruction": fields.instruction, "input": fields.input, "output": fields.output,
-            "messages": fields.messages}
+            "fields": fields, "train": source_slice(d.train),
+            "validation": source_slice(d.validation) if d.validation else None}
+    return {"data": data | reasoning_slice(spec, [d.format]), "seed": spec.seed} | bounds_slice()
 
 
 def local_files(spec: Spec) -> dict[str, Path]:
@@ -109,7 +57,7 @@ def local_files(spec: Spec) -> dict[str, Path]:
 
 def run(ctx: StageContext) -> None:
     from runner.models.loading import load_tokenizer, require_chat_template
-    from runner.stages.data.building import ArrowRows, Tally, build_source, held_out
+    from runner.stages.data.building import ArrowRows, Tally, build_source, held_out, row_kind
     from runner.stages.data.epochs import finish
 
     spec = ctx.spec
@@ -121,20 +69,20 @@ def run(ctx: StageContext) -> None:
         require_chat_template(tok, "data")
     parts = ctx.out / ".parts"  # a mixture's tokenized sources, sampled into train.arrow, then removed
     parts.mkdir()
-    validation = ArrowRows(ctx.out / "validation.arrow")
-    train_direct = None if mixture else ArrowRows(ctx.out / "train.arrow")
+    kind = row_kind(spec)
+    validation = ArrowRows(ctx.out / "validation.arrow", kind=kind)
+    train_direct = None if mixture else ArrowRows(ctx.out / "train.arrow", kind=kind)
     tallies: dict[str, Tally] = {}
     for src in sources:
         paths = local_paths(spec, src)
         split = src.role == "train" and spec.data.validation is None
         held = held_out(src, paths, spec.data.max_rows, spec.data.validation_fraction, spec.seed) if split else None
-        train = train_direct or ArrowRows(parts / f"{src.name}.arrow", extra=True, random_access=True)
+        train = train_direct or ArrowRows(parts / f"{src.name}.arrow", extra=True, random_access=True, kind=kind)
         tally = tallies.setdefault(src.name if src.role == "train" else f"validation/{src.name}", Tally())
         build_source(src, paths, spec, tok, held, {"train": train, "validation": validation}, tally)
         if train is not train_direct:
             train.close()
-        ctx.log(f"data: {src.role} source {src.name}: {tally.read} rows read, {sum(tally.kept.values())} kept, "
-                f"{sum(tally.dropped.values())} dropped")
+        ctx.log(f"data: {src.role} source {src.name}: {tally.line()}")
     validation.close()
     if train_direct is not None:
         train_direct.close()
@@ -168,6 +116,3 @@ def unchanged(ctx: StageContext) -> None:
             raise DataError(f"data: {path} changed while the data stage read it; nothing was stored: run again "
                             "once the file is written (write it elsewhere and move it into place)")
 
-
-def write_stats(out: Path, stats: dict[str, Any]) -> None:
-    (out / "stats.json").write_text(json.dumps(stats, indent=1, sort_keys=True), "utf-8")

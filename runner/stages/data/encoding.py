@@ -8,7 +8,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from runner.rows.formats import Dropped, Example
+from runner.rows.formats import Dropped, Example, split_thought, thought
+from runner.rows.pairs import Labelled, Pair
+from runner.spec.typed import Reasoning
 
 Row = dict[str, list[int]]
 
@@ -41,6 +43,57 @@ def encode(example: Example, tok: Any, template: str, system_prompt: str | None)
     if all(label == -100 for label in labels):
         raise Dropped("no answer tokens after applying the chat template")
     return full, labels
+
+
+def fit_trace(example: Example, tok: Any, template: str, system_prompt: str | None, thinking: Reasoning,
+              max_length: int) -> tuple[list[int], list[int], bool]:
+    """A reasoning example's ids and labels with the end of its trace cut until the whole fits `max_length`
+    (the delimiters and the answer kept: an answer is what the trace was for), and whether it was cut.
+    Dropped when even an empty trace leaves it too long."""
+    ids, labels = encode(example, tok, template, system_prompt)
+    if len(ids) <= max_length:
+        return ids, labels, False
+    trace, answer = split_thought(example.messages[-1][1], thinking)
+    pieces = tok(trace, add_special_tokens=False).input_ids
+    keep = len(pieces)
+    while len(ids) > max_length:
+        if keep == 0:
+            raise Dropped(f"longer than data.max_length ({max_length} tokens) even with its trace cut")
+        keep = max(0, keep - (len(ids) - max_length))  # at least the overflow: the loop ends
+        cut = tok.decode(pieces[:keep]).strip()
+        ids, labels = encode(Example(example.messages[:-1] + (("assistant", thought(cut, answer, thinking)),)),
+                             tok, template, system_prompt)
+    return ids, labels, True
+
+
+def encode_answer(prompt: tuple[tuple[str, str], ...], answer: str, tok: Any, template: str,
+                  system_prompt: str | None) -> tuple[list[int], list[int]]:
+    """Token ids and labels of a conversation and one answer, the labels on the answer's tokens alone
+    (a preference method compares answers: earlier assistant turns are context, not something learned)."""
+    example = Example((*prompt, ("assistant", answer)))
+    if template == "plain":
+        return encode(example, tok, template, system_prompt)
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    messages += [{"role": role, "content": content} for role, content in example.messages]
+    full = _chat_ids(tok, messages, False)
+    start = _common_prefix(_chat_ids(tok, messages[:-1], True), full)
+    if start >= len(full):
+        raise Dropped("no answer tokens after applying the chat template")
+    return full, [-100] * start + full[start:]
+
+
+def encode_pair(record: Pair | Labelled, tok: Any, template: str, system_prompt: str | None,
+                max_length: int) -> dict[str, Any]:
+    """A preference pair's row (the chosen as input_ids and labels, the rejected beside them) or a KTO
+    row (with `desirable`), every sequence within `max_length` tokens."""
+    answers = [record.chosen, record.rejected] if isinstance(record, Pair) else [record.completion]
+    encoded = [encode_answer(record.prompt, answer, tok, template, system_prompt) for answer in answers]
+    if any(len(ids) > max_length for ids, _ in encoded):
+        raise Dropped(f"longer than data.max_length ({max_length} tokens)")
+    row: dict[str, Any] = {"input_ids": encoded[0][0], "labels": encoded[0][1]}
+    if isinstance(record, Pair):
+        return row | {"rejected_ids": encoded[1][0], "rejected_labels": encoded[1][1]}
+    return row | {"desirable": record.desirable}
 
 
 def text_blocks(text: str, tok: Any, max_length: int) -> Iterator[Row]:

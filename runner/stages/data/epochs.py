@@ -9,9 +9,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from runner.core.outputs import DataStats
 from runner.core.stage import StageContext
 from runner.rows.mixture import Resolved, epoch_seed, is_mixture, quotas, schedule
-from runner.stages.data.building import ArrowRows, Tally, token_summary
+from runner.stages.data.building import ArrowRows, Tally, row_kind, token_summary
 from runner.stages.data.encoding import samples
 
 CHUNK = 4096  # rows gathered from the sources' files at a time
@@ -19,24 +20,28 @@ CHUNK = 4096  # rows gathered from the sources' files at a time
 
 def finish(ctx: StageContext, train: list[Resolved], tallies: dict[str, Tally], parts: Path, tok: Any) -> dict[str, Any]:
     """Write what is left (a mixture's epochs; stats.json; samples.txt) and return the stats."""
-    from runner.stages.data import write_stats
-
-    spec = ctx.spec
     names = [s.name for s in train]
     kept = {n: tallies[n].kept["train"] for n in names}
-    mixture = is_mixture(spec)
+    mixture = is_mixture(ctx.spec)
     quota = quotas(train, kept) if mixture else kept
     for name in (n for n in quota if quota[n] > kept.get(n, 0) > 0):  # said, since a weight can hide it
         ctx.log(f"data: source {name} gives {quota[name]} rows an epoch from {kept[name]} kept: each row about "
                 f"{quota[name] / kept[name]:.1f} times an epoch")
+    epochs = _write_epochs(ctx, kept, quota, parts) if mixture else []
+    stats = _stats(names, tallies, quota, epochs)
+    write_stats(ctx.out, stats)
+    (ctx.out / "samples.txt").write_text(samples(_first_rows(ctx.out / "train.arrow", 2), tok), "utf-8")
+    return stats
+
+
+def _stats(names: list[str], tallies: dict[str, Tally], quota: dict[str, int],
+           epochs: list[dict[str, Any]]) -> dict[str, Any]:
+    """stats.json: rows kept and dropped by reason, token lengths, each source's share (and a mixture's epochs)."""
     total = sum(quota.values()) or 1
-    epochs: list[dict[str, Any]] = []
-    if mixture:
-        epochs = _write_epochs(ctx, kept, quota, parts)
     lengths: Counter[int] = sum((tallies[n].lengths for n in names), Counter())
     every = list(tallies.values())
     stats = {
-        "rows": {"train": sum(e["rows"] for e in epochs) if epochs else kept[names[0]],
+        "rows": {"train": sum(e["rows"] for e in epochs) if epochs else tallies[names[0]].kept["train"],
                  "validation": sum(t.kept["validation"] for t in every)},
         "dropped": dict(sorted(sum((t.dropped for t in every), Counter()).items())),
         "examples_before_tokenizing": sum(t.examples for t in every),
@@ -45,10 +50,10 @@ def finish(ctx: StageContext, train: list[Resolved], tallies: dict[str, Tally], 
         "validation_sources": {n.removeprefix("validation/"): t.as_dict(0.0) for n, t in tallies.items()
                                if n.startswith("validation/")},
     }
+    if any(t.truncated for t in every):  # reasoning examples kept with their trace cut: said, not silent
+        stats["truncated"] = {n: t.truncated for n, t in tallies.items() if t.truncated}
     if epochs:
         stats["epochs"] = [{k: e[k] for k in ("epoch", "seed", "rows", "by_source")} for e in epochs]
-    write_stats(ctx.out, stats)
-    (ctx.out / "samples.txt").write_text(samples(_first_rows(ctx.out / "train.arrow", 2), tok), "utf-8")
     return stats
 
 
@@ -62,7 +67,7 @@ def _write_epochs(ctx: StageContext, kept: dict[str, int], quota: dict[str, int]
     spec = ctx.spec
     tables = {n: pa.ipc.open_file(pa.memory_map(str(parts / f"{n}.arrow"))).read_all() for n in kept if kept[n]}
     plan = schedule(kept, quota, spec.data.replacement, spec.seed, spec.train.epochs)
-    out = ArrowRows(ctx.out / "train.arrow")
+    out = ArrowRows(ctx.out / "train.arrow", kind=row_kind(spec))
     written = []
     with open(ctx.out / "epochs.jsonl", "w", encoding="utf-8") as log:
         for epoch, order in enumerate(plan):
@@ -108,3 +113,9 @@ def _first_rows(path: Path, n: int) -> list[dict[str, list[int]]]:
         for batch in reader:
             return [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in batch.slice(0, n).to_pylist()]
     return []
+
+
+def write_stats(out: Path, stats: dict[str, Any]) -> None:
+    """stats.json through its type (checked as its readers check it), its keys sorted: the same stats are the
+    same bytes (the file is in the artifact's digest)."""
+    DataStats.of(stats).write(out / "stats.json")

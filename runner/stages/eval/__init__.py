@@ -8,24 +8,28 @@ artifact is upstream for its loss curve and summary, which only the report reads
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import json
-from collections.abc import Iterator
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from runner.core.outputs import EvalMetrics
 from runner.core.stage import StageContext, benchmark_ids_role, benchmark_role
+from runner.models.adapter import adapter_off
 from runner.rows.mixture import file_roles, is_mixture, resolved
+from runner.rows.reading import read_rows
+from runner.rows.slices import mixture_slice
 from runner.scoring.benchmarks import HARNESS_TASKS, Item, benchmark_items
 from runner.scoring.significance import summarize
+from runner.spec.slices import benchmark_slice, fields_slice, hub_slice, quantization_slice
 from runner.spec.typed import (
     FREE_TEXT,  # benchmark formats answered in free text, scored by ROUGE-L and BLEU
     Benchmark,
+    Generative,
     Spec,
 )
-from runner.stages.data import fields_slice, hub_slice, mixture_slice, read_rows
-from runner.stages.model import quantization_slice
 
 PERPLEXITY_ROLE = "perplexity"
 
@@ -50,7 +54,11 @@ def spec_slice(spec: Spec) -> dict[str, Any]:
     if ev.generative.enabled:  # left out when off: keys of specs without it stay as they were
         # Batched greedy decoding pads each batch its own way: a rounding-level change can change a text.
         out["eval"]["generative"] = {"enabled": ev.generative.enabled, "max_new_tokens": ev.generative.max_new_tokens,
-                                     "batch_size": ev.batch_size}
+                                     "batch_size": ev.batch_size} | reasoning_slice(spec)
+        if ev.generative.temperature > 0:
+            out["seed"] = spec.seed  # the samples draw from it
+    if ev.abstain is not None:  # left out when unset: only what metrics.json counts as answered changes
+        out["eval"]["abstain"] = {"signal": ev.abstain.signal, "threshold": ev.abstain.threshold}
     if ev.contamination.check:  # what the check reads of the training data
         d = spec.data
         if isinstance(d.train, tuple):  # a mixture: every training source, as the data stage reads it
@@ -77,10 +85,16 @@ def spec_slice(spec: Spec) -> dict[str, Any]:
     return out
 
 
-def benchmark_slice(b: Benchmark) -> dict[str, Any]:
-    # Local files (a benchmark's rows, its ids) enter the key through their digests, not their paths.
-    return ({"name": b.name, "format": b.format} | hub_slice(b) | {"fields": fields_slice(b.fields), "limit": b.limit}
-            | ({"ids": "local"} if b.ids is not None else {}))
+def reasoning_slice(spec: Spec) -> dict[str, Any]:
+    """The generative fields set away from their defaults (only those: keys of specs without them stay)."""
+    gen, default = spec.eval.generative, Generative()
+    names = ("samples", "temperature", "top_p", "thinking_budget", "think_end", "stop", "extract", "filters")
+    out = {n: getattr(gen, n) for n in names if getattr(gen, n) != getattr(default, n)}
+    if "filters" in out:
+        out["filters"] = [dataclasses.asdict(f) for f in gen.filters]
+    if "stop" in out:
+        out["stop"] = list(gen.stop)
+    return out
 
 
 def _safety_slice(spec: Spec) -> dict[str, Any]:
@@ -136,9 +150,9 @@ def _evaluate(ctx: StageContext) -> None:
 
     from runner.models.loading import load_base, load_tokenizer
     from runner.report.trackers import require_trackers
+    from runner.rows.training_texts import training_texts_of
     from runner.stages.eval.freetext import score_free_text
     from runner.stages.eval.generation import answer_queries
-    from runner.stages.train.gate import training_texts_of
 
     spec = ctx.spec
     require_trackers(spec)  # a missing tracker package stops the stage before scoring, not after
@@ -179,8 +193,9 @@ def _finish(ctx: StageContext, metrics: dict[str, Any], answers: list[dict[str, 
     from runner.report.render import write_report
     from runner.report.trackers import log_eval
 
-    (ctx.out / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True), "utf-8")
-    write_report(ctx, metrics, answers, loaded, train_texts)
+    written = EvalMetrics.of(metrics)
+    written.write(ctx.out / "metrics.json")
+    write_report(ctx, written, answers, loaded, train_texts)
     log_eval(ctx, metrics)
 
 
@@ -217,24 +232,70 @@ def score_benchmark(ctx: StageContext, model: Any, tok: Any, bench: Benchmark,
             logliks[label] = score(model, requests, spec.eval.batch_size, tok.pad_token_id, max_length_of(model, tok))
         scored[label] = predictions(len(items), requests, logliks[label])
     written: dict[str, list[str]] = {}
-    if spec.eval.generative.enabled:
+    sampled: dict[str, Any] = {}
+    if spec.eval.generative.enabled and spec.eval.generative.reasoning:
+        sampled = sampled_answers(ctx, model, tok, bench, items, requests, labels)
+    elif spec.eval.generative.enabled:
         written = generate_answers(ctx, model, tok, items, requests, labels)
-    for i, item in enumerate(items):
-        row = {"benchmark": bench.name, "index": i, "id": item.id, "group": item.group, "answer": item.answer,
-               **{label: preds[i] for label, preds in scored.items()}}
-        for label, texts in written.items():
-            row[f"{label}_generated"] = texts[i]
+    signals = answer_signals(ctx, model, tok, items, requests, logliks, scored, written)
+    rows = prediction_rows(bench, items, scored, written, sampled, signals)
+    for row in rows:
         preds_file.write(json.dumps(row, ensure_ascii=False) + "\n")
     summary = summarize([it.answer for it in items], [it.group for it in items], scored, dropped)
     if written:
         summary["generative"] = generative_summary(items, written, spec.eval.generative.max_new_tokens)
+    if sampled:
+        summary["generative"] = sampled["summary"]
     summary["calibration"] = calibration_of(items, requests, logliks)
+    summary["uncertainty"] = uncertainty_of(spec, rows)
     summary["format"] = bench.format
     summary["harness_task"] = HARNESS_TASKS.get(bench.format)
     summary["chance"] = round(sum(1 / len(it.choices) for it in items) / len(items), 4) if items else None
     if spec.eval.contamination.check:
         summary["contamination"] = contamination(items, scored, train_texts, spec.eval.contamination.similarity)
     return summary
+
+
+def prediction_rows(bench: Benchmark, items: list[Item], scored: dict[str, list[int]], written: dict[str, list[str]],
+                    sampled: dict[str, Any], signals: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One predictions.jsonl row per item: the picks, the texts written, the samples and their vote, the signals."""
+    rows = []
+    for i, item in enumerate(items):
+        row: dict[str, Any] = {"benchmark": bench.name, "index": i, "id": item.id, "group": item.group, "answer": item.answer,
+               **{label: preds[i] for label, preds in scored.items()}}
+        for label, texts in written.items():
+            row[f"{label}_generated"] = texts[i]
+        for extra in sampled.get("rows", {}).values():
+            row |= extra[i]
+        row["signals"] = {label: per_item[i] for label, per_item in signals.items()}
+        for label in sampled.get("rows", {}):  # the vote's agreement: a confidence the samples give for free
+            row["signals"][label]["vote"] = {"confidence": row[f"{label}_agreement"],
+                                             "correct": row[f"{label}_vote"] == item.choices[item.answer]}
+        rows.append(row)
+    return rows
+
+
+def answer_signals(ctx: StageContext, model: Any, tok: Any, items: list[Item], requests: list[Any],
+                   logliks: dict[str, list[float]], scored: dict[str, list[int]],
+                   written: dict[str, list[str]]) -> dict[str, list[dict[str, Any]]]:
+    """Each answer's confidence signals, per model and item (see confidence.py)."""
+    from runner.stages.eval.confidence import loglik_signals, merged, token_signals
+
+    found = [("loglik", loglik_signals(items, requests, logliks, scored))]
+    if written:
+        ctx.log(f"eval: scoring the generated answers' token probabilities, {len(items)} questions")
+        picked = {label: picked_of(items, texts) for label, texts in written.items()}
+        found.append(("token_prob", token_signals(model, tok, items, requests, written, picked,
+                                                  ctx.spec.eval.batch_size, adapter_off)))
+    return merged(*found)
+
+
+def uncertainty_of(spec: Spec, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Risk-coverage, AURC, ECE and Brier per model and signal; the spec's abstention rule when it has one."""
+    from runner.scoring.selective import uncertainty
+
+    rule = spec.eval.abstain
+    return uncertainty(rows, (rule.signal, rule.threshold) if rule is not None else None)
 
 
 def calibration_of(items: list[Item], requests: list[Any], logliks: dict[str, list[float]]) -> dict[str, Any]:
@@ -271,20 +332,63 @@ def generate_answers(ctx: StageContext, model: Any, tok: Any, items: list[Any], 
     return written
 
 
+def sampled_answers(ctx: StageContext, model: Any, tok: Any, bench: Benchmark, items: list[Any],
+                    requests: list[Any], labels: tuple[str, ...]) -> dict[str, Any]:
+    """Each model's k sampled texts per question (checkpointed in the work folder, so a killed eval
+    resumes), the answers read off them, the vote; the summary and the predictions' extra fields."""
+    from runner.stages.eval.sampling import Budget, prediction_fields, read_answers, sample_texts, summary
+
+    gen = ctx.spec.eval.generative
+    budget = Budget.of(gen, ctx.spec.seed, ctx.spec.eval.batch_size)
+    prompts = _generation_prompts(model, tok, requests, gen.max_new_tokens + (gen.thinking_budget or 0))
+    answers, rows = {}, {}
+    keys = [it.choices[it.answer] for it in items]
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", bench.name)[:80]
+    for label in labels:
+        ctx.log(f"eval: {bench.name}, writing {gen.samples} answer(s) per question, {label} model, "
+                f"{len(items)} questions, {gen.max_new_tokens} tokens" +
+                (f" after up to {gen.thinking_budget} of thinking" if gen.thinking_budget else ""))
+        with adapter_off(model, label == "base"):
+            texts = sample_texts(model, tok, prompts, budget, ctx.work / "generations" / f"{safe}.{label}.jsonl",
+                                 ctx.log)
+        answers[label] = read_answers(texts, items, gen)
+        rows[label] = [prediction_fields(label, t, a, k) for t, a, k in zip(texts, answers[label], keys)]
+    return {"summary": summary(answers, keys, gen), "rows": rows}
+
+
+def _generation_prompts(model: Any, tok: Any, requests: list[Any], new_tokens: int) -> list[list[int]]:
+    """One context per item, tokenized as scored, left-truncated to leave room for what is written."""
+    from runner.scoring.loglik import max_length_of
+
+    room = max(1, max_length_of(model, tok) - new_tokens)
+    prompts, seen = [], set()
+    for r in requests:
+        if r.item not in seen:
+            seen.add(r.item)
+            prompts.append(list(r.context[-room:]))
+    return prompts
+
+
 def generative_summary(items: list[Any], written: dict[str, list[str]], max_new_tokens: int) -> dict[str, Any]:
     """Accuracy of the answers read off the generated text; an unreadable answer counts as wrong."""
-    from runner.scoring.benchmarks import extract_choice
     from runner.scoring.significance import accuracy, paired
 
     out: dict[str, Any] = {"max_new_tokens": max_new_tokens, "decoding": "greedy"}
     correct = {}
     for label, texts in written.items():
-        picked = [extract_choice(_first_line(t), it.choices) for t, it in zip(texts, items)]
+        picked = picked_of(items, texts)
         correct[label] = [p == it.answer for p, it in zip(picked, items)]
         out[label] = accuracy(correct[label]) | {"unreadable": sum(p is None for p in picked)}
     if "base" in correct:
         out["paired"] = paired(correct["base"], correct["tuned"])
     return out
+
+
+def picked_of(items: list[Any], texts: list[str]) -> list[int | None]:
+    """The choice read off each generated text (None: unreadable)."""
+    from runner.scoring.benchmarks import extract_choice
+
+    return [extract_choice(_first_line(t), it.choices) for t, it in zip(texts, items)]
 
 
 def _first_line(text: str) -> str:
@@ -305,13 +409,6 @@ def contamination(items: list[Any], scored: dict[str, list[int]], train_texts: l
     return {"exact": sum(o.similarity == 1.0 for o in found), "near": sum(o.similarity < 1.0 for o in found),
             "similarity": similarity, "pairs": [vars(o) for o in found[:50]],
             "clean": {label: accuracy([preds[i] == items[i].answer for i in clean]) for label, preds in scored.items()}}
-
-
-@contextlib.contextmanager
-def adapter_off(model: Any, off: bool) -> Iterator[None]:
-    """The base model is the same model with the adapter switched off."""
-    with model.disable_adapter() if off else contextlib.nullcontext():
-        yield
 
 
 def _renderer(tok: Any) -> Any:

@@ -42,9 +42,9 @@ def prompt_ids(example: Example, tok: Any, spec: Spec) -> list[int]:
 def score_free_text(ctx: Any, model: Any, tok: Any, bench: Benchmark, loaded: tuple[list[Example], dict[str, int]],
                     labels: tuple[str, ...], rows_file: TextIO) -> dict[str, Any]:
     """Both models' greedy answers to one free-text benchmark, their scores, and a row per question."""
+    from runner.models.adapter import adapter_off
     from runner.models.loading import require_chat_template
     from runner.scoring.loglik import max_length_of
-    from runner.stages.eval import adapter_off
     from runner.stages.eval.generation import generate_batch
 
     if ctx.spec.data.template == "chat":

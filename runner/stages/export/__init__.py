@@ -16,12 +16,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from runner.core.outputs import ExportMetadata, TrainSummary
 from runner.core.stage import StageContext, benchmark_ids_role, benchmark_role
+from runner.spec.slices import benchmark_slice, quantization_slice
 from runner.spec.typed import Spec
-from runner.stages.eval import benchmark_slice
 from runner.stages.export import push
 from runner.stages.export.card import model_card
-from runner.stages.model import quantization_slice
 
 name = "export"
 version = 2  # 2: metadata.json records every train field (packing, eval_steps, early_stopping). GGUF and parity enter
@@ -64,17 +64,19 @@ def _export(ctx: StageContext) -> None:
     spec = ctx.spec
     source = _gguf_toolchain(ctx) if spec.export.gguf is not None else None  # an unsupported model stops here
     shutil.copytree(ctx.upstream["train"] / "adapter", ctx.out / "adapter")
-    summary = json.loads((ctx.upstream["train"] / "summary.json").read_text("utf-8"))
+    summary = TrainSummary.read(ctx.upstream["train"] / "summary.json")
     model_info = json.loads((ctx.upstream["model"] / "model.json").read_text("utf-8"))
     metadata = {
         "base_model": model_info, "spec": {"lora": vars(spec.lora), "train": dataclasses.asdict(spec.train)},
         "stage_keys": {"model": ctx.upstream["model"].name, "train": ctx.upstream["train"].name},
-        "metrics": {k: summary[k] for k in ("train_loss_first", "train_loss_last", "eval_loss_before",
-                                            "eval_loss_after", "steps", "trainable_parameters")},
+        "metrics": {"train_loss_first": summary.train_loss_first, "train_loss_last": summary.train_loss_last,
+                    "eval_loss_before": summary.eval_loss_before, "eval_loss_after": summary.eval_loss_after,
+                    "steps": summary.steps, "trainable_parameters": summary.trainable},
         "profile": ctx.profile.key_fields(),
     }
-    (ctx.out / "adapter" / "metadata.json").write_text(json.dumps(metadata, indent=1, sort_keys=True), "utf-8")
-    (ctx.out / "adapter" / "README.md").write_text(model_card(spec, metadata), "utf-8")
+    written = ExportMetadata.of(metadata)
+    written.write(ctx.out / "adapter" / "metadata.json")
+    (ctx.out / "adapter" / "README.md").write_text(model_card(spec, written), "utf-8")
     if spec.export.merged:
         merge(ctx)
     if source is not None:

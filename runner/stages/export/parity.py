@@ -9,17 +9,17 @@ wrong pre-tokenizer or a lost special token shows as disagreement, not only a wr
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from runner.core.errors import StageError
+from runner.core.outputs import ParityReport
 from runner.core.stage import StageContext, benchmark_ids_role, benchmark_role
+from runner.rows.reading import read_rows
 from runner.scoring.benchmarks import Item, benchmark_items
 from runner.spec.typed import Spec
-from runner.stages.data import read_rows
 
 TIERS = {"merged": "unquantized", "lora": "unquantized", "f16": "unquantized", "bf16": "unquantized",
          "q8_0": "q8", "q6_k": "q8", "q5_k_m": "q4", "q4_k_m": "q4"}
@@ -54,7 +54,7 @@ def check(ctx: StageContext, model_dir: Path, ggufs: dict[str, Path]) -> dict[st
         scores[form] = gguf_scores(model, lora, items, render, delimiter, scores["adapter"]["requests"],
                                    ctx.profile.threads)
     report = summarize(items, scores)
-    text = json.dumps(report, indent=1)  # forms in the order scored: the reference, merged, then each GGUF
+    text = ParityReport.of(report).dumped()  # forms in the order scored: the reference, merged, then each GGUF
     (ctx.out / "parity.json").write_text(text, "utf-8")
     (ctx.work / "parity.json").write_text(text, "utf-8")  # kept when the gate stops the stage
     for line in table(report):

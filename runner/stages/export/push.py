@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.core.errors import StageError
+from runner.core.outputs import EvalMetrics, ExportMetadata
 from runner.core.stage import Log
 from runner.rows.mixture import resolved
 from runner.spec.typed import Spec
@@ -84,10 +85,10 @@ def _portable_config(export: Path, path: Path) -> str:
     """The adapter's config as the Hub copy should read: a Hub base named by its id and commit (PEFT
     wrote the local snapshot folder it loaded from), so `AutoPeftModelForCausalLM` finds it anywhere."""
     config = json.loads(path.read_text("utf-8"))
-    model = json.loads((export / "adapter" / "metadata.json").read_text("utf-8"))["base_model"]
-    if model.get("id"):
-        config["base_model_name_or_path"] = model["id"]
-        config["revision"] = model.get("commit") or config.get("revision")
+    model = ExportMetadata.read(export / "adapter" / "metadata.json").base_model
+    if model.id:
+        config["base_model_name_or_path"] = model.id
+        config["revision"] = model.commit or config.get("revision")
     return json.dumps(config, indent=2, sort_keys=True)
 
 
@@ -95,18 +96,18 @@ def hub_card(spec: Spec, export: Path, eval_dir: Path | None) -> str:
     """The adapter's card with the metadata the Hub reads: base_model, library_name, datasets, model-index."""
     from huggingface_hub import EvalResult, ModelCardData
 
-    model = json.loads((export / "adapter" / "metadata.json").read_text("utf-8"))["base_model"]
+    model = ExportMetadata.read(export / "adapter" / "metadata.json").base_model
     datasets = [s.source.hub for role in ("train", "validation") for s in resolved(spec, role) if s.source.hub]
     results = []
     if eval_dir is not None and (eval_dir / "metrics.json").is_file():
-        metrics = json.loads((eval_dir / "metrics.json").read_text("utf-8"))
+        scored = EvalMetrics.read(eval_dir / "metrics.json").benchmarks
         for b in spec.eval.benchmarks:
-            acc = metrics["benchmarks"].get(b.name, {}).get("tuned", {}).get("acc")
+            acc = scored[b.name].tuned.acc if b.name in scored else None
             if acc is not None:
                 results.append(EvalResult(task_type="multiple-choice", dataset_type=b.hub or b.name,
                                           dataset_name=b.name, dataset_split=b.split, metric_type="accuracy",
                                           metric_value=acc, dataset_revision=b.revision))
-    data = ModelCardData(base_model=model.get("id"), library_name="peft", datasets=datasets or None,
+    data = ModelCardData(base_model=model.id, library_name="peft", datasets=datasets or None,
                          tags=["lora", "qlora", "qlora-runner"], model_name=spec.name, eval_results=results or None)
     body = (export / "adapter" / "README.md").read_text("utf-8").split("---\n", 2)[-1]
     return f"---\n{data.to_yaml()}\n---\n{body}"

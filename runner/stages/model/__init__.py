@@ -13,7 +13,7 @@ from typing import Any
 
 from runner.core.stage import StageContext
 from runner.rows.templates import chosen_template
-from runner.spec.typed import Model, Spec
+from runner.spec.typed import Spec
 
 name = "model"
 version = 1
@@ -41,12 +41,6 @@ def spec_slice(spec: Spec) -> dict[str, Any]:
             "num_layers": i.num_layers, "num_heads": i.num_heads, "num_kv_heads": i.num_kv_heads,
             "max_position_embeddings": i.max_position_embeddings, "initializer_range": i.initializer_range}
     return {"model": {**common, "init": init}, "seed": spec.seed}
-
-
-def quantization_slice(m: Model) -> dict[str, Any]:
-    """How the base is loaded (4-bit or not, double quantization): in the key of every stage that
-    loads it (train, export, eval), though the model stage's own output does not depend on it."""
-    return {"quantization": m.quantization, "double_quant": m.double_quant}
 
 
 MAX_MODEL_FILES = 10_000  # a model folder holds tens of files; this many means `path` is not one

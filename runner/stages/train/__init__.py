@@ -8,15 +8,16 @@ slower per step on CPU and doubled memory there.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from runner.core.errors import ProfileError
+from runner.core.outputs import DataStats
 from runner.core.stage import StageContext
 from runner.machine.profile import Profile
-from runner.spec.typed import Spec
-from runner.stages.model import quantization_slice
+from runner.spec.slices import quantization_slice
+from runner.spec.typed import Dpo, Kto, Orpo, Spec
 from runner.stages.train.gate import check_before_training
 from runner.stages.train.launch import launch
 from runner.stages.train.loop import train_here
@@ -48,14 +49,15 @@ def spec_slice(spec: Spec) -> dict[str, Any]:
         train["early_stopping"] = {"patience": t.early_stopping.patience, "min_delta": t.early_stopping.min_delta,
                                    "eval_steps": t.eval_steps}
     train |= method_slice(spec)
-    return {"lora": {"r": lora.r, "alpha": lora.alpha, "dropout": lora.dropout, "target_modules": lora.target_modules},
-            "train": train, "seed": spec.seed, "model": quantization_slice(spec.model)}
+    return {"lora": {"r": lora.r, "alpha": lora.alpha, "dropout": lora.dropout, "target_modules": lora.target_modules}
+            | lora_variant_slice(spec), "train": train, "seed": spec.seed, "model": quantization_slice(spec.model)}
 
 
 def method_slice(spec: Spec) -> dict[str, Any]:
     """train.method and what it reads, and train.init_adapter, only when set away from supervised
-    training from fresh adapters (their files' digests come in through local_files)."""
-    t, found = spec.train, {}
+    training from fresh adapters (their files' digests come in through local_files): SFT specs keep
+    the keys they had, and a method's section enters only under that method."""
+    t, found = spec.train, dict[str, Any]()
     if t.method != "sft":
         found["method"] = t.method
     if t.method == "grpo":
@@ -63,9 +65,22 @@ def method_slice(spec: Spec) -> dict[str, Any]:
         found["grpo"] = {"num_generations": g.num_generations, "max_completion_length": g.max_completion_length,
                          "temperature": g.temperature, "beta": g.beta, "vllm": g.vllm,
                          "rewards": [{"name": r.name, "weight": r.weight, "file": r.path is not None} for r in g.rewards]}
+    sections: dict[str, Dpo | Orpo | Kto] = {"dpo": t.dpo, "orpo": t.orpo, "kto": t.kto}
+    preference = sections.get(t.method)
+    if preference is not None:
+        found[t.method] = asdict(preference)
     if t.init_adapter is not None:
         found["init_adapter"] = True
     return found
+
+
+def lora_variant_slice(spec: Spec) -> dict[str, Any]:
+    """Each LoRA variant only when set away from its default, so earlier keys stay what they were."""
+    lora = spec.lora
+    variants = {"use_dora": lora.use_dora, "use_rslora": lora.use_rslora, "modules_to_save": list(lora.modules_to_save),
+                "init": lora.init}
+    defaults = {"use_dora": False, "use_rslora": False, "modules_to_save": [], "init": "default"}
+    return {k: v for k, v in variants.items() if v != defaults[k]}
 
 
 def local_files(spec: Spec) -> dict[str, Path]:
@@ -99,9 +114,10 @@ def fit_memory(ctx: StageContext) -> Profile:
     from runner.models.loading import weights_path
 
     config = json.loads((Path(weights_path(ctx.upstream["model"])) / "config.json").read_text("utf-8"))
-    stats = json.loads((ctx.upstream["data"] / "stats.json").read_text("utf-8"))
+    longest = DataStats.read(ctx.upstream["data"] / "stats.json").train_tokens.max
+    assert longest is not None  # the data stage counts every training example
     profile = ctx.profile
-    fitted = fit_profile(ctx.spec, profile, config, stats["train_tokens"]["max"])
+    fitted = fit_profile(ctx.spec, profile, config, longest)
     budget = profile.memory_mib * 2**20 * MEMORY_BUDGET / GIB
     ctx.log(f"train: memory estimate {fitted.estimate.describe()}, budget {budget:.1f} GiB "
             f"({MEMORY_BUDGET:.0%} of {profile.device})")

@@ -1,7 +1,8 @@
 """The train stage's gate: benchmark questions found in the training data before training starts.
 
-The gate reads rows (the training source, each benchmark) the way the data and eval stages read
-them, so it lives among the stages; what it compares and logs is `runner.rows.contamination`'s, pure.
+The gate reads rows (the training sources through `runner.rows.training_texts`, which eval's report
+reads too; each benchmark) the way the data and eval stages read them; what it compares and logs is
+`runner.rows.contamination`'s, pure.
 """
 
 from __future__ import annotations
@@ -11,13 +12,12 @@ from typing import Any
 
 from runner.core.errors import DataError
 from runner.core.stage import Log
-from runner.rows.contamination import found_in_training, stop_if_found, training_texts
+from runner.rows.contamination import found_in_training, stop_if_found
 from runner.rows.formats import convert_rows, prompt_text, scored_turns, to_example
-from runner.rows.mixture import is_mixture, local_paths, resolved
-from runner.rows.reading import read_source
+from runner.rows.reading import read_rows
+from runner.rows.training_texts import training_texts_of
 from runner.scoring.benchmarks import Item, benchmark_items
 from runner.spec.typed import FREE_TEXT, Benchmark, Spec
-from runner.stages.data import read_rows
 
 
 def before_training(spec: Spec, log: Log) -> dict[str, Any]:
@@ -31,29 +31,6 @@ def before_training(spec: Spec, log: Log) -> dict[str, Any]:
         prompts = _prompts(spec, bench)
         found[bench.name] = found_in_training(bench.name, prompts, train, check.similarity, log, origins)
     return found
-
-
-def training_texts_of(spec: Spec, roles: tuple[str, ...]) -> tuple[list[str], list[tuple[str, int]]]:
-    """The prompts of every source of `roles` (train, validation), and for each (its source, its
-    index among that source's converted rows)."""
-    texts: list[str] = []
-    origins: list[tuple[str, int]] = []
-    mixture = is_mixture(spec)
-    for src in [s for role in roles for s in resolved(spec, role)]:
-        try:
-            paths = local_paths(spec, src)
-            limit = spec.data.max_rows if src.role == "train" else None
-            found = training_texts(read_source(src.source, paths, src.format, limit), src.format, src.fields)
-        except DataError:
-            raise
-        except Exception as exc:  # the Hub unreachable for a Hub training source
-            raise DataError(f"contamination check: cannot read training source {src.name} ({type(exc).__name__}: "
-                            f"{exc}); fix data.{src.role} or set eval.contamination.check: false") from exc
-        texts += found
-        # A mixture's sources by name; the one-source form by its file or dataset, as the user wrote it.
-        name = src.name if mixture else str(src.source.path or src.source.hub)
-        origins += [(name, row) for row in range(len(found))]
-    return texts, origins
 
 
 def _items(spec: Spec, bench: Benchmark) -> list[Item]:

@@ -3,17 +3,14 @@ hold), the engine multi-GPU users already run, rather than a launcher of our own
 
 The train stage hands its context to `accelerate launch -m runner.stages.train.worker`; every process
 runs the same Trainer code (Accelerate sets up the process group: NCCL on GPUs, gloo on CPU), and
-rank 0 writes the artifact.
+rank 0 writes the artifact. Across nodes (runner.machine.world) node 0's `runner run` runs this and
+every other node's joins it (runner.core.follow); rank 0, on node 0, writes the store.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -21,6 +18,15 @@ from typing import Any
 from runner.core.errors import StageError
 from runner.core.stage import StageContext
 from runner.machine.profile import Profile
+from runner.machine.world import (
+    failure_file,
+    launch_command,
+    launch_failure,
+    nodes_from_environment,
+    run_launcher,
+    sharing_environment,
+)
+from runner.machine.world import sharing_arguments as sharing_arguments  # where the tests look for it
 from runner.spec.typed import Spec, typed
 
 
@@ -37,69 +43,73 @@ def is_main_process() -> bool:
 
 def launch(ctx: StageContext) -> None:
     n = ctx.profile.processes
+    nodes = nodes_from_environment()
+    local = nodes.per_node(n)
     path = write_context(ctx)
-    command = [sys.executable, "-m", "accelerate.commands.launch", *sharing_arguments(ctx.profile.distributed),
-               "--num_processes", str(n), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(_free_port()), "-m", "runner.stages.train.worker", str(path)]
+    failure_file(ctx.work, nodes).unlink(missing_ok=True)
+    command = launch_command(n, ctx.profile.distributed, nodes, path)
     # The profile's threads per process (the cores shared out, so they are not oversubscribed): every
     # library in the workers reads OMP_NUM_THREADS, and train_here sets torch's count to it as well.
     env = {**os.environ, **sharing_environment(ctx.profile.distributed), "OMP_NUM_THREADS": str(ctx.profile.threads)}
     how = "FSDP" if ctx.profile.distributed == "fsdp" else "gloo on CPU" if ctx.profile.device == "cpu" else "DDP"
-    ctx.log(f"train: launching {n} processes with accelerate ({how})")
-    process = subprocess.Popen(command, env=env)
-    try:
-        code = process.wait()
-    except BaseException:  # Ctrl-C, SIGTERM (runner.core.signals), or anything else while they train
-        _stop(process)
-        raise
+    if nodes.many:
+        ctx.log(f"train: launching {local} of {n} processes on node 0 of {nodes.count} with accelerate ({how}), "
+                f"rendezvous at {nodes.address}:{nodes.port}")
+    else:
+        ctx.log(f"train: launching {n} processes with accelerate ({how})")
+    code = run_launcher(command, env)
     if code != 0:
-        raise StageError(f"train: the {n} accelerate processes failed (exit {code}); the output above says why")
+        raise StageError(launch_failure(ctx.work, n, nodes, code))
 
 
-def _stop(launcher: subprocess.Popen[bytes], patience: float = 60) -> None:
-    """Stop the launcher the way a scheduler would, with SIGTERM: it passes the signal on to its
-    workers (each in a session of its own, out of reach of our process group) and waits for them.
-    Killing it outright would orphan the workers, and they would go on training, and writing, after
-    the runner has gone. SIGKILL only if it has not finished within `patience` seconds."""
-    launcher.send_signal(signal.SIGTERM)
+def check_shared_store(work: Path, patience: float = 20.0) -> None:
+    """Every rank writes a marker in the work folder and rank 0 must see them all: checkpoints (each
+    rank's random state) and the artifact live there, so it must be one filesystem for every node.
+    Called in every worker once the process group is up; raises the same one line in all of them."""
+    import time
+    import uuid
+
+    import torch.distributed as dist
+
+    me, world = dist.get_rank(), dist.get_world_size()
+    token: list[Any] = [uuid.uuid4().hex if me == 0 else None]
+    dist.broadcast_object_list(token, src=0)
+    marks = work / "ranks"
+    marks.mkdir(parents=True, exist_ok=True)
+    (marks / f"rank-{me}").write_text(token[0], "utf-8")
+    dist.barrier()
+    missing: list[Any] = [None]
+    if me == 0:
+        deadline = time.time() + patience  # network filesystems show others' writes after a while
+        while (absent := [r for r in range(world) if not _says(marks / f"rank-{r}", token[0])]) and time.time() < deadline:
+            time.sleep(0.5)
+        missing = [absent]
+    dist.broadcast_object_list(missing, src=0)
+    if missing[0]:
+        raise StageError(f"train: the store is not on a filesystem every node sees: rank 0 cannot see the markers "
+                         f"rank(s) {', '.join(map(str, missing[0]))} wrote in {marks}; put --store on a shared "
+                         "filesystem (NFS, Lustre, ...) mounted at the same path on every node")
+
+
+def _says(path: Path, token: str) -> bool:
     try:
-        launcher.wait(timeout=patience)
-    except subprocess.TimeoutExpired:
-        launcher.kill()
-        launcher.wait()
+        return path.read_text("utf-8") == token
+    except OSError:
+        return False
 
 
-def sharing_arguments(distributed: str) -> list[str]:
-    """`accelerate launch` options for how the processes share training."""
-    if distributed != "fsdp":
-        # --multi_gpu with use_cpu set in the Trainer gives real gloo processes on CPU; `--cpu` alone
-        # silently runs a single one.
-        return ["--multi_gpu"]
-    # FSDP-QLoRA as PEFT and bitsandbytes document it: every decoder layer (the model's own
-    # _no_split_modules) its own unit, fully sharded; flat parameters (use_orig_params false: the
-    # Trainer wraps the LoRA layers apart, so each unit is all-trainable or all-frozen); module
-    # states synchronised from rank 0; the full adapter gathered to save. (transformers 5 still loads
-    # a 4-bit model whole in every process before FSDP shards it: the memory estimate counts that.)
-    return ["--use_fsdp", "--fsdp_version", "1", "--fsdp_sharding_strategy", "FULL_SHARD",
-            "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP", "--fsdp_backward_prefetch", "BACKWARD_PRE",
-            "--fsdp_state_dict_type", "FULL_STATE_DICT", "--fsdp_use_orig_params", "false",
-            "--fsdp_cpu_ram_efficient_loading", "true", "--fsdp_sync_module_states", "true",
-            "--fsdp_offload_params", "false"]
+def world_of(trainer: Any) -> dict[str, Any]:
+    """The world the Trainer really trained in, read from it and from torch (not what was asked for):
+    a 4-bit base that silently trains at world size 1 shows here."""
+    import torch.distributed as dist
 
-
-def sharing_environment(distributed: str) -> dict[str, str]:
-    """Settings Accelerate reads from the environment only. Under FSDP: leave the rotary embedding
-    out of FSDP's units, whose mixed precision would round its fp32 frequencies to bf16 at the first
-    forward (the angles then drift with the position, and training would not see the positions
-    export and eval see)."""
-    return {"FSDP_IGNORED_MODULES": r".*\.rotary_emb"} if distributed == "fsdp" else {}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    size = int(trainer.args.world_size)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if size > 1 else 1
+    sharding = ("fsdp" if getattr(trainer, "is_fsdp_enabled", False) else "deepspeed"
+                if getattr(trainer, "is_deepspeed_enabled", False) else "ddp" if size > 1 else "none")
+    return {"world_size": size, "nodes": max(1, size // local), "processes_per_node": local,
+            "backend": dist.get_backend() if dist.is_available() and dist.is_initialized() else None,
+            "sharding": sharding, "device": trainer.args.device.type}
 
 
 def write_context(ctx: StageContext) -> Path:

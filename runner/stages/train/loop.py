@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from runner.core.errors import StageError
+from runner.core.outputs import TrainSummary
 from runner.core.stage import StageContext
 from runner.models.loading import cpu_threads
-from runner.stages.train.launch import is_main_process
+from runner.stages.train.launch import is_main_process, world_of
+from runner.stages.train.preference import PREFERENCE_METHODS, build_preference_trainer, preference_summary
 from runner.stages.train.trainer import attach_lora, build_trainer, close_progress
 
 
@@ -126,15 +128,15 @@ def _setup_metrics(ctx: StageContext) -> Path:
 def train(ctx: StageContext, ready: Ready) -> Trained:
     def make_trainer(micro: int, accumulation: int) -> Any:
         profile = replace(ctx.profile, micro_batch_size=micro, gradient_accumulation=accumulation)
-        # The one dispatch on train.method (the lead merges it with the preference methods' branch).
-        if ctx.spec.train.method == "grpo":
+        method = ctx.spec.train.method  # the one dispatch on train.method
+        if method == "grpo":
             from runner.models.loading import load_tokenizer
             from runner.stages.train.grpo import build_grpo_trainer
 
             return build_grpo_trainer(ready.model, ctx.spec, profile, ctx.work, ready.train_rows,
                                       load_tokenizer(ctx.upstream["model"]), ready.metrics)
-        if ctx.spec.train.method != "sft":
-            raise StageError(f"train.method: {ctx.spec.train.method} is not built here yet: use sft or grpo")
+        if method in PREFERENCE_METHODS:  # dpo, orpo, kto: TRL's trainers (preference.py)
+            return build_preference_trainer(ctx, ready, profile)
         return build_trainer(ready.model, ctx.spec, profile, ctx.work, ready.train_rows, ready.val_rows,
                              ready.pad_id, ready.metrics)
 
@@ -144,10 +146,10 @@ def train(ctx: StageContext, ready: Ready) -> Trained:
     per_process = ctx.spec.train.batch_size // ctx.profile.processes
     trained = train_with_retries(make_trainer, ctx.profile.micro_batch_size, per_process, ctx.work / "checkpoints",
                                  ctx.log, sharded=ready.sharded)
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        ctx.log(f"train: trained in {dist.get_world_size()} processes ({dist.get_backend()})")
+    world = world_of(trained.trainer)
+    if world["world_size"] > 1:
+        ctx.log(f"train: trained in {world['world_size']} processes ({world['backend']})"
+                + (f" on {world['nodes']} nodes" if world["nodes"] > 1 else ""))
     return trained
 
 
@@ -285,13 +287,15 @@ def _write_summary(ctx: StageContext, ready: Ready, trained: Trained, rows: list
                "eval_loss_by_source": _by_source(trained.eval_before, trained.eval_after),
                "packing": ctx.spec.train.packing, "early_stopping": trained.stopping,
                "seconds": round(trained.result.metrics.get("train_runtime", math.nan), 2),
-               "train_rows": len(ready.train_rows), "validation_rows": len(ready.val_rows)}
+               "train_rows": len(ready.train_rows), "validation_rows": len(ready.val_rows),
+               "world": world_of(trained.trainer)}  # what trained it, as the Trainer saw it
     if ctx.spec.train.method == "grpo":
         from runner.stages.train.batches import read_metrics
         from runner.stages.train.grpo import reward_summary
 
         summary |= {"method": "grpo", "rewards": reward_summary(read_metrics(ctx.out / "metrics.jsonl"))}
-    (ctx.out / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True), "utf-8")
+    summary |= preference_summary(ctx.spec.train.method, trained.eval_before, trained.eval_after)  # {} unless dpo/orpo/kto
+    TrainSummary.of(summary).write(ctx.out / "summary.json")
 
 
 def _by_source(before: dict[str, float] | None, after: dict[str, float] | None) -> dict[str, dict[str, float | None]]:

@@ -29,9 +29,13 @@ def attach_lora(model: Any, spec: Spec, checkpointing: bool, sharded: bool = Fal
     model.config.use_cache = False  # training never reads the keys and values a cache would keep
     targets = spec.lora.target_modules
     # peft types lora_alpha as int but scales by alpha / r in float: a fractional alpha is honoured.
-    config = LoraConfig(r=spec.lora.r, lora_alpha=spec.lora.alpha, lora_dropout=spec.lora.dropout,  # type: ignore[arg-type]
+    lora = spec.lora
+    # init "default" is PEFT's True (A random, B zero); pissa and olora are refused by the spec's rules.
+    init: Any = True if lora.init == "default" else lora.init
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,  # type: ignore[arg-type]
                         target_modules=targets if isinstance(targets, str) else list(targets),
-                        bias="none", task_type="CAUSAL_LM")
+                        bias="none", task_type="CAUSAL_LM", use_dora=lora.use_dora, use_rslora=lora.use_rslora,
+                        modules_to_save=list(lora.modules_to_save) or None, init_lora_weights=init)
     return get_peft_model(model, config)
 
 
@@ -42,16 +46,13 @@ def build_trainer(model: Any, spec: Spec, profile: Profile, work: Path, train_ro
     from transformers import EarlyStoppingCallback, Trainer
     from transformers.trainer_callback import ProgressCallback
 
-    from runner.report.trackers import tracker_log
-    from runner.stages.train.batches import MetricsLog, PackCollator, PadCollator, QuietProgress, StopOnSignal
+    from runner.stages.train.batches import PackCollator, PadCollator, QuietProgress
     from runner.stages.train.validation import KeepBest, ValidatingTrainer
 
     sharded = profile.distributed == "fsdp"
     sharded_eval = sharded and len(val_rows) > 0  # see loop.train_with_retries
     collate = PackCollator(pad_id, spec.data.max_length) if spec.train.packing else PadCollator(pad_id)
-    tracked = tracker_log(spec, work)  # logging.report_to: a side effect, in no key
-    callbacks = [MetricsLog(metrics, profile.device, tracked.row if tracked else None), StopOnSignal()]
-    callbacks += [tracked] if tracked else []
+    callbacks = callbacks_for(spec, profile, work, metrics)
     stopping = spec.train.early_stopping
     if stopping is not None:
         # KeepBest first: it compares with the best metric before the Trainer updates it.
@@ -67,6 +68,16 @@ def build_trainer(model: Any, spec: Spec, profile: Profile, work: Path, train_ro
     return trainer
 
 
+def callbacks_for(spec: Spec, profile: Profile, work: Path, metrics: Path) -> list[Any]:
+    """Every method's callbacks: the metrics log, stopping on a signal, the trackers (a side effect, in no key)."""
+    from runner.report.trackers import tracker_log
+    from runner.stages.train.batches import MetricsLog, StopOnSignal
+
+    tracked = tracker_log(spec, work)
+    callbacks = [MetricsLog(metrics, profile.device, tracked.row if tracked else None), StopOnSignal()]
+    return callbacks + ([tracked] if tracked else [])
+
+
 def close_progress(trainer: Any) -> None:
     """Close the bar, else it redraws after (and below) an error message."""
     from runner.stages.train.batches import QuietProgress
@@ -79,11 +90,16 @@ def close_progress(trainer: Any) -> None:
 def training_args(spec: Spec, profile: Profile, output_dir: Path, eval_on_start: bool = False) -> Any:
     from transformers import TrainingArguments
 
+    return TrainingArguments(**training_kwargs(spec, profile, output_dir, eval_on_start))
+
+
+def training_kwargs(spec: Spec, profile: Profile, output_dir: Path, eval_on_start: bool = False) -> dict[str, Any]:
+    """TrainingArguments' arguments, for our Trainer and (with their own added) TRL's configs."""
     t = spec.train
     # A mixture's data stage wrote every epoch's rows, each epoch drawn with its own seed, in training
     # order (see runner.stages.data): one pass over them, in that order, is the spec's epochs.
     mixture = is_mixture(spec)
-    return TrainingArguments(
+    return dict(  # noqa: C408 (keywords: the arguments read as TrainingArguments' own)
         output_dir=str(output_dir), seed=spec.seed, data_seed=spec.seed,
         per_device_train_batch_size=profile.micro_batch_size, per_device_eval_batch_size=profile.micro_batch_size,
         gradient_accumulation_steps=profile.gradient_accumulation,
