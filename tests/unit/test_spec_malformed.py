@@ -284,6 +284,7 @@ VALID_SECTIONS: dict[tuple[Any, ...], Any] = {
     ("eval", "perplexity"): {"path": "train.jsonl"},
     ("eval", "abstain"): {"signal": "loglik", "threshold": 0.5},
     ("eval", "generative", "filters"): [{"function": "take_first"}],
+    ("train", "grpo", "rewards"): [{"name": "answer_correct"}],
 }
 
 
