@@ -43,7 +43,9 @@ def test_clinical_metrics_in_metrics_json_summary_and_report(tracked: dict[str, 
         assert heading in md
     assert "![reliability diagrams, base vs fine-tuned](calibration.png)" in md
     assert (folder / "calibration.png").stat().st_size > 5000
-    assert (folder / "report.html").read_text().count('src="data:image/png;base64,') == 3
+    assert "## When not to answer: confidence signals" in md
+    # loss (from train), accuracy, reliability diagrams, risk-coverage curves: each embedded in the page
+    assert (folder / "report.html").read_text().count('src="data:image/png;base64,') == 4
 
 
 def test_perplexity_is_the_training_losss_count(tracked: dict[str, object]) -> None:
