@@ -126,7 +126,7 @@ def test_the_pushed_adapter_config_names_a_hub_base_by_id_and_commit(tmp_path: P
     adapter.mkdir(parents=True)
     snapshot = "/root/.cache/huggingface/hub/models--org--base/snapshots/" + "c" * 40
     (adapter / "adapter_config.json").write_text(json.dumps({"r": 8, "base_model_name_or_path": snapshot}))
-    (adapter / "metadata.json").write_text(json.dumps({"base_model": {"id": "org/base", "commit": "c" * 40}}))
+    (adapter / "metadata.json").write_text(json.dumps({"base_model": {"id": "org/base", "commit": "c" * 40}, "metrics": {}}))
     upload = tmp_path / "upload"
     assert sorted(_stage_files(tmp_path / "export", upload)) == ["adapter_config.json", "metadata.json"]
     pushed = json.loads((upload / "adapter_config.json").read_text())
