@@ -16,6 +16,10 @@ from runner.machine.world import free_port
 from tests.integration.conftest import ROOT, Tiny, only_artifact, runner
 from tests.integration.test_crash import rows_in
 
+# One thread per process on both sides: on CPU the thread count is in the train key (float sums follow
+# it), and torch's default differs (two processes share a node's cores; one process per "node" gets all).
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
+
 
 def _two_process_spec(tiny: Tiny, folder: Path, epochs: int = 2) -> Path:
     spec = folder / "two.yaml"
@@ -35,7 +39,7 @@ def _node(spec: Path, store: Path, rank: int, port: int) -> subprocess.Popen[str
     return subprocess.Popen([sys.executable, "-m", "runner", "run", str(spec), "--store", str(store), "--only", "train",
                              "--nodes", "2", "--node-rank", str(rank), "--master", f"127.0.0.1:{port}"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            start_new_session=True, env=ONE_THREAD)
 
 
 def _record(store: Path) -> dict[str, object]:
@@ -46,7 +50,7 @@ def test_two_nodes_give_the_adapter_two_processes_on_one_node_give(tiny: Tiny, t
     spec = _two_process_spec(tiny, tmp_path)
     one = _store(tiny, tmp_path / "one")
     started = time.time()
-    done = runner("run", str(spec), "--store", str(one), "--only", "train")
+    done = runner("run", str(spec), "--store", str(one), "--only", "train", env=ONE_THREAD)
     one_node = time.time() - started
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     two = _store(tiny, tmp_path / "two")

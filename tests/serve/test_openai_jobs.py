@@ -51,7 +51,7 @@ def test_openai_fields_map_onto_the_base_runs_spec(tmp_path: Path) -> None:
     assert spec["train"]["epochs"] == 2 and spec["train"]["batch_size"] == 4
     assert spec["train"]["learning_rate"] == pytest.approx(3e-3 * 0.5)
     base = entry().spec.as_dict()
-    assert spec["model"] == json.loads(json.dumps(base["model"])) and spec["lora"] == base["lora"]
+    assert spec["model"] == json.loads(json.dumps(base["model"])) and spec["lora"] == json.loads(json.dumps(base["lora"]))
     assert spec["train"]["save_steps"] == 10 and spec["eval"]["queries"] == list(base["eval"]["queries"])
     shown = job_fields(fields, spec)
     assert shown["hyperparameters"] == {"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 0.5,
