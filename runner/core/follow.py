@@ -36,7 +36,8 @@ def follow(spec: Spec, profile: Profile, store: Store, nodes: Nodes, log: Callab
         return f"node {nodes.rank}: train is already in the store; nothing to do"
     settings = json.loads(context.read_text("utf-8"))["profile"]
     failure_file(context.parent, nodes).unlink(missing_ok=True)
-    env = {**os.environ, **sharing_environment(settings["distributed"]), "OMP_NUM_THREADS": str(settings["threads"])}
+    env = {**os.environ, **sharing_environment(settings["distributed"], settings["device"]),
+           "OMP_NUM_THREADS": str(settings["threads"])}
     log(f"train: launching {local} of {profile.processes} processes on node {nodes.rank} of {nodes.count}, "
         f"rendezvous at {nodes.address}:{nodes.port}")
     code = run_launcher(launch_command(profile.processes, settings["distributed"], nodes, context), env)

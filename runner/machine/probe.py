@@ -34,6 +34,7 @@ class Probe:
     ram_mib: int = 0
     torch: str | None = None  # installed version, e.g. "2.13.0+cpu"
     bitsandbytes: str | None = None
+    deepspeed: str | None = None  # installed version (the `deepspeed` extra): ZeRO-2/3
 
     @property
     def torch_has_cuda(self) -> bool:
@@ -44,7 +45,7 @@ def probe_machine() -> Probe:
     return Probe(gpus=_nvidia_gpus(), mps=platform.system() == "Darwin" and platform.machine() == "arm64",
                  cpu_count=os.cpu_count() or 1, cores=_physical_cores(), omp_num_threads=os.environ.get("OMP_NUM_THREADS"),
                  ram_mib=_ram_mib(),
-                 torch=_version("torch"), bitsandbytes=_version("bitsandbytes"))
+                 torch=_version("torch"), bitsandbytes=_version("bitsandbytes"), deepspeed=_version("deepspeed"))
 
 
 def _version(package: str) -> str | None:

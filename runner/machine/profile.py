@@ -10,6 +10,7 @@ from typing import Literal
 
 from runner.core.errors import ProfileError
 from runner.machine.probe import Probe
+from runner.machine.world import SHARDED, ZERO_STAGES, fsdp_version
 from runner.spec.typed import Spec
 
 Device = Literal["cuda", "mps", "cpu"]
@@ -28,7 +29,7 @@ class Profile:
     attn_implementation: str
     memory_mib: int = 0  # what the device has: the GPU's total, or the machine's RAM
     processes: int = 1  # data-parallel training processes (accelerate launch when above 1)
-    distributed: Literal["none", "ddp", "fsdp"] = "none"  # how the processes share training
+    distributed: Literal["none", "ddp", "fsdp", "zero2", "zero3"] = "none"  # how the processes share training
     threads: int = 1  # CPU intra-op threads per process; the train stage sets torch to exactly this
     reasons: tuple[str, ...] = field(default=())
 
@@ -66,7 +67,7 @@ def resolve_profile(spec: Spec, probe: Probe) -> Profile:
     dtype = _dtype(spec, probe, device, d)
     quant = _quantization(spec, probe, device, d)
     processes = _processes(spec, probe, device, d)
-    distributed = _distributed(spec, device, processes, d)
+    distributed = _distributed(spec, probe, device, processes, d)
     optimizer = _optimizer(spec, probe, device, distributed, d)
     micro, accum = _batch(spec, device, processes, d)
     threads = _threads(probe, device, processes, d)
@@ -149,11 +150,13 @@ def _optimizer(spec: Spec, probe: Probe, device: Device, distributed: str, d: _D
     eight_bit_ok = device == "cuda" and probe.bitsandbytes is not None
     # FSDP's optimizer state dict cannot take bitsandbytes' 8-bit state (nested dicts): a run could
     # not resume from its checkpoints. The LoRA states are small and FSDP shards them anyway.
-    why = "FSDP cannot reshard bitsandbytes' 8-bit optimizer state to resume from a checkpoint"
-    if distributed == "fsdp" and wanted == "auto":
+    # ZeRO partitions the optimizer's fp32 states itself, and takes bitsandbytes' 8-bit ones untested.
+    why = ("FSDP cannot reshard bitsandbytes' 8-bit optimizer state to resume from a checkpoint" if distributed == "fsdp"
+           else "DeepSpeed ZeRO partitions the optimizer states itself (fp32 Adam)")
+    if distributed in SHARDED and wanted == "auto":
         d.note(f"optimizer adamw_torch: {why}")
         return "adamw_torch"
-    if distributed == "fsdp" and wanted != "adamw_torch":
+    if distributed in SHARDED and wanted != "adamw_torch":
         d.cannot(f"train.optimizer {wanted}: {why}", "set train.optimizer: adamw_torch", "adamw_torch")
         return "adamw_torch"
     if wanted == "auto":
@@ -185,22 +188,37 @@ def _processes(spec: Spec, probe: Probe, device: Device, d: _Decisions) -> int:
     return n
 
 
-def _distributed(spec: Spec, device: Device, processes: int, d: _Decisions) -> Literal["none", "ddp", "fsdp"]:
+def _distributed(spec: Spec, probe: Probe, device: Device, processes: int,
+                 d: _Decisions) -> Literal["none", "ddp", "fsdp", "zero2", "zero3"]:
     wanted = spec.hardware.distributed
     if processes == 1:
-        if wanted == "fsdp":
-            d.note("hardware.distributed fsdp: one process, nothing to shard")
+        if wanted in SHARDED:
+            d.note(f"hardware.distributed {wanted}: one process, nothing to shard")
         return "none"
-    if wanted == "fsdp" and device != "cuda":
-        d.cannot(f"hardware.distributed fsdp: Accelerate's FSDP needs GPUs, not {device}",
-                 "set hardware.distributed: ddp", "DDP")
-        return "ddp"
     if wanted == "auto":
-        d.note(f"DDP over the {processes} processes" + (" (hardware.distributed: fsdp shards the model instead)"
-                                                        if device == "cuda" else ""))
+        d.note(f"DDP over the {processes} processes" + (" (hardware.distributed: fsdp, zero2 or zero3 shards the "
+                                                        "model instead)" if device == "cuda" else ""))
         return "ddp"
-    d.note(f"{wanted.upper()} over the {processes} processes: asked for by the spec")
+    refusal = _sharding_refusal(wanted, probe, device)
+    if refusal:
+        d.cannot(f"hardware.distributed {wanted}: {refusal}", "set hardware.distributed: ddp", "DDP")
+        return "ddp"
+    how = {"fsdp": f"FSDP{fsdp_version(probe.torch)}", "zero2": "DeepSpeed ZeRO-2", "zero3": "DeepSpeed ZeRO-3"}
+    d.note(f"{how.get(wanted, wanted.upper())} over the {processes} processes: asked for by the spec"
+           + (" (gloo on CPU)" if device == "cpu" else ""))
     return wanted
+
+
+def _sharding_refusal(wanted: str, probe: Probe, device: Device) -> str | None:
+    """Why this machine cannot shard as asked, or None. FSDP on CPU is FSDP2 only (FSDP1 needs a GPU
+    per process); DeepSpeed runs on CUDA and, with its CPU accelerator, on CPU; neither on MPS."""
+    if wanted == "fsdp" and device == "cpu" and fsdp_version(probe.torch) == 1:
+        return f"FSDP on cpu needs FSDP2, which needs torch >= 2.6 (installed: {probe.torch})"
+    if wanted in ZERO_STAGES and probe.deepspeed is None:
+        return "DeepSpeed is not installed: pip install 'qlora-runner[deepspeed]'"
+    if wanted in SHARDED and device == "mps":
+        return "neither FSDP nor DeepSpeed runs on mps"
+    return None
 
 
 def _batch(spec: Spec, device: Device, processes: int, d: _Decisions) -> tuple[int, int]:

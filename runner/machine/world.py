@@ -19,6 +19,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from runner.core.errors import ProfileError
 from runner.machine.probe import Probe
@@ -89,7 +90,8 @@ def launch_command(processes: int, distributed: str, nodes: Nodes, context: Path
                  "--main_process_ip", nodes.address, "--main_process_port", str(nodes.port)]
     else:
         where = ["--num_machines", "1", "--main_process_port", str(nodes.port or free_port())]
-    return [sys.executable, "-m", "accelerate.commands.launch", *sharing_arguments(distributed),
+    sharing = sharing_arguments(distributed, deepspeed_config_path(context))
+    return [sys.executable, "-m", "accelerate.commands.launch", *sharing,
             "--num_processes", str(processes), *where, "--mixed_precision", "no", "--dynamo_backend", "no",
             "-m", "runner.stages.train.worker", str(context)]
 
@@ -111,17 +113,48 @@ def failure_file(work: Path, nodes: Nodes) -> Path:
     return work / f"stopped-node-{nodes.rank}.txt"
 
 
-def sharing_arguments(distributed: str) -> list[str]:
-    """`accelerate launch` options for how the processes share training."""
+SHARDED = ("fsdp", "zero2", "zero3")  # the ways of training that split model states over the processes
+ZERO_STAGES = {"zero2": 2, "zero3": 3}
+
+
+def fsdp_version(torch_version: str | None = None) -> int:
+    """FSDP2 (torch's fully_shard: each parameter its own DTensor shard) where torch has it, as
+    Accelerate requires (torch >= 2.6); FSDP1 (flat parameters, GPUs only) before. Read from the
+    installed distribution's metadata: this module stays light."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        text = torch_version or version("torch")
+    except PackageNotFoundError:
+        return 2
+    major, minor = (int("".join(c for c in part if c.isdigit()) or 0) for part in text.split(".")[:2])
+    return 2 if (major, minor) >= (2, 6) else 1
+
+
+def sharing_arguments(distributed: str, deepspeed_config: Path | None = None, version: int | None = None) -> list[str]:
+    """`accelerate launch` options for how the processes share training. ZeRO reads its settings from
+    `deepspeed_config` (deepspeed_settings, written beside the worker's context)."""
+    if distributed in ZERO_STAGES:
+        # The standard launcher (torchrun's rendezvous, as DDP and FSDP use) across nodes, not
+        # DeepSpeed's own pdsh/ssh one: the nodes are started by `runner run` on each.
+        return ["--use_deepspeed", "--deepspeed_config_file", str(deepspeed_config),
+                "--deepspeed_multinode_launcher", "standard"]
     if distributed != "fsdp":
         # --multi_gpu with use_cpu set in the Trainer gives real gloo processes on CPU; `--cpu` alone
         # silently runs a single one.
         return ["--multi_gpu"]
-    # FSDP-QLoRA as PEFT and bitsandbytes document it: every decoder layer (the model's own
-    # _no_split_modules) its own unit, fully sharded; flat parameters (use_orig_params false: the
-    # Trainer wraps the LoRA layers apart, so each unit is all-trainable or all-frozen); module
-    # states synchronised from rank 0; the full adapter gathered to save. (transformers 5 still loads
-    # a 4-bit model whole in every process before FSDP shards it: the memory estimate counts that.)
+    if (version or fsdp_version()) == 2:
+        # FSDP2, as Accelerate and PEFT document FSDP-QLoRA on it: every decoder layer (the model's own
+        # _no_split_modules) its own unit, resharded after its forward (FULL_SHARD); each parameter
+        # sharded on its own, so frozen 4-bit weights (stored in the compute dtype: loading.py) and
+        # trainable LoRA matrices share a unit; the full adapter gathered to save. (transformers 5
+        # still loads a 4-bit model whole in every process before FSDP shards it: the memory estimate
+        # counts that.)
+        return ["--use_fsdp", "--fsdp_version", "2", "--fsdp_reshard_after_forward", "true",
+                "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP", "--fsdp_state_dict_type", "FULL_STATE_DICT",
+                "--fsdp_cpu_ram_efficient_loading", "true", "--fsdp_offload_params", "false"]
+    # FSDP1 (torch < 2.6): flat parameters (use_orig_params false: the Trainer wraps the LoRA layers
+    # apart, so each unit is all-trainable or all-frozen); module states synchronised from rank 0.
     return ["--use_fsdp", "--fsdp_version", "1", "--fsdp_sharding_strategy", "FULL_SHARD",
             "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP", "--fsdp_backward_prefetch", "BACKWARD_PRE",
             "--fsdp_state_dict_type", "FULL_STATE_DICT", "--fsdp_use_orig_params", "false",
@@ -129,12 +162,40 @@ def sharing_arguments(distributed: str) -> list[str]:
             "--fsdp_offload_params", "false"]
 
 
-def sharing_environment(distributed: str) -> dict[str, str]:
-    """Settings Accelerate reads from the environment only. Under FSDP: leave the rotary embedding
+def deepspeed_settings(distributed: str, dtype: str, device: str) -> dict[str, Any]:
+    """DeepSpeed's configuration for ZeRO-2 or ZeRO-3, as Accelerate takes it in a file. Batch sizes,
+    clipping and precision are "auto": the Trainer fills them from its own arguments (the fitted
+    profile), so they are said once. The optimizer is the Trainer's (adamw_torch), which ZeRO wraps and
+    partitions; DeepSpeed calls any optimizer not its own "untested". ZeRO-3 gathers the 16-bit
+    weights on save, so the saved adapter is whole (PEFT's and Accelerate's ZeRO-3 recipe)."""
+    zero: dict[str, Any] = {"stage": ZERO_STAGES[distributed], "overlap_comm": False, "contiguous_gradients": True,
+                            "reduce_bucket_size": "auto"}
+    if distributed == "zero3":
+        zero |= {"stage3_prefetch_bucket_size": "auto", "stage3_param_persistence_threshold": "auto",
+                 "stage3_gather_16bit_weights_on_model_save": True}
+    return {"zero_optimization": zero, "train_micro_batch_size_per_gpu": "auto", "train_batch_size": "auto",
+            "gradient_accumulation_steps": "auto", "gradient_clipping": "auto",
+            "bf16": {"enabled": dtype == "bf16" and device == "cuda"},
+            "fp16": {"enabled": dtype == "fp16" and device == "cuda"},
+            "zero_allow_untested_optimizer": True, "wall_clock_breakdown": False}
+
+
+def deepspeed_config_path(context: Path) -> Path:
+    """Where the DeepSpeed configuration lives: beside the worker's context, in the train key's work
+    folder, which every node sees (the store is shared)."""
+    return context.parent / "deepspeed.json"
+
+
+def sharing_environment(distributed: str, device: str = "cuda") -> dict[str, str]:
+    """Settings the libraries read from the environment only. Under FSDP: leave the rotary embedding
     out of FSDP's units, whose mixed precision would round its fp32 frequencies to bf16 at the first
     forward (the angles then drift with the position, and training would not see the positions
-    export and eval see)."""
-    return {"FSDP_IGNORED_MODULES": r".*\.rotary_emb"} if distributed == "fsdp" else {}
+    export and eval see). Under ZeRO on CPU: DeepSpeed's CPU accelerator (it would look for CUDA)."""
+    if distributed == "fsdp":
+        return {"FSDP_IGNORED_MODULES": r".*\.rotary_emb"}
+    if distributed in ZERO_STAGES and device == "cpu":
+        return {"DS_ACCELERATOR": "cpu"}
+    return {}
 
 
 def free_port() -> int:

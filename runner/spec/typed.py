@@ -211,7 +211,7 @@ class Hardware:
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     on_unsupported: Literal["error", "fallback"] = "fallback"
     processes: int | Literal["auto"] = "auto"
-    distributed: Literal["auto", "ddp", "fsdp"] = "auto"
+    distributed: Literal["auto", "ddp", "fsdp", "zero2", "zero3"] = "auto"
 
 
 @dataclass(frozen=True)

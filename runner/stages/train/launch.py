@@ -1,5 +1,5 @@
-"""Training in several processes with Hugging Face Accelerate (DDP, or FSDP for models one GPU cannot
-hold), the engine multi-GPU users already run, rather than a launcher of our own.
+"""Training in several processes with Hugging Face Accelerate (DDP; FSDP2 or DeepSpeed ZeRO-2/3 for
+models one GPU cannot hold), the engine multi-GPU users already run, rather than a launcher of our own.
 
 The train stage hands its context to `accelerate launch -m runner.stages.train.worker`; every process
 runs the same Trainer code (Accelerate sets up the process group: NCCL on GPUs, gloo on CPU), and
@@ -19,6 +19,9 @@ from runner.core.errors import StageError
 from runner.core.stage import StageContext
 from runner.machine.profile import Profile
 from runner.machine.world import (
+    ZERO_STAGES,
+    deepspeed_config_path,
+    deepspeed_settings,
     failure_file,
     launch_command,
     launch_failure,
@@ -46,12 +49,16 @@ def launch(ctx: StageContext) -> None:
     nodes = nodes_from_environment()
     local = nodes.per_node(n)
     path = write_context(ctx)
+    if ctx.profile.distributed in ZERO_STAGES:  # read by every node's launcher (the work folder is shared)
+        deepspeed_config_path(path).write_text(json.dumps(
+            deepspeed_settings(ctx.profile.distributed, ctx.profile.dtype, ctx.profile.device), indent=1), "utf-8")
     failure_file(ctx.work, nodes).unlink(missing_ok=True)
     command = launch_command(n, ctx.profile.distributed, nodes, path)
     # The profile's threads per process (the cores shared out, so they are not oversubscribed): every
     # library in the workers reads OMP_NUM_THREADS, and train_here sets torch's count to it as well.
-    env = {**os.environ, **sharing_environment(ctx.profile.distributed), "OMP_NUM_THREADS": str(ctx.profile.threads)}
-    how = "FSDP" if ctx.profile.distributed == "fsdp" else "gloo on CPU" if ctx.profile.device == "cpu" else "DDP"
+    env = {**os.environ, **sharing_environment(ctx.profile.distributed, ctx.profile.device),
+           "OMP_NUM_THREADS": str(ctx.profile.threads)}
+    how = _how(ctx.profile)
     if nodes.many:
         ctx.log(f"train: launching {local} of {n} processes on node 0 of {nodes.count} with accelerate ({how}), "
                 f"rendezvous at {nodes.address}:{nodes.port}")
@@ -60,6 +67,14 @@ def launch(ctx: StageContext) -> None:
     code = run_launcher(command, env)
     if code != 0:
         raise StageError(launch_failure(ctx.work, n, nodes, code))
+
+
+def _how(profile: Profile) -> str:
+    """How the processes share training, for the log: "FSDP", "DeepSpeed ZeRO-3, gloo on CPU", ..."""
+    sharing = {"fsdp": "FSDP", "zero2": "DeepSpeed ZeRO-2", "zero3": "DeepSpeed ZeRO-3"}.get(profile.distributed)
+    if profile.device == "cpu":
+        return ", ".join(filter(None, (sharing, "gloo on CPU")))
+    return sharing or "DDP"
 
 
 def check_shared_store(work: Path, patience: float = 20.0) -> None:
@@ -100,16 +115,54 @@ def _says(path: Path, token: str) -> bool:
 
 def world_of(trainer: Any) -> dict[str, Any]:
     """The world the Trainer really trained in, read from it and from torch (not what was asked for):
-    a 4-bit base that silently trains at world size 1 shows here."""
+    a 4-bit base that silently trains at world size 1 shows here, and so does a sharding asked for
+    that the libraries quietly turned into DDP (Accelerate does that to FSDP on CPU: see fsdp_on_cpu)."""
     import torch.distributed as dist
 
     size = int(trainer.args.world_size)
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if size > 1 else 1
-    sharding = ("fsdp" if getattr(trainer, "is_fsdp_enabled", False) else "deepspeed"
-                if getattr(trainer, "is_deepspeed_enabled", False) else "ddp" if size > 1 else "none")
     return {"world_size": size, "nodes": max(1, size // local), "processes_per_node": local,
             "backend": dist.get_backend() if dist.is_available() and dist.is_initialized() else None,
-            "sharding": sharding, "device": trainer.args.device.type}
+            "sharding": sharding_of(trainer), "device": trainer.args.device.type}
+
+
+def sharding_of(trainer: Any) -> str:
+    """How the model was really wrapped: fsdp (torch's FSDP2 module or FSDP1 wrapper), zero2/zero3 (a
+    DeepSpeed engine and its stage), ddp, or none. Read from the wrapper, not the Trainer's flags: they
+    say what Accelerate was configured for, which is not always what it did."""
+    wrappers = {c.__name__ for m in (trainer.model, trainer.model_wrapped) for c in type(m).__mro__}
+    if wrappers & {"FSDPModule", "FullyShardedDataParallel"}:
+        return "fsdp"
+    if "DeepSpeedEngine" in wrappers:
+        return f"zero{trainer.model_wrapped.zero_optimization_stage()}"
+    return "ddp" if "DistributedDataParallel" in wrappers else "none"
+
+
+def check_world(world: dict[str, Any], profile: Profile) -> None:
+    """Stop, before anything is saved, when the trainer did not train in the world that was launched:
+    another world size (each process training alone: Axolotl's DDP-QLoRA bug) or another sharding.
+    The same line in every process."""
+    wanted = profile.distributed if profile.processes > 1 else "none"
+    if world["world_size"] != profile.processes or world["sharding"] != wanted:
+        raise StageError(f"train: launched {profile.processes} process(es) with {wanted}, but the trainer ran at "
+                         f"world size {world['world_size']} with {world['sharding']}: nothing was saved; rerun with "
+                         "--debug and report it, or set hardware.processes: 1")
+
+
+def fsdp_on_cpu() -> None:
+    """FSDP on CPU: Accelerate maps every CPU launch to MULTI_CPU (DDP over gloo) and drops its FSDP
+    plugin without a word, though torch's FSDP2 (fully_shard) runs on CPU with gloo. So the worker
+    sets up Accelerate's state itself, as transformers' `use_configured_state` lets it (see
+    trainer.training_kwargs), and marks it FSDP with the plugin the launcher's FSDP_* environment
+    describes. sharding_of then checks that the model really was sharded."""
+    from accelerate import Accelerator
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    state = Accelerator(cpu=True).state  # the gloo process group, and Accelerate's shared state
+    state.fsdp_plugin = FullyShardedDataParallelPlugin()
+    state.distributed_type = DistributedType.FSDP
+    PartialState().distributed_type = DistributedType.FSDP  # every AcceleratorState copies it from here
 
 
 def write_context(ctx: StageContext) -> Path:
@@ -132,3 +185,4 @@ def context_from(path: Path) -> StageContext:
                         upstream={k: Path(v) for k, v in payload["upstream"].items()},
                         files={k: Path(v) for k, v in payload["files"].items()},
                         log=(lambda message: print(f"[runner] {message}", flush=True)) if is_main_process() else (lambda m: None))
+

@@ -20,8 +20,9 @@ from typing import Any
 from runner.core.errors import StageError
 from runner.core.outputs import TrainSummary
 from runner.core.stage import StageContext
+from runner.machine.world import SHARDED
 from runner.models.loading import cpu_threads
-from runner.stages.train.launch import is_main_process, world_of
+from runner.stages.train.launch import check_world, is_main_process, world_of
 from runner.stages.train.preference import PREFERENCE_METHODS, build_preference_trainer, preference_summary
 from runner.stages.train.trainer import attach_lora, build_trainer, close_progress
 
@@ -37,7 +38,7 @@ class Ready:
     metrics: Path  # the metrics log, in the work folder: it outlives a killed attempt
     trainable: int
     total: int
-    sharded: bool  # FSDP
+    sharded: bool  # FSDP or DeepSpeed ZeRO (runner.machine.world.SHARDED)
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ def setup(ctx: StageContext) -> Ready:
     model, trainable, total = _setup_model(ctx)
     metrics = _setup_metrics(ctx)
     return Ready(model=model, pad_id=pad_id, train_rows=train_rows, val_rows=val_rows, metrics=metrics,
-                 trainable=trainable, total=total, sharded=ctx.profile.distributed == "fsdp")
+                 trainable=trainable, total=total, sharded=ctx.profile.distributed in SHARDED)
 
 
 def _setup_data(ctx: StageContext) -> tuple[int, Any, Any]:
@@ -95,7 +96,7 @@ def _setup_model(ctx: StageContext) -> tuple[Any, int, int]:
     """(the base model with its adapters, trainable parameters, all parameters)."""
     from runner.models.loading import load_base
 
-    sharded = ctx.profile.distributed == "fsdp"
+    sharded = ctx.profile.distributed in SHARDED
     base = load_base(ctx.upstream["model"], ctx.spec, ctx.profile, sharded=sharded)
     if ctx.spec.train.init_adapter is not None:  # chaining: the earlier run's adapter, trained on
         from runner.stages.train.chaining import attach_init_adapter
@@ -147,6 +148,7 @@ def train(ctx: StageContext, ready: Ready) -> Trained:
     trained = train_with_retries(make_trainer, ctx.profile.micro_batch_size, per_process, ctx.work / "checkpoints",
                                  ctx.log, sharded=ready.sharded)
     world = world_of(trained.trainer)
+    check_world(world, ctx.profile)
     if world["world_size"] > 1:
         ctx.log(f"train: trained in {world['world_size']} processes ({world['backend']})"
                 + (f" on {world['nodes']} nodes" if world["nodes"] > 1 else ""))

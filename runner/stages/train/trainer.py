@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.machine.profile import Profile
+from runner.machine.world import SHARDED, ZERO_STAGES, fsdp_version
 from runner.rows.mixture import is_mixture
 from runner.spec.typed import Spec
 
@@ -49,7 +50,7 @@ def build_trainer(model: Any, spec: Spec, profile: Profile, work: Path, train_ro
     from runner.stages.train.batches import PackCollator, PadCollator, QuietProgress
     from runner.stages.train.validation import KeepBest, ValidatingTrainer
 
-    sharded = profile.distributed == "fsdp"
+    sharded = profile.distributed in SHARDED
     sharded_eval = sharded and len(val_rows) > 0  # see loop.train_with_retries
     collate = PackCollator(pad_id, spec.data.max_length) if spec.train.packing else PadCollator(pad_id)
     callbacks = callbacks_for(spec, profile, work, metrics)
@@ -57,7 +58,9 @@ def build_trainer(model: Any, spec: Spec, profile: Profile, work: Path, train_ro
     if stopping is not None:
         # KeepBest first: it compares with the best metric before the Trainer updates it.
         callbacks += [KeepBest(work / "best"), EarlyStoppingCallback(stopping.patience, stopping.min_delta)]
-    cls = Trainer if sharded else ValidatingTrainer
+    # FSDP1 wraps the model in a new module, which our validation would bypass (FSDP2 shards it in
+    # place, DeepSpeed hooks into it): there, the Trainer's own evaluation.
+    cls = Trainer if profile.distributed == "fsdp" and fsdp_version() == 1 else ValidatingTrainer
     trainer = cls(model=model, args=training_args(spec, profile, work / "checkpoints", eval_on_start=sharded_eval),
                   train_dataset=train_rows, eval_dataset=val_rows if len(val_rows) else None,
                   data_collator=collate, callbacks=callbacks)
@@ -109,7 +112,9 @@ def training_kwargs(spec: Spec, profile: Profile, output_dir: Path, eval_on_star
         max_grad_norm=t.max_grad_norm, optim=profile.optimizer,
         bf16=profile.dtype == "bf16" and profile.device == "cuda",
         fp16=profile.dtype == "fp16" and profile.device == "cuda",
-        use_cpu=profile.device == "cpu", activation_checkpointing=False,  # enabled on the model (attach_lora; 5.23 renamed gradient_)
+        # ZeRO on CPU: Accelerate picks DeepSpeed only when not told to use the CPU (its CPU
+        # accelerator, DS_ACCELERATOR=cpu, places everything there).
+        use_cpu=profile.device == "cpu" and profile.distributed not in ZERO_STAGES, activation_checkpointing=False,  # enabled on the model (attach_lora; 5.23 renamed gradient_)
         logging_steps=t.logging_steps, save_steps=t.save_steps, save_total_limit=2, save_only_model=False,
         # Not train_sampling_strategy="group_by_length": its order is not seeded per epoch, so a run
         # resumed mid-epoch would see other batches than an uninterrupted one (the crash tests caught it).
@@ -125,4 +130,6 @@ def training_kwargs(spec: Spec, profile: Profile, output_dir: Path, eval_on_star
         restore_callback_states_from_checkpoint=t.early_stopping is not None,
         # every adapter takes part in every forward: DDP need not walk the graph for unused ones
         ddp_find_unused_parameters=False,
+        # FSDP on CPU: the worker set Accelerate's state up (launch.fsdp_on_cpu); the Trainer keeps it.
+        accelerator_config={"use_configured_state": profile.distributed == "fsdp" and profile.device == "cpu"},
     )

@@ -11,7 +11,7 @@ from pathlib import Path
 from runner.core.errors import RunnerError
 from runner.core.signals import Interrupted
 from runner.machine.world import failure_file, nodes_from_environment
-from runner.stages.train.launch import check_shared_store, context_from, rank
+from runner.stages.train.launch import check_shared_store, context_from, fsdp_on_cpu, rank
 from runner.stages.train.loop import train_here
 
 
@@ -32,6 +32,8 @@ def main(context: Path) -> int:
             # backend it would pick itself), to check the store is shared before any training.
             dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
             check_shared_store(ctx.work)
+        if ctx.profile.distributed == "fsdp" and ctx.profile.device == "cpu":
+            fsdp_on_cpu()  # after the multi-node group above: Accelerate reuses an initialised one
         train_here(ctx)
     except RunnerError as exc:
         if isinstance(exc, Interrupted):
