@@ -81,7 +81,8 @@ class Setup:
     seq_len: int
     checkpointing: bool
     fused_attention: bool  # SDPA's flash / memory-efficient kernels (CUDA, and CPU's flash kernel); MPS: the math path
-    shards: int = 1  # FSDP processes: weights, LoRA parameters, gradients and optimizer states split over them
+    shards: int = 1  # FSDP/ZeRO processes: weights, LoRA parameters, gradients and optimizer states split over them
+    shard_weights: bool = True  # False under ZeRO-2: the weights stay whole, only gradients and optimizer states split
     autocast: bool = False  # mixed precision (the Trainer's bf16 / fp16 on CUDA): autocast casts per operation
     device: str = "cuda"  # dropout on CPU keeps an input-dtype noise tensor for backward; CUDA and MPS a 1-byte mask
     packed_len: int = 0  # train.packing: the packed row's capacity (data.max_length); 0 when each example is a row
@@ -118,7 +119,7 @@ def estimate(shape: Shape, s: Setup) -> Estimate:
     lora: float = _lora_state(shape, s, targeted)  # weights, gradients, optimizer states
     load = 0
     if s.shards > 1:
-        weights, lora, load = _sharded(shape, s, weights, lora)
+        weights, lora, load = _sharded(shape, s, weights, lora) if s.shard_weights else _zero2(shape, s, lora)
     activations, recompute = _activations(shape, s, targeted)
     attention = 0 if s.fused_attention else 2 * 4 * _scores(shape, s)  # fp32 scores and gradients, one layer
     return Estimate(weights=int(weights), lora=int(lora), activations=int(activations),
@@ -171,6 +172,26 @@ def _sharded(shape: Shape, s: Setup, weights: float, lora: float) -> tuple[float
     and backward. transformers 5 loads a 4-bit model whole in every process first: that is a peak
     of its own."""
     return weights / s.shards + 2 * weights / shape.layers, lora / s.shards, int(weights)
+
+
+def _zero2(shape: Shape, s: Setup, lora: float) -> tuple[float, float, int]:
+    """(weights, LoRA state, load) per process under DeepSpeed ZeRO-2: the weights and the LoRA
+    matrices whole in every process; 1/n of the LoRA gradients and optimizer states, plus the bucket
+    gradients are reduced through (DeepSpeed's "auto" reduce_bucket_size is hidden^2 values, in fp32;
+    LoRA's gradients often fit in less). No load peak of its own: nothing is sharded after loading."""
+    optimizer_bytes = 2 if s.eight_bit_optimizer else 8
+    params = lora / (4 + 4 + optimizer_bytes)  # _lora_state's bytes per LoRA parameter
+    bucket = 4 * min(shape.hidden**2, params)
+    return _weights(shape, s), params * (4 + (4 + optimizer_bytes) / s.shards) + bucket, 0
+
+
+def sharded_setup(setup: Setup, distributed: str, processes: int) -> Setup:
+    """The setup as one of `processes` processes sees it: FSDP and ZeRO-3 split weights, LoRA weights,
+    gradients and optimizer states over them (with one layer gathered whole at a time); ZeRO-2 only
+    the gradients and optimizer states; DDP nothing."""
+    if processes == 1 or distributed not in ("fsdp", "zero2", "zero3"):
+        return setup
+    return replace(setup, shards=processes, shard_weights=distributed != "zero2")
 
 
 def _activations(shape: Shape, s: Setup, targeted: dict[str, tuple[int, int]]) -> tuple[int, int]:
@@ -302,8 +323,7 @@ def fit_profile(spec: Any, profile: Any, config: dict[str, Any], seq_len: int) -
     budget = int(profile.memory_mib * 2**20 * MEMORY_BUDGET)
     per_process = spec.train.batch_size // profile.processes  # each process holds its own micro-batch
     setup = setup_for(spec, profile, seq_len)
-    if profile.distributed == "fsdp":
-        setup = replace(setup, shards=profile.processes)
+    setup = sharded_setup(setup, profile.distributed, profile.processes)
     return fit(Shape.from_config(config), setup, per_process, budget,
                may_checkpoint=spec.train.gradient_checkpointing == "auto",
                may_shrink=spec.train.micro_batch_size == "auto")

@@ -196,8 +196,8 @@ def _distributed(spec: Spec, probe: Probe, device: Device, processes: int,
             d.note(f"hardware.distributed {wanted}: one process, nothing to shard")
         return "none"
     if wanted == "auto":
-        d.note(f"DDP over the {processes} processes" + (" (hardware.distributed: fsdp, zero2 or zero3 shards the "
-                                                        "model instead)" if device == "cuda" else ""))
+        d.note(f"DDP over the {processes} processes" + (" (hardware.distributed: fsdp shards the model instead, "
+                                                        "as zero3 does with DeepSpeed)" if device == "cuda" else ""))
         return "ddp"
     refusal = _sharding_refusal(wanted, probe, device)
     if refusal:

@@ -135,11 +135,14 @@ def test_how_several_processes_share_training(tmp_path: Path) -> None:
     one = resolve_profile(spec(tmp_path, "hardware: {distributed: fsdp}\n"), A100)
     assert one.distributed == "none" and "distributed" not in one.key_fields()
     assert auto.key_fields()["distributed"] == "ddp"
-    # Accelerate's FSDP has no CPU backend: the spec's policy decides.
+    # FSDP on CPU is FSDP2 (gloo), which needs torch >= 2.6: before that, the spec's policy decides.
     cpu = resolve_profile(spec(tmp_path, "hardware: {processes: 2, distributed: fsdp}\n"), CPU)
-    assert cpu.distributed == "ddp" and any("FSDP needs GPUs, not cpu: falling back to DDP" in r for r in cpu.reasons)
+    assert cpu.distributed == "fsdp" and any("FSDP2 over the 2 processes" in r for r in cpu.reasons)
+    old = replace(CPU, torch="2.5.1+cpu")
+    cpu = resolve_profile(spec(tmp_path, "hardware: {processes: 2, distributed: fsdp}\n"), old)
+    assert cpu.distributed == "ddp" and any("FSDP on cpu needs FSDP2, which needs torch >= 2.6" in r for r in cpu.reasons)
     with pytest.raises(ProfileError, match="set hardware.distributed: ddp, or set hardware.on_unsupported: fallback"):
-        resolve_profile(spec(tmp_path, "hardware: {processes: 2, distributed: fsdp, on_unsupported: error}\n"), CPU)
+        resolve_profile(spec(tmp_path, "hardware: {processes: 2, distributed: fsdp, on_unsupported: error}\n"), old)
     assert resolve_profile(spec(tmp_path, "hardware: {processes: 2}\n"), CPU).distributed == "ddp"
 
 

@@ -112,9 +112,11 @@ def training_kwargs(spec: Spec, profile: Profile, output_dir: Path, eval_on_star
         max_grad_norm=t.max_grad_norm, optim=profile.optimizer,
         bf16=profile.dtype == "bf16" and profile.device == "cuda",
         fp16=profile.dtype == "fp16" and profile.device == "cuda",
-        # ZeRO on CPU: Accelerate picks DeepSpeed only when not told to use the CPU (its CPU
-        # accelerator, DS_ACCELERATOR=cpu, places everything there).
-        use_cpu=profile.device == "cpu" and profile.distributed not in ZERO_STAGES, activation_checkpointing=False,  # enabled on the model (attach_lora; 5.23 renamed gradient_)
+        # ZeRO on CPU: Accelerate picks DeepSpeed only when not told to use the CPU (DeepSpeed's CPU
+        # accelerator, DS_ACCELERATOR=cpu, places everything there), and counts its processes only
+        # when named a backend (else it finds no GPU backend and says world size 1).
+        use_cpu=profile.device == "cpu" and profile.distributed not in ZERO_STAGES, activation_checkpointing=False,
+        ddp_backend="gloo" if profile.device == "cpu" and profile.distributed in ZERO_STAGES else None,  # enabled on the model (attach_lora; 5.23 renamed gradient_)
         logging_steps=t.logging_steps, save_steps=t.save_steps, save_total_limit=2, save_only_model=False,
         # Not train_sampling_strategy="group_by_length": its order is not seeded per epoch, so a run
         # resumed mid-epoch would see other batches than an uninterrupted one (the crash tests caught it).
