@@ -18,7 +18,8 @@ from runner.core.outputs import OutputError
 from runner.core.outputs import RunRecord as Written  # the file as read and written; RunRecord below is the run's own
 from runner.core.store import write_error
 
-LIBRARIES = ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate", "tokenizers")
+LIBRARIES = ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate", "tokenizers",
+             "deepspeed")  # deepspeed: the extra behind hardware.distributed zero2|zero3 (None without it)
 
 
 @dataclass
