@@ -31,8 +31,8 @@ def test_two_processes_train_one_adapter_and_the_loss_falls(tiny: Tiny, tmp_path
 
 
 def test_fsdp_launch_options_are_what_accelerate_turns_into_fsdp_qlora_settings() -> None:
-    # FSDP itself needs GPUs (Accelerate refuses CPU); this checks the options with Accelerate's own
-    # parser and environment builder, as `accelerate launch` hands them to each process.
+    # Checked with Accelerate's own parser and environment builder, as `accelerate launch` hands them to
+    # each process (tests/integration/test_sharding.py runs FSDP2 itself, on CPU).
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
     from accelerate.utils.launch import prepare_multi_gpu_env
 
@@ -42,11 +42,11 @@ def test_fsdp_launch_options_are_what_accelerate_turns_into_fsdp_qlora_settings(
                                                "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                                                "-m", "runner.stages.train.worker", "launch.json"])
     env = prepare_multi_gpu_env(_validate_launch_command(args)[0])
-    assert {k: env[k] for k in ("ACCELERATE_USE_FSDP", "FSDP_SHARDING_STRATEGY", "FSDP_AUTO_WRAP_POLICY",
-                                "FSDP_USE_ORIG_PARAMS", "FSDP_CPU_RAM_EFFICIENT_LOADING", "FSDP_STATE_DICT_TYPE")} == {
-        "ACCELERATE_USE_FSDP": "true", "FSDP_SHARDING_STRATEGY": "FULL_SHARD",
-        "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP", "FSDP_USE_ORIG_PARAMS": "false",
-        "FSDP_CPU_RAM_EFFICIENT_LOADING": "true", "FSDP_STATE_DICT_TYPE": "FULL_STATE_DICT"}
+    assert {k: env[k] for k in ("ACCELERATE_USE_FSDP", "FSDP_VERSION", "FSDP_RESHARD_AFTER_FORWARD",
+                                "FSDP_AUTO_WRAP_POLICY", "FSDP_CPU_RAM_EFFICIENT_LOADING", "FSDP_STATE_DICT_TYPE")} == {
+        "ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_RESHARD_AFTER_FORWARD": "true",
+        "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP", "FSDP_CPU_RAM_EFFICIENT_LOADING": "true",
+        "FSDP_STATE_DICT_TYPE": "FULL_STATE_DICT"}
     assert "FSDP_TRANSFORMER_CLS_TO_WRAP" not in env  # the model's own _no_split_modules decide the units
     assert sharing_arguments("ddp") == ["--multi_gpu"] and sharing_environment("ddp") == {}
 
@@ -74,18 +74,6 @@ def test_fsdp_leaves_the_rotary_frequencies_out_of_its_mixed_precision(tiny: Tin
     matched = [n for n, _ in model.named_modules() if re.fullmatch(pattern, n)]
     assert matched == ["base_model.model.model.rotary_emb"]
     assert dict(model.named_modules())[matched[0]].inv_freq.dtype == torch.float32
-
-
-def test_fsdp_asked_on_cpu_trains_with_ddp_and_says_why(tiny: Tiny, tmp_path: Path) -> None:
-    spec = tmp_path / "fsdp.yaml"
-    spec.write_text(tiny.spec.read_text().replace("seed: 7", "seed: 7\nhardware: {processes: 2, distributed: fsdp}"))
-    plan = runner("plan", str(spec), "--store", str(tmp_path / "store"))
-    assert plan.returncode == 0, plan.stderr
-    assert "hardware.distributed fsdp: Accelerate's FSDP needs GPUs, not cpu: falling back to DDP" in plan.stdout
-    strict = tmp_path / "strict.yaml"
-    strict.write_text(spec.read_text().replace("distributed: fsdp}", "distributed: fsdp, on_unsupported: error}"))
-    refused = runner("plan", str(strict), "--store", str(tmp_path / "store"))
-    assert refused.returncode == 3 and "set hardware.distributed: ddp" in refused.stderr
 
 
 def test_a_stopped_run_stops_every_process_and_the_next_run_resumes(tiny: Tiny, tmp_path: Path) -> None:

@@ -109,3 +109,20 @@ def test_deepspeed_zero_on_cpu_trains_what_ddp_trains(stage: str, tiny: Tiny, dd
     train = only_artifact(store, "train")
     assert json.loads((train / "summary.json").read_text())["world"]["sharding"] == stage  # the engine's own stage
     assert_trains_as_ddp(train, ddp)
+
+
+def test_zero_launch_options_are_what_accelerate_hands_deepspeed(tmp_path: Path) -> None:
+    # Accelerate's own parser and environment builder, as `accelerate launch` starts each process.
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env
+
+    from runner.machine.world import Nodes, launch_command
+
+    command = launch_command(2, "zero3", Nodes(), tmp_path / "launch.json")
+    args = launch_command_parser().parse_args(command[command.index("accelerate.commands.launch") + 1:])
+    validated = _validate_launch_command(args)[0]
+    validated.deepspeed_fields_from_accelerate_config = ""  # as launch_command sets it: no `accelerate config` file
+    env = prepare_deepspeed_cmd_env(validated)[1]
+    assert env["ACCELERATE_USE_DEEPSPEED"] == "true"
+    assert env["ACCELERATE_DEEPSPEED_CONFIG_FILE"] == str(tmp_path / "deepspeed.json")
+    assert "ACCELERATE_USE_FSDP" not in env
