@@ -142,7 +142,7 @@ def train(ctx: StageContext, ready: Ready) -> Trained:
                              ready.pad_id, ready.metrics)
 
     if ready.sharded and ctx.spec.train.early_stopping is not None:
-        raise StageError("train.early_stopping: not supported under FSDP yet; remove it or train in one process "
+        raise StageError("train.early_stopping: not supported under FSDP or ZeRO yet; remove it or train in one process "
                          "(hardware.processes: 1)")
     per_process = ctx.spec.train.batch_size // ctx.profile.processes
     trained = train_with_retries(make_trainer, ctx.profile.micro_batch_size, per_process, ctx.work / "checkpoints",
@@ -215,7 +215,7 @@ def _smaller_after_oom(micro: int, batch_size: int, checkpoints: Path, log: Call
     from runner.machine.memory import halve
 
     if sharded:
-        raise StageError("train: out of memory under FSDP: lower train.micro_batch_size or data.max_length, "
+        raise StageError("train: out of memory under FSDP or ZeRO: lower train.micro_batch_size or data.max_length, "
                          "or turn on train.gradient_checkpointing") from None
     if micro == 1:
         raise StageError("train: out of memory even at micro-batch 1: lower data.max_length, turn on "
