@@ -10,9 +10,12 @@ quarter and GRPO must raise it, measured from the metrics log, not mocked.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
+import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -92,6 +95,44 @@ def test_grpo_raises_the_correct_answer_reward(chained: tuple[Path, Path, Path, 
     adapter = json.loads((train / "adapter" / "adapter_config.json").read_text())
     assert adapter["r"] == 16 and not (train / "adapter" / "ref").exists()
 
+
+
+def grpo_artifact(store: Path) -> Path:
+    [train] = [p for p in (store / "train").iterdir() if (p / "summary.json").is_file()
+               and json.loads((p / "summary.json").read_text()).get("method") == "grpo"]
+    return train
+
+
+def test_sigkill_mid_grpo_resumes_to_the_same_adapter(chained: tuple[Path, Path, Path, str], tmp_path: Path) -> None:
+    """Killed (SIGKILL) after a checkpoint, run again: the adapter is byte for byte the uninterrupted one's.
+
+    It holds because everything GRPO draws is restored or rebuilt from the seed: the Trainer's checkpoint
+    keeps the RNG states (Python, numpy, torch) it samples completions with and restores them on resume;
+    the prompts come from TRL's RepeatSampler, seeded, whose order the resumed run skips through; and a
+    generation batch is one optimizer step here (steps_per_generation is the gradient accumulation), so
+    no generated completions are buffered across a checkpoint."""
+    from tests.integration.test_crash import rows_in, start, wait_for
+
+    _, spec, store, _ = chained
+    whole = grpo_artifact(store)
+    want = hashlib.sha256((whole / "adapter" / "adapter_model.safetensors").read_bytes()).hexdigest()
+    # The same store without the GRPO result: the chain's SFT and the shared stages stay cached.
+    killed = tmp_path / "killed"
+    shutil.copytree(store, killed)
+    shutil.rmtree(grpo_artifact(killed))
+    proc = start(spec, killed)
+    assert wait_for(proc, rows_in(killed, 10, checkpoint=True)), "the run ended before the kill point"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = runner("run", str(spec), "--store", str(killed), "--only", "train")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "resuming from checkpoint-8" in done.stdout + done.stderr
+    again = grpo_artifact(killed)
+    assert again.name == whole.name  # the same key
+    got = hashlib.sha256((again / "adapter" / "adapter_model.safetensors").read_bytes()).hexdigest()
+    assert got == want
+    rows = [json.loads(line) for line in (again / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, 25))  # the log continues, no step twice
 
 def test_plan_shows_the_chain_cached_and_a_changed_sft_moves_the_grpo_key(
         chained: tuple[Path, Path, Path, str]) -> None:
