@@ -108,3 +108,65 @@ def test_sigkill_mid_dpo_resumes_to_the_same_adapter(tmp_path: Path) -> None:
     got = next(store.glob("train/*/adapter/adapter_model.safetensors")).read_bytes()
     assert got == want
     assert whole["steps"] == json.loads(next(store.glob("train/*/summary.json")).read_text())["steps"]
+
+
+CHAINED_SFT = """
+name: chained-sft
+seed: 7
+model:
+  source: init
+  init: {{hidden_size: 32, intermediate_size: 64, num_layers: 2, num_heads: 4, num_kv_heads: 2, vocab_size: 1024}}
+  quantization: nf4
+data: {{train: {{path: {demo}/medmc_train.jsonl}}, template: plain, max_rows: 48, max_length: 256}}
+lora: {{r: 8, alpha: 16, dropout: 0.0}}
+train: {{max_steps: 4, learning_rate: 3e-3, batch_size: 8, save_steps: 100}}
+"""
+
+
+def test_out_of_memory_in_a_chained_dpo_retries_with_a_smaller_micro_batch(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """DPO from an SFT adapter (train.init_adapter) keeps TRL's copy of the start as its reference ("ref").
+    An out-of-memory error (raised at step 4, after checkpoint-3: a CUDA one cannot happen on this CPU)
+    rebuilds the trainer over the same model, where TRL's add_adapter("ref") once failed on the copy the
+    first trainer made; the retry must train on from the checkpoint at half the micro-batch, against the
+    same reference: the starting adapter's weights, not the weights the failed attempt reached."""
+    import torch
+    from safetensors.torch import load_file
+
+    from runner import api
+    from runner.stages.train import loop
+    from tests.integration.test_memory_fit import OutOfMemoryAt
+
+    (tmp_path / "sft.yaml").write_text(CHAINED_SFT.format(demo=DEMO))
+    spec = write_spec(tmp_path, "dpo")
+    spec.write_text(spec.read_text().replace("train: {method: dpo, epochs: 2,",
+                                             "train: {method: dpo, init_adapter: {spec: sft.yaml}, max_steps: 8,"
+                                             " save_steps: 3, micro_batch_size: 8,").replace(", save_steps: 6}", "}"))
+    built: list[tuple[int, int]] = []
+    references: list[dict[str, torch.Tensor]] = []
+    real = loop.build_preference_trainer
+
+    def build(ctx, ready, profile):  # type: ignore[no-untyped-def]
+        built.append((profile.micro_batch_size, profile.gradient_accumulation))
+        trainer = real(ctx, ready, profile)
+        references.append({n.replace(".ref.", "."): p.detach().clone() for n, p in ready.model.named_parameters()
+                           if ".ref." in n})
+        if len(built) == 1:
+            trainer.add_callback(OutOfMemoryAt(step=4))
+        return trainer
+
+    monkeypatch.setattr(loop, "build_preference_trainer", build)
+    logs: list[str] = []
+    result = api.run(spec, store=tmp_path / "store", only="train", log=logs.append)
+    assert built == [(8, 1), (4, 2)]  # the effective batch stays 8
+    assert "train: out of memory at micro-batch 8: retrying with 4 x 2 accumulation from checkpoint-3" in logs
+    [sft_adapter] = [p for p in (tmp_path / "store" / "train").glob("*/adapter")
+                     if json.loads((p.parent / "summary.json").read_text()).get("method") is None]
+    start = load_file(str(sft_adapter / "adapter_model.safetensors"))
+    for reference in references:  # the first trainer's reference and the rebuilt one's: the start, exactly
+        assert reference and all(torch.equal(t.float(), start[n].float()) for n, t in reference.items())
+    [train] = [p for p in (tmp_path / "store" / "train").iterdir()
+               if (p / "summary.json").is_file() and json.loads((p / "summary.json").read_text()).get("method") == "dpo"]
+    summary = json.loads((train / "summary.json").read_text())
+    assert summary["steps"] == 8 and result.outcomes
+    assert not (train / "adapter" / "ref").exists()

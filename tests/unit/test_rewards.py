@@ -9,8 +9,7 @@ import pytest
 
 from runner.core.errors import SpecError
 from runner.scoring import rewards
-from runner.scoring.rewards import (LETTER, TEXT, Reading, answer_correct, built_in, format_reward, is_correct,
-                                    read_answer)
+from runner.scoring.rewards import LETTER, TEXT, answer_correct, built_in, format_reward, is_correct, read_answer
 from runner.spec.typed import Generative, Spec, parse_spec
 
 
@@ -49,7 +48,7 @@ def test_the_default_reading_is_eval_generatives_and_reads_as_the_old_reader(com
     """eval.generative's default (`extract: first-line`) is the reader the reward had: on every hand case,
     the readable ones and those neither reads (the article "a", two letters, a letter past the options, an
     answer only inside the thinking, prose naming no letter), the same answer."""
-    assert rewards.reading_of(Generative()) == Reading()
+    assert rewards.reading_of(Generative()) == rewards.Reading()
     assert read_answer(completion, 4) == old_reader(completion, 4)
 
 
@@ -84,7 +83,7 @@ def test_the_spec_reading_is_the_reward_reading(tmp_path: Path, completion: str,
 
 
 def test_a_multi_choice_filter_reads_the_option_texts_of_the_prompt() -> None:
-    flexible = Reading("flexible")
+    flexible = rewards.Reading("flexible")
     prompt = "Which drug?\nA. aspirin\nB. imatinib\nC. insulin\nD. heparin\nAnswer:"
     assert read_answer("give imatinib", 4, flexible, prompt) == 1
     assert read_answer("give imatinib", 4, flexible) is None  # no prompt, no option texts
