@@ -7,8 +7,10 @@ import json
 import re
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
+from transformers import TrainerCallback
 
 from tests.integration.conftest import DEMO, runner
 
@@ -123,14 +125,37 @@ train: {{max_steps: 4, learning_rate: 3e-3, batch_size: 8, save_steps: 100}}
 """
 
 
-def test_out_of_memory_in_a_chained_dpo_retries_with_a_smaller_micro_batch(tmp_path: Path,
-                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    """DPO from an SFT adapter (train.init_adapter) keeps TRL's copy of the start as its reference ("ref").
-    An out-of-memory error (raised at step 4, after checkpoint-3: a CUDA one cannot happen on this CPU)
-    rebuilds the trainer over the same model, where TRL's add_adapter("ref") once failed on the copy the
-    first trainer made; the retry must train on from the checkpoint at half the micro-batch, against the
-    same reference: the starting adapter's weights, not the weights the failed attempt reached."""
+class Weights(TrainerCallback):  # type: ignore[misc]
+    """The adapter's trainable weights as each attempt begins training and at each checkpoint it saves."""
+
+    def __init__(self, model: Any) -> None:
+        self.model, self.begin, self.saved = model, dict[str, Any](), dict[int, dict[str, Any]]()
+
+    def _now(self) -> dict[str, Any]:
+        return {n.replace(".default.", "."): p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def on_train_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+        self.begin = self._now()
+
+    def on_save(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+        self.saved[state.global_step] = self._now()
+
+
+def same(a: dict[str, Any], b: dict[str, Any]) -> bool:
     import torch
+
+    return bool(a) and a.keys() <= b.keys() and all(torch.equal(t.float(), b[n].float()) for n, t in a.items())
+
+
+@pytest.mark.parametrize(("oom_step", "resume"), [(4, "checkpoint-3"), (2, "the start")])
+def test_out_of_memory_in_a_chained_dpo_retries_with_a_smaller_micro_batch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, oom_step: int, resume: str) -> None:
+    """DPO from an SFT adapter (train.init_adapter) keeps TRL's copy of the start as its reference ("ref").
+    An out-of-memory error (raised at `oom_step`, after checkpoint-3 or before any: a CUDA one cannot
+    happen on this CPU) rebuilds the trainer over the same model, where TRL's add_adapter("ref") once
+    failed on the copy the first trainer made. The retry must train at half the micro-batch from where
+    it says (the checkpoint's weights, or the start's, not the failed attempt's), against the same
+    reference: the starting adapter's weights."""
     from safetensors.torch import load_file
 
     from runner import api
@@ -143,7 +168,8 @@ def test_out_of_memory_in_a_chained_dpo_retries_with_a_smaller_micro_batch(tmp_p
                                              "train: {method: dpo, init_adapter: {spec: sft.yaml}, max_steps: 8,"
                                              " save_steps: 3, micro_batch_size: 8,").replace(", save_steps: 6}", "}"))
     built: list[tuple[int, int]] = []
-    references: list[dict[str, torch.Tensor]] = []
+    references: list[dict[str, Any]] = []
+    weights: list[Weights] = []
     real = loop.build_preference_trainer
 
     def build(ctx, ready, profile):  # type: ignore[no-untyped-def]
@@ -151,22 +177,27 @@ def test_out_of_memory_in_a_chained_dpo_retries_with_a_smaller_micro_batch(tmp_p
         trainer = real(ctx, ready, profile)
         references.append({n.replace(".ref.", "."): p.detach().clone() for n, p in ready.model.named_parameters()
                            if ".ref." in n})
+        weights.append(Weights(ready.model))
+        trainer.add_callback(weights[-1])
         if len(built) == 1:
-            trainer.add_callback(OutOfMemoryAt(step=4))
+            trainer.add_callback(OutOfMemoryAt(step=oom_step))
         return trainer
 
     monkeypatch.setattr(loop, "build_preference_trainer", build)
     logs: list[str] = []
-    result = api.run(spec, store=tmp_path / "store", only="train", log=logs.append)
+    api.run(spec, store=tmp_path / "store", only="train", log=logs.append)
     assert built == [(8, 1), (4, 2)]  # the effective batch stays 8
-    assert "train: out of memory at micro-batch 8: retrying with 4 x 2 accumulation from checkpoint-3" in logs
+    assert f"train: out of memory at micro-batch 8: retrying with 4 x 2 accumulation from {resume}" in logs
     [sft_adapter] = [p for p in (tmp_path / "store" / "train").glob("*/adapter")
                      if json.loads((p.parent / "summary.json").read_text()).get("method") is None]
     start = load_file(str(sft_adapter / "adapter_model.safetensors"))
     for reference in references:  # the first trainer's reference and the rebuilt one's: the start, exactly
-        assert reference and all(torch.equal(t.float(), start[n].float()) for n, t in reference.items())
+        assert same(reference, start)
+    assert same(weights[0].begin, start)
+    assert same(weights[1].begin, weights[0].saved[3] if resume == "checkpoint-3" else start)
     [train] = [p for p in (tmp_path / "store" / "train").iterdir()
                if (p / "summary.json").is_file() and json.loads((p / "summary.json").read_text()).get("method") == "dpo"]
-    summary = json.loads((train / "summary.json").read_text())
-    assert summary["steps"] == 8 and result.outcomes
+    assert json.loads((train / "summary.json").read_text())["steps"] == 8
+    rows = [json.loads(line) for line in (train / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, 9))
     assert not (train / "adapter" / "ref").exists()

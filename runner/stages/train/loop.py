@@ -164,9 +164,13 @@ def train_with_retries(make_trainer: Callable[[int, int], Any], micro: int, batc
     the run (the model's layers are wrapped in place; a second Trainer cannot wrap them again)."""
     import torch
 
-    before = None
+    before, start = None, None
     while True:
         trainer = make_trainer(micro, batch_size // micro)
+        if start is None and not sharded:
+            start = _trainable(trainer.model)
+        elif start is not None and last_checkpoint(checkpoints) is None:
+            _restore(trainer.model, start)  # "from the start" means it: not from the failed attempt's weights
         if before is None and trainer.eval_dataset is not None and not sharded:
             before = _measure(trainer)
         try:
@@ -182,6 +186,17 @@ def train_with_retries(make_trainer: Callable[[int, int], Any], micro: int, batc
             close_progress(trainer)
         del trainer
         _free_memory()
+
+
+def _trainable(model: Any) -> dict[str, Any]:
+    """A copy of the trainable weights (the adapter's), in CPU memory: where a retry with no checkpoint starts."""
+    return {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad}
+
+
+def _restore(model: Any, weights: dict[str, Any]) -> None:
+    for name, p in model.named_parameters():
+        if name in weights:
+            p.data.copy_(weights[name])
 
 
 def _train_once(trainer: Any, checkpoints: Path, before: dict[str, float] | None, sharded: bool) -> Trained:
