@@ -50,10 +50,12 @@ from runner.core.outputs.train import (
     TrainRow,
     TrainSummary,
     quarter_means,
+    reward_figure,
 )
 
 __all__ = ["DAMAGED", "MAX_BENCHMARKS", "MAX_NAME", "BaseModel", "Benchmark", "Calibrated", "DataStats",
            "EarlyStopping", "EvalMetrics", "ExportMetadata", "FormParity", "FreeText", "Generative", "HeldOut",
            "JsonFile", "OutputError", "Paired", "ParityReport", "Perplexity", "Prediction", "Quarters", "Question",
            "RewardStep", "RunRecord", "Score", "SourceLoss", "SourceStats", "Tokens", "TrainRow", "TrainSummary", "cut",
-           "load_json", "load_object", "optional_number", "quarter_means", "shown"]
+           "load_json", "load_object", "optional_number", "quarter_means", "reward_figure",
+           "shown"]

@@ -10,7 +10,6 @@ from typing import Any
 
 from runner.core.outputs.jsonio import JsonFile, integer, jsonl_objects, mapping, number, real, text
 
-
 # metrics.jsonl's names of the methods' figures -> TrainRow's fields (GRPO's; then DPO, ORPO, KTO's, from TRL)
 SIGNALS = {"reward": "reward", "reward_std": "reward_std", "kl": "kl", "entropy": "entropy",
            "completions/mean_length": "completion_length", "completions/clipped_ratio": "clipped_ratio",
@@ -87,6 +86,11 @@ def _rewards(row: dict[str, Any], where: str) -> dict[str, RewardStep]:
                           and k.rsplit("/", 1)[1] in REWARD_FIGURES)
     return {name: RewardStep(*(number(row, f"rewards/{name}/{f}", where, finite=False) for f in REWARD_FIGURES))
             for name in names}
+
+
+def reward_figure(name: str, figure: str) -> Callable[[TrainRow], float | None]:
+    """A row's figure (one of REWARD_FIGURES) of GRPO's reward `name`, None in a row without it."""
+    return lambda row: getattr(row.rewards[name], figure) if name in row.rewards else None
 
 
 def quarter_means(rows: Sequence[TrainRow], figure: Callable[[TrainRow], float | None]) -> tuple[float, float] | None:
