@@ -52,7 +52,7 @@ def _line(ax: Any, rows: Sequence[TrainRow], figure: Figure, scale: float = 1.0,
     means = [sum(ys[max(0, i - window + 1): i + 1]) / len(ys[max(0, i - window + 1): i + 1]) for i in range(len(ys))]
     faint = {k: v for k, v in style.items() if k not in ("label", "marker", "markersize")}
     ax.plot(xs, ys, **({"linewidth": 0.8, "alpha": 0.3} | faint))
-    ax.plot(xs, means, **({"linewidth": 1.6} | style | {"label": f"{style.get('label', '')} (mean of {window} steps)"}))
+    ax.plot(xs, means, **({"linewidth": 1.6} | style))
 
 
 def grpo_panels(rows: Sequence[TrainRow]) -> list[tuple[str, str, Callable[[Any], None]]]:
@@ -140,8 +140,10 @@ def plot_learning(method: str, rows: Sequence[TrainRow], path: Path) -> bool:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:  # below the plot: the lines fill it, a legend inside hides some
-            ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
-    fig.suptitle(f"{method}: learning signals")
+            ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
+    smoothed = " (faint: each step; bold: the running mean over a 20th of the steps)" \
+        if len(_steps(rows)) > SMOOTH_FROM else ""
+    fig.suptitle(f"{method}: learning signals{smoothed}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return True
