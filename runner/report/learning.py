@@ -89,17 +89,17 @@ def grpo_panels(rows: Sequence[TrainRow]) -> list[tuple[str, str, Callable[[Any]
             third, ("completion length, mean", "tokens", length)]
 
 
-def preference_panels(rows: Sequence[TrainRow]) -> list[tuple[str, str, Callable[[Any], None]]]:
+def preference_panels(rows: Sequence[TrainRow], unit: str = "pairs") -> list[tuple[str, str, Callable[[Any], None]]]:
     """(title, y label, draw) per panel: margin and accuracy (training pairs per step, held-out pairs at
     each validation), chosen and rejected rewards; a panel the method does not log is left out."""
     steps, evals = _steps(rows), _evals(rows)
 
     def pair(train: Figure, held_out: Figure, scale: float = 1.0) -> Callable[[Any], None]:
         def draw(ax: Any) -> None:
-            _line(ax, steps, train, scale, color="C0", label="training pairs")
+            _line(ax, steps, train, scale, color="C0", label=f"training {unit}")
             # two validations (before and after, no eval_steps) are two points, not a measured path between
             apart = {"linestyle": "none"} if sum(held_out(r) is not None for r in evals) <= 2 else {"linestyle": ":"}
-            _line(ax, evals, held_out, scale, color="C1", marker="s", markersize=6, label="held-out pairs", **apart)
+            _line(ax, evals, held_out, scale, color="C1", marker="s", markersize=6, label=f"held-out {unit}", **apart)
         return draw
 
     def rewards(ax: Any) -> None:
@@ -112,7 +112,7 @@ def preference_panels(rows: Sequence[TrainRow]) -> list[tuple[str, str, Callable
               ("preference accuracy", "% of pairs", pair(lambda r: r.preference_accuracy,
                                                          lambda r: r.eval_preference_accuracy, 100),
                _has(rows, lambda r: r.preference_accuracy) or _has(rows, lambda r: r.eval_preference_accuracy)),
-              ("rewards, training pairs", "reward", rewards, _has(steps, lambda r: r.reward_chosen)),
+              (f"rewards, training {unit}", "reward", rewards, _has(steps, lambda r: r.reward_chosen)),
               ("log odds ratio (ORPO)", "log odds ratio", pair(lambda r: r.log_odds_ratio, lambda r: r.eval_log_odds_ratio),
                _has(rows, lambda r: r.log_odds_ratio))]
     return [(title, label, draw) for title, label, draw, shown in panels if shown]
@@ -126,7 +126,7 @@ def plot_learning(method: str, rows: Sequence[TrainRow], path: Path) -> bool:
 
     if method == "sft" or not _steps(rows):
         return False
-    panels = grpo_panels(rows) if method == "grpo" else preference_panels(rows)
+    panels = grpo_panels(rows) if method == "grpo" else preference_panels(rows, _unit(method))
     if (method == "grpo" and not _names(rows)) or not panels:
         return False
     columns = 2 if len(panels) == 4 else len(panels)
@@ -204,6 +204,14 @@ PREFERENCE_NOTE = ("A pair's reward is beta x (the answer's log-likelihood under
                    "(the margin grows while the chosen answer gets less likely).")
 
 
+KTO_NOTE = (" KTO's rows are single answers, each marked desirable (its reward is the chosen one's) or not "
+            "(the rejected one's): the margin is between the two groups' mean rewards, and there is no accuracy.")
+
+
+def _unit(method: str) -> str:
+    return "examples" if method == "kto" else "pairs"  # KTO's rows are answers marked good or bad, not pairs
+
+
 def learning_section(method: str, summary: TrainSummary | None, rows: Sequence[TrainRow],
                      picture: str | None) -> Section:
     """The section (empty, so left out, for SFT or when metrics.jsonl has none of the method's figures)."""
@@ -216,13 +224,14 @@ def learning_section(method: str, summary: TrainSummary | None, rows: Sequence[T
         header = ["", f"first -> last quarter of {steps} steps"]
     else:
         table = preference_rows(summary, rows)
-        header = ["", f"training pairs, first -> last quarter of {steps} steps", "held-out pairs, before -> after"]
+        unit = _unit(method)
+        header = ["", f"training {unit}, first -> last quarter of {steps} steps", f"held-out {unit}, before -> after"]
     if not table:
         return s
     if picture is not None:
         s.blocks.append(("img", picture, f"{method} learning signals per step"))
     s.blocks.append(("table", header, table))
-    s.blocks.append(("p", GRPO_NOTE if method == "grpo" else PREFERENCE_NOTE))
+    s.blocks.append(("p", GRPO_NOTE if method == "grpo" else PREFERENCE_NOTE + (KTO_NOTE if method == "kto" else "")))
     return s
 
 

@@ -126,6 +126,14 @@ def test_preference_section_sets_training_pairs_beside_held_out_ones() -> None:
     assert s.blocks[0][1][1:] == ["training pairs, first -> last quarter of 8 steps", "held-out pairs, before -> after"]
     assert s.blocks[0][2] == [["preference accuracy", "18.8% -> 93.8%", "0.0% -> 87.5%"],
                               ["reward margin", "0.750 -> 3.750", "0.000 -> 3.500"]]
+    kto_rows = [TrainRow.of({"step": 1, "loss": 0.5, "rewards/margins": 0.5, "kl": 0.0}),
+                TrainRow.of({"step": 2, "loss": 0.4, "rewards/margins": 1.5, "kl": 0.0})]
+    kto = learning_section("kto", TrainSummary.of({"steps": 2, "method": "kto", "held_out": {
+        "kl": {"before": 0.0, "after": 0.0}, "reward_margin": {"before": 0.0, "after": 1.2}}}), kto_rows, None)
+    assert kto.blocks[0][1][1:] == ["training examples, first -> last quarter of 2 steps",  # unpaired: no accuracy
+                                    "held-out examples, before -> after"]
+    assert kto.blocks[0][2] == [["reward margin", "0.500 -> 1.500", "0.000 -> 1.200"],
+                                ["KL estimate", "0.000 -> 0.000", "0.000 -> 0.000"]]
     assert not learning_section("sft", None, dpo_rows(), "learning.png").blocks  # SFT: no section
     assert not learning_section("dpo", DPO_SUMMARY, [], None).blocks  # no steps logged: no section
 
