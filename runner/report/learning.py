@@ -130,7 +130,7 @@ def plot_learning(method: str, rows: Sequence[TrainRow], path: Path) -> bool:
     if (method == "grpo" and not _names(rows)) or not panels:
         return False
     columns = 2 if len(panels) == 4 else len(panels)
-    width = 5.2 if columns < 3 else 4.2  # the page is about 1,000 pixels wide: wider only shrinks the text
+    width = 5.2 if columns < 3 else 3.8  # the page is about 1,000 pixels wide: wider only shrinks the text
     fig = Canvas(figsize=(width * columns, 4.3 * ((len(panels) + columns - 1) // columns)))
     FigureCanvasAgg(fig)
     axes = fig.subplots((len(panels) + columns - 1) // columns, columns, squeeze=False).flatten()
