@@ -8,8 +8,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from runner.rows.formats import Dropped, Example, split_thought, thought
+from runner.rows.formats import Dropped, Example, chat_messages, split_thought, thought
 from runner.rows.pairs import Labelled, Pair
+from runner.rows.templates import takes_reasoning_content, template_of
 from runner.spec.typed import Reasoning
 
 Row = dict[str, list[int]]
@@ -20,8 +21,10 @@ Row = dict[str, list[int]]
 PIECE_CHARS = 1 << 20
 
 
-def encode(example: Example, tok: Any, template: str, system_prompt: str | None) -> tuple[list[int], list[int]]:
-    """Token ids and labels; labels are -100 except on the assistant's tokens."""
+def encode(example: Example, tok: Any, template: str, system_prompt: str | None,
+           thinking: Reasoning | None = None) -> tuple[list[int], list[int]]:
+    """Token ids and labels; labels are -100 except on the assistant's tokens. `thinking`: a reasoning
+    example's delimiters, for a chat template that takes the trace as `reasoning_content`."""
     if template == "plain":
         if len(example.messages) != 2:
             raise Dropped("data.template plain takes single-turn examples; use template chat")
@@ -30,8 +33,7 @@ def encode(example: Example, tok: Any, template: str, system_prompt: str | None)
         full = tok(f"{prompt} {answer}").input_ids + [tok.eos_token_id]
         start = _common_prefix(context, full)
         return full, [-100] * start + full[start:]
-    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    messages += [{"role": role, "content": content} for role, content in example.messages]
+    messages = chat_messages(example, system_prompt, thinking if takes_reasoning_content(template_of(tok)) else None)
     full = _chat_ids(tok, messages, False)
     labels = [-100] * len(full)
     for i, m in enumerate(messages):
@@ -50,7 +52,7 @@ def fit_trace(example: Example, tok: Any, template: str, system_prompt: str | No
     """A reasoning example's ids and labels with the end of its trace cut until the whole fits `max_length`
     (the delimiters and the answer kept: an answer is what the trace was for), and whether it was cut.
     Dropped when even an empty trace leaves it too long."""
-    ids, labels = encode(example, tok, template, system_prompt)
+    ids, labels = encode(example, tok, template, system_prompt, thinking)
     if len(ids) <= max_length:
         return ids, labels, False
     trace, answer = split_thought(example.messages[-1][1], thinking)
@@ -62,7 +64,7 @@ def fit_trace(example: Example, tok: Any, template: str, system_prompt: str | No
         keep = max(0, keep - (len(ids) - max_length))  # at least the overflow: the loop ends
         cut = tok.decode(pieces[:keep]).strip()
         ids, labels = encode(Example(example.messages[:-1] + (("assistant", thought(cut, answer, thinking)),)),
-                             tok, template, system_prompt)
+                             tok, template, system_prompt, thinking)
     return ids, labels, True
 
 
