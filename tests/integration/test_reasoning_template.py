@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from runner.rows.formats import Example, to_example
+from runner.rows.formats import Dropped, Example, to_example
 from runner.rows.templates import CHATML
 from runner.spec.typed import Fields, Reasoning
 from runner.stages.data import encoding
@@ -74,6 +74,13 @@ QWEN3 = (
     "    {%- endif %}\n"
     "{%- endif %}"
 )
+
+# DeepSeek-R1's template (and its distills'), the system and tool branches left out: it reads no
+# reasoning_content, keeps only what follows </think> of an assistant turn, and opens <think> itself.
+R1 = ("{% for message in messages %}{% if message['role'] == 'user' %}{{'<｜User｜>' + message['content']}}{% endif %}"
+      "{% if message['role'] == 'assistant' %}{% set content = message['content'] %}{% if '</think>' in content %}"
+      "{% set content = content.split('</think>')[-1] %}{% endif %}{{'<｜Assistant｜>' + content + '<｜end▁of▁sentence｜>'}}"
+      "{% endif %}{% endfor %}{% if add_generation_prompt %}{{'<｜Assistant｜><think>\\n'}}{% endif %}")
 
 MEDMCQA = {"question": "Drug of choice for absence seizures?", "opa": "Phenytoin", "opb": "Ethosuximide",
            "opc": "Carbamazepine", "opd": "Lithium", "cop": 1,
@@ -165,3 +172,11 @@ def test_the_samples_file_shows_the_template_s_tokens(tmp_path: Path) -> None:
     ids, labels = encoding.encode(example, tok, "chat", None, Reasoning())
     shown = encoding.samples([{"input_ids": ids, "labels": labels}], tok)
     assert shown.endswith(f"<|im_start|>assistant\n[[<think>\n{TRACE}\n</think>\n\nB. Ethosuximide<|im_end|>\n]]\n")
+
+
+def test_a_template_that_drops_the_trace_drops_the_example_saying_so(tmp_path: Path) -> None:
+    tok = tokenizer(tmp_path, R1)
+    with pytest.raises(Dropped, match=r"^the chat template drops the reasoning trace \(as DeepSeek-R1's does\)"):
+        encoding.encode(to_example(MEDMCQA, "reasoning", FIELDS), tok, "chat", None, Reasoning())
+    ids, labels = encoding.encode(to_example(MEDMCQA, "reasoning", FIELDS, OURS), tok, "chat", None, OURS)
+    assert split(tok, ids, labels)[1].startswith("<|begin_of_thought|>")  # other delimiters: R1's keeps the trace

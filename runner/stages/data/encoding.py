@@ -35,6 +35,10 @@ def encode(example: Example, tok: Any, template: str, system_prompt: str | None,
         return full, [-100] * start + full[start:]
     messages = chat_messages(example, system_prompt, thinking if takes_reasoning_content(template_of(tok)) else None)
     full = _chat_ids(tok, messages, False)
+    if thinking is not None and split_thought(example.messages[-1][1], thinking)[0] not in _chat_text(tok, messages, False):
+        # DeepSeek-R1's template (its distills' too) keeps only what follows </think> of an assistant turn.
+        raise Dropped("the chat template drops the reasoning trace (as DeepSeek-R1's does): give model.chat_template "
+                      "one that keeps it, or set data.template: plain")
     labels = [-100] * len(full)
     for i, m in enumerate(messages):
         if m["role"] == "assistant":
@@ -125,14 +129,18 @@ def _pieces(text: str, size: int) -> Iterator[str]:
 
 
 def _chat_ids(tok: Any, messages: list[dict[str, str]], generation_prompt: bool) -> list[int]:
+    ids: list[int] = tok(_chat_text(tok, messages, generation_prompt), add_special_tokens=False).input_ids
+    return ids
+
+
+def _chat_text(tok: Any, messages: list[dict[str, str]], generation_prompt: bool) -> str:
     from jinja2.exceptions import TemplateError
 
     try:
-        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+        text: str = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
     except TemplateError as exc:  # the template's raise_exception: Gemma's and Mistral's want alternating turns
         raise Dropped(f"refused by the chat template: {str(exc)[:80]}") from None
-    ids: list[int] = tok(text, add_special_tokens=False).input_ids
-    return ids
+    return text
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
