@@ -132,7 +132,7 @@ def test_too_long_examples_are_counted_as_the_spec_says(tmp_path: Path, too_long
                       f"reasoning: {{too_long: {too_long}}}, fields: {{question: Question, trace: Complex_CoT, "
                       f"answer: Response}}}}\n", base_dir=tmp_path, rows=False)
     tally, tok = building.Tally(), Words()
-    kept = []
+    kept: list[dict[str, Any]] = []
     for row in (O1, LONG, O1):
         try:
             kept += building._encode(to_example(row, "reasoning", spec.data.fields), tok, spec, tally)
