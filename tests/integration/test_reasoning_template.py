@@ -180,3 +180,13 @@ def test_a_template_that_drops_the_trace_drops_the_example_saying_so(tmp_path: P
         encoding.encode(to_example(MEDMCQA, "reasoning", FIELDS), tok, "chat", None, Reasoning())
     ids, labels = encoding.encode(to_example(MEDMCQA, "reasoning", FIELDS, OURS), tok, "chat", None, OURS)
     assert split(tok, ids, labels)[1].startswith("<|begin_of_thought|>")  # other delimiters: R1's keeps the trace
+
+
+def test_a_template_whose_generation_prompt_opens_thinking_keeps_that_in_the_prompt(tmp_path: Path) -> None:
+    """Qwen3-4B-Thinking-2507's generation prompt (`<|im_start|>assistant\\n<think>\\n`, the copy named above):
+    the model is prompted into thinking, so the loss starts at the trace."""
+    thinking_2507 = QWEN3.split("{%- if add_generation_prompt %}")[0] + (
+        "{%- if add_generation_prompt %}\n    {{- '<|im_start|>assistant\\n<think>\\n' }}\n{%- endif %}")
+    tok = tokenizer(tmp_path, thinking_2507)
+    ids, labels = encoding.encode(to_example(MEDMCQA, "reasoning", FIELDS, OURS), tok, "chat", "Be brief.", OURS)
+    assert split(tok, ids, labels) == (PROMPT + "<think>\n", f"{TRACE}\n</think>\n\nB. Ethosuximide<|im_end|>\n")
