@@ -168,7 +168,14 @@ def test_a_reasoning_source_in_a_mixture_keys_its_trace_column_and_delimiters(tm
     spec = parse_spec(text, base_dir=tmp_path)
     sliced = data.spec_slice(spec)["data"]
     assert [s["fields"].get("trace") for s in sliced["train"]] == [None, "why"]
-    assert sliced["reasoning"] == {"think_start": "<think>", "think_end": "</think>", "too_long": "drop"}
+    # The default template is the tokenizer's chat template: how it takes the trace is in the key (data
+    # built before templates got the trace as reasoning_content are not reused); a plain template has none.
+    assert sliced["reasoning"] == {"think_start": "<think>", "think_end": "</think>", "too_long": "drop",
+                                   "chat_trace": "reasoning_content"}
+    plain = parse_spec(text.replace("model: {source: init}\ndata:\n", "model: {source: init}\ndata:\n  template: plain\n"),
+                       base_dir=tmp_path)
+    assert data.spec_slice(plain)["data"]["reasoning"] == {"think_start": "<think>", "think_end": "</think>",
+                                                           "too_long": "drop"}
     alone = parse_spec(text.split("    - {name: thoughts")[0].replace("    - {name: plain, path: t.jsonl, format: qa}\n",
                                                                      "    - {name: plain, path: t.jsonl, format: qa}\n"
                                                                      "    - {name: more, path: t.jsonl, format: qa}\n"),
