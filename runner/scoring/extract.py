@@ -29,7 +29,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
+from runner.rows.templates import trained_think_end
 from runner.scoring.benchmarks import extract_choice as first_line_choice
+from runner.spec.typed import Generative, Spec
 
 FALLBACK = "[invalid]"  # lm-eval's fallback for a text its regex does not match
 THINK_END = "</think>"
@@ -256,6 +258,17 @@ def read_choice(text: str, labels: Sequence[str], how: str | Sequence[Step] = FI
     return None if picked_index is None else labels[picked_index]
 
 
+def reading_think_end(spec: Spec, template: str | None) -> str:
+    """The delimiter `read_choice` reads after, for eval.generative and GRPO's answer_correct alike:
+    `eval.generative.think_end` as written; left at its default, the one training closed the traces with:
+    the chat template's `</think>` where it takes the trace as `reasoning_content` (`template`: the
+    tokenizer's, runner.rows.templates.template_of), else `data.reasoning.think_end`."""
+    written = spec.eval.generative.think_end
+    if written != Generative().think_end:
+        return written
+    return trained_think_end(template if spec.data.template == "chat" else None, spec.data.reasoning.think_end)
+
+
 def option_texts(prompt: str, labels: Sequence[str]) -> tuple[str, ...]:
     """The choices' own texts (what lm-eval's `doc["choices"]` holds, for `multi_choice_regex`): the
     prompt's "A. text" lines (formats.to_question renders them), a label standing for a missing line."""
@@ -281,4 +294,4 @@ def steps_from(config: Sequence[Mapping[str, object]]) -> tuple[Step, ...]:
 
 
 __all__ = ["FALLBACK", "FIRST_LINE", "PRESETS", "ExtractError", "Step", "apply", "extract_choice", "option_texts",
-           "pipeline", "read_choice", "steps_from", "to_choice"]
+           "pipeline", "read_choice", "reading_think_end", "steps_from", "to_choice"]

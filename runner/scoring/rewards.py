@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from runner.scoring.extract import FIRST_LINE, THINK_END, Step, option_texts, read_choice, steps_from
+from runner.scoring.extract import FIRST_LINE, THINK_END, Step, option_texts, read_choice, reading_think_end, steps_from
 from runner.spec.rlrules import BUILT_IN
 from runner.spec.typed import Generative, Spec
 
@@ -40,21 +40,27 @@ class Reading:
     think_end: str = THINK_END
 
 
-def reading_of(gen: Generative) -> Reading:
-    """The reading eval.generative scores with (extract.read_choice's arguments, as eval's sampling passes them)."""
+def reading_of(spec: Spec, template: str | None = None) -> Reading:
+    """The reading eval.generative scores with (extract.read_choice's arguments, as eval's sampling passes
+    them); `template`: the tokenizer's chat template, which may decide the thinking delimiter."""
+    gen = spec.eval.generative
     steps = steps_from([{k: v for k, v in vars(f).items() if v is not None} for f in gen.filters])
-    return Reading(steps or gen.extract, gen.think_end)
+    return Reading(steps or gen.extract, reading_think_end(spec, template))
 
 
 def reading_slice(spec: Spec) -> dict[str, Any]:
-    """What GRPO's train key holds of the reading: eval.generative's extract, filters and think_end set
-    away from their defaults, when a built-in answer_correct reads with them; {} otherwise (keys stay)."""
+    """What GRPO's train key holds of the reading: eval.generative's extract and filters set away from
+    their defaults, and the thinking delimiter when not `</think>` (a template's own comes in with the
+    model's digest), when a built-in answer_correct reads with them; {} otherwise (keys stay)."""
     if not any(r.name == "answer_correct" and r.path is None for r in spec.train.grpo.rewards):
         return {}
-    gen, default = spec.eval.generative, Generative()
-    out: dict[str, Any] = {n: getattr(gen, n) for n in ("extract", "think_end") if getattr(gen, n) != getattr(default, n)}
+    gen, out = spec.eval.generative, dict[str, Any]()
+    if gen.extract != Generative().extract:
+        out["extract"] = gen.extract
     if gen.filters:
         out["filters"] = [asdict(f) for f in gen.filters]
+    if reading_think_end(spec, None) != THINK_END:
+        out["think_end"] = reading_think_end(spec, None)
     return out
 
 
@@ -160,9 +166,10 @@ def from_file(path: Path, name: str) -> RewardFn:
     return named
 
 
-def reward_functions(spec: Spec) -> tuple[list[RewardFn], list[float]]:
-    """The spec's rewards (built-in, or from a local file the spec opted into) and their weights."""
-    g, reading = spec.train.grpo, reading_of(spec.eval.generative)
+def reward_functions(spec: Spec, template: str | None = None) -> tuple[list[RewardFn], list[float]]:
+    """The spec's rewards (built-in, or from a local file the spec opted into) and their weights;
+    `template`: the tokenizer's chat template (see reading_of)."""
+    g, reading = spec.train.grpo, reading_of(spec, template)
     funcs = []
     for r in g.rewards:
         if r.path is None:

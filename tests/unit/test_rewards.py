@@ -10,7 +10,7 @@ import pytest
 from runner.core.errors import SpecError
 from runner.scoring import rewards
 from runner.scoring.rewards import LETTER, TEXT, answer_correct, built_in, format_reward, is_correct, read_answer
-from runner.spec.typed import Generative, Spec, parse_spec
+from runner.spec.typed import Spec, parse_spec
 
 
 @pytest.mark.parametrize(("completion", "picked"), [
@@ -44,11 +44,11 @@ HAND = [" B. imatinib", "Answer: C", "the answer is (D)", "<think>A, no: C.</thi
 
 
 @pytest.mark.parametrize("completion", HAND)
-def test_the_default_reading_is_eval_generatives_and_reads_as_the_old_reader(completion: str) -> None:
+def test_the_default_reading_is_eval_generatives_and_reads_as_the_old_reader(completion: str, tmp_path: Path) -> None:
     """eval.generative's default (`extract: first-line`) is the reader the reward had: on every hand case,
     the readable ones and those neither reads (the article "a", two letters, a letter past the options, an
     answer only inside the thinking, prose naming no letter), the same answer."""
-    assert rewards.reading_of(Generative()) == rewards.Reading()
+    assert rewards.reading_of(parse_spec(grpo_spec(tmp_path, "{method: grpo}"), base_dir=tmp_path)) == rewards.Reading()
     assert read_answer(completion, 4) == old_reader(completion, 4)
 
 
@@ -105,6 +105,29 @@ def test_the_reading_enters_the_grpo_key_only_when_set(tmp_path: Path) -> None:
     assert spec_slice(spec("{}", "{extract: last-answer}")) == spec_slice(spec("{}"))
     no_answer = "{method: grpo, grpo: {rewards: [{name: format}]}}"
     assert "read" not in method_slice(spec(no_answer, "{extract: last-answer}"))["grpo"]
+
+
+@pytest.mark.parametrize(("data", "generative", "template", "think_end"), [
+    ("", "{}", None, "</think>"),
+    ("reasoning: {think_end: '</r>'}", "{}", None, "</r>"),  # where training closed the traces
+    ("reasoning: {think_end: '</r>'}", "{think_end: '[/T]'}", None, "[/T]"),  # as written
+    ("template: chat, reasoning: {think_end: '</r>'}", "{}", "{{ m.reasoning_content }}<think></think>", "</think>"),
+])
+def test_the_thinking_delimiter_is_the_one_eval_reads_after(tmp_path: Path, data: str, generative: str,
+                                                          template: str | None, think_end: str) -> None:
+    """The reward and eval resolve it by the same function (extract.reading_think_end); set away from
+    </think> by the spec, it enters the GRPO train key (a template's own comes in with the model)."""
+    from runner.stages.train import method_slice
+
+    text = grpo_spec(tmp_path, "{method: grpo}").replace("data: {train: {path: train.jsonl}}",
+                                                        f"data: {{train: {{path: train.jsonl}}, {data}}}" if data else
+                                                        "data: {train: {path: train.jsonl}}")
+    spec = parse_spec(text + f"eval: {{generative: {generative}}}\n", base_dir=tmp_path)
+    assert rewards.reading_of(spec, template).think_end == think_end
+    completion = f"<think>A{think_end} B\nC"
+    assert read_answer(completion, 4, rewards.reading_of(spec, template)) == 1
+    read = method_slice(spec)["grpo"].get("read", {})
+    assert read.get("think_end", "</think>") == (think_end if template is None else "</r>")
 
 
 def test_answer_correct_scores_one_only_for_the_key_and_logs_the_shares() -> None:

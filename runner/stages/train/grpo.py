@@ -92,9 +92,10 @@ def build_grpo_trainer(model: Any, spec: Spec, profile: Profile, work: Path, tra
     from trl import GRPOTrainer
 
     from runner.report.trackers import tracker_log
+    from runner.rows.templates import template_of
     from runner.stages.train.batches import QuietProgress, StopOnSignal
 
-    funcs: list[Any] = reward_functions(spec)[0]  # TRL types a reward as returning list[float | None]
+    funcs: list[Any] = reward_functions(spec, template_of(tok))[0]  # TRL types a reward as returning list[float | None]
     tracked = tracker_log(spec, work)
     callbacks = [GrpoMetricsLog(metrics, profile.device, tracked.row if tracked else None), StopOnSignal()]
     callbacks += [tracked] if tracked else []
