@@ -278,8 +278,8 @@ def _search(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     if not args.search:
         raise SpecError(["sweep: --range, --trials, --objective and --direction belong to --search optuna"])
     if given:
-        raise SpecError([f"sweep --search optuna: {' and '.join(given)} make a grid; a search takes --range (fix other "
-                         "fields in the spec)"])
+        raise SpecError([f"sweep --search optuna: {' and '.join(given)} belong to a grid; a search takes --range "
+                         "(fields it does not search are the spec's)"])
     if args.trials is None or not args.objective:
         raise SpecError(["sweep --search optuna: give --trials N and --objective BENCH/accuracy or validation_loss"])
     return api.search(args.spec, args.range, args.objective, args.trials, args.direction, args.store, args.jobs,
