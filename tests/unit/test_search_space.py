@@ -252,7 +252,7 @@ def test_a_failed_trial_is_run_again_by_the_next_invocation(spec: Path, tmp_path
     first = run_search(spec, store, runs, trials=3)
     assert list(first.codes.values()) == [0, 1, 0] and len(first.done) == 2
     second = run_search(spec, store, runs, trials=3)
-    failed = [name for name, code in first.codes.items() if code][0]
+    failed = next(name for name, code in first.codes.items() if code)
     assert list(second.codes) == [failed] and runs.ran[-1] == failed and len(second.done) == 3
 
 
