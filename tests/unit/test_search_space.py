@@ -174,7 +174,8 @@ class FakeRuns:
     """Runs each trial by writing its outputs: accuracy peaks at learning rate 1e-3 (on a log scale)."""
 
     def __init__(self, store: Path, stop_at: int | None = None) -> None:
-        self.store, self.stop_at, self.ran = store, stop_at, []
+        self.store, self.stop_at = store, stop_at
+        self.ran: list[str] = []
 
     @staticmethod
     def accuracy(lr: float) -> float:
