@@ -264,14 +264,18 @@ def distributions(optuna: Any, space: Space) -> dict[str, Any]:
 
 def open_study(optuna: Any, folder: Path, space: Space) -> Any:
     """The search's study in `<folder>/study.db`, made on the first run, found again on the next."""
+    from sqlalchemy.exc import SQLAlchemyError  # optuna's own dependency, for its SQLite storage
+
+    db = folder / DB
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        storage = optuna.storages.RDBStorage(f"sqlite:///{(folder / DB).resolve()}")
-    except (OSError, optuna.exceptions.StorageInternalError) as exc:
-        raise StoreError(f"sweep --search: cannot keep the study in {clip(str(folder / DB), 120)} ({exc}): give a "
-                         "--store you can write") from None
-    return optuna.create_study(storage=storage, study_name="search", load_if_exists=True,
-                               direction="maximize" if space.direction == "max" else "minimize")
+        storage = optuna.storages.RDBStorage(f"sqlite:///{db.resolve()}")
+        return optuna.create_study(storage=storage, study_name="search", load_if_exists=True,
+                                   direction="maximize" if space.direction == "max" else "minimize")
+    except (OSError, optuna.exceptions.OptunaError, SQLAlchemyError) as exc:
+        why = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        raise StoreError(f"sweep --search: cannot keep the study in {clip(str(db), 120)} ({clip(why, 80)}): remove "
+                         "the file to start the search anew, or give another --store") from None
 
 
 def trial_seed(seed: int, number: int) -> int:

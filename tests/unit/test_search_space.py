@@ -265,3 +265,17 @@ def test_a_range_the_spec_cannot_take_is_refused_before_any_trial(spec: Path, tm
         search(spec, load_spec(spec), space, tmp_path / "store", 2, 1, runs, log=lambda line: None)
     assert raised.value.problems == ["variant t0-limit1: eval.benchmarks.7: the spec has no such item (it lists 3)"]
     assert runs.ran == [] and not (tmp_path / "store").exists()
+
+
+def test_a_damaged_study_is_one_line(spec: Path, tmp_path: Path) -> None:
+    pytest.importorskip("optuna")
+    from runner.core.errors import StoreError
+
+    space = make_space(["lora.r=4,8"], "validation_loss", None, load_spec(spec))
+    folder = search_folder(tmp_path / "store", spec, space)
+    folder.mkdir(parents=True)
+    (folder / "study.db").write_text("not a database")
+    with pytest.raises(StoreError) as raised:
+        search(spec, load_spec(spec), space, tmp_path / "store", 2, 1, FakeRuns(tmp_path / "store"), log=lambda line: None)
+    assert str(raised.value) == (f"sweep --search: cannot keep the study in {folder / 'study.db'} (file is not a "
+                                 "database): remove the file to start the search anew, or give another --store")
