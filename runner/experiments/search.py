@@ -359,8 +359,7 @@ class Search:
             line = (f"search: best of {len(done)} trial(s): trial {best.number} ({best.user_attrs.get('variant')}), "
                     f"{self.space.objective.name} {best.value:.4g} ({self.space.direction}); {values}")
         self.write_summary(every, best)
-        path = self.spec_file
-        return Searched([path(t) for t in every], {}, [path(t) for t in done], line)
+        return Searched([self.spec_file(t) for t in every], {}, [self.spec_file(t) for t in done], line)
 
     def spec_file(self, trial: Any) -> Path:
         return self.folder / f"{file_stem(str(trial.user_attrs.get('variant', '')))}.yaml"
