@@ -175,7 +175,7 @@ def _node_arguments(p) -> None:  # type: ignore[no-untyped-def]
 
 def _sweep_commands(command) -> None:  # type: ignore[no-untyped-def]
     store = Path(os.environ.get("RUNNER_STORE", "artifacts"))
-    sw = command("sweep", cmd_sweep, "run variants of a spec (a grid, or a variants file) and compare them")
+    sw = command("sweep", cmd_sweep, "run variants of a spec (a grid, a variants file, or a search) and compare them")
     sw.add_argument("--set", action="append", default=[], metavar="PATH=V1,V2",
                     help="a field and its values, e.g. lora.r=8,16,64 (repeatable: the grid of all combinations)")
     sw.add_argument("--variants", type=Path, metavar="FILE",
