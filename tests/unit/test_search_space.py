@@ -279,3 +279,17 @@ def test_a_damaged_study_is_one_line(spec: Path, tmp_path: Path) -> None:
         search(spec, load_spec(spec), space, tmp_path / "store", 2, 1, FakeRuns(tmp_path / "store"), log=lambda line: None)
     assert str(raised.value) == (f"sweep --search: cannot keep the study in {folder / 'study.db'} (file is not a "
                                  "database): remove the file to start the search anew, or give another --store")
+
+
+def test_jobs_ask_for_trials_in_batches(spec: Path, tmp_path: Path) -> None:
+    pytest.importorskip("optuna")
+    batches: list[int] = []
+
+    class Counted(FakeRuns):
+        def __call__(self, written: list[Written]) -> dict[str, int]:
+            batches.append(len(written))
+            return super().__call__(written)
+
+    runs = Counted(tmp_path / "store")
+    found = run_search(spec, tmp_path / "store", runs, trials=5, jobs=2)
+    assert batches == [2, 2, 1] and len(set(runs.ran)) == 5 and len(found.done) == 5
