@@ -293,7 +293,7 @@ def search(spec: str | Path, ranges: Iterable[str], objective: str, trials: int,
     """`runner sweep --search optuna`: Optuna proposes `trials` variants within `ranges` ("lora.r=4,8,16",
     "train.learning_rate=1e-4:1e-2:log"), each run as a sweep's variant and scored by `objective`
     ("BENCH/accuracy" or "validation_loss"); then the same comparison as a sweep's, and the best trial."""
-    from runner.experiments.search import make_space, search_folder
+    from runner.experiments.search import check_corners, make_space, search_folder
     from runner.experiments.search import search as run_search
     from runner.experiments.variants import MAX_VARIANTS
 
@@ -307,6 +307,7 @@ def search(spec: str | Path, ranges: Iterable[str], objective: str, trials: int,
         raise SpecError([f"sweep: --address is a Ray cluster's: add --on ray (or leave --address out for --on {on})"])
     base = validate(spec)
     space = make_space(list(ranges), objective, direction, base)
+    check_corners(spec_file(spec), space, base.name)  # a bound the spec cannot take, before --plan says all is well
     lines = [*space.lines(trials), f"search: study in {search_folder(Path(store), spec_file(spec), space)}"]
     for line in lines:
         show(line)
