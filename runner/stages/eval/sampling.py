@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runner.rows.templates import template_of, trained_think_end
 from runner.scoring.consistency import compare, consistency, per_question
 from runner.scoring.extract import apply, extract_choice, steps_from, to_choice
-from runner.spec.typed import Generative
+from runner.spec.typed import Generative, Spec
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,16 @@ class Budget:
     def of(cls, gen: Generative, seed: int, batch_size: int) -> Budget:
         return cls(gen.max_new_tokens, gen.samples, gen.temperature, gen.top_p, gen.thinking_budget, gen.think_end,
                    gen.stop, seed, batch_size)
+
+
+def think_end_of(spec: Spec, tok: Any) -> str:
+    """`eval.generative.think_end` as written; left at its default, the delimiter training closed the traces
+    with: the chat template's `</think>` where it takes the trace as `reasoning_content`, else
+    `data.reasoning.think_end` (a spec that changes it need not repeat it here)."""
+    written = spec.eval.generative.think_end
+    if written != Generative().think_end:
+        return written
+    return trained_think_end(template_of(tok) if spec.data.template == "chat" else None, spec.data.reasoning.think_end)
 
 
 def batches_of(prompts: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:
