@@ -1,7 +1,9 @@
 # make run [SPEC=specs/x.yaml]   run a spec end to end (creates .venv on first use: the core and torch only)
 # make validate | plan            the same light install, then `runner validate` / `runner plan`
-# make gguf | track | extras      add an optional feature to .venv: GGUF export (compiles llama.cpp, minutes),
-#                                 TensorBoard/MLflow logging, or all of them with the server (serve)
+# make gguf | track | cluster | deepspeed | extras
+#                                 add an optional feature to .venv: GGUF export (compiles llama.cpp, minutes),
+#                                 TensorBoard/MLflow logging, Ray/submitit/Optuna sweeps, DeepSpeed ZeRO,
+#                                 or all of them with the server (serve)
 # make test                      install everything (the test tools and every extra) and run the tests
 # make test-latest               the tests on the newest versions pyproject's ranges allow (.venv-latest)
 # make lock                      write requirements.lock from .venv-latest, once its tests pass
@@ -29,12 +31,12 @@ TORCH_INDEX ?=
 TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
 UNAME := $(shell uname -s)
 # What `make test`, `make lint` and CI install besides the core: the test tools and every optional feature.
-EXTRAS := test,lint,serve,track,gguf,bench,cluster
+EXTRAS := test,lint,serve,track,gguf,bench,cluster,deepspeed
 # The optional features, each a stamp of its own: `make gguf` after `make run` adds GGUF export.
-FEATURES := serve track gguf cluster
+FEATURES := serve track gguf cluster deepspeed
 LATEST := .venv-latest
 
-.PHONY: run test lint test-unit test-latest lock validate plan bench bench-eval clean gguf track cluster extras
+.PHONY: run test lint test-unit test-latest lock validate plan bench bench-eval clean gguf track cluster deepspeed extras
 
 # torch alone, the build TORCH names. cpu on Linux: a CPU wheel pip already has at hand (its find-links)
 # or else the CPU index; --no-deps because that index lacks some pinned versions of torch's own
@@ -71,7 +73,7 @@ $(FEATURES:%=$(VENV)/.extra-%): $(VENV)/.extra-%: $(VENV)/.core
 	touch $@
 
 gguf track: %: $(VENV)/.extra-%
-cluster: %: $(VENV)/.extra-%
+cluster deepspeed: %: $(VENV)/.extra-%
 extras: $(FEATURES:%=$(VENV)/.extra-%)
 
 test-latest:

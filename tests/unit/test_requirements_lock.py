@@ -112,7 +112,7 @@ def test_make_run_installs_the_core_and_torch_only() -> None:
 
 def test_make_test_installs_every_extra_on_top_of_the_core() -> None:
     commands = make_dry_run("test", "cpu")
-    assert '-e ".[test,lint,serve,track,gguf,bench,cluster]"' in commands and commands.index("-e .\n") < commands.index('-e ".[')
+    assert '-e ".[test,lint,serve,track,gguf,bench,cluster,deepspeed]"' in commands and commands.index("-e .\n") < commands.index('-e ".[')
     assert '-e ".[gguf]"' in make_dry_run("gguf", "cpu")
 
 
