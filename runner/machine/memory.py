@@ -337,9 +337,10 @@ def fit_profile(spec: Any, profile: Any, config: dict[str, Any], seq_len: int) -
 # DPO, KTO and GRPO score tokens through TRL's fused LM head (trl.trainer.utils.add_fused_lm_head):
 # the (rows, T, vocab) logits are never made, only tiles of 4096 tokens x 32768 vocabulary entries.
 FUSED_TOKENS, FUSED_VOCAB = 4096, 32768
-# Tile-sized fp32 temporaries the fused head's backward keeps at once where TRL folds a tile with torch
-# ops (no Triton: the CPU), beside its tile; on CUDA its Triton kernel works in the tile itself.
-FUSED_TEMPORARIES = 8
+# Tile-sized fp32 temporaries beside the tile where TRL folds a tile with torch ops (no Triton: the CPU),
+# in the forward and in the backward (measured: 5 and 9.5 tiles of fp32 at once, the tile included, the
+# backward's with the input's gradient); on CUDA its Triton kernels work in the tile itself.
+FORWARD_TEMPORARIES, BACKWARD_TEMPORARIES = 4, 8
 
 
 def method_fields(spec: Any, profile: Any) -> dict[str, Any]:
@@ -367,7 +368,7 @@ def method_estimate(shape: Shape, s: Setup) -> Estimate:
         logits, kept = _orpo_logits(shape, s, tokens), 0
     else:  # the fused head keeps its input, and its backward makes that input's fp32 gradient and tiles
         kept = tokens * shape.hidden * _stream_bytes(s)
-        logits = tokens * shape.hidden * 4 + fused_tiles(shape, s, tokens)
+        logits = tokens * shape.hidden * 4 + fused_tiles(shape, s, tokens, BACKWARD_TEMPORARIES)
     reference = no_grad_forward(shape, s, rows, length) if s.reference and s.method != "grpo" else 0
     apart = 0
     if s.method == "grpo":
@@ -377,11 +378,10 @@ def method_estimate(shape: Shape, s: Setup) -> Estimate:
                    apart=apart, counted=counted(s))
 
 
-def fused_tiles(shape: Shape, s: Setup, tokens: int) -> int:
+def fused_tiles(shape: Shape, s: Setup, tokens: int, temporaries: int) -> int:
     """The fused head's tile (compute dtype) and, without Triton, the fp32 temporaries it is folded with."""
     tile = min(tokens, FUSED_TOKENS) * min(shape.vocab, FUSED_VOCAB)
-    temporaries = 0 if s.device == "cuda" else FUSED_TEMPORARIES * 4
-    return tile * (_attention_bytes(s) + temporaries)
+    return tile * (_attention_bytes(s) + (0 if s.device == "cuda" else 4 * temporaries))
 
 
 def _orpo_logits(shape: Shape, s: Setup, tokens: int) -> int:
@@ -392,9 +392,11 @@ def _orpo_logits(shape: Shape, s: Setup, tokens: int) -> int:
 
 def no_grad_forward(shape: Shape, s: Setup, rows: int, length: int) -> int:
     """A forward under no_grad over rows x length tokens (the reference's, KTO's KL batch): nothing is
-    kept for a backward; one layer's tensors at a time, then the fused head's input and tile."""
+    kept for a backward. One layer's tensors at a time; then the fused head's input (the last hidden
+    states and their copy without the last position) and its tile."""
     tokens = rows * length
-    return _layer_transient(shape, s, tokens) + tokens * shape.hidden * _stream_bytes(s) + fused_tiles(shape, s, tokens)
+    head = 2 * tokens * shape.hidden * _stream_bytes(s) + fused_tiles(shape, s, tokens, FORWARD_TEMPORARIES)
+    return max(_layer_transient(shape, s, tokens), head)
 
 
 def _layer_transient(shape: Shape, s: Setup, tokens: int) -> int:
@@ -403,13 +405,23 @@ def _layer_transient(shape: Shape, s: Setup, tokens: int) -> int:
     return tokens * _stream_bytes(s) * (3 * shape.hidden + 4 * shape.intermediate) + _dequantized(shape, s) // 2
 
 
+def kv_cache_bytes(shape: Shape, compute_bytes: int, sequences: int, tokens: int) -> int:
+    """Keys and values of every layer for `sequences` rows of `tokens` positions."""
+    return 2 * shape.layers * shape.kv_heads * shape.head_dim * compute_bytes * sequences * tokens
+
+
+def generation_bytes(shape: Shape, compute_bytes: int, sequences: int, prompt_len: int, completion_len: int) -> int:
+    """Generating: the KV cache at full length and one position's fp32 logits per sequence (sampling
+    reads the last position only)."""
+    return kv_cache_bytes(shape, compute_bytes, sequences, prompt_len + completion_len) + sequences * shape.vocab * 4
+
+
 def generation(shape: Shape, s: Setup) -> int:
-    """GRPO's generation: the KV cache of all its sequences at full length and one position's fp32 logits
-    each; or the prompts' forward (prefill) beside their part of the cache, whichever is larger."""
-    per_token = 2 * shape.layers * shape.kv_heads * shape.head_dim * s.compute_bytes
-    decode = per_token * s.generated * (s.seq_len + s.completion_len) + s.generated * shape.vocab * 4
-    prefill = per_token * s.generated * s.seq_len + _layer_transient(shape, s, s.generated * s.seq_len)
-    return max(decode, prefill)
+    """GRPO's generation above the weights: generating (generation_bytes), or the prompts' forward
+    (prefill) beside their part of the cache, whichever is larger."""
+    prefill = kv_cache_bytes(shape, s.compute_bytes, s.generated, s.seq_len)
+    prefill += _layer_transient(shape, s, s.generated * s.seq_len)
+    return max(generation_bytes(shape, s.compute_bytes, s.generated, s.seq_len, s.completion_len), prefill)
 
 
 def _reference_adapter(shape: Shape, s: Setup) -> int:
