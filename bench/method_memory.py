@@ -116,6 +116,11 @@ def child(method: str, spec_path: Path, model_dir: Path, data_dir: Path, checkpo
     inputs = prepare_inputs(raw)
     generated = _status("VmHWM") - before if method == "grpo" else 0  # a phase of its own, measured apart
     trainer._prepare_inputs = lambda batch: batch  # training_step's own call: the inputs are ready
+    reference = 0
+    if method in ("dpo", "kto"):  # the reference forward alone (no grad, adapter off), as the step runs it
+        before = _reset()
+        trainer.compute_ref_log_probs(trainer.model, inputs)
+        reference = _status("VmHWM") - before
     before = _reset()
     for step in range(2):
         trainer.training_step(model, inputs if step == 0 else prepare_inputs(raw), None)
@@ -128,14 +133,17 @@ def child(method: str, spec_path: Path, model_dir: Path, data_dir: Path, checkpo
     setup = dataclasses.replace(setup_for(spec, profile, length), micro_batch=examples, eight_bit_optimizer=False,
                                 completion_len=completion)
     est, as_sft = estimate(shape, setup), estimate(shape, dataclasses.replace(setup, method="sft"))
+    # chosen and rejected counted as one row a pair (half the rows the batch has), all else as the method's
+    one_row = estimate(shape, dataclasses.replace(setup, micro_batch=max(1, examples // 2))) if method in ("dpo", "orpo") else est
     step_predicted = est.weights + est.lora + est.activations + max(est.logits, est.recompute + est.attention,
                                                                      est.reference)
     measured = held + max(added, generated)
     return {"method": method, "checkpointing": checkpointing, "device": profile.device, "threads": os.cpu_count(),
             "examples": examples, "length": length, "completion": completion, "estimate": est.describe(),
             "predicted_gib": est.total / 2**30, "measured_gib": measured / 2**30,
-            "as_sft_gib": as_sft.total / 2**30, "held_gib": held / 2**30,
+            "as_sft_gib": as_sft.total / 2**30, "one_row_a_pair_gib": one_row.total / 2**30, "held_gib": held / 2**30,
             "predicted_step_gib": step_predicted / 2**30, "measured_step_gib": (held + added) / 2**30,
+            "predicted_reference_gib": est.reference / 2**30, "measured_reference_gib": reference / 2**30,
             "predicted_generation_gib": (est.weights + est.lora + est.apart) / 2**30 if est.apart else None,
             "measured_generation_gib": (held + generated) / 2**30 if generated else None}
 
@@ -183,7 +191,7 @@ def main() -> None:
         print(json.dumps(child(method, Path(spec), Path(model), Path(data), args.checkpointing)))
         return
     out = []
-    print(f"{'method':<6} {'rows':>9} {'predicted':>10} {'measured':>9} {'ratio':>6} {'as SFT':>7}   (GiB; GRPO: step | generation)")
+    print(f"{'method':<6} {'rows':>9} {'predicted':>10} {'measured':>9} {'ratio':>6} {'as SFT':>7}   (GiB; GRPO: step | generation apart)")
     for method in args.methods.split(","):
         with tempfile.TemporaryDirectory() as tmp:
             spec, model, data = prepare(method, Path(tmp))
@@ -195,6 +203,8 @@ def main() -> None:
         out.append(row)
         ratio = row["predicted_gib"] / row["measured_gib"]
         phases = ""
+        if row["measured_reference_gib"]:
+            phases = f"   reference forward alone {row['predicted_reference_gib']:.3f} : {row['measured_reference_gib']:.3f}"
         if row["predicted_generation_gib"]:
             phases = (f"   step {row['predicted_step_gib']:.3f} : {row['measured_step_gib']:.3f} | generation "
                       f"{row['predicted_generation_gib']:.3f} : {row['measured_generation_gib']:.3f}")

@@ -117,9 +117,9 @@ class Estimate:
         names = ("weights", "lora", "activations", "logits") + tuple(n for n in ("recompute", "attention", "reference")
                                                                      if getattr(self, n))
         parts = ", ".join(f"{name} {getattr(self, name) / GIB:.2f}" for name in names)
-        apart = f"; generation {self.apart / GIB:.2f} GiB before the step" if self.apart else ""
+        apart = f"; {self.apart / GIB:.2f} GiB generating before the step" if self.apart else ""
         load = f"; {self.load / GIB:.2f} GiB while loading, before FSDP shards it" if self.load else ""
-        counted = f"; {self.counted}" if self.counted else ""
+        counted = f" [{self.counted}]" if self.counted else ""
         return f"{self.total / GIB:.2f} GiB ({parts}){apart}{load}{counted}"
 
 
@@ -393,16 +393,19 @@ def _orpo_logits(shape: Shape, s: Setup, tokens: int) -> int:
 def no_grad_forward(shape: Shape, s: Setup, rows: int, length: int) -> int:
     """A forward under no_grad over rows x length tokens (the reference's, KTO's KL batch): nothing is
     kept for a backward. One layer's tensors at a time; then the fused head's input (the last hidden
-    states and their copy without the last position) and its tile."""
+    states, normalised, and their copy without the last position) and its tile."""
     tokens = rows * length
-    head = 2 * tokens * shape.hidden * _stream_bytes(s) + fused_tiles(shape, s, tokens, FORWARD_TEMPORARIES)
-    return max(_layer_transient(shape, s, tokens), head)
+    head = 3 * tokens * shape.hidden * _stream_bytes(s) + fused_tiles(shape, s, tokens, FORWARD_TEMPORARIES)
+    return max(_layer_transient(shape, s, rows, length), head)
 
 
-def _layer_transient(shape: Shape, s: Setup, tokens: int) -> int:
+def _layer_transient(shape: Shape, s: Setup, rows: int, length: int) -> int:
     """One decoder layer under no_grad: the residual, the normalised input and the MLP's gate, up, their
-    product and an adapter's output beside its layer's, and the dequantized weight."""
-    return tokens * _stream_bytes(s) * (3 * shape.hidden + 4 * shape.intermediate) + _dequantized(shape, s) // 2
+    product and an adapter's output beside its layer's; the attention mask, which every layer reads
+    (measured on the CPU with left-padded prompts: within 5% of a forward's peak); the dequantized weight."""
+    tokens = rows * length
+    return (tokens * _stream_bytes(s) * (3 * shape.hidden + 4 * shape.intermediate)
+            + tokens * length * _attention_bytes(s) + _dequantized(shape, s) // 2)
 
 
 def kv_cache_bytes(shape: Shape, compute_bytes: int, sequences: int, tokens: int) -> int:
@@ -420,7 +423,7 @@ def generation(shape: Shape, s: Setup) -> int:
     """GRPO's generation above the weights: generating (generation_bytes), or the prompts' forward
     (prefill) beside their part of the cache, whichever is larger."""
     prefill = kv_cache_bytes(shape, s.compute_bytes, s.generated, s.seq_len)
-    prefill += _layer_transient(shape, s, s.generated * s.seq_len)
+    prefill += _layer_transient(shape, s, s.generated, s.seq_len)
     return max(generation_bytes(shape, s.compute_bytes, s.generated, s.seq_len, s.completion_len), prefill)
 
 

@@ -6,8 +6,20 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from runner.machine.memory import (FUSED_TOKENS, FUSED_VOCAB, GIB, Setup, Shape, estimate, fit, generation,
-                                   kv_cache_bytes, method_fields, no_grad_forward, setup_for)
+from runner.machine.memory import (
+    FUSED_TOKENS,
+    FUSED_VOCAB,
+    GIB,
+    Setup,
+    Shape,
+    estimate,
+    fit,
+    generation,
+    kv_cache_bytes,
+    method_fields,
+    no_grad_forward,
+    setup_for,
+)
 
 LLAMA_31_8B = Shape.from_config({"vocab_size": 128256, "hidden_size": 4096, "num_hidden_layers": 32,
                                  "intermediate_size": 14336, "num_attention_heads": 32, "num_key_value_heads": 8})
@@ -64,8 +76,9 @@ def test_the_reference_forward_is_beside_the_activations_but_not_the_logits() ->
 
 def test_a_no_grad_forward_is_one_layer_or_the_head_whichever_is_larger() -> None:
     tokens = 4 * 2048
-    layer = tokens * 4 * (3 * 256 + 4 * 704) + 2 * 256 * 704 * 4 // 2  # fp32 stream; half of _dequantized's two
-    head = 2 * tokens * 256 * 4 + FUSED_TOKENS * 1024 * (4 + 4 * 4)  # the tile and 4 fp32 temporaries (CPU)
+    # the fp32 stream's tensors, the (rows, T, T) attention mask, and half of _dequantized's two weights
+    layer = tokens * 4 * (3 * 256 + 4 * 704) + tokens * 2048 * 4 + 2 * 256 * 704 * 4 // 2
+    head = 3 * tokens * 256 * 4 + FUSED_TOKENS * 1024 * (4 + 4 * 4)  # the tile and 4 fp32 temporaries (CPU)
     assert no_grad_forward(SMALL, CPU, 4, 2048) == max(layer, head)
 
 
@@ -92,7 +105,8 @@ def test_grpo_rows_are_prompt_plus_completion_and_generation_is_apart() -> None:
     # Long prompts: the prompts' forward (prefill) of all 64 at once, one layer's fp32 MLP over 64 x 1024
     # tokens beside their part of the cache, is larger than the whole cache.
     long = replace(s, seq_len=1024, completion_len=512)
-    prefill = 64 * 1024 * 4 * (3 * 4096 + 4 * 14336) + 2 * 4096 * 14336 * 2 // 2 + kv_cache_bytes(LLAMA_31_8B, 2, 64, 1024)
+    prefill = (64 * 1024 * 4 * (3 * 4096 + 4 * 14336) + 64 * 1024 * 1024 * 2 + 2 * 4096 * 14336 * 2 // 2
+               + kv_cache_bytes(LLAMA_31_8B, 2, 64, 1024))
     assert generation(LLAMA_31_8B, long) == prefill > kv_cache_bytes(LLAMA_31_8B, 2, 64, 1536) + 64 * 128256 * 4
 
 
