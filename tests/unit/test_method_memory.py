@@ -151,3 +151,10 @@ def test_the_spec_sets_the_method_fields(tmp_path: Path) -> None:
         assert method_fields(spec, profile) == fields, method
         s = setup_for(spec, profile, 300)
         assert {k: getattr(s, k) for k in fields} == fields and s.seq_len == 300, method
+
+
+def test_orpo_under_checkpointing_keeps_two_logits_beside_the_recomputed_layer() -> None:
+    s = replace(CPU, method="orpo", checkpointing=True)
+    orpo, sft_2x = estimate(SMALL, s), estimate(SMALL, replace(CPU, micro_batch=4, checkpointing=True))
+    assert orpo.recompute == sft_2x.recompute + 2 * (4 * 256) * 1024 * 4  # measured: bench/method_memory.py
+    assert estimate(SMALL, replace(s, method="dpo", reference=True)).recompute == sft_2x.recompute
