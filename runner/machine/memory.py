@@ -426,10 +426,11 @@ def generation_bytes(shape: Shape, compute_bytes: int, sequences: int, prompt_le
 
 def generation(shape: Shape, s: Setup) -> int:
     """GRPO's generation above the weights: generating (generation_bytes), or the prompts' forward
-    (prefill) beside their part of the cache, whichever is larger."""
-    prefill = kv_cache_bytes(shape, s.compute_bytes, s.generated, s.seq_len)
-    prefill += _layer_transient(shape, s, s.generated, s.seq_len)
-    return max(generation_bytes(shape, s.compute_bytes, s.generated, s.seq_len, s.completion_len), prefill)
+    (prefill) beside their part of the cache, whichever is larger. TRL generates outside autocast: keys
+    and values are in the stream's dtype (fp32 over a 4-bit base, whose linears return their input's)."""
+    prefill = kv_cache_bytes(shape, _stream_bytes(s), s.generated, s.seq_len)
+    prefill += _layer_transient(shape, replace(s, autocast=False), s.generated, s.seq_len)
+    return max(generation_bytes(shape, _stream_bytes(s), s.generated, s.seq_len, s.completion_len), prefill)
 
 
 def _reference_adapter(shape: Shape, s: Setup) -> int:

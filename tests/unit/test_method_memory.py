@@ -95,19 +95,22 @@ def test_grpo_rows_are_prompt_plus_completion_and_generation_is_apart() -> None:
     grpo = estimate(LLAMA_31_8B, s)
     sft = estimate(LLAMA_31_8B, replace(QLORA, seq_len=128 + 1408, checkpointing=True))
     assert grpo.activations == sft.activations + 4 * 1536 * 4096 * 4
-    # 64 sequences of 128 + 1408 tokens: 128 KiB of bf16 keys and values a token for Llama 3 8B, and one
-    # position's fp32 logits each.
-    assert grpo.apart == generation(LLAMA_31_8B, s) == 64 * 1536 * 128 * 1024 + 64 * 128256 * 4
+    # 64 sequences of 128 + 1408 tokens, and one position's fp32 logits each. Keys and values are 128 KiB a
+    # token for Llama 3 8B in bf16, but TRL generates outside autocast and over a 4-bit base the stream
+    # is fp32 (peft upcasts the embeddings and norms; a 4-bit linear returns its input's dtype): 256 KiB.
+    assert grpo.apart == generation(LLAMA_31_8B, s) == 64 * 1536 * 256 * 1024 + 64 * 128256 * 4
     assert kv_cache_bytes(LLAMA_31_8B, 2, 64, 1536) == 12 * GIB
+    plain = replace(s, quantization="none")  # no upcast: the cache in the compute dtype
+    assert generation(LLAMA_31_8B, plain) == 12 * GIB + 64 * 128256 * 4
     step = grpo.activations + max(grpo.logits, grpo.recompute + grpo.attention)
     assert grpo.total == grpo.weights + grpo.lora + max(step, grpo.apart)
     assert grpo.apart > step  # here the generation is the peak: shrinking the micro-batch does not help it
-    # Long prompts: the prompts' forward (prefill) of all 64 at once, one layer's fp32 MLP over 64 x 1024
-    # tokens beside their part of the cache, is larger than the whole cache.
+    # Long prompts: the prompts' forward (prefill) of all 64 at once, one layer's fp32 MLP and the fp32
+    # (no autocast) mask over 64 x 1024 tokens beside their part of the cache, is larger than the whole cache.
     long = replace(s, seq_len=1024, completion_len=512)
-    prefill = (64 * 1024 * 4 * (3 * 4096 + 4 * 14336) + 64 * 1024 * 1024 * 2 + 2 * 4096 * 14336 * 2 // 2
-               + kv_cache_bytes(LLAMA_31_8B, 2, 64, 1024))
-    assert generation(LLAMA_31_8B, long) == prefill > kv_cache_bytes(LLAMA_31_8B, 2, 64, 1536) + 64 * 128256 * 4
+    prefill = (64 * 1024 * 4 * (3 * 4096 + 4 * 14336) + 64 * 1024 * 1024 * 4 + 2 * 4096 * 14336 * 2 // 2
+               + kv_cache_bytes(LLAMA_31_8B, 4, 64, 1024))
+    assert generation(LLAMA_31_8B, long) == prefill > kv_cache_bytes(LLAMA_31_8B, 4, 64, 1536) + 64 * 128256 * 4
 
 
 def test_grpo_with_beta_adds_the_reference_pass_and_the_adapter_copy() -> None:
