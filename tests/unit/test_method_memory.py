@@ -161,3 +161,18 @@ def test_orpo_under_checkpointing_keeps_two_logits_beside_the_recomputed_layer()
     orpo, sft_2x = estimate(SMALL, s), estimate(SMALL, replace(CPU, micro_batch=4, checkpointing=True))
     assert orpo.recompute == sft_2x.recompute + 2 * (4 * 256) * 1024 * 4  # measured: bench/method_memory.py
     assert estimate(SMALL, replace(s, method="dpo", reference=True)).recompute == sft_2x.recompute
+
+
+def test_plan_says_what_each_method_counted(tmp_path: Path) -> None:
+    import re
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    expected = {"smoke-dpo": r"\[dpo: chosen\+rejected 2x rows: \d+ of \d+ tokens; reference forward \(no grad, adapter off\)",
+                "smoke-grpo": r"GiB generating before the step \[grpo: \d+ completions of \d+ \+ \d+ tokens a micro-batch"}
+    for spec, pattern in expected.items():
+        done = subprocess.run([sys.executable, "-m", "runner", "plan", f"specs/{spec}.yaml", "--store", str(tmp_path)],
+                              cwd=root, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert re.search(r"^memory: .*" + pattern, done.stdout, re.MULTILINE), done.stdout
