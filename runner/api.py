@@ -239,6 +239,7 @@ class Swept:
     plan: list[str]  # per variant and stage: key, status, sharing; then the cost
     codes: dict[str, int]  # variant name -> exit code of its `runner run` (empty when only planned or written)
     compared: Compared | None
+    best: str | None = None  # a search's line naming its best trial and its values
 
 
 def sweep(spec: str | Path, sets: Iterable[str] = (), variants: str | Path | None = None,
@@ -283,3 +284,58 @@ def sweep(spec: str | Path, sets: Iterable[str] = (), variants: str | Path | Non
     for line in compared.lines if compared else []:
         show(line)
     return Swept([w.path for w in written], planned, codes, compared)
+
+
+def search(spec: str | Path, ranges: Iterable[str], objective: str, trials: int, direction: str | None = None,
+           store: str | Path = "artifacts", jobs: int = 1, plan_only: bool = False, against: str = "baseline",
+           log: Callable[[str], None] = _log, show: Callable[[str], None] = print, max_variants: int | None = None,
+           on: str = "local", address: str | None = None) -> Swept:
+    """`runner sweep --search optuna`: Optuna proposes `trials` variants within `ranges` ("lora.r=4,8,16",
+    "train.learning_rate=1e-4:1e-2:log"), each run as a sweep's variant and scored by `objective`
+    ("BENCH/accuracy" or "validation_loss"); then the same comparison as a sweep's, and the best trial."""
+    from runner.experiments.search import check_corners, make_space, search_folder
+    from runner.experiments.search import search as run_search
+    from runner.experiments.variants import MAX_VARIANTS
+
+    limit = MAX_VARIANTS if max_variants is None else max_variants
+    if not 1 <= trials <= limit:
+        raise SpecError([f"sweep --search: --trials {trials}: run 1 to {limit:,} trials (raise the limit with "
+                         f"--max-variants {min(max(trials, 1), 10**6)})"])
+    if jobs < 1:
+        raise SpecError([f"sweep: --jobs {jobs}: run at least 1 variant at a time (--jobs 1, the default)"])
+    if address is not None and on != "ray":
+        raise SpecError([f"sweep: --address is a Ray cluster's: add --on ray (or leave --address out for --on {on})"])
+    base = validate(spec)
+    space = make_space(list(ranges), objective, direction, base)
+    check_corners(spec_file(spec), space, base.name)  # a bound the spec cannot take, before --plan says all is well
+    lines = [*space.lines(trials), f"search: study in {search_folder(Path(store), spec_file(spec), space)}"]
+    for line in lines:
+        show(line)
+    if plan_only:
+        return Swept([], lines, {}, None)
+    found = run_search(spec_file(spec), base, space, Path(store), trials, jobs,
+                       _trial_runner(on, Path(store), jobs, address, show, log), log)
+    compared = compare(found.done, store, against, found.specs[0].parent / "compare") if found.done else None
+    for line in (compared.lines if compared else []) + ([found.best] if found.best else []):
+        show(line)
+    return Swept(found.specs, lines, found.codes, compared, found.best)
+
+
+def _trial_runner(on: str, store: Path, jobs: int, address: str | None, show: Callable[[str], None],
+                  log: Callable[[str], None]) -> Callable[[list[Any]], dict[str, int]]:
+    """Run a batch of a search's trials as a sweep runs its variants: each one's plan shown, then run."""
+    from runner.core.execute import registered_stages
+    from runner.core.store import Store
+    from runner.experiments.sweep import device_slots, plan_lines, plan_variants, visible_gpus
+    from runner.machine.probe import probe_machine
+
+    probe = probe_machine()
+    slots = device_slots(jobs, visible_gpus(dict(os.environ), probe))
+
+    def run(written: list[Any]) -> dict[str, int]:
+        for line in plan_lines(plan_variants(registered_stages(), written, Store(store), probe, slots[0])):
+            show(line)
+        folder = written[0].path.parent  # the search's: a SLURM array's logs go there, as a sweep's do
+        return _run_on(on, written, store, min(jobs, len(written)), slots, address, folder, len(probe.gpus), log)
+
+    return run

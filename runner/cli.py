@@ -175,7 +175,7 @@ def _node_arguments(p) -> None:  # type: ignore[no-untyped-def]
 
 def _sweep_commands(command) -> None:  # type: ignore[no-untyped-def]
     store = Path(os.environ.get("RUNNER_STORE", "artifacts"))
-    sw = command("sweep", cmd_sweep, "run variants of a spec (a grid, or a variants file) and compare them")
+    sw = command("sweep", cmd_sweep, "run variants of a spec (a grid, a variants file, or a search) and compare them")
     sw.add_argument("--set", action="append", default=[], metavar="PATH=V1,V2",
                     help="a field and its values, e.g. lora.r=8,16,64 (repeatable: the grid of all combinations)")
     sw.add_argument("--variants", type=Path, metavar="FILE",
@@ -193,6 +193,15 @@ def _sweep_commands(command) -> None:  # type: ignore[no-untyped-def]
                     help="refuse a sweep of more than N variants, counted before any is made (default 256)")
     sw.add_argument("--against", choices=("baseline", "best"), default="baseline",
                     help="test each variant against the first (baseline) or the most accurate one")
+    sw.add_argument("--search", choices=("optuna",),
+                    help="a search instead of a grid: Optuna (seeded TPE) proposes each trial's values within --range")
+    sw.add_argument("--range", action="append", default=[], metavar="PATH=LOW:HIGH[:log]|PATH=V1,V2",
+                    help="with --search: a field's range, e.g. train.learning_rate=1e-4:1e-2:log or lora.r=4,8,16 (repeatable)")
+    sw.add_argument("--trials", type=int, metavar="N", help="with --search: how many trials the search holds in all")
+    sw.add_argument("--objective", metavar="BENCH/accuracy|validation_loss",
+                    help="with --search: what a trial scores, a benchmark's accuracy or the validation loss")
+    sw.add_argument("--direction", choices=("max", "min"),
+                    help="with --search: maximise or minimise the objective (default: max accuracy, min loss)")
     cp = command("compare", cmd_compare, "one report over several runs: accuracy, paired tests (Holm), loss, cost",
                  spec=False)
     cp.add_argument("runs", nargs="+", type=Path, metavar="RUN_OR_SPEC",
@@ -245,9 +254,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from runner.core.errors import StageError
 
     signals.install(hangup=True)  # SIGTERM and SIGHUP too stop the sweep's runs at a checkpoint
-    swept = api.sweep(args.spec, args.set, args.variants, args.store, args.jobs, args.plan, args.write, args.against,
-                      show=lambda line: print(line, flush=True), max_variants=args.max_variants, on=args.on,
-                      address=args.address)
+    if args.search or args.range or args.trials is not None or args.objective or args.direction:
+        swept = _search(args)
+    else:
+        swept = api.sweep(args.spec, args.set, args.variants, args.store, args.jobs, args.plan, args.write, args.against,
+                          show=lambda line: print(line, flush=True), max_variants=args.max_variants, on=args.on,
+                          address=args.address)
     if args.write:
         print("\n".join(str(path) for path in swept.specs))
     failed = [name for name, code in swept.codes.items() if code != 0]
@@ -255,6 +267,24 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise StageError(f"sweep: {len(failed)} of {len(swept.codes)} variant(s) failed ({', '.join(failed)}); their "
                          "output is above: fix what made them fail, then run the same sweep again (it runs only what is missing)")
     return 0
+
+
+def _search(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """`runner sweep --search optuna`: its own flags only (a search has no grid, and its trials are run, not written)."""
+    from runner import api
+    from runner.core.errors import SpecError
+
+    given = [flag for flag, on in (("--set", args.set), ("--variants", args.variants), ("--write", args.write)) if on]
+    if not args.search:
+        raise SpecError(["sweep: --range, --trials, --objective and --direction belong to --search optuna"])
+    if given:
+        raise SpecError([f"sweep --search optuna: {' and '.join(given)} belong to a grid; a search takes --range "
+                         "(fields it does not search are the spec's)"])
+    if args.trials is None or not args.objective:
+        raise SpecError(["sweep --search optuna: give --trials N and --objective BENCH/accuracy or validation_loss"])
+    return api.search(args.spec, args.range, args.objective, args.trials, args.direction, args.store, args.jobs,
+                      args.plan, args.against, show=lambda line: print(line, flush=True),
+                      max_variants=args.max_variants, on=args.on, address=args.address)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

@@ -25,13 +25,15 @@ from runner.machine.profile import Profile
 from runner.machine.world import Nodes, failure_file, launch_command, launch_failure, run_launcher, sharing_environment
 from runner.spec.typed import Spec
 
+PATIENCE = 1800  # seconds to wait for node 0 to reach the train stage: it builds the model and data first
+
 
 def follow(spec: Spec, profile: Profile, store: Store, nodes: Nodes, log: Callable[[str], None],
-           patience: float = 1800) -> str:
-    """Train this node's share; returns what happened, in a line. Waits up to `patience` seconds for
-    node 0 to reach the train stage (it builds the model and data first)."""
+           patience: float | None = None) -> str:
+    """Train this node's share; returns what happened, in a line. Waits up to `patience` seconds
+    (None: `RUNNER_FOLLOW_PATIENCE` where set, else PATIENCE) for node 0 to reach the train stage."""
     local = nodes.per_node(profile.processes)
-    context = _wait_for_context(spec, profile, store, nodes, log, patience)
+    context = _wait_for_context(spec, profile, store, nodes, log, _patience() if patience is None else patience)
     if context is None:
         return f"node {nodes.rank}: train is already in the store; nothing to do"
     settings = json.loads(context.read_text("utf-8"))["profile"]
@@ -43,6 +45,13 @@ def follow(spec: Spec, profile: Profile, store: Store, nodes: Nodes, log: Callab
     if code != 0:
         raise StageError(launch_failure(context.parent, profile.processes, nodes, code))
     return f"node {nodes.rank}: trained its {local} process(es); node 0 writes the store"
+
+
+def _patience() -> float:
+    """`RUNNER_FOLLOW_PATIENCE` (whole seconds) where set: longer for a node 0 with much data to build
+    first, shorter in the tests."""
+    value = os.environ.get("RUNNER_FOLLOW_PATIENCE", "")
+    return int(value) if value.isdigit() and int(value) > 0 else PATIENCE
 
 
 def _wait_for_context(spec: Spec, profile: Profile, store: Store, nodes: Nodes, log: Callable[[str], None],

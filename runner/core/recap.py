@@ -3,11 +3,21 @@ and by `runner plan` (the profile, then each stage). The Python API's results sh
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from runner.core.outputs import Benchmark, Calibrated, DataStats, EvalMetrics, Paired, TrainSummary
+from runner.core.outputs import (
+    Benchmark,
+    Calibrated,
+    DataStats,
+    EvalMetrics,
+    Paired,
+    TrainRow,
+    TrainSummary,
+    quarter_means,
+    reward_figure,
+)
 
 if TYPE_CHECKING:  # light: `runner --help` and `plan` import this module
     from runner.core.execute import Outcome
@@ -44,6 +54,9 @@ def result_lines(folders: dict[str, Path | None]) -> list[str]:
     metrics = _read(EvalMetrics, folders.get("eval"), "metrics.json")
     lines = mixture_lines(stats) if stats is not None else []
     lines += loss_lines(train) if train is not None else []
+    folder = folders.get("train")
+    if train is not None and folder is not None and train.method != "sft":  # SFT's lines are what they were
+        lines += method_lines(train, TrainRow.read(folder / "metrics.jsonl"))
     if metrics is not None:
         lines += [line for name, bench in metrics.benchmarks.items() for line in benchmark_lines(name, bench)]
         lines += clinical_lines(metrics)
@@ -136,16 +149,62 @@ def training_notes(train: TrainSummary) -> list[str]:
     if train.by_source:
         lines.append("  validation by source: " + ", ".join(
             f"{name} {_loss(v.before)} -> {_loss(v.after)}" for name, v in train.by_source.items()))
-    held_out = train.raw.get("held_out") or {}  # dpo, orpo, kto (untyped yet: came after runner.core.outputs)
-    if held_out:
-        lines.append(f"  {train.raw['method']} held-out pairs: " + ", ".join(
-            f"{name.replace('_', ' ')} {_loss(v['before'])} -> {_loss(v['after'])}" for name, v in held_out.items()))
+    if train.held_out:  # dpo, orpo, kto
+        lines.append(f"  {train.method} held-out pairs: " + ", ".join(
+            f"{name.replace('_', ' ')} {_loss(v.before)} -> {_loss(v.after)}" for name, v in train.held_out.items()))
     stopping = train.early_stopping
     if stopping:
         best = f"best step {stopping.best_step}, validation {_loss(stopping.best_eval_loss)}"
         lines.append(f"  early stopping: {stopping.reason}; the adapter is the {best}" if stopping.best_step
                      else f"  early stopping: {stopping.reason}; no evaluation came before the end")
     return lines
+
+
+# A preference method's figures on its training pairs, as the held-out line names them (TRL logs what it has:
+# DPO accuracy and margin, ORPO also its log odds ratio, KTO its margin and KL estimate).
+PREFERENCE_FIGURES: tuple[tuple[str, Callable[[TrainRow], float | None]], ...] = (
+    ("preference accuracy", lambda r: r.preference_accuracy), ("reward margin", lambda r: r.reward_margin),
+    ("log odds ratio", lambda r: r.log_odds_ratio), ("kl", lambda r: r.kl))
+
+
+def method_lines(train: TrainSummary, rows: Sequence[TrainRow]) -> list[str]:
+    """What a method other than SFT learned, from metrics.jsonl's steps: the mean over the first and the
+    last quarter of the steps (summary.json's rule), GRPO's per reward, a preference method's on its
+    training pairs (the held-out pairs' line, before -> after, is training_notes')."""
+    steps = sum(1 for r in rows if r.loss is not None)
+    span = f"first -> last quarter of {steps} step{'s' if steps != 1 else ''}"
+    if train.method == "grpo":
+        return grpo_lines(rows, span)
+    moved = [(name, q) for name, figure in PREFERENCE_FIGURES if (q := quarter_means(rows, figure)) is not None]
+    return [f"  {train.method} training pairs, {span}: "
+            + ", ".join(f"{name} {q[0]:.3f} -> {q[1]:.3f}" for name, q in moved)] if moved else []
+
+
+def grpo_lines(rows: Sequence[TrainRow], span: str) -> list[str]:
+    """One line per reward (answer_correct's with its shares right and unreadable), the weighted total,
+    KL to the reference and the completions' length."""
+    names = list(dict.fromkeys(name for r in rows for name in r.rewards))
+    if not names:
+        return []
+    lines = [f"  grpo, {span}:"]
+    for name in names:
+        mean, right, blank = (quarter_means(rows, reward_figure(name, figure))
+                              for figure in ("mean", "share_correct", "share_unreadable"))
+        shares = (f"; correct {_pct(right[0])} -> {_pct(right[1])}" if right else "") + (
+            f", no answer read {_pct(blank[0])} -> {_pct(blank[1])}" if blank else "")
+        lines.append(f"    reward {name}: {_moved(mean)}{shares}")
+    lines.append(f"    weighted reward: {_moved(quarter_means(rows, lambda r: r.reward))}")
+    kl = quarter_means(rows, lambda r: r.kl)
+    lines.append(f"    KL to the reference: {_moved(kl)}" if kl else "    KL to the reference: not measured (grpo.beta 0)")
+    length, cut = quarter_means(rows, lambda r: r.completion_length), quarter_means(rows, lambda r: r.clipped_ratio)
+    if length:
+        lines.append(f"    completion length: {length[0]:.1f} -> {length[1]:.1f} tokens"
+                     + (f", cut at the limit {_pct(cut[0])} -> {_pct(cut[1])}" if cut else ""))
+    return lines
+
+
+def _moved(q: tuple[float, float] | None) -> str:
+    return "n/a" if q is None else f"{q[0]:.3f} -> {q[1]:.3f}"
 
 
 def _loss(value: float | None) -> str:

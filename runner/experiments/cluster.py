@@ -41,7 +41,10 @@ def run_on_ray(written: list[Written], store: Path, address: str | None, log: Ca
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     import ray
 
-    ray.init(address=address, log_to_driver=True, include_dashboard=False, configure_logging=False)
+    # No --address: RAY_ADDRESS when the user set it (Ray's own convention), else a Ray of our own,
+    # never whatever cluster a `ray start` on this machine left behind (address=None would join it).
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    ray.init(address=address or "local", log_to_driver=True, include_dashboard=False, configure_logging=False)
     try:
         resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
         gpus = 1 if resources.get("GPU", 0) >= 1 else 0

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from runner.core.chain import chained_spec
 from runner.core.plan import Step, plan, stage_inputs
 from runner.core.records import latest_record
 from runner.core.signals import PARENT, STOPS
@@ -27,6 +28,9 @@ from runner.core.store import Store
 from runner.experiments.variants import Written
 from runner.machine.probe import Probe
 from runner.machine.profile import Profile, resolve_profile
+from runner.spec.typed import Spec
+
+CHAINED = ("model", "data", "train")  # what a chained spec runs before the spec that starts from it
 
 
 def visible_gpus(environ: dict[str, str], probe: Probe) -> list[str]:
@@ -55,6 +59,9 @@ class VariantPlan:
     profile: Profile
     steps: list[Step]
     ids: dict[str, str]  # stage -> its key, or what its key will be made of while upstream is pending
+    # The stages up to train of the specs this one starts from (train.init_adapter), each with the
+    # chained spec's file name and its identity: run first by the variant's `runner run`, shared.
+    chain: tuple[tuple[str, Step, str], ...] = ()
 
 
 def plan_variants(stages: tuple[Stage, ...], written: list[Written], store: Store, probe: Probe,
@@ -66,23 +73,46 @@ def plan_variants(stages: tuple[Stage, ...], written: list[Written], store: Stor
     for w in written:
         profile = resolve_profile(w.spec, probe)
         steps = plan(stages, w.spec, profile, store, latest_record(store.root, w.path))
-        ids: dict[str, str] = {}
-        for stage, step in zip(stages, steps):
-            # A pending stage's key needs its upstream's output; equal inputs and equal upstream
-            # identities make equal keys, since a stage's output is keyed by exactly these.
-            upstream = {ref: f"{ids[upstream_stage(ref)]}:{upstream_part(ref)}" for ref in stage.upstream}
-            ids[stage.name] = step.key or hashlib.sha256(json.dumps(
-                stage_inputs(stage, w.spec, profile, upstream), sort_keys=True, default=str).encode()).hexdigest()
-        out.append(VariantPlan(w, profile, steps, ids))
+        out.append(VariantPlan(w, profile, steps, stage_ids(stages, w.spec, profile, steps),
+                               chain_steps(stages, w.spec, store, probe)))
     return out
+
+
+def stage_ids(stages: tuple[Stage, ...], spec: Spec, profile: Profile, steps: list[Step]) -> dict[str, str]:
+    """Each stage's key, or for a pending one the digest of what its key will be made of."""
+    ids: dict[str, str] = {}
+    for stage, step in zip(stages, steps):
+        # A pending stage's key needs its upstream's output; equal inputs and equal upstream
+        # identities make equal keys, since a stage's output is keyed by exactly these.
+        upstream = {ref: f"{ids[upstream_stage(ref)]}:{upstream_part(ref)}" for ref in stage.upstream}
+        ids[stage.name] = step.key or hashlib.sha256(json.dumps(
+            stage_inputs(stage, spec, profile, upstream), sort_keys=True, default=str).encode()).hexdigest()
+    return ids
+
+
+def chain_steps(stages: tuple[Stage, ...], spec: Spec, store: Store,
+                probe: Probe) -> tuple[tuple[str, Step, str], ...]:
+    """The chained specs' stages up to train, first link first, as `runner run` of each alone plans them."""
+    found: list[tuple[str, Step, str]] = []
+    link = chained_spec(spec)
+    while link is not None:
+        linked, path = link
+        profile = resolve_profile(linked, probe)
+        steps = plan(stages, linked, profile, store, latest_record(store.root, path))
+        ids = stage_ids(stages, linked, profile, steps)
+        found = [(path.name, s, ids[s.stage]) for s in steps if s.stage in CHAINED] + found
+        link = chained_spec(linked)
+    return tuple(found)
 
 
 def plan_lines(plans: list[VariantPlan]) -> list[str]:
     """Per variant and stage: key, status, and which other variants share it; then the real cost."""
     sharers: dict[tuple[str, str], list[str]] = {}
     for p in plans:
-        for stage, ident in p.ids.items():
-            sharers.setdefault((stage, ident), []).append(p.written.variant.label)
+        for step, ident in identified(p):
+            names = sharers.setdefault((step.stage, ident), [])
+            if p.written.variant.label not in names:  # its own model and its chain's may be one
+                names.append(p.written.variant.label)
     lines = [line for p in plans for line in variant_lines(p, sharers, len(plans))]
     return lines + [cost_line(plans)]
 
@@ -90,24 +120,31 @@ def plan_lines(plans: list[VariantPlan]) -> list[str]:
 def variant_lines(p: VariantPlan, sharers: dict[tuple[str, str], list[str]], count: int) -> list[str]:
     """The variant's path, then each stage's plan line and who shares its output."""
     lines = [f"{p.written.variant.name}  ({p.written.path})"]
-    for step in p.steps:
-        others = [label for label in sharers[(step.stage, p.ids[step.stage])] if label != p.written.variant.label]
+    labelled = [(f"{name}: ", step, ident) for name, step, ident in p.chain]
+    for prefix, step, ident in labelled + [("", s, p.ids[s.stage]) for s in p.steps]:
+        others = [label for label in sharers[(step.stage, ident)] if label != p.written.variant.label]
         shared = (f"shared by all {count}" if len(others) == count - 1 and others
                   else f"shared with {_names(others)}" if others else "own")
-        lines.append(f"  {step.line():<60}  {shared}")
+        lines.append(f"  {prefix + step.line():<60}  {shared}")
     return lines
 
 
+def identified(p: VariantPlan) -> list[tuple[Step, str]]:
+    """The variant's steps, its chained specs' first, each with its identity."""
+    return [(step, ident) for _, step, ident in p.chain] + [(s, p.ids[s.stage]) for s in p.steps]
+
+
 def cost_line(plans: list[VariantPlan]) -> str:
-    """Stage executions once shared outputs run once, against running every variant alone."""
-    steps = [(p, s) for p in plans for s in p.steps]
-    runs = {(s.stage, p.ids[s.stage]) for p, s in steps if s.status != "cached"}
+    """Stage executions once shared outputs run once, against running every variant alone (a chained
+    spec's stages count with the stage they are: model, data, train)."""
+    steps = [step for p in plans for step in identified(p)]
+    runs = {(s.stage, ident) for s, ident in steps if s.status != "cached"}
     per_stage = {step.stage: [stage for stage, _ in runs].count(step.stage) for step in plans[0].steps}
-    cached = [s.status for _, s in steps].count("cached")
+    cached = [s.status for s, _ in steps].count("cached")
     naive = len(steps) - cached
     return (f"cost: {len(runs)} stage execution(s) "
             f"({', '.join(f'{stage} {n}' for stage, n in per_stage.items())}) for {len(plans)} variant(s); "
-            f"{naive} without sharing; {cached} of {len(plans) * len(plans[0].steps)} cached")
+            f"{naive} without sharing; {cached} of {len(steps)} cached")
 
 
 def _names(labels: list[str]) -> str:

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runner.core.outputs import EvalMetrics, ParityReport, TrainSummary
+from runner.core.outputs import EvalMetrics, ParityReport, TrainRow, TrainSummary
 from runner.core.stage import StageContext
+from runner.report.learning import PICTURE, plot_learning, with_learning
 from runner.report.sections import Doc, document, plot_reliability
 from runner.report.uncertainty import plot_risk_coverage, with_uncertainty
 
@@ -37,6 +38,7 @@ class Inputs:
     parity: ParityReport | None = None  # the export's parity.json, when it converted to GGUF
     samples: dict[str, dict[str, Any]] = field(default_factory=dict)  # benchmark -> {kind, rows}: sample answers
     free_contamination: dict[str, Any] = field(default_factory=dict)  # free-text benchmark -> what was found
+    train_rows: list[TrainRow] = field(default_factory=list)  # metrics.jsonl of a method other than SFT
 
 
 SAMPLES = 3  # questions per benchmark shown with both models' answers: enough to see what each writes
@@ -60,16 +62,19 @@ def write_report(ctx: StageContext, metrics: EvalMetrics, answers: list[dict[str
         pictures["calibration"] = "calibration.png"
     if plot_risk_coverage(metrics.raw["benchmarks"], ctx.out / "risk_coverage.png"):
         pictures["risk_coverage"] = "risk_coverage.png"
+    summary = TrainSummary.read(train / "summary.json") if train is not None and (train / "summary.json").is_file() else None
+    rows = TrainRow.read(train / "metrics.jsonl") if train is not None and summary and summary.method != "sft" else []
+    if summary is not None and plot_learning(summary.method, rows, ctx.out / PICTURE):
+        pictures["learning"] = PICTURE
     inputs = Inputs(spec=ctx.spec, profile=ctx.profile, metrics=metrics, answers=answers,
                     model_info=_json(ctx.upstream["model"] / "model.json") or {},
-                    train_summary=TrainSummary.read(train / "summary.json")
-                    if train is not None and (train / "summary.json").is_file() else None,
+                    train_summary=summary, train_rows=rows,
                     artifacts={stage: str(path) for stage, path in ctx.upstream.items()}, pictures=pictures,
                     parity=_parity(ctx.upstream["export"] / "parity.json") if "export" in ctx.upstream else None,
                     samples=sample_answers(ctx.out, loaded) if loaded is not None else {},
                     free_contamination=free_text_contamination(ctx.spec, _jsonl(ctx.out / "free_text.jsonl"), train_texts)
                     if ctx.spec.eval.contamination.check and metrics.free_text else {})
-    doc = with_uncertainty(document(inputs), inputs)
+    doc = with_learning(with_uncertainty(document(inputs), inputs), inputs)
     (ctx.out / "report.md").write_text(to_markdown(doc), "utf-8")
     (ctx.out / "report.html").write_text(to_html(doc, ctx.out), "utf-8")
 

@@ -199,13 +199,13 @@ def training_rows(t: TrainSummary) -> list[list[str]]:
             ["training loss, first -> last logged step", f"{_num(t.train_loss_first)} -> {_num(t.train_loss_last)}"]]
     if t.eval_loss_after is not None and t.eval_loss_before is not None:
         before, after = t.eval_loss_before, t.eval_loss_after
-        held_out = t.raw.get("held_out") or {}  # dpo, orpo, kto (untyped yet): a preference loss, no perplexity
-        method = f" ({t.raw['method']})" if held_out else ""
+        held_out = t.held_out  # dpo, orpo, kto: a preference loss, no perplexity
+        method = f" ({t.method})" if held_out else ""
         rows.append([f"validation loss{method}, before -> after", f"{_num(before)} -> {_num(after)}"])
         if not held_out:
             rows.append(["validation perplexity (answer tokens), before -> after", f"{_num(math.exp(before), 1)} -> {_num(math.exp(after), 1)}"])
-        for name, v in held_out.items():
-            rows.append([f"held-out {name.replace('_', ' ')}, before -> after", f"{_num(v['before'])} -> {_num(v['after'])}"])
+        for name, h in held_out.items():
+            rows.append([f"held-out {name.replace('_', ' ')}, before -> after", f"{_num(h.before)} -> {_num(h.after)}"])
         for name, v in (t.by_source or {}).items():
             rows.append([f"validation loss, source {name}, before -> after", f"{_num(v.before)} -> {_num(v.after)}"])
     e = t.early_stopping

@@ -145,6 +145,19 @@ def split_thought(content: str, thinking: Reasoning) -> tuple[str, str]:
     return head[len(thinking.think_start) + 1 :], answer
 
 
+def chat_messages(example: Example, system_prompt: str | None, thinking: Reasoning | None = None) -> list[dict[str, str]]:
+    """The messages a chat template reads: the system prompt, then the turns. `thinking`: the example is a
+    reasoning one (its trace written between these delimiters) and the template takes `reasoning_content`
+    (runner.rows.templates): the last turn goes as {reasoning_content: trace, content: answer}, so the
+    template writes the trace with its own thinking tokens, where it puts it."""
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    messages += [{"role": role, "content": content} for role, content in example.messages]
+    if thinking is not None:
+        trace, answer = split_thought(messages[-1]["content"], thinking)
+        messages[-1] = {"role": "assistant", "reasoning_content": trace, "content": answer}
+    return messages
+
+
 # Role names as the common chat layouts write them (OpenAI `role`, ShareGPT `from`), to the three
 # roles every chat template knows.
 ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant",

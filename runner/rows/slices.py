@@ -45,7 +45,12 @@ def reasoning_slice(spec: Spec, formats: list[str]) -> dict[str, Any]:
     r = spec.data.reasoning
     if "reasoning" not in formats:
         return {}
-    return {"reasoning": {"think_start": r.think_start, "think_end": r.think_end, "too_long": r.too_long}}
+    out: dict[str, Any] = {"think_start": r.think_start, "think_end": r.think_end, "too_long": r.too_long}
+    if spec.data.template == "chat":
+        # Through the tokenizer's template the trace goes as `reasoning_content` where the template takes
+        # it, and a template that drops it (DeepSeek-R1's) drops the row: data built before that rule differ.
+        out["chat_trace"] = "reasoning_content"
+    return {"reasoning": out}
 
 
 def fields_key(fields: Fields, fmt: str) -> dict[str, Any]:

@@ -10,7 +10,7 @@ evaluation, the server) reads a template from. Light: strings only.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 Preset = Literal["llama3", "chatml", "qwen", "mistral", "gemma", "phi"]
 
@@ -124,3 +124,30 @@ def chosen_template(own: str | None, preset: str | None) -> str | None:
     """The template the model stage writes into the tokenizer: `model.chat_template` as written, else the
     preset's text, else None (the tokenizer keeps its own). The spec refuses both at once."""
     return own if own is not None else PRESETS[preset] if preset is not None else None
+
+
+# What a chat template that takes the trace apart (Qwen3, ...) closes thinking with, where it is this one.
+TEMPLATE_THINK_END = "</think>"
+
+
+def takes_reasoning_content(template: str | None) -> bool:
+    """Whether a chat template reads an assistant message's `reasoning_content` (Qwen3 and others): such a
+    template writes the trace itself, with its own thinking tokens and in its own place, so a reasoning
+    example gives it the trace there rather than inside `content`."""
+    return template is not None and "reasoning_content" in template
+
+
+def trained_think_end(template: str | None, written: str) -> str:
+    """The delimiter a reasoning example's trace was closed with in training: `</think>` where the chat
+    template takes `reasoning_content` and writes it, else `written` (data.reasoning.think_end). A template
+    that takes the trace but closes it otherwise keeps `written`: its token cannot be read off the Jinja."""
+    taken = template is not None and takes_reasoning_content(template) and TEMPLATE_THINK_END in template
+    return TEMPLATE_THINK_END if taken else written
+
+
+def template_of(tok: Any) -> str | None:
+    """The chat template `apply_chat_template` uses: the tokenizer's own, or its `default` one of several."""
+    value = getattr(tok, "chat_template", None)
+    if isinstance(value, dict):
+        value = value.get("default")
+    return value if isinstance(value, str) else None

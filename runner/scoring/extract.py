@@ -12,7 +12,10 @@ reading of the extracted string as one of the question's choices (`to_choice`). 
 be read from gives the step's fallback (`[invalid]`), and `to_choice` gives None: an extraction
 failure, counted wrong, never dropped.
 
-Pure Python (no torch): the GRPO reward calls `extract_choice` on every sampled completion.
+`read_choice` is the one reading of a generated answer: eval.generative scores with it and GRPO's
+answer_correct reward rewards with it (runner.scoring.rewards), under the same spec fields, so what
+training rewards is what evaluation counts. Pure Python (no torch): the reward runs it on every
+sampled completion.
 """
 
 from __future__ import annotations
@@ -26,8 +29,13 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
+from runner.rows.templates import trained_think_end
+from runner.scoring.benchmarks import extract_choice as first_line_choice
+from runner.spec.typed import Generative, Spec
+
 FALLBACK = "[invalid]"  # lm-eval's fallback for a text its regex does not match
 THINK_END = "</think>"
+FIRST_LINE = "first-line"  # eval.generative's default reading (see read_choice)
 
 Function = Literal["regex", "multi_choice_regex", "remove_whitespace", "lowercase", "uppercase", "map",
                    "after_thinking", "take_first", "majority_vote"]
@@ -229,6 +237,45 @@ def _word_choice(text: str, labels: Sequence[str]) -> str | None:
     return to_choice(match.group(1), labels) if match else None
 
 
+def read_choice(text: str, labels: Sequence[str], how: str | Sequence[Step] = FIRST_LINE,
+                think_end: str = THINK_END, choices: Sequence[str] = ()) -> str | None:
+    """The label one generated text names, or None when none can be read, as eval.generative reads it.
+
+    `how`: the spec's filters (eval.generative.filters, one sample: a selection step has nothing to
+    choose among), a preset name (eval.generative.extract), or "first-line", the default: the first
+    non-empty line after the last `think_end`, read by runner.scoring.benchmarks.extract_choice (the
+    loglik-era reading, which a tiny model's "B. imatinib\nQuestion: ..." needs).
+    """
+    labels = [str(x) for x in labels]
+    if not isinstance(how, str):
+        picked = apply([s for s in how if s.function not in SELECTIONS], [text], choices)
+        return to_choice(picked[0], labels)
+    if how != FIRST_LINE:
+        return extract_choice(text, labels, how, choices)
+    tail = text.rsplit(think_end, 1)[-1]
+    line = next((x for x in tail.splitlines() if x.strip()), "")
+    picked_index = first_line_choice(line, tuple(labels))
+    return None if picked_index is None else labels[picked_index]
+
+
+def reading_think_end(spec: Spec, template: str | None) -> str:
+    """The delimiter `read_choice` reads after, for eval.generative and GRPO's answer_correct alike:
+    `eval.generative.think_end` as written; left at its default, the one training closed the traces with:
+    the chat template's `</think>` where it takes the trace as `reasoning_content` (`template`: the
+    tokenizer's, runner.rows.templates.template_of), else `data.reasoning.think_end`."""
+    written = spec.eval.generative.think_end
+    if written != Generative().think_end:
+        return written
+    return trained_think_end(template if spec.data.template == "chat" else None, spec.data.reasoning.think_end)
+
+
+def option_texts(prompt: str, labels: Sequence[str]) -> tuple[str, ...]:
+    """The choices' own texts (what lm-eval's `doc["choices"]` holds, for `multi_choice_regex`): the
+    prompt's "A. text" lines (formats.to_question renders them), a label standing for a missing line."""
+    found = dict(re.findall(r"^([A-Z])\. (.*)$", prompt, flags=re.MULTILINE))
+    return tuple(found.get(c, c) for c in labels)
+
+
 def steps_from(config: Sequence[Mapping[str, object]]) -> tuple[Step, ...]:
     """Steps from lm-eval-shaped dicts ({"function": "regex", "regex_pattern": ..., ...})."""
     out = []
@@ -246,5 +293,5 @@ def steps_from(config: Sequence[Mapping[str, object]]) -> tuple[Step, ...]:
     return pipeline(out)
 
 
-__all__ = ["FALLBACK", "PRESETS", "ExtractError", "Step", "apply", "extract_choice", "pipeline", "steps_from",
-           "to_choice"]
+__all__ = ["FALLBACK", "FIRST_LINE", "PRESETS", "ExtractError", "Step", "apply", "extract_choice", "option_texts",
+           "pipeline", "read_choice", "reading_think_end", "steps_from", "to_choice"]

@@ -10,9 +10,12 @@ quarter and GRPO must raise it, measured from the metrics log, not mocked.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
+import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -92,6 +95,93 @@ def test_grpo_raises_the_correct_answer_reward(chained: tuple[Path, Path, Path, 
     adapter = json.loads((train / "adapter" / "adapter_config.json").read_text())
     assert adapter["r"] == 16 and not (train / "adapter" / "ref").exists()
 
+
+
+def grpo_artifact(store: Path) -> Path:
+    [train] = [p for p in (store / "train").iterdir() if (p / "summary.json").is_file()
+               and json.loads((p / "summary.json").read_text()).get("method") == "grpo"]
+    return train
+
+
+def test_sigkill_mid_grpo_resumes_to_the_same_adapter(chained: tuple[Path, Path, Path, str], tmp_path: Path) -> None:
+    """Killed (SIGKILL) after a checkpoint, run again: the adapter is byte for byte the uninterrupted one's.
+
+    It holds because everything GRPO draws is restored or rebuilt from the seed: the Trainer's checkpoint
+    keeps the RNG states (Python, numpy, torch) it samples completions with and restores them on resume;
+    the prompts come from TRL's RepeatSampler, seeded, whose order the resumed run skips through; and a
+    generation batch is one optimizer step here (steps_per_generation is the gradient accumulation), so
+    no generated completions are buffered across a checkpoint."""
+    from tests.integration.test_crash import rows_in, start, wait_for
+
+    _, spec, store, _ = chained
+    whole = grpo_artifact(store)
+    want = hashlib.sha256((whole / "adapter" / "adapter_model.safetensors").read_bytes()).hexdigest()
+    # The same store without the GRPO result: the chain's SFT and the shared stages stay cached.
+    killed = tmp_path / "killed"
+    shutil.copytree(store, killed)
+    shutil.rmtree(grpo_artifact(killed))
+    proc = start(spec, killed)
+    assert wait_for(proc, rows_in(killed, 10, checkpoint=True)), "the run ended before the kill point"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = runner("run", str(spec), "--store", str(killed), "--only", "train")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "resuming from checkpoint-8" in done.stdout + done.stderr
+    again = grpo_artifact(killed)
+    assert again.name == whole.name  # the same key
+    got = hashlib.sha256((again / "adapter" / "adapter_model.safetensors").read_bytes()).hexdigest()
+    assert got == want
+    rows = [json.loads(line) for line in (again / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, 25))  # the log continues, no step twice
+
+
+def test_out_of_memory_in_a_chained_grpo_with_a_kl_term_retries_against_the_start(
+        chained: tuple[Path, Path, Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With beta > 0, TRL copies the starting adapter as the KL reference ("ref"). An out-of-memory error
+    (raised at step 10, after checkpoint-8: a CUDA one cannot happen on this CPU) rebuilds the trainer
+    over the same model: it must not fail on the copy the first trainer made, and must keep the start as
+    the reference while it trains on from the checkpoint at half the micro-batch."""
+    import torch
+    from safetensors.torch import load_file
+
+    from runner import api
+    from runner.stages.train import grpo
+    from tests.integration.test_memory_fit import OutOfMemoryAt
+
+    _, spec, store, _ = chained
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)  # the SFT link cached, the fixture's store untouched
+    built: list[tuple[int, int]] = []
+    references: list[dict[str, torch.Tensor]] = []
+    real = grpo.build_grpo_trainer
+
+    def build(model, *args, **kwargs):  # type: ignore[no-untyped-def]
+        built.append((args[1].micro_batch_size, args[1].gradient_accumulation))
+        trainer = real(model, *args, **kwargs)
+        references.append({n.replace(".ref.", "."): p.detach().clone() for n, p in model.named_parameters()
+                           if ".ref." in n})
+        if len(built) == 1:
+            trainer.add_callback(OutOfMemoryAt(step=10))
+        return trainer
+
+    monkeypatch.setattr(grpo, "build_grpo_trainer", build)
+    logs: list[str] = []
+    api.run(spec, store=copy, only="train", log=logs.append, sets=["train.grpo.beta=0.04", "train.max_steps=12"])
+    (micro, accumulation), retried = built
+    assert retried == (micro // 2, accumulation * 2), built
+    assert f"train: out of memory at micro-batch {micro}: retrying with {micro // 2} x {accumulation * 2} " \
+           "accumulation from checkpoint-8" in logs
+    [sft] = [p for p in (copy / "train").iterdir() if (p / "summary.json").is_file()
+             and json.loads((p / "summary.json").read_text()).get("method") is None]
+    start = load_file(str(sft / "adapter" / "adapter_model.safetensors"))
+    for reference in references:  # the first trainer's reference and the rebuilt one's: the start, exactly
+        assert reference and all(torch.equal(t.float(), start[n].float()) for n, t in reference.items())
+    trained = [p for p in (copy / "train").iterdir() if (p / "summary.json").is_file()
+               and json.loads((p / "summary.json").read_text()).get("method") == "grpo" and p.name != grpo_artifact(store).name]
+    [train] = trained
+    rows = [json.loads(line) for line in (train / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, 13)) and "kl" in rows[-1]
+    assert not (train / "adapter" / "ref").exists()
 
 def test_plan_shows_the_chain_cached_and_a_changed_sft_moves_the_grpo_key(
         chained: tuple[Path, Path, Path, str]) -> None:

@@ -7,8 +7,10 @@ import json
 import re
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
+from transformers import TrainerCallback
 
 from tests.integration.conftest import DEMO, runner
 
@@ -108,3 +110,94 @@ def test_sigkill_mid_dpo_resumes_to_the_same_adapter(tmp_path: Path) -> None:
     got = next(store.glob("train/*/adapter/adapter_model.safetensors")).read_bytes()
     assert got == want
     assert whole["steps"] == json.loads(next(store.glob("train/*/summary.json")).read_text())["steps"]
+
+
+CHAINED_SFT = """
+name: chained-sft
+seed: 7
+model:
+  source: init
+  init: {{hidden_size: 32, intermediate_size: 64, num_layers: 2, num_heads: 4, num_kv_heads: 2, vocab_size: 1024}}
+  quantization: nf4
+data: {{train: {{path: {demo}/medmc_train.jsonl}}, template: plain, max_rows: 48, max_length: 256}}
+lora: {{r: 8, alpha: 16, dropout: 0.0}}
+train: {{max_steps: 4, learning_rate: 3e-3, batch_size: 8, save_steps: 100}}
+"""
+
+
+class Weights(TrainerCallback):  # type: ignore[misc]
+    """The adapter's trainable weights as each attempt begins training and at each checkpoint it saves."""
+
+    def __init__(self, model: Any) -> None:
+        self.model, self.begin, self.saved = model, dict[str, Any](), dict[int, dict[str, Any]]()
+
+    def _now(self) -> dict[str, Any]:
+        return {n.replace(".default.", "."): p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def on_train_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+        self.begin = self._now()
+
+    def on_save(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+        self.saved[state.global_step] = self._now()
+
+
+def same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    import torch
+
+    return bool(a) and a.keys() <= b.keys() and all(torch.equal(t.float(), b[n].float()) for n, t in a.items())
+
+
+@pytest.mark.parametrize(("oom_step", "resume"), [(4, "checkpoint-3"), (2, "the start")])
+def test_out_of_memory_in_a_chained_dpo_retries_with_a_smaller_micro_batch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, oom_step: int, resume: str) -> None:
+    """DPO from an SFT adapter (train.init_adapter) keeps TRL's copy of the start as its reference ("ref").
+    An out-of-memory error (raised at `oom_step`, after checkpoint-3 or before any: a CUDA one cannot
+    happen on this CPU) rebuilds the trainer over the same model, where TRL's add_adapter("ref") once
+    failed on the copy the first trainer made. The retry must train at half the micro-batch from where
+    it says (the checkpoint's weights, or the start's, not the failed attempt's), against the same
+    reference: the starting adapter's weights."""
+    from safetensors.torch import load_file
+
+    from runner import api
+    from runner.stages.train import loop
+    from tests.integration.test_memory_fit import OutOfMemoryAt
+
+    (tmp_path / "sft.yaml").write_text(CHAINED_SFT.format(demo=DEMO))
+    spec = write_spec(tmp_path, "dpo")
+    spec.write_text(spec.read_text().replace("train: {method: dpo, epochs: 2,",
+                                             "train: {method: dpo, init_adapter: {spec: sft.yaml}, max_steps: 8,"
+                                             " save_steps: 3, micro_batch_size: 8,").replace(", save_steps: 6}", "}"))
+    built: list[tuple[int, int]] = []
+    references: list[dict[str, Any]] = []
+    weights: list[Weights] = []
+    real = loop.build_preference_trainer
+
+    def build(ctx, ready, profile):  # type: ignore[no-untyped-def]
+        built.append((profile.micro_batch_size, profile.gradient_accumulation))
+        trainer = real(ctx, ready, profile)
+        references.append({n.replace(".ref.", "."): p.detach().clone() for n, p in ready.model.named_parameters()
+                           if ".ref." in n})
+        weights.append(Weights(ready.model))
+        trainer.add_callback(weights[-1])
+        if len(built) == 1:
+            trainer.add_callback(OutOfMemoryAt(step=oom_step))
+        return trainer
+
+    monkeypatch.setattr(loop, "build_preference_trainer", build)
+    logs: list[str] = []
+    api.run(spec, store=tmp_path / "store", only="train", log=logs.append)
+    assert built == [(8, 1), (4, 2)]  # the effective batch stays 8
+    assert f"train: out of memory at micro-batch 8: retrying with 4 x 2 accumulation from {resume}" in logs
+    [sft_adapter] = [p for p in (tmp_path / "store" / "train").glob("*/adapter")
+                     if json.loads((p.parent / "summary.json").read_text()).get("method") is None]
+    start = load_file(str(sft_adapter / "adapter_model.safetensors"))
+    for reference in references:  # the first trainer's reference and the rebuilt one's: the start, exactly
+        assert same(reference, start)
+    assert same(weights[0].begin, start)
+    assert same(weights[1].begin, weights[0].saved[3] if resume == "checkpoint-3" else start)
+    [train] = [p for p in (tmp_path / "store" / "train").iterdir()
+               if (p / "summary.json").is_file() and json.loads((p / "summary.json").read_text()).get("method") == "dpo"]
+    assert json.loads((train / "summary.json").read_text())["steps"] == 8
+    rows = [json.loads(line) for line in (train / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, 9))
+    assert not (train / "adapter" / "ref").exists()

@@ -132,7 +132,7 @@ def test_too_long_examples_are_counted_as_the_spec_says(tmp_path: Path, too_long
                       f"reasoning: {{too_long: {too_long}}}, fields: {{question: Question, trace: Complex_CoT, "
                       f"answer: Response}}}}\n", base_dir=tmp_path, rows=False)
     tally, tok = building.Tally(), Words()
-    kept = []
+    kept: list[dict[str, Any]] = []
     for row in (O1, LONG, O1):
         try:
             kept += building._encode(to_example(row, "reasoning", spec.data.fields), tok, spec, tally)
@@ -168,9 +168,79 @@ def test_a_reasoning_source_in_a_mixture_keys_its_trace_column_and_delimiters(tm
     spec = parse_spec(text, base_dir=tmp_path)
     sliced = data.spec_slice(spec)["data"]
     assert [s["fields"].get("trace") for s in sliced["train"]] == [None, "why"]
-    assert sliced["reasoning"] == {"think_start": "<think>", "think_end": "</think>", "too_long": "drop"}
+    # The default template is the tokenizer's chat template: how it takes the trace is in the key (data
+    # built before templates got the trace as reasoning_content are not reused); a plain template has none.
+    assert sliced["reasoning"] == {"think_start": "<think>", "think_end": "</think>", "too_long": "drop",
+                                   "chat_trace": "reasoning_content"}
+    plain = parse_spec(text.replace("model: {source: init}\ndata:\n", "model: {source: init}\ndata:\n  template: plain\n"),
+                       base_dir=tmp_path)
+    assert data.spec_slice(plain)["data"]["reasoning"] == {"think_start": "<think>", "think_end": "</think>",
+                                                           "too_long": "drop"}
     alone = parse_spec(text.split("    - {name: thoughts")[0].replace("    - {name: plain, path: t.jsonl, format: qa}\n",
                                                                      "    - {name: plain, path: t.jsonl, format: qa}\n"
                                                                      "    - {name: more, path: t.jsonl, format: qa}\n"),
                        base_dir=tmp_path)
     assert "reasoning" not in data.spec_slice(alone)["data"]  # keys of specs without a reasoning source stay
+
+
+def test_a_reasoning_example_gives_a_template_that_takes_it_the_trace_as_reasoning_content() -> None:
+    from runner.rows.formats import chat_messages
+
+    thinking = Reasoning(think_start="<|think|>", think_end="<|/think|>")
+    example = to_example(O1, "reasoning", O1_FIELDS, thinking)
+    assert chat_messages(example, "Be brief.", thinking) == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Question: A boy has wrist drop after a humerus fracture. Which nerve?\nAnswer:"},
+        {"role": "assistant", "reasoning_content": "Wrist drop means the wrist extensors fail.\n"
+                                                   "They are supplied by the radial nerve.",
+         "content": "The radial nerve."}]
+    assert chat_messages(example, None) == [{"role": role, "content": text} for role, text in example.messages]
+
+
+class Qwen3ish(Words):
+    """Words with a template that takes `reasoning_content` and writes it between <think> and </think>."""
+
+    chat_template = "{{ message.reasoning_content }} ... '</think>' ..."
+
+    def apply_chat_template(self, messages: list[dict[str, str]], tokenize: bool, add_generation_prompt: bool) -> str:
+        def turn(m: dict[str, str]) -> str:
+            thought = f"<think>\n{m['reasoning_content']}\n</think>\n\n" if "reasoning_content" in m else ""
+            return f"<|{m['role']}|>\n{thought}{m['content']}<|end|>\n"
+
+        return "".join(turn(m) for m in messages) + ("<|assistant|>\n" if add_generation_prompt else "")
+
+
+def test_the_data_stage_hands_the_trace_over_only_for_a_reasoning_source(tmp_path: Path) -> None:
+    (tmp_path / "t.jsonl").write_text("{}\n")
+    spec = parse_spec("model: {source: init}\ndata: {train: {path: t.jsonl}, format: reasoning, reasoning: "
+                      "{think_start: '<|think|>', think_end: '<|/think|>'}, fields: {question: Question, "
+                      "trace: Complex_CoT, answer: Response}}\n", base_dir=tmp_path, rows=False)
+    example = to_example(O1, "reasoning", spec.data.fields, spec.data.reasoning)
+    tok = Qwen3ish()
+    row = next(iter(building._encode(example, tok, spec, building.Tally())))
+    assert trained(tok, row["input_ids"], row["labels"])[1].startswith("<think>\nWrist drop")
+    # Not a reasoning source (no tally): the content as it is, whatever the template takes.
+    plain = next(iter(building._encode(example, tok, spec)))
+    assert trained(tok, plain["input_ids"], plain["labels"])[1].startswith("<|think|>\nWrist drop")
+
+
+@pytest.mark.parametrize(("template", "data_end", "eval_end", "expected"), [
+    ("{{ m.reasoning_content }}<think></think>", "<|/think|>", "</think>", "</think>"),  # the template's
+    ("{{ m.content }}", "<|/think|>", "</think>", "<|/think|>"),  # what training wrote: ours
+    (None, "</think>", "</think>", "</think>"),  # every spec of today
+    ("{{ m.reasoning_content }}<think></think>", "<|/think|>", "[/THINK]", "[/THINK]"),  # as written
+    ("{{ m.reasoning_content }}[THINK][/THINK]", "<|/think|>", "</think>", "<|/think|>"),  # its token unknown
+])
+def test_the_evaluation_closes_thinking_where_training_did(template: str | None, data_end: str, eval_end: str,
+                                                         expected: str, tmp_path: Path) -> None:
+    from runner.stages.eval.sampling import think_end_of
+
+    (tmp_path / "t.jsonl").write_text("{}\n")
+    spec = parse_spec(f"model: {{source: init}}\ndata: {{train: {{path: t.jsonl}}, format: reasoning, reasoning: "
+                      f"{{think_end: '{data_end}'}}}}\neval: {{generative: {{enabled: true, think_end: '{eval_end}'}}}}\n",
+                      base_dir=tmp_path, rows=False)
+    tok = type("Tok", (), {"chat_template": template})()
+    assert think_end_of(spec, tok) == expected
+    plain = parse_spec(f"model: {{source: init}}\ndata: {{train: {{path: t.jsonl}}, template: plain, format: reasoning, "
+                       f"reasoning: {{think_end: '{data_end}'}}}}\n", base_dir=tmp_path, rows=False)
+    assert think_end_of(plain, tok) == data_end  # no chat template in play: ours

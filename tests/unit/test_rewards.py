@@ -10,7 +10,7 @@ import pytest
 from runner.core.errors import SpecError
 from runner.scoring import rewards
 from runner.scoring.rewards import LETTER, TEXT, answer_correct, built_in, format_reward, is_correct, read_answer
-from runner.spec.typed import parse_spec
+from runner.spec.typed import Spec, parse_spec
 
 
 @pytest.mark.parametrize(("completion", "picked"), [
@@ -27,6 +27,107 @@ from runner.spec.typed import parse_spec
 ])
 def test_the_answer_is_read_as_the_eval_reads_it(completion: str, picked: int | None) -> None:
     assert read_answer(completion, 4) == picked
+
+
+# The reader the reward had before it read through extract.read_choice: benchmarks.extract_choice on the
+# first non-empty line after the last </think>.
+def old_reader(completion: str, choices: int) -> int | None:
+    from runner.scoring.benchmarks import extract_choice
+
+    return extract_choice(rewards.answer_line(completion), tuple("ABCDE"[:choices]))
+
+
+HAND = [" B. imatinib", "Answer: C", "the answer is (D)", "<think>A, no: C.</think>\nAnswer: C",
+        "<think>It is A</think>\n", "a patient with a fever", "either C or D", "", "E. none",
+        "\n\n A\nQuestion: next", "I think B.\nThe answer is (C)", "(b)", "answer: b", "<think>x</think> B",
+        "Answer: (E)", "Imatinib is the drug."]
+
+
+@pytest.mark.parametrize("completion", HAND)
+def test_the_default_reading_is_eval_generatives_and_reads_as_the_old_reader(completion: str, tmp_path: Path) -> None:
+    """eval.generative's default (`extract: first-line`) is the reader the reward had: on every hand case,
+    the readable ones and those neither reads (the article "a", two letters, a letter past the options, an
+    answer only inside the thinking, prose naming no letter), the same answer."""
+    assert rewards.reading_of(parse_spec(grpo_spec(tmp_path, "{method: grpo}"), base_dir=tmp_path)) == rewards.Reading()
+    assert read_answer(completion, 4) == old_reader(completion, 4)
+
+
+NO_ANSWER = {"<think>It is A</think>\n", "(b)", "a patient with a fever", "either C or D", "", "E. none", "Answer: (E)",
+             "Imatinib is the drug."}
+
+
+def test_neither_reads_the_unreadable_hand_cases() -> None:
+    assert {c for c in HAND if read_answer(c, 4) is None} == NO_ANSWER
+
+
+@pytest.mark.parametrize(("completion", "first_line", "last_answer"), [
+    ("I think B.\nThe answer is (C)", 1, 2),  # the first line names B; the last "answer is" is C
+    (" B. imatinib", 1, None),  # no "answer": the filter reads nothing where the first line reads B
+    ("Answer: A, no wait. Answer: D", 0, 3),  # the first "answer" against the last
+    ("<think>Answer: B</think>", None, None),  # only inside the thinking: neither
+    ("either C or D", None, None),
+])
+def test_the_spec_reading_is_the_reward_reading(tmp_path: Path, completion: str, first_line: int | None,
+                                              last_answer: int | None) -> None:
+    """eval.generative.extract or .filters change what answer_correct reads as they change what eval scores."""
+    steps = ("[{function: after_thinking}, {function: regex, regex_pattern: '[Aa]nswer(?: is)?\\s*:?\\s*\\(?([ABCD])\\)?',"
+             " group_select: -1}, {function: take_first}]")
+    for generative, want in (("{enabled: true}", first_line), ("{enabled: true, extract: last-answer}", last_answer),
+                             (f"{{enabled: true, filters: {steps}}}", last_answer)):
+        text = grpo_spec(tmp_path, "{method: grpo}") + f"eval: {{generative: {generative}}}\n"
+        spec = parse_spec(text, base_dir=tmp_path)
+        [reward] = rewards.reward_functions(spec)[0]
+        letter = None if want is None else "ABCD"[want]
+        got = reward([completion] * 4, answer=list("ABCD"), kind=[LETTER] * 4, choices=[4] * 4)
+        assert got == [float(k == letter) for k in "ABCD"], (generative, got)
+
+
+def test_a_multi_choice_filter_reads_the_option_texts_of_the_prompt() -> None:
+    flexible = rewards.Reading("flexible")
+    prompt = "Which drug?\nA. aspirin\nB. imatinib\nC. insulin\nD. heparin\nAnswer:"
+    assert read_answer("give imatinib", 4, flexible, prompt) == 1
+    assert read_answer("give imatinib", 4, flexible) is None  # no prompt, no option texts
+    got = answer_correct(["give imatinib"], answer=["B"], kind=[LETTER], choices=[4], prompts=[prompt],
+                         reading=flexible)
+    assert got == [1.0]
+
+
+def test_the_reading_enters_the_grpo_key_only_when_set(tmp_path: Path) -> None:
+    from runner.stages.train import method_slice, spec_slice
+
+    def spec(train: str, generative: str = "{enabled: true}") -> Spec:
+        return parse_spec(grpo_spec(tmp_path, train) + f"eval: {{generative: {generative}}}\n", base_dir=tmp_path)
+
+    assert "read" not in method_slice(spec("{method: grpo}"))["grpo"]  # smoke-grpo's: its key stays
+    moved = method_slice(spec("{method: grpo}", "{extract: last-answer, think_end: </r>}"))["grpo"]
+    assert moved["read"] == {"extract": "last-answer", "think_end": "</r>"}
+    # SFT reads no answer while training; a GRPO without answer_correct neither.
+    assert spec_slice(spec("{}", "{extract: last-answer}")) == spec_slice(spec("{}"))
+    no_answer = "{method: grpo, grpo: {rewards: [{name: format}]}}"
+    assert "read" not in method_slice(spec(no_answer, "{extract: last-answer}"))["grpo"]
+
+
+@pytest.mark.parametrize(("data", "generative", "template", "think_end"), [
+    ("", "{}", None, "</think>"),
+    ("reasoning: {think_end: '</r>'}", "{}", None, "</r>"),  # where training closed the traces
+    ("reasoning: {think_end: '</r>'}", "{think_end: '[/T]'}", None, "[/T]"),  # as written
+    ("template: chat, reasoning: {think_end: '</r>'}", "{}", "{{ m.reasoning_content }}<think></think>", "</think>"),
+])
+def test_the_thinking_delimiter_is_the_one_eval_reads_after(tmp_path: Path, data: str, generative: str,
+                                                          template: str | None, think_end: str) -> None:
+    """The reward and eval resolve it by the same function (extract.reading_think_end); set away from
+    </think> by the spec, it enters the GRPO train key (a template's own comes in with the model)."""
+    from runner.stages.train import method_slice
+
+    text = grpo_spec(tmp_path, "{method: grpo}").replace("data: {train: {path: train.jsonl}}",
+                                                        f"data: {{train: {{path: train.jsonl}}, {data}}}" if data else
+                                                        "data: {train: {path: train.jsonl}}")
+    spec = parse_spec(text + f"eval: {{generative: {generative}}}\n", base_dir=tmp_path)
+    assert rewards.reading_of(spec, template).think_end == think_end
+    completion = f"<think>A{think_end} B\nC"
+    assert read_answer(completion, 4, rewards.reading_of(spec, template)) == 1
+    read = method_slice(spec)["grpo"].get("read", {})
+    assert read.get("think_end", "</think>") == (think_end if template is None else "</r>")
 
 
 def test_answer_correct_scores_one_only_for_the_key_and_logs_the_shares() -> None:

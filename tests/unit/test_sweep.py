@@ -177,6 +177,22 @@ def test_the_plan_says_what_variants_share_and_what_the_sweep_costs(tmp_path: Pa
                                 "2 variant(s); 10 without sharing")
 
 
+def test_a_chained_specs_stages_are_planned_once_for_the_whole_sweep(tmp_path: Path) -> None:
+    """smoke-grpo starts from smoke.yaml's adapter: each variant's file lives in the sweep folder, so the
+    chained spec's path must be made absolute like a data path (it was not: every variant failed with
+    'no spec file smoke.yaml'), and smoke's model, data and train count once in the cost."""
+    from runner.core.execute import registered_stages
+
+    grpo = ROOT / "specs" / "smoke-grpo.yaml"
+    written = write_variants(grpo, grid([parse_setting("train.learning_rate=1e-3,1e-2")], "g"), tmp_path / "v")
+    assert {w.spec.train.init_adapter.spec for w in written} == {str(ROOT / "specs" / "smoke.yaml")}  # type: ignore[union-attr]
+    lines = plan_lines(plan_variants(registered_stages(), written, Store(tmp_path / "store"), Probe(cores=2), None))
+    assert lines[-1].startswith("cost: 9 stage execution(s) (model 1, data 1, train 3, export 2, eval 2) for "
+                                "2 variant(s); 16 without sharing; 0 of 16 cached")
+    chained = [line for line in lines if line.startswith("  smoke.yaml: ")]
+    assert len(chained) == 6 and all(line.endswith("shared by all 2") for line in chained)
+
+
 def test_holm_against_a_case_worked_by_hand() -> None:
     # m = 4, sorted: 0.005 x 4 = 0.02; 0.01 x 3 = 0.03; 0.03 x 2 = 0.06; 0.04 x 1 = 0.04 -> kept at 0.06.
     assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])

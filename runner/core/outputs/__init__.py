@@ -6,7 +6,7 @@ the stage always wrote). Light: no torch.
 | --- | --- | --- | --- |
 | data/stats.json | DataStats | the data stage | train, plan, recap, compare |
 | train/summary.json | TrainSummary | the train stage | export, recap, compare, the report |
-| train/metrics.jsonl | TrainRow | the train stage's logger | compare |
+| train/metrics.jsonl | TrainRow | the train stage's logger | compare, recap, the report |
 | eval/metrics.json | EvalMetrics | the eval stage | recap, compare, the report, export.push |
 | eval/predictions.jsonl | Prediction | the eval stage | compare |
 | export/adapter/metadata.json | ExportMetadata | the export stage | its model card, export.push |
@@ -41,10 +41,21 @@ from runner.core.outputs.jsonio import (
     shown,
 )
 from runner.core.outputs.run import RunRecord
-from runner.core.outputs.train import EarlyStopping, SourceLoss, TrainRow, TrainSummary
+from runner.core.outputs.train import (
+    EarlyStopping,
+    HeldOut,
+    Quarters,
+    RewardStep,
+    SourceLoss,
+    TrainRow,
+    TrainSummary,
+    quarter_means,
+    reward_figure,
+)
 
 __all__ = ["DAMAGED", "MAX_BENCHMARKS", "MAX_NAME", "BaseModel", "Benchmark", "Calibrated", "DataStats",
-           "EarlyStopping", "EvalMetrics", "ExportMetadata", "FormParity", "FreeText", "Generative", "JsonFile",
-           "OutputError", "Paired", "ParityReport", "Perplexity", "Prediction", "Question", "RunRecord", "Score",
-           "SourceLoss", "SourceStats", "Tokens", "TrainRow", "TrainSummary", "cut", "load_json", "load_object",
-           "optional_number", "shown"]
+           "EarlyStopping", "EvalMetrics", "ExportMetadata", "FormParity", "FreeText", "Generative", "HeldOut",
+           "JsonFile", "OutputError", "Paired", "ParityReport", "Perplexity", "Prediction", "Quarters", "Question",
+           "RewardStep", "RunRecord", "Score", "SourceLoss", "SourceStats", "Tokens", "TrainRow", "TrainSummary", "cut",
+           "load_json", "load_object", "optional_number", "quarter_means", "reward_figure",
+           "shown"]

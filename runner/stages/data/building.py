@@ -175,7 +175,7 @@ def _encode(example: Example | Pair | Labelled | str, tok: Any, spec: Spec,
         ids, labels, cut = fit_trace(example, tok, d.template, d.system_prompt, d.reasoning, d.max_length)
         reasoning.truncated += cut
         return [{"input_ids": ids, "labels": labels}]
-    ids, labels = encode(example, tok, d.template, d.system_prompt)
+    ids, labels = encode(example, tok, d.template, d.system_prompt, d.reasoning if reasoning is not None else None)
     if len(ids) > d.max_length:
         raise Dropped(f"longer than data.max_length ({d.max_length} tokens)")
     return [{"input_ids": ids, "labels": labels}]

@@ -8,8 +8,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from runner.rows.formats import Dropped, Example, split_thought, thought
+from runner.rows.formats import Dropped, Example, chat_messages, split_thought, thought
 from runner.rows.pairs import Labelled, Pair
+from runner.rows.templates import takes_reasoning_content, template_of
 from runner.spec.typed import Reasoning
 
 Row = dict[str, list[int]]
@@ -20,8 +21,10 @@ Row = dict[str, list[int]]
 PIECE_CHARS = 1 << 20
 
 
-def encode(example: Example, tok: Any, template: str, system_prompt: str | None) -> tuple[list[int], list[int]]:
-    """Token ids and labels; labels are -100 except on the assistant's tokens."""
+def encode(example: Example, tok: Any, template: str, system_prompt: str | None,
+           thinking: Reasoning | None = None) -> tuple[list[int], list[int]]:
+    """Token ids and labels; labels are -100 except on the assistant's tokens. `thinking`: a reasoning
+    example's delimiters, for a chat template that takes the trace as `reasoning_content`."""
     if template == "plain":
         if len(example.messages) != 2:
             raise Dropped("data.template plain takes single-turn examples; use template chat")
@@ -30,9 +33,12 @@ def encode(example: Example, tok: Any, template: str, system_prompt: str | None)
         full = tok(f"{prompt} {answer}").input_ids + [tok.eos_token_id]
         start = _common_prefix(context, full)
         return full, [-100] * start + full[start:]
-    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    messages += [{"role": role, "content": content} for role, content in example.messages]
+    messages = chat_messages(example, system_prompt, thinking if takes_reasoning_content(template_of(tok)) else None)
     full = _chat_ids(tok, messages, False)
+    if thinking is not None and split_thought(example.messages[-1][1], thinking)[0] not in _chat_text(tok, messages, False):
+        # DeepSeek-R1's template (its distills' too) keeps only what follows </think> of an assistant turn.
+        raise Dropped("the chat template drops the reasoning trace (as DeepSeek-R1's does): give model.chat_template "
+                      "one that keeps it, or set data.template: plain")
     labels = [-100] * len(full)
     for i, m in enumerate(messages):
         if m["role"] == "assistant":
@@ -50,7 +56,7 @@ def fit_trace(example: Example, tok: Any, template: str, system_prompt: str | No
     """A reasoning example's ids and labels with the end of its trace cut until the whole fits `max_length`
     (the delimiters and the answer kept: an answer is what the trace was for), and whether it was cut.
     Dropped when even an empty trace leaves it too long."""
-    ids, labels = encode(example, tok, template, system_prompt)
+    ids, labels = encode(example, tok, template, system_prompt, thinking)
     if len(ids) <= max_length:
         return ids, labels, False
     trace, answer = split_thought(example.messages[-1][1], thinking)
@@ -62,7 +68,7 @@ def fit_trace(example: Example, tok: Any, template: str, system_prompt: str | No
         keep = max(0, keep - (len(ids) - max_length))  # at least the overflow: the loop ends
         cut = tok.decode(pieces[:keep]).strip()
         ids, labels = encode(Example(example.messages[:-1] + (("assistant", thought(cut, answer, thinking)),)),
-                             tok, template, system_prompt)
+                             tok, template, system_prompt, thinking)
     return ids, labels, True
 
 
@@ -123,14 +129,18 @@ def _pieces(text: str, size: int) -> Iterator[str]:
 
 
 def _chat_ids(tok: Any, messages: list[dict[str, str]], generation_prompt: bool) -> list[int]:
+    ids: list[int] = tok(_chat_text(tok, messages, generation_prompt), add_special_tokens=False).input_ids
+    return ids
+
+
+def _chat_text(tok: Any, messages: list[dict[str, str]], generation_prompt: bool) -> str:
     from jinja2.exceptions import TemplateError
 
     try:
-        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+        text: str = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
     except TemplateError as exc:  # the template's raise_exception: Gemma's and Mistral's want alternating turns
         raise Dropped(f"refused by the chat template: {str(exc)[:80]}") from None
-    ids: list[int] = tok(text, add_special_tokens=False).input_ids
-    return ids
+    return text
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

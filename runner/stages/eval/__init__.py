@@ -336,9 +336,9 @@ def sampled_answers(ctx: StageContext, model: Any, tok: Any, bench: Benchmark, i
                     requests: list[Any], labels: tuple[str, ...]) -> dict[str, Any]:
     """Each model's k sampled texts per question (checkpointed in the work folder, so a killed eval
     resumes), the answers read off them, the vote; the summary and the predictions' extra fields."""
-    from runner.stages.eval.sampling import Budget, prediction_fields, read_answers, sample_texts, summary
+    from runner.stages.eval.sampling import Budget, prediction_fields, read_answers, sample_texts, summary, think_end_of
 
-    gen = ctx.spec.eval.generative
+    gen = dataclasses.replace(ctx.spec.eval.generative, think_end=think_end_of(ctx.spec, tok))
     budget = Budget.of(gen, ctx.spec.seed, ctx.spec.eval.batch_size)
     prompts = _generation_prompts(model, tok, requests, gen.max_new_tokens + (gen.thinking_budget or 0))
     answers, rows = {}, {}

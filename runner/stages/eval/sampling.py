@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runner.rows.templates import template_of
 from runner.scoring.consistency import compare, consistency, per_question
-from runner.scoring.extract import apply, extract_choice, steps_from, to_choice
-from runner.spec.typed import Generative
+from runner.scoring.extract import option_texts, read_choice, reading_think_end, steps_from
+from runner.spec.typed import Generative, Spec
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,13 @@ class Budget:
     def of(cls, gen: Generative, seed: int, batch_size: int) -> Budget:
         return cls(gen.max_new_tokens, gen.samples, gen.temperature, gen.top_p, gen.thinking_budget, gen.think_end,
                    gen.stop, seed, batch_size)
+
+
+def think_end_of(spec: Spec, tok: Any) -> str:
+    """`eval.generative.think_end` as written; left at its default, the delimiter training closed the traces
+    with: the chat template's `</think>` where it takes the trace as `reasoning_content`, else
+    `data.reasoning.think_end` (a spec that changes it need not repeat it here)."""
+    return reading_think_end(spec, template_of(tok))  # GRPO's answer_correct reads after the same one
 
 
 def batches_of(prompts: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:
@@ -152,34 +159,16 @@ def choice_texts(item: Any) -> tuple[str, ...]:
     "A. text" lines of the prompt, or the choices themselves when they are words (yes/no/maybe)."""
     if not all(len(c) == 1 for c in item.choices):
         return tuple(item.choices)
-    found = dict(re.findall(r"^([A-Z])\. (.*)$", item.prompt, flags=re.MULTILINE))
-    return tuple(found.get(c, c) for c in item.choices)
+    return option_texts(item.prompt, item.choices)
 
 
 def read_answers(texts: list[list[str]], items: Sequence[Any], gen: Generative) -> list[list[str | None]]:
-    """Each sample's answer, read by the spec's filters or its named pipeline; None: a failure."""
-    from runner.scoring.benchmarks import extract_choice as first_line_choice
-
+    """Each sample's answer, read by the spec's filters or its named pipeline (extract.read_choice, as
+    GRPO's answer_correct reads it); None: a failure."""
     steps = steps_from([{k: v for k, v in vars(f).items() if v is not None} for f in gen.filters])
-    out = []
-    for samples, item in zip(texts, items):
-        labels, row = tuple(item.choices), []
-        for t in samples:
-            if steps:
-                picked = apply([s for s in steps if s.function != "take_first"], [t], choice_texts(item))
-                row.append(to_choice(picked[0], labels))
-            elif gen.extract != "first-line":
-                row.append(extract_choice(t, labels, gen.extract, choice_texts(item)))
-            else:
-                i = first_line_choice(_first_line(t.rsplit(gen.think_end, 1)[-1]), labels)
-                row.append(None if i is None else labels[i])
-        out.append(row)
-    return out
-
-
-def _first_line(text: str) -> str:
-    lines = [line for line in text.splitlines() if line.strip()]
-    return lines[0] if lines else ""
+    how = steps or gen.extract
+    return [[read_choice(t, item.choices, how, gen.think_end, choice_texts(item)) for t in samples]
+            for samples, item in zip(texts, items)]
 
 
 def summary(answers: dict[str, list[list[str | None]]], keys: list[str], gen: Generative) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from runner.core.errors import ProfileError
 from runner.core.outputs import DataStats
 from runner.core.stage import StageContext
 from runner.machine.profile import Profile
+from runner.scoring.rewards import reading_slice
 from runner.spec.slices import quantization_slice
 from runner.spec.typed import Dpo, Kto, Orpo, Spec
 from runner.stages.train.gate import check_before_training
@@ -65,6 +66,8 @@ def method_slice(spec: Spec) -> dict[str, Any]:
         found["grpo"] = {"num_generations": g.num_generations, "max_completion_length": g.max_completion_length,
                          "temperature": g.temperature, "beta": g.beta, "vllm": g.vllm,
                          "rewards": [{"name": r.name, "weight": r.weight, "file": r.path is not None} for r in g.rewards]}
+        if read := reading_slice(spec):  # answer_correct reads as eval.generative does: its reading, when not the default
+            found["grpo"]["read"] = read
     sections: dict[str, Dpo | Orpo | Kto] = {"dpo": t.dpo, "orpo": t.orpo, "kto": t.kto}
     preference = sections.get(t.method)
     if preference is not None:

@@ -145,13 +145,14 @@ class MetricsLog(TrainerCallback):  # type: ignore[misc]
             return
         if "eval_loss" in logs:  # a validation during training (early stopping): overall and per source
             row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4),
-                   **{k: v for k, v in logs.items() if k.startswith("eval_loss")}}
+                   **{k: v for k, v in logs.items() if k.startswith("eval_loss")}, **_signals(logs, "eval_")}
             self._append(row)
         if "loss" not in logs:
             return
         row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), "loss": logs["loss"],
                "learning_rate": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm"),
-               "memory_mib": memory_mib(self.device), "seconds": round(time.time() - self.started, 2)}
+               "memory_mib": memory_mib(self.device), "seconds": round(time.time() - self.started, 2),
+               **_signals(logs)}
         self._append(row)
         if self.on_row is not None:
             self.on_row(row)
@@ -159,6 +160,13 @@ class MetricsLog(TrainerCallback):  # type: ignore[misc]
     def _append(self, row: dict[str, Any]) -> None:
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")
+
+
+def _signals(logs: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A preference method's figures (TRL's rewards/margins, rewards/accuracies, chosen and rejected
+    rewards and log-probabilities, ORPO's log odds, KTO's kl): the report draws them per step."""
+    named = {prefix + n for n in ("kl", "log_odds_ratio", "nll_loss")}
+    return {k: v for k, v in logs.items() if k in named or k.startswith((prefix + "rewards/", prefix + "logps/"))}
 
 
 class QuietProgress(ProgressCallback):  # type: ignore[misc]

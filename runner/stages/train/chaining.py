@@ -30,3 +30,23 @@ def attach_init_adapter(model: Any, ctx: StageContext, checkpointing: bool) -> A
     folder = ctx.files["init_adapter/adapter_config.json"].parent
     ctx.log(f"train: starting from the adapter in {folder}")
     return PeftModel.from_pretrained(model, str(folder), is_trainable=True)
+
+
+def set_reference_aside(model: Any) -> dict[str, Any] | None:
+    """The weights of TRL's reference copy of the starting adapter ("ref"), taken off the model, or None
+    when it has none. TRL's trainers add the copy when they are built over an adapter they did not make
+    (a chained start, train.init_adapter); the out-of-memory retry builds a second trainer over the same
+    model, whose add_adapter("ref") then failed ("Adapter with name 'ref' already exists"). Taken off
+    before the build, the copy is made again, but of the adapter as the failed attempt left it:
+    `put_reference_back` restores the start. The tensors are kept, not copied (no second copy in memory)."""
+    if "ref" not in getattr(model, "peft_config", {}):
+        return None
+    saved = {name: param.data for name, param in model.named_parameters() if ".ref." in name}
+    model.delete_adapter("ref")
+    return saved
+
+
+def put_reference_back(model: Any, saved: dict[str, Any] | None) -> None:
+    """The reference the rebuilt trainer copied is the start again (see set_reference_aside)."""
+    for name, tensor in (saved or {}).items():
+        model.get_parameter(name).data = tensor

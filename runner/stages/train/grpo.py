@@ -17,6 +17,7 @@ from runner.machine.profile import Profile
 from runner.scoring.rewards import LETTER, TEXT, reward_functions
 from runner.spec.typed import Spec
 from runner.stages.train.batches import MetricsLog
+from runner.stages.train.chaining import put_reference_back, set_reference_aside
 from runner.stages.train.engine import vllm_settings
 
 OPTION = re.compile(r"^([A-Z])\. ", re.MULTILINE)  # an option line of the multiple-choice prompt (formats.to_question)
@@ -91,16 +92,19 @@ def build_grpo_trainer(model: Any, spec: Spec, profile: Profile, work: Path, tra
     from trl import GRPOTrainer
 
     from runner.report.trackers import tracker_log
+    from runner.rows.templates import template_of
     from runner.stages.train.batches import QuietProgress, StopOnSignal
 
-    funcs: list[Any] = reward_functions(spec)[0]  # TRL types a reward as returning list[float | None]
+    funcs: list[Any] = reward_functions(spec, template_of(tok))[0]  # TRL types a reward as returning list[float | None]
     tracked = tracker_log(spec, work)
     callbacks = [GrpoMetricsLog(metrics, profile.device, tracked.row if tracked else None), StopOnSignal()]
     callbacks += [tracked] if tracked else []
     tok.padding_side = "left"  # generation appends to the prompt: pad before it
+    reference = set_reference_aside(model)  # an out-of-memory retry's model has the first trainer's KL reference
     trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=grpo_args(spec, profile, work / "checkpoints"),
                           train_dataset=Dataset.from_list(prompt_rows(train_rows, tok)), processing_class=tok,
                           callbacks=callbacks)
+    put_reference_back(model, reference)
     # TRL casts a quantized model's adapters to bf16 (the QLoRA paper's advice on GPU); SFT trains them in
     # fp32 (peft's autocast), and bf16 steps on CPU lose the small updates: keep them as SFT has them.
     for param in model.parameters():

@@ -145,7 +145,7 @@ def train(ctx: StageContext, ready: Ready) -> Trained:
                          "(hardware.processes: 1)")
     per_process = ctx.spec.train.batch_size // ctx.profile.processes
     trained = train_with_retries(make_trainer, ctx.profile.micro_batch_size, per_process, ctx.work / "checkpoints",
-                                 ctx.log, sharded=ready.sharded)
+                                 ctx.log, sharded=ready.sharded, metrics=ready.metrics)
     world = world_of(trained.trainer)
     if world["world_size"] > 1:
         ctx.log(f"train: trained in {world['world_size']} processes ({world['backend']})"
@@ -154,28 +154,49 @@ def train(ctx: StageContext, ready: Ready) -> Trained:
 
 
 def train_with_retries(make_trainer: Callable[[int, int], Any], micro: int, batch_size: int, checkpoints: Path,
-                       log: Callable[[str], None], sharded: bool = False) -> Trained:
+                       log: Callable[[str], None], sharded: bool = False, metrics: Path | None = None) -> Trained:
     """Train; on a CUDA out-of-memory error halve the micro-batch, double accumulation (the effective
-    batch stays), and resume from the last checkpoint. Gives up once the micro-batch is 1.
+    batch stays), and resume from the last checkpoint (the `metrics` log loses the failed attempt's rows
+    after it, as a resumed run's does, so no step appears twice). Gives up once the micro-batch is 1.
 
     `sharded` (FSDP): the Trainer must wrap the model before anything runs it, so the loss before
     training comes from its own first evaluation (eval_on_start), and an out-of-memory error ends
     the run (the model's layers are wrapped in place; a second Trainer cannot wrap them again)."""
     import torch
 
-    before = None
+    before, start = None, None
     while True:
         trainer = make_trainer(micro, batch_size // micro)
+        if start is None and not sharded:
+            start = _trainable(trainer.model)
+        elif start is not None and last_checkpoint(checkpoints) is None:
+            _restore(trainer.model, start)  # "from the start" means it: not from the failed attempt's weights
         if before is None and trainer.eval_dataset is not None and not sharded:
             before = _measure(trainer)
         try:
             return _train_once(trainer, checkpoints, before, sharded)
         except torch.OutOfMemoryError:
             micro = _smaller_after_oom(micro, batch_size, checkpoints, log, sharded)
+            if metrics is not None and is_main_process():
+                from runner.stages.train.batches import keep_metrics_until
+
+                resume = last_checkpoint(checkpoints)
+                keep_metrics_until(metrics, int(Path(resume).name.split("-")[1]) if resume else 0)
         finally:
             close_progress(trainer)
         del trainer
         _free_memory()
+
+
+def _trainable(model: Any) -> dict[str, Any]:
+    """A copy of the trainable weights (the adapter's), in CPU memory: where a retry with no checkpoint starts."""
+    return {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad}
+
+
+def _restore(model: Any, weights: dict[str, Any]) -> None:
+    for name, p in model.named_parameters():
+        if name in weights:
+            p.data.copy_(weights[name])
 
 
 def _train_once(trainer: Any, checkpoints: Path, before: dict[str, float] | None, sharded: bool) -> Trained:

@@ -19,6 +19,7 @@ from typing import Any
 
 from runner.core.stage import StageContext
 from runner.machine.profile import Profile
+from runner.stages.train.chaining import put_reference_back, set_reference_aside
 
 PREFERENCE_METHODS = ("dpo", "orpo", "kto")
 # TRL's evaluation metrics under the names our summary keeps (no "/": a "/" names a source there).
@@ -41,12 +42,14 @@ def build_preference_trainer(ctx: StageContext, ready: Any, profile: Profile) ->
     train_rows = trl_rows(ready.train_rows, method)
     val_rows = trl_rows(ready.val_rows, method) if len(ready.val_rows) else None
     kwargs: dict[str, Any] = {"ref_model": None} if method != "orpo" else {}
+    reference = set_reference_aside(ready.model)  # an out-of-memory retry's model has the first trainer's
     start = {name: p.detach().clone() for name, p in ready.model.named_parameters() if p.requires_grad}
     trainer = trainer_cls(model=ready.model, args=args, train_dataset=train_rows, eval_dataset=val_rows,
                           processing_class=tok, callbacks=callbacks_for(spec, profile, ctx.work, ready.metrics),
                           **kwargs)
     _reference_is_the_base(ready.model, spec)
     _keep_start(ready.model, start)
+    put_reference_back(ready.model, reference)
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(QuietProgress())
     return trainer
