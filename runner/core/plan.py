@@ -162,9 +162,7 @@ def memory_lines(steps: list[Step], spec: Spec, profile: Profile) -> list[str]:
     if data is not None:
         longest = DataStats.read(data.path / "stats.json").train_tokens.max
         seq_len = longest if longest is not None else seq_len
-    prompt_len = seq_len
-    if spec.train.method == "grpo":  # the step's rows: a prompt and a generated completion
-        seq_len += spec.train.grpo.max_completion_length
+    prompt_len = seq_len  # grpo: the estimate adds max_completion_length to each row (memory.method_fields)
     fitted = fit_profile(spec, profile, config, seq_len)
     budget = profile.memory_mib * 2**20 * MEMORY_BUDGET / GIB
     lines = [f"memory: {fitted.estimate.describe()} at micro-batch {fitted.micro_batch}, {seq_len} tokens; "

@@ -86,6 +86,11 @@ class Setup:
     autocast: bool = False  # mixed precision (the Trainer's bf16 / fp16 on CUDA): autocast casts per operation
     device: str = "cuda"  # dropout on CPU keeps an input-dtype noise tensor for backward; CUDA and MPS a 1-byte mask
     packed_len: int = 0  # train.packing: the packed row's capacity (data.max_length); 0 when each example is a row
+    # train.method (the method block below): dpo, orpo, kto and grpo change the rows, lengths and logits counted
+    method: str = "sft"
+    reference: bool = False  # a reference forward, no grad, adapter off (dpo, kto; grpo when beta > 0)
+    completion_len: int = 0  # grpo: max_completion_length, generated after each prompt (seq_len)
+    generated: int = 0  # grpo: sequences generated at once in a process (train.batch_size / processes)
 
 
 @dataclass(frozen=True)
@@ -97,23 +102,32 @@ class Estimate:
     recompute: int = 0  # checkpointing: one layer's activations again, after the logits are freed
     attention: int = 0  # the math path (eager, MPS): one layer's fp32 scores and their gradients while it runs
     load: int = 0  # FSDP: the whole model, which each process holds while loading, before sharding
+    reference: int = 0  # dpo, kto: the reference forward (no grad), while the step's activations are held
+    apart: int = 0  # grpo: generating the completions (and the reference pass), before the step holds anything
+    counted: str = ""  # what a method's step is made of: "chosen+rejected: 2 x 4 rows of 300 tokens"
 
     @property
     def total(self) -> int:
         # The logits peak at the loss; a checkpointed layer is recomputed later in the backward, once
-        # they are gone: the two never coexist. So is a layer's attention backward (measured on eager).
-        return self.weights + self.lora + self.activations + max(self.logits, self.recompute + self.attention)
+        # they are gone: the two never coexist. So is a layer's attention backward (measured on eager),
+        # and the reference forward, which runs between the forward and the loss.
+        step = self.activations + max(self.logits, self.recompute + self.attention, self.reference)
+        return self.weights + self.lora + max(step, self.apart)
 
     def describe(self) -> str:
-        names = ("weights", "lora", "activations", "logits") + tuple(n for n in ("recompute", "attention")
+        names = ("weights", "lora", "activations", "logits") + tuple(n for n in ("recompute", "attention", "reference")
                                                                      if getattr(self, n))
         parts = ", ".join(f"{name} {getattr(self, name) / GIB:.2f}" for name in names)
+        apart = f"; {self.apart / GIB:.2f} GiB generating before the step" if self.apart else ""
         load = f"; {self.load / GIB:.2f} GiB while loading, before FSDP shards it" if self.load else ""
-        return f"{self.total / GIB:.2f} GiB ({parts}){load}"
+        counted = f" [{self.counted}]" if self.counted else ""
+        return f"{self.total / GIB:.2f} GiB ({parts}){apart}{load}{counted}"
 
 
 def estimate(shape: Shape, s: Setup) -> Estimate:
     """Peak bytes of one training step in one process, item by item (see the module's docstring)."""
+    if s.method != "sft":
+        return method_estimate(shape, s)
     targeted = _targeted(shape, s)
     weights: float = _weights(shape, s)
     lora: float = _lora_state(shape, s, targeted)  # weights, gradients, optimizer states
@@ -308,7 +322,7 @@ def halve(micro: int, batch_size: int) -> int:
 
 def setup_for(spec: Any, profile: Any, seq_len: int) -> Setup:
     """The estimate's inputs from a spec and a resolved profile; `seq_len` is the longest example."""
-    return Setup(quantization=profile.quantization, double_quant=spec.model.double_quant,
+    setup = Setup(quantization=profile.quantization, double_quant=spec.model.double_quant,
                  compute_bytes=4 if profile.dtype == "fp32" else 2, lora_r=spec.lora.r,
                  lora_dropout=spec.lora.dropout, targets=spec.lora.target_modules,
                  eight_bit_optimizer="8bit" in profile.optimizer, micro_batch=profile.micro_batch_size,
@@ -316,6 +330,7 @@ def setup_for(spec: Any, profile: Any, seq_len: int) -> Setup:
                  fused_attention=profile.device != "mps" and profile.attn_implementation != "eager",
                  autocast=profile.device == "cuda" and profile.dtype != "fp32", device=profile.device,
                  packed_len=spec.data.max_length if spec.train.packing else 0)
+    return replace(setup, **method_fields(spec, profile))
 
 
 def fit_profile(spec: Any, profile: Any, config: dict[str, Any], seq_len: int) -> Fit:
@@ -327,3 +342,129 @@ def fit_profile(spec: Any, profile: Any, config: dict[str, Any], seq_len: int) -
     return fit(Shape.from_config(config), setup, per_process, budget,
                may_checkpoint=spec.train.gradient_checkpointing == "auto",
                may_shrink=spec.train.micro_batch_size == "auto")
+
+
+# The training methods (train.method). TRL's trainers hold other rows than SFT's, at other lengths:
+# - dpo: chosen and rejected of each pair in one batch, 2 x micro-batch rows padded to the longer; then
+#   the reference (the base with the adapter disabled: never a second model) runs the same rows under
+#   no_grad while the step's activations are held (precompute_ref_log_probs is off);
+# - orpo: the same 2x rows, no reference; its loss reads the full logits (TRL's experimental ORPO);
+# - kto: micro-batch rows, and a KL batch (each prompt with another row's completion), run under
+#   no_grad by the policy before the step and by the reference during it;
+# - grpo: micro-batch generated completions of prompt + max_completion_length tokens. The step's
+#   rows are first generated, all of a process's train.batch_size / processes at once, with their
+#   KV cache, and scored by the reference when beta > 0: both before the step holds anything.
+# DPO, KTO and GRPO score tokens through TRL's fused LM head (trl.trainer.utils.add_fused_lm_head):
+# the (rows, T, vocab) logits are never made, only tiles of 4096 tokens x 32768 vocabulary entries.
+FUSED_TOKENS, FUSED_VOCAB = 4096, 32768
+# Tile-sized fp32 temporaries beside the tile where TRL folds a tile with torch ops (no Triton: the CPU),
+# in the forward and in the backward (measured: 5 and 9.5 tiles of fp32 at once, the tile included, the
+# backward's with the input's gradient); on CUDA its Triton kernels work in the tile itself.
+FORWARD_TEMPORARIES, BACKWARD_TEMPORARIES = 4, 8
+
+
+def method_fields(spec: Any, profile: Any) -> dict[str, Any]:
+    """The Setup fields of spec.train.method (nothing for sft)."""
+    t = spec.train
+    if t.method == "grpo":
+        return {"method": "grpo", "reference": t.grpo.beta > 0, "completion_len": t.grpo.max_completion_length,
+                "generated": t.batch_size // profile.processes}
+    return {"method": t.method, "reference": t.method in ("dpo", "kto")}
+
+
+def step_rows(s: Setup) -> tuple[int, int]:
+    """(rows, tokens a row) of one forward and backward: what SFT's terms are counted over."""
+    if s.method in ("dpo", "orpo"):
+        return 2 * s.micro_batch, s.seq_len
+    return s.micro_batch, s.seq_len + s.completion_len
+
+
+def method_estimate(shape: Shape, s: Setup) -> Estimate:
+    """SFT's estimate over the method's rows, with the method's logits, reference and generation."""
+    rows, length = step_rows(s)
+    sft = estimate(shape, replace(s, method="sft", micro_batch=rows, seq_len=length, packed_len=0))
+    tokens = rows * length
+    if s.method == "orpo":
+        logits, kept = _orpo_logits(shape, s, tokens), 0
+    else:  # the fused head keeps its input, and its backward makes that input's fp32 gradient and tiles
+        kept = tokens * shape.hidden * _stream_bytes(s)
+        logits = tokens * shape.hidden * 4 + fused_tiles(shape, s, tokens, BACKWARD_TEMPORARIES)
+    reference = no_grad_forward(shape, s, rows, length) if s.reference and s.method != "grpo" else 0
+    apart = 0
+    if s.method == "grpo":
+        apart = max(generation(shape, s), no_grad_forward(shape, s, rows, length) if s.reference else 0)
+    lora = sft.lora + (_reference_adapter(shape, s) if s.method == "grpo" and s.reference else 0)
+    recompute = sft.recompute
+    if s.method == "orpo" and s.checkpointing:
+        # measured (CPU, 4 layers): when the last layer is recomputed, two tensors of the logits' shape are
+        # still alive (after the head's backward); counted without them ORPO's estimate ran 25% low
+        recompute += 2 * tokens * shape.vocab * _attention_bytes(s)
+    return replace(sft, lora=lora, activations=sft.activations + kept, logits=logits, recompute=recompute,
+                   reference=reference, apart=apart, counted=counted(s))
+
+
+def fused_tiles(shape: Shape, s: Setup, tokens: int, temporaries: int) -> int:
+    """The fused head's tile (compute dtype) and, without Triton, the fp32 temporaries it is folded with."""
+    tile = min(tokens, FUSED_TOKENS) * min(shape.vocab, FUSED_VOCAB)
+    return tile * (_attention_bytes(s) + (0 if s.device == "cuda" else 4 * temporaries))
+
+
+def _orpo_logits(shape: Shape, s: Setup, tokens: int) -> int:
+    """ORPO's loss over full logits: SFT's four tensors of their shape for all rows (the chosen half's
+    NLL and both halves' log-probabilities)."""
+    return tokens * shape.vocab * (_attention_bytes(s) + 12)
+
+
+def no_grad_forward(shape: Shape, s: Setup, rows: int, length: int) -> int:
+    """A forward under no_grad over rows x length tokens (the reference's, KTO's KL batch): nothing is
+    kept for a backward. One layer's tensors at a time; then the fused head's input (the last hidden
+    states, normalised, and their copy without the last position) and its tile."""
+    tokens = rows * length
+    head = 3 * tokens * shape.hidden * _stream_bytes(s) + fused_tiles(shape, s, tokens, FORWARD_TEMPORARIES)
+    return max(_layer_transient(shape, s, rows, length), head)
+
+
+def _layer_transient(shape: Shape, s: Setup, rows: int, length: int) -> int:
+    """One decoder layer under no_grad: the residual, the normalised input and the MLP's gate, up, their
+    product and an adapter's output beside its layer's; the attention mask, which every layer reads
+    (measured on the CPU with left-padded prompts: within 5% of a forward's peak); the dequantized weight."""
+    tokens = rows * length
+    return (tokens * _stream_bytes(s) * (3 * shape.hidden + 4 * shape.intermediate)
+            + tokens * length * _attention_bytes(s) + _dequantized(shape, s) // 2)
+
+
+def kv_cache_bytes(shape: Shape, compute_bytes: int, sequences: int, tokens: int) -> int:
+    """Keys and values of every layer for `sequences` rows of `tokens` positions."""
+    return 2 * shape.layers * shape.kv_heads * shape.head_dim * compute_bytes * sequences * tokens
+
+
+def generation_bytes(shape: Shape, compute_bytes: int, sequences: int, prompt_len: int, completion_len: int) -> int:
+    """Generating: the KV cache at full length and one position's fp32 logits per sequence (sampling
+    reads the last position only)."""
+    return kv_cache_bytes(shape, compute_bytes, sequences, prompt_len + completion_len) + sequences * shape.vocab * 4
+
+
+def generation(shape: Shape, s: Setup) -> int:
+    """GRPO's generation above the weights: generating (generation_bytes), or the prompts' forward
+    (prefill) beside their part of the cache, whichever is larger. TRL generates outside autocast: keys
+    and values are in the stream's dtype (fp32 over a 4-bit base, whose linears return their input's)."""
+    prefill = kv_cache_bytes(shape, _stream_bytes(s), s.generated, s.seq_len)
+    prefill += _layer_transient(shape, replace(s, autocast=False), s.generated, s.seq_len)
+    return max(generation_bytes(shape, _stream_bytes(s), s.generated, s.seq_len, s.completion_len), prefill)
+
+
+def _reference_adapter(shape: Shape, s: Setup) -> int:
+    """GRPO with beta > 0: TRL copies the adapter ("ref") as the KL reference, in fp32, without gradients."""
+    return 4 * shape.layers * sum(s.lora_r * (i + o) for i, o in _targeted(shape, s).values())
+
+
+def counted(s: Setup) -> str:
+    """What a method's step was counted over, for `plan` and the train stage's log."""
+    rows, length = step_rows(s)
+    reference = "; reference forward (no grad, adapter off) beside the activations" if s.reference else ""
+    if s.method in ("dpo", "orpo"):
+        return f"{s.method}: chosen+rejected 2x rows: {rows} of {length} tokens" + (reference or "; no reference")
+    if s.method == "kto":
+        return f"kto: {rows} rows of {length} tokens + a KL batch of {rows} (no grad){reference}"
+    return (f"grpo: {rows} completions of {s.seq_len} + {s.completion_len} tokens a micro-batch; {s.generated} "
+            f"generated at once with their KV cache" + ("; reference pass (no grad) before the step" if s.reference else ""))
