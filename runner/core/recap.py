@@ -226,7 +226,10 @@ def sharing(profile: Any) -> str:
     threads = f", {profile.threads} CPU thread{'s' if profile.threads != 1 else ''}" if profile.device == "cpu" else ""
     if profile.processes == 1:
         return threads
-    return f" x {profile.processes} processes ({profile.distributed.upper()}){threads}"
+    return f" x {profile.processes} processes ({SHARING.get(profile.distributed, profile.distributed)}){threads}"
+
+
+SHARING = {"ddp": "DDP", "fsdp": "FSDP", "zero2": "ZeRO-2", "zero3": "ZeRO-3"}  # as their own docs write them
 
 
 def plan_lines(profile: Any, steps: Sequence[str]) -> list[str]:

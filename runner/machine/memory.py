@@ -119,7 +119,7 @@ class Estimate:
                                                                      if getattr(self, n))
         parts = ", ".join(f"{name} {getattr(self, name) / GIB:.2f}" for name in names)
         apart = f"; {self.apart / GIB:.2f} GiB generating before the step" if self.apart else ""
-        load = f"; {self.load / GIB:.2f} GiB while loading, before FSDP shards it" if self.load else ""
+        load = f"; {self.load / GIB:.2f} GiB while loading, before it is sharded" if self.load else ""
         counted = f" [{self.counted}]" if self.counted else ""
         return f"{self.total / GIB:.2f} GiB ({parts}){apart}{load}{counted}"
 

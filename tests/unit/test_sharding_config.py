@@ -127,3 +127,13 @@ def test_a_trainer_in_another_world_than_launched_stops_before_saving(tmp_path: 
         check_world({**world, "sharding": "ddp"}, profile)  # FSDP asked, DDP done (Accelerate on CPU, unpatched)
     one = resolve_profile(spec(tmp_path, "{processes: 1}"), CPU)
     check_world({**world, "world_size": 1, "sharding": "none"}, one)
+
+
+def test_the_plan_names_each_sharding_as_its_own_docs_write_it() -> None:
+    from types import SimpleNamespace
+
+    from runner.core.recap import sharing
+
+    names = [sharing(SimpleNamespace(processes=2, distributed=d, device="cuda", threads=1))
+             for d in ("ddp", "fsdp", "zero2", "zero3")]
+    assert names == [" x 2 processes (DDP)", " x 2 processes (FSDP)", " x 2 processes (ZeRO-2)", " x 2 processes (ZeRO-3)"]
