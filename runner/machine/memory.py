@@ -114,6 +114,13 @@ class Estimate:
         step = self.activations + max(self.logits, self.recompute + self.attention, self.reference)
         return self.weights + self.lora + max(step, self.apart)
 
+    def to_lower(self) -> str:
+        """What a user lowers when nothing fits: GRPO's generation is apart from the step, so when it is the
+        peak a smaller step does not help; fewer or shorter completions do."""
+        if self.apart > 0 and self.apart >= self.total - self.weights - self.lora:
+            return "lower train.batch_size (completions generated at once) or train.grpo.max_completion_length"
+        return "lower data.max_length"
+
     def describe(self) -> str:
         names = ("weights", "lora", "activations", "logits") + tuple(n for n in ("recompute", "attention", "reference")
                                                                      if getattr(self, n))

@@ -176,3 +176,13 @@ def test_plan_says_what_each_method_counted(tmp_path: Path) -> None:
                               cwd=root, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
         assert re.search(r"^memory: .*" + pattern, done.stdout, re.MULTILINE), done.stdout
+
+
+def test_when_nothing_fits_the_advice_names_what_is_the_peak() -> None:
+    from runner.machine.memory import Estimate
+
+    step_peak = Estimate(weights=10, lora=1, activations=50, logits=20, apart=30)
+    generation_peak = Estimate(weights=10, lora=1, activations=5, logits=2, apart=30)
+    assert step_peak.to_lower() == "lower data.max_length"
+    assert generation_peak.to_lower().startswith("lower train.batch_size (completions generated at once)")
+    assert Estimate(weights=10, lora=1, activations=5, logits=2).to_lower() == "lower data.max_length"

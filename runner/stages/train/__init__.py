@@ -131,9 +131,10 @@ def fit_memory(ctx: StageContext) -> Profile:
                            f"({fitted.estimate.load / GIB:.1f} GiB), more than {budget:.1f} GiB of one GPU: use GPUs "
                            "with more memory or a smaller model")
     if not fitted.fits:
-        raise ProfileError(f"train: needs about {fitted.estimate.total / GIB:.1f} GiB even at micro-batch "
+        est = fitted.estimate
+        raise ProfileError(f"train: needs about {est.total / GIB:.1f} GiB even at micro-batch "
                            f"{fitted.micro_batch} with checkpointing {'on' if fitted.checkpointing else 'off'}, "
-                           f"but {profile.device} has {budget:.1f} GiB to give: lower data.max_length, use "
+                           f"but {profile.device} has {budget:.1f} GiB to give: {est.to_lower()}, use "
                            "model.quantization nf4, a smaller model, or a bigger device")
     return replace(profile, micro_batch_size=fitted.micro_batch, gradient_accumulation=fitted.accumulation,
                    gradient_checkpointing=fitted.checkpointing)
