@@ -18,8 +18,10 @@ from runner.core.outputs import OutputError
 from runner.core.outputs import RunRecord as Written  # the file as read and written; RunRecord below is the run's own
 from runner.core.store import write_error
 
-LIBRARIES = ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate", "tokenizers",
-             "deepspeed")  # deepspeed: the extra behind hardware.distributed zero2|zero3 (None without it)
+LIBRARIES = ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate", "tokenizers")
+# Recorded only for the runs they train: an optional extra installed or not elsewhere changes nothing else
+# (a run in the CPU image, which lacks deepspeed, has the versions of the same run outside it).
+SHARDING_LIBRARIES = {"zero2": "deepspeed", "zero3": "deepspeed"}
 
 
 @dataclass
@@ -52,7 +54,7 @@ def runs_dir(store_root: Path) -> Path:
 def new_record(store_root: Path, spec_path: Path, spec: dict[str, Any], profile: dict[str, Any],
                sets: Sequence[str] = ()) -> tuple[RunRecord, Path]:
     record = RunRecord(spec_path=str(spec_path.resolve()), spec=spec, profile=profile, sets=list(sets),
-                       versions=library_versions(), git_commit=git_commit(spec_path.resolve().parent))
+                       versions=library_versions(profile.get("distributed")), git_commit=git_commit(spec_path.resolve().parent))
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(record.started))
     name = "".join(c if c.isalnum() or c in "-_" else "_" for c in str(spec.get("name", "run")))[:40]
     path = runs_dir(store_root) / f"{stamp}-{os.getpid()}-{name}.json"
@@ -117,9 +119,10 @@ def done_before(store_root: Path, name: str, identity: dict[str, Any]) -> dict[s
     return None
 
 
-def library_versions() -> dict[str, str | None]:
+def library_versions(distributed: str | None = None) -> dict[str, str | None]:
     found: dict[str, str | None] = {}
-    for name in LIBRARIES:
+    extra = SHARDING_LIBRARIES.get(distributed or "")
+    for name in LIBRARIES + ((extra,) if extra else ()):
         try:
             found[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

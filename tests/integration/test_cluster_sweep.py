@@ -23,6 +23,11 @@ from tests.integration.conftest import ROOT, runner
 from tests.integration.test_sweep_run import SPEC, STAGES
 
 RAY = str(Path(sys.executable).parent / "ray")
+# Every Ray process of these tests, nodes and drivers alike. Token authentication off, explicitly: a Ray
+# that ray.init() started on this machine (a local sweep) leaves ~/.ray/auth_token behind, and with it
+# there `ray start --head` turns tokens on while a joining worker does not ("Authentication token is
+# missing or incorrect"). These clusters listen on 127.0.0.1 only and live for one test.
+LOOPBACK_RAY = {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
 
 
 def _start(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -59,7 +64,7 @@ def _stop(node: subprocess.Popen[bytes]) -> None:
 def ray_cluster() -> Iterator[str]:
     """A head and one worker node on 127.0.0.1; their address; both stopped after the test."""
     temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, **LOOPBACK_RAY}
     address = f"127.0.0.1:{free_port()}"
     nodes: list[subprocess.Popen[bytes]] = []
     try:
@@ -111,7 +116,7 @@ def test_a_sweep_on_a_two_node_ray_cluster_shares_stages_survives_a_killed_worke
         ray_cluster: str, tmp_path: Path) -> None:
     spec, output = tmp_path / "sweep.yaml", tmp_path / "ray.out"
     spec.write_text(SPEC)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, **LOOPBACK_RAY}
     started = time.time()
     with output.open("w") as out:
         sweep = subprocess.Popen([sys.executable, "-m", "runner", "sweep", str(spec), "--set", "lora.r=4,8", "--store",

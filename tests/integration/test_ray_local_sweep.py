@@ -45,6 +45,9 @@ def test_a_sweep_on_a_ray_it_starts_itself_finishes_compares_and_leaves_no_ray_r
     # A fresh Ray temp folder and no RAY_ADDRESS: ray.init() finds no cluster to join and starts its own.
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {
         "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": str(temp),
+        # A Ray that ray.init() starts turns token authentication on and writes ~/.ray/auth_token into the
+        # home folder, where it outlives the test (and turns tokens on for every later `ray start`).
+        "RAY_AUTH_MODE": "disabled",
         "RUNNER_TEST_MARK": mark}
     seen: dict[int, str] = {}
     started = time.time()

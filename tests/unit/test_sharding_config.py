@@ -137,3 +137,11 @@ def test_the_plan_names_each_sharding_as_its_own_docs_write_it() -> None:
     names = [sharing(SimpleNamespace(processes=2, distributed=d, device="cuda", threads=1))
              for d in ("ddp", "fsdp", "zero2", "zero3")]
     assert names == [" x 2 processes (DDP)", " x 2 processes (FSDP)", " x 2 processes (ZeRO-2)", " x 2 processes (ZeRO-3)"]
+
+
+def test_the_run_record_names_deepspeed_only_for_the_runs_it_trains() -> None:
+    """The CPU image lacks the extra: a ddp run recorded in it must list the versions it lists outside."""
+    from runner.core.records import library_versions
+
+    assert "deepspeed" not in library_versions("ddp") and "deepspeed" not in library_versions(None)
+    assert "deepspeed" in library_versions("zero3") and "torch" in library_versions("zero3")
