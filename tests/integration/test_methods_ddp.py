@@ -32,7 +32,9 @@ def test_dpo_in_two_processes_learns_the_held_out_pairs(tmp_path: Path) -> None:
     spec.write_text(spec.read_text().replace("seed: 7\n", "seed: 7\n" + TWO))
     artifact, record, out = run_train(spec, tmp_path / "store")
     assert "train: launching 2 processes with accelerate (gloo on CPU)" in out
-    assert record["world"]["world_size"] == 2 and record["world"]["backend"] == "gloo"
+    # ddp: gradients averaged. An evaluation before training (the held-out "before") used to leave the
+    # model marked prepared, so Accelerate never wrapped it and each process trained alone.
+    assert record["world"] == {**record["world"], "world_size": 2, "backend": "gloo", "sharding": "ddp"}
     held = json.loads((artifact / "summary.json").read_text())["held_out"]
     assert held["preference_accuracy"]["before"] == 0.0 and held["preference_accuracy"]["after"] >= 0.75, held
     assert held["reward_margin"]["before"] == pytest.approx(0.0, abs=1e-6) and held["reward_margin"]["after"] > 0.5, held

@@ -113,7 +113,7 @@ def _says(path: Path, token: str) -> bool:
         return False
 
 
-def world_of(trainer: Any) -> dict[str, Any]:
+def world_of(trainer: Any, sharding: str | None = None) -> dict[str, Any]:
     """The world the Trainer really trained in, read from it and from torch (not what was asked for):
     a 4-bit base that silently trains at world size 1 shows here, and so does a sharding asked for
     that the libraries quietly turned into DDP (Accelerate does that to FSDP on CPU: see fsdp_on_cpu)."""
@@ -123,7 +123,7 @@ def world_of(trainer: Any) -> dict[str, Any]:
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if size > 1 else 1
     return {"world_size": size, "nodes": max(1, size // local), "processes_per_node": local,
             "backend": dist.get_backend() if dist.is_available() and dist.is_initialized() else None,
-            "sharding": sharding_of(trainer), "device": trainer.args.device.type}
+            "sharding": sharding or sharding_of(trainer), "device": trainer.args.device.type}
 
 
 def sharding_of(trainer: Any) -> str:

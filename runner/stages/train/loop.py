@@ -22,7 +22,7 @@ from runner.core.outputs import TrainSummary
 from runner.core.stage import StageContext
 from runner.machine.world import SHARDED
 from runner.models.loading import cpu_threads
-from runner.stages.train.launch import check_world, is_main_process, world_of
+from runner.stages.train.launch import check_world, is_main_process, sharding_of, world_of
 from runner.stages.train.preference import PREFERENCE_METHODS, build_preference_trainer, preference_summary
 from runner.stages.train.trainer import attach_lora, build_trainer, close_progress
 
@@ -50,6 +50,9 @@ class Trained:
     eval_before: dict[str, float] | None = None  # "eval_loss" and "eval_loss/<source>" (validation.py)
     eval_after: dict[str, float] | None = None
     stopping: dict[str, Any] | None = None  # what early stopping did (validation.stopping_summary)
+    # How the model was wrapped while it trained (launch.sharding_of), read before any evaluation after
+    # training: TRL's held-out evaluation sets the Trainer's model_wrapped back to the bare model.
+    sharding: str | None = None
 
 
 def train_here(ctx: StageContext) -> None:
@@ -147,7 +150,7 @@ def train(ctx: StageContext, ready: Ready) -> Trained:
     per_process = ctx.spec.train.batch_size // ctx.profile.processes
     trained = train_with_retries(make_trainer, ctx.profile.micro_batch_size, per_process, ctx.work / "checkpoints",
                                  ctx.log, sharded=ready.sharded, metrics=ready.metrics)
-    world = world_of(trained.trainer)
+    world = world_of(trained.trainer, trained.sharding)
     check_world(world, ctx.profile)
     if world["world_size"] > 1:
         ctx.log(f"train: trained in {world['world_size']} processes ({world['backend']})"
@@ -175,6 +178,7 @@ def train_with_retries(make_trainer: Callable[[int, int], Any], micro: int, batc
             _restore(trainer.model, start)  # "from the start" means it: not from the failed attempt's weights
         if before is None and trainer.eval_dataset is not None and not sharded:
             before = _measure(trainer)
+            _unprepare(trainer)
         try:
             return _train_once(trainer, checkpoints, before, sharded)
         except torch.OutOfMemoryError:
@@ -188,6 +192,22 @@ def train_with_retries(make_trainer: Callable[[int, int], Any], micro: int, batc
             close_progress(trainer)
         del trainer
         _free_memory()
+
+
+def _unprepare(trainer: Any) -> None:
+    """Undo what an evaluation before training did to the model. The Trainer's evaluate() (TRL's
+    trainers measure held-out pairs with it) prepares the model for evaluation only, without DDP, and
+    Accelerate marks it prepared; training then refuses to wrap it again, so each process trained
+    alone, its gradients never averaged (the world check after training caught it: "ran at world size
+    2 with none"). Our own validation (SFT) never goes through it."""
+    model = trainer.model
+    if not getattr(model, "_is_accelerate_prepared", False) or trainer.model_wrapped is not model:
+        return
+    model._is_accelerate_prepared = False
+    if "_original_forward" in vars(model):  # mixed precision wrapped forward in autocast: once is enough
+        model.forward = model._original_forward
+        del model._original_forward
+    trainer.accelerator._models[:] = [m for m in trainer.accelerator._models if m is not model]
 
 
 def _trainable(model: Any) -> dict[str, Any]:
@@ -208,13 +228,14 @@ def _train_once(trainer: Any, checkpoints: Path, before: dict[str, float] | None
     with signals.graceful():  # Ctrl-C / SIGTERM: checkpoint at the end of the step, then stop
         result = trainer.train(resume_from_checkpoint=last_checkpoint(checkpoints))
         signals.stop_if_requested(" (progress saved in a checkpoint)")
+    sharding = sharding_of(trainer)
     stopping = restore_best(trainer)  # early stopping: the adapter written (and evaluated next) is the best
     after = _measure(trainer) if trainer.eval_dataset is not None else None
     if sharded:
         before = next(({"eval_loss": h["eval_loss"]} for h in trainer.state.log_history if "eval_loss" in h), None)
     return Trained(trainer=trainer, result=result, eval_loss_before=before["eval_loss"] if before else None,
                    eval_loss_after=after["eval_loss"] if after else None, eval_before=before, eval_after=after,
-                   stopping=stopping)
+                   stopping=stopping, sharding=sharding)
 
 
 def _measure(trainer: Any) -> dict[str, float]:
@@ -311,7 +332,7 @@ def _write_summary(ctx: StageContext, ready: Ready, trained: Trained, rows: list
                "packing": ctx.spec.train.packing, "early_stopping": trained.stopping,
                "seconds": round(trained.result.metrics.get("train_runtime", math.nan), 2),
                "train_rows": len(ready.train_rows), "validation_rows": len(ready.val_rows),
-               "world": world_of(trained.trainer)}  # what trained it, as the Trainer saw it
+               "world": world_of(trained.trainer, trained.sharding)}  # what trained it, as the Trainer saw it
     if ctx.spec.train.method == "grpo":
         from runner.stages.train.batches import read_metrics
         from runner.stages.train.grpo import reward_summary
