@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from runner.core import locks
+from runner.core import locks, signals
 from runner.core.errors import RunnerError, StageError, StoreError
 from runner.core.plan import Step, plan_stage
 from runner.core.records import RunRecord, done_before, latest_record, new_record, save_record, trained_world
@@ -53,6 +53,7 @@ class Options:
 def run_spec(spec: Spec, spec_path: Path, profile: Profile, store: Store, log: Callable[[str], None],
              options: Options = Options()) -> tuple[list[Outcome], Path]:
     """Run every stage not already in the store. Returns what happened per stage and the record path."""
+    signals.reset()  # a stop that ended an earlier run in this process is not this run's
     require_extras(spec, options.only)  # before the first stage, not in the export stage after training
     spec = _run_chain(spec, store, log, options)
     previous = latest_record(store.root, spec_path)
@@ -63,6 +64,7 @@ def run_spec(spec: Spec, spec_path: Path, profile: Profile, store: Store, log: C
     current: dict[str, str | None] = {}
     try:
         for stage in registered_stages():
+            signals.stop_if_requested()  # one swallowed where it was raised: the next stage does not start
             current = {"stage": stage.name, "key": None}
             step = plan_stage(stage, spec, profile, store, done, previous, stage.name in options.force, options.verify)
             current["key"] = step.key
@@ -174,6 +176,9 @@ def _build(stage: Stage, step: Step, spec: Spec, profile: Profile, store: Store,
     except (RunnerError, KeyboardInterrupt):
         raise
     except Exception as exc:
+        signum = signals.requested()
+        if signum is not None:  # a signal raised inside library code, which turned it into its own error
+            raise signals.Interrupted(signum) from exc
         # Libraries wrap a full disk in their own errors (torch.save raises a RuntimeError: "unexpected
         # pos 576 vs 534", with no errno), so the free space decides, not the exception's type.
         if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or _nearly_full(store.root):

@@ -1,8 +1,15 @@
 """Ctrl-C and SIGTERM: stop cleanly, and where a stage can save its progress first, let it.
 
 Outside a graceful region a signal raises `Interrupted` at once (a stage's half-built folder is never
-used, so nothing is lost). Inside one (the training loop), the signal only sets a flag; the loop
-saves a checkpoint at the end of the current step, stops, and then raises.
+used, so nothing is lost). Inside one (the train stage, setup included), the signal only sets a flag;
+the loop saves a checkpoint at the end of the current step, stops, and then raises. A second signal
+while the first waits raises at once: the user insists.
+
+A raise lands wherever the code happens to be, and library code may swallow it (`except Exception`
+in an import, turned into "Could not import module 'set_seed'") or crash on it (inside a pybind11
+callback: "terminate called", SIGABRT). So the signal is also kept as pending: the stage's error is
+then reported as the interruption it was, the next stage does not start, and a training loop that
+starts anyway stops at its first step.
 """
 
 from __future__ import annotations
@@ -31,10 +38,27 @@ class _State:
 
 
 def _handler(signum: int, frame: FrameType | None) -> None:
-    if _State.depth:
+    if _State.depth and _State.pending is None:
         _State.pending = signum  # picked up at the end of the current training step
+        name = signal.Signals(signum).name
+        _say(f"\n[runner] {name}: stopping at the next point where nothing is lost (a checkpoint while "
+             f"training); send {name} again to stop at once\n")
         return
+    _State.pending = signum  # kept, should the raise below be swallowed where it lands
     raise Interrupted(signum)
+
+
+def _say(text: str) -> None:
+    """Written straight to stderr: print() inside a handler can meet a print it interrupted."""
+    try:
+        os.write(2, text.encode("utf-8", "replace"))
+    except OSError:
+        pass
+
+
+def reset() -> None:
+    """Forget a signal an earlier run in this process was stopped by (a run starts afresh)."""
+    _State.pending = None
 
 
 STOPS = {signal.SIGINT, signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])}
@@ -44,6 +68,7 @@ PARENT = "RUNNER_SWEEP_PID"  # set by a sweep for each variant's `runner run`
 def install(hangup: bool = False) -> None:
     """Route SIGINT and SIGTERM (and SIGHUP with `hangup`) through `_handler` (called by the CLI's `run`
     and `sweep`, never on import). A sweep's variant also stops when the sweep is gone."""
+    reset()
     signal.signal(signal.SIGINT, _handler)
     signal.signal(signal.SIGTERM, _handler)
     if hangup and hasattr(signal, "SIGHUP"):
@@ -101,10 +126,8 @@ def stop_if_requested(detail: str = "") -> None:
 @contextmanager
 def graceful() -> Iterator[None]:
     """Within this block a signal waits for the code to call `requested()` and stop by itself. Blocks
-    nest: a signal that came during an outer block's setup is kept for the inner one, never dropped
-    (raising it in the middle of library code let a `except Exception` there swallow it)."""
-    if not _State.depth:
-        _State.pending = None
+    nest: a signal that came during an outer block's setup is kept for the inner one, never dropped;
+    so is one that came before the block and was swallowed where it was raised."""
     _State.depth += 1
     try:
         yield

@@ -101,9 +101,12 @@ def local_files(spec: Spec) -> dict[str, Path]:
 
 
 def run(ctx: StageContext) -> None:
+    from runner.core import signals
+
     # Fit memory before loading anything: if nothing fits, stop with the numbers, not an OOM later
-    # (and in this process, before any are launched).
-    ctx = replace(ctx, profile=fit_memory(ctx))
+    # (and in this process, before any are launched). A signal meanwhile stops the stage after it.
+    with signals.graceful():
+        ctx = replace(ctx, profile=fit_memory(ctx))
     if ctx.profile.processes > 1:
         launch(ctx)  # every process runs train_here with the fitted profile; rank 0 writes the artifact
     else:

@@ -60,9 +60,11 @@ def train_here(ctx: StageContext) -> None:
     CPU threads: the count is in the key on CPU, so it must not be whatever the environment says."""
     from runner.core import signals
 
-    # Graceful from the start: a Ctrl-C during setup waits for a point where stopping loses nothing
-    # (raised inside transformers' loading it could be swallowed, and the run trained on).
-    with cpu_threads(ctx.profile.threads), signals.graceful():
+    # Graceful from the start, before torch is imported: a Ctrl-C during setup waits for a point where
+    # stopping loses nothing (raised inside transformers' loading it could be swallowed, and the run
+    # trained on; inside torch's import it aborted the process).
+    with signals.graceful(), cpu_threads(ctx.profile.threads):
+        signals.stop_if_requested()  # one that came before, and was swallowed where it was raised
         ready = setup(ctx)
         signals.stop_if_requested()  # nothing trained yet: nothing to save
         trained = train(ctx, ready)
