@@ -14,6 +14,11 @@ KNOWN_WARNINGS: tuple[tuple[type[Warning], str, str], ...] = (
     # peft's PeftModel asks the base model `is_gradient_checkpointing` (peft_model.py), which
     # transformers 5.23+ renamed to is_activation_checkpointing; peft has not followed yet.
     (FutureWarning, r"`is_gradient_checkpointing` is deprecated", "peft reads the old property name"),
+    # DeepSpeed ZeRO-3 gathers and reduces its partitions with torch's older collective names, ~27
+    # times a step; something resets Python's once-per-place memory every step, so each call printed
+    # (625 KB over the tiny spec's 88 steps: it filled a pipe and hung the run). Same collectives.
+    (FutureWarning, r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)` is deprecated",
+     "deepspeed calls torch's older collective names"),
 )
 
 # (logger, message start, why)
