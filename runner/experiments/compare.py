@@ -30,6 +30,7 @@ from runner.core.outputs import (
 )
 from runner.core.records import runs_dir
 from runner.experiments.costs import Cost, curves, training_cost
+from runner.experiments.learned import learning_sections
 from runner.scoring.significance import holm, paired
 from runner.spec.schema import field_schema
 
@@ -260,8 +261,11 @@ def _write(runs: list[Run], found: list[Comparison], folder: Path, against: str)
     if any(c["train"] or c["validation"] for c in curves.values()):
         plot_loss_curves(curves, folder / "loss.png")
         pictures["loss"] = "loss.png"
+    parts = sections(runs, found, against, pictures)
+    with reading():  # before Cost: what each method other than SFT learned
+        parts[-1:-1] = learning_sections(runs, folder)
     doc = Doc(f"Comparison of {len(runs)} runs: {', '.join(r.label for r in runs)}"[:160],
-              [Section(title, blocks) for title, blocks in sections(runs, found, against, pictures)])
+              [Section(title, blocks) for title, blocks in parts])
     (folder / "report.md").write_text(to_markdown(doc), "utf-8")
     (folder / "report.html").write_text(to_html(doc, folder), "utf-8")
     (folder / "comparison.json").write_text(json.dumps(

@@ -41,7 +41,10 @@ SMOOTH_FROM = 40  # points: beyond this a step's figure is noise around the tren
 def _line(ax: Any, rows: Sequence[TrainRow], figure: Figure, scale: float = 1.0, **style: Any) -> None:
     """The figure per step (steps without it skipped): dots too when there are few to see them; past
     SMOOTH_FROM points faint, under its running mean."""
-    points = [(r.step, scale * v) for r in rows if (v := figure(r)) is not None and r.step is not None]
+    _draw(ax, [(r.step, scale * v) for r in rows if (v := figure(r)) is not None and r.step is not None], **style)
+
+
+def _draw(ax: Any, points: Sequence[tuple[int, float]], **style: Any) -> None:
     if not points:
         return
     xs, ys = zip(*points)
@@ -126,7 +129,7 @@ def plot_learning(method: str, rows: Sequence[TrainRow], path: Path) -> bool:
 
     if method == "sft" or not _steps(rows):
         return False
-    panels = grpo_panels(rows) if method == "grpo" else preference_panels(rows, _unit(method))
+    panels = grpo_panels(rows) if method == "grpo" else preference_panels(rows, unit_of(method))
     if (method == "grpo" and not _names(rows)) or not panels:
         return False
     columns = 2 if len(panels) == 4 else len(panels)
@@ -147,6 +150,22 @@ def plot_learning(method: str, rows: Sequence[TrainRow], path: Path) -> bool:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return True
+
+
+def plot_compared(shown: str, series: dict[str, list[tuple[int, float]]], path: Path) -> None:
+    """One method's headline figure per step, one colour per run (`runner compare`)."""
+    from runner.report.curves import _pyplot
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    for k, (run, points) in enumerate(series.items()):
+        _draw(ax, points, color=f"C{k % 10}", label=run)
+    ax.set(title=shown, xlabel="optimizer step", ylabel=shown.split(",")[0])
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
 
 
 def _quarters(rows: Sequence[TrainRow], figure: Figure, fmt: Callable[[float | None], str] = _num) -> str:
@@ -208,7 +227,7 @@ KTO_NOTE = (" KTO's rows are single answers, each marked desirable (its reward i
             "(the rejected one's): the margin is between the two groups' mean rewards, and there is no accuracy.")
 
 
-def _unit(method: str) -> str:
+def unit_of(method: str) -> str:
     return "examples" if method == "kto" else "pairs"  # KTO's rows are answers marked good or bad, not pairs
 
 
@@ -224,7 +243,7 @@ def learning_section(method: str, summary: TrainSummary | None, rows: Sequence[T
         header = ["", f"first -> last quarter of {steps} steps"]
     else:
         table = preference_rows(summary, rows)
-        unit = _unit(method)
+        unit = unit_of(method)
         header = ["", f"training {unit}, first -> last quarter of {steps} steps", f"held-out {unit}, before -> after"]
     if not table:
         return s

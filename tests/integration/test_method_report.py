@@ -9,16 +9,13 @@ import re
 from pathlib import Path
 
 from runner.core.outputs import TrainRow
-from tests.integration.conftest import DEMO, runner
+from tests.integration.conftest import DEMO, TINY, runner
 
+MODEL = TINY[TINY.index("model:"):TINY.index("data:")]  # the integration tests' tiny Llama, NF4
 SPEC = f"""
 name: tiny-dpo-report
 seed: 7
-model:
-  source: init
-  init: {{hidden_size: 32, intermediate_size: 64, num_layers: 2, num_heads: 4, num_kv_heads: 2, vocab_size: 1024}}
-  quantization: nf4
-data:
+{MODEL}data:
   train: {{path: {DEMO}/preference_train.jsonl}}
   format: preference
   template: plain
@@ -65,11 +62,7 @@ def test_dpo_report_draws_margin_and_accuracy_on_training_and_held_out_pairs(tmp
 GRPO = f"""
 name: tiny-grpo-report
 seed: 7
-model:
-  source: init
-  init: {{hidden_size: 32, intermediate_size: 64, num_layers: 2, num_heads: 4, num_kv_heads: 2, vocab_size: 1024}}
-  quantization: nf4
-data:
+{MODEL}data:
   train: {{path: {DEMO}/medmc_train.jsonl}}
   template: plain
   max_rows: 48

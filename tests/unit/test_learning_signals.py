@@ -154,3 +154,36 @@ def test_the_section_follows_training_and_its_picture_is_drawn(tmp_path: Path) -
     assert with_learning(doc, Given(TrainSummary.of({"steps": 8}), dpo_rows(), {})) == doc  # SFT: unchanged
     assert plot_learning("grpo", GRPO, tmp_path / "grpo.png") and not plot_learning("sft", GRPO, tmp_path / "sft.png")
     assert not (tmp_path / "sft.png").exists()
+
+
+def test_compare_sets_each_methods_runs_side_by_side_and_leaves_sft_to_the_loss(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from runner.experiments.learned import learning_sections
+
+    def trained(label: str, summary: dict[str, Any], rows: list[TrainRow]) -> Any:
+        folder = tmp_path / label / "train"
+        folder.mkdir(parents=True)
+        (folder / "summary.json").write_text(json.dumps(summary))
+        TrainRow.write(folder / "metrics.jsonl", rows)
+        return SimpleNamespace(label=label, artifacts={"train": folder})
+
+    halved = [TrainRow.of(r.raw | {"rewards/margins": r.raw["rewards/margins"] / 2}) if r.loss is not None else r
+              for r in dpo_rows()]
+    runs = [trained("sft", {"steps": 8}, []), trained("dpo-1", DPO_SUMMARY.raw, dpo_rows()),
+            trained("grpo", {"steps": 8, "method": "grpo"}, GRPO), trained("dpo-2", DPO_SUMMARY.raw, halved),
+            SimpleNamespace(label="trained elsewhere", artifacts={})]
+    found = dict(learning_sections(runs, tmp_path))
+    assert list(found) == ["Learning signals (dpo)", "Learning signals (grpo)"]  # no SFT section, methods as met
+    dpo = {block[0]: block[1:] for block in found["Learning signals (dpo)"]}
+    header, table = dpo["table"]
+    assert header == ["", "dpo-1", "dpo-2"]
+    rows = {row[0]: row[1:] for row in table}
+    assert rows["steps"] == ["8", "8"]
+    # steps 1-2 and 7-8: margins s/2 -> 0.75 and 3.75; the second run's halved
+    assert rows["reward margin, training pairs (first -> last quarter)"] == ["0.750 -> 3.750", "0.375 -> 1.875"]
+    assert rows["preference accuracy, held-out pairs (before -> after)"] == ["0.0% -> 87.5%"] * 2
+    assert dpo["img"][0] == "learning-dpo.png" and (tmp_path / "learning-dpo.png").stat().st_size > 10_000
+    grpo_blocks = {block[0]: block[1:] for block in found["Learning signals (grpo)"]}
+    grpo = {row[0]: row[1:] for row in grpo_blocks["table"][1]}
+    assert grpo["`answer_correct`: completions correct"] == ["5.0% -> 45.0%"]

@@ -42,20 +42,19 @@ from runner.core.outputs.jsonio import (
 )
 from runner.core.outputs.run import RunRecord
 from runner.core.outputs.train import (
+    BeforeAfter,
     EarlyStopping,
-    HeldOut,
     Quarters,
     RewardStep,
-    SourceLoss,
     TrainRow,
     TrainSummary,
     quarter_means,
     reward_figure,
 )
 
-__all__ = ["DAMAGED", "MAX_BENCHMARKS", "MAX_NAME", "BaseModel", "Benchmark", "Calibrated", "DataStats",
-           "EarlyStopping", "EvalMetrics", "ExportMetadata", "FormParity", "FreeText", "Generative", "HeldOut",
+__all__ = ["DAMAGED", "MAX_BENCHMARKS", "MAX_NAME", "BaseModel", "BeforeAfter", "Benchmark", "Calibrated", "DataStats",
+           "EarlyStopping", "EvalMetrics", "ExportMetadata", "FormParity", "FreeText", "Generative",
            "JsonFile", "OutputError", "Paired", "ParityReport", "Perplexity", "Prediction", "Quarters", "Question",
-           "RewardStep", "RunRecord", "Score", "SourceLoss", "SourceStats", "Tokens", "TrainRow", "TrainSummary", "cut",
+           "RewardStep", "RunRecord", "Score", "SourceStats", "Tokens", "TrainRow", "TrainSummary", "cut",
            "load_json", "load_object", "optional_number", "quarter_means", "reward_figure",
            "shown"]

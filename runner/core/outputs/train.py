@@ -105,9 +105,24 @@ def quarter_means(rows: Sequence[TrainRow], figure: Callable[[TrainRow], float |
     return sum(first) / len(first), sum(last) / len(last)
 
 
+def reward_quarters(rows: Sequence[TrainRow]) -> dict[str, dict[str, float | None]]:
+    """summary.json's GRPO `rewards`: each reward figure logged (the weighted `reward`, every
+    rewards/<name>/<figure>) over the first and the last quarter of the steps, by quarter_means'
+    rule (the report's), to 4 digits."""
+    names = sorted({k for r in rows for k in r.raw if k == "reward" or k.startswith("rewards/")})
+
+    def figure(name: str) -> Callable[[TrainRow], float | None]:
+        return lambda row: v if isinstance(v := row.raw.get(name), (int, float)) and not isinstance(v, bool) else None
+
+    found = {name: quarter_means(rows, figure(name)) for name in names}
+    return {name: {"first_quarter": round(q[0], 4) if q else None, "last_quarter": round(q[1], 4) if q else None}
+            for name, q in found.items()}
+
+
 @dataclass(frozen=True)
-class SourceLoss:
-    """A mixture source's validation loss before and after training."""
+class BeforeAfter:
+    """A figure before and after training: a mixture source's validation loss; a preference method's
+    figure on the held-out pairs (the untrained adapter's, the trained one's)."""
 
     before: float | None
     after: float | None
@@ -118,14 +133,6 @@ class EarlyStopping:
     reason: str
     best_step: int | None
     best_eval_loss: float | None
-
-
-@dataclass(frozen=True)
-class HeldOut:
-    """A preference method's figure on the held-out pairs: the untrained adapter's, the trained one's."""
-
-    before: float | None
-    after: float | None
 
 
 @dataclass(frozen=True)
@@ -150,10 +157,10 @@ class TrainSummary(JsonFile):
     train_loss_last: float | None = None
     eval_loss_before: float | None = None
     eval_loss_after: float | None = None
-    by_source: dict[str, SourceLoss] | None = None
+    by_source: dict[str, BeforeAfter] | None = None
     early_stopping: EarlyStopping | None = None
     method: str = "sft"  # written by the other methods only: an SFT summary is what it always was
-    held_out: dict[str, HeldOut] = field(default_factory=dict)  # dpo, orpo, kto: preference_accuracy, reward_margin, ...
+    held_out: dict[str, BeforeAfter] = field(default_factory=dict)  # dpo, orpo, kto: preference_accuracy, reward_margin, ...
     rewards: dict[str, Quarters] = field(default_factory=dict)  # grpo: "reward", "rewards/<name>/mean", ...
     raw: dict[str, Any] = field(default_factory=dict, kw_only=True, repr=False, compare=False)  # TrainSummary(): no training
     VERSION = 4  # the train stage's version; summary.json's layout is that of version 1 with fields added
@@ -166,7 +173,6 @@ class TrainSummary(JsonFile):
 
     @classmethod
     def parse(cls, data: dict[str, Any], where: str) -> TrainSummary:
-        sources = mapping(data, "eval_loss_by_source", where)
         stop = mapping(data, "early_stopping", where)
         here = f"{where}: early_stopping"
         return cls(number(data, "seconds", where, finite=False), integer(data, "trainable_parameters", where),
@@ -174,11 +180,10 @@ class TrainSummary(JsonFile):
                    integer(data, "train_rows", where), integer(data, "validation_rows", where),
                    real(data, "train_loss_first", where), real(data, "train_loss_last", where),
                    real(data, "eval_loss_before", where), real(data, "eval_loss_after", where),
-                   {name: SourceLoss(real(mapping(sources, name, where), "before", where),
-                                     real(mapping(sources, name, where), "after", where)) for name in sources},
+                   _pairs(data, "eval_loss_by_source", where, BeforeAfter, ("before", "after")),
                    EarlyStopping(text(stop, "reason", here) or "", integer(stop, "best_step", here),
                                  real(stop, "best_eval_loss", here)) if stop else None,
-                   text(data, "method", where) or "sft", _pairs(data, "held_out", where, HeldOut, ("before", "after")),
+                   text(data, "method", where) or "sft", _pairs(data, "held_out", where, BeforeAfter, ("before", "after")),
                    _pairs(data, "rewards", where, Quarters, ("first_quarter", "last_quarter")), raw=data)
 
 

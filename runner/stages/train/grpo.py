@@ -121,19 +121,3 @@ def drop_reference(model: Any) -> None:
     if "ref" in getattr(model, "peft_config", {}):
         model.delete_adapter("ref")
         model.set_adapter("default")
-
-
-def reward_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Each reward's mean over the first and the last quarter of the logged steps (summary.json)."""
-    rows = [r for r in rows if "reward" in r]
-    if not rows:
-        return {}
-    quarter = max(1, len(rows) // 4)
-    names = sorted({k for r in rows for k in r if k.startswith("rewards/") or k == "reward"})
-
-    def mean(part: list[dict[str, Any]], name: str) -> float | None:
-        values = [r[name] for r in part if r.get(name) is not None]
-        return round(sum(values) / len(values), 4) if values else None
-
-    return {n: {"first_quarter": mean(rows[:quarter], n), "last_quarter": mean(rows[-quarter:], n)} for n in names}
-

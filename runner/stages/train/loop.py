@@ -336,10 +336,9 @@ def _write_summary(ctx: StageContext, ready: Ready, trained: Trained, rows: list
                "train_rows": len(ready.train_rows), "validation_rows": len(ready.val_rows),
                "world": world_of(trained.trainer, trained.sharding)}  # what trained it, as the Trainer saw it
     if ctx.spec.train.method == "grpo":
-        from runner.stages.train.batches import read_metrics
-        from runner.stages.train.grpo import reward_summary
+        from runner.core.outputs.train import TrainRow, reward_quarters
 
-        summary |= {"method": "grpo", "rewards": reward_summary(read_metrics(ctx.out / "metrics.jsonl"))}
+        summary |= {"method": "grpo", "rewards": reward_quarters(TrainRow.read(ctx.out / "metrics.jsonl"))}
     summary |= preference_summary(ctx.spec.train.method, trained.eval_before, trained.eval_after)  # {} unless dpo/orpo/kto
     TrainSummary.of(summary).write(ctx.out / "summary.json")
 
