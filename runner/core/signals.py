@@ -56,6 +56,12 @@ def _say(text: str) -> None:
         pass
 
 
+def adopt(signum: int) -> None:
+    """Take a signal another process of the same run received (training stops at the same step in all)."""
+    if _State.pending is None:
+        _State.pending = signum
+
+
 def reset() -> None:
     """Forget a signal an earlier run in this process was stopped by (a run starts afresh)."""
     _State.pending = None

@@ -179,14 +179,32 @@ class QuietProgress(ProgressCallback):  # type: ignore[misc]
 
 
 class StopOnSignal(TrainerCallback):  # type: ignore[misc]
-    """On Ctrl-C or SIGTERM (see runner.core.signals.graceful), finish the step, checkpoint, and stop."""
+    """On Ctrl-C or SIGTERM (see runner.core.signals.graceful), finish the step, checkpoint, and stop.
+    With several processes every one stops at the same step: the signal reaches them at different
+    moments (the launcher passes it on one by one), and a process that saved while another went on to
+    the next step would wait for it forever in the next collective."""
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         from runner.core import signals
 
-        if signals.requested() is not None:
+        signum = _agreed(signals.requested() or 0, args)
+        if signum:
+            signals.adopt(signum)  # a process the signal has not reached yet stops as the others do
             control.should_save = True
             control.should_training_stop = True
+
+
+def _agreed(signum: int, args: Any) -> int:
+    """The highest signal number any process holds (0: none), one small all-reduce a step."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return signum
+    device = args.device if dist.get_backend() == "nccl" else torch.device("cpu")  # gloo takes CPU tensors
+    flag = torch.tensor([signum], dtype=torch.int32, device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag.item())
 
 
 def keep_metrics_until(path: Path, step: int) -> None:

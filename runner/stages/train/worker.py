@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from runner.core import signals
 from runner.core.errors import RunnerError
 from runner.core.signals import Interrupted
 from runner.machine.world import failure_file, nodes_from_environment
@@ -22,6 +23,7 @@ def main(context: Path) -> int:
     from runner.core.quiet import quiet_known_warnings
 
     quiet_known_warnings()
+    signals.install()  # SIGTERM from the launcher (the runner stopped): checkpoint at the end of the step, then stop
     if torch.cuda.is_available():  # before any model loads: each process on its own GPU, not all on GPU 0
         torch.cuda.set_device(rank(local=True))
     ctx = context_from(context)
@@ -37,7 +39,7 @@ def main(context: Path) -> int:
         train_here(ctx)
     except RunnerError as exc:
         if isinstance(exc, Interrupted):
-            raise  # stopped from outside: the launcher knows why
+            return exc.exit_code  # stopped from outside: the runner that passed the signal on says so
         if rank(local=True) == 0:
             failure_file(ctx.work, nodes).write_text(str(exc), "utf-8")
         print(f"[runner] rank {rank()}: {exc}", file=sys.stderr, flush=True)
