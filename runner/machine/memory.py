@@ -91,6 +91,7 @@ class Setup:
     reference: bool = False  # a reference forward, no grad, adapter off (dpo, kto; grpo when beta > 0)
     completion_len: int = 0  # grpo: max_completion_length, generated after each prompt (seq_len)
     generated: int = 0  # grpo: sequences generated at once in a process (train.batch_size / processes)
+    reference_copy: bool = False  # dpo, kto: TRL's copy of the adapter kept as the reference (keeps_reference_copy)
 
 
 @dataclass(frozen=True)
@@ -376,7 +377,16 @@ def method_fields(spec: Any, profile: Any) -> dict[str, Any]:
     if t.method == "grpo":
         return {"method": "grpo", "reference": t.grpo.beta > 0, "completion_len": t.grpo.max_completion_length,
                 "generated": t.batch_size // profile.processes}
-    return {"method": t.method, "reference": t.method in ("dpo", "kto")}
+    reference = t.method in ("dpo", "kto")
+    return {"method": t.method, "reference": reference} | ({"reference_copy": True} if reference and keeps_reference_copy(spec) else {})
+
+
+def keeps_reference_copy(spec: Any) -> bool:
+    """DPO, KTO: TRL's frozen copy of the adapter ("ref") stays the reference where the start is not
+    exactly the base: a chained adapter (train.init_adapter), DoRA, the orthogonal init (the train
+    stage drops it otherwise: runner/stages/train/preference.py)."""
+    lora = spec.lora
+    return spec.train.init_adapter is not None or lora.use_dora or lora.init == "orthogonal"
 
 
 def step_rows(s: Setup) -> tuple[int, int]:
@@ -400,7 +410,8 @@ def method_estimate(shape: Shape, s: Setup) -> Estimate:
     apart = 0
     if s.method == "grpo":
         apart = max(generation(shape, s), no_grad_forward(shape, s, rows, length) if s.reference else 0)
-    lora = sft.lora + (_reference_adapter(shape, s) if s.method == "grpo" and s.reference else 0)
+    copied = (s.method == "grpo" and s.reference) or s.reference_copy
+    lora = sft.lora + (_reference_adapter(shape, s) if copied else 0)
     recompute = sft.recompute
     if s.method == "orpo" and s.checkpointing:
         # measured (CPU, 4 layers): when the last layer is recomputed, two tensors of the logits' shape are
@@ -461,7 +472,8 @@ def generation(shape: Shape, s: Setup) -> int:
 
 
 def _reference_adapter(shape: Shape, s: Setup) -> int:
-    """GRPO with beta > 0: TRL copies the adapter ("ref") as the KL reference, in fp32, without gradients."""
+    """TRL's copy of the adapter ("ref") as the reference, in fp32, without gradients: GRPO with beta >
+    0, DPO and KTO where keeps_reference_copy."""
     return 4 * shape.layers * sum(s.lora_r * (i + o) for i, o in _targeted(shape, s).values())
 
 

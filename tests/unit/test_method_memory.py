@@ -186,3 +186,24 @@ def test_when_nothing_fits_the_advice_names_what_is_the_peak() -> None:
     assert step_peak.to_lower() == "lower data.max_length"
     assert generation_peak.to_lower().startswith("lower train.batch_size (completions generated at once)")
     assert Estimate(weights=10, lora=1, activations=5, logits=2).to_lower() == "lower data.max_length"
+
+
+def test_a_kept_reference_copy_of_the_adapter_is_counted(tmp_path: Path) -> None:
+    # DPO/KTO keep TRL's frozen copy of the adapter where the start is not the base (chained, DoRA,
+    # orthogonal init): one more fp32 copy of A and B. Llama 3.1 8B, r 16 on all 7 linears a layer:
+    # 32 x 16 x (4096+4096 + 4096+1024 + 4096+1024 + 4096+4096 + 4096+14336 + 4096+14336 + 14336+4096) params.
+    from types import SimpleNamespace
+
+    from runner.spec.typed import parse_spec
+
+    params = 32 * 16 * (8192 + 5120 + 5120 + 8192 + 18432 + 18432 + 18432)
+    fresh = estimate(LLAMA_31_8B, replace(QLORA, method="dpo", reference=True))
+    kept = estimate(LLAMA_31_8B, replace(QLORA, method="dpo", reference=True, reference_copy=True))
+    assert kept.lora - fresh.lora == 4 * params  # 167.8 MB
+    assert kept.total - fresh.total == 4 * params
+    (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": "p", "chosen": "c", "rejected": "r"}) + "\n")
+    profile = SimpleNamespace(quantization="nf4", dtype="bf16", optimizer="paged_adamw_8bit", processes=1)
+    for lora, copied in (("{}", False), ("{use_dora: true}", True), ("{init: orthogonal}", True)):
+        spec = parse_spec(f"model: {{source: init}}\ndata: {{train: {{path: p.jsonl}}, format: preference}}\n"
+                          f"lora: {lora}\ntrain: {{method: dpo}}\n", base_dir=tmp_path)
+        assert method_fields(spec, profile).get("reference_copy", False) is copied, lora

@@ -133,9 +133,9 @@ def _reference_is_the_base(model: Any, spec: Any) -> None:
     only close to 1) and the orthogonal init (B A is zero only up to rounding); measured on the tiny
     model, their held-out reward margin before any step is then exactly 0, as a fresh LoRA's is.
     loop._save_adapter drops the copy: the adapter written is the trained one alone."""
-    lora = spec.lora
-    keep = spec.train.init_adapter is not None or lora.use_dora or lora.init == "orthogonal"
-    if not keep and "ref" in getattr(model, "peft_config", {}):
+    from runner.machine.memory import keeps_reference_copy
+
+    if not keeps_reference_copy(spec) and "ref" in getattr(model, "peft_config", {}):
         model.delete_adapter("ref")
 
 
