@@ -45,7 +45,11 @@ def sharded_store(tiny: Tiny, tmp_path: Path, distributed: str) -> tuple[Path, P
 @pytest.fixture(scope="module")
 def ddp(tiny: Tiny, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """DDP's train artifact: what every sharded run is compared with."""
-    spec, store = sharded_store(tiny, tmp_path_factory.mktemp("ddp"), "ddp")
+    return trained(*sharded_store(tiny, tmp_path_factory.mktemp("ddp"), "ddp"))
+
+
+def trained(spec: Path, store: Path) -> Path:
+    """The train artifact of `runner run SPEC --only train`, which must succeed."""
     done = runner("run", str(spec), "--store", str(store), "--only", "train")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return only_artifact(store, "train")
@@ -142,10 +146,7 @@ def long_spec(tiny: Tiny, tmp_path: Path, distributed: str) -> tuple[Path, Path]
 @pytest.fixture(scope="module")
 def long_ddp(tiny: Tiny, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """DDP's unstopped 88-step run: where every stopped-and-resumed sharded run must end."""
-    spec, store = long_spec(tiny, tmp_path_factory.mktemp("long-ddp"), "ddp")
-    done = runner("run", str(spec), "--store", str(store), "--only", "train")
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return only_artifact(store, "train")
+    return trained(*long_spec(tiny, tmp_path_factory.mktemp("long-ddp"), "ddp"))
 
 
 @pytest.mark.parametrize("distributed", ["fsdp", "zero2", "zero3"])
